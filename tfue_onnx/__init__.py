@@ -1,0 +1,28 @@
+"""tfue-onnx: training-free uncertainty estimation for any ONNX model.
+
+Perturb a trained model tolerably N times at inference (Gaussian noise or dropout
+at an intermediate tensor, or the model's own dropout switched on) and use the
+per-element variance of the outputs as an uncertainty map (Mi et al., AAAI 2022).
+
+Heavy modules (onnxruntime, onnx-graphsurgeon) load only when used.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import TfueError  # noqa: E402
+from .perturb import Dropout, MCDropout, Noise  # noqa: E402
+
+
+def __getattr__(name):
+    # Lazy: importing tfue_onnx (and `tfue --help`) must not load onnxruntime.
+    if name in ("Estimator", "Result", "export"):
+        from . import api
+        return getattr(api, name)
+    if name in ("inspect_model", "load_model", "ModelInfo"):
+        from . import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'tfue_onnx' has no attribute {name!r}")
+
+
+__all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Estimator", "Result", "export",
+           "inspect_model", "load_model", "ModelInfo"]

@@ -1,0 +1,73 @@
+"""The Python face of tfue-onnx: an estimator object and ``export``.
+
+>>> from tfue_onnx import Estimator, Noise
+>>> est = Estimator("model.onnx", Noise(sigma=0.1, at="0.5"), samples=8, seed=0)
+>>> res = est(x)                      # x: numpy array (or dict by input name)
+>>> res.output, res.mean, res.variance
+>>> est.export("model_uncertainty.onnx")
+
+The CLI is a thin shell over this module; it has no logic this lacks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from .errors import TfueError
+from .io import atomic_write_bytes, check_new_file
+from .perturb import Dropout, MCDropout, Noise
+from .runner import Result, Runner
+
+__all__ = ["Estimator", "Result", "export", "Noise", "Dropout", "MCDropout"]
+
+
+class Estimator(Runner):
+    """Training-free uncertainty for one ONNX model and one perturbation.
+
+    Args:
+        model: path to an .onnx file (external data is read too) or a ModelProto.
+        spec: ``Noise(sigma, at, mode)``, ``Dropout(rate, at)`` or ``MCDropout(rate, nodes)``.
+        samples: N, the number of perturbed samples (>= 2).
+        chunk: samples per session run (None: automatic); statistics merge across chunks.
+        seed: makes runs reproducible (None: a random seed, recorded in results).
+        provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
+        strategy: ``auto`` (fastest that passes verification), ``batched`` or ``loop``.
+        keep_samples: also return the samples, shape [N, ...].
+
+    Calling the estimator on an array (or a dict of arrays by input name) returns
+    a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.
+    """
+
+    def __call__(self, inputs, level: float | None = None) -> Result:
+        return self.run(inputs, level=level)
+
+    def export(self, path, example=None, force: bool = False) -> str:
+        """Write the verified uncertainty graph with N fixed to ``path``.
+
+        The file runs in plain onnxruntime (no tfue needed) and returns, for each
+        float output ``y``: ``y``, ``y.mean`` and ``y.variance``. ``example`` is
+        the input verification runs on (default: a synthetic one).
+        """
+        path = os.fspath(path)
+        if self.path and os.path.abspath(path) == os.path.abspath(self.path):
+            raise TfueError(f"refusing to overwrite the input model '{path}'",
+                            "give another output path with -o")
+        check_new_file(path, force)
+        ug = self.uncertainty_graph(example)
+        model = ug.model
+        onnx.helper.set_model_props(model, {
+            "tfue.method": self.spec.method, "tfue.location": self.location,
+            "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
+            "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy})
+        data = model.SerializeToString()
+        atomic_write_bytes(path, data)
+        return path
+
+
+def export(model, spec, path, samples: int = 8, seed: int | None = None, example=None,
+           force: bool = False, strategy: str = "auto", provider: str = "auto") -> str:
+    """Write the uncertainty graph of ``model`` for ``spec`` to ``path`` (see Estimator.export)."""
+    est = Estimator(model, spec, samples=samples, seed=seed, strategy=strategy, provider=provider)
+    return est.export(path, example=example, force=force)

@@ -1,0 +1,274 @@
+"""Reading inputs (images, .npy, .npz, folders) and writing results atomically.
+
+Every file is written to a temporary name in its folder and renamed into place,
+so a crash never leaves a half-written file, and nothing that exists is
+overwritten unless the caller says ``force``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import TfueError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+ARRAY_EXTS = (".npy", ".npz")
+LAYOUTS = ("auto", "NCHW", "NHWC")
+
+
+# --- writing --------------------------------------------------------------------------
+def check_new_file(path: str, force: bool) -> None:
+    """Raise unless ``path`` can be written: it must not exist (or ``force``)."""
+    if os.path.isdir(path):
+        raise TfueError(f"'{path}' is a folder", "give a file path")
+    if os.path.exists(path) and not force:
+        raise TfueError(f"'{path}' already exists and would be overwritten",
+                        "pass --force to overwrite it, or choose another output path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise TfueError(f"the folder '{parent}' does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise TfueError(f"the folder '{parent}' is not writable",
+                        "choose an output path in a folder you can write to")
+
+
+def prepare_out_dir(path: str) -> str:
+    """Create the output folder if needed and prove it is writable."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TfueError(f"output path '{path}' is a file, not a folder",
+                        "give a folder with --out")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise TfueError(f"output folder '{path}' is not writable ({exc.strerror})",
+                        "choose a folder you can write to with --out") from None
+    return path
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_npz(path: str, arrays: dict, metadata: dict) -> None:
+    """Write arrays and a JSON metadata string to ``path`` (.npz) atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays, metadata=np.array(json.dumps(metadata, default=str)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def save_png(path: str, rgb: np.ndarray) -> None:
+    """Write an HxWx3 uint8 image atomically."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --- pictures -------------------------------------------------------------------------
+_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
+                    dtype=np.float64)
+
+
+def spatial_map(arr: np.ndarray) -> np.ndarray | None:
+    """Reduce an output-shaped array to an HxW map (mean over batch/channels), or None.
+
+    Rank 4 is read as NCHW unless the last axis is small (<= 4) and axis 1 is not
+    (NHWC); rank 3 as [B, H, W]; rank 2 and below have no spatial axes.
+    """
+    a = np.asarray(arr, dtype=np.float64)
+    if a.ndim == 4:
+        if a.shape[-1] <= 4 < a.shape[1]:
+            a = a.transpose(0, 3, 1, 2)
+        m = a.mean(axis=(0, 1))
+    elif a.ndim == 3:
+        m = a.mean(axis=0)
+    else:
+        return None
+    return m if m.shape[0] > 1 and m.shape[1] > 1 else None
+
+
+def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Map a 2-D array to viridis RGB (0 -> dark purple, vmax -> yellow)."""
+    m = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    vmax = float(m.max()) if vmax is None else vmax
+    t = np.clip(m / vmax, 0, 1) if vmax > 0 else np.zeros_like(m)
+    pos = t * (len(_VIRIDIS) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+# --- reading --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+    """How an image file becomes a model input."""
+
+    layout: str = "auto"  # auto, NCHW or NHWC
+    channel_order: str = "rgb"  # rgb or bgr
+    scale: float = 1 / 255  # pixel values are multiplied by this first
+    mean: tuple | None = None  # then (x - mean) / std per channel
+    std: tuple | None = None
+    resize: tuple | None = None  # (H, W); default: the model's fixed size, else the image's
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise TfueError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise TfueError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
+
+
+def collect_inputs(paths) -> list:
+    """Expand folders into their input files (sorted); check every path exists."""
+    files = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith(IMAGE_EXTS + ARRAY_EXTS))
+            if not found:
+                raise TfueError(f"folder '{p}' has no input files",
+                                "put .png/.jpg images or .npy/.npz arrays in it")
+            files.extend(found)
+        elif os.path.exists(p):
+            if not p.lower().endswith(IMAGE_EXTS + ARRAY_EXTS):
+                raise TfueError(f"input '{p}' is not an image or a .npy/.npz array",
+                                "give PNG/JPEG images or .npy/.npz files")
+            files.append(p)
+        else:
+            raise TfueError(f"input '{p}' does not exist", "check the path")
+    if not files:
+        raise TfueError("no inputs given", "pass image files, .npy/.npz arrays or a folder")
+    stems = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in stems:
+            raise TfueError(f"inputs '{stems[stem]}' and '{f}' would write the same output "
+                            f"'{stem}.npz'", "rename one of them or run them separately")
+        stems[stem] = f
+    return files
+
+
+def _with_batch(arr: np.ndarray, inp) -> np.ndarray:
+    if inp.shape is not None and arr.ndim == len(inp.shape) - 1:
+        return arr[None]
+    return arr
+
+
+def load_input(path: str, inputs: list, options: ImageOptions = ImageOptions()) -> dict:
+    """Read one input file into a feed dict for a model with ``inputs`` (TensorInfo list)."""
+    low = path.lower()
+    if low.endswith(".npy"):
+        if len(inputs) != 1:
+            raise TfueError(f"'{path}' holds one array but the model has {len(inputs)} inputs",
+                            "use an .npz with one array per input name")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise TfueError(f"cannot read '{path}' as a .npy array ({exc})",
+                            "save it with numpy.save") from None
+        return {inputs[0].name: _with_batch(arr, inputs[0])}
+    if low.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:
+            raise TfueError(f"cannot read '{path}' as an .npz archive ({exc})",
+                            "save it with numpy.savez") from None
+        names = [i.name for i in inputs]
+        if all(n in arrays for n in names):
+            return {i.name: _with_batch(arrays[i.name], i) for i in inputs}
+        if len(arrays) == 1 and len(inputs) == 1:
+            return {inputs[0].name: _with_batch(next(iter(arrays.values())), inputs[0])}
+        raise TfueError(f"'{path}' has arrays {sorted(arrays)}, which do not match the model's "
+                        f"inputs {names}", "name the arrays after the model's inputs")
+    if len(inputs) != 1:
+        raise TfueError(f"the model has {len(inputs)} inputs, so an image alone cannot feed it",
+                        "use an .npz with one array per input name")
+    return {inputs[0].name: load_image(path, inputs[0], options)}
+
+
+def image_layout(inp, layout: str = "auto") -> str:
+    """The layout (NCHW or NHWC) of a 4-D image input."""
+    shape = inp.shape
+    if shape is None or len(shape) != 4:
+        raise TfueError(f"input '{inp.name}' has shape {shape}, not a 4-D image batch",
+                        "feed a .npy/.npz array instead of an image")
+    if layout != "auto":
+        return layout
+    c_first, c_last = shape[1] in (1, 3), shape[3] in (1, 3)
+    if c_first and not c_last:
+        return "NCHW"
+    if c_last and not c_first:
+        return "NHWC"
+    raise TfueError(f"cannot tell whether input '{inp.name}' {list(shape)} is NCHW or NHWC",
+                    "pass --layout NCHW or --layout NHWC")
+
+
+def load_image(path: str, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """Read an image file as a 1-image batch laid out for input ``inp``."""
+    from PIL import Image, UnidentifiedImageError
+
+    layout = image_layout(inp, options.layout)
+    shape = inp.shape
+    channels = shape[1] if layout == "NCHW" else shape[3]
+    h_dim, w_dim = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            size = options.resize
+            if size is None and isinstance(h_dim, int) and h_dim > 0 \
+                    and isinstance(w_dim, int) and w_dim > 0:
+                size = (h_dim, w_dim)
+            if size is not None and (im.height, im.width) != tuple(size):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TfueError(f"cannot read '{path}' as an image ({exc})",
+                        "give a PNG or JPEG file") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if options.channel_order == "bgr" and arr.shape[-1] == 3:
+        arr = arr[..., ::-1]
+    arr = arr * np.float32(options.scale)
+    if options.mean is not None:
+        arr = arr - np.asarray(options.mean, np.float32).reshape(1, 1, -1)
+    if options.std is not None:
+        arr = arr / np.asarray(options.std, np.float32).reshape(1, 1, -1)
+    arr = arr[None]
+    if layout == "NCHW":
+        arr = arr.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,0 +1,148 @@
+"""Perturbation specs: what to perturb, where and how strongly, as plain data.
+
+Specs validate their arguments on construction, so a bad level never reaches a
+graph. They say nothing about how the perturbation is built; ``graph.py`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .errors import TfueError
+
+SIGMA_MODES = ("absolute", "relative")
+
+
+def _check_number(name: str, value, hint: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TfueError(f"{name} must be a number, got {value!r}", hint) from None
+    if math.isnan(value) or math.isinf(value):
+        raise TfueError(f"{name} must be a finite number, got {value}", hint)
+    return value
+
+
+def check_rate(name: str, rate) -> float:
+    """Validate a dropout rate: a number in [0, 1)."""
+    hint = f"give {name} in [0, 1), e.g. 0.1"
+    rate = _check_number(name, rate, hint)
+    if not 0.0 <= rate < 1.0:
+        raise TfueError(f"{name} must be in [0, 1), got {rate:g}", hint)
+    return rate
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """infer-noise: add N(0, sigma^2) to the tensor at ``at``.
+
+    ``mode='relative'`` scales sigma by the tensor's own standard deviation
+    (computed in the graph, over the whole tensor), so levels compare across
+    locations.
+    """
+
+    sigma: float = 0.1
+    at: object = "0.5"
+    mode: str = "absolute"
+
+    method = "noise"
+
+    def __post_init__(self):
+        sigma = _check_number("sigma", self.sigma, "give --sigma as a number >= 0, e.g. 0.1")
+        if sigma < 0:
+            raise TfueError(f"sigma must be >= 0, got {sigma:g}",
+                            "give --sigma as a number >= 0, e.g. 0.1")
+        if self.mode not in SIGMA_MODES:
+            raise TfueError(f"unknown sigma mode {self.mode!r}",
+                            "use 'absolute' or 'relative'")
+        object.__setattr__(self, "sigma", sigma)
+
+    @property
+    def level(self) -> float:
+        return self.sigma
+
+    def with_level(self, level: float) -> "Noise":
+        """The same spec at another sigma."""
+        return dataclasses.replace(self, sigma=level)
+
+    def describe(self) -> dict:
+        return {"method": "noise", "at": str(self.at), "sigma": self.sigma,
+                "sigma_mode": self.mode, "level": self.sigma}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """infer-dropout: drop elements of the tensor at ``at`` with probability ``rate``.
+
+    Kept elements are scaled by 1 / (1 - rate), as in training-time dropout.
+    """
+
+    rate: float = 0.1
+    at: object = "0.5"
+
+    method = "dropout"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rate", check_rate("rate", self.rate))
+
+    @property
+    def level(self) -> float:
+        return self.rate
+
+    def with_level(self, level: float) -> "Dropout":
+        """The same spec at another rate."""
+        return dataclasses.replace(self, rate=level)
+
+    def describe(self) -> dict:
+        return {"method": "dropout", "at": str(self.at), "rate": self.rate,
+                "level": self.rate}
+
+
+@dataclasses.dataclass(frozen=True)
+class MCDropout:
+    """MC-dropout: switch on the model's own Dropout nodes at inference.
+
+    ``nodes`` names the Dropout nodes to activate (empty: all). ``rate`` overrides
+    their own ratios (None: each keeps its own).
+    """
+
+    rate: float | None = None
+    nodes: tuple = ()
+
+    method = "mc-dropout"
+
+    def __post_init__(self):
+        if self.rate is not None:
+            object.__setattr__(self, "rate", check_rate("rate", self.rate))
+        object.__setattr__(self, "nodes", tuple(self.nodes or ()))
+
+    @property
+    def level(self) -> float | None:
+        return self.rate
+
+    def with_level(self, level: float) -> "MCDropout":
+        """The same spec with every activated node at ``level``."""
+        return dataclasses.replace(self, rate=level)
+
+    def describe(self) -> dict:
+        return {"method": "mc-dropout", "at": ",".join(self.nodes) or "all",
+                "rate": self.rate, "level": self.rate}
+
+
+def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=()):
+    """Build a spec from CLI-style arguments (``method`` is noise, dropout or mc-dropout)."""
+    if method == "noise":
+        if rate is not None:
+            raise TfueError("--rate applies to dropout methods, not noise", "use --sigma")
+        return Noise(sigma=0.1 if sigma is None else sigma, at="0.5" if at is None else at,
+                     mode=sigma_mode)
+    if method == "dropout":
+        if sigma is not None:
+            raise TfueError("--sigma applies to noise, not dropout", "use --rate")
+        return Dropout(rate=0.1 if rate is None else rate, at="0.5" if at is None else at)
+    if method == "mc-dropout":
+        if sigma is not None:
+            raise TfueError("--sigma applies to noise, not mc-dropout", "use --rate")
+        return MCDropout(rate=rate, nodes=tuple(nodes))
+    raise TfueError(f"unknown method {method!r}", "use noise, dropout or mc-dropout")

@@ -1,0 +1,82 @@
+"""Files a person can open: per-input .npz and variance heatmap, and a run summary."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import __version__
+from .io import colorize, load_input, save_json, save_npz, save_png, spatial_map
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def planned_files(out_dir: str, files) -> list:
+    """Every file a run over ``files`` may write (to refuse overwriting up front)."""
+    planned = [os.path.join(out_dir, "summary.json")]
+    for f in files:
+        planned += [os.path.join(out_dir, _stem(f) + ".npz"),
+                    os.path.join(out_dir, _stem(f) + ".variance.png")]
+    return planned
+
+
+def result_arrays(result) -> dict:
+    """The arrays stored in NAME.npz: output/mean/variance of the first float output
+    under plain keys, and every output under ``<output name>.output`` etc."""
+    arrays = {}
+    primary = result.primary
+    for name, s in result.outputs.items():
+        for key in ("output", "mean", "variance", "samples"):
+            value = getattr(s, key)
+            if value is None:
+                continue
+            if name == primary:
+                arrays[key] = value
+            arrays[f"{name}.{key}"] = value
+    return arrays
+
+
+def write_result(out_dir: str, stem: str, result, source: str) -> dict:
+    """Write ``stem``.npz (and a heatmap when the output is a map); return a summary."""
+    meta = {**result.metadata, "input": source, "tfue_version": __version__}
+    npz = os.path.join(out_dir, stem + ".npz")
+    save_npz(npz, result_arrays(result), meta)
+    written = [npz]
+    var = result.variance
+    item = {"input": source, "files": written,
+            "mean_variance": float(np.mean(var)) if var is not None else None,
+            "max_variance": float(np.max(var)) if var is not None else None,
+            "outputs": {name: {"shape": list(s.output.shape),
+                               "mean_variance": None if s.variance is None
+                               else float(np.mean(s.variance))}
+                        for name, s in result.outputs.items()}}
+    m = spatial_map(var) if var is not None else None
+    if m is not None:
+        png = os.path.join(out_dir, stem + ".variance.png")
+        save_png(png, colorize(m))
+        written.append(png)
+        item["heatmap_max"] = float(m.max())
+    return item
+
+
+def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
+    """Run ``estimator`` on every input file, write results, return the run summary.
+
+    ``progress`` wraps the file list for display (e.g. a progress bar).
+    """
+    items = []
+    meta = None
+    iterator = progress(files) if progress else files
+    for path in iterator:
+        feeds = load_input(path, estimator.info.inputs, options)
+        result = estimator(feeds)
+        meta = result.metadata
+        items.append(write_result(out_dir, _stem(path), result, path))
+    summary = {"tfue_version": __version__, **meta, "inputs": items}
+    summary.pop("input", None)
+    summary["location"] = summary.pop("at", None)
+    save_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary

@@ -1,0 +1,98 @@
+"""onnxruntime sessions with explicit, verified execution providers.
+
+``get_available_providers()`` lists CUDA on machines where the CUDA provider
+cannot load (no GPU, missing CUDA/cuDNN libraries), and onnxruntime then falls
+back to the CPU quietly. So a session's provider is read back from the session
+itself after creating it, and the run reports what really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .errors import TfueError
+
+PROVIDERS = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+_cuda_failed = False  # once CUDA fails to load in this process, don't try again
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def session_options(quiet: bool = True):
+    """Session options; ``quiet`` hides onnxruntime's warnings about our overridable inputs."""
+    so = _ort().SessionOptions()
+    if quiet:
+        so.log_severity_level = 3
+    return so
+
+
+def _model_source(model):
+    """What InferenceSession accepts: a path, or bytes of a model under 2 GB."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model), None
+    if model.ByteSize() < 1_800_000_000:
+        return model.SerializeToString(), None
+    # Protobuf cannot serialize 2 GB; onnxruntime reads external data from a folder.
+    import onnx
+
+    tmp = tempfile.TemporaryDirectory(prefix="tfue-")
+    path = os.path.join(tmp.name, "model.onnx")
+    onnx.save(model, path, save_as_external_data=True, location="model.data")
+    return path, tmp
+
+
+def create_session(model, provider: str = "auto"):
+    """Create an InferenceSession on ``provider`` (auto, cpu or cuda).
+
+    Returns ``(session, provider_name)`` where provider_name is ``"cuda"`` or
+    ``"cpu"`` as read back from the session. ``cuda`` that cannot load raises.
+    """
+    global _cuda_failed
+    if provider not in PROVIDERS:
+        raise TfueError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
+    ort = _ort()
+    source, tmp = _model_source(model)
+    try:
+        want_cuda = provider == "cuda" or (provider == "auto" and not _cuda_failed
+                                           and _CUDA in ort.get_available_providers())
+        if provider == "cuda" and _CUDA not in ort.get_available_providers():
+            raise TfueError("--provider cuda was asked for, but this onnxruntime has no CUDA "
+                            "execution provider",
+                            "install onnxruntime-gpu (and not onnxruntime beside it), or use "
+                            "--provider auto")
+        if want_cuda:
+            old = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+            ort.set_default_logger_severity(4)  # a failed CUDA load is expected on CPU machines
+            try:
+                sess = _new_session(ort, source, [_CUDA, _CPU])
+            finally:
+                ort.set_default_logger_severity(old)
+            if sess.get_providers()[0] == _CUDA:
+                return sess, "cuda"
+            _cuda_failed = True
+            if provider == "cuda":
+                raise TfueError("--provider cuda was asked for, but the CUDA execution provider "
+                                "did not load (no GPU, or CUDA/cuDNN libraries missing)",
+                                "check 'nvidia-smi' and the onnxruntime-gpu CUDA requirements, "
+                                "or use --provider cpu")
+            return sess, "cpu"
+        return _new_session(ort, source, [_CPU]), "cpu"
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _new_session(ort, source, providers):
+    try:
+        return ort.InferenceSession(source, sess_options=session_options(), providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TfueError(f"onnxruntime cannot load the model: {first}",
+                        "check that the model runs in plain onnxruntime") from exc

@@ -1,0 +1,46 @@
+"""Streaming statistics: mean and variance merged across chunks of samples.
+
+Chunks report (count, mean, variance) computed in the graph; the merge is Chan
+et al.'s parallel update of Welford's algorithm, in float64, so memory does not
+grow with the number of samples and the result does not drift with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RunningStats:
+    """Mean and population variance (ddof=0) of samples seen in chunks."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None
+        self._m2 = None
+
+    def add_chunk(self, count: int, mean, variance) -> None:
+        """Merge a chunk of ``count`` samples with the given mean and variance."""
+        if count <= 0:
+            return
+        mean = np.asarray(mean, dtype=np.float64)
+        m2 = np.asarray(variance, dtype=np.float64) * count
+        if self.count == 0:
+            self.count, self.mean, self._m2 = count, mean.copy(), m2.copy()
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self._m2 = self._m2 + m2 + delta * delta * (self.count * count / total)
+        self.count = total
+
+    def add_samples(self, samples) -> None:
+        """Merge samples stacked along axis 0."""
+        samples = np.asarray(samples, dtype=np.float64)
+        self.add_chunk(len(samples), samples.mean(axis=0), samples.var(axis=0))
+
+    @property
+    def variance(self):
+        """Population variance of all samples merged so far."""
+        if self.count == 0:
+            return None
+        return self._m2 / self.count

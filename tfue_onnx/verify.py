@@ -1,0 +1,78 @@
+"""The zero-perturbation identity check every uncertainty graph must pass.
+
+With every level set to 0 (sigma = 0, rate = 0) the graph must return the
+original model's outputs: the unperturbed output and the sample mean equal to
+the original, the variance zero. For the batched strategy the unperturbed slot
+must also stay untouched when the perturbation is on, which catches models
+whose batch axis is not the outermost one at the location.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .graph import output_names
+
+RTOL = 1e-4
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The outcome of a verification: ok, or the reason it failed."""
+
+    ok: bool
+    reason: str = ""
+    max_error: float = 0.0
+
+
+def _scale(ref) -> float:
+    finite = np.abs(ref[np.isfinite(ref)]) if ref.size else np.zeros(1)
+    return float(max(1.0, finite.max() if finite.size else 1.0))
+
+
+def _close(name, what, got, ref):
+    if got.shape != ref.shape:
+        return Verdict(False, f"{what} of '{name}' has shape {got.shape}, the original "
+                              f"{ref.shape}", float("inf"))
+    atol = 1e-5 * _scale(ref)
+    err = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
+    if not np.allclose(got, ref, rtol=RTOL, atol=atol, equal_nan=True):
+        return Verdict(False, f"{what} of '{name}' differs from the original output by "
+                              f"{err:.3g} (tolerance {atol:.1e} + {RTOL:g}·|y|)", err)
+    return Verdict(True, "", err)
+
+
+def check_identity(outputs: dict, reference: dict, stats_outputs) -> Verdict:
+    """Check outputs of an uncertainty graph run with all levels at 0."""
+    worst = 0.0
+    for name, ref in reference.items():
+        names = output_names(name)
+        checks = [("output", outputs[names["output"]])]
+        if name in stats_outputs:
+            checks.append(("sample mean", outputs[names["mean"]]))
+        for what, got in checks:
+            v = _close(name, what, np.asarray(got), np.asarray(ref))
+            if not v.ok:
+                return v
+            worst = max(worst, v.max_error)
+        if name in stats_outputs:
+            var = np.asarray(outputs[names["variance"]], dtype=np.float64)
+            limit = (1e-4 * _scale(np.asarray(ref))) ** 2
+            peak = float(np.nanmax(var)) if var.size else 0.0
+            if peak > limit:
+                return Verdict(False, f"variance of '{name}' is {peak:.3g} with the "
+                                      "perturbation off (should be 0)", peak)
+    return Verdict(True, "", worst)
+
+
+def check_unperturbed_slot(outputs: dict, reference: dict) -> Verdict:
+    """Check that the unperturbed output stays the original with the perturbation on."""
+    for name, ref in reference.items():
+        v = _close(name, "unperturbed output (perturbation on)",
+                   np.asarray(outputs[output_names(name)["output"]]), np.asarray(ref))
+        if not v.ok:
+            return Verdict(False, v.reason + "; the batch axis is probably not outermost at "
+                                             "the location", v.max_error)
+    return Verdict(True)
