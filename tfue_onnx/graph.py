@@ -394,9 +394,13 @@ def _batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool)
         stacked = b.op("Reshape", [flat, sshape], dtype=dt, shape=stacked_shape,
                        out=gs.Variable(names["samples"], dtype=dt, shape=stacked_shape)
                        if keep_samples else None)
-        mean = b.reduce_mean(stacked, axes=[0], keepdims=0,
-                             out=gs.Variable(names["mean"], dtype=dt, shape=shape))
-        centred = b.op("Sub", [stacked, mean], dtype=dt)
+        # Statistics of the change from the unperturbed output: at level 0 they are
+        # exactly 0 (no rounding), and small changes keep their precision.
+        change = b.op("Sub", [stacked, y], dtype=dt)
+        mean_change = b.reduce_mean(change, axes=[0], keepdims=0, dtype=dt)
+        mean = b.op("Add", [y, mean_change],
+                    out=gs.Variable(names["mean"], dtype=dt, shape=shape))
+        centred = b.op("Sub", [change, mean_change], dtype=dt)
         var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dt), axes=[0], keepdims=0,
                             out=gs.Variable(names["variance"], dtype=dt, shape=shape))
         final += [mean, var] + ([stacked] if keep_samples else [])
@@ -455,13 +459,15 @@ def _loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool):
                          helper.make_tensor_value_info(m2_out, elem, None)]
         one_name = p + "one"
         inits.append(onnx.numpy_helper.from_array(np.array(1, np.int64), one_name))
+        # Welford's update on the change from the unperturbed output (outer scope).
         body_nodes += [
+            helper.make_node("Sub", [y, o.name], [p + "change"]),
             helper.make_node("Add", [it, one_name], [p + "k_int"]),
             helper.make_node("Cast", [p + "k_int"], [p + "k"], to=elem),
-            helper.make_node("Sub", [y, mean_in], [p + "delta"]),
+            helper.make_node("Sub", [p + "change", mean_in], [p + "delta"]),
             helper.make_node("Div", [p + "delta", p + "k"], [p + "step"]),
             helper.make_node("Add", [mean_in, p + "step"], [mean_out]),
-            helper.make_node("Sub", [y, mean_out], [p + "delta2"]),
+            helper.make_node("Sub", [p + "change", mean_out], [p + "delta2"]),
             helper.make_node("Mul", [p + "delta", p + "delta2"], [p + "m2_step"]),
             helper.make_node("Add", [m2_in, p + "m2_step"], [m2_out]),
         ]
@@ -502,7 +508,7 @@ def _loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool):
         names = output_names(o.name)
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(o.dtype))
         g.node.append(helper.make_node("Cast", [samples_name], [p + "n"], to=elem))
-        g.node.append(helper.make_node("Identity", [p + "mean_final"], [names["mean"]]))
+        g.node.append(helper.make_node("Add", [o.name, p + "mean_final"], [names["mean"]]))
         g.node.append(helper.make_node("Div", [p + "m2_final", p + "n"], [names["variance"]]))
         shape = list(o.shape) if o.shape is not None else None
         g.output.extend([helper.make_tensor_value_info(names["mean"], elem, shape),

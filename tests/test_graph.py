@@ -1,0 +1,133 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tfue_onnx import Dropout, MCDropout, Noise, TfueError
+from tfue_onnx import graph as graphs
+from tfue_onnx.model import ModelInfo, inspect_model
+
+
+def _session(model):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run(model, feeds):
+    s = _session(model)
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+@pytest.mark.parametrize("strategy", graphs.STRATEGIES)
+@pytest.mark.parametrize("spec", [Noise(0.3, at="r1"), Noise(0.3, at="input", mode="relative"),
+                                  Dropout(0.3, at="c1"), Dropout(0.3, at="y")])
+def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):
+    path = toy()
+    info = inspect_model(path)
+    ref = _run(info.model, {"x": x8})["y"]
+    ug = graphs.build(info, spec, strategy, samples=5, seed=3)
+    out = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
+    assert set(out) == {"y", "y.mean", "y.variance"}
+    np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["y.mean"], out["y"], rtol=1e-6, atol=1e-7)
+    assert out["y.variance"].shape == ref.shape and float(out["y.variance"].max()) < 1e-12
+    if strategy == "batched":  # same kernels for every slot: exactly the output
+        np.testing.assert_array_equal(out["y.mean"], out["y"])
+        assert float(out["y.variance"].max()) == 0.0
+    on = _run(ug.model, {"x": x8})
+    np.testing.assert_allclose(on["y"], ref, rtol=1e-5, atol=1e-6)  # unperturbed stays so
+    assert float(on["y.variance"].mean()) > 1e-4
+
+
+def test_graph_keeps_names_ir_and_opset(toy):
+    info = inspect_model(toy(opset=11, ir_version=6))
+    ug = graphs.build(info, Noise(0.1, at="r1"), "batched", samples=4)
+    m = ug.model
+    assert m.ir_version == 6
+    assert [(o.domain, o.version) for o in m.opset_import] == [("", 11)]
+    assert [o.name for o in m.graph.output] == ["y", "y.mean", "y.variance"]
+    new = [n for n in m.graph.node if n.name not in {"conv1", "relu1", "conv2", "sigmoid"}]
+    assert new and all(n.name.startswith("tfue/") for n in new)
+    assert all(o.startswith("tfue/") or o in ("y", "y.mean", "y.variance")
+               for n in new for o in n.output)
+    onnx.checker.check_model(m)
+    # The inputs the runner overrides carry defaults, so plain sessions can ignore them.
+    inits = {i.name for i in m.graph.initializer}
+    assert ug.samples_input in inits and set(ug.level_inputs) <= inits
+
+
+def test_prefix_avoids_existing_names(tmp_path, toy):
+    m = onnx.load(toy())
+    m.graph.node[1].output[0] = "tfue/r1"
+    m.graph.node[2].input[0] = "tfue/r1"
+    ug = graphs.build(ModelInfo(m), Noise(0.1, at="tfue/r1"), "batched", samples=2)
+    added = [n for n in ug.model.graph.node if n.name.startswith("tfue")]
+    assert added and all(n.name.startswith("tfue1/") for n in added)
+
+
+def test_dropout_drops_fraction_p(toy, x8):
+    """Dropout at the output: each sample zeroes ~p of the elements, scales the rest."""
+    info = inspect_model(toy())
+    p = 0.3
+    ug = graphs.build(info, Dropout(p, at="y"), "batched", samples=64, seed=0, keep_samples=True)
+    out = _run(ug.model, {"x": x8})
+    samples, y = out["y.samples"], out["y"]
+    assert samples.shape == (64, 1, 2, 8, 8)
+    dropped = float(np.mean(samples == 0))
+    assert abs(dropped - p) < 0.03  # 8192 Bernoulli draws: std 0.005
+    kept = samples != 0
+    np.testing.assert_allclose(samples[kept], np.broadcast_to(y / (1 - p), samples.shape)[kept],
+                               rtol=1e-5)
+
+
+def test_noise_has_requested_sigma(toy, x8):
+    info = inspect_model(toy())
+    ug = graphs.build(info, Noise(0.2, at="y"), "loop", samples=64, seed=0, keep_samples=True)
+    out = _run(ug.model, {"x": x8})
+    noise = out["y.samples"] - out["y"][None]
+    assert abs(float(noise.std()) - 0.2) < 0.01 and abs(float(noise.mean())) < 0.01
+    # Variance from the Welford loop equals numpy's population variance of the samples.
+    np.testing.assert_allclose(out["y.variance"], out["y.samples"].var(axis=0), rtol=1e-3,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("opset,training_input", [(7, False), (10, False), (13, True)])
+def test_mc_dropout_switches_on_own_dropout(toy, x8, opset, training_input):
+    path = toy(opset=opset, dropout_ratio=0.5, dropout_training_input=training_input)
+    info = inspect_model(path)
+    ref = _run(info.model, {"x": x8})["y"]
+    strategy = "loop" if opset < 10 else "batched"
+    ug = graphs.build(info, MCDropout(), strategy, samples=8, seed=1)
+    sampled = ug.model.graph.node
+    if strategy == "loop":  # the outer copy is the unperturbed model; the body samples
+        [loop] = [n for n in sampled if n.op_type == "Loop"]
+        sampled = loop.attribute[0].g.node
+    assert not any(n.op_type == "Dropout" for n in sampled)
+    assert sum(n.op_type == "RandomUniformLike" for n in sampled) == 1
+    assert [float(v) for v in ug.level_inputs.values()] == [0.5]  # the node's own ratio
+    out = _run(ug.model, {"x": x8})
+    np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
+    assert float(out["y.variance"].mean()) > 1e-3
+    zero = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
+    assert float(zero["y.variance"].max()) < 1e-10
+
+
+def test_mc_dropout_errors(toy):
+    with pytest.raises(TfueError, match="no Dropout node.*--method dropout"):
+        graphs.build(inspect_model(toy()), MCDropout(), "batched")
+    info = inspect_model(toy("d", dropout_ratio=0.2))
+    with pytest.raises(TfueError, match="unknown Dropout node 'drop2'.*'drop1'"):
+        graphs.build(info, MCDropout(nodes=("drop2",)), "batched")
+
+
+def test_batched_needs_a_free_batch_axis(toy):
+    info = inspect_model(toy(batch=1))
+    with pytest.raises(graphs.StrategyUnavailable, match="fixed batch size 1"):
+        graphs.build(info, Noise(0.1, at="r1"), "batched")
+
+
+@pytest.mark.parametrize("samples", [1, 0, -3, 2.5])
+def test_samples_must_be_at_least_two(toy, samples):
+    with pytest.raises(TfueError, match="samples must be an integer >= 2"):
+        graphs.build(inspect_model(toy()), Noise(0.1, at="r1"), "batched", samples=samples)

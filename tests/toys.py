@@ -1,0 +1,83 @@
+"""Small ONNX models built in the tests, for cases real models don't cover."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _w(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32) * 0.5
+
+
+def conv_net(path=None, batch=None, opset=13, dropout_ratio=None, ir_version=None,
+             dropout_training_input=False, channels=3, seed=0, external_data=False):
+    """x [B,C,H,W] -> Conv -> Relu -> (Dropout) -> Conv -> Sigmoid -> y [B,2,H,W].
+
+    ``batch`` None makes the batch axis free; an int fixes it. ``dropout_ratio``
+    adds a Dropout node in the opset's own style (ratio attribute for opset < 12,
+    ratio input from 12, plus a training_mode input when asked).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, 4, channels, 3, 3), "w1"),
+             numpy_helper.from_array(_w(rng, 4), "b1"),
+             numpy_helper.from_array(_w(rng, 2, 4, 3, 3), "w2"),
+             numpy_helper.from_array(_w(rng, 2), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1")]
+    mid = "r1"
+    if dropout_ratio is not None:
+        if opset < 12:
+            nodes.append(helper.make_node("Dropout", ["r1"], ["d1"], name="drop1",
+                                          ratio=float(dropout_ratio)))
+        else:
+            inits.append(numpy_helper.from_array(np.array(dropout_ratio, np.float32), "ratio"))
+            ins = ["r1", "ratio"]
+            if dropout_training_input:
+                inits.append(numpy_helper.from_array(np.array(False), "training"))
+                ins.append("training")
+            nodes.append(helper.make_node("Dropout", ins, ["d1"], name="drop1"))
+        mid = "d1"
+    nodes += [helper.make_node("Conv", [mid, "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+              helper.make_node("Sigmoid", ["c2"], ["y"], name="sigmoid")]
+    b = batch if batch is not None else "batch"
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, channels, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, 2, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="tfue-tests")
+    model.ir_version = ir_version or (3 if opset < 8 else 7)
+    if opset < 9:
+        # IR 3 requires every initializer to be listed as a graph input.
+        model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                           for i in inits)
+    onnx.checker.check_model(model)
+    if path is not None:
+        if external_data:
+            onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location="weights.data", size_threshold=0)
+        else:
+            onnx.save(model, str(path))
+    return model
+
+
+def transposed_batch_net(path):
+    """x -> Conv -> Transpose(batch to axis 1) -> Relu -> Transpose back -> y.
+
+    At 'r' the batch axis is not outermost, so the batched strategy's slot mask
+    would leak noise into the unperturbed slot: verification must reject it.
+    """
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(_w(rng, 4, 3, 3, 3), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c1"], ["t"], name="t1", perm=[1, 0, 2, 3]),
+             helper.make_node("Relu", ["t"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["y"], name="t2", perm=[1, 0, 2, 3])]
+    graph = helper.make_graph(
+        nodes, "tb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)
