@@ -56,7 +56,13 @@ class Estimator(Runner):
                             "give another output path with -o")
         check_new_file(path, force)
         ug = self.uncertainty_graph(example)
-        model = ug.model
+        model = onnx.ModelProto()
+        model.CopyFrom(ug.model)
+        # N and the levels become plain constants: the file has the model's own inputs.
+        fixed = {ug.samples_input, *ug.level_inputs}
+        kept = [i for i in model.graph.input if i.name not in fixed]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
         onnx.helper.set_model_props(model, {
             "tfue.method": self.spec.method, "tfue.location": self.location,
             "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),

@@ -153,9 +153,9 @@ def _parse_size(text):
 
 
 class _progress:
-    """A progress bar over inputs on stderr (quiet when stderr is not a terminal)."""
+    """A progress bar over inputs on stderr."""
 
-    def __init__(self, items, label):
+    def __init__(self, items, label="sampling"):
         self.bar = click.progressbar(items, label=label, file=sys.stderr,
                                      show_pos=True, item_show_func=lambda p: p and
                                      os.path.basename(p))
@@ -176,7 +176,7 @@ def _notes(est, verbose):
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @perturbation_options
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
 @click.option("--chunk", type=int, default=None, help="Samples per session run (default 8).")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto",
@@ -216,9 +216,7 @@ def run(model, inputs, method, at, sigma, sigma_mode, rate, samples, seed, strat
     est = Estimator(model, spec, samples=samples, chunk=chunk, seed=seed, provider=provider,
                     strategy=strategy, keep_samples=save_samples)
     prepare_out_dir(out_dir)
-    def progress(items):
-        return _progress(items, "sampling")
-
+    progress = _progress if sys.stderr.isatty() else None
     try:
         summary = run_inputs(est, files, out_dir, options, progress=progress)
     finally:

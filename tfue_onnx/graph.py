@@ -306,6 +306,9 @@ def _finish(graph: gs.Graph, info: ModelInfo, b: _Builder, perturber: _Perturber
     graph.inputs.append(samples_var)
     graph.cleanup().toposort()
     model = gs.export_onnx(graph, do_type_check=False)
+    # Shapes annotated on inner tensors go stale when the batch is tiled ("batch" is
+    # now (n+1)·batch); onnxruntime infers them itself.
+    del model.graph.value_info[:]
     defaults = {v.name: val for v, val in perturber.level_inputs}
     defaults[samples_var.name] = np.array([samples], dtype=np.int64)
     for name, value in defaults.items():

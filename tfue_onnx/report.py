@@ -67,6 +67,10 @@ def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
 
     ``progress`` wraps the file list for display (e.g. a progress bar).
     """
+    # Every input is read and checked before the long work starts, so a bad one
+    # fails the run at once and no result of it is half-written.
+    for path in files:
+        estimator.check_feeds(load_input(path, estimator.info.inputs, options))
     items = []
     meta = None
     iterator = progress(files) if progress else files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 
 import numpy as np
@@ -210,10 +211,9 @@ class Runner:
         try:
             values = sess.run(None, feeds)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in feeds.items()
                                if not k.startswith("tfue"))
-            raise TfueError(f"the model failed on input {shapes}: {first[:300]}",
+            raise TfueError(f"the model failed on input {shapes}: {ort_message(exc)}",
                             "check the input size and layout the model expects "
                             "(for images: --resize HxW)") from exc
         return dict(zip([o.name for o in sess.get_outputs()], values))
@@ -329,6 +329,16 @@ class Runner:
             else:
                 feeds[inp.name] = np.zeros(shape, dtype)
         return feeds
+
+
+def ort_message(exc) -> str:
+    """onnxruntime's error, without its source paths and C++ signatures."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ ", "", text)
+    text = re.sub(r"(?:[\w:]+ )?onnxruntime::[\w:<>]+\([^)]*\)\s*", "", text)
+    text = re.sub(r"(Status Message: ).*? was false\.\s*", r"\1", text)
+    return text[:240]
 
 
 def _fmt_shape(shape) -> str:

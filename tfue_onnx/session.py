@@ -26,10 +26,11 @@ def _ort():
 
 
 def session_options(quiet: bool = True):
-    """Session options; ``quiet`` hides onnxruntime's warnings about our overridable inputs."""
+    """Session options; ``quiet`` leaves reporting to tfue: onnxruntime's warnings about
+    the overridable inputs and its error logs (raised as TfueError too) are hidden."""
     so = _ort().SessionOptions()
     if quiet:
-        so.log_severity_level = 3
+        so.log_severity_level = 4
     return so
 
 

@@ -1,0 +1,248 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def setup(tmp_path, toy, x8):
+    model = toy()
+    npy = tmp_path / "img.npy"
+    np.save(npy, x8[0])  # without the batch axis: the reader adds it
+    out = tmp_path / "out"
+    return model, str(npy), out
+
+
+def _one_error_line(r):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and "Hint: " in lines[0]
+    return lines[0]
+
+
+def test_run_writes_results(cli, setup, x8):
+    model, npy, out = setup
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "--sigma", 0.2, "--seed", 3,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "noise at r1 (level 0.2), N=8, seed 3, strategy batched" in r.stdout
+    assert sorted(os.listdir(out)) == ["img.npz", "img.variance.png", "summary.json"]
+    with np.load(out / "img.npz") as z:
+        assert {"output", "mean", "variance", "y.output", "y.variance", "metadata"} <= set(z.files)
+        meta = json.loads(str(z["metadata"]))
+        assert (meta["method"], meta["at"], meta["level"], meta["samples"], meta["seed"]) == \
+            ("noise", "r1", 0.2, 8, 3)
+        assert meta["provider"] in ("cpu", "cuda")
+        assert z["variance"].shape == (1, 2, 8, 8)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["inputs"][0]["input"] == npy
+    from PIL import Image
+    with Image.open(out / "img.variance.png") as im:
+        assert im.size == (8, 8) and im.mode == "RGB"
+
+
+def test_run_json_and_folder_input(cli, setup, tmp_path, x8):
+    model, npy, out = setup
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for k in range(3):
+        np.save(folder / f"a{k}.npy", x8 * (k + 1))
+    r = cli("run", model, folder, "--method", "dropout", "--at", "c1", "--rate", 0.1, "-n", 4,
+            "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert [os.path.basename(i["input"]) for i in s["inputs"]] == ["a0.npy", "a1.npy", "a2.npy"]
+    assert s["method"] == "dropout" and s["location"] == "c1" and s["level"] == 0.1
+    assert all(i["mean_variance"] > 0 for i in s["inputs"])
+
+
+def test_existing_results_need_force(cli, setup):
+    model, npy, out = setup
+    args = ["run", model, npy, "--method", "noise", "--at", "r1", "--out", out]
+    assert cli(*args).exit_code == 0
+    before = _digest(out / "img.npz")
+    line = _one_error_line(cli(*args))
+    assert "img.npz' already exists" in line or "summary.json' already exists" in line
+    assert "--force" in line
+    assert _digest(out / "img.npz") == before
+    assert cli(*args, "--force", "--seed", 5).exit_code == 0
+    assert _digest(out / "img.npz") != before
+
+
+def test_verbose_says_which_strategy(cli, toy, tmp_path, x8):
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", toy(batch=1), tmp_path / "x.npy", "--method", "noise", "--at", "r1",
+            "--out", tmp_path / "o", "--verbose")
+    assert r.exit_code == 0, r.output
+    assert "strategy batched: not available (input 'x' has a fixed batch size 1" in r.stderr
+    assert "strategy loop: verified" in r.stderr
+
+
+def test_mc_dropout_cli(cli, toy, tmp_path, x8):
+    np.save(tmp_path / "x.npy", x8)
+    model = toy(opset=10, dropout_ratio=0.4)
+    r = cli("run", model, tmp_path / "x.npy", "--method", "mc-dropout", "--out", tmp_path / "o",
+            "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["method"] == "mc-dropout" and s["location"] == "all Dropout nodes"
+    assert s["inputs"][0]["mean_variance"] > 0
+    r = cli("run", model, tmp_path / "x.npy", "--method", "mc-dropout", "--at", "drop1",
+            "--rate", 0.1, "--out", tmp_path / "o2", "--json")
+    assert json.loads(r.stdout)["location"] == "drop1"
+    line = _one_error_line(cli("run", toy("plain"), tmp_path / "x.npy", "--method",
+                               "mc-dropout", "--out", tmp_path / "o3"))
+    assert "no Dropout node" in line and "--method dropout" in line
+
+
+# --- bad input: one clear line, exit 2, nothing of the user's touched ------------------------
+def _bad(cli, tmp_path, model, *args):
+    """Run with a sentinel in the output folder; check nothing was touched."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    (out / "keep.npz").write_bytes(b"precious")
+    before = _digest(model)
+    r = cli("run", model, *args, "--out", out)
+    line = _one_error_line(r)
+    assert _digest(model) == before
+    assert sorted(os.listdir(out)) == ["keep.npz"]
+    assert (out / "keep.npz").read_bytes() == b"precious"
+    return line
+
+
+def test_bad_not_an_onnx_file(cli, tmp_path, setup):
+    _, npy, _ = setup
+    fake = tmp_path / "model.onnx"
+    fake.write_text("hello, I am a text file\n")
+    line = _bad(cli, tmp_path, fake, npy, "--method", "noise")
+    assert f"'{fake}' is not an ONNX model" in line
+
+
+def test_bad_unknown_tensor(cli, tmp_path, setup):
+    model, npy, _ = setup
+    line = _bad(cli, tmp_path, model, npy, "--method", "noise", "--at", "relu")
+    assert "unknown tensor 'relu'" in line and "closest names: 'r1'" in line
+
+
+def test_bad_input_shape(cli, tmp_path, toy, x8):
+    np.save(tmp_path / "x.npy", x8[0, :1])
+    line = _bad(cli, tmp_path, toy(), tmp_path / "x.npy", "--method", "noise", "--at", "r1")
+    assert "has shape (1, 1, 8, 8), the model expects [?, 3, ?, ?] (axis 1 must be 3)" in line
+
+
+def test_bad_input_dtype(cli, tmp_path, toy):
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 8, 8), np.int32))
+    line = _bad(cli, tmp_path, toy(), tmp_path / "x.npy", "--method", "noise", "--at", "r1")
+    assert "dtype int32, the model expects float32" in line
+
+
+def test_bad_nan(cli, tmp_path, toy, x8):
+    x = x8.copy()
+    x[0, 1, 2, 3] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    line = _bad(cli, tmp_path, toy(), tmp_path / "x.npy", "--method", "noise", "--at", "r1")
+    assert "contains 1 NaN or infinite values" in line
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--method", "noise", "--sigma", "-0.5"), "sigma must be >= 0, got -0.5"),
+    (("--method", "dropout", "--rate", "1"), "rate must be in [0, 1), got 1"),
+    (("--method", "dropout", "--rate", "-0.1"), "rate must be in [0, 1), got -0.1"),
+    (("--method", "noise", "--samples", "1"), "samples must be an integer >= 2, got 1"),
+    (("--method", "noise", "--at", "1.5"), "location depth 1.5 is outside [0, 1]"),
+])
+def test_bad_levels(cli, tmp_path, setup, args, message):
+    model, npy, _ = setup
+    assert message in _bad(cli, tmp_path, model, npy, *args)
+
+
+def test_bad_output_folder(cli, tmp_path, setup):
+    model, npy, _ = setup
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    before = _digest(model)
+    r = cli("run", model, npy, "--method", "noise", "--out", blocker / "sub")
+    line = _one_error_line(r)
+    assert "is not writable" in line and "--out" in line
+    r = cli("run", model, npy, "--method", "noise", "--out", blocker)
+    assert "is a file, not a folder" in _one_error_line(r)
+    assert blocker.read_text() == "x" and _digest(model) == before
+    if os.geteuid() != 0:  # root writes anywhere, so a read-only folder only binds others
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        r = cli("run", model, npy, "--method", "noise", "--out", ro)
+        assert "is not writable" in _one_error_line(r)
+
+
+def test_bad_missing_input_and_wrong_file(cli, tmp_path, setup):
+    model, _, _ = setup
+    line = _bad(cli, tmp_path, model, tmp_path / "nope.npy", "--method", "noise")
+    assert "does not exist" in line
+    (tmp_path / "notes.txt").write_text("x")
+    line = _bad(cli, tmp_path, model, tmp_path / "notes.txt", "--method", "noise")
+    assert "is not an image or a .npy/.npz array" in line
+
+
+def test_bad_image_for_the_model(cli, tmp_path, ppocr_det):
+    from PIL import Image
+    Image.new("RGB", (50, 40), "white").save(tmp_path / "odd.png")
+    line = _bad(cli, tmp_path, ppocr_det, tmp_path / "odd.png", "--method", "noise")
+    assert "the model failed on input x(1, 3, 40, 50)" in line and "--resize" in line
+
+
+# --- export ------------------------------------------------------------------------------
+def test_export_runs_in_plain_onnxruntime_and_agrees_with_run(cli, tmp_path, setup, x8):
+    model, npy, out = setup
+    exported = tmp_path / "unc.onnx"
+    r = cli("export", model, "-o", exported, "--method", "dropout", "--at", "c1", "--rate", 0.2,
+            "--samples", 256, "--seed", 4)
+    assert r.exit_code == 0, r.output
+    assert "strategy batched" in r.stdout and "y, y.mean, y.variance" in r.stdout
+    sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    assert [o.name for o in sess.get_outputs()] == ["y", "y.mean", "y.variance"]
+    y, mean, var = sess.run(None, {"x": x8})  # only the model's own input is needed
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["tfue.samples"] == "256" and meta["tfue.method"] == "dropout"
+
+    r = cli("run", model, npy, "--method", "dropout", "--at", "c1", "--rate", 0.2,
+            "--samples", 256, "--chunk", 64, "--seed", 9, "--out", out)
+    assert r.exit_code == 0, r.output
+    with np.load(out / "img.npz") as z:
+        np.testing.assert_allclose(z["output"], y, rtol=1e-6)
+        # Independent draws of 256 samples: statistics agree to sampling error.
+        assert abs(z["variance"].mean() / var.mean() - 1) < 0.1
+        assert np.corrcoef(z["variance"].ravel(), var.ravel())[0, 1] > 0.9
+        # Sample means differ by their standard error sqrt(2 var / N) or so.
+        z_scores = (z["mean"] - mean) / np.sqrt(2 * (var + z["variance"]) / 2 / 256 + 1e-12)
+        assert float(np.abs(z_scores).mean()) < 1.5
+
+
+def test_export_fixed_batch_model_uses_a_loop(cli, tmp_path, toy, x8):
+    exported = tmp_path / "unc.onnx"
+    r = cli("export", toy(batch=1), "-o", exported, "--method", "noise", "--at", "r1",
+            "--sigma", 0.3, "-n", 16)
+    assert r.exit_code == 0 and "strategy loop" in r.stdout
+    y, mean, var = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x8})
+    assert var.shape == y.shape and float(var.mean()) > 0
+
+
+def test_export_never_overwrites(cli, tmp_path, setup):
+    model, _, _ = setup
+    before = _digest(model)
+    line = _one_error_line(cli("export", model, "-o", model, "--method", "noise", "--force"))
+    assert "refusing to overwrite the input model" in line
+    target = tmp_path / "taken.onnx"
+    target.write_bytes(b"mine")
+    line = _one_error_line(cli("export", model, "-o", target, "--method", "noise"))
+    assert "already exists" in line and "--force" in line
+    assert target.read_bytes() == b"mine" and _digest(model) == before
