@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from .errors import TfueError
 
@@ -130,8 +131,92 @@ class MCDropout:
                 "rate": self.rate, "level": self.rate}
 
 
-def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=()):
-    """Build a spec from CLI-style arguments (``method`` is noise, dropout or mc-dropout)."""
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """infer-transformation: run the model on rotated/flipped inputs, undo it on outputs.
+
+    ``transforms`` is a named set (d4, rot, flips, hflip, rot180) or a list of
+    elements (identity, hflip, vflip, rot90, rot180, rot270, transpose,
+    antitranspose). ``layout`` (auto, NCHW, NHWC) says where the input's
+    spatial axes are.
+    """
+
+    transforms: object = "d4"
+    layout: str = "auto"
+
+    method = "transform"
+    level = None
+
+    def __post_init__(self):
+        from .transforms import parse_transforms
+
+        if self.layout not in ("auto", "NCHW", "NHWC"):
+            raise TfueError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
+        elements = tuple(parse_transforms(self.transforms))
+        object.__setattr__(self, "elements", elements)
+
+    @property
+    def names(self) -> list:
+        return [e.name for e in self.elements]
+
+    def describe(self) -> dict:
+        return {"method": "transform", "at": "input", "transforms": self.names,
+                "level": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """Deep ensemble: the same input through every member model.
+
+    ``members`` are the models *beside* the one the estimator is built on, which
+    is member 0 (paths or ModelProtos).
+    """
+
+    members: tuple = ()
+
+    method = "ensemble"
+    level = None
+
+    def __post_init__(self):
+        members = tuple(self.members)
+        if len(members) < 1:
+            raise TfueError(f"an ensemble needs at least 2 models, got {len(members) + 1}",
+                            "pass several .onnx files (or a folder of them)")
+        object.__setattr__(self, "members", members)
+
+    def describe(self) -> dict:
+        return {"method": "ensemble", "at": "members",
+                "members": [str(m) if isinstance(m, (str, os.PathLike)) else f"<model {i}>"
+                            for i, m in enumerate(self.members, start=1)], "level": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entropy:
+    """Softmax entropy of one unperturbed run: the training-free classification baseline."""
+
+    method = "entropy"
+    level = None
+
+    def describe(self) -> dict:
+        return {"method": "entropy", "at": "output", "level": None}
+
+
+SAMPLED = (Noise, Dropout, MCDropout)  # specs with a level and N random samples
+
+
+def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=(),
+              transforms="d4", layout="auto", members=()):
+    """Build a spec from CLI-style arguments (``method`` as the CLI names it)."""
+    if method in ("transform", "ensemble", "entropy"):
+        for flag, value in (("--sigma", sigma), ("--rate", rate), ("--at", at)):
+            if value is not None:
+                raise TfueError(f"{flag} does not apply to --method {method}",
+                                "drop it; it is for noise and dropout")
+        if method == "transform":
+            return Transform(transforms, layout)
+        if method == "ensemble":
+            return Ensemble(tuple(members))
+        return Entropy()
     if method == "noise":
         if rate is not None:
             raise TfueError("--rate applies to dropout methods, not noise", "use --sigma")
@@ -145,4 +230,5 @@ def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute"
         if sigma is not None:
             raise TfueError("--sigma applies to noise, not mc-dropout", "use --rate")
         return MCDropout(rate=rate, nodes=tuple(nodes))
-    raise TfueError(f"unknown method {method!r}", "use noise, dropout or mc-dropout")
+    raise TfueError(f"unknown method {method!r}",
+                    "use noise, dropout, mc-dropout, transform, ensemble or entropy")

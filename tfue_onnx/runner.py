@@ -18,8 +18,9 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
+from .perturb import SAMPLED, Ensemble, Entropy, MCDropout, Transform
 from .session import create_session
-from .stats import RunningStats
+from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
 
 DEFAULT_CHUNK = 8
@@ -33,6 +34,15 @@ class OutputStats:
     mean: np.ndarray | None = None  # sample mean (None for non-float outputs)
     variance: np.ndarray | None = None  # per-element population variance
     samples: np.ndarray | None = None  # [N, ...] when asked for
+    # Class probabilities only (maps over pixels for dense outputs):
+    entropy: np.ndarray | None = None  # predictive entropy of the mean (nats)
+    mutual_information: np.ndarray | None = None  # BALD: entropy - mean sample entropy
+    class_variance: np.ndarray | None = None  # variance of the winning class
+
+    @property
+    def uncertainty(self):
+        """The map to look at: the variance, or the entropy for --method entropy."""
+        return self.variance if self.variance is not None else self.entropy
 
 
 @dataclasses.dataclass
@@ -46,7 +56,7 @@ class Result:
     def primary(self) -> str:
         """Name of the first output that has statistics."""
         for name, s in self.outputs.items():
-            if s.variance is not None:
+            if s.uncertainty is not None:
                 return name
         return next(iter(self.outputs))
 
@@ -65,6 +75,18 @@ class Result:
     @property
     def samples(self):
         return self.outputs[self.primary].samples
+
+    @property
+    def entropy(self):
+        return self.outputs[self.primary].entropy
+
+    @property
+    def mutual_information(self):
+        return self.outputs[self.primary].mutual_information
+
+    @property
+    def uncertainty(self):
+        return self.outputs[self.primary].uncertainty
 
 
 def check_chunk(chunk) -> int | None:
@@ -87,17 +109,45 @@ def _onnx_dtype(info_dtype: str):
         return None
 
 
+def _softmax_axis(info: ModelInfo, name: str):
+    """The class axis of an output made by a Softmax (through Identity/Reshape), else None."""
+    producers = {o: n for n in info.graph.node for o in n.output}
+    node = producers.get(name)
+    while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or \
+            node.op_type == "LogSoftmax":
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"),
+                1 if info.opset < 13 else -1)
+    out = next(o for o in info.outputs if o.name == name)
+    rank = len(out.shape) if out.shape is not None else None
+    if axis < 0:
+        if rank is None:
+            return None
+        axis += rank
+    return axis
+
+
 class Runner:
     """Uncertainty for one model and one perturbation spec.
 
-    ``model`` is a path or a ModelProto; ``spec`` a Noise, Dropout or MCDropout.
-    ``strategy`` is ``auto`` (fastest that verifies) or a name from
-    graph.STRATEGIES. ``seed`` None picks one at random; it is recorded.
+    ``model`` is a path or a ModelProto; ``spec`` a Noise, Dropout, MCDropout,
+    Transform, Ensemble or Entropy. ``strategy`` is ``auto`` (fastest that
+    verifies) or a name from graph.STRATEGIES. ``seed`` None picks one at random;
+    it is recorded.
+
+    Class probabilities: outputs made by a Softmax are found (``classify="auto"``);
+    ``softmax=True`` appends a softmax over ``class_axis`` to outputs that are
+    logits; ``classify=True`` treats every float output as probabilities over
+    ``class_axis``, ``False`` none. They also get entropy, mutual information
+    and the variance of the winning class.
     """
 
-    def __init__(self, model, spec, samples: int = 8, chunk: int | None = None,
+    def __init__(self, model, spec, samples: int | None = None, chunk: int | None = None,
                  seed: int | None = None, provider: str = "auto", strategy: str = "auto",
-                 keep_samples: bool = False):
+                 keep_samples: bool = False, softmax: bool = False, classify="auto",
+                 class_axis: int = 1):
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -105,7 +155,20 @@ class Runner:
             self.path = None
             self.info = ModelInfo(model)
         self.spec = spec
-        self.samples = graphs._check_samples(samples)
+        self.classes = self._find_classes(softmax, classify, class_axis)
+        if softmax:
+            self.info = ModelInfo(graphs.add_softmax(self.info, self.classes), self.path)
+        self.softmax = softmax
+        if isinstance(spec, SAMPLED):
+            self.samples = graphs.check_samples(8 if samples is None else samples)
+        else:
+            if samples is not None:
+                raise TfueError(f"--samples does not apply to --method {spec.method}",
+                                "N is the number of transforms or members" if not
+                                isinstance(spec, Entropy) else "entropy needs one run")
+            self.samples = {Transform: lambda: len(spec.elements),
+                            Ensemble: lambda: len(spec.members) + 1,
+                            Entropy: lambda: 1}[type(spec)]()
         self.chunk = check_chunk(chunk)
         self.seed = int(seed) if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
@@ -121,9 +184,41 @@ class Runner:
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
+    def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
+        floats = [o for o in self.info.outputs if o.dtype in ("float32", "float64", "float16")]
+
+        def axis_of(o):
+            rank = len(o.shape) if o.shape is not None else None
+            axis = class_axis + rank if (class_axis < 0 and rank) else class_axis
+            if rank is not None and not 0 <= axis < rank:
+                raise TfueError(f"class axis {class_axis} does not exist in output '{o.name}' "
+                                f"of rank {rank}", "give --class-axis within the output's rank")
+            return axis
+
+        if softmax or classify is True:
+            return {o.name: axis_of(o) for o in floats}
+        if classify is False:
+            return {}
+        found = {o.name: _softmax_axis(self.info, o.name) for o in floats}
+        return {k: v for k, v in found.items() if v is not None}
+
     def _resolve_location(self) -> str:
         if hasattr(self.spec, "at"):
             return self.info.resolve_location(self.spec.at).name
+        if isinstance(self.spec, Transform):
+            return "input"
+        if isinstance(self.spec, Ensemble):
+            from .graph.blackbox import member_infos
+
+            self._members = member_infos(self.info, self.spec.members)  # checks signatures
+            return ", ".join([self.path or "member 0"] +
+                             [m.path or f"member {k}" for k, m in enumerate(self._members, 1)])
+        if isinstance(self.spec, Entropy):
+            if not self.classes:
+                raise TfueError("no output of the model holds class probabilities (none is "
+                                "made by a Softmax)",
+                                "pass --softmax if the model outputs logits, or --classify")
+            return "output"
         if not self.info.dropouts:
             raise TfueError("the model has no Dropout node, so MC-dropout has nothing to "
                             "switch on",
@@ -131,6 +226,8 @@ class Runner:
         return ",".join(self.spec.nodes) or "all Dropout nodes"
 
     def _strategies(self):
+        if isinstance(self.spec, Ensemble):
+            return ["batched"]
         if self.strategy_request != "auto":
             return [self.strategy_request]
         return list(graphs.STRATEGIES)
@@ -140,13 +237,22 @@ class Runner:
             return
         self._candidates = []
         for name in self._strategies():
+            spec = self.spec
+            if isinstance(spec, Ensemble):  # members already loaded and checked
+                spec = Ensemble(tuple(self._members))
             try:
-                ug = graphs.build(self.info, self.spec, name, self.samples, self.seed,
-                                  self.keep_samples)
+                ug = graphs.build(self.info, spec, name, self.samples, self.seed,
+                                  self.keep_samples, self.classes)
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
                 continue
-            sess, provider = create_session(ug.model, self.provider_request)
+            try:
+                sess, provider = create_session(ug.model, self.provider_request)
+            except TfueError as exc:
+                if self.provider_request == "cuda" and "--provider cuda" in exc.message:
+                    raise
+                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({exc.message})")
+                continue
             self._candidates.append((ug, sess, provider))
         if not self._candidates:
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
@@ -155,8 +261,8 @@ class Runner:
     def reference_session(self):
         """The original model's session (used for verification)."""
         if self._reference is None:
-            self._reference = create_session(self.info.model if self.path is None else self.path,
-                                             self.provider_request)
+            source = self.path if (self.path and not self.softmax) else self.info.model
+            self._reference = create_session(source, self.provider_request)
         return self._reference
 
     # --- inputs ------------------------------------------------------------------
@@ -224,6 +330,8 @@ class Runner:
         return self._run(sess, feeds)
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
+        if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
+            return check_unperturbed_slot(self._run(sess, feeds), reference)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0)})
         verdict = check_identity(out, reference, ug.stats_outputs)
         if verdict.ok and ug.strategy == "batched":
@@ -257,6 +365,8 @@ class Runner:
 
     def chunk_sizes(self) -> list:
         """How the samples are split into runs."""
+        if not isinstance(self.spec, SAMPLED):
+            return [self.samples]  # one run: every transform / member at once
         chunk = self.chunk or min(self.samples, DEFAULT_CHUNK)
         sizes = [chunk] * (self.samples // chunk)
         if self.samples % chunk:
@@ -270,12 +380,18 @@ class Runner:
         perturbed location at once), without rebuilding the graph.
         """
         feeds = self.check_feeds(feeds)
+        if isinstance(self.spec, Entropy):
+            return self._run_entropy(feeds)
+        if level is not None:
+            if not isinstance(self.spec, SAMPLED):
+                raise TfueError(f"--method {self.spec.method} has no level",
+                                "levels are for noise and dropout")
+            level = float(self.spec.with_level(level).level)  # validates the level
         ug, sess, provider = self._select(feeds)
         stats = {name: RunningStats() for name in ug.stats_outputs}
         kept = {name: [] for name in ug.stats_outputs}
+        mean_entropy = {name: 0.0 for name in self.classes}
         first = None
-        if level is not None:
-            level = float(self.spec.with_level(level).level)  # validates the level
         for n in self.chunk_sizes():
             out = self._run(sess, {**feeds, **ug.feeds(samples=n, level=level)})
             if first is None:
@@ -285,27 +401,53 @@ class Runner:
                 stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
                 if self.keep_samples:
                     kept[name].append(out[names["samples"]])
+                if name in self.classes:
+                    mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
         results = {}
         for o in self.info.outputs:
             y = first[o.name]
-            if o.name in stats:
-                s = stats[o.name]
-                results[o.name] = OutputStats(
-                    output=y, mean=s.mean.astype(y.dtype), variance=s.variance.astype(y.dtype),
-                    samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
-            else:
+            if o.name not in stats:
                 results[o.name] = OutputStats(output=y)
+                continue
+            s = stats[o.name]
+            r = OutputStats(output=y, mean=s.mean.astype(y.dtype),
+                            variance=s.variance.astype(y.dtype),
+                            samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
+            if o.name in self.classes:
+                axis = self.classes[o.name]
+                h = entropy(s.mean, axis)
+                r.entropy = h.astype(y.dtype)
+                r.mutual_information = np.maximum(h - mean_entropy[o.name] / s.count,
+                                                  0).astype(y.dtype)
+                r.class_variance = winning_class_variance(s.mean, s.variance, axis).astype(y.dtype)
+            results[o.name] = r
         meta = {**self.describe(), "strategy": ug.strategy, "provider": provider}
         if level is not None:
             meta["level"] = level
         return Result(results, meta)
 
+    def _run_entropy(self, feeds) -> Result:
+        sess, provider = self.reference_session()
+        out = self._run(sess, feeds)
+        results = {}
+        for o in self.info.outputs:
+            y = out[o.name]
+            r = OutputStats(output=y)
+            if o.name in self.classes:
+                r.entropy = entropy(y, self.classes[o.name]).astype(y.dtype)
+            results[o.name] = r
+        return Result(results, {**self.describe(), "strategy": "single run",
+                                "provider": provider})
+
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""
         spec = self.spec.describe()
         spec["at"] = self.location
-        return {"model": self.path, **spec, "samples": self.samples,
+        meta = {"model": self.path, **spec, "samples": self.samples,
                 "chunks": self.chunk_sizes(), "seed": self.seed}
+        if self.classes:
+            meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
+        return meta
 
     def uncertainty_graph(self, feeds=None):
         """The verified uncertainty graph (verified on ``feeds`` or a synthetic input)."""

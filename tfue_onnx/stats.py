@@ -44,3 +44,17 @@ class RunningStats:
         if self.count == 0:
             return None
         return self._m2 / self.count
+
+
+def entropy(p, axis: int) -> np.ndarray:
+    """Shannon entropy (nats) of probabilities ``p`` along ``axis``; 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)
+    return -terms.sum(axis=axis)
+
+
+def winning_class_variance(mean, variance, axis: int) -> np.ndarray:
+    """The variance of the class with the highest mean probability."""
+    win = np.expand_dims(np.argmax(mean, axis=axis), axis)
+    return np.take_along_axis(np.asarray(variance), win, axis=axis).squeeze(axis)

@@ -1,0 +1,309 @@
+"""Shared pieces of every uncertainty-graph builder.
+
+A builder turns the model into a *sampling graph*: for every float output ``y``
+it returns ``y`` (unperturbed) and a stack of samples ``[n, *y.shape]``. The
+statistics head (``attach_stats``) is the same for every method: it reduces the
+stack to ``y.mean`` and ``y.variance`` (and ``y.samples`` and, for class
+probabilities, ``y.mean_entropy``) computed on the change from ``y``, so a
+perturbation of 0 gives exactly ``y`` and a variance of exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import TfueError
+from ..model import FLOAT_TYPES, ModelInfo
+
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+OUTPUT_KEYS = ("mean", "variance", "samples", "mean_entropy")
+
+
+class StrategyUnavailable(Exception):
+    """A strategy cannot be built for this model; the message says why."""
+
+
+def output_names(name: str) -> dict:
+    """The uncertainty graph's output names for a model output ``name``."""
+    names = {"output": name}
+    names.update({key: f"{name}.{key}" for key in OUTPUT_KEYS})
+    return names
+
+
+@dataclasses.dataclass
+class UncertaintyGraph:
+    """A built uncertainty graph and what the runner needs to drive it."""
+
+    model: onnx.ModelProto
+    strategy: str
+    stats_outputs: list  # original names of the outputs that get mean/variance
+    samples_input: str | None  # overridable sample count (None: fixed, = samples)
+    level_inputs: dict  # input name -> default level (0-d array of the tensor's dtype)
+    locations: list  # what is perturbed: tensor names, Dropout nodes, transforms, members
+    samples: int
+    seed: int
+    keep_samples: bool
+    classes: dict  # output name -> class axis, for outputs that are class probabilities
+
+    def feeds(self, samples: int | None = None, level: float | None = None) -> dict:
+        """Extra feeds: the number of samples, and one level for every perturbation."""
+        feeds = {}
+        if samples is not None and self.samples_input is not None:
+            feeds[self.samples_input] = np.array([samples], dtype=np.int64)
+        if level is not None:
+            for name, default in self.level_inputs.items():
+                feeds[name] = np.asarray(level, dtype=default.dtype)
+        return feeds
+
+
+class Builder:
+    """Thin helper that adds prefixed nodes to a graphsurgeon graph."""
+
+    def __init__(self, graph: gs.Graph, prefix: str, opset: int):
+        self.graph = graph
+        self.prefix = prefix
+        self.opset = opset
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def const(self, hint: str, value) -> gs.Constant:
+        return gs.Constant(self.name(hint), np.asarray(value))
+
+    def ints(self, hint: str, values) -> gs.Constant:
+        return self.const(hint, np.array(values, dtype=np.int64))
+
+    def op(self, op_type: str, inputs, attrs=None, dtype=None, shape=None, out=None):
+        out = out if out is not None else gs.Variable(self.name(op_type.lower()), dtype=dtype,
+                                                      shape=shape)
+        node = gs.Node(op_type, name=self.name(op_type), attrs=attrs or {},
+                       inputs=list(inputs), outputs=[out])
+        self.graph.nodes.append(node)
+        return out
+
+    # Ops whose axes moved from an attribute to an input at some opset.
+    _AXES_INPUT_FROM = {"ReduceMean": 18, "ReduceMax": 18, "ReduceSum": 13, "Unsqueeze": 13,
+                        "Squeeze": 13}
+
+    def with_axes(self, op_type, x, axes, attrs=None, dtype=None, out=None):
+        """An op taking ``axes`` as attribute or input, as the model's opset wants."""
+        attrs = dict(attrs or {})
+        inputs = [x]
+        if axes is not None:
+            if self.opset >= self._AXES_INPUT_FROM[op_type]:
+                inputs.append(self.ints("axes", list(axes)))
+            else:
+                attrs["axes"] = list(axes)
+        return self.op(op_type, inputs, attrs, dtype=dtype, out=out)
+
+    def reduce_mean(self, x, axes=None, keepdims=1, dtype=None, out=None):
+        return self.with_axes("ReduceMean", x, axes, {"keepdims": keepdims}, dtype, out)
+
+    def slice(self, x, starts, ends, axes, steps=None, dtype=None, out=None):
+        """Slice with starts/ends as tensors or int lists (opset >= 10)."""
+        def as_tensor(v, hint):
+            return v if isinstance(v, gs.Tensor) else self.ints(hint, v)
+        inputs = [x, as_tensor(starts, "starts"), as_tensor(ends, "ends"),
+                  self.ints("axes", axes)]
+        if steps is not None:
+            inputs.append(self.ints("steps", steps))
+        return self.op("Slice", inputs, dtype=dtype, out=out)
+
+    def flip(self, x, axis: int, dtype=None):
+        return self.slice(x, [-1], [INT64_MIN], [axis], steps=[-1], dtype=dtype)
+
+    def split(self, x, parts: int, dtype=None) -> list:
+        """Split ``x`` into ``parts`` equal pieces along axis 0."""
+        outs = [gs.Variable(self.name("part"), dtype=dtype) for _ in range(parts)]
+        attrs = {"axis": 0}
+        if self.opset >= 18:
+            attrs["num_outputs"] = parts
+        node = gs.Node("Split", name=self.name("Split"), attrs=attrs, inputs=[x], outputs=outs)
+        self.graph.nodes.append(node)
+        return outs
+
+    def stack(self, xs, dtype=None, out=None):
+        """Stack tensors along a new axis 0."""
+        parts = [self.with_axes("Unsqueeze", x, [0], dtype=dtype) for x in xs]
+        return self.op("Concat", parts, {"axis": 0}, dtype=dtype, out=out)
+
+
+def prefix_for(*models: onnx.ModelProto) -> str:
+    """A name prefix no tensor or node of ``models`` uses: 'tfue/' or 'tfueK/'."""
+    names = set()
+    for model in models:
+        g = model.graph
+        for n in g.node:
+            names.update(n.output)
+            names.add(n.name)
+        names.update(i.name for i in g.input)
+        names.update(i.name for i in g.initializer)
+    prefix, k = "tfue/", 1
+    while any(n.startswith(prefix) for n in names):
+        prefix, k = f"tfue{k}/", k + 1
+    return prefix
+
+
+def float_dtype(info: ModelInfo, name: str):
+    """The numpy dtype of a float tensor, or a TfueError saying why it is not one."""
+    dt = info.tensor_infos.get(name)
+    if dt is None or dt.dtype not in FLOAT_TYPES.values():
+        raise TfueError(f"tensor '{name}' is not a float tensor",
+                        "perturb a float tensor listed by 'tfue inspect'")
+    if dt.dtype == "bfloat16":
+        raise TfueError(f"tensor '{name}' is bfloat16, which tfue cannot perturb yet",
+                        "pick a float32 or float16 location")
+    return np.dtype(dt.dtype)
+
+
+def stats_outputs(info: ModelInfo) -> list:
+    """The model outputs that get statistics: the float ones."""
+    return [o for o in info.outputs if o.dtype in FLOAT_TYPES.values() and o.dtype != "bfloat16"]
+
+
+def check_subgraphs(model: onnx.ModelProto, strategy: str) -> None:
+    """Copying nodes is impossible for control flow: its subgraphs name outer tensors."""
+    for node in model.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            raise StrategyUnavailable(f"{strategy} copies the model's nodes, and the model has "
+                                      f"control-flow subgraphs ({node.op_type} '{node.name}')")
+
+
+def replace_tensor(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip=()):
+    """Make every consumer of ``old`` (and the graph outputs) read ``new`` instead.
+
+    ``skip`` holds ids of nodes that keep reading ``old``.
+    """
+    for node in list(old.outputs):  # snapshot: rewiring edits old.outputs
+        if id(node) in skip:
+            continue
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    for i, t in enumerate(graph.outputs):
+        if t is old:
+            # Keep the graph output's name: the inner tensor takes a new one.
+            new_name, old.name = old.name, new.name
+            new.name = new_name
+            graph.outputs[i] = new
+
+
+def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix=None):
+    """Append copies of ``nodes`` (topologically sorted) to ``graph``.
+
+    ``mapping`` maps id(tensor) -> replacement for tensors read from outside the
+    copied nodes (e.g. the input); every tensor the nodes make is copied under
+    ``prefix``. Constants are shared, or copied under ``const_prefix`` when given
+    (ensemble members have weights of their own). Returns ``mapping`` extended.
+    """
+    for node in nodes:
+        inputs = []
+        for t in node.inputs:
+            if id(t) in mapping:
+                inputs.append(mapping[id(t)])
+            elif isinstance(t, gs.Constant) and const_prefix is not None:
+                mapping[id(t)] = gs.Constant(const_prefix + t.name, t.values)
+                inputs.append(mapping[id(t)])
+            else:
+                inputs.append(t)
+        outputs = []
+        for t in node.outputs:
+            copy = gs.Variable(prefix + t.name, dtype=t.dtype)
+            mapping[id(t)] = copy
+            outputs.append(copy)
+        graph.nodes.append(gs.Node(node.op, name=prefix + (node.name or node.op),
+                                   attrs=dict(node.attrs), inputs=inputs, outputs=outputs,
+                                   domain=node.domain))
+    return mapping
+
+
+def entropy(b: Builder, p, axis: int, dtype):
+    """-sum(p log p) along ``axis``; 0 log 0 counts as 0."""
+    tiny = b.const("tiny", np.array(np.finfo(dtype).tiny, dtype))
+    logp = b.op("Log", [b.op("Max", [p, tiny], dtype=dtype)], dtype=dtype)
+    plogp = b.op("Mul", [p, logp], dtype=dtype)
+    total = b.with_axes("ReduceSum", plogp, [axis], {"keepdims": 0}, dtype=dtype)
+    return b.op("Neg", [total], dtype=dtype)
+
+
+def stacked_name(prefix: str, name: str) -> str:
+    """The sampling graph's name for the stack of samples of output ``name``."""
+    return f"{prefix}stacked/{name}"
+
+
+def attach_stats(model: onnx.ModelProto, info: ModelInfo, prefix: str, keep_samples: bool,
+                 classes: dict) -> onnx.ModelProto:
+    """Turn a sampling graph (outputs ``y`` and its stack) into the uncertainty graph.
+
+    The head is built with graphsurgeon as a graph of its own and spliced in, so
+    it also fits the loop strategy, whose Loop body gs must not re-export.
+    """
+    for k, o in enumerate(stats_outputs(info)):
+        dt = np.dtype(o.dtype)
+        shape = list(o.shape) if o.shape is not None else None
+        names = output_names(o.name)
+        g = gs.Graph(opset=_opset(model))
+        stacked = gs.Variable(stacked_name(prefix, o.name), dtype=dt)
+        y = gs.Variable(o.name, dtype=dt, shape=shape)
+        g.inputs = [stacked, y]
+        b = Builder(g, f"{prefix}head{k}/", _opset(model))
+        change = b.op("Sub", [stacked, y], dtype=dt)
+        mean_change = b.reduce_mean(change, axes=[0], keepdims=0, dtype=dt)
+        mean = b.op("Add", [y, mean_change], out=gs.Variable(names["mean"], dt, shape))
+        centred = b.op("Sub", [change, mean_change], dtype=dt)
+        var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dt), axes=[0], keepdims=0,
+                            out=gs.Variable(names["variance"], dt, shape))
+        outs = [mean, var]
+        if keep_samples:
+            sshape = None if shape is None else ["tfue_samples"] + shape
+            outs.append(b.op("Identity", [stacked],
+                             out=gs.Variable(names["samples"], dt, sshape)))
+        if o.name in classes:
+            ent = entropy(b, stacked, classes[o.name] + 1, dt)
+            outs.append(b.reduce_mean(ent, axes=[0], keepdims=0,
+                                      out=gs.Variable(names["mean_entropy"], dt)))
+        g.outputs = outs
+        head = gs.export_onnx(g, do_type_check=False).graph
+        model.graph.node.extend(head.node)
+        model.graph.initializer.extend(head.initializer)
+        model.graph.output.extend(head.output)
+    # The stacks were outputs only to be found; the head consumes them now.
+    stacks = {stacked_name(prefix, o.name) for o in stats_outputs(info)}
+    kept = [o for o in model.graph.output if o.name not in stacks]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
+def finish(graph: gs.Graph, info: ModelInfo, defaults: dict) -> onnx.ModelProto:
+    """Export ``graph`` with the model's IR and opset; ``defaults`` (name -> array)
+    become initializers of graph inputs of the same names, so they can be fed."""
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    # Shapes annotated on inner tensors go stale when the batch is tiled ("batch" is
+    # now (n+1)·batch); onnxruntime infers them itself.
+    del model.graph.value_info[:]
+    for name, value in defaults.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+    return keep_versions(model, info)
+
+
+def keep_versions(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
+    """Give ``model`` the original's opset imports and IR version (at least 4, which
+    lets initializers be overridable inputs), so the installed onnxruntime reads it."""
+    model.ir_version = max(info.model.ir_version, 4)
+    del model.opset_import[:]
+    model.opset_import.extend(info.model.opset_import)
+    return model
