@@ -88,11 +88,17 @@ def _spread(items, k):
 
 
 # --- shared perturbation options ------------------------------------------------------------
+METHODS = ["noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy"]
+
+
 def perturbation_options(f):
     """Options that choose the perturbation, shared by run and export."""
     opts = [
-        click.option("--method", type=click.Choice(["noise", "dropout", "mc-dropout"]),
-                     required=True, help="infer-noise, infer-dropout, or MC-dropout."),
+        click.option("--method", type=click.Choice(METHODS), required=True,
+                     help="noise / dropout (gray box), transform (black box), mc-dropout, "
+                          "ensemble (baselines), entropy (classification baseline)."),
+        click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto",
+                     show_default=True, help="Layout of the image input (spatial axes)."),
         click.option("--at", "at", default=None,
                      help="Location: tensor name, candidate index, 'input', or a depth like 0.5 "
                           "(default 0.5). For mc-dropout: comma-separated Dropout node names "
@@ -103,8 +109,19 @@ def perturbation_options(f):
                      help="relative: sigma times the tensor's own std."),
         click.option("--rate", type=float, default=None,
                      help="Dropout rate p in [0, 1) (default 0.1; mc-dropout: each node's own)."),
-        click.option("--samples", "-n", type=int, default=8, show_default=True,
-                     help="Number of perturbed samples N (>= 2)."),
+        click.option("--samples", "-n", type=int, default=None,
+                     help="Number of perturbed samples N (>= 2; default 8). Transforms and "
+                          "ensembles take N from their list."),
+        click.option("--transforms", default="d4", show_default=True,
+                     help="For transform: d4, rot, flips, hflip, rot180, or a list such as "
+                          "identity,hflip,rot90."),
+        click.option("--softmax", is_flag=True,
+                     help="The outputs are logits: apply a softmax over --class-axis first."),
+        click.option("--classify/--no-classify", default=None,
+                     help="Treat every float output as class probabilities (default: those "
+                          "made by a Softmax)."),
+        click.option("--class-axis", type=int, default=1, show_default=True,
+                     help="The class axis of probability outputs."),
         click.option("--seed", type=int, default=None,
                      help="Random seed (default: random, recorded)."),
         click.option("--strategy", type=click.Choice(["auto", "batched", "loop"]),
@@ -119,14 +136,49 @@ def perturbation_options(f):
     return f
 
 
-def _spec(method, at, sigma, sigma_mode, rate):
+def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", members=()):
     from .perturb import make_spec
 
     nodes = ()
     if method == "mc-dropout" and at:
         nodes = tuple(n.strip() for n in at.split(",") if n.strip())
         at = None
-    return make_spec(method, at=at, sigma=sigma, rate=rate, sigma_mode=sigma_mode, nodes=nodes)
+    return make_spec(method, at=at, sigma=sigma, rate=rate, sigma_mode=sigma_mode, nodes=nodes,
+                     transforms=transforms, layout=layout, members=members)
+
+
+def _is_model(path) -> bool:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return any(f.lower().endswith(".onnx") for f in os.listdir(path))
+    return path.lower().endswith(".onnx")
+
+
+def _models(paths) -> list:
+    """Expand folders of models; every path must be an .onnx file."""
+    found = []
+    for p in paths:
+        if os.path.isdir(p):
+            found += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".onnx"))
+        else:
+            found.append(p)
+    return found
+
+
+def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
+               transforms, layout, softmax, classify, class_axis, **kw):
+    """The Estimator the options describe; ``models`` are the model (and ensemble members)."""
+    from .api import Estimator
+
+    models = _models(models)
+    if method != "ensemble" and len(models) > 1:
+        raise TfueError(f"{len(models)} models given, but only --method ensemble takes several",
+                        "give one model, or use --method ensemble")
+    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, models[1:])
+    return Estimator(models[0], spec, samples=samples, seed=seed, provider=provider,
+                     strategy=strategy, softmax=softmax,
+                     classify="auto" if classify is None else classify, class_axis=class_axis,
+                     **kw)
 
 
 def _parse_floats(name, text):
@@ -179,8 +231,6 @@ def _notes(est, verbose):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
 @click.option("--chunk", type=int, default=None, help="Samples per session run (default 8).")
-@click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto",
-              show_default=True, help="Image layout of the model input.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
               show_default=True, help="Channel order the model expects.")
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255",
@@ -193,16 +243,25 @@ def _notes(est, verbose):
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(model, inputs, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
-        verbose, out_dir, chunk, layout, channel_order, scale, norm_mean, norm_std, resize,
-        save_samples, as_json, force):
-    """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL."""
+def run(model, inputs, out_dir, chunk, channel_order, scale, norm_mean, norm_std, resize,
+        save_samples, as_json, force, verbose, **perturbation):
+    """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
+
+    With --method ensemble, MODEL and every .onnx file (or folder of them) among
+    INPUTS are the members.
+    """
     from .io import ImageOptions, collect_inputs, prepare_out_dir
     from .report import planned_files, run_inputs
 
-    spec = _spec(method, at, sigma, sigma_mode, rate)
-    options = ImageOptions(layout=layout, channel_order=channel_order, scale=scale,
-                           mean=_parse_floats("--mean", norm_mean),
+    models = [model]
+    if perturbation["method"] == "ensemble":
+        models += [p for p in inputs if _is_model(p)]
+        inputs = [p for p in inputs if not _is_model(p)]
+        if not inputs:
+            raise TfueError("no inputs given besides the ensemble's models",
+                            "add image files, .npy/.npz arrays or a folder of them")
+    options = ImageOptions(layout=perturbation["layout"], channel_order=channel_order,
+                           scale=scale, mean=_parse_floats("--mean", norm_mean),
                            std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
     files = collect_inputs(inputs)
     # Everything that can be checked before the long work is checked first.
@@ -211,10 +270,7 @@ def run(model, inputs, method, at, sigma, sigma_mode, rate, samples, seed, strat
             if os.path.exists(path):
                 raise TfueError(f"'{path}' already exists and would be overwritten",
                                 "pass --force to overwrite, or choose another --out folder")
-    from .api import Estimator
-
-    est = Estimator(model, spec, samples=samples, chunk=chunk, seed=seed, provider=provider,
-                    strategy=strategy, keep_samples=save_samples)
+    est = _estimator(models, chunk=chunk, keep_samples=save_samples, **perturbation)
     prepare_out_dir(out_dir)
     progress = _progress if sys.stderr.isatty() else None
     try:
@@ -223,35 +279,41 @@ def run(model, inputs, method, at, sigma, sigma_mode, rate, samples, seed, strat
         _notes(est, verbose)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
-    else:
-        click.echo(f"{summary['method']} at {summary['location']} (level {summary['level']}), "
-                   f"N={summary['samples']}, seed {summary['seed']}, strategy "
-                   f"{summary['strategy']}, provider {summary['provider']}")
-        for item in summary["inputs"]:
-            click.echo(f"  {item['input']}: mean variance {item['mean_variance']:.4g} -> "
-                       + ", ".join(item["files"]))
-        click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
+        return
+    level = "" if summary.get("level") is None else f" (level {summary['level']})"
+    click.echo(f"{summary['method']} at {summary['location']}{level}, "
+               f"N={summary['samples']}, seed {summary['seed']}, strategy "
+               f"{summary['strategy']}, provider {summary['provider']}")
+    for item in summary["inputs"]:
+        what = "entropy" if summary["method"] == "entropy" else "variance"
+        value = item.get(f"mean_{what}")
+        click.echo(f"  {item['input']}: mean {what} "
+                   f"{'n/a' if value is None else format(value, '.4g')} -> "
+                   + ", ".join(item["files"]))
+    click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
 
 
 # --- export -------------------------------------------------------------------------------
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the uncertainty model (.onnx).")
 @perturbation_options
 @click.option("--example", type=click.Path(exists=False), default=None,
               help="An input (.npy/.npz) to verify on (default: a synthetic one).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def export(model, out, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
-           verbose, example, force):
-    """Write MODEL's uncertainty graph (N fixed) as a standalone ONNX model."""
-    from .api import Estimator
+def export(models, out, verbose, example, force, **perturbation):
+    """Write MODEL's uncertainty graph (N fixed) as a standalone ONNX model.
+
+    With --method ensemble, give every member model.
+    """
     from .io import check_new_file, collect_inputs, load_input
 
-    spec = _spec(method, at, sigma, sigma_mode, rate)
+    if perturbation["method"] == "entropy":
+        raise TfueError("--method entropy has nothing to export: it is one plain run",
+                        "compute the entropy of the model's output directly")
     check_new_file(out, force)
-    est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
-                    strategy=strategy)
+    est = _estimator(list(models), **perturbation)
     feeds = load_input(collect_inputs([example])[0], est.info.inputs) if example else None
     try:
         path = est.export(out, example=feeds, force=force)
@@ -259,7 +321,7 @@ def export(model, out, method, at, sigma, sigma_mode, rate, samples, seed, strat
         _notes(est, verbose)
     ug = est.uncertainty_graph(feeds)
     outs = ", ".join(f"{n}, {n}.mean, {n}.variance" for n in ug.stats_outputs)
-    click.echo(f"wrote {path}: {spec.method} at {est.location}, N={est.samples}, seed "
+    click.echo(f"wrote {path}: {est.spec.method} at {est.location}, N={est.samples}, seed "
                f"{est.seed}, strategy {ug.strategy}; outputs {outs}")
 
 

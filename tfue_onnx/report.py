@@ -18,9 +18,13 @@ def planned_files(out_dir: str, files) -> list:
     """Every file a run over ``files`` may write (to refuse overwriting up front)."""
     planned = [os.path.join(out_dir, "summary.json")]
     for f in files:
-        planned += [os.path.join(out_dir, _stem(f) + ".npz"),
-                    os.path.join(out_dir, _stem(f) + ".variance.png")]
+        planned += [os.path.join(out_dir, _stem(f) + suffix) for suffix in
+                    (".npz", ".variance.png", ".entropy.png")]
     return planned
+
+
+ARRAY_KEYS = ("output", "mean", "variance", "samples", "entropy", "mutual_information",
+              "class_variance")
 
 
 def result_arrays(result) -> dict:
@@ -29,7 +33,7 @@ def result_arrays(result) -> dict:
     arrays = {}
     primary = result.primary
     for name, s in result.outputs.items():
-        for key in ("output", "mean", "variance", "samples"):
+        for key in ARRAY_KEYS:
             value = getattr(s, key)
             if value is None:
                 continue
@@ -45,21 +49,28 @@ def write_result(out_dir: str, stem: str, result, source: str) -> dict:
     npz = os.path.join(out_dir, stem + ".npz")
     save_npz(npz, result_arrays(result), meta)
     written = [npz]
-    var = result.variance
-    item = {"input": source, "files": written,
-            "mean_variance": float(np.mean(var)) if var is not None else None,
-            "max_variance": float(np.max(var)) if var is not None else None,
-            "outputs": {name: {"shape": list(s.output.shape),
-                               "mean_variance": None if s.variance is None
-                               else float(np.mean(s.variance))}
+    item = {"input": source, "files": written, **_means(result.outputs[result.primary]),
+            "max_variance": None if result.variance is None else float(np.max(result.variance)),
+            "outputs": {name: {"shape": list(s.output.shape), **_means(s)}
                         for name, s in result.outputs.items()}}
-    m = spatial_map(var) if var is not None else None
+    kind = "variance" if result.variance is not None else "entropy"
+    m = spatial_map(result.uncertainty) if result.uncertainty is not None else None
     if m is not None:
-        png = os.path.join(out_dir, stem + ".variance.png")
+        png = os.path.join(out_dir, f"{stem}.{kind}.png")
         save_png(png, colorize(m))
         written.append(png)
         item["heatmap_max"] = float(m.max())
     return item
+
+
+def _means(s) -> dict:
+    """Means of an output's uncertainty arrays, for summaries."""
+    means = {"mean_variance": None if s.variance is None else float(np.mean(s.variance))}
+    for key in ("entropy", "mutual_information", "class_variance"):
+        value = getattr(s, key)
+        if value is not None:
+            means[f"mean_{key}"] = float(np.mean(value))
+    return means
 
 
 def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:

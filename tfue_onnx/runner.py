@@ -353,7 +353,8 @@ class Runner:
             except TfueError as exc:
                 verdict = Verdict(False, exc.message)
             if verdict.ok:
-                self.notes.append(f"strategy {ug.strategy}: verified (max |error| at level 0 = "
+                what = "at level 0" if ug.level_inputs else "of the unperturbed output"
+                self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
                                   f"{verdict.max_error:.2g}) on {provider}")
                 self._verified[key] = idx
                 return ug, sess, provider

@@ -125,13 +125,10 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         xs = [_forward(b, x, e, axes, rank, dtype) for e in group]
         x_g = b.op("Concat", xs, {"axis": 0}, dtype=dtype) if len(xs) > 1 else \
             b.op("Identity", xs, dtype=dtype)
-        if gi == 0:  # the model's own nodes serve the first group
-            for node in consumers:
-                for i, t in enumerate(node.inputs):
-                    if t is x:
-                        node.inputs[i] = x_g
+        if gi == 0:  # the model's own nodes serve the first group (rewired below)
+            x_first = x_g
             ys = outputs
-        else:
+        else:  # copies are made from the nodes as they still read x
             mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{prefix}copy{gi}/")
             ys = [mapping[id(o)] for o in outputs]
         for o, y_g in zip(info.outputs, ys):
@@ -144,6 +141,10 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                 samples.setdefault(e.name, {})[o.name] = _inverse(
                     b, part, e, oaxes, len(o.shape) if o.shape else 0, odt)
 
+    for node in consumers:
+        for i, t in enumerate(node.inputs):
+            if t is x:
+                node.inputs[i] = x_first
     # Graph outputs: the unperturbed output under its own name, and the stacks.
     for o in outputs:
         o.name = b.name("copy0_out")

@@ -19,6 +19,10 @@ import onnx_graphsurgeon as gs
 from ..errors import TfueError
 from ..model import FLOAT_TYPES, ModelInfo
 
+# graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
+# library code never prints, and problems tfue cares about become TfueErrors.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 OUTPUT_KEYS = ("mean", "variance", "samples", "mean_entropy")
@@ -204,7 +208,7 @@ def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix
     ``prefix``. Constants are shared, or copied under ``const_prefix`` when given
     (ensemble members have weights of their own). Returns ``mapping`` extended.
     """
-    for node in nodes:
+    for index, node in enumerate(nodes):
         inputs = []
         for t in node.inputs:
             if id(t) in mapping:
@@ -219,7 +223,7 @@ def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix
             copy = gs.Variable(prefix + t.name, dtype=t.dtype)
             mapping[id(t)] = copy
             outputs.append(copy)
-        graph.nodes.append(gs.Node(node.op, name=prefix + (node.name or node.op),
+        graph.nodes.append(gs.Node(node.op, name=f"{prefix}{node.name or node.op}#{index}",
                                    attrs=dict(node.attrs), inputs=inputs, outputs=outputs,
                                    domain=node.domain))
     return mapping
