@@ -81,3 +81,45 @@ def transposed_batch_net(path):
     model.ir_version = 7
     onnx.save(model, str(path))
     return str(path)
+
+
+def pointwise_net(path, batch="b", height="h", width="w"):
+    """A 1x1 convolution: exactly equivariant to every flip and rotation."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(_w(rng, 2, 3, 1, 1), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Tanh", ["c"], ["y"], name="tanh")]
+    graph = helper.make_graph(
+        nodes, "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, height, width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def classifier_net(path, classes=4, softmax=True, seed=0, input_name="x", dtype=TensorProto.FLOAT,
+                   opset=13):
+    """x [B,3,H,W] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> (Softmax) -> p."""
+    rng = np.random.default_rng(seed)
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    inits = [numpy_helper.from_array(_w(rng, 8, 3, 3, 3).astype(np_dtype), "w1"),
+             numpy_helper.from_array((_w(rng, classes, 8) * 4).astype(np_dtype), "w2"),
+             numpy_helper.from_array(_w(rng, classes).astype(np_dtype), "b2")]
+    nodes = [helper.make_node("Conv", [input_name, "w1"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["logits" if softmax else "p"],
+                              name="fc", transB=1)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=1))
+    graph = helper.make_graph(
+        nodes, "classifier",
+        [helper.make_tensor_value_info(input_name, dtype, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("p", dtype, ["b", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)
