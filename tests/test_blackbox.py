@@ -60,6 +60,16 @@ def test_non_square_fixed_input_rejects_rotations(toy, tmp_path):
     assert res.variance.shape == (1, 2, 8, 12)
 
 
+def test_model_rejecting_the_rotated_shape(tmp_path):
+    model = toys.fixed_bias_net(tmp_path / "fb.onnx")
+    x = np.random.default_rng(0).random((1, 3, 8, 12), dtype=np.float32)
+    # onnxruntime's shape inference already refuses the graph, so no size is named here.
+    with pytest.raises(TfueError, match=r"does not accept the input rotated by 90°.*Hint: use "
+                                        r"one of the sets flips, hflip, rot180"):
+        Estimator(model, Transform("rot"))(x)
+    assert Estimator(model, Transform("hflip"))(x).variance.shape == (1, 2, 8, 12)
+
+
 @pytest.fixture(scope="module")
 def corner_text(tmp_path_factory):
     """Text in the top-left corner only, on white: an input that is not symmetric."""

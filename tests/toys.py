@@ -123,3 +123,19 @@ def classifier_net(path, classes=4, softmax=True, seed=0, input_name="x", dtype=
     model.ir_version = 7
     onnx.save(model, str(path))
     return str(path)
+
+
+def fixed_bias_net(path):
+    """Dynamic H, W in the signature, but a bias of shape [1, 2, 8, 12]: only 8x12 runs."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(_w(rng, 2, 3, 3, 3), "w"),
+             numpy_helper.from_array(_w(rng, 1, 2, 8, 12), "bias")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "bias"], ["y"], name="add")]
+    graph = helper.make_graph(
+        nodes, "fixedbias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)

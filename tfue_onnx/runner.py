@@ -255,8 +255,22 @@ class Runner:
                 continue
             self._candidates.append((ug, sess, provider))
         if not self._candidates:
+            if self._rotates() and any("rejects its graph" in n for n in self.notes):
+                raise TfueError("the model does not accept the input rotated by 90° "
+                                "(onnxruntime rejects the graph: " + self.notes[-1].split(
+                                    "(", 1)[1], self._rotation_hint())
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
                             "run with --verbose for details")
+
+    def _rotates(self) -> bool:
+        return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
+
+    @staticmethod
+    def _rotation_hint() -> str:
+        from .transforms import usable_sets
+
+        return "use one of the sets " + ", ".join(usable_sets(square=False)) + \
+            ", or a square input"
 
     def reference_session(self):
         """The original model's session (used for verification)."""
@@ -360,6 +374,14 @@ class Runner:
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+        if self._rotates():
+            from .graph.blackbox import spatial_axes
+
+            (h, w), x = spatial_axes(self.info, self.spec.layout)[0], next(iter(feeds.values()))
+            if x.shape[h] != x.shape[w] and all("the model failed" in f for f in failures):
+                raise TfueError(f"the model does not accept the input rotated by 90° "
+                                f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
+                                + failures[0].split(": ", 1)[1], self._rotation_hint())
         raise TfueError("no uncertainty graph passed verification against the original model ("
                         + "; ".join(failures) + ")",
                         "try another location (--at) or --strategy loop; --verbose shows details")
