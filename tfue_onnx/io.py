@@ -238,27 +238,40 @@ def image_layout(inp, layout: str = "auto") -> str:
                     "pass --layout NCHW or --layout NHWC")
 
 
+def open_image(path: str):
+    """Open an image file with Pillow (loaded), or raise a TfueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TfueError(f"cannot read '{path}' as an image ({exc})",
+                        "give a PNG or JPEG file") from None
+
+
 def load_image(path: str, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
     """Read an image file as a 1-image batch laid out for input ``inp``."""
-    from PIL import Image, UnidentifiedImageError
+    return image_to_input(open_image(path), inp, options)
+
+
+def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """A Pillow image as a 1-image batch laid out, sized and scaled for input ``inp``."""
+    from PIL import Image
 
     layout = image_layout(inp, options.layout)
     shape = inp.shape
     channels = shape[1] if layout == "NCHW" else shape[3]
     h_dim, w_dim = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            size = options.resize
-            if size is None and isinstance(h_dim, int) and h_dim > 0 \
-                    and isinstance(w_dim, int) and w_dim > 0:
-                size = (h_dim, w_dim)
-            if size is not None and (im.height, im.width) != tuple(size):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TfueError(f"cannot read '{path}' as an image ({exc})",
-                        "give a PNG or JPEG file") from None
+    im = im.convert("L" if channels == 1 else "RGB")
+    size = options.resize
+    if size is None and isinstance(h_dim, int) and h_dim > 0 \
+            and isinstance(w_dim, int) and w_dim > 0:
+        size = (h_dim, w_dim)
+    if size is not None and (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]
     if options.channel_order == "bgr" and arr.shape[-1] == 3:
