@@ -139,3 +139,24 @@ def fixed_bias_net(path):
     model.ir_version = 7
     onnx.save(model, str(path))
     return str(path)
+
+
+def upscale_net(path, scale=2):
+    """x [B,3,H,W] -> 3x3 conv -> nearest upsampling by ``scale``: a stand-in for SR."""
+    rng = np.random.default_rng(4)
+    w = np.zeros((3, 3, 3, 3), np.float32)
+    for c in range(3):
+        w[c, c, 1, 1] = 1.0  # identity plus a little noise: output ~ upscaled input
+    w += rng.standard_normal(w.shape).astype(np.float32) * 0.05
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales"),
+             numpy_helper.from_array(np.array([], np.float32), "roi")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "roi", "scales"], ["y"], name="up", mode="nearest")]
+    graph = helper.make_graph(
+        nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)

@@ -103,6 +103,12 @@ def perturbation_options(f):
                      help="Location: tensor name, candidate index, 'input', or a depth like 0.5 "
                           "(default 0.5). For mc-dropout: comma-separated Dropout node names "
                           "(default all)."),
+        click.option("--sweep-result", type=click.Path(), default=None,
+                     help="With --at auto: a 'tfue sweep' folder (or its best.json) to take "
+                          "the location and level from."),
+        click.option("--tolerance", type=float, default=0.05, show_default=True,
+                     help="With --at auto and no sweep: how far (relative) the mean output "
+                          "may move."),
         click.option("--sigma", type=float, default=None, help="Noise std (default 0.1)."),
         click.option("--sigma-mode", type=click.Choice(["absolute", "relative"]),
                      default="absolute", show_default=True,
@@ -147,6 +153,29 @@ def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", m
                      transforms=transforms, layout=layout, members=members)
 
 
+def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed):
+    """(location, level) for --at auto, said on stderr with the reason."""
+    from .sweep import choose_by_tolerability, load_best
+
+    if method not in ("noise", "dropout"):
+        raise TfueError(f"--at auto chooses a location for noise or dropout, not {method}",
+                        "drop --at auto")
+    if sweep_result is not None:
+        best = load_best(sweep_result)
+        if best["method"] != method:
+            raise TfueError(f"the sweep's best point is for {best['method']}, not {method}",
+                            f"use --method {best['method']}, or another sweep result")
+        click.echo(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
+                   f"{sweep_result}: the best {best.get('metric')} "
+                   f"({best.get('value')}) of that sweep", err=True)
+        return best["at"], best["level"]
+    pick = choose_by_tolerability(model, method, auto_feeds(), tolerance=tolerance,
+                                  sigma_mode=sigma_mode, seed=0 if seed is None else seed)
+    click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
+               f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
+    return pick["at"], pick["level"]
+
+
 def _is_model(path) -> bool:
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -166,14 +195,28 @@ def _models(paths) -> list:
 
 
 def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
-               transforms, layout, softmax, classify, class_axis, **kw):
-    """The Estimator the options describe; ``models`` are the model (and ensemble members)."""
+               transforms, layout, softmax, classify, class_axis, sweep_result=None,
+               tolerance=0.05, auto_feeds=None, **kw):
+    """The Estimator the options describe; ``models`` are the model (and ensemble members).
+
+    ``--at auto`` is resolved here, from a sweep result or by tolerability on
+    ``auto_feeds()``, and what was picked and why goes to stderr.
+    """
     from .api import Estimator
 
     models = _models(models)
     if method != "ensemble" and len(models) > 1:
         raise TfueError(f"{len(models)} models given, but only --method ensemble takes several",
                         "give one model, or use --method ensemble")
+    if at == "auto":
+        at, level = _auto_location(models[0], method, sigma_mode, sweep_result, tolerance,
+                                   auto_feeds, seed)
+        if method == "noise" and sigma is None:
+            sigma = level
+        if method == "dropout" and rate is None:
+            rate = level
+    elif sweep_result is not None:
+        raise TfueError("--sweep-result is used with --at auto", "add --at auto")
     spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, models[1:])
     return Estimator(models[0], spec, samples=samples, seed=seed, provider=provider,
                      strategy=strategy, softmax=softmax,
@@ -270,7 +313,15 @@ def run(model, inputs, out_dir, chunk, channel_order, scale, norm_mean, norm_std
             if os.path.exists(path):
                 raise TfueError(f"'{path}' already exists and would be overwritten",
                                 "pass --force to overwrite, or choose another --out folder")
-    est = _estimator(models, chunk=chunk, keep_samples=save_samples, **perturbation)
+    def auto_feeds():
+        from .io import load_input
+        from .model import inspect_model
+
+        inputs_of = inspect_model(models[0]).inputs
+        return [load_input(f, inputs_of, options) for f in files[:4]]
+
+    est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
+                     **perturbation)
     prepare_out_dir(out_dir)
     progress = _progress if sys.stderr.isatty() else None
     try:
@@ -313,7 +364,17 @@ def export(models, out, verbose, example, force, **perturbation):
         raise TfueError("--method entropy has nothing to export: it is one plain run",
                         "compute the entropy of the model's output directly")
     check_new_file(out, force)
-    est = _estimator(list(models), **perturbation)
+
+    def auto_feeds():
+        from .model import inspect_model
+        from .runner import Runner
+
+        info = inspect_model(models[0])
+        if example:
+            return [load_input(collect_inputs([example])[0], info.inputs)]
+        return [Runner.synthetic_input(info)]
+
+    est = _estimator(list(models), auto_feeds=auto_feeds, **perturbation)
     feeds = load_input(collect_inputs([example])[0], est.info.inputs) if example else None
     try:
         path = est.export(out, example=feeds, force=force)
@@ -325,5 +386,146 @@ def export(models, out, verbose, example, force, **perturbation):
                f"{est.seed}, strategy {ug.strategy}; outputs {outs}")
 
 
-def entry():  # pragma: no cover - console script shim
-    main()
+# --- evaluate and sweep ----------------------------------------------------------------------
+def pair_options(f):
+    """Where the (input, target) pairs come from, and how images are read."""
+    opts = [
+        click.option("--targets", type=click.Path(), default=None,
+                     help="Folder of targets named after the inputs (.npy or images)."),
+        click.option("--sr-scale", type=int, default=None,
+                     help="Super-resolution: INPUTS are high-resolution images; the input is "
+                          "each downscaled by S (bicubic), the target the image."),
+        click.option("--target-scale", type=float, default=1 / 255, show_default="1/255",
+                     help="Target images' pixel values are multiplied by this."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
+                     show_default=True),
+        click.option("--scale", type=float, default=1 / 255, show_default="1/255",
+                     help="Input pixel values are multiplied by this first."),
+        click.option("--mean", "norm_mean", default=None, help="Per-channel input mean."),
+        click.option("--std", "norm_std", default=None, help="Per-channel input std."),
+        click.option("--resize", default=None, help="Resize input images to HxW."),
+        click.option("--block-sigma", type=float, default=2.0, show_default=True,
+                     help="Smoothing scale of the local-center-of-mass blocks (pixels)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
+           norm_mean, norm_std, resize):
+    from .evaluate import make_pairs
+    from .io import ImageOptions
+
+    options = ImageOptions(layout=layout, channel_order=channel_order, scale=scale,
+                           mean=_parse_floats("--mean", norm_mean),
+                           std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
+    return make_pairs(info, inputs, targets=targets, sr_scale=sr_scale, options=options,
+                      target_scale=target_scale)
+
+
+def _refuse_existing(out_dir, names, force):
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path) and not force:
+            raise TfueError(f"'{path}' already exists and would be overwritten",
+                            "pass --force to overwrite, or choose another --out folder")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@perturbation_options
+@pair_options
+@click.option("--block-grid", type=int, default=None,
+              help="Use a fixed grid of NxN blocks instead of the local center of mass.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              help="Folder for metrics.json, metrics.csv and NAME.eval.png pictures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@click.option("--force", is_flag=True, help="Overwrite existing result files.")
+def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale, target_scale,
+             channel_order, scale, norm_mean, norm_std, resize, block_sigma, block_grid,
+             **perturbation):
+    """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import format_table, write_evaluation
+    from .io import prepare_out_dir
+
+    _refuse_existing(out_dir, ["metrics.json", "metrics.csv"], force)
+    est = _estimator([model], **perturbation)
+    pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
+                   channel_order, scale, norm_mean, norm_std, resize)
+    _refuse_existing(out_dir, [f"{p.name}.eval.png" for p in pairs], force)
+    prepare_out_dir(out_dir)
+    try:
+        result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma, grid=block_grid,
+                                progress=_progress if sys.stderr.isatty() else None)
+    finally:
+        _notes(est, verbose)
+    files = write_evaluation(out_dir, result)
+    if as_json:
+        from .io import plain_json
+        click.echo(json.dumps(plain_json(result), indent=2, default=str))
+        return
+    m = result["metadata"]
+    click.echo(f"{m['method']} at {m['at']}, N={m['samples']}, seed {m['seed']}, "
+               f"provider {m['provider']}: correlation of uncertainty with error")
+    click.echo(format_table(result["table"]))
+    click.echo("wrote " + ", ".join(files) + f" and {len(pairs)} picture(s) in {out_dir}")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--methods", default="noise,dropout", show_default=True,
+              help="Which of noise, dropout to sweep.")
+@click.option("--at", "at", default=None,
+              help="'all', or comma-separated locations (default: 8 evenly spaced).")
+@click.option("--at-count", type=int, default=None, help="K evenly spaced locations.")
+@click.option("--sigmas", default=None, help="Noise levels (default 0.01,0.02,0.05,0.1,0.2,0.5).")
+@click.option("--rates", default=None, help="Dropout rates (default 0.01,0.02,0.05,0.1,0.2,0.5).")
+@click.option("--sigma-mode", type=click.Choice(["absolute", "relative"]), default="absolute",
+              show_default=True)
+@click.option("--samples", "-n", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--metric", default="pixel_l1", show_default=True,
+              help="What 'best' means: {mean,block,pixel,pixel_spearman,aurg,ause}_{l1,l2}.")
+@click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@pair_options
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              help="Folder for sweep.jsonl (resumable), sweep.csv/json, best.json, plots.")
+@click.option("--force", is_flag=True, help="Start over in a folder holding another sweep.")
+def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, samples, seed,
+          metric, layout, provider, targets, sr_scale, target_scale, channel_order, scale,
+          norm_mean, norm_std, resize, block_sigma, out_dir, force):
+    """Where and how strongly to perturb: evaluate locations x levels on (input, target) pairs.
+
+    Stopped sweeps resume: run the same command again.
+    """
+    from .io import prepare_out_dir
+    from .model import inspect_model
+    from .sweep import check_metric, sweep as run_sweep
+
+    check_metric(metric)
+    info = inspect_model(model)
+    pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
+                   norm_mean, norm_std, resize)
+    prepare_out_dir(out_dir)
+
+    def progress(done, total, point):
+        from .sweep import metric_value
+        click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
+                   f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
+                   f"{metric_value(point['table'], metric):.4f}", err=True)
+
+    result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")], at=at,
+                       at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
+                       rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
+                       metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
+                       provider=provider, progress=progress, block_sigma=block_sigma,
+                       force=force)
+    b = result["best"]
+    click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
+               f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")
+    click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")

@@ -83,9 +83,25 @@ def save_npz(path: str, arrays: dict, metadata: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def plain_json(obj):
+    """``obj`` with NaN and infinities as None, so the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return plain_json(obj.item())
+    if isinstance(obj, np.ndarray):
+        return plain_json(obj.tolist())
+    return obj
+
+
 def save_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+    """Write ``obj`` as indented, standard JSON (NaN as null) atomically."""
+    atomic_write_bytes(path, (json.dumps(plain_json(obj), indent=2, default=str) + "\n")
+                       .encode())
 
 
 def save_png(path: str, rgb: np.ndarray) -> None:

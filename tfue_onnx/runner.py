@@ -480,9 +480,14 @@ class Runner:
 
     def example_input(self, size: int = 64) -> dict:
         """A synthetic input: free dims become 1 (batch) or ``size``; values N(0, 1)."""
+        return self.synthetic_input(self.info, size)
+
+    @staticmethod
+    def synthetic_input(info: ModelInfo, size: int = 64) -> dict:
+        """A synthetic input for ``info``'s model (see example_input)."""
         rng = np.random.default_rng(0)
         feeds = {}
-        for inp in self.info.inputs:
+        for inp in info.inputs:
             if inp.shape is None:
                 raise TfueError(f"input '{inp.name}' has no known shape to make an example from",
                                 "pass an example input (--example FILE)")

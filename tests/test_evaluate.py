@@ -1,0 +1,157 @@
+"""tfue evaluate and tfue sweep, on PP-OCRv4's detector with honest targets and on toys."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import toys
+from conftest import DET_MEAN, DET_STD
+from tfue_onnx import Estimator, Noise, TfueError
+from tfue_onnx.evaluate import evaluate, make_pairs
+from tfue_onnx.model import inspect_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NORM = ("--mean", DET_MEAN, "--std", DET_STD)
+
+
+@pytest.fixture(scope="module")
+def ocr_pairs(ppocr_det, tmp_path_factory):
+    """Degraded text images and the detector's clean outputs (tools/ocr_pairs.py)."""
+    out = tmp_path_factory.mktemp("ocr")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "ocr_pairs.py"), ppocr_det,
+                        str(out), "--count", "4", "--size", "64x128"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out / "inputs")) == [f"text{k:02d}.png" for k in range(4)]
+    return out
+
+
+def test_evaluate_cli(cli, ppocr_det, ocr_pairs, tmp_path):
+    out = tmp_path / "eval"
+    r = cli("evaluate", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
+            "--method", "noise", "--at", "0.5", "--sigma", 0.2, "--seed", 0, *NORM,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "error             mean           block           pixel" in r.stdout
+    assert "(4 images; blocks: lcm sigma 2.0)" in r.stdout
+    assert sorted(os.listdir(out)) == ["metrics.csv", "metrics.json"] + \
+        [f"text{k:02d}.eval.png" for k in range(4)]
+    m = json.loads((out / "metrics.json").read_text())
+    for kind in ("l1", "l2"):
+        row = m["table"][kind]
+        for col in ("mean", "block", "pixel", "pixel_spearman"):
+            assert -1 <= row[col] <= 1
+        assert row["ause"] >= 0 and row["aurg"] == pytest.approx(
+            row["aurg"])  # a number, not NaN
+    assert m["table"]["images"] == 4 and len(m["images"]) == 4
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert csv[0] == "error,mean,block,pixel,pixel_spearman,ause,aurg" and len(csv) == 3
+    from PIL import Image
+    with Image.open(out / "text00.eval.png") as im:
+        assert im.size == (3 * 128 + 8, 64)
+    # Existing results are not overwritten.
+    r = cli("evaluate", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
+            "--method", "noise", *NORM, "--out", out)
+    assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_evaluate_matches_metrics_by_hand(ppocr_det, ocr_pairs):
+    from tfue_onnx import metrics
+    from tfue_onnx.io import ImageOptions
+    from tfue_onnx.segment import block_means, grid_blocks
+
+    info = inspect_model(ppocr_det)
+    pairs = make_pairs(info, [ocr_pairs / "inputs"], targets=str(ocr_pairs / "targets"),
+                       options=ImageOptions(mean=(0.485, 0.456, 0.406),
+                                            std=(0.229, 0.224, 0.225)))
+    assert [p.name for p in pairs] == [f"text{k:02d}" for k in range(4)]
+    result = evaluate(Estimator(ppocr_det, Noise(0.3, at="0.5"), seed=0), pairs[:1], grid=8)
+    # The same run by hand: a fresh estimator with the same seed draws the same noise.
+    feeds, target = pairs[0].load()
+    res = Estimator(ppocr_det, Noise(0.3, at="0.5"), seed=0)(feeds)
+    var, err = res.variance[0, 0], np.abs(res.output - target)[0, 0]
+    labels = grid_blocks(var.shape, 8)
+    row = result["table"]["l1"]
+    assert result["images"][0]["mean_l1"] == pytest.approx(float(err.mean()), rel=1e-6)
+    assert row["pixel"] == pytest.approx(metrics.pearson(var, err), rel=1e-6)
+    assert row["block"] == pytest.approx(metrics.pearson(block_means(var, labels),
+                                                         block_means(err, labels)), rel=1e-6)
+    assert row["ause"] == pytest.approx(metrics.sparsification(var, err)["ause"], rel=1e-6)
+
+
+def test_sr_pairs_and_npz_pairs(tmp_path):
+    from PIL import Image
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    rng = np.random.default_rng(0)
+    hr = (rng.random((33, 41, 3)) * 255).astype(np.uint8)
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    info = inspect_model(model)
+    [pair] = make_pairs(info, [tmp_path / "hr.png"], sr_scale=2)
+    feeds, target = pair.load()
+    assert feeds["x"].shape == (1, 3, 16, 20) and target.shape == (1, 3, 32, 40)
+    lr = Image.fromarray(hr).crop((0, 0, 40, 32)).resize((20, 16), Image.BICUBIC)
+    np.testing.assert_allclose(feeds["x"][0].transpose(1, 2, 0), np.asarray(lr) / 255,
+                               atol=1e-6)
+    np.testing.assert_allclose(target[0].transpose(1, 2, 0), hr[:32, :40] / 255, atol=1e-6)
+    res = evaluate(Estimator(model, Noise(0.05, at="c"), seed=0), [pair])
+    assert res["table"]["images"] == 1
+    np.savez(tmp_path / "p.npz", x=feeds["x"][0], target=target[0])
+    [npz_pair] = make_pairs(info, [tmp_path / "p.npz"])
+    f2, t2 = npz_pair.load()
+    np.testing.assert_array_equal(f2["x"], feeds["x"])
+    np.testing.assert_array_equal(t2, target)
+    with pytest.raises(TfueError, match="has no target"):
+        make_pairs(info, [tmp_path / "hr.png"])
+
+
+def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
+            "--methods", "noise", "--at", "0.25,0.5", "-n", 4, *NORM, "--out", out]
+    r = cli(*args, "--sigmas", "0.1")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("[") == 2  # two points, with progress lines
+    # A second run with one more level finishes only the new points.
+    r = cli(*args, "--sigmas", "0.1,0.5")
+    assert r.exit_code == 0, r.output
+    progress = [ln for ln in r.stderr.splitlines() if ln.startswith("[")]
+    assert len(progress) == 2 and all("level 0.5" in ln for ln in progress)
+    assert progress[-1].startswith("[4/4]")
+    lines = (out / "sweep.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and "config" in json.loads(lines[0])
+    summary = json.loads((out / "sweep.json").read_text())
+    assert len(summary["points"]) == 4
+    best = json.loads((out / "best.json").read_text())
+    values = [p["table"]["l1"]["pixel"] for p in summary["points"]]
+    assert best["value"] == pytest.approx(max(values)) and best["metric"] == "pixel_l1"
+    assert (out / "sweep_noise.png").stat().st_size > 5000
+    assert len((out / "sweep.csv").read_text().splitlines()) == 5
+    # Other settings in the same folder are refused without --force.
+    r = cli(*args, "--sigmas", "0.1", "--seed", 3)
+    assert r.exit_code == 2 and "holds a sweep with other settings" in r.stderr
+
+    # --at auto takes the best point of the sweep, and says so.
+    r = cli("run", ppocr_det, ocr_pairs / "inputs" / "text00.png", "--method", "noise",
+            "--at", "auto", "--sweep-result", out, *NORM, "--out", tmp_path / "run", "--json")
+    assert r.exit_code == 0, r.output
+    assert f"--at auto picked {best['at']} at level {best['level']:g}" in r.stderr
+    s = json.loads(r.stdout)
+    assert s["location"] == best["at"] and s["level"] == best["level"]
+
+
+def test_at_auto_by_tolerability(cli, toy, tmp_path, x8):
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",
+            "--tolerance", 0.1, "--out", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stderr.splitlines() if "--at auto picked" in ln)
+    assert "strongest tolerable dropout level" in line and "<= 10%" in line
+    s = json.loads(r.stdout)
+    assert s["location"] in ("x", "c1", "r1", "c2", "y") and 0 < s["level"] <= 0.5
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",
+            "--tolerance", 1e-9, "--out", tmp_path / "o2")
+    assert r.exit_code == 2 and "no location and level keeps the mean output" in r.stderr

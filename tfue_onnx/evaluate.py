@@ -1,0 +1,212 @@
+"""Evaluation: run a method on (input, target) pairs and measure its uncertainty.
+
+Pairs come from inputs and a folder of targets matched by file name, from .npz
+files holding both (``target`` beside the model's input arrays), or for
+super-resolution from high-resolution images alone (the input is the image
+downscaled by S with Pillow's bicubic filter, the target the image cropped to a
+multiple of S).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from . import metrics
+from .errors import TfueError
+from .io import (ARRAY_EXTS, IMAGE_EXTS, ImageOptions, collect_inputs, colorize, image_to_input,
+                 load_input, open_image, save_json, save_png, atomic_write_bytes, spatial_map)
+
+SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
+
+
+@dataclasses.dataclass
+class Pair:
+    """One (input, target) example; arrays are read on demand."""
+
+    name: str
+    source: str
+    _load: object  # () -> (feeds, target)
+
+    def load(self):
+        return self._load()
+
+
+def _target_array(arr: np.ndarray, output) -> np.ndarray:
+    """Lay out a target (H x W or H x W x C image, or an array) like ``output``."""
+    rank = len(output.shape) if output.shape is not None else arr.ndim
+    if arr.ndim == rank - 1:
+        arr = arr[None]
+    return arr
+
+
+def _image_target(im, output, scale: float) -> np.ndarray:
+    """A Pillow image as a target shaped like ``output`` ([1, C, H, W], [1, H, W, C] or [1, H, W])."""
+    shape = output.shape
+    rank = len(shape) if shape is not None else 4
+    nhwc = rank == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    channels = (shape[-1] if nhwc else shape[1]) if rank == 4 else 1
+    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), np.float32) * np.float32(scale)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if rank == 3:
+        return arr[None, ..., 0]
+    return arr[None] if nhwc else arr.transpose(2, 0, 1)[None]
+
+
+def _read_target(path: str, output, scale: float) -> np.ndarray:
+    if path.lower().endswith(".npy"):
+        return _target_array(np.load(path, allow_pickle=False), output)
+    return _image_target(open_image(path), output, scale)
+
+
+def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions(),
+               target_scale: float = 1 / 255) -> list:
+    """(input, target) pairs for ``info``'s model from one of the three sources."""
+    files = collect_inputs(inputs)
+    output = next((o for o in info.outputs if o.dtype.startswith("float")), info.outputs[0])
+    pairs = []
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if sr_scale is not None:
+            pairs.append(Pair(stem, path, _sr_loader(path, info, int(sr_scale), options,
+                                                      output, target_scale)))
+        elif targets is not None:
+            match = [os.path.join(targets, stem + ext) for ext in (".npy",) + IMAGE_EXTS
+                     if os.path.exists(os.path.join(targets, stem + ext))]
+            if not match:
+                raise TfueError(f"no target for '{path}' in '{targets}' (looked for {stem}.npy, "
+                                f"{stem}.png, ...)", "name each target after its input")
+            pairs.append(Pair(stem, path, (lambda p=path, t=match[0]: (
+                load_input(p, info.inputs, options), _read_target(t, output, target_scale)))))
+        else:
+            if not path.lower().endswith(".npz"):
+                raise TfueError(f"'{path}' has no target",
+                                "give --targets DIR, --sr-scale S, or .npz files holding "
+                                "'target' beside the input arrays")
+            pairs.append(Pair(stem, path, _npz_loader(path, info, output)))
+    return pairs
+
+
+def _npz_loader(path, info, output):
+    def load():
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if "target" not in arrays:
+            raise TfueError(f"'{path}' holds no 'target' array", "save it beside the inputs")
+        target = arrays.pop("target")
+        names = [i.name for i in info.inputs]
+        if len(arrays) == 1 and len(names) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise TfueError(f"'{path}' lacks the input array(s) {missing}",
+                            "name them after the model's inputs")
+        feeds = {i.name: arrays[i.name][None] if i.shape is not None and
+                 arrays[i.name].ndim == len(i.shape) - 1 else arrays[i.name] for i in info.inputs}
+        return feeds, _target_array(target, output)
+    return load
+
+
+def _sr_loader(path, info, scale, options, output, target_scale):
+    if scale < 1:
+        raise TfueError(f"--sr-scale must be >= 1, got {scale}", "e.g. --sr-scale 2")
+    if not path.lower().endswith(IMAGE_EXTS):
+        raise TfueError(f"'{path}' is not an image; --sr-scale needs high-resolution images",
+                        "give PNG/JPEG files")
+
+    def load():
+        from PIL import Image
+
+        hr = open_image(path).convert("RGB")
+        w, h = (hr.width // scale) * scale, (hr.height // scale) * scale
+        if w == 0 or h == 0:
+            raise TfueError(f"'{path}' is smaller than the scale {scale}", "use larger images")
+        hr = hr.crop((0, 0, w, h))
+        lr = hr.resize((w // scale, h // scale), Image.BICUBIC)
+        opts = dataclasses.replace(options, resize=None)
+        return ({info.inputs[0].name: image_to_input(lr, info.inputs[0], opts)},
+                _image_target(hr, output, target_scale))
+    return load
+
+
+def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=None,
+             level=None, progress=None, pictures=True, loaded=None) -> dict:
+    """Run ``estimator`` on ``pairs``; return the metrics table and per-image numbers.
+
+    With ``out_dir``, also write ``NAME.eval.png`` (output | error | uncertainty).
+    ``loaded`` may hold the pairs' arrays already read (a sweep reads them once).
+    """
+    outputs, variances, targets, means, per_image = [], [], [], [], []
+    meta = None
+    iterator = progress(pairs) if progress else pairs
+    for k, pair in enumerate(iterator):
+        feeds, target = loaded[k] if loaded is not None else pair.load()
+        res = estimator(feeds, level=level) if level is not None else estimator(feeds)
+        meta = res.metadata
+        unc = res.uncertainty
+        err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
+        outputs.append(res.output)
+        variances.append(unc)
+        targets.append(target)
+        means.append(res.mean if res.mean is not None else res.output)
+        per_image.append({"name": pair.name, "input": pair.source,
+                          "mean_uncertainty": float(np.mean(unc)),
+                          "mean_l1": float(np.mean(err)),
+                          "mean_l2": float(np.mean(metrics.error_map(res.output, target, "l2")))})
+        if out_dir is not None and pictures:
+            picture = side_by_side(res.output, err, unc)
+            if picture is not None:
+                path = os.path.join(out_dir, f"{pair.name}.eval.png")
+                save_png(path, picture)
+                per_image[-1]["picture"] = path
+    table = metrics.table(variances, outputs, targets, means=means, sigma=sigma, grid=grid)
+    return {"metadata": meta, "table": table, "images": per_image}
+
+
+def side_by_side(output, error, uncertainty) -> np.ndarray | None:
+    """Output, error and uncertainty maps as one RGB picture (each on its own scale)."""
+    maps = [spatial_map(a) for a in (output, error, uncertainty)]
+    if any(m is None for m in maps):
+        return None
+    gap = np.full((maps[0].shape[0], 4, 3), 255, np.uint8)
+    parts = [colorize(maps[0] - maps[0].min()), gap, colorize(maps[1]), gap, colorize(maps[2])]
+    return np.concatenate(parts, axis=1)
+
+
+COLUMNS = ("mean", "block", "pixel", "pixel_spearman", "ause", "aurg")
+
+
+def format_table(table: dict) -> str:
+    """The metrics table as aligned text."""
+    lines = [f"{'error':<6}" + "".join(f"{c:>16}" for c in COLUMNS)]
+    for kind in metrics.ERRORS:
+        lines.append(f"{kind.upper():<6}" + "".join(f"{table[kind][c]:>16.4f}" for c in COLUMNS))
+    lines.append(f"({table['images']} images; blocks: {table['block']})")
+    if "tolerability" in table:
+        t = table["tolerability"]
+        lines.append(f"tolerability: mean |mean - output| = {t['mean_abs_change']:.4g} "
+                     f"({100 * t['relative_change']:.2f}% of mean |output|)")
+    return "\n".join(lines)
+
+
+def table_csv(table: dict) -> str:
+    """The metrics table as CSV (one row per error kind)."""
+    rows = ["error," + ",".join(COLUMNS)]
+    for kind in metrics.ERRORS:
+        rows.append(kind + "," + ",".join(f"{table[kind][c]:.6g}" for c in COLUMNS))
+    return "\n".join(rows) + "\n"
+
+
+def write_evaluation(out_dir: str, result: dict) -> list:
+    """Write metrics.json and metrics.csv into ``out_dir``; return their paths."""
+    js, csv = os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "metrics.csv")
+    save_json(js, result)
+    atomic_write_bytes(csv, table_csv(result["table"]).encode())
+    return [js, csv]
+
+
+__all__ = ["Pair", "make_pairs", "evaluate", "format_table", "table_csv", "write_evaluation",
+           "side_by_side", "ARRAY_EXTS"]

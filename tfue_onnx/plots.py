@@ -1,0 +1,38 @@
+"""Plots people look at (matplotlib, loaded only when a plot is drawn)."""
+
+from __future__ import annotations
+
+import io
+
+from .io import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sweep_plot(path: str, points: list, metric: str, method: str) -> None:
+    """Metric against location depth, one line per level (the paper's Figure 4)."""
+    from .sweep import metric_value
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for level in sorted({p["level"] for p in points}):
+        row = sorted((p for p in points if p["level"] == level), key=lambda p: p["depth"])
+        ax.plot([p["depth"] for p in row], [metric_value(p["table"], metric) for p in row],
+                marker="o", label=f"{'σ' if method == 'noise' else 'p'} = {level:g}")
+    ax.set_xlabel("location depth (0 = input, 1 = output)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"infer-{method}: {metric} by location")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

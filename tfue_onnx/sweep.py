@@ -1,0 +1,246 @@
+"""The location study (the paper's Figure 4), and choosing where and how hard to perturb.
+
+``sweep`` evaluates noise and/or dropout over locations and levels on a
+calibration set. Every finished point is appended to ``sweep.jsonl`` at once,
+so a stopped sweep resumes where it was. One session per (method, location)
+serves every level: the level is an input of the uncertainty graph.
+
+``choose`` picks a (location, level) for ``--at auto``: from a saved sweep
+(the best point for its metric), or without targets by tolerability (the
+strongest perturbation whose mean output stays within a tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import metrics
+from .errors import TfueError
+from .evaluate import evaluate
+from .io import atomic_write_bytes, save_json
+
+NOISE_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+DROPOUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+LOWER_IS_BETTER = ("ause",)
+METRICS = tuple(f"{col}_{kind}" for kind in metrics.ERRORS
+                for col in ("mean", "block", "pixel", "pixel_spearman", "ause", "aurg"))
+
+
+def check_metric(metric: str) -> str:
+    """Validate a metric name such as pixel_l1 or ause_l2."""
+    if metric not in METRICS:
+        raise TfueError(f"unknown metric {metric!r}", "use one of " + ", ".join(METRICS))
+    return metric
+
+
+def metric_value(table: dict, metric: str) -> float:
+    """Read ``metric`` (e.g. pixel_l1, ause_l2) from a metrics table."""
+    col, kind = metric.rsplit("_", 1)
+    return table[kind][col]
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether value ``a`` beats ``b`` for ``metric`` (NaN never wins)."""
+    if a != a:
+        return False
+    if b != b:
+        return True
+    return a < b if metric.split("_")[0] in LOWER_IS_BETTER else a > b
+
+
+def sweep_locations(info, at=None, at_count=None) -> list:
+    """Candidates to sweep: ``at`` 'all' or a list of locations, or ``at_count`` evenly
+    spaced ones (default 8)."""
+    cands = info.candidates
+    if at_count is not None:
+        if int(at_count) < 1:
+            raise TfueError(f"--at-count must be >= 1, got {at_count}", "e.g. --at-count 8")
+        k = min(int(at_count), len(cands))
+        idx = sorted({round(i * (len(cands) - 1) / max(k - 1, 1)) for i in range(k)})
+        return [cands[i] for i in idx]
+    if at in (None, "all"):
+        return list(cands) if at == "all" else sweep_locations(info, at_count=8)
+    items = at if isinstance(at, (list, tuple)) else [a.strip() for a in str(at).split(",")]
+    return [info.resolve_location(a) for a in items if a != ""]
+
+
+def _point_key(p: dict) -> tuple:
+    return (p["method"], p["at"], float(p["level"]))
+
+
+def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, sigmas=None,
+          rates=None, samples: int = 8, seed: int = 0, metric: str = "pixel_l1",
+          out_dir: str | None = None, sigma_mode: str = "absolute", provider: str = "auto",
+          progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False) -> dict:
+    """Evaluate every (method, location, level); return the points and the best one.
+
+    ``progress`` is called as progress(done, total, point) after each point.
+    """
+    from .api import Estimator
+    from .model import inspect_model
+    from .perturb import Dropout, Noise
+
+    check_metric(metric)
+    info = inspect_model(model)
+    locations = sweep_locations(info, at, at_count)
+    grids = {"noise": tuple(sigmas or NOISE_LEVELS), "dropout": tuple(rates or DROPOUT_LEVELS)}
+    for m in methods:
+        if m not in grids:
+            raise TfueError(f"sweep covers noise and dropout, not {m!r}",
+                            "use --methods noise,dropout")
+    config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
+              "samples": samples, "seed": seed, "sigma_mode": sigma_mode}
+    done = _resume(out_dir, config, force)
+    loaded = [p.load() for p in pairs]  # the calibration set is read once
+    points = list(done.values())
+    total = sum(len(grids[m]) for m in methods) * len(locations)
+    finished = len(done)
+    for method in methods:
+        for cand in locations:
+            todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
+            if not todo:
+                continue
+            spec = Noise(todo[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
+                Dropout(todo[0], at=cand.name)
+            est = Estimator(model, spec, samples=samples, seed=seed, provider=provider)
+            for level in todo:
+                result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma)
+                point = {"method": method, "at": cand.name, "index": cand.index,
+                         "depth": cand.depth, "op": cand.op, "level": float(level),
+                         "table": result["table"],
+                         "mean_uncertainty": float(np.mean([i["mean_uncertainty"]
+                                                            for i in result["images"]]))}
+                points.append(point)
+                finished += 1
+                if out_dir is not None:
+                    _append(out_dir, point)
+                if progress:
+                    progress(finished, total, point)
+    best = None
+    for p in points:
+        if best is None or better(metric, metric_value(p["table"], metric),
+                                  metric_value(best["table"], metric)):
+            best = p
+    summary = {"config": config, "metric": metric, "points": points,
+               "best": None if best is None else {
+                   "method": best["method"], "at": best["at"], "index": best["index"],
+                   "depth": best["depth"], "level": best["level"], "metric": metric,
+                   "value": metric_value(best["table"], metric), "sigma_mode": sigma_mode}}
+    if out_dir is not None:
+        write_sweep(out_dir, summary)
+    return summary
+
+
+def _resume(out_dir, config, force) -> dict:
+    """Points already finished in ``out_dir``/sweep.jsonl for the same settings."""
+    if out_dir is None:
+        return {}
+    path = os.path.join(out_dir, "sweep.jsonl")
+    if not os.path.exists(path):
+        _append(out_dir, {"config": config})
+        return {}
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("config") != config:
+        if not force:
+            raise TfueError(f"'{path}' holds a sweep with other settings",
+                            "choose another --out folder, or pass --force to start over")
+        os.remove(path)
+        _append(out_dir, {"config": config})
+        return {}
+    return {_point_key(p): p for p in lines[1:] if "method" in p}
+
+
+def _append(out_dir, record) -> None:
+    # One line per finished point, flushed at once: a stopped sweep loses nothing.
+    with open(os.path.join(out_dir, "sweep.jsonl"), "a") as f:
+        f.write(json.dumps(record, default=_jsonable) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jsonable(value):
+    return None if isinstance(value, float) and value != value else str(value)
+
+
+def write_sweep(out_dir: str, summary: dict) -> list:
+    """sweep.json, sweep.csv, best.json and one plot per method into ``out_dir``."""
+    written = []
+    save_json(os.path.join(out_dir, "sweep.json"), summary)
+    save_json(os.path.join(out_dir, "best.json"), summary["best"])
+    rows = ["method,at,index,depth,level,mean_uncertainty," + ",".join(METRICS)]
+    for p in summary["points"]:
+        rows.append(f"{p['method']},{p['at']},{p['index']},{p['depth']},{p['level']},"
+                    f"{p['mean_uncertainty']:.6g}," +
+                    ",".join(f"{metric_value(p['table'], m):.6g}" for m in METRICS))
+    atomic_write_bytes(os.path.join(out_dir, "sweep.csv"), ("\n".join(rows) + "\n").encode())
+    written += [os.path.join(out_dir, n) for n in ("sweep.json", "best.json", "sweep.csv")]
+    from .plots import sweep_plot
+
+    for method in sorted({p["method"] for p in summary["points"]}):
+        path = os.path.join(out_dir, f"sweep_{method}.png")
+        sweep_plot(path, [p for p in summary["points"] if p["method"] == method],
+                   summary["metric"], method)
+        written.append(path)
+    return written
+
+
+def load_best(path: str) -> dict:
+    """The best point of a saved sweep (a sweep folder or its best.json)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.json")
+    try:
+        with open(path) as f:
+            best = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise TfueError(f"cannot read a sweep result from '{path}' ({exc})",
+                        "pass the folder 'tfue sweep' wrote, or its best.json") from None
+    if not isinstance(best, dict) or not {"method", "at", "level"} <= set(best):
+        raise TfueError(f"'{path}' is not a sweep result", "pass best.json from 'tfue sweep'")
+    return best
+
+
+def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.05,
+                           at_count: int = 8, levels=None, samples: int = 4, seed: int = 0,
+                           sigma_mode: str = "absolute", provider: str = "auto") -> dict:
+    """Pick (location, level) without targets: at each of ``at_count`` evenly spaced
+    locations, the strongest level whose mean output moves by at most ``tolerance``
+    (relative); of those, the one with the largest mean variance."""
+    from .api import Estimator
+    from .model import inspect_model
+    from .perturb import Dropout, Noise
+
+    if not tolerance > 0:
+        raise TfueError(f"tolerance must be > 0, got {tolerance}", "e.g. --tolerance 0.05")
+    info = inspect_model(model)
+    levels = tuple(levels or (NOISE_LEVELS if method == "noise" else DROPOUT_LEVELS))
+    tried = []
+    for cand in sweep_locations(info, at_count=at_count):
+        spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
+            Dropout(levels[0], at=cand.name)
+        est = Estimator(model, spec, samples=samples, seed=seed, provider=provider)
+        for level in sorted(levels):
+            results = [est(f, level=level) for f in feeds_list]
+            rel = float(np.mean([metrics.tolerability(r.mean, r.output)["relative_change"]
+                                 for r in results]))
+            if rel > tolerance:
+                break
+            tried.append({"at": cand.name, "index": cand.index, "depth": cand.depth,
+                          "level": float(level), "relative_change": rel,
+                          "mean_variance": float(np.mean([np.mean(r.variance)
+                                                          for r in results]))})
+    if not tried:
+        raise TfueError(f"no location and level keeps the mean output within {tolerance:.0%} "
+                        f"of the unperturbed output", "raise --tolerance or give --at and a level")
+    best = {}
+    for t in tried:  # strongest tolerable level per location first
+        if t["at"] not in best or t["level"] > best[t["at"]]["level"]:
+            best[t["at"]] = t
+    pick = max(best.values(), key=lambda t: t["mean_variance"])
+    pick["reason"] = (f"strongest tolerable {method} level at each of {len(best)} locations "
+                      f"(mean output moves <= {tolerance:.0%}); this one has the largest variance "
+                      f"(mean output moves {pick['relative_change']:.2%})")
+    return pick
