@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import TfueError
-from .segment import DEFAULT_SIGMA, block_means, grid_blocks, lcm_blocks
+from .segment import DEFAULT_SIGMA, grid_blocks, lcm_blocks
 
 ERRORS = ("l1", "l2")
 
@@ -56,12 +56,19 @@ def image_maps(arr) -> list:
     return [a.reshape(1, -1)]
 
 
-def pearson(x, y) -> float:
-    """Pearson correlation; NaN when either side is constant (no variation to track)."""
+def pearson(x, y, weights=None) -> float:
+    """Pearson correlation (optionally weighted); NaN when either side is constant."""
     x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    w = np.ones_like(x) if weights is None else np.asarray(weights, np.float64).ravel()
+    if x.size < 2:
         return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    total = w.sum()
+    dx = x - (w @ x) / total
+    dy = y - (w @ y) / total
+    sxx, syy = w @ (dx * dx), w @ (dy * dy)
+    if sxx <= 0 or syy <= 0:
+        return float("nan")
+    return float(np.clip((w @ (dx * dy)) / np.sqrt(sxx * syy), -1.0, 1.0))
 
 
 def spearman(x, y) -> float:
@@ -93,12 +100,17 @@ def block_correlation(variances, errors, outputs, sigma: float = DEFAULT_SIGMA,
     Blocks segment each unperturbed ``outputs`` map by the local center of mass at
     scale ``sigma``, or a fixed ``grid`` of square blocks when given.
     """
-    bv, be = [], []
+    # Correlating block-mean maps pixel by pixel is correlating the block means
+    # weighted by block size, which needs no full-size maps.
+    bv, be, sizes = [], [], []
     for v, e, o in zip(variances, errors, outputs):
-        labels = grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)
-        bv.append(block_means(v, labels))
-        be.append(block_means(e, labels))
-    return pixel_correlation(bv, be)[0]
+        labels = (grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)).ravel()
+        count = np.bincount(labels)
+        keep = count > 0
+        bv.append(np.bincount(labels, np.ravel(v))[keep] / count[keep])
+        be.append(np.bincount(labels, np.ravel(e))[keep] / count[keep])
+        sizes.append(count[keep])
+    return pearson(np.concatenate(bv), np.concatenate(be), np.concatenate(sizes))
 
 
 def sparsification_curve(uncertainty, error, steps: int = 100, order_by=None) -> np.ndarray:
