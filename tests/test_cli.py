@@ -33,7 +33,7 @@ def test_run_writes_results(cli, setup, x8):
     r = cli("run", model, npy, "--method", "noise", "--at", "r1", "--sigma", 0.2, "--seed", 3,
             "--out", out)
     assert r.exit_code == 0, r.output
-    assert "noise at r1 (level 0.2), N=8, seed 3, strategy batched" in r.stdout
+    assert "noise at r1 (level 0.2), N=8, seed 3, strategy shared-prefix" in r.stdout
     assert sorted(os.listdir(out)) == ["img.npz", "img.variance.png", "summary.json"]
     with np.load(out / "img.npz") as z:
         assert {"output", "mean", "variance", "y.output", "y.variance", "metadata"} <= set(z.files)
@@ -205,7 +205,7 @@ def test_export_runs_in_plain_onnxruntime_and_agrees_with_run(cli, tmp_path, set
     r = cli("export", model, "-o", exported, "--method", "dropout", "--at", "c1", "--rate", 0.2,
             "--samples", 256, "--seed", 4)
     assert r.exit_code == 0, r.output
-    assert "strategy batched" in r.stdout and "y, y.mean, y.variance" in r.stdout
+    assert "strategy shared-prefix" in r.stdout and "y, y.mean, y.variance" in r.stdout
     sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x"]
     assert [o.name for o in sess.get_outputs()] == ["y", "y.mean", "y.variance"]

@@ -26,13 +26,18 @@ def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):
     path = toy()
     info = inspect_model(path)
     ref = _run(info.model, {"x": x8})["y"]
+    if strategy == "shared-prefix" and spec.at in ("input", "y"):
+        # At the input nothing comes before; at the output nothing after.
+        with pytest.raises(graphs.StrategyUnavailable, match="nothing"):
+            graphs.build(info, spec, strategy, samples=5, seed=3)
+        return
     ug = graphs.build(info, spec, strategy, samples=5, seed=3)
     out = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
     assert set(out) == {"y", "y.mean", "y.variance"}
     np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["y.mean"], out["y"], rtol=1e-6, atol=1e-7)
     assert out["y.variance"].shape == ref.shape and float(out["y.variance"].max()) < 1e-12
-    if strategy == "batched":  # same kernels for every slot: exactly the output
+    if strategy != "loop":  # same kernels for every slot: exactly the output
         np.testing.assert_array_equal(out["y.mean"], out["y"])
         assert float(out["y.variance"].max()) == 0.0
     on = _run(ug.model, {"x": x8})
@@ -131,3 +136,23 @@ def test_batched_needs_a_free_batch_axis(toy):
 def test_samples_must_be_at_least_two(toy, samples):
     with pytest.raises(TfueError, match="samples must be an integer >= 2"):
         graphs.build(inspect_model(toy()), Noise(0.1, at="r1"), "batched", samples=samples)
+
+
+def test_shared_prefix_tiles_only_what_crosses_the_cut(tmp_path, x8):
+    import toys
+    info = inspect_model(toys.skip_net(tmp_path / "skip.onnx"))
+    ug = graphs.build(info, Noise(0.3, at="r1"), "shared-prefix", samples=6, seed=2,
+                      keep_samples=True)
+    tiles = [n for n in ug.model.graph.node if n.op_type == "Tile" and
+             n.input[0] in ("x", "c1", "r1")]
+    assert sorted(n.input[0] for n in tiles) == ["c1", "r1"]  # the location and the skip
+    conv1 = [n for n in ug.model.graph.node if n.op_type == "Conv" and n.input[1] == "w1"]
+    assert conv1[0].input[0] == "x"  # the prefix reads the untiled input: it runs once
+    out = _run(ug.model, {"x": x8})
+    batched = graphs.build(info, Noise(0.3, at="r1"), "batched", samples=6, seed=2,
+                           keep_samples=True)
+    ref = _run(batched.model, {"x": x8})
+    # Same seed, same tensor shape at the location: the very same samples.
+    np.testing.assert_allclose(out["y.samples"], ref["y.samples"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["y.variance"], ref["y.variance"], rtol=1e-4, atol=1e-8)
+    assert float(out["y.variance"].mean()) > 1e-3

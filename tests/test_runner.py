@@ -13,7 +13,7 @@ def test_result_shapes_and_metadata(toy, x8):
     assert res.variance.dtype == np.float32 and float(res.variance.min()) >= 0
     m = res.metadata
     assert (m["method"], m["at"], m["sigma"], m["samples"], m["seed"]) == ("noise", "r1", 0.2, 6, 7)
-    assert m["strategy"] == "batched" and m["provider"] in ("cpu", "cuda")
+    assert m["strategy"] == "shared-prefix" and m["provider"] in ("cpu", "cuda")
     plain = ort.InferenceSession(toy("plain"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(res.output, plain.run(None, {"x": x8})[0], rtol=1e-5, atol=1e-6)
 

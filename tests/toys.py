@@ -160,3 +160,21 @@ def upscale_net(path, scale=2):
     model.ir_version = 7
     onnx.save(model, str(path))
     return str(path)
+
+
+def skip_net(path):
+    """x -> conv1 -> c1 -> relu -> r1 -> conv2 -> c2; y = c2 + c1 (a skip connection)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(_w(rng, 4, 3, 3, 3), "w1"),
+             numpy_helper.from_array(_w(rng, 4, 4, 3, 3), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "c1"], ["y"], name="skip")]
+    graph = helper.make_graph(
+        nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)

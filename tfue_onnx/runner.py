@@ -348,7 +348,7 @@ class Runner:
             return check_unperturbed_slot(self._run(sess, feeds), reference)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0)})
         verdict = check_identity(out, reference, ug.stats_outputs)
-        if verdict.ok and ug.strategy == "batched":
+        if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
             on = self._run(sess, {**feeds, **ug.feeds(samples=2)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict

@@ -7,7 +7,7 @@ probabilities). Sampling happens inside the graph, so the graph the runner
 executes is the graph ``tfue export`` writes.
 
 - gray box (``graybox.py``): noise or dropout at a tensor, MC-dropout; strategies
-  ``batched`` and ``loop``.
+  ``shared-prefix``, ``batched`` and ``loop``.
 - black box (``blackbox.py``): input transforms (strategies ``batched``: the
   transforms that share a shape in one batch; ``loop``: one run each) and deep
   ensembles.
@@ -29,7 +29,7 @@ from . import blackbox, graybox
 from .builder import (OUTPUT_KEYS, Builder, StrategyUnavailable, UncertaintyGraph,
                       keep_versions, output_names, prefix_for, stats_outputs)
 
-STRATEGIES = ("batched", "loop")
+STRATEGIES = ("shared-prefix", "batched", "loop")
 
 __all__ = ["build", "add_softmax", "check_samples", "output_names", "STRATEGIES",
            "StrategyUnavailable", "UncertaintyGraph"]
@@ -65,6 +65,8 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
                 raise TfueError(f"the model already has an output named '{o.name}.{key}'",
                                 "rename that output before using tfue")
     classes = dict(classes or {})
+    if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
+        raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
     if isinstance(spec, Transform):
         model, locations = blackbox.transforms(info, spec, strategy, keep_samples, classes)
         samples_input, levels, samples = None, {}, len(spec.elements)

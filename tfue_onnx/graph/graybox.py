@@ -6,14 +6,15 @@ The number of samples and the levels are graph inputs with defaults, so one
 session serves every chunk size and level, and level 0 must give back the
 original model (``verify.py`` checks it).
 
-- ``batched``: the inputs are tiled n+1 times along the batch axis; slot 0 is
-  kept unperturbed (the perturbation is multiplied by a 0/1 slot mask), slots
-  1..n are the samples.
+- ``shared-prefix``: everything upstream of the location runs once; only the
+  tensors that cross into the rest (the location, skip connections) are tiled
+  n+1 times along the batch axis, so only the suffix runs on the big batch.
+- ``batched``: the inputs are tiled n+1 times along the batch axis.
 - ``loop``: an ONNX Loop runs a perturbed copy of the model n times beside one
   unperturbed copy (fixed-shape models, opsets below 10).
 
-A ``shared-prefix`` strategy (compute the part before the location once) slots
-in as a third builder beside these two.
+In both tiled strategies slot 0 is kept unperturbed (the perturbation is
+multiplied by a 0/1 slot mask) and slots 1..n are the samples.
 """
 
 from __future__ import annotations
@@ -162,6 +163,62 @@ def _defaults(perturber: _Perturber, samples_var: gs.Variable, samples: int) -> 
 
 def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict):
     """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed."""
+    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False)
+
+
+def shared_prefix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool,
+                  classes: dict):
+    """Compute everything upstream of the location once; tile only the tensors that
+    cross into the rest of the graph (the location and any skip connection)."""
+    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True)
+
+
+def _location_tensors(info: ModelInfo, spec) -> list:
+    if isinstance(spec, MCDropout):
+        chosen = set(spec.nodes) or {d.name for d in info.dropouts}
+        return [d.input for d in info.dropouts if d.name in chosen]
+    return [info.resolve_location(spec.at).name]
+
+
+def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
+    """Tensors that cross from the shared prefix into the sampled suffix.
+
+    The suffix is every node downstream of a location; what it reads from
+    elsewhere (the location itself, skip connections, inputs) crosses the cut.
+    Shape computations and constants cross untiled.
+    """
+    tensors = graph.tensors()
+    starts = [tensors[name] for name in _location_tensors(info, spec)]
+    suffix, frontier = set(), list(starts)
+    while frontier:
+        t = frontier.pop()
+        for node in t.outputs:
+            if id(node) not in suffix:
+                suffix.add(id(node))
+                frontier.extend(node.outputs)
+    if not suffix:
+        raise StrategyUnavailable("nothing is computed downstream of the location")
+    made_in_suffix = {id(t) for n in graph.nodes if id(n) in suffix for t in n.outputs}
+    for out in graph.outputs:
+        if id(out) not in made_in_suffix and all(out is not t for t in starts):
+            raise StrategyUnavailable(f"output '{out.name}' does not depend on the location")
+    dynamic = info.dynamic_tensors
+    crossing, seen = [], set()
+    for node in graph.nodes:
+        if id(node) not in suffix:
+            continue
+        for t in node.inputs:
+            if isinstance(t, gs.Variable) and id(t) not in made_in_suffix and \
+                    t.name in dynamic and id(t) not in seen:
+                seen.add(id(t))
+                crossing.append(t)
+    if all(t.name in {i.name for i in info.inputs} for t in crossing):
+        raise StrategyUnavailable("the location reads the model input directly: nothing to "
+                                  "share (the batched strategy is the same)")
+    return crossing, suffix
+
+
+def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool):
     if info.opset < 10:
         raise StrategyUnavailable(f"needs opset >= 10 (dynamic Slice); the model has opset "
                                   f"{info.opset}")
@@ -190,20 +247,28 @@ def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, 
 
     perturber = _Perturber(b, seed, slot_mask)
 
-    # Tile every input n+1 times along the batch axis.
+    # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
+    if share_prefix:
+        crossing, suffix = _cut(graph, info, spec)
+    else:
+        real_inputs = {i.name for i in info.inputs}
+        crossing, suffix = [i for i in graph.inputs if i.name in real_inputs], None
     tiled = {}
-    real_inputs = {i.name for i in info.inputs}
-    for inp in [i for i in graph.inputs if i.name in real_inputs]:
-        reps = b.op("Concat", [n1, b.ints("ones", [1] * (len(inp.shape) - 1))], {"axis": 0},
+    for t in crossing:
+        consumers = [n for n in t.outputs if suffix is None or id(n) in suffix]  # snapshot
+        # Repeats [n+1, 1, ..., 1] of the tensor's rank, whatever it is.
+        rank_minus_1 = b.op("Sub", [b.op("Shape", [b.op("Shape", [t], dtype=np.int64)],
+                                         dtype=np.int64), b.ints("one", [1])], dtype=np.int64)
+        ones = b.op("ConstantOfShape", [rank_minus_1],
+                    {"value": gs.Constant(b.name("one"), np.array([1], np.int64))},
                     dtype=np.int64)
-        x_t = gs.Variable(b.name("tiled"), dtype=inp.dtype)
-        consumers = list(inp.outputs)
-        b.op("Tile", [inp, reps], out=x_t)
+        reps = b.op("Concat", [n1, ones], {"axis": 0}, dtype=np.int64)
+        x_t = b.op("Tile", [t, reps], dtype=t.dtype)
         for node in consumers:
-            for i, t in enumerate(node.inputs):
-                if t is inp:
+            for i, inp in enumerate(node.inputs):
+                if inp is t:
                     node.inputs[i] = x_t
-        tiled[inp.name] = x_t
+        tiled[t.name] = x_t
 
     tensors = {**graph.tensors(), **tiled}
     # Inner copies of the graph outputs take new names: the final outputs keep them.
@@ -306,4 +371,4 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     return model, perturber, samples_var.name, locations
 
 
-BUILDERS = {"batched": batched, "loop": loop}
+BUILDERS = {"shared-prefix": shared_prefix, "batched": batched, "loop": loop}
