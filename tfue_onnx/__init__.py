@@ -10,7 +10,7 @@ Heavy modules (onnxruntime, onnx-graphsurgeon) load only when used.
 __version__ = "0.1.0"
 
 from .errors import TfueError  # noqa: E402
-from .perturb import Dropout, MCDropout, Noise  # noqa: E402
+from .perturb import Dropout, Ensemble, Entropy, MCDropout, Noise, Transform  # noqa: E402
 
 
 def __getattr__(name):
@@ -24,5 +24,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'tfue_onnx' has no attribute {name!r}")
 
 
-__all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Estimator", "Result", "export",
+__all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Transform", "Ensemble", "Entropy",
+           "Estimator", "Result", "export",
            "inspect_model", "load_model", "ModelInfo"]

@@ -530,3 +530,35 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
                f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
+
+
+# --- demo ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--out", "-o", "out_dir", default="tfue-demo", show_default=True,
+              type=click.Path(), help="Folder for the demo's maps and summary.")
+@click.option("--samples", "-n", type=int, default=8, show_default=True,
+              help="Samples for infer-dropout.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--force", is_flag=True, help="Overwrite an earlier demo's files.")
+def demo(out_dir, samples, seed, provider, force):
+    """Uncertainty maps for the bundled super-resolution model and sample images."""
+    from .demo import DEMO_DROPOUT, bundled_model, planned, run_demo, sample_images
+
+    if not os.path.exists(bundled_model()) or not sample_images():
+        raise TfueError("the bundled model or sample images are missing from the install",
+                        "reinstall tfue-onnx (pip install .) from a full checkout")
+    if not force:
+        _refuse_existing(out_dir, [os.path.relpath(p, out_dir) for p in planned(out_dir)], False)
+    click.echo(f"tfue demo: bundled x2 super-resolution model ({os.path.basename(bundled_model())}) "
+               f"on {len(sample_images())} held-out image(s)", err=True)
+    s = run_demo(out_dir, samples=samples, seed=seed, provider=provider,
+                 progress=_progress if sys.stderr.isatty() else None)
+    t, d = s["runs"]["transform"], s["runs"]["dropout"]
+    click.echo(f"infer-transformation (d4, N={t['samples']}): mean variance per image "
+               + ", ".join(f"{v:.3g}" for v in t["mean_variance"]))
+    click.echo(f"infer-dropout (p={DEMO_DROPOUT['rate']} at {d['location']}, N={d['samples']}): "
+               "mean variance per image " + ", ".join(f"{v:.3g}" for v in d["mean_variance"]))
+    click.echo(f"provider {t['provider']}; maps in {os.path.join(out_dir, 'transform')} and "
+               f"{os.path.join(out_dir, 'dropout')}")
+    click.echo(f"overview (input | output | d4 variance | dropout variance): {s['overview']}")

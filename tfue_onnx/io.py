@@ -137,9 +137,15 @@ def spatial_map(arr: np.ndarray) -> np.ndarray | None:
 
 
 def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """Map a 2-D array to viridis RGB (0 -> dark purple, vmax -> yellow)."""
+    """Map a 2-D array to viridis RGB (0 -> dark purple, vmax -> yellow).
+
+    ``vmax`` defaults to the 99.5th percentile (the maximum if that is 0), so a
+    few extreme pixels do not flatten the rest of the map to one colour.
+    """
     m = np.nan_to_num(np.asarray(m, dtype=np.float64))
-    vmax = float(m.max()) if vmax is None else vmax
+    if vmax is None:
+        vmax = float(np.percentile(m, 99.5)) if m.size else 0.0
+        vmax = vmax if vmax > 0 else float(m.max(initial=0.0))
     t = np.clip(m / vmax, 0, 1) if vmax > 0 else np.zeros_like(m)
     pos = t * (len(_VIRIDIS) - 1)
     lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
