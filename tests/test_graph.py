@@ -40,7 +40,7 @@ def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):
     if strategy != "loop":  # same kernels for every slot: exactly the output
         np.testing.assert_array_equal(out["y.mean"], out["y"])
         assert float(out["y.variance"].max()) == 0.0
-    on = _run(ug.model, {"x": x8})
+    on = _run(ug.model, {"x": x8, **ug.feeds()})
     np.testing.assert_allclose(on["y"], ref, rtol=1e-5, atol=1e-6)  # unperturbed stays so
     assert float(on["y.variance"].mean()) > 1e-4
 
@@ -57,9 +57,13 @@ def test_graph_keeps_names_ir_and_opset(toy):
     assert all(o.startswith("tfue/") or o in ("y", "y.mean", "y.variance")
                for n in new for o in n.output)
     onnx.checker.check_model(m)
-    # The inputs the runner overrides carry defaults, so plain sessions can ignore them.
-    inits = {i.name for i in m.graph.initializer}
-    assert ug.samples_input in inits and set(ug.level_inputs) <= inits
+    # N and the level are inputs the runner feeds; frozen, they are constants.
+    assert [i.name for i in m.graph.input] == ["x", *ug.level_inputs, ug.samples_input]
+    frozen = ug.frozen()
+    assert [i.name for i in frozen.graph.input] == ["x"]
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in frozen.graph.initializer}
+    assert inits[ug.samples_input].tolist() == [4]
+    assert [float(inits[k]) for k in ug.level_inputs] == [pytest.approx(0.1)]
 
 
 def test_prefix_avoids_existing_names(tmp_path, toy):
@@ -76,7 +80,7 @@ def test_dropout_drops_fraction_p(toy, x8):
     info = inspect_model(toy())
     p = 0.3
     ug = graphs.build(info, Dropout(p, at="y"), "batched", samples=64, seed=0, keep_samples=True)
-    out = _run(ug.model, {"x": x8})
+    out = _run(ug.model, {"x": x8, **ug.feeds()})
     samples, y = out["y.samples"], out["y"]
     assert samples.shape == (64, 1, 2, 8, 8)
     dropped = float(np.mean(samples == 0))
@@ -89,7 +93,7 @@ def test_dropout_drops_fraction_p(toy, x8):
 def test_noise_has_requested_sigma(toy, x8):
     info = inspect_model(toy())
     ug = graphs.build(info, Noise(0.2, at="y"), "loop", samples=64, seed=0, keep_samples=True)
-    out = _run(ug.model, {"x": x8})
+    out = _run(ug.model, {"x": x8, **ug.feeds()})
     noise = out["y.samples"] - out["y"][None]
     assert abs(float(noise.std()) - 0.2) < 0.01 and abs(float(noise.mean())) < 0.01
     # Variance from the Welford loop equals numpy's population variance of the samples.
@@ -111,7 +115,7 @@ def test_mc_dropout_switches_on_own_dropout(toy, x8, opset, training_input):
     assert not any(n.op_type == "Dropout" for n in sampled)
     assert sum(n.op_type == "RandomUniformLike" for n in sampled) == 1
     assert [float(v) for v in ug.level_inputs.values()] == [0.5]  # the node's own ratio
-    out = _run(ug.model, {"x": x8})
+    out = _run(ug.model, {"x": x8, **ug.feeds()})
     np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
     assert float(out["y.variance"].mean()) > 1e-3
     zero = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
@@ -148,10 +152,10 @@ def test_shared_prefix_tiles_only_what_crosses_the_cut(tmp_path, x8):
     assert sorted(n.input[0] for n in tiles) == ["c1", "r1"]  # the location and the skip
     conv1 = [n for n in ug.model.graph.node if n.op_type == "Conv" and n.input[1] == "w1"]
     assert conv1[0].input[0] == "x"  # the prefix reads the untiled input: it runs once
-    out = _run(ug.model, {"x": x8})
+    out = _run(ug.model, {"x": x8, **ug.feeds()})
     batched = graphs.build(info, Noise(0.3, at="r1"), "batched", samples=6, seed=2,
                            keep_samples=True)
-    ref = _run(batched.model, {"x": x8})
+    ref = _run(batched.model, {"x": x8, **batched.feeds()})
     # Same seed, same tensor shape at the location: the very same samples.
     np.testing.assert_allclose(out["y.samples"], ref["y.samples"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["y.variance"], ref["y.variance"], rtol=1e-4, atol=1e-8)

@@ -114,3 +114,27 @@ def test_mc_dropout_on_estimator(toy, x8):
     assert res.metadata["method"] == "mc-dropout" and float(res.variance.mean()) > 0
     with pytest.raises(TfueError, match="no Dropout node"):
         Estimator(toy("plain"), MCDropout())
+
+
+def test_chunk_size_from_the_memory_budget(toy, x8):
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=20, seed=0)
+    per_sample = est.sample_bytes({"x": x8})
+    # x, c1, r1, c2, y: 3 + 4 + 4 + 2 + 2 channels of 8x8 float32.
+    assert per_sample == (3 + 4 + 4 + 2 + 2) * 64 * 4
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=20, seed=0,
+                    max_memory=6 * per_sample + 1)
+    assert est.chunk_sizes({"x": x8}) == [6, 6, 6, 2]
+    res = est(x8)
+    assert res.metadata["chunks"] == [6, 6, 6, 2]
+    assert Estimator(toy(), Noise(0.2, at="r1"), samples=20, chunk=5).chunk_sizes(
+        {"x": x8}) == [5, 5, 5, 5]
+    with pytest.raises(TfueError, match="max_memory must be a positive"):
+        Estimator(toy(), Noise(0.2, at="r1"), max_memory=0)
+
+
+def test_io_binding_gives_the_same_statistics(toy, x8):
+    plain = Estimator(toy(), Dropout(0.3, at="c1"), samples=12, chunk=4, seed=5)(x8)
+    bound = Estimator(toy(), Dropout(0.3, at="c1"), samples=12, chunk=4, seed=5,
+                      io_binding=True)(x8)
+    np.testing.assert_array_equal(plain.variance, bound.variance)
+    np.testing.assert_array_equal(plain.output, bound.output)

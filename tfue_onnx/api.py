@@ -35,6 +35,10 @@ class Estimator(Runner):
         provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
         strategy: ``auto`` (fastest that passes verification), ``batched`` or ``loop``.
         keep_samples: also return the samples, shape [N, ...].
+        softmax, classify, class_axis: class probabilities (see Runner).
+        max_memory: bytes the samples of one run may take; sets the chunk size when
+            ``chunk`` is None (estimated from the model's tensor sizes at the input).
+        io_binding: keep the inputs on the device across chunks (default: on CUDA).
 
     Calling the estimator on an array (or a dict of arrays by input name) returns
     a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.
@@ -56,13 +60,8 @@ class Estimator(Runner):
                             "give another output path with -o")
         check_new_file(path, force)
         ug = self.uncertainty_graph(example)
-        model = onnx.ModelProto()
-        model.CopyFrom(ug.model)
         # N and the levels become plain constants: the file has the model's own inputs.
-        fixed = {ug.samples_input, *ug.level_inputs}
-        kept = [i for i in model.graph.input if i.name not in fixed]
-        del model.graph.input[:]
-        model.graph.input.extend(kept)
+        model = ug.frozen()
         onnx.helper.set_model_props(model, {
             "tfue.method": self.spec.method, "tfue.location": self.location,
             "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),

@@ -24,6 +24,38 @@ from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
 
 DEFAULT_CHUNK = 8
+MAX_AUTO_CHUNK = 64
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+
+
+def _tensor_bytes(model, feeds) -> int:
+    """Sum of the bytes of every tensor shape inference can size for ``feeds``."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        if vi.name in feeds:
+            dims = vi.type.tensor_type.shape.dim
+            for d, size in zip(dims, feeds[vi.name].shape):
+                d.Clear()
+                d.dim_value = int(size)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return sum(int(v.nbytes) for v in feeds.values())
+    total = 0
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value for d in tt.shape.dim]
+        if not tt.HasField("shape") or any(d <= 0 for d in dims):
+            continue
+        try:
+            item = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+        except Exception:
+            item = 4
+        total += int(np.prod(dims, dtype=np.int64)) * item
+    return total + sum(int(v.nbytes) for v in feeds.values())
 
 
 @dataclasses.dataclass
@@ -147,7 +179,8 @@ class Runner:
     def __init__(self, model, spec, samples: int | None = None, chunk: int | None = None,
                  seed: int | None = None, provider: str = "auto", strategy: str = "auto",
                  keep_samples: bool = False, softmax: bool = False, classify="auto",
-                 class_axis: int = 1):
+                 class_axis: int = 1, max_memory: int = DEFAULT_MAX_MEMORY,
+                 io_binding: bool | None = None):
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -170,6 +203,12 @@ class Runner:
                             Ensemble: lambda: len(spec.members) + 1,
                             Entropy: lambda: 1}[type(spec)]()
         self.chunk = check_chunk(chunk)
+        if not (isinstance(max_memory, (int, float)) and max_memory > 0):
+            raise TfueError(f"max_memory must be a positive number of bytes, got {max_memory!r}",
+                            "e.g. --max-memory 2G")
+        self.max_memory = int(max_memory)
+        self.io_binding = io_binding
+        self._sample_bytes = {}
         self.seed = int(seed) if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
         if strategy != "auto" and strategy not in graphs.STRATEGIES:
@@ -338,6 +377,37 @@ class Runner:
                             "(for images: --resize HxW)") from exc
         return dict(zip([o.name for o in sess.get_outputs()], values))
 
+    @staticmethod
+    def _run_bound(sess, device_feeds: dict, extra: dict) -> dict:
+        """Run with IO binding: the model inputs are OrtValues already on the device
+        (bound once for every chunk); the small extra feeds and the statistics go
+        through the host."""
+        binding = sess.io_binding()
+        for name, value in device_feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in extra.items():
+            binding.bind_cpu_input(name, value)
+        names = [o.name for o in sess.get_outputs()]
+        for name in names:
+            binding.bind_output(name, "cpu")
+        try:
+            sess.run_with_iobinding(binding)
+        except Exception as exc:
+            shapes = ", ".join(f"{k}{tuple(v.shape())}" for k, v in device_feeds.items())
+            raise TfueError(f"the model failed on input {shapes}: {ort_message(exc)}",
+                            "check the input size and layout the model expects") from exc
+        return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+    def _device_feeds(self, feeds, provider):
+        """The inputs as device OrtValues when IO binding is on (default: on CUDA)."""
+        use = self.io_binding if self.io_binding is not None else provider == "cuda"
+        if not use:
+            return None
+        import onnxruntime as ort
+
+        device = "cuda" if provider == "cuda" else "cpu"
+        return {k: ort.OrtValue.ortvalue_from_numpy(v, device, 0) for k, v in feeds.items()}
+
     def reference(self, feeds) -> dict:
         """The original model's outputs on ``feeds``."""
         sess, _ = self.reference_session()
@@ -345,7 +415,7 @@ class Runner:
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
-            return check_unperturbed_slot(self._run(sess, feeds), reference)
+            return check_unperturbed_slot(self._run(sess, {**feeds, **ug.feeds()}), reference)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0)})
         verdict = check_identity(out, reference, ug.stats_outputs)
         if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
@@ -386,11 +456,25 @@ class Runner:
                         + "; ".join(failures) + ")",
                         "try another location (--at) or --strategy loop; --verbose shows details")
 
-    def chunk_sizes(self) -> list:
-        """How the samples are split into runs."""
+    def sample_bytes(self, feeds) -> int:
+        """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
+        alive at once: an upper bound), from shape inference at the real input shape."""
+        key = tuple((k, v.shape) for k, v in sorted(feeds.items()))
+        if key not in self._sample_bytes:
+            self._sample_bytes[key] = _tensor_bytes(self.info.model, feeds)
+        return self._sample_bytes[key]
+
+    def chunk_sizes(self, feeds=None) -> list:
+        """How the samples are split into runs: ``chunk``, else as many as fit in
+        ``max_memory`` for this input (at most 64), else 8 without an input."""
         if not isinstance(self.spec, SAMPLED):
             return [self.samples]  # one run: every transform / member at once
-        chunk = self.chunk or min(self.samples, DEFAULT_CHUNK)
+        chunk = self.chunk
+        if chunk is None and feeds is not None:
+            per_sample = max(self.sample_bytes(feeds), 1)
+            chunk = int(max(1, min(self.samples, MAX_AUTO_CHUNK,
+                                   self.max_memory // per_sample)))
+        chunk = chunk or min(self.samples, DEFAULT_CHUNK)
         sizes = [chunk] * (self.samples // chunk)
         if self.samples % chunk:
             sizes.append(self.samples % chunk)
@@ -415,8 +499,12 @@ class Runner:
         kept = {name: [] for name in ug.stats_outputs}
         mean_entropy = {name: 0.0 for name in self.classes}
         first = None
-        for n in self.chunk_sizes():
-            out = self._run(sess, {**feeds, **ug.feeds(samples=n, level=level)})
+        chunks = self.chunk_sizes(feeds)
+        device_feeds = self._device_feeds(feeds, provider)
+        for n in chunks:
+            extra = ug.feeds(samples=n, level=level)
+            out = self._run(sess, {**feeds, **extra}) if device_feeds is None else \
+                self._run_bound(sess, device_feeds, extra)
             if first is None:
                 first = out
             for name in ug.stats_outputs:
@@ -444,7 +532,8 @@ class Runner:
                                                   0).astype(y.dtype)
                 r.class_variance = winning_class_variance(s.mean, s.variance, axis).astype(y.dtype)
             results[o.name] = r
-        meta = {**self.describe(), "strategy": ug.strategy, "provider": provider}
+        meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
+                "provider": provider}
         if level is not None:
             meta["level"] = level
         return Result(results, meta)

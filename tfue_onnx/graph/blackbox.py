@@ -159,7 +159,7 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                                  out=gs.Variable(stacked_name(prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
     graph.outputs = final
-    model = finish(graph, info, {})
+    model = finish(graph, info)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, spec.names
 
@@ -230,7 +230,7 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
                                  out=gs.Variable(stacked_name(prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
     graph.outputs = final
-    model = finish(graph, info, {})
+    model = finish(graph, info)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, [info.path or "member 0"] + [m.path or f"member {k}"
                                                for k, m in enumerate(others, start=1)]

@@ -55,14 +55,19 @@ class UncertaintyGraph:
     classes: dict  # output name -> class axis, for outputs that are class probabilities
 
     def feeds(self, samples: int | None = None, level: float | None = None) -> dict:
-        """Extra feeds: the number of samples, and one level for every perturbation."""
+        """The graph's own inputs: the number of samples (default N) and the level of
+        every perturbation (default: each one's own)."""
         feeds = {}
-        if samples is not None and self.samples_input is not None:
-            feeds[self.samples_input] = np.array([samples], dtype=np.int64)
-        if level is not None:
-            for name, default in self.level_inputs.items():
-                feeds[name] = np.asarray(level, dtype=default.dtype)
+        if self.samples_input is not None:
+            n = self.samples if samples is None else samples
+            feeds[self.samples_input] = np.array([n], dtype=np.int64)
+        for name, default in self.level_inputs.items():
+            feeds[name] = default if level is None else np.asarray(level, dtype=default.dtype)
         return feeds
+
+    def frozen(self) -> onnx.ModelProto:
+        """The graph with N and the levels fixed: only the model's own inputs remain."""
+        return freeze_inputs(self.model, self.feeds())
 
 
 class Builder:
@@ -291,17 +296,26 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
 
 
-def finish(graph: gs.Graph, info: ModelInfo, defaults: dict) -> onnx.ModelProto:
-    """Export ``graph`` with the model's IR and opset; ``defaults`` (name -> array)
-    become initializers of graph inputs of the same names, so they can be fed."""
+def finish(graph: gs.Graph, info: ModelInfo) -> onnx.ModelProto:
+    """Export ``graph`` with the model's IR version and opset."""
     graph.cleanup().toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     # Shapes annotated on inner tensors go stale when the batch is tiled ("batch" is
     # now (n+1)·batch); onnxruntime infers them itself.
     del model.graph.value_info[:]
-    for name, value in defaults.items():
-        model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
     return keep_versions(model, info)
+
+
+def freeze_inputs(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """``model`` with the graph inputs named in ``values`` turned into constants."""
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    kept = [i for i in frozen.graph.input if i.name not in values]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(kept)
+    for name, value in values.items():
+        frozen.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+    return frozen
 
 
 def keep_versions(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:

@@ -2,9 +2,10 @@
 
 The sampling happens inside the graph: ``RandomNormalLike`` for noise, a mask
 of plain ops for dropout (onnxruntime may remove or ignore a ``Dropout`` node).
-The number of samples and the levels are graph inputs with defaults, so one
-session serves every chunk size and level, and level 0 must give back the
-original model (``verify.py`` checks it).
+The number of samples and the levels are inputs of the graph (the runner feeds
+them; ``tfue export`` freezes them to constants), so one session serves every
+chunk size and level, and level 0 must give back the original model
+(``verify.py`` checks it).
 
 - ``shared-prefix``: everything upstream of the location runs once; only the
   tensors that cross into the rest (the location, skip connections) are tiled
@@ -155,12 +156,6 @@ def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Pert
     return chosen
 
 
-def _defaults(perturber: _Perturber, samples_var: gs.Variable, samples: int) -> dict:
-    defaults = {v.name: val for v, val in perturber.level_inputs}
-    defaults[samples_var.name] = np.array([samples], dtype=np.int64)
-    return defaults
-
-
 def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict):
     """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed."""
     return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False)
@@ -296,7 +291,7 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool)
     graph.outputs = final
     graph.inputs.extend(v for v, _ in perturber.level_inputs)
     graph.inputs.append(samples_var)
-    model = finish(graph, info, _defaults(perturber, samples_var, samples))
+    model = finish(graph, info)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, perturber, samples_var.name, locations
 
@@ -313,7 +308,7 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     locations = _insert(graph, info, spec, perturber, graph.tensors())
     graph.inputs.extend(v for v, _ in perturber.level_inputs)
     graph.inputs.append(samples_var)
-    perturbed = finish(graph, info, _defaults(perturber, samples_var, samples))
+    perturbed = finish(graph, info)
     pg = perturbed.graph
 
     # 2. The body: the perturbed nodes, every tensor they make renamed into the body
