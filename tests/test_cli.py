@@ -246,3 +246,15 @@ def test_export_never_overwrites(cli, tmp_path, setup):
     line = _one_error_line(cli("export", model, "-o", target, "--method", "noise"))
     assert "already exists" in line and "--force" in line
     assert target.read_bytes() == b"mine" and _digest(model) == before
+
+
+def test_max_memory_sets_the_chunks(cli, setup):
+    model, npy, out = setup
+    # One sample of the toy at 8x8 takes 15 channels x 64 px x 4 bytes = 3840 bytes.
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 10,
+            "--max-memory", "8K", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["chunks"] == [2, 2, 2, 2, 2]
+    line = _one_error_line(cli("run", model, npy, "--method", "noise", "--max-memory", "lots",
+                               "--out", out))
+    assert "--max-memory must be a size like 512M or 2G, got 'lots'" in line

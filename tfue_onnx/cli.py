@@ -235,6 +235,20 @@ def _parse_floats(name, text):
                         f"e.g. {name} 0.485,0.456,0.406") from None
 
 
+def _parse_bytes(text) -> int:
+    """'512M', '2G', '1.5G' or a plain number of bytes."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = str(text).strip().upper().rstrip("B")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        raise TfueError(f"--max-memory must be a size like 512M or 2G, got {text!r}",
+                        "e.g. --max-memory 2G")
+    return int(value)
+
+
 def _parse_size(text):
     if text is None:
         return None
@@ -274,7 +288,10 @@ def _notes(est, verbose):
 @perturbation_options
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
-@click.option("--chunk", type=int, default=None, help="Samples per session run (default 8).")
+@click.option("--chunk", type=int, default=None,
+              help="Samples per session run (default: as many as fit in --max-memory, <= 64).")
+@click.option("--max-memory", default="2G", show_default=True,
+              help="Memory the samples of one run may take (e.g. 512M, 2G); sets the chunk.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
               show_default=True, help="Channel order the model expects.")
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255",
@@ -287,8 +304,8 @@ def _notes(est, verbose):
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(model, inputs, out_dir, chunk, channel_order, scale, norm_mean, norm_std, resize,
-        save_samples, as_json, force, verbose, **perturbation):
+def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_mean, norm_std,
+        resize, save_samples, as_json, force, verbose, **perturbation):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -297,6 +314,7 @@ def run(model, inputs, out_dir, chunk, channel_order, scale, norm_mean, norm_std
     from .io import ImageOptions, collect_inputs, prepare_out_dir
     from .report import planned_files, run_inputs
 
+    max_memory = _parse_bytes(max_memory)
     models = [model]
     if perturbation["method"] == "ensemble":
         models += [p for p in inputs if _is_model(p)]
@@ -322,7 +340,7 @@ def run(model, inputs, out_dir, chunk, channel_order, scale, norm_mean, norm_std
         return [load_input(f, inputs_of, options) for f in files[:4]]
 
     est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
-                     **perturbation)
+                     max_memory=max_memory, **perturbation)
     prepare_out_dir(out_dir)
     progress = _progress if sys.stderr.isatty() else None
     try:
