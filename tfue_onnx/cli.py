@@ -177,6 +177,18 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
     return pick["at"], pick["level"]
 
 
+def _split_members(model, inputs, method):
+    """(models, inputs): with --method ensemble, .onnx files among INPUTS are members."""
+    if method != "ensemble":
+        return [model], list(inputs)
+    models = [model] + [p for p in inputs if _is_model(p)]
+    inputs = [p for p in inputs if not _is_model(p)]
+    if not inputs:
+        raise TfueError("no inputs given besides the ensemble's models",
+                        "add image files, .npy/.npz arrays or a folder of them")
+    return models, inputs
+
+
 def _is_model(path) -> bool:
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -315,13 +327,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     from .report import planned_files, run_inputs
 
     max_memory = _parse_bytes(max_memory)
-    models = [model]
-    if perturbation["method"] == "ensemble":
-        models += [p for p in inputs if _is_model(p)]
-        inputs = [p for p in inputs if not _is_model(p)]
-        if not inputs:
-            raise TfueError("no inputs given besides the ensemble's models",
-                            "add image files, .npy/.npz arrays or a folder of them")
+    models, inputs = _split_members(model, inputs, perturbation["method"])
     options = ImageOptions(layout=perturbation["layout"], channel_order=channel_order,
                            scale=scale, mean=_parse_floats("--mean", norm_mean),
                            std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
@@ -471,7 +477,8 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     from .io import prepare_out_dir
 
     _refuse_existing(out_dir, ["metrics.json", "metrics.csv"], force)
-    est = _estimator([model], **perturbation)
+    models, inputs = _split_members(model, inputs, perturbation["method"])
+    est = _estimator(models, **perturbation)
     pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
                    channel_order, scale, norm_mean, norm_std, resize)
     _refuse_existing(out_dir, [f"{p.name}.eval.png" for p in pairs], force)
@@ -580,3 +587,7 @@ def demo(out_dir, samples, seed, provider, force):
     click.echo(f"provider {t['provider']}; maps in {os.path.join(out_dir, 'transform')} and "
                f"{os.path.join(out_dir, 'dropout')}")
     click.echo(f"overview (input | output | d4 variance | dropout variance): {s['overview']}")
+
+
+if __name__ == "__main__":  # python -m tfue_onnx.cli
+    main()
