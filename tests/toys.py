@@ -11,6 +11,18 @@ def _w(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32) * 0.5
 
 
+def _save(path, nodes, inits, x_shape, y_shape, name="toy", opset=13, x="x", y="y",
+          dtype=TensorProto.FLOAT):
+    """Make, check and save a one-input, one-output model; return its path."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(x, dtype, x_shape)],
+                              [helper.make_tensor_value_info(y, dtype, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
 def conv_net(path=None, batch=None, opset=13, dropout_ratio=None, ir_version=None,
              dropout_training_input=False, channels=3, seed=0, external_data=False):
     """x [B,C,H,W] -> Conv -> Relu -> (Dropout) -> Conv -> Sigmoid -> y [B,2,H,W].
@@ -74,13 +86,7 @@ def transposed_batch_net(path):
              helper.make_node("Transpose", ["c1"], ["t"], name="t1", perm=[1, 0, 2, 3]),
              helper.make_node("Relu", ["t"], ["r"], name="relu"),
              helper.make_node("Transpose", ["r"], ["y"], name="t2", perm=[1, 0, 2, 3])]
-    graph = helper.make_graph(
-        nodes, "tb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "h", "w"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 4, "h", "w"], "tb")
 
 
 def pointwise_net(path, batch="b", height="h", width="w"):
@@ -89,14 +95,8 @@ def pointwise_net(path, batch="b", height="h", width="w"):
     inits = [numpy_helper.from_array(_w(rng, 2, 3, 1, 1), "w")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
              helper.make_node("Tanh", ["c"], ["y"], name="tanh")]
-    graph = helper.make_graph(
-        nodes, "pointwise",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, height, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, height, width])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, [batch, 3, height, width], [batch, 2, height, width],
+                 "pointwise")
 
 
 def classifier_net(path, classes=4, softmax=True, seed=0, input_name="x", dtype=TensorProto.FLOAT,
@@ -115,14 +115,8 @@ def classifier_net(path, classes=4, softmax=True, seed=0, input_name="x", dtype=
                               name="fc", transB=1)]
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=1))
-    graph = helper.make_graph(
-        nodes, "classifier",
-        [helper.make_tensor_value_info(input_name, dtype, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("p", dtype, ["b", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", classes], "classifier",
+                 opset=opset, x=input_name, y="p", dtype=dtype)
 
 
 def fixed_bias_net(path):
@@ -132,13 +126,7 @@ def fixed_bias_net(path):
              numpy_helper.from_array(_w(rng, 1, 2, 8, 12), "bias")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c", "bias"], ["y"], name="add")]
-    graph = helper.make_graph(
-        nodes, "fixedbias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, "h", "w"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 2, "h", "w"], "fixedbias")
 
 
 def upscale_net(path, scale=2):
@@ -153,13 +141,7 @@ def upscale_net(path, scale=2):
              numpy_helper.from_array(np.array([], np.float32), "roi")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Resize", ["c", "roi", "scales"], ["y"], name="up", mode="nearest")]
-    graph = helper.make_graph(
-        nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, "H", "W"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 3, "H", "W"], "up")
 
 
 def skip_net(path):
@@ -171,10 +153,4 @@ def skip_net(path):
              helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
              helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "c1"], ["y"], name="skip")]
-    graph = helper.make_graph(
-        nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "h", "w"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 4, "h", "w"], "skip")
