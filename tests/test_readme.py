@@ -1,0 +1,38 @@
+"""The README's promises: its first two commands, its CLI tour and its Python example."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md")).read()
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def test_first_two_commands():
+    first, second = _blocks("bash")[:2]
+    assert first.strip().endswith("pip install . && tfue demo")
+    assert "pip install -e \".[test]\"" in second and second.strip().endswith("pytest -q")
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    test_command = second.strip().split("&& ", 2)[2]  # after the venv is made and entered
+    assert test_command in ci
+
+
+def test_every_documented_command_exists(cli):
+    r = cli("--help")
+    for command in ("inspect", "run", "export", "evaluate", "sweep", "demo"):
+        assert f"tfue {command}" in README
+        assert re.search(rf"^\s+{command}\s", r.output, re.M), command
+
+
+def test_python_example_runs(toy, x8, tmp_path, monkeypatch):
+    [example] = _blocks("python")
+    monkeypatch.chdir(tmp_path)
+    os.replace(toy(), tmp_path / "model.onnx")
+    namespace = {"x": x8}
+    exec(example, namespace)
+    res = namespace["res"]
+    assert res.variance.shape == (1, 2, 8, 8) and float(res.variance.mean()) > 0
+    assert (tmp_path / "model_uncertainty.onnx").exists()
