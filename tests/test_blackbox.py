@@ -229,3 +229,17 @@ def test_angle_classifier_from_the_cli(cli, tmp_path, ppocr_cls, cls_array):
         flipped = _plain(ppocr_cls, np.ascontiguousarray(cls_array[:, :, ::-1, ::-1]))
         np.testing.assert_allclose(z["mean"], (p + flipped) / 2, rtol=1e-5, atol=1e-6)
         assert float(z["mutual_information"].item()) > 0
+
+
+def test_transform_export_is_standalone_and_exact(cli, toy, tmp_path):
+    x = np.random.default_rng(3).random((1, 3, 6, 10), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("export", toy(), "-o", tmp_path / "t.onnx", "--method", "transform",
+            "--transforms", "d4", "--example", tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    sess = ort.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    y, mean, var = sess.run(None, {"x": x})
+    res = Estimator(toy(), Transform("d4"))(x)  # transforms are deterministic: same numbers
+    np.testing.assert_allclose(var, res.variance, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(mean, res.mean, rtol=1e-5, atol=1e-7)
