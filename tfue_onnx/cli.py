@@ -287,6 +287,18 @@ class _progress:
             yield from bar
 
 
+def _lines(items, label="sampling"):
+    """Progress where there is no terminal (logs, CI): one line per item on stderr."""
+    items = list(items)
+    for k, item in enumerate(items, 1):
+        click.echo(f"tfue: {label} [{k}/{len(items)}] {os.path.basename(str(item))}", err=True)
+        yield item
+
+
+def _progress_for_stderr():
+    return _progress if sys.stderr.isatty() else _lines
+
+
 def _notes(est, verbose):
     if verbose:
         for note in est.notes:
@@ -348,7 +360,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
                      max_memory=max_memory, **perturbation)
     prepare_out_dir(out_dir)
-    progress = _progress if sys.stderr.isatty() else None
+    progress = _progress_for_stderr()
     try:
         summary = run_inputs(est, files, out_dir, options, progress=progress)
     finally:
@@ -485,7 +497,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     prepare_out_dir(out_dir)
     try:
         result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma, grid=block_grid,
-                                progress=_progress if sys.stderr.isatty() else None)
+                                progress=_progress_for_stderr())
     finally:
         _notes(est, verbose)
     files = write_evaluation(out_dir, result)
@@ -578,7 +590,7 @@ def demo(out_dir, samples, seed, provider, force):
     click.echo(f"tfue demo: bundled x2 super-resolution model ({os.path.basename(bundled_model())}) "
                f"on {len(sample_images())} held-out image(s)", err=True)
     s = run_demo(out_dir, samples=samples, seed=seed, provider=provider,
-                 progress=_progress if sys.stderr.isatty() else None)
+                 progress=_progress_for_stderr())
     t, d = s["runs"]["transform"], s["runs"]["dropout"]
     click.echo(f"infer-transformation (d4, N={t['samples']}): mean variance per image "
                + ", ".join(f"{v:.3g}" for v in t["mean_variance"]))

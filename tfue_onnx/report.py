@@ -82,6 +82,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
     # fails the run at once and no result of it is half-written.
     for path in files:
         estimator.check_feeds(load_input(path, estimator.info.inputs, options))
+    estimator.prepare(load_input(files[0], estimator.info.inputs, options))
     items = []
     meta = None
     iterator = progress(files) if progress else files

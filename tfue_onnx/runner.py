@@ -561,6 +561,12 @@ class Runner:
             meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
         return meta
 
+    def prepare(self, feeds) -> None:
+        """Build and verify the graph for ``feeds``' shapes now (a no-op for entropy), so
+        a model that cannot run them fails before any work is reported."""
+        if not isinstance(self.spec, Entropy):
+            self._select(self.check_feeds(feeds))
+
     def uncertainty_graph(self, feeds=None):
         """The verified uncertainty graph (verified on ``feeds`` or a synthetic input)."""
         feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
