@@ -218,8 +218,8 @@ class Runner:
         self.keep_samples = keep_samples
         self.notes = []  # what happened on the way (strategies tried, why they failed)
         self._reference = None  # (session, provider) of the original model
-        self._candidates = None  # [(UncertaintyGraph, session, provider)] still in the running
-        self._verified = {}  # input signature -> index into _candidates
+        self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
+        self._verified = {}  # input signature -> strategy that passed verification
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
@@ -271,35 +271,25 @@ class Runner:
             return [self.strategy_request]
         return list(graphs.STRATEGIES)
 
-    def _build_all(self):
-        if self._candidates is not None:
-            return
-        self._candidates = []
-        for name in self._strategies():
+    def _candidate(self, name):
+        """(graph, session, provider) of strategy ``name``, built on first use; None when
+        the strategy cannot apply or onnxruntime rejects its graph (noted)."""
+        if name not in self._built:
+            self._built[name] = None
             spec = self.spec
             if isinstance(spec, Ensemble):  # members already loaded and checked
                 spec = Ensemble(tuple(self._members))
             try:
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples, self.classes)
+                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
-                continue
-            try:
-                sess, provider = create_session(ug.model, self.provider_request)
             except TfueError as exc:
                 if self.provider_request == "cuda" and "--provider cuda" in exc.message:
                     raise
                 self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({exc.message})")
-                continue
-            self._candidates.append((ug, sess, provider))
-        if not self._candidates:
-            if self._rotates() and any("rejects its graph" in n for n in self.notes):
-                raise TfueError("the model does not accept the input rotated by 90° "
-                                "(onnxruntime rejects the graph: " + self.notes[-1].split(
-                                    "(", 1)[1], self._rotation_hint())
-            raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
-                            "run with --verbose for details")
+        return self._built[name]
 
     def _rotates(self) -> bool:
         return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
@@ -427,11 +417,15 @@ class Runner:
         """The verified (graph, session, provider) for this input signature."""
         key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
         if key in self._verified:
-            return self._candidates[self._verified[key]]
-        self._build_all()
+            return self._built[self._verified[key]]
         reference = self.reference(feeds)
         failures = []
-        for idx, (ug, sess, provider) in enumerate(self._candidates):
+        # Fastest first; a strategy's graph and session are made only when reached.
+        for name in self._strategies():
+            candidate = self._candidate(name)
+            if candidate is None:
+                continue
+            ug, sess, provider = candidate
             try:
                 verdict = self._verify(ug, sess, feeds, reference)
             except TfueError as exc:
@@ -440,10 +434,17 @@ class Runner:
                 what = "at level 0" if ug.level_inputs else "of the unperturbed output"
                 self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
                                   f"{verdict.max_error:.2g}) on {provider}")
-                self._verified[key] = idx
+                self._verified[key] = name
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+        if not failures:  # no strategy could even be built
+            if self._rotates() and any("rejects its graph" in n for n in self.notes):
+                raise TfueError("the model does not accept the input rotated by 90° "
+                                "(onnxruntime rejects the graph: " + self.notes[-1].split(
+                                    "(", 1)[1], self._rotation_hint())
+            raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
+                            "run with --verbose for details")
         if self._rotates():
             from .graph.blackbox import spatial_axes
 
