@@ -7,13 +7,13 @@
 #     numpy, pillow (see models/README.md).
 # CHECK_PY: a Python with onnx + onnxruntime (the project's .venv); skipped if absent.
 # LOGDIR: where raw training logs and reference .npz files go (default /tmp/srlogs).
-# Sequential, one thread each: about 45 minutes of CPU in all.
+# Sequential, one thread each: about 30 minutes of CPU in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 CHECK_PY=${CHECK_PY:-.venv/bin/python}
 LOGDIR=${LOGDIR:-/tmp/srlogs}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-2000}
 mkdir -p "$LOGDIR"
 
 build() {  # name, args...

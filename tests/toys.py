@@ -55,7 +55,8 @@ def conv_net(path=None, batch=None, opset=13, dropout_ratio=None, ir_version=Non
               helper.make_node("Sigmoid", ["c2"], ["y"], name="sigmoid")]
     b = batch if batch is not None else "batch"
     graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, channels, "h", "w"])],
+        nodes, "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, channels, "h", "w"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, 2, "h", "w"])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="tfue-tests")

@@ -587,7 +587,8 @@ def demo(out_dir, samples, seed, provider, force):
                         "reinstall tfue-onnx (pip install .) from a full checkout")
     if not force:
         _refuse_existing(out_dir, [os.path.relpath(p, out_dir) for p in planned(out_dir)], False)
-    click.echo(f"tfue demo: bundled x2 super-resolution model ({os.path.basename(bundled_model())}) "
+    click.echo(f"tfue demo: bundled x2 super-resolution model "
+               f"({os.path.basename(bundled_model())}) "
                f"on {len(sample_images())} held-out image(s)", err=True)
     s = run_demo(out_dir, samples=samples, seed=seed, provider=provider,
                  progress=_progress_for_stderr())

@@ -43,7 +43,8 @@ def _target_array(arr: np.ndarray, output) -> np.ndarray:
 
 
 def _image_target(im, output, scale: float) -> np.ndarray:
-    """A Pillow image as a target shaped like ``output`` ([1, C, H, W], [1, H, W, C] or [1, H, W])."""
+    """A Pillow image as a target shaped like ``output``: [1, C, H, W], [1, H, W, C] or
+    [1, H, W]."""
     shape = output.shape
     rank = len(shape) if shape is not None else 4
     nhwc = rank == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)

@@ -133,8 +133,9 @@ def sparsification(uncertainty, error, steps: int = 100) -> dict:
     spars = sparsification_curve(uncertainty, error, steps)
     oracle = sparsification_curve(error, error, steps)
     random = np.ones(steps) if np.mean(error) > 0 else np.zeros(steps)
-    area = (lambda c: float(np.mean(c)))  # Riemann sum over fractions k/steps
-    return {"ause": area(spars) - area(oracle), "aurg": area(random) - area(spars),
+    area = {k: float(np.mean(c)) for k, c in  # Riemann sums over fractions k/steps
+            (("spars", spars), ("oracle", oracle), ("random", random))}
+    return {"ause": area["spars"] - area["oracle"], "aurg": area["random"] - area["spars"],
             "curve": spars, "oracle": oracle}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
-from .perturb import SAMPLED, Ensemble, Entropy, MCDropout, Transform
+from .perturb import SAMPLED, Ensemble, Entropy, Transform
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot

@@ -69,7 +69,7 @@ def create_session(model, provider: str = "auto"):
                             "install onnxruntime-gpu (and not onnxruntime beside it), or use "
                             "--provider auto")
         if want_cuda:
-            old = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+            old = getattr(ort, "get_default_logger_severity", lambda: 2)()
             ort.set_default_logger_severity(4)  # a failed CUDA load is expected on CPU machines
             try:
                 sess = _new_session(ort, source, [_CUDA, _CPU])

@@ -75,8 +75,8 @@ class _Perturber:
         keep = b.op("Not", [b.op("Less", [u, rate_var], dtype=np.bool_)], dtype=np.bool_)
         one = b.const("one", np.array(1, dtype=dtype))
         scale = b.op("Div", [one, b.op("Sub", [one, rate_var], dtype=dtype)], dtype=dtype)
-        factor = b.op("Mul", [b.op("Cast", [keep], {"to": onnx.helper.np_dtype_to_tensor_dtype(dtype)},
-                                   dtype=dtype), scale], dtype=dtype)
+        kept = b.op("Cast", [keep], {"to": helper.np_dtype_to_tensor_dtype(dtype)}, dtype=dtype)
+        factor = b.op("Mul", [kept, scale], dtype=dtype)
         return b.op("Mul", [t, factor], dtype=dtype)
 
     def apply(self, graph: gs.Graph, t: gs.Variable, kind: str, level_var, dtype,
