@@ -174,14 +174,16 @@ def bench_model(name, path, x, locations, repeat, use_torch):
     return rows, transform
 
 
+# Peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec, so a child started
+# by a big parent would report the parent's peak.
 MEMORY_SCRIPT = """
-import resource, sys, numpy as np
+import sys, numpy as np
 from tfue_onnx import Estimator, Noise
 path, n, size, loc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
 est = Estimator(path, Noise(0.1, at=loc), samples=n, chunk=16, seed=0)
 est(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 

@@ -79,8 +79,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from build_srresnet import HELDOUT_IMAGES, TRAIN_IMAGES
 
-    if os.path.exists(args.work):
-        shutil.rmtree(args.work)
+    # The crops are the same every time (seeded), so a sweep left in --work resumes.
     train, held = os.path.join(args.work, "train"), os.path.join(args.work, "heldout")
     write_crops(TRAIN_IMAGES, train, args.train_crops, seed=1)
     write_crops(HELDOUT_IMAGES, held, args.heldout_crops, seed=2)
@@ -109,6 +108,7 @@ def main(argv=None):
         extra = [a for a in rest if str(a).endswith(".onnx")]
         rest = [a for a in rest if not str(a).endswith(".onnx")]
         out = os.path.join(args.work, f"eval{k}")
+        shutil.rmtree(out, ignore_errors=True)
         if extra:  # ensemble members go with the model
             result = json.loads(tfue("evaluate", model, *extra, held, "--sr-scale", 2, *rest,
                                      "--out", out, "--json"))
