@@ -258,3 +258,19 @@ def test_max_memory_sets_the_chunks(cli, setup):
     line = _one_error_line(cli("run", model, npy, "--method", "noise", "--max-memory", "lots",
                                "--out", out))
     assert "--max-memory must be a size like 512M or 2G, got 'lots'" in line
+
+
+def test_ensemble_folder_of_models_vs_folder_of_inputs(cli, toy, tmp_path, x8):
+    from tfue_onnx.cli import _is_model
+    members, mixed = tmp_path / "members", tmp_path / "mixed"
+    members.mkdir()
+    mixed.mkdir()
+    os.replace(toy("a"), members / "a.onnx")
+    os.replace(toy("b"), mixed / "b.onnx")
+    np.save(mixed / "x.npy", x8)
+    assert _is_model(members) and not _is_model(mixed)
+    r = cli("run", toy("c"), members, mixed, "--method", "ensemble", "--out", tmp_path / "o",
+            "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["samples"] == 2 and [os.path.basename(i["input"]) for i in s["inputs"]] == ["x.npy"]

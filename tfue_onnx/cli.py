@@ -190,9 +190,14 @@ def _split_members(model, inputs, method):
 
 
 def _is_model(path) -> bool:
+    """An .onnx file, or a folder of models (holding .onnx files and no input files)."""
+    from .io import ARRAY_EXTS, IMAGE_EXTS
+
     path = os.fspath(path)
     if os.path.isdir(path):
-        return any(f.lower().endswith(".onnx") for f in os.listdir(path))
+        names = [f.lower() for f in os.listdir(path)]
+        return any(f.endswith(".onnx") for f in names) and \
+            not any(f.endswith(IMAGE_EXTS + ARRAY_EXTS) for f in names)
     return path.lower().endswith(".onnx")
 
 

@@ -218,7 +218,12 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     info = inspect_model(model)
     levels = tuple(levels or (NOISE_LEVELS if method == "noise" else DROPOUT_LEVELS))
     tried = []
-    for cand in sweep_locations(info, at_count=at_count):
+    # Intermediate locations only: the paper finds them usually best, and noise at
+    # the input or the output is not what --at auto is for.
+    interior = [c for c in info.candidates if 0.0 < c.depth < 1.0] or info.candidates
+    k = min(int(at_count), len(interior))
+    picks = sorted({round((i + 1) * (len(interior) - 1) / (k + 1)) for i in range(k)})
+    for cand in [interior[i] for i in picks]:
         spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
             Dropout(levels[0], at=cand.name)
         est = Estimator(model, spec, samples=samples, seed=seed, provider=provider)
@@ -240,7 +245,7 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
         if t["at"] not in best or t["level"] > best[t["at"]]["level"]:
             best[t["at"]] = t
     pick = max(best.values(), key=lambda t: t["mean_variance"])
-    pick["reason"] = (f"strongest tolerable {method} level at each of {len(best)} locations "
-                      f"(mean output moves <= {tolerance:.0%}); this one has the largest variance "
-                      f"(mean output moves {pick['relative_change']:.2%})")
+    pick["reason"] = (f"strongest tolerable {method} level at each of {len(best)} intermediate "
+                      f"locations (mean output moves <= {tolerance:.0%}); this one has the "
+                      f"largest variance (mean output moves {pick['relative_change']:.2%})")
     return pick
