@@ -16,8 +16,8 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
-from .io import (ARRAY_EXTS, IMAGE_EXTS, ImageOptions, collect_inputs, colorize, image_to_input,
-                 load_input, open_image, save_json, save_png, atomic_write_bytes, spatial_map)
+from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, collect_inputs, colorize,
+                 image_to_input, load_input, open_image, save_json, save_png, spatial_map)
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -210,4 +210,4 @@ def write_evaluation(out_dir: str, result: dict) -> list:
 
 
 __all__ = ["Pair", "make_pairs", "evaluate", "format_table", "table_csv", "write_evaluation",
-           "side_by_side", "ARRAY_EXTS"]
+           "side_by_side"]

@@ -38,13 +38,6 @@ class TensorInfo:
         return {"name": self.name, "dtype": self.dtype,
                 "shape": None if self.shape is None else list(self.shape)}
 
-    @property
-    def numpy_dtype(self):
-        """The numpy dtype of the tensor (None where numpy has none)."""
-        try:
-            return np.dtype(self.dtype)
-        except TypeError:
-            return None
 
 
 @dataclasses.dataclass(frozen=True)
