@@ -36,3 +36,15 @@ def test_python_example_runs(toy, x8, tmp_path, monkeypatch):
     res = namespace["res"]
     assert res.variance.shape == (1, 2, 8, 8) and float(res.variance.mean()) > 0
     assert (tmp_path / "model_uncertainty.onnx").exists()
+
+
+def test_help_is_instant_without_heavy_imports():
+    import subprocess
+    import sys
+    code = ("import sys, tfue_onnx.cli as c; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(c.main, ['--help']); assert r.exit_code == 0; "
+            "print(sorted(m for m in ('onnxruntime', 'onnx_graphsurgeon', 'onnx', 'scipy', "
+            "'matplotlib') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
