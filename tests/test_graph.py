@@ -160,3 +160,24 @@ def test_shared_prefix_tiles_only_what_crosses_the_cut(tmp_path, x8):
     np.testing.assert_allclose(out["y.samples"], ref["y.samples"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["y.variance"], ref["y.variance"], rtol=1e-4, atol=1e-8)
     assert float(out["y.variance"].mean()) > 1e-3
+
+
+def test_random_nodes_get_uncorrelated_streams():
+    """onnxruntime's generator is linear congruential: seeds s and s+1 give streams
+    with correlation 0.5. The seeds of a graph's random nodes are hashed apart."""
+    from onnx import TensorProto, helper
+    from tfue_onnx.graph.graybox import _Perturber
+
+    def stream(seed):
+        g = helper.make_graph([helper.make_node("RandomUniformLike", ["x"], ["y"], seed=seed)],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 7
+        return _run(m, {"x": np.zeros(50000, np.float32)})["y"]
+
+    assert np.corrcoef(stream(1.0), stream(2.0))[0, 1] > 0.4  # why the seeds are hashed
+    for user_seed in (0, 7):
+        p = _Perturber(None, user_seed)
+        a, b = stream(p._seed()), stream(p._seed())
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.03

@@ -51,8 +51,12 @@ class _Perturber:
         return var
 
     def _seed(self) -> float:
+        """A seed for the next random node, derived from the user's seed by hashing:
+        onnxruntime's generator is a linear congruential one, so nearby seeds (s, s+1)
+        would give correlated streams at different nodes."""
         self._random += 1
-        return float(self.seed * 1009 + self._random)
+        state = np.random.SeedSequence([self.seed, self._random]).generate_state(1)[0]
+        return float(int(state) % (2**31 - 1) + 1)
 
     def delta_noise(self, t, dtype, sigma_var, relative: bool):
         b = self.b
