@@ -80,9 +80,11 @@ def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
     """
     # Every input is read and checked before the long work starts, so a bad one
     # fails the run at once and no result of it is half-written.
+    first = None
     for path in files:
-        estimator.check_feeds(load_input(path, estimator.info.inputs, options))
-    estimator.prepare(load_input(files[0], estimator.info.inputs, options))
+        feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
+        first = feeds if first is None else first
+    estimator.prepare(first)  # verified on the first input before any work is reported
     items = []
     meta = None
     iterator = progress(files) if progress else files

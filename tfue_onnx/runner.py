@@ -147,8 +147,7 @@ def _softmax_axis(info: ModelInfo, name: str):
     node = producers.get(name)
     while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
         node = producers.get(node.input[0])
-    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or \
-            node.op_type == "LogSoftmax":
+    if node is None or node.op_type != "Softmax":  # LogSoftmax outputs are not probabilities
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"),
                 1 if info.opset < 13 else -1)
@@ -199,9 +198,8 @@ class Runner:
                 raise TfueError(f"--samples does not apply to --method {spec.method}",
                                 "N is the number of transforms or members" if not
                                 isinstance(spec, Entropy) else "entropy needs one run")
-            self.samples = {Transform: lambda: len(spec.elements),
-                            Ensemble: lambda: len(spec.members) + 1,
-                            Entropy: lambda: 1}[type(spec)]()
+            self.samples = (len(spec.elements) if isinstance(spec, Transform) else
+                            len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
         self.chunk = check_chunk(chunk)
         if not (isinstance(max_memory, (int, float)) and max_memory > 0):
             raise TfueError(f"max_memory must be a positive number of bytes, got {max_memory!r}",
