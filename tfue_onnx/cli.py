@@ -350,11 +350,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
                            std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
     files = collect_inputs(inputs)
     # Everything that can be checked before the long work is checked first.
-    if os.path.exists(out_dir) and not force:
-        for path in planned_files(out_dir, files):
-            if os.path.exists(path):
-                raise TfueError(f"'{path}' already exists and would be overwritten",
-                                "pass --force to overwrite, or choose another --out folder")
+    _refuse_existing(planned_files(out_dir, files), force)
     def auto_feeds():
         from .io import load_input
         from .model import inspect_model
@@ -466,10 +462,12 @@ def _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order,
                       target_scale=target_scale)
 
 
-def _refuse_existing(out_dir, names, force):
-    for name in names:
-        path = os.path.join(out_dir, name)
-        if os.path.exists(path) and not force:
+def _refuse_existing(paths, force):
+    """Refuse, before any work, to overwrite result files without --force."""
+    if force:
+        return
+    for path in paths:
+        if os.path.exists(path):
             raise TfueError(f"'{path}' already exists and would be overwritten",
                             "pass --force to overwrite, or choose another --out folder")
 
@@ -493,12 +491,12 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     from .evaluate import format_table, write_evaluation
     from .io import prepare_out_dir
 
-    _refuse_existing(out_dir, ["metrics.json", "metrics.csv"], force)
+    _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     models, inputs = _split_members(model, inputs, perturbation["method"])
     est = _estimator(models, **perturbation)
     pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
                    channel_order, scale, norm_mean, norm_std, resize)
-    _refuse_existing(out_dir, [f"{p.name}.eval.png" for p in pairs], force)
+    _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
     prepare_out_dir(out_dir)
     try:
         result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma, grid=block_grid,
@@ -590,8 +588,7 @@ def demo(out_dir, samples, seed, provider, force):
     if not os.path.exists(bundled_model()) or not sample_images():
         raise TfueError("the bundled model or sample images are missing from the install",
                         "reinstall tfue-onnx (pip install .) from a full checkout")
-    if not force:
-        _refuse_existing(out_dir, [os.path.relpath(p, out_dir) for p in planned(out_dir)], False)
+    _refuse_existing(planned(out_dir), force)
     click.echo(f"tfue demo: bundled x2 super-resolution model "
                f"({os.path.basename(bundled_model())}) "
                f"on {len(sample_images())} held-out image(s)", err=True)

@@ -358,11 +358,8 @@ class Runner:
         try:
             values = sess.run(None, feeds)
         except Exception as exc:
-            shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in feeds.items()
-                               if not k.startswith("tfue"))
-            raise TfueError(f"the model failed on input {shapes}: {ort_message(exc)}",
-                            "check the input size and layout the model expects "
-                            "(for images: --resize HxW)") from exc
+            raise _model_failed({k: v.shape for k, v in feeds.items()
+                                 if not k.startswith("tfue")}, exc) from exc
         return dict(zip([o.name for o in sess.get_outputs()], values))
 
     @staticmethod
@@ -381,9 +378,7 @@ class Runner:
         try:
             sess.run_with_iobinding(binding)
         except Exception as exc:
-            shapes = ", ".join(f"{k}{tuple(v.shape())}" for k, v in device_feeds.items())
-            raise TfueError(f"the model failed on input {shapes}: {ort_message(exc)}",
-                            "check the input size and layout the model expects") from exc
+            raise _model_failed({k: v.shape() for k, v in device_feeds.items()}, exc) from exc
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
     def _device_feeds(self, feeds, provider):
@@ -593,6 +588,14 @@ class Runner:
             else:
                 feeds[inp.name] = np.zeros(shape, dtype)
         return feeds
+
+
+def _model_failed(shapes: dict, exc) -> TfueError:
+    """The error for onnxruntime failing on inputs of ``shapes`` (name -> shape)."""
+    named = ", ".join(f"{k}{tuple(v)}" for k, v in shapes.items())
+    return TfueError(f"the model failed on input {named}: {ort_message(exc)}",
+                     "check the input size and layout the model expects "
+                     "(for images: --resize HxW)")
 
 
 def ort_message(exc) -> str:
