@@ -28,12 +28,9 @@ from onnx import helper
 from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
-from .builder import (Builder, StrategyUnavailable, attach_stats, check_subgraphs, finish,
-                      float_dtype, keep_versions, prefix_for, replace_tensor, stacked_name,
-                      stats_outputs)
-
-INT64_MAX = np.iinfo(np.int64).max
-
+from .builder import (INT64_MAX, Builder, StrategyUnavailable, attach_stats, check_subgraphs,
+                      finish, float_dtype, keep_versions, prefix_for, replace_tensor,
+                      stacked_name, stats_outputs)
 
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0."""
