@@ -1,0 +1,333 @@
+"""Models whose weights live in external data (the >2 GB class): the weights stay in
+their files through inspect, every rewrite, verification, runs and export.
+
+Each model here is built twice, once with its weights in external data and once
+inline: tfue must give the same numbers for both (and the numbers a plain
+onnxruntime session gives), while no graph it builds ever holds the weights.
+"""
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tfue_onnx import Dropout, Estimator, MCDropout, Noise, TfueError
+from tfue_onnx import external
+from tfue_onnx import graph as graphs
+from tfue_onnx.model import inspect_model, load_model
+from tfue_onnx.perturb import Ensemble, Transform
+from tfue_onnx.runner import Runner
+
+BIG = 1024  # the table is BIG x BIG float32: 4 MiB of weights
+
+
+def ext_net(folder, name="m", opset=13, layout="one_file", dropout=None, seed=0, c=3):
+    """x [B,c,H,W] -> Conv -> Relu -> (Dropout) -> Conv -> + mean(table) -> Sigmoid -> y.
+
+    Written twice into ``folder``: ``name.onnx`` with every tensor in external data
+    (``layout``: ``one_file`` beside the model, ``per_tensor`` files, ``subfolder``
+    data in ``weights/``) and ``name_inline.onnx`` with the weights inside.
+    Returns the two paths and the total bytes of the weights.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, c, 3, 3)) * 0.3).astype(np.float32),
+                                     "w1"),
+             numpy_helper.from_array((rng.standard_normal((2, 8, 3, 3)) * 0.3).astype(np.float32),
+                                     "w2"),
+             numpy_helper.from_array((rng.standard_normal((BIG, BIG)) * 0.1).astype(np.float32),
+                                     "table")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1")]
+    mid = "r1"
+    if dropout is not None:
+        if opset < 12:
+            nodes.append(helper.make_node("Dropout", ["r1"], ["d1"], name="drop1",
+                                          ratio=float(dropout)))
+        else:
+            inits.append(numpy_helper.from_array(np.array(dropout, np.float32), "ratio"))
+            nodes.append(helper.make_node("Dropout", ["r1", "ratio"], ["d1"], name="drop1"))
+        mid = "d1"
+    mean_attrs = {"keepdims": 0}
+    if opset < 18:
+        mean_attrs["axes"] = [0, 1]
+    nodes += [helper.make_node("Conv", [mid, "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+              helper.make_node("ReduceMean", ["table"], ["s"], name="mean", **mean_attrs),
+              helper.make_node("Add", ["c2", "s"], ["z"], name="add"),
+              helper.make_node("Sigmoid", ["z"], ["y"], name="sigmoid")]
+    graph = helper.make_graph(
+        nodes, "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", c, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    inline = os.path.join(folder, f"{name}_inline.onnx")
+    onnx.save(model, inline)
+    path = os.path.join(folder, f"{name}.onnx")
+    location = {"one_file": f"{name}.onnx.data", "per_tensor": None,
+                "subfolder": f"weights/{name}.data"}[layout]
+    if layout == "subfolder":
+        os.makedirs(os.path.join(folder, "weights"), exist_ok=True)
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=location is not None,
+              location=location, size_threshold=0)
+    weight_bytes = sum(numpy_helper.to_array(i).nbytes for i in inits)
+    return path, inline, weight_bytes
+
+
+def _digests(folder) -> dict:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def _plain(path, feeds):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def _largest_inline_tensor(model) -> int:
+    sizes = [len(t.raw_data) for t in external._graph_tensors(model.graph)]
+    return max(sizes, default=0)
+
+
+@pytest.fixture
+def x6():
+    return np.random.default_rng(1).random((1, 3, 6, 6), dtype=np.float32)
+
+
+# --- loading and inspecting -------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["one_file", "per_tensor", "subfolder"])
+def test_load_leaves_the_weights_on_disk(tmp_path, layout, monkeypatch):
+    path, inline, weight_bytes = ext_net(tmp_path, layout=layout, dropout=0.25)
+    monkeypatch.chdir(tmp_path.parent)  # locations must not depend on the working folder
+    model = load_model(path)
+    tensors = external.external_tensors(model)
+    assert {t.name for t in tensors} == {"w1", "w2", "table", "ratio"}
+    assert model.ByteSize() < 4000 < weight_bytes  # the proto holds references only
+    for t in tensors:
+        loc, offset, length = external.region(t)
+        assert os.path.isabs(loc) and os.path.isfile(loc) and not t.raw_data
+    info = inspect_model(path)
+    ref = inspect_model(inline)
+    # Shape inference runs on the small proto: every inner tensor is a candidate.
+    assert [c.to_dict() for c in info.candidates] == [c.to_dict() for c in ref.candidates]
+    assert [c.name for c in info.candidates] == ["x", "c1", "r1", "d1", "c2", "z", "y"]
+    assert info.tensor_infos["c1"].shape == ("b", 8, "?", "?") == ref.tensor_infos["c1"].shape
+    # The ratio is read from its own bytes in the data file.
+    [d] = info.dropouts
+    assert d.ratio == pytest.approx(0.25) and ref.dropouts == info.dropouts
+
+
+def test_missing_or_short_data_is_a_clear_error(tmp_path):
+    path, _, _ = ext_net(tmp_path)
+    data = path + ".data"
+    full = open(data, "rb").read()
+    with open(data, "wb") as f:
+        f.write(full[:1000])
+    with pytest.raises(TfueError, match="refers to external data that could not be read") as e:
+        load_model(path)
+    assert "beyond the end" in e.value.message and ".data files beside" in e.value.hint
+    os.remove(data)
+    with pytest.raises(TfueError, match="could not be read.*not found") as e:
+        inspect_model(path)
+    assert "beside the .onnx file" in e.value.hint
+
+
+def test_locations_outside_the_folder_are_refused(tmp_path):
+    path, _, _ = ext_net(tmp_path / "a")
+    model = onnx.load(path, load_external_data=False)
+    for t in external.external_tensors(model):
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../a/" + e.value
+    os.makedirs(tmp_path / "b")
+    onnx.save(model, str(tmp_path / "b" / "m.onnx"))
+    with pytest.raises(TfueError, match="outside the model's folder"):
+        load_model(tmp_path / "b" / "m.onnx")
+
+
+# --- rewriting and running ---------------------------------------------------------------------
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("strategy", graphs.STRATEGIES)
+def test_noise_at_an_inner_tensor_matches_the_inline_model(tmp_path, x6, opset, strategy):
+    path, inline, weight_bytes = ext_net(tmp_path, opset=opset)
+    results = []
+    for p in (path, inline):
+        r = Runner(p, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy, chunk=2)
+        results.append(r.run(x6))
+        ug = r.uncertainty_graph(x6)
+        assert ug.strategy == strategy
+    ext, ref = results
+    plain = _plain(inline, {"x": x6})["y"]
+    np.testing.assert_allclose(ext.output, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ext.mean, ref.mean)  # same graph, same seed: same numbers
+    np.testing.assert_array_equal(ext.variance, ref.variance)
+    assert float(ext.variance.mean()) > 1e-5
+    # The graph tfue built (and serialised for onnxruntime) holds no weights.
+    ug = Runner(path, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy).uncertainty_graph(x6)
+    assert len(ug.model.SerializeToString()) < weight_bytes / 50
+    assert _largest_inline_tensor(ug.model) < 1024
+    assert {t.name for t in external.external_tensors(ug.model)} == {"w1", "w2", "table"}
+
+
+@pytest.mark.parametrize("spec", [Dropout(0.3, at="c1"), MCDropout(), MCDropout(rate=0.5)])
+def test_dropout_and_mc_dropout_match_the_inline_model(tmp_path, x6, spec):
+    path, inline, weight_bytes = ext_net(tmp_path, dropout=0.25, opset=13)
+    ext, ref = (Runner(p, spec, samples=6, seed=3).run(x6) for p in (path, inline))
+    np.testing.assert_allclose(ext.output, _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ext.mean, ref.mean)
+    np.testing.assert_array_equal(ext.variance, ref.variance)
+    assert float(ext.variance.mean()) > 1e-6
+    ug = Runner(path, spec, samples=6, seed=3).uncertainty_graph(x6)
+    assert len(ug.model.SerializeToString()) < weight_bytes / 50
+    if isinstance(spec, MCDropout):  # without --rate: the node's ratio, read from the file
+        assert [float(v) for v in ug.level_inputs.values()] == \
+            [pytest.approx(spec.rate or 0.25)]
+
+
+@pytest.mark.parametrize("strategy", ["batched", "loop"])
+def test_transform_matches_numpy(tmp_path, strategy):
+    path, inline, weight_bytes = ext_net(tmp_path)
+    x = np.random.default_rng(2).random((1, 3, 6, 6), dtype=np.float32)
+    res = Runner(path, Transform("flips"), strategy=strategy).run(x)
+    # Independent: run the plain model on each flipped input and flip the output back.
+    flips = [(), (3,), (2,), (2, 3)]
+    ys = [np.flip(_plain(inline, {"x": np.flip(x, axes).copy()})["y"], axes) for axes in flips]
+    ys = np.stack(ys)
+    np.testing.assert_allclose(res.mean, ys.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.variance, ys.var(0), rtol=1e-4, atol=1e-9)
+    ug = Runner(path, Transform("flips"), strategy=strategy).uncertainty_graph(x)
+    assert len(ug.model.SerializeToString()) < weight_bytes / 50
+
+
+def test_ensemble_of_external_models_in_different_folders(tmp_path, x6):
+    a, a_inline, weight_bytes = ext_net(tmp_path / "a", seed=0)
+    b, b_inline, _ = ext_net(tmp_path / "deep" / "b", name="other", seed=1, layout="subfolder")
+    before = _digests(tmp_path)
+    r = Runner(a, Ensemble((b,)))
+    res = r.run(x6)
+    ys = np.stack([_plain(p, {"x": x6})["y"] for p in (a_inline, b_inline)])
+    np.testing.assert_allclose(res.output, ys[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.mean, ys.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.variance, ys.var(0), rtol=1e-4, atol=1e-9)
+    ug = r.uncertainty_graph(x6)
+    # Member 1's weights are references under names of their own, to its own file.
+    refs = {t.name: external.region(t)[0] for t in external.external_tensors(ug.model)}
+    assert len(refs) == 6 and len(set(refs.values())) == 2
+    assert len(ug.model.SerializeToString()) < weight_bytes / 25
+    # The members were only read; importing them did not rename their tensors.
+    assert [i.name for i in r._members[0].model.graph.initializer] == ["w1", "w2", "table"]
+    assert _digests(tmp_path) == before
+
+
+# --- export ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["one_file", "per_tensor", "subfolder"])
+def test_export_writes_the_data_beside_the_model(tmp_path, x6, layout):
+    path, inline, weight_bytes = ext_net(tmp_path / "model", layout=layout)
+    before = _digests(tmp_path / "model")
+    out = tmp_path / "out" / "u.onnx"
+    os.makedirs(out.parent)
+    est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=1)
+    assert est.export(out, example=x6) == str(out)
+    assert sorted(os.listdir(out.parent)) == ["u.onnx", "u.onnx.data"]  # no temporary left
+    assert os.path.getsize(out) < weight_bytes / 50
+    assert os.path.getsize(str(out) + ".data") >= weight_bytes
+    assert _digests(tmp_path / "model") == before  # the original is untouched
+    # Plain onnxruntime runs the exported file (from another working folder too).
+    shutil.move(str(out.parent), str(tmp_path / "moved"))
+    got = _plain(str(tmp_path / "moved" / "u.onnx"), {"x": x6})
+    np.testing.assert_allclose(got["y"], _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
+    assert got["y.variance"].shape == x6.shape[:1] + (2, 6, 6)
+    assert float(got["y.variance"].mean()) > 1e-5
+    exported = onnx.load(str(tmp_path / "moved" / "u.onnx"), load_external_data=False)
+    assert {e.value for t in external.external_tensors(exported) for e in t.external_data
+            if e.key == "location"} == {"u.onnx.data"}
+    # The exported model is itself a model tfue can load and rewrite.
+    assert "r1" in [c.name for c in inspect_model(tmp_path / "moved" / "u.onnx").candidates]
+
+
+def test_export_refuses_to_overwrite(tmp_path, x6):
+    path, _, _ = ext_net(tmp_path, name="w")
+    est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=1)
+    out = tmp_path / "u.onnx"
+    (tmp_path / "u.onnx.data").write_bytes(b"keep")
+    with pytest.raises(TfueError, match="u.onnx.data' already exists"):
+        est.export(out, example=x6)
+    assert not out.exists() and (tmp_path / "u.onnx.data").read_bytes() == b"keep"
+    before = _digests(tmp_path)
+    # 'w' + '.data' would be the model's own data file ('w.onnx' + '.data' is, here).
+    model_data = path + ".data"
+    with pytest.raises(TfueError, match="refusing to overwrite"):
+        est.export(path, example=x6, force=True)
+    other = tmp_path / "w2.onnx"
+    os.rename(model_data, str(other) + ".data")
+    m = onnx.load(path, load_external_data=False)
+    for t in external.external_tensors(m):
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "w2.onnx.data"
+    onnx.save(m, path)
+    est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=1)
+    with pytest.raises(TfueError, match="reads its weights from it"):
+        est.export(other, example=x6, force=True)
+    assert (tmp_path / "u.onnx.data").read_bytes() == b"keep"
+    assert set(_digests(tmp_path)) == set(before) - {model_data} | {str(other) + ".data"}
+
+
+def test_export_failure_leaves_nothing_half_written(tmp_path, x6, monkeypatch):
+    path, _, _ = ext_net(tmp_path / "m")
+    est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=1)
+    ug = est.uncertainty_graph(x6)
+    out = tmp_path / "u.onnx"
+    real = os.replace
+    calls = []
+
+    def failing(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        external.save_model(ug.frozen(), str(out))
+    monkeypatch.setattr(os, "replace", real)
+    assert os.listdir(tmp_path) == ["m"]  # neither file, no temporaries
+
+
+def test_cli_inspect_run_export(cli, tmp_path, x6):
+    path, inline, _ = ext_net(tmp_path / "m")
+    np.save(tmp_path / "x.npy", x6)
+    r = cli("inspect", path)
+    assert r.exit_code == 0 and "r1" in r.output and "6 candidate locations" in r.output
+    r = cli("run", path, str(tmp_path / "x.npy"), "--method", "noise", "--at", "r1", "--sigma",
+            "0.1", "-n", "4", "--seed", "0", "-o", str(tmp_path / "out"), "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "out" / "x.npz") as z:
+        np.testing.assert_allclose(z["output"], _plain(inline, {"x": x6})["y"], rtol=1e-5,
+                                   atol=1e-6)
+    r = cli("export", path, "--method", "dropout", "--at", "c1", "--rate", "0.2",
+            "-o", str(tmp_path / "u.onnx"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "u.onnx.data").is_file()
+    assert "y.variance" in _plain(str(tmp_path / "u.onnx"), {"x": x6})
+
+
+def test_inline_models_export_as_before(tmp_path, x6):
+    _, inline, weight_bytes = ext_net(tmp_path)
+    out = tmp_path / "u.onnx"
+    Estimator(inline, Noise(0.2, at="r1"), samples=4, seed=1).export(out, example=x6)
+    assert not (tmp_path / "u.onnx.data").exists()
+    assert os.path.getsize(out) > weight_bytes  # one self-contained file
+    assert not external.has_external_data(onnx.load(str(out)))
