@@ -131,16 +131,35 @@ def read_tensor(tensor: onnx.TensorProto):
     (locations as anchored by :func:`anchor`, or relative to the working folder)."""
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return onnx.numpy_helper.to_array(tensor)
+    inline = onnx.TensorProto()
+    inline.CopyFrom(tensor)
+    _load_into(inline)
+    return onnx.numpy_helper.to_array(inline)
+
+
+def _load_into(tensor: onnx.TensorProto) -> None:
+    """Read an external tensor's bytes into its ``raw_data`` (external data is raw,
+    little-endian, as raw_data is) and make it an ordinary tensor."""
     path, offset, length = region(tensor)
     with open(path, "rb") as f:
         f.seek(offset)
         raw = f.read(length)
-    inline = onnx.TensorProto()
-    inline.CopyFrom(tensor)
-    del inline.external_data[:]
-    inline.data_location = onnx.TensorProto.DEFAULT
-    inline.raw_data = raw
-    return onnx.numpy_helper.to_array(inline)
+    if len(raw) != length:
+        raise TfueError(f"external data file '{path}' ended early (tensor '{tensor.name}')",
+                        "check that the model's data files are complete")
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = raw
+
+
+def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every external tensor's data read into it (for an
+    onnxruntime that cannot be told where the weights are; costs their memory)."""
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    for t in external_tensors(full):
+        _load_into(t)
+    return full
 
 
 def session_source(model: onnx.ModelProto):

@@ -44,11 +44,15 @@ def _model_source(model):
     """
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model), None, None
-    from .external import has_external_data, session_source
+    from .external import has_external_data, inlined, session_source
 
-    if has_external_data(model) or model.ByteSize() < 1_800_000_000:
-        data, folder = session_source(model)
-        return data, folder, None
+    if has_external_data(model):
+        if folder_option_supported():
+            data, folder = session_source(model)
+            return data, folder, None
+        model = inlined(model)  # the weights' memory, as tfue needed before
+    if model.ByteSize() < 1_800_000_000:
+        return model.SerializeToString(), None, None
     # Protobuf cannot serialize 2 GB; onnxruntime reads external data from a folder.
     import onnx
 
@@ -56,6 +60,16 @@ def _model_source(model):
     path = os.path.join(tmp.name, "model.onnx")
     onnx.save(model, path, save_as_external_data=True, location="model.data")
     return path, None, tmp
+
+
+def folder_option_supported() -> bool:
+    """Whether onnxruntime reads the external data of a model given as bytes from a
+    folder named in the session options (onnxruntime >= 1.21)."""
+    try:
+        major, minor = (int(p) for p in _ort().__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (1, 21)
 
 
 def create_session(model, provider: str = "auto"):
