@@ -464,3 +464,14 @@ def test_older_onnxruntime_gets_the_weights_inline(tmp_path, x6, monkeypatch):
     got = Runner(path, Noise(0.2, at="r1"), samples=4, seed=5).run(x6)
     np.testing.assert_array_equal(got.variance, want.variance)
     np.testing.assert_allclose(got.output, _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_appended_to_an_external_model(tmp_path, x6):
+    path, inline, weight_bytes = ext_net(tmp_path)
+    ext, ref = (Runner(p, Noise(0.2, at="c2"), samples=4, seed=2, softmax=True, class_axis=1)
+                .run(x6) for p in (path, inline))
+    y = _plain(inline, {"x": x6})["y"]
+    np.testing.assert_allclose(ext.output, np.exp(y) / np.exp(y).sum(1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ext.mean, ref.mean)
+    np.testing.assert_array_equal(ext.mutual_information, ref.mutual_information)
