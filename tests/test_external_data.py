@@ -475,3 +475,29 @@ def test_softmax_appended_to_an_external_model(tmp_path, x6):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ext.mean, ref.mean)
     np.testing.assert_array_equal(ext.mutual_information, ref.mutual_information)
+
+
+def test_no_session_ever_gets_the_weights(tmp_path, x6, monkeypatch):
+    """Every onnxruntime session tfue makes, for every method, gets the graph as small
+    bytes (or the user's own file), never a proto holding the weights."""
+    path, _, weight_bytes = ext_net(tmp_path / "a", dropout=0.25)
+    other, _, _ = ext_net(tmp_path / "b", seed=1)
+    real = ort.InferenceSession
+    sources = []
+
+    def recording(source, *args, **kw):
+        sources.append(source)
+        return real(source, *args, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    specs = [(Noise(0.2, at="r1"), s) for s in graphs.STRATEGIES] + [
+        (Dropout(0.2, at="c2"), "auto"), (MCDropout(), "auto"), (Transform("flips"), "auto"),
+        (Ensemble((other,)), "auto")]
+    for spec, strategy in specs:
+        Runner(path, spec, strategy=strategy, seed=0).run(x6)
+    Runner(path, Noise(0.2, at="r1"), softmax=True, seed=0).run(x6)
+    Estimator(path, Noise(0.2, at="r1"), seed=0).export(tmp_path / "u.onnx", example=x6)
+    blobs = [s for s in sources if isinstance(s, bytes)]
+    assert len(blobs) >= len(specs) + 1
+    assert max(len(b) for b in blobs) < weight_bytes / 50
+    assert {s for s in sources if not isinstance(s, bytes)} == {path}
