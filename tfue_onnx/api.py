@@ -16,7 +16,8 @@ import os
 import onnx
 
 from .errors import TfueError
-from .io import atomic_write_bytes, check_new_file
+from .external import has_external_data, save_model
+from .io import check_new_file
 from .perturb import Dropout, MCDropout, Noise
 from .runner import Result, Runner
 
@@ -53,12 +54,22 @@ class Estimator(Runner):
         The file runs in plain onnxruntime (no tfue needed) and returns, for each
         float output ``y``: ``y``, ``y.mean`` and ``y.variance``. ``example`` is
         the input verification runs on (default: a synthetic one).
+
+        A model whose weights are in external data is written with its weights
+        copied into ``path + '.data'`` beside it (never serialised into one proto);
+        both files appear only when complete.
+
+        Raises:
+            TfueError: ``path`` (or its .data) exists without ``force``, or is the
+                input model or one of its data files.
         """
         path = os.fspath(path)
         if self.path and os.path.abspath(path) == os.path.abspath(self.path):
             raise TfueError(f"refusing to overwrite the input model '{path}'",
                             "give another output path with -o")
         check_new_file(path, force)
+        if has_external_data(self.info.model):  # fail before the graph is built
+            check_new_file(path + ".data", force)
         ug = self.uncertainty_graph(example)
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
@@ -66,8 +77,7 @@ class Estimator(Runner):
             "tfue.method": self.spec.method, "tfue.location": self.location,
             "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
             "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy})
-        data = model.SerializeToString()
-        atomic_write_bytes(path, data)
+        save_model(model, path, force=force)
         return path
 
 

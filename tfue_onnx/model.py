@@ -13,6 +13,7 @@ from functools import cached_property
 import numpy as np
 import onnx
 
+from . import external
 from .errors import TfueError, closest
 
 FLOAT_TYPES = {
@@ -90,9 +91,23 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
 
 
 def load_model(path) -> onnx.ModelProto:
-    """Read an ONNX model from ``path`` with its external data.
+    """Read an ONNX model from ``path``, leaving weights in external data on disk.
 
-    Raises TfueError when the file is missing or is not an ONNX model.
+    The returned proto never holds the external weights (a model over 2 GB stays a
+    small proto); each external tensor's location is made the absolute path of its
+    file (see :mod:`tfue_onnx.external`), after checking that the file is there.
+    Create sessions through :func:`tfue_onnx.session.create_session`, which knows
+    this convention.
+
+    Args:
+        path: the .onnx file.
+
+    Returns:
+        The ModelProto (graph, inline weights, external references).
+
+    Raises:
+        TfueError: the file is missing or is not an ONNX model, or its external data
+            cannot be read.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -101,18 +116,15 @@ def load_model(path) -> onnx.ModelProto:
         raise TfueError(f"model path '{path}' is a folder, not an .onnx file",
                         "pass the .onnx file inside it")
     try:
-        model = onnx.load(path)
-    except Exception as exc:  # DecodeError, missing external data, ...
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # DecodeError, ...
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "external" in text.lower() or isinstance(exc, FileNotFoundError):
-            raise TfueError(f"'{path}' refers to external data that could not be read ({text})",
-                            "keep the model's .data files beside the .onnx file") from exc
         raise TfueError(f"'{path}' is not an ONNX model ({text})",
                         "pass a model exported to .onnx (e.g. by torch.onnx.export)") from exc
     if not model.HasField("graph") or not model.graph.output or not model.opset_import:
         raise TfueError(f"'{path}' is not an ONNX model (no graph, outputs or opset found)",
                         "pass a model exported to .onnx (e.g. by torch.onnx.export)")
-    return model
+    return external.anchor(model, os.path.dirname(os.path.abspath(path)), path)
 
 
 class ModelInfo:
@@ -208,13 +220,20 @@ class ModelInfo:
     @cached_property
     def dropouts(self) -> list[DropoutInfo]:
         """Existing Dropout nodes, with their ratio where it is a constant."""
-        consts = {i.name: onnx.numpy_helper.to_array(i) for i in self.graph.initializer}
+        # Only the ratio inputs are read: the other weights may be gigabytes on disk.
+        wanted = {n.input[1] for n in self.graph.node
+                  if n.op_type == "Dropout" and len(n.input) > 1 and n.input[1]}
+        tensors = {i.name: i for i in self.graph.initializer if i.name in wanted}
         for n in self.graph.node:
-            if n.op_type == "Constant" and n.attribute:
-                try:
-                    consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
-                except Exception:
-                    pass
+            if n.op_type == "Constant" and n.attribute and n.output[0] in wanted:
+                tensors[n.output[0]] = n.attribute[0].t
+        consts = {}
+        for name, t in tensors.items():
+            try:
+                if int(np.prod(t.dims, dtype=np.int64)) == 1:
+                    consts[name] = external.read_tensor(t)
+            except Exception:  # not a tensor attribute, unreadable: a computed ratio
+                pass
         found = []
         for i, n in enumerate(self.graph.node):
             if n.op_type != "Dropout":
@@ -225,7 +244,7 @@ class ModelInfo:
                     ratio = a.f
             if len(n.input) > 1 and n.input[1]:
                 r = consts.get(n.input[1])
-                ratio = float(r) if r is not None else None
+                ratio = float(np.reshape(r, -1)[0]) if r is not None else None
             found.append(DropoutInfo(n.name or f"Dropout_{i}", n.input[0], n.output[0], ratio))
         return found
 

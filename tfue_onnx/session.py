@@ -35,18 +35,41 @@ def session_options(quiet: bool = True):
 
 
 def _model_source(model):
-    """What InferenceSession accepts: a path, or bytes of a model under 2 GB."""
+    """What InferenceSession gets: ``(path or bytes, external-data folder or None,
+    temporary folder to remove or None)``.
+
+    A model loaded by tfue keeps its weights in their external files: the small proto
+    goes as bytes and onnxruntime reads the weights from the folder that holds them
+    (no copy). Only a proto that holds over 2 GB of weights itself is written out.
+    """
     if isinstance(model, (str, os.PathLike)):
-        return os.fspath(model), None
+        return os.fspath(model), None, None
+    from .external import has_external_data, inlined, session_source
+
+    if has_external_data(model):
+        if folder_option_supported():
+            data, folder = session_source(model)
+            return data, folder, None
+        model = inlined(model)  # the weights' memory, as tfue needed before
     if model.ByteSize() < 1_800_000_000:
-        return model.SerializeToString(), None
+        return model.SerializeToString(), None, None
     # Protobuf cannot serialize 2 GB; onnxruntime reads external data from a folder.
     import onnx
 
     tmp = tempfile.TemporaryDirectory(prefix="tfue-")
     path = os.path.join(tmp.name, "model.onnx")
     onnx.save(model, path, save_as_external_data=True, location="model.data")
-    return path, tmp
+    return path, None, tmp
+
+
+def folder_option_supported() -> bool:
+    """Whether onnxruntime reads the external data of a model given as bytes from a
+    folder named in the session options (onnxruntime >= 1.21)."""
+    try:
+        major, minor = (int(p) for p in _ort().__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (1, 21)
 
 
 def create_session(model, provider: str = "auto"):
@@ -59,7 +82,7 @@ def create_session(model, provider: str = "auto"):
     if provider not in PROVIDERS:
         raise TfueError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
     ort = _ort()
-    source, tmp = _model_source(model)
+    source, folder, tmp = _model_source(model)
     try:
         want_cuda = provider == "cuda" or (provider == "auto" and not _cuda_failed
                                            and _CUDA in ort.get_available_providers())
@@ -72,7 +95,7 @@ def create_session(model, provider: str = "auto"):
             old = getattr(ort, "get_default_logger_severity", lambda: 2)()
             ort.set_default_logger_severity(4)  # a failed CUDA load is expected on CPU machines
             try:
-                sess = _new_session(ort, source, [_CUDA, _CPU])
+                sess = _new_session(ort, source, [_CUDA, _CPU], folder)
             finally:
                 ort.set_default_logger_severity(old)
             if sess.get_providers()[0] == _CUDA:
@@ -84,15 +107,20 @@ def create_session(model, provider: str = "auto"):
                                 "check 'nvidia-smi' and the onnxruntime-gpu CUDA requirements, "
                                 "or use --provider cpu")
             return sess, "cpu"
-        return _new_session(ort, source, [_CPU]), "cpu"
+        return _new_session(ort, source, [_CPU], folder), "cpu"
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _new_session(ort, source, providers):
+def _new_session(ort, source, providers, folder=None):
+    options = session_options()
+    if folder is not None:
+        from .external import FOLDER_KEY
+
+        options.add_session_config_entry(FOLDER_KEY, folder)
     try:
-        return ort.InferenceSession(source, sess_options=session_options(), providers=providers)
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TfueError(f"onnxruntime cannot load the model: {first}",

@@ -219,7 +219,7 @@ def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix
             if id(t) in mapping:
                 inputs.append(mapping[id(t)])
             elif isinstance(t, gs.Constant) and const_prefix is not None:
-                mapping[id(t)] = gs.Constant(const_prefix + t.name, t.values)
+                mapping[id(t)] = renamed_constant(t, const_prefix + t.name)
                 inputs.append(mapping[id(t)])
             else:
                 inputs.append(t)
@@ -232,6 +232,20 @@ def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix
                                    attrs=dict(node.attrs), inputs=inputs, outputs=outputs,
                                    domain=node.domain))
     return mapping
+
+
+def renamed_constant(t: gs.Constant, name: str) -> gs.Constant:
+    """A copy of constant ``t`` named ``name``, made without reading its values: a
+    weight in external data stays a reference to its file (graphsurgeon exports the
+    TensorProto it imported, renamed, so the copy needs a TensorProto of its own)."""
+    lazy = t._values
+    if isinstance(lazy, gs.ir.tensor.LazyValues) and \
+            not isinstance(lazy, gs.ir.tensor.SparseValues):
+        proto = onnx.TensorProto()
+        proto.CopyFrom(lazy.tensor)
+        proto.name = name
+        return gs.Constant(name, gs.ir.tensor.LazyValues(proto), data_location=t.data_location)
+    return gs.Constant(name, t.values, data_location=t.data_location)
 
 
 def entropy(b: Builder, p, axis: int, dtype):
