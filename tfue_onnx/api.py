@@ -22,6 +22,9 @@ from .runner import Result, Runner
 
 __all__ = ["Estimator", "Result", "export", "Noise", "Dropout", "MCDropout"]
 
+EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
+                        "run of a session draws anew, a fresh session repeats the same sequence")
+
 
 class Estimator(Runner):
     """Training-free uncertainty for one ONNX model and one perturbation.
@@ -52,20 +55,27 @@ class Estimator(Runner):
 
         The file runs in plain onnxruntime (no tfue needed) and returns, for each
         float output ``y``: ``y``, ``y.mean`` and ``y.variance``. ``example`` is
-        the input verification runs on (default: a synthetic one).
+        the input verification runs on (default: a synthetic one). Gray-box draws
+        happen in the graph (a file has no bank to be fed): each session run draws
+        new samples, and a fresh session repeats the same sequence of runs; the
+        estimator's own results (fed draws) are not reproduced sample for sample.
         """
         path = os.fspath(path)
         if self.path and os.path.abspath(path) == os.path.abspath(self.path):
             raise TfueError(f"refusing to overwrite the input model '{path}'",
                             "give another output path with -o")
         check_new_file(path, force)
-        ug = self.uncertainty_graph(example)
+        # A file has no bank to be fed: its draws are made in the graph (seeded
+        # RandomNormalLike / RandomUniformLike).
+        ug = self.standalone_graph(example)
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
-        onnx.helper.set_model_props(model, {
-            "tfue.method": self.spec.method, "tfue.location": self.location,
-            "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
-            "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy})
+        props = {"tfue.method": self.spec.method, "tfue.location": self.location,
+                 "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
+                 "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy}
+        if ug.sampling is not None:
+            props["tfue.sampling"] = EXPORT_SAMPLING_NOTE
+        onnx.helper.set_model_props(model, props)
         data = model.SerializeToString()
         atomic_write_bytes(path, data)
         return path
