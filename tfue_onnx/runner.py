@@ -280,8 +280,10 @@ class Runner:
             if isinstance(spec, Ensemble):  # members already loaded and checked
                 spec = Ensemble(tuple(self._members))
             try:
+                # Gray-box samples come back to be merged one by one in sample order
+                # (run()): the result must not depend on the chunk size.
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
-                                  self.keep_samples, self.classes)
+                                  self.keep_samples or isinstance(spec, SAMPLED), self.classes)
                 self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
@@ -517,6 +519,7 @@ class Runner:
         chunks = self.chunk_sizes(feeds)
         device_feeds = self._device_feeds(feeds, provider)
         shapes = self.location_shapes(ug, feeds)
+        sampled = isinstance(self.spec, SAMPLED)
         first_sample = 0
         for n in chunks:
             # Samples first_sample .. +n-1: their draws depend on their index only.
@@ -528,11 +531,20 @@ class Runner:
                 first = out
             for name in ug.stats_outputs:
                 names = graphs.output_names(name)
-                stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
+                if sampled:
+                    # Sample by sample, in sample order: the same floats whatever the
+                    # chunks. Statistics of the change from y, as the graph's head does.
+                    samples = out[names["samples"]]
+                    stats[name].add_each(samples - first[name][None])
+                    if name in self.classes:
+                        for p in samples:
+                            mean_entropy[name] += entropy(p, self.classes[name])
+                else:
+                    stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
+                    if name in self.classes:
+                        mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
                 if self.keep_samples:
                     kept[name].append(out[names["samples"]])
-                if name in self.classes:
-                    mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
         results = {}
         for o in self.info.outputs:
             y = first[o.name]
@@ -540,6 +552,8 @@ class Runner:
                 results[o.name] = OutputStats(output=y)
                 continue
             s = stats[o.name]
+            if sampled:
+                s.mean = s.mean + y  # back from the change to the output
             r = OutputStats(output=y, mean=s.mean.astype(y.dtype),
                             variance=s.variance.astype(y.dtype),
                             samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
