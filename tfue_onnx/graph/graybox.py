@@ -54,7 +54,7 @@ class _Perturber:
     """
 
     def __init__(self, b: Builder, seed: int, slot_mask=None, sampling: str = "graph",
-                 read_bank=None):
+                 read_bank=None, one_slot=None):
         if sampling not in SAMPLING:
             raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
         self.b = b
@@ -62,6 +62,7 @@ class _Perturber:
         self.slot_mask = slot_mask  # callable(delta, like) -> masked delta, or None
         self.sampling = sampling
         self.read_bank = read_bank
+        self.one_slot = one_slot  # callable(t, dtype) -> the unperturbed slot of t, or None
         self.level_inputs = []  # (gs.Variable, default value) pairs
         self.bank_inputs = []  # (gs.Variable, Draw) pairs, sampling "fed"
         self._random = 0
@@ -100,8 +101,11 @@ class _Perturber:
         eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
         if relative:
-            mean = b.reduce_mean(t, dtype=dtype)
-            centred = b.op("Sub", [t, mean], dtype=dtype)
+            # The spread of one copy (all slots hold the same values): the same floats
+            # whatever the number of slots, and what the loop computes per iteration.
+            t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
+            mean = b.reduce_mean(t1, dtype=dtype)
+            centred = b.op("Sub", [t1, mean], dtype=dtype)
             var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
             delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
         return delta
@@ -292,7 +296,12 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
                       dtype=dtype)
         return b.op("Reshape", [padded, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
 
-    perturber = _Perturber(b, seed, slot_mask, sampling, read_bank)
+    def one_slot(t, dtype):
+        rows = b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
+                    {"axis": 0}, dtype=np.int64)
+        return b.slice(t, [0], b.op("Div", [rows, n1], dtype=np.int64), [0], dtype=dtype)
+
+    perturber = _Perturber(b, seed, slot_mask, sampling, read_bank, one_slot)
 
     # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
     if share_prefix:
