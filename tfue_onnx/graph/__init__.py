@@ -3,8 +3,11 @@
 An uncertainty graph takes the model's original inputs and returns, for every
 float output ``y``: ``y`` itself (unperturbed), ``y.mean`` and ``y.variance``
 over the samples (and ``y.samples`` on request; ``y.mean_entropy`` for class
-probabilities). Sampling happens inside the graph, so the graph the runner
-executes is the graph ``tfue export`` writes.
+probabilities). One builder makes both graphs that use it: the runner's, whose
+gray-box draws are inputs fed from the seed and the sample index
+(``sampling="fed"``: results do not depend on chunks, strategy or earlier runs),
+and the one ``tfue export`` writes, which draws inside the graph
+(``sampling="graph"``: a file needs no tfue to run).
 
 - gray box (``graybox.py``): noise or dropout at a tensor, MC-dropout; strategies
   ``shared-prefix``, ``batched`` and ``loop``.
