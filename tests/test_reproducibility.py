@@ -107,6 +107,34 @@ def test_mc_dropout_two_nodes_any_chunk_and_strategy(tmp_path, inputs):
                                    atol=1e-7)
 
 
+VARIANTS = {  # model builder, spec, input dtype
+    "opset7-mc-dropout": (lambda p: toys.conv_net(p, opset=7, dropout_ratio=0.5), MCDropout(),
+                          np.float32),
+    "opset11-noise": (lambda p: toys.conv_net(p, opset=11), Noise(0.3, at="c1"), np.float32),
+    "external-data": (lambda p: toys.conv_net(p, external_data=True), Dropout(0.2, at="r1"),
+                      np.float32),
+    "float16": (lambda p: toys.classifier_net(p, dtype=TensorProto.FLOAT16),
+                Noise(0.3, at="r", mode="relative"), np.float16),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_other_opsets_dtypes_and_external_data(tmp_path, inputs, variant):
+    build, spec, dtype = VARIANTS[variant]
+    path = str(tmp_path / "m.onnx")
+    build(path)
+    x = inputs[2].astype(dtype)
+    one = Estimator(path, spec, samples=5, seed=2, chunk=1)(x)
+    whole = Estimator(path, spec, samples=5, seed=2)(x)
+    _same(one, whole)
+    assert one.variance.dtype == dtype and float(one.variance.mean()) > 0
+    if variant != "opset7-mc-dropout":  # opset 7: the loop is the only strategy
+        loop = Estimator(path, spec, samples=5, seed=2, strategy="loop")(x)
+        assert whole.metadata["strategy"] != "loop"
+        tol = 1e-2 if dtype == np.float16 else 1e-4
+        np.testing.assert_allclose(loop.variance, whole.variance, rtol=tol, atol=1e-8)
+
+
 @pytest.mark.parametrize("name", list(SPECS))
 def test_strategies_draw_the_same_samples(toy, name):
     """Batch of 2: slot k+1 of the tiled strategies is iteration k of the loop."""
@@ -190,7 +218,7 @@ def test_noise_at_the_model_input_needs_no_probe(toy, inputs):
                          strategy="batched")(inputs[0]))
 
 
-def test_banks_are_drawn_once_per_shape(monkeypatch, toy, inputs):
+def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     calls = []
     real = builder.draw_bank
 
@@ -203,6 +231,13 @@ def test_banks_are_drawn_once_per_shape(monkeypatch, toy, inputs):
     for x in inputs:
         est(x)
     assert calls == [((1, 4, 8, 8), 0, 8)]  # verification and every chunk share it
+    # Strategies that fail verification share the bank with the one that passes.
+    calls.clear()
+    tb = Estimator(toys.transposed_batch_net(tmp_path / "tb.onnx"), Noise(0.5, at="r"),
+                   samples=4, seed=0)
+    tb(inputs[0])
+    assert sum("failed verification" in n for n in tb.notes) == 2
+    assert calls == [((4, 1, 8, 8), 0, 4)]
     monkeypatch.setattr(builder, "BANK_CACHE_BYTES", 100)  # too big to keep: per chunk
     calls.clear()
     est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0)

@@ -220,6 +220,7 @@ class Runner:
         self._verified = {}  # input signature -> strategy that passed verification
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
+        self._banks = {}  # drawn banks, shared by every strategy's graph
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
@@ -284,6 +285,7 @@ class Runner:
                 # (run()): the result must not depend on the chunk size.
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples or isinstance(spec, SAMPLED), self.classes)
+                ug.bank_cache = self._banks
                 self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")

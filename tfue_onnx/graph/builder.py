@@ -108,7 +108,9 @@ class UncertaintyGraph:
     sampling: str | None = None  # "fed": draws are inputs (``draws``); "graph": Random* ops;
     # None: nothing random (transforms, ensembles)
     draws: list = dataclasses.field(default_factory=list)  # Draw per random node ("fed")
-    _banks: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # Drawn banks, kept for the next input of the same shape; graphs built for one
+    # runner may share one dict (every strategy draws the same banks).
+    bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def feeds(self, samples: int | None = None, level: float | None = None, first: int = 0,
               shapes: dict | None = None) -> dict:
@@ -150,16 +152,16 @@ class UncertaintyGraph:
         share the cost of drawing; a larger bank is drawn chunk by chunk.
         """
         shape = tuple(int(d) for d in shape)
-        key = (draw.input, shape)
+        key = (self.seed, self.samples, draw.index, draw.kind, np.dtype(draw.dtype).str, shape)
         size = self.samples * int(np.prod(shape, dtype=np.int64)) * np.dtype(draw.dtype).itemsize
         if first + count > self.samples or size > BANK_CACHE_BYTES:
             return draw_bank(draw, self.seed, shape, first, count)
-        if key not in self._banks:
-            while self._banks and sum(b.nbytes for b in self._banks.values()) + size > \
-                    BANK_CACHE_BYTES:
-                del self._banks[next(iter(self._banks))]
-            self._banks[key] = draw_bank(draw, self.seed, shape, 0, self.samples)
-        return self._banks[key][first:first + count]
+        cache = self.bank_cache
+        if key not in cache:
+            while cache and sum(b.nbytes for b in cache.values()) + size > BANK_CACHE_BYTES:
+                del cache[next(iter(cache))]
+            cache[key] = draw_bank(draw, self.seed, shape, 0, self.samples)
+        return cache[key][first:first + count]
 
     def frozen(self) -> onnx.ModelProto:
         """The graph with N and the levels fixed: only the model's own inputs remain.
