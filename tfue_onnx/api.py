@@ -34,7 +34,9 @@ class Estimator(Runner):
         spec: ``Noise(sigma, at, mode)``, ``Dropout(rate, at)`` or ``MCDropout(rate, nodes)``.
         samples: N, the number of perturbed samples (>= 2).
         chunk: samples per session run (None: automatic); statistics merge across chunks.
-        seed: makes runs reproducible (None: a random seed, recorded in results).
+        seed: makes runs reproducible (None: a random seed, recorded in results). A
+            result depends on the input, spec, N and seed only: sample k's draws come
+            from (seed, k), whatever the chunks, the strategy or the inputs run before.
         provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
         strategy: ``auto`` (fastest that passes verification), ``batched`` or ``loop``.
         keep_samples: also return the samples, shape [N, ...].
