@@ -5,7 +5,7 @@ Noise is ``t + sigma * eps``, eps standard normal; dropout a mask of plain ops,
 ignore a ``Dropout`` node). Where eps and u come from is the ``sampling`` switch:
 
 - ``fed`` (what the runner executes): every random node becomes a graph input,
-  a *bank* ``[n, *shape of the location]`` of draws that :func:`draw_bank` makes
+  a *bank* ``[n, size of the location]`` of draws that ``builder.draw_bank`` makes
   from the seed, the node's index and the sample's index. Sample k gets the same
   draw whatever chunk, strategy or earlier run it falls in, so a result depends
   on (model, input, method, location, level, N, seed) only. onnxruntime's seeded
