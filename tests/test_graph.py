@@ -19,6 +19,16 @@ def _run(model, feeds):
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
+def _feeds(info, ug, x, **kw):
+    """The feeds of ``ug`` on input ``x``: the banks sized by the location probe."""
+    shapes = None
+    if ug.draws:
+        probe = graphs.location_probe(info, ug.draws)
+        shapes = {"x": x.shape, **({} if probe is None else
+                                   {k: v.shape for k, v in _run(probe, {"x": x}).items()})}
+    return {"x": x, **ug.feeds(shapes=shapes, **kw)}
+
+
 @pytest.mark.parametrize("strategy", graphs.STRATEGIES)
 @pytest.mark.parametrize("spec", [Noise(0.3, at="r1"), Noise(0.3, at="input", mode="relative"),
                                   Dropout(0.3, at="c1"), Dropout(0.3, at="y")])
@@ -32,7 +42,7 @@ def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):
             graphs.build(info, spec, strategy, samples=5, seed=3)
         return
     ug = graphs.build(info, spec, strategy, samples=5, seed=3)
-    out = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
+    out = _run(ug.model, _feeds(info, ug, x8, level=0.0))
     assert set(out) == {"y", "y.mean", "y.variance"}
     np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["y.mean"], out["y"], rtol=1e-6, atol=1e-7)
@@ -40,7 +50,7 @@ def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):
     if strategy != "loop":  # same kernels for every slot: exactly the output
         np.testing.assert_array_equal(out["y.mean"], out["y"])
         assert float(out["y.variance"].max()) == 0.0
-    on = _run(ug.model, {"x": x8, **ug.feeds()})
+    on = _run(ug.model, _feeds(info, ug, x8))
     np.testing.assert_allclose(on["y"], ref, rtol=1e-5, atol=1e-6)  # unperturbed stays so
     assert float(on["y.variance"].mean()) > 1e-4
 
@@ -57,8 +67,16 @@ def test_graph_keeps_names_ir_and_opset(toy):
     assert all(o.startswith("tfue/") or o in ("y", "y.mean", "y.variance")
                for n in new for o in n.output)
     onnx.checker.check_model(m)
-    # N and the level are inputs the runner feeds; frozen, they are constants.
-    assert [i.name for i in m.graph.input] == ["x", *ug.level_inputs, ug.samples_input]
+    # N, the level and the bank of draws are inputs the runner feeds.
+    assert [i.name for i in m.graph.input] == ["x", *ug.level_inputs, "tfue/bank/1",
+                                               ug.samples_input]
+    assert [(d.input, d.location, d.kind) for d in ug.draws] == [("tfue/bank/1", "r1", "normal")]
+    with pytest.raises(ValueError, match="sampling='graph'"):
+        ug.frozen()
+    # With the draws made in the graph, N and the level frozen are constants.
+    ug = graphs.build(info, Noise(0.1, at="r1"), "batched", samples=4, sampling="graph")
+    assert ug.draws == [] and ug.sampling == "graph"
+    onnx.checker.check_model(ug.model)
     frozen = ug.frozen()
     assert [i.name for i in frozen.graph.input] == ["x"]
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in frozen.graph.initializer}
@@ -80,7 +98,7 @@ def test_dropout_drops_fraction_p(toy, x8):
     info = inspect_model(toy())
     p = 0.3
     ug = graphs.build(info, Dropout(p, at="y"), "batched", samples=64, seed=0, keep_samples=True)
-    out = _run(ug.model, {"x": x8, **ug.feeds()})
+    out = _run(ug.model, _feeds(info, ug, x8))
     samples, y = out["y.samples"], out["y"]
     assert samples.shape == (64, 1, 2, 8, 8)
     dropped = float(np.mean(samples == 0))
@@ -93,7 +111,7 @@ def test_dropout_drops_fraction_p(toy, x8):
 def test_noise_has_requested_sigma(toy, x8):
     info = inspect_model(toy())
     ug = graphs.build(info, Noise(0.2, at="y"), "loop", samples=64, seed=0, keep_samples=True)
-    out = _run(ug.model, {"x": x8, **ug.feeds()})
+    out = _run(ug.model, _feeds(info, ug, x8))
     noise = out["y.samples"] - out["y"][None]
     assert abs(float(noise.std()) - 0.2) < 0.01 and abs(float(noise.mean())) < 0.01
     # Variance from the Welford loop equals numpy's population variance of the samples.
@@ -107,18 +125,20 @@ def test_mc_dropout_switches_on_own_dropout(toy, x8, opset, training_input):
     info = inspect_model(path)
     ref = _run(info.model, {"x": x8})["y"]
     strategy = "loop" if opset < 10 else "batched"
-    ug = graphs.build(info, MCDropout(), strategy, samples=8, seed=1)
-    sampled = ug.model.graph.node
-    if strategy == "loop":  # the outer copy is the unperturbed model; the body samples
-        [loop] = [n for n in sampled if n.op_type == "Loop"]
-        sampled = loop.attribute[0].g.node
-    assert not any(n.op_type == "Dropout" for n in sampled)
-    assert sum(n.op_type == "RandomUniformLike" for n in sampled) == 1
+    for sampling, randoms in (("graph", 1), ("fed", 0)):
+        ug = graphs.build(info, MCDropout(), strategy, samples=8, seed=1, sampling=sampling)
+        sampled = ug.model.graph.node
+        if strategy == "loop":  # the outer copy is the unperturbed model; the body samples
+            [loop] = [n for n in sampled if n.op_type == "Loop"]
+            sampled = loop.attribute[0].g.node
+        assert not any(n.op_type == "Dropout" for n in sampled)
+        assert sum(n.op_type == "RandomUniformLike" for n in sampled) == randoms
+    assert [(d.location, d.kind) for d in ug.draws] == [("r1", "uniform")]  # fed: one bank
     assert [float(v) for v in ug.level_inputs.values()] == [0.5]  # the node's own ratio
-    out = _run(ug.model, {"x": x8, **ug.feeds()})
+    out = _run(ug.model, _feeds(info, ug, x8))
     np.testing.assert_allclose(out["y"], ref, rtol=1e-5, atol=1e-6)
     assert float(out["y.variance"].mean()) > 1e-3
-    zero = _run(ug.model, {"x": x8, **ug.feeds(level=0.0)})
+    zero = _run(ug.model, _feeds(info, ug, x8, level=0.0))
     assert float(zero["y.variance"].max()) < 1e-10
 
 
@@ -152,10 +172,10 @@ def test_shared_prefix_tiles_only_what_crosses_the_cut(tmp_path, x8):
     assert sorted(n.input[0] for n in tiles) == ["c1", "r1"]  # the location and the skip
     conv1 = [n for n in ug.model.graph.node if n.op_type == "Conv" and n.input[1] == "w1"]
     assert conv1[0].input[0] == "x"  # the prefix reads the untiled input: it runs once
-    out = _run(ug.model, {"x": x8, **ug.feeds()})
+    out = _run(ug.model, _feeds(info, ug, x8))
     batched = graphs.build(info, Noise(0.3, at="r1"), "batched", samples=6, seed=2,
                            keep_samples=True)
-    ref = _run(batched.model, {"x": x8, **batched.feeds()})
+    ref = _run(batched.model, _feeds(info, batched, x8))
     # Same seed, same tensor shape at the location: the very same samples.
     np.testing.assert_allclose(out["y.samples"], ref["y.samples"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["y.variance"], ref["y.variance"], rtol=1e-4, atol=1e-8)

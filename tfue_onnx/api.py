@@ -23,6 +23,9 @@ from .runner import Result, Runner
 
 __all__ = ["Estimator", "Result", "export", "Noise", "Dropout", "MCDropout"]
 
+EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
+                        "run of a session draws anew, a fresh session repeats the same sequence")
+
 
 class Estimator(Runner):
     """Training-free uncertainty for one ONNX model and one perturbation.
@@ -32,7 +35,9 @@ class Estimator(Runner):
         spec: ``Noise(sigma, at, mode)``, ``Dropout(rate, at)`` or ``MCDropout(rate, nodes)``.
         samples: N, the number of perturbed samples (>= 2).
         chunk: samples per session run (None: automatic); statistics merge across chunks.
-        seed: makes runs reproducible (None: a random seed, recorded in results).
+        seed: makes runs reproducible (None: a random seed, recorded in results). A
+            result depends on the input, spec, N and seed only: sample k's draws come
+            from (seed, k), whatever the chunks, the strategy or the inputs run before.
         provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
         strategy: ``auto`` (fastest that passes verification), ``batched`` or ``loop``.
         keep_samples: also return the samples, shape [N, ...].
@@ -53,7 +58,10 @@ class Estimator(Runner):
 
         The file runs in plain onnxruntime (no tfue needed) and returns, for each
         float output ``y``: ``y``, ``y.mean`` and ``y.variance``. ``example`` is
-        the input verification runs on (default: a synthetic one).
+        the input verification runs on (default: a synthetic one). Gray-box draws
+        happen in the graph (a file has no bank to be fed): each session run draws
+        new samples, and a fresh session repeats the same sequence of runs; the
+        estimator's own results (fed draws) are not reproduced sample for sample.
 
         A model whose weights are in external data is written with its weights
         copied into ``path + '.data'`` beside it (never serialised into one proto);
@@ -70,13 +78,17 @@ class Estimator(Runner):
         check_new_file(path, force)
         if has_external_data(self.info.model):  # fail before the graph is built
             check_new_file(path + ".data", force)
-        ug = self.uncertainty_graph(example)
+        # A file has no bank to be fed: its draws are made in the graph (seeded
+        # RandomNormalLike / RandomUniformLike).
+        ug = self.standalone_graph(example)
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
-        onnx.helper.set_model_props(model, {
-            "tfue.method": self.spec.method, "tfue.location": self.location,
-            "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
-            "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy})
+        props = {"tfue.method": self.spec.method, "tfue.location": self.location,
+                 "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
+                 "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy}
+        if ug.sampling is not None:
+            props["tfue.sampling"] = EXPORT_SAMPLING_NOTE
+        onnx.helper.set_model_props(model, props)
         save_model(model, path, force=force)
         return path
 

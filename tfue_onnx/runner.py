@@ -218,6 +218,9 @@ class Runner:
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
         self._verified = {}  # input signature -> strategy that passed verification
+        self._probe = None  # session of graph.location_probe: the banks' shapes
+        self._shapes = {}  # input signature -> {location: shape at that input}
+        self._banks = {}  # drawn banks, shared by every strategy's graph
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
@@ -278,8 +281,11 @@ class Runner:
             if isinstance(spec, Ensemble):  # members already loaded and checked
                 spec = Ensemble(tuple(self._members))
             try:
+                # Gray-box samples come back to be merged one by one in sample order
+                # (run()): the result must not depend on the chunk size.
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
-                                  self.keep_samples, self.classes)
+                                  self.keep_samples or isinstance(spec, SAMPLED), self.classes)
+                ug.bank_cache = self._banks
                 self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
@@ -396,13 +402,32 @@ class Runner:
         sess, _ = self.reference_session()
         return self._run(sess, feeds)
 
+    def location_shapes(self, ug, feeds) -> dict | None:
+        """Location name -> its shape at ``feeds`` for the banks of ``ug`` (a ``fed``
+        graph), from one run of the model cut down to its locations per input
+        signature; None when ``ug`` has no draws."""
+        if not ug.draws:
+            return None
+        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        if key not in self._shapes:
+            shapes = {d.location: feeds[d.location].shape for d in ug.draws
+                      if d.location in feeds}
+            if len(shapes) < len({d.location for d in ug.draws}):
+                if self._probe is None:
+                    self._probe = create_session(graphs.location_probe(self.info, ug.draws),
+                                                 self.provider_request)[0]
+                shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
+            self._shapes[key] = shapes
+        return self._shapes[key]
+
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
             return check_unperturbed_slot(self._run(sess, {**feeds, **ug.feeds()}), reference)
-        out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0)})
+        shapes = self.location_shapes(ug, feeds)
+        out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes)})
         verdict = check_identity(out, reference, ug.stats_outputs)
         if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
-            on = self._run(sess, {**feeds, **ug.feeds(samples=2)})
+            on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict
 
@@ -495,19 +520,33 @@ class Runner:
         first = None
         chunks = self.chunk_sizes(feeds)
         device_feeds = self._device_feeds(feeds, provider)
+        shapes = self.location_shapes(ug, feeds)
+        sampled = isinstance(self.spec, SAMPLED)
+        first_sample = 0
         for n in chunks:
-            extra = ug.feeds(samples=n, level=level)
+            # Samples first_sample .. +n-1: their draws depend on their index only.
+            extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes)
+            first_sample += n
             out = self._run(sess, {**feeds, **extra}) if device_feeds is None else \
                 self._run_bound(sess, device_feeds, extra)
             if first is None:
                 first = out
             for name in ug.stats_outputs:
                 names = graphs.output_names(name)
-                stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
+                if sampled:
+                    # Sample by sample, in sample order: the same floats whatever the
+                    # chunks. Statistics of the change from y, as the graph's head does.
+                    samples = out[names["samples"]]
+                    stats[name].add_each(samples - first[name][None])
+                    if name in self.classes:
+                        for p in samples:
+                            mean_entropy[name] += entropy(p, self.classes[name])
+                else:
+                    stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
+                    if name in self.classes:
+                        mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
                 if self.keep_samples:
                     kept[name].append(out[names["samples"]])
-                if name in self.classes:
-                    mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
         results = {}
         for o in self.info.outputs:
             y = first[o.name]
@@ -515,6 +554,8 @@ class Runner:
                 results[o.name] = OutputStats(output=y)
                 continue
             s = stats[o.name]
+            if sampled:
+                s.mean = s.mean + y  # back from the change to the output
             r = OutputStats(output=y, mean=s.mean.astype(y.dtype),
                             variance=s.variance.astype(y.dtype),
                             samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
@@ -551,6 +592,8 @@ class Runner:
         spec["at"] = self.location
         meta = {"model": self.path, **spec, "samples": self.samples,
                 "chunks": self.chunk_sizes(), "seed": self.seed}
+        if isinstance(self.spec, SAMPLED):
+            meta["sampling"] = graphs.SAMPLING_NOTE
         if self.classes:
             meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
         return meta
@@ -566,6 +609,32 @@ class Runner:
         feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
         ug, _, _ = self._select(feeds)
         return ug
+
+    def standalone_graph(self, feeds=None):
+        """The verified uncertainty graph with its sampling inside (seeded
+        RandomNormalLike / RandomUniformLike), for a file that runs without tfue.
+
+        It uses the strategy that verified for ``feeds`` (default: a synthetic
+        input) and is itself verified at level 0. Its draws come from onnxruntime's
+        generator, whose state lives in the session: each run of a session draws anew,
+        and a fresh session repeats the same sequence of runs.
+
+        Raises:
+            TfueError: the in-graph variant fails verification.
+        """
+        feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
+        ug, _, _ = self._select(feeds)
+        if not ug.draws:
+            return ug
+        standalone = graphs.build(self.info, self.spec, ug.strategy, self.samples, self.seed,
+                                  self.keep_samples, self.classes, sampling="graph")
+        sess, _ = create_session(standalone.model, self.provider_request)
+        verdict = self._verify(standalone, sess, feeds, self.reference(feeds))
+        if not verdict.ok:
+            raise TfueError(f"the {ug.strategy} graph with in-graph sampling failed "
+                            f"verification ({verdict.reason})",
+                            "export with another strategy, e.g. --strategy loop")
+        return standalone
 
     def example_input(self, size: int = 64) -> dict:
         """A synthetic input: free dims become 1 (batch) or ``size``; values N(0, 1)."""

@@ -33,6 +33,22 @@ class RunningStats:
         self._m2 = self._m2 + m2 + delta * delta * (self.count * count / total)
         self.count = total
 
+    def add_each(self, samples) -> None:
+        """Merge samples stacked along axis 0 one at a time (Welford, float64).
+
+        The same samples in the same order give bit-identical statistics however
+        they are split into calls, unlike chunk statistics merged with Chan's update.
+        """
+        for x in samples:
+            x = np.asarray(x, dtype=np.float64)
+            if self.count == 0:
+                self.count, self.mean, self._m2 = 1, x.copy(), np.zeros_like(x)
+                continue
+            self.count += 1
+            delta = x - self.mean
+            self.mean += delta / self.count
+            self._m2 += delta * (x - self.mean)
+
     def add_samples(self, samples) -> None:
         """Merge samples stacked along axis 0."""
         samples = np.asarray(samples, dtype=np.float64)

@@ -3,8 +3,11 @@
 An uncertainty graph takes the model's original inputs and returns, for every
 float output ``y``: ``y`` itself (unperturbed), ``y.mean`` and ``y.variance``
 over the samples (and ``y.samples`` on request; ``y.mean_entropy`` for class
-probabilities). Sampling happens inside the graph, so the graph the runner
-executes is the graph ``tfue export`` writes.
+probabilities). One builder makes both graphs that use it: the runner's, whose
+gray-box draws are inputs fed from the seed and the sample index
+(``sampling="fed"``: results do not depend on chunks, strategy or earlier runs),
+and the one ``tfue export`` writes, which draws inside the graph
+(``sampling="graph"``: a file needs no tfue to run).
 
 - gray box (``graybox.py``): noise or dropout at a tensor, MC-dropout; strategies
   ``shared-prefix``, ``batched`` and ``loop``.
@@ -26,13 +29,16 @@ from ..errors import TfueError
 from ..model import ModelInfo
 from ..perturb import Ensemble, Transform
 from . import blackbox, graybox
-from .builder import (OUTPUT_KEYS, Builder, StrategyUnavailable, UncertaintyGraph,
-                      keep_versions, output_names, prefix_for, stats_outputs)
+from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, StrategyUnavailable,
+                      UncertaintyGraph, keep_versions, output_names, prefix_for, stats_outputs)
 
 STRATEGIES = ("shared-prefix", "batched", "loop")
 
-__all__ = ["build", "add_softmax", "check_samples", "output_names", "STRATEGIES",
-           "StrategyUnavailable", "UncertaintyGraph"]
+__all__ = ["build", "add_softmax", "check_samples", "output_names", "location_probe",
+           "STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw", "StrategyUnavailable",
+           "UncertaintyGraph"]
+
+location_probe = graybox.location_probe
 
 
 def check_samples(samples) -> int:
@@ -49,15 +55,22 @@ def check_samples(samples) -> int:
 
 
 def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, seed: int = 0,
-          keep_samples: bool = False, classes: dict | None = None) -> UncertaintyGraph:
+          keep_samples: bool = False, classes: dict | None = None,
+          sampling: str = "fed") -> UncertaintyGraph:
     """Build the uncertainty graph of ``info``'s model for ``spec`` with ``strategy``.
 
     ``classes`` maps outputs holding class probabilities to their class axis; they
-    also get ``.mean_entropy``. Raises StrategyUnavailable when the strategy
-    cannot apply to this model, and TfueError for bad arguments.
+    also get ``.mean_entropy``. ``sampling`` says where gray-box draws come from:
+    ``fed`` (graph inputs the runner fills from the seed and the sample index, see
+    ``UncertaintyGraph.feeds``: reproducible across chunks, strategies and inputs)
+    or ``graph`` (seeded RandomNormalLike / RandomUniformLike, for a standalone
+    export). Raises StrategyUnavailable when the strategy cannot apply to this
+    model, and TfueError for bad arguments.
     """
     if strategy not in STRATEGIES:
         raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
+    if sampling not in SAMPLING:
+        raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
     names = {o.name for o in info.outputs}
     for o in info.outputs:
         for key in OUTPUT_KEYS:
@@ -65,6 +78,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
                 raise TfueError(f"the model already has an output named '{o.name}.{key}'",
                                 "rename that output before using tfue")
     classes = dict(classes or {})
+    draws, random = [], None  # random: how gray-box draws are made (None: nothing random)
     if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
         raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
     if isinstance(spec, Transform):
@@ -78,12 +92,14 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     else:
         samples = check_samples(samples)
         model, perturber, samples_input, locations = graybox.BUILDERS[strategy](
-            info, spec, samples, int(seed), keep_samples, classes)
+            info, spec, samples, int(seed), keep_samples, classes, sampling=sampling)
         levels = {v.name: val for v, val in perturber.level_inputs}
+        draws, random = [d for _, d in perturber.bank_inputs], sampling
     return UncertaintyGraph(
         model=model, strategy=strategy, stats_outputs=[o.name for o in stats_outputs(info)],
         samples_input=samples_input, level_inputs=levels, locations=locations,
-        samples=samples, seed=int(seed), keep_samples=keep_samples, classes=classes)
+        samples=samples, seed=int(seed), keep_samples=keep_samples, classes=classes,
+        sampling=random, draws=draws)
 
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:

@@ -23,6 +23,10 @@ from ..model import FLOAT_TYPES, ModelInfo
 # library code never prints, and problems tfue cares about become TfueErrors.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
+SAMPLING = ("fed", "graph")
+SAMPLING_NOTE = ("fed: numpy PCG64 draws seeded by SeedSequence([seed, node, sample]); sample k "
+                 "is the same in any chunk, strategy or input order")
+BANK_CACHE_BYTES = 256 * 1024**2  # drawn banks kept for the next input of the same shape
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 OUTPUT_KEYS = ("mean", "variance", "samples", "mean_entropy")
@@ -39,6 +43,54 @@ def output_names(name: str) -> dict:
     return names
 
 
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One random node of a ``fed`` graph: the bank input the runner must feed.
+
+    The bank has shape ``[n, size]``: row k holds sample k's draws for ``location``
+    (a tensor of the original model) at the real input, flattened (``size`` elements).
+    """
+
+    input: str  # the graph input that takes the bank
+    location: str  # the original model's tensor the draws perturb
+    kind: str  # "normal" (noise eps) or "uniform" (dropout u in [0, 1))
+    dtype: np.dtype
+    index: int  # the node's number, 1, 2, ... in build order (the same in every strategy)
+
+
+def draw_bank(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarray:
+    """Rows ``first .. first+count-1`` of ``draw``'s bank, shape ``[count, prod(shape)]``.
+
+    Row k depends only on (seed, draw.index, k): a generator is seeded per sample
+    with ``SeedSequence([seed, index, k])``, so any chunk of samples is drawn alike.
+
+    Args:
+        draw: the random node.
+        seed: the user's seed (any int; negative ones are taken modulo 2**64).
+        shape: the location's shape at the real input.
+        first: index of the first sample.
+        count: number of samples.
+
+    Returns:
+        A C-contiguous array of ``draw.dtype``; row k is sample k's draws for a
+        location of ``shape``, flattened.
+    """
+    shape = tuple(int(d) for d in shape)
+    dtype = np.dtype(draw.dtype)
+    gen_dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    out = np.empty((count, *shape), dtype)
+    for row, k in enumerate(range(first, first + count)):
+        rng = np.random.default_rng(np.random.SeedSequence(
+            [int(seed) % 2**64, draw.index, k]))
+        if draw.kind == "normal":
+            out[row] = rng.standard_normal(shape, dtype=gen_dtype)
+        else:
+            u = rng.random(shape, dtype=gen_dtype)
+            # float16 rounds values near 1 up to 1.0: keep u in [0, 1).
+            out[row] = np.minimum(u.astype(dtype), np.nextafter(dtype.type(1), dtype.type(0)))
+    return out.reshape(count, -1)
+
+
 @dataclasses.dataclass
 class UncertaintyGraph:
     """A built uncertainty graph and what the runner needs to drive it."""
@@ -53,20 +105,74 @@ class UncertaintyGraph:
     seed: int
     keep_samples: bool
     classes: dict  # output name -> class axis, for outputs that are class probabilities
+    sampling: str | None = None  # "fed": draws are inputs (``draws``); "graph": Random* ops;
+    # None: nothing random (transforms, ensembles)
+    draws: list = dataclasses.field(default_factory=list)  # Draw per random node ("fed")
+    # Drawn banks, kept for the next input of the same shape; graphs built for one
+    # runner may share one dict (every strategy draws the same banks).
+    bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-    def feeds(self, samples: int | None = None, level: float | None = None) -> dict:
-        """The graph's own inputs: the number of samples (default N) and the level of
-        every perturbation (default: each one's own)."""
+    def feeds(self, samples: int | None = None, level: float | None = None, first: int = 0,
+              shapes: dict | None = None) -> dict:
+        """The graph's own inputs: the number of samples (default N), the level of
+        every perturbation (default: each one's own) and, for a ``fed`` graph, the
+        banks of samples ``first .. first+samples-1``.
+
+        Args:
+            samples: samples this run makes (default N).
+            level: sigma or rate for every perturbation (default: each one's own).
+            first: index of the run's first sample among the N.
+            shapes: location name -> its shape at the real input (every ``draw``'s
+                location); needed when ``draws`` is not empty.
+
+        Returns:
+            Input name -> array.
+
+        Raises:
+            ValueError: a ``fed`` graph without ``shapes``.
+        """
         feeds = {}
+        n = self.samples if samples is None else samples
         if self.samples_input is not None:
-            n = self.samples if samples is None else samples
             feeds[self.samples_input] = np.array([n], dtype=np.int64)
         for name, default in self.level_inputs.items():
             feeds[name] = default if level is None else np.asarray(level, dtype=default.dtype)
+        if self.draws:
+            if shapes is None:
+                raise ValueError("this graph's draws are inputs: give the locations' shapes")
+            for d in self.draws:
+                feeds[d.input] = self.bank(d, shapes[d.location], first, n)
         return feeds
 
+    def bank(self, draw: Draw, shape, first: int, count: int) -> np.ndarray:
+        """Rows ``first .. first+count-1`` of ``draw``'s bank for a location of ``shape``.
+
+        The whole bank of N samples is drawn once per shape and kept (up to
+        BANK_CACHE_BYTES in all, oldest dropped first), so inputs of one shape
+        share the cost of drawing; a larger bank is drawn chunk by chunk.
+        """
+        shape = tuple(int(d) for d in shape)
+        key = (self.seed, self.samples, draw.index, draw.kind, np.dtype(draw.dtype).str, shape)
+        size = self.samples * int(np.prod(shape, dtype=np.int64)) * np.dtype(draw.dtype).itemsize
+        if first + count > self.samples or size > BANK_CACHE_BYTES:
+            return draw_bank(draw, self.seed, shape, first, count)
+        cache = self.bank_cache
+        if key not in cache:
+            while cache and sum(b.nbytes for b in cache.values()) + size > BANK_CACHE_BYTES:
+                del cache[next(iter(cache))]
+            cache[key] = draw_bank(draw, self.seed, shape, 0, self.samples)
+        return cache[key][first:first + count]
+
     def frozen(self) -> onnx.ModelProto:
-        """The graph with N and the levels fixed: only the model's own inputs remain."""
+        """The graph with N and the levels fixed: only the model's own inputs remain.
+
+        Raises:
+            ValueError: for a ``fed`` graph (its draws are inputs; build one with
+                ``sampling="graph"`` for a standalone file).
+        """
+        if self.draws:
+            raise ValueError("a graph with fed draws cannot be frozen; build it with "
+                             "sampling='graph'")
         return freeze_inputs(self.model, self.feeds())
 
 

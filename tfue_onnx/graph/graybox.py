@@ -1,7 +1,19 @@
 """Gray-box sampling graphs: noise or dropout at a tensor, or MC-dropout.
 
-The sampling happens inside the graph: ``RandomNormalLike`` for noise, a mask
-of plain ops for dropout (onnxruntime may remove or ignore a ``Dropout`` node).
+Noise is ``t + sigma * eps``, eps standard normal; dropout a mask of plain ops,
+``keep = not (u < rate)`` with u uniform in [0, 1) (onnxruntime may remove or
+ignore a ``Dropout`` node). Where eps and u come from is the ``sampling`` switch:
+
+- ``fed`` (what the runner executes): every random node becomes a graph input,
+  a *bank* ``[n, size of the location]`` of draws that ``builder.draw_bank`` makes
+  from the seed, the node's index and the sample's index. Sample k gets the same
+  draw whatever chunk, strategy or earlier run it falls in, so a result depends
+  on (model, input, method, location, level, N, seed) only. onnxruntime's seeded
+  Random* ops cannot give that: their generator lives in the session and
+  advances on every run.
+- ``graph`` (what ``tfue export`` writes, a file that needs no tfue):
+  ``RandomNormalLike`` / ``RandomUniformLike`` with fixed seeds.
+
 The number of samples and the levels are inputs of the graph (the runner feeds
 them; ``tfue export`` freezes them to constants), so one session serves every
 chunk size and level, and level 0 must give back the original model
@@ -15,7 +27,8 @@ chunk size and level, and level 0 must give back the original model
   unperturbed copy (fixed-shape models, opsets below 10).
 
 In both tiled strategies slot 0 is kept unperturbed (the perturbation is
-multiplied by a 0/1 slot mask) and slots 1..n are the samples.
+multiplied by a 0/1 slot mask) and slots 1..n are the samples: slot k+1 reads
+row k of a bank, as iteration k of the loop strategy does.
 """
 
 from __future__ import annotations
@@ -28,18 +41,30 @@ from onnx import helper
 from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
-from .builder import (INT64_MAX, Builder, StrategyUnavailable, attach_stats, check_subgraphs,
-                      finish, float_dtype, keep_versions, prefix_for, replace_tensor,
-                      stacked_name, stats_outputs)
+from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
+                      check_subgraphs, finish, float_dtype, keep_versions, prefix_for,
+                      replace_tensor, stacked_name, stats_outputs)
 
 class _Perturber:
-    """Inserts perturbations into a graph; optionally masked to spare slot 0."""
+    """Inserts perturbations into a graph; optionally masked to spare slot 0.
 
-    def __init__(self, b: Builder, seed: int, slot_mask=None):
+    With ``sampling="fed"``, ``read_bank(bank, like, dtype)`` turns a bank input into the
+    draws for tensor ``like`` (the strategy decides how: all rows, or one row per
+    Loop iteration).
+    """
+
+    def __init__(self, b: Builder, seed: int, slot_mask=None, sampling: str = "graph",
+                 read_bank=None, one_slot=None):
+        if sampling not in SAMPLING:
+            raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
         self.b = b
         self.seed = seed
         self.slot_mask = slot_mask  # callable(delta, like) -> masked delta, or None
+        self.sampling = sampling
+        self.read_bank = read_bank
+        self.one_slot = one_slot  # callable(t, dtype) -> the unperturbed slot of t, or None
         self.level_inputs = []  # (gs.Variable, default value) pairs
+        self.bank_inputs = []  # (gs.Variable, Draw) pairs, sampling "fed"
         self._random = 0
 
     def _level(self, hint: str, value: float, dtype) -> gs.Variable:
@@ -55,23 +80,40 @@ class _Perturber:
         state = np.random.SeedSequence([self.seed, self._random]).generate_state(1)[0]
         return float(int(state) % (2**31 - 1) + 1)
 
-    def delta_noise(self, t, dtype, sigma_var, relative: bool):
+    def _random_like(self, t, kind: str, dtype, location: str):
+        """Draws shaped like ``t``: standard normal or uniform in [0, 1)."""
         b = self.b
-        eps = b.op("RandomNormalLike", [t], {"mean": 0.0, "scale": 1.0, "seed": self._seed()},
-                   dtype=dtype)
+        if self.sampling == "graph":
+            op = "RandomNormalLike" if kind == "normal" else "RandomUniformLike"
+            attrs = ({"mean": 0.0, "scale": 1.0} if kind == "normal" else
+                     {"low": 0.0, "high": 1.0})
+            return b.op(op, [t], {**attrs, "seed": self._seed()}, dtype=dtype)
+        self._random += 1
+        # [n, size]: sample k's draws, flattened (the location's rank may be unknown).
+        bank = gs.Variable(f"{b.prefix}bank/{self._random}", dtype=dtype,
+                           shape=[f"{b.prefix}samples", f"{b.prefix}size/{self._random}"])
+        self.bank_inputs.append((bank, Draw(bank.name, location, kind, np.dtype(dtype),
+                                            self._random)))
+        return self.read_bank(bank, t, dtype)
+
+    def delta_noise(self, t, dtype, sigma_var, relative: bool, location: str):
+        b = self.b
+        eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
         if relative:
-            mean = b.reduce_mean(t, dtype=dtype)
-            centred = b.op("Sub", [t, mean], dtype=dtype)
+            # The spread of one copy (all slots hold the same values): the same floats
+            # whatever the number of slots, and what the loop computes per iteration.
+            t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
+            mean = b.reduce_mean(t1, dtype=dtype)
+            centred = b.op("Sub", [t1, mean], dtype=dtype)
             var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
             delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
         return delta
 
-    def dropped(self, t, dtype, rate_var):
+    def dropped(self, t, dtype, rate_var, location: str):
         """t * keep / (1 - rate), keep ~ Bernoulli(1 - rate), built from plain ops."""
         b = self.b
-        u = b.op("RandomUniformLike", [t], {"low": 0.0, "high": 1.0, "seed": self._seed()},
-                 dtype=dtype)
+        u = self._random_like(t, "uniform", dtype, location)
         # keep = not (u < rate): at rate 0 nothing is dropped, whatever u is.
         keep = b.op("Not", [b.op("Less", [u, rate_var], dtype=np.bool_)], dtype=np.bool_)
         one = b.const("one", np.array(1, dtype=dtype))
@@ -81,17 +123,20 @@ class _Perturber:
         return b.op("Mul", [t, factor], dtype=dtype)
 
     def apply(self, graph: gs.Graph, t: gs.Variable, kind: str, level_var, dtype,
-              relative=False, out: gs.Variable | None = None) -> gs.Variable:
-        """Perturb ``t``; rewire its consumers (or fill ``out``) with the result."""
+              relative=False, out: gs.Variable | None = None,
+              location: str | None = None) -> gs.Variable:
+        """Perturb ``t`` (the graph's copy of the model's tensor ``location``); rewire
+        its consumers (or fill ``out``) with the result."""
         b = self.b
+        location = location or t.name
         consumers_before = {id(n) for n in t.outputs}
         if kind == "noise":
-            delta = self.delta_noise(t, dtype, level_var, relative)
+            delta = self.delta_noise(t, dtype, level_var, relative, location)
             if self.slot_mask is not None:
                 delta = self.slot_mask(delta, t, dtype)
             result = b.op("Add", [t, delta], dtype=dtype, out=out)
         else:
-            dropped = self.dropped(t, dtype, level_var)
+            dropped = self.dropped(t, dtype, level_var, location)
             if self.slot_mask is not None:
                 delta = self.slot_mask(b.op("Sub", [dropped, t], dtype=dtype), t, dtype)
                 result = b.op("Add", [t, delta], dtype=dtype, out=out)
@@ -116,7 +161,8 @@ def _insert(graph: gs.Graph, info: ModelInfo, spec, perturber: "_Perturber", ten
         kind = "noise" if isinstance(spec, Noise) else "dropout"
         level = perturber._level("sigma" if kind == "noise" else "rate", spec.level, dtype)
         perturber.apply(graph, t, kind, level, dtype,
-                        relative=isinstance(spec, Noise) and spec.mode == "relative")
+                        relative=isinstance(spec, Noise) and spec.mode == "relative",
+                        location=cand.name)
         return [cand.name]
     if isinstance(spec, MCDropout):
         return _activate_dropouts(graph, info, spec, perturber)
@@ -152,21 +198,24 @@ def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Pert
         node.inputs.clear()
         node.outputs.clear()
         level = perturber._level("rate", rate, dtype)
-        perturber.apply(graph, data, "dropout", level, dtype, out=out)
+        perturber.apply(graph, data, "dropout", level, dtype, out=out, location=d.input)
     graph.cleanup()
     return chosen
 
 
-def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict):
+def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
+            sampling: str = "fed"):
     """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed."""
-    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False)
+    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False,
+                  sampling=sampling)
 
 
 def shared_prefix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool,
-                  classes: dict):
+                  classes: dict, sampling: str = "fed"):
     """Compute everything upstream of the location once; tile only the tensors that
     cross into the rest of the graph (the location and any skip connection)."""
-    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True)
+    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True,
+                  sampling=sampling)
 
 
 def _location_tensors(info: ModelInfo, spec) -> list:
@@ -214,7 +263,7 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
     return crossing, suffix
 
 
-def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool):
+def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling):
     if info.opset < 10:
         raise StrategyUnavailable(f"needs opset >= 10 (dynamic Slice); the model has opset "
                                   f"{info.opset}")
@@ -241,7 +290,18 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool)
         masked = b.op("Mul", [flat, mask], dtype=dtype)
         return b.op("Reshape", [masked, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
 
-    perturber = _Perturber(b, seed, slot_mask)
+    def read_bank(bank, like, dtype):
+        # Slot k+1 takes bank row k; slot 0 (masked off) repeats row 0 to fill its place.
+        padded = b.op("Concat", [b.slice(bank, [0], [1], [0], dtype=dtype), bank], {"axis": 0},
+                      dtype=dtype)
+        return b.op("Reshape", [padded, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
+
+    def one_slot(t, dtype):
+        rows = b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
+                    {"axis": 0}, dtype=np.int64)
+        return b.slice(t, [0], b.op("Div", [rows, n1], dtype=np.int64), [0], dtype=dtype)
+
+    perturber = _Perturber(b, seed, slot_mask, sampling, read_bank, one_slot)
 
     # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
     if share_prefix:
@@ -291,24 +351,37 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool)
             stacked_name(prefix, orig.name), dtype=y_t.dtype)))
     graph.outputs = final
     graph.inputs.extend(v for v, _ in perturber.level_inputs)
+    graph.inputs.extend(v for v, _ in perturber.bank_inputs)
     graph.inputs.append(samples_var)
     model = finish(graph, info)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, perturber, samples_var.name, locations
 
 
-def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict):
+def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
+         sampling: str = "fed"):
     """An ONNX Loop samples a perturbed copy of the model beside the unperturbed one."""
     check_subgraphs(info.model, "the loop strategy")
     # 1. A perturbed copy of the model, exported on its own (no slot mask).
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix, info.opset)
-    perturber = _Perturber(b, seed)
+    it = prefix + "iter"
+    iter_var = gs.Variable(it, dtype=np.int64, shape=[])
+
+    def read_bank(bank, like, dtype):
+        # Iteration k takes bank row k: the body reads the bank from the outer scope.
+        row = b.op("Gather", [bank, iter_var], {"axis": 0}, dtype=dtype)
+        return b.op("Reshape", [row, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
+
+    perturber = _Perturber(b, seed, sampling=sampling, read_bank=read_bank)
     samples_var = gs.Variable(prefix + "samples", dtype=np.int64, shape=[1])
     locations = _insert(graph, info, spec, perturber, graph.tensors())
     graph.inputs.extend(v for v, _ in perturber.level_inputs)
+    graph.inputs.extend(v for v, _ in perturber.bank_inputs)
     graph.inputs.append(samples_var)
+    if perturber.bank_inputs:
+        graph.inputs.append(iter_var)  # the body's own iteration number, not an outer input
     perturbed = finish(graph, info)
     pg = perturbed.graph
 
@@ -325,7 +398,7 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
         n.input[:] = [rename.get(i, i) for i in node.input]
         n.output[:] = [rename.get(o, o) for o in node.output]
         body_nodes.append(n)
-    it, cond_in, cond_out = prefix + "iter", prefix + "cond_in", prefix + "cond_out"
+    cond_in, cond_out = prefix + "cond_in", prefix + "cond_out"
     body_nodes.append(helper.make_node("Identity", [cond_in], [cond_out]))
     body_outputs = [helper.make_tensor_value_info(cond_out, onnx.TensorProto.BOOL, [])]
     stats = stats_outputs(info)
@@ -349,7 +422,7 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     g.CopyFrom(info.model.graph)
     original = {x.name for x in info.model.graph.initializer}
     g.initializer.extend(i for i in pg.initializer if i.name not in original)
-    g.input.extend(i for i in pg.input if i.name not in {x.name for x in g.input})
+    g.input.extend(i for i in pg.input if i.name not in {x.name for x in g.input} | {it})
     trip, true = prefix + "trip_count", prefix + "true"
     g.initializer.append(onnx.numpy_helper.from_array(np.array(True), true))
     g.initializer.append(onnx.numpy_helper.from_array(np.array([], np.int64), prefix + "scalar"))
@@ -365,6 +438,30 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     model = keep_versions(helper.make_model(g), info)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, perturber, samples_var.name, locations
+
+
+def location_probe(info: ModelInfo, draws) -> onnx.ModelProto | None:
+    """The original model cut down to what computes the locations of ``draws``, which
+    become its outputs: run once per input shape, it gives the banks' shapes.
+
+    Returns None when every location is a model input (its shape is the feed's).
+    """
+    graph = gs.import_onnx(info.model)
+    tensors = graph.tensors()
+    inputs = {i.name for i in graph.inputs}
+    wanted = {d.location: d.dtype for d in draws if d.location not in inputs}
+    if not wanted:
+        return None
+    outs = []
+    for name, dtype in wanted.items():
+        t = tensors[name]
+        t.dtype = dtype
+        outs.append(t)
+    graph.outputs = outs
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.graph.value_info[:]
+    return keep_versions(model, info)
 
 
 BUILDERS = {"shared-prefix": shared_prefix, "batched": batched, "loop": loop}
