@@ -288,7 +288,7 @@ def test_export_refuses_to_overwrite(tmp_path, x6):
 def test_export_failure_leaves_nothing_half_written(tmp_path, x6, monkeypatch):
     path, _, _ = ext_net(tmp_path / "m")
     est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=1)
-    ug = est.uncertainty_graph(x6)
+    ug = est.standalone_graph(x6)
     out = tmp_path / "u.onnx"
     real = os.replace
     calls = []
