@@ -139,6 +139,12 @@ def toposorted(nodes) -> list:
     reads of subgraphs), keeping the given order where it already holds. A new list:
     the nodes themselves are not changed. Nodes in a cycle or reading tensors nobody
     makes stay, in their given order, after the rest."""
+    nodes = list(nodes)
+    return [nodes[k] for k in topological_order(nodes)]
+
+
+def topological_order(nodes) -> list[int]:
+    """The positions of ``nodes`` in the order of :func:`toposorted`."""
     import heapq
 
     nodes = list(nodes)
@@ -165,8 +171,7 @@ def toposorted(nodes) -> list:
             if waiting[r] == 0:
                 heapq.heappush(ready, r)
     placed = set(order)
-    order += [k for k in range(len(nodes)) if k not in placed]
-    return [nodes[k] for k in order]
+    return order + [k for k in range(len(nodes)) if k not in placed]
 
 
 def _ort_types(model: onnx.ModelProto, names) -> dict:

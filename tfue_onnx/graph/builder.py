@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
-from ..model import FLOAT_TYPES, ModelInfo, node_inputs, toposorted
+from ..model import FLOAT_TYPES, ModelInfo, node_inputs, topological_order, toposorted
 
 # graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
 # library code never prints, and problems tfue cares about become TfueErrors.
@@ -201,7 +201,8 @@ def _free_prefix(base: str, *models: onnx.ModelProto) -> str:
 
 
 def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> Isolation:
-    """Give every graph output of ``info``'s model a tensor of its own (see Isolation).
+    """Give every graph output of ``info``'s model a tensor of its own (see Isolation),
+    in a copy whose nodes are topologically sorted (counting the reads of subgraphs).
 
     Args:
         info: the model as the user gave it (never changed; a copy is edited).
@@ -229,13 +230,19 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
         else:
             plan.append("keep")
         seen.add(out.name)
-    if all(p == "keep" for p in plan):
+    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
+    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
         same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
         return same if members else same[0]
     result = []
-    for m in (info, *members):
+    for m, order in zip((info, *members), orders):
         copy = onnx.ModelProto()
         copy.CopyFrom(m.model)
+        if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
+            nodes = [copy.graph.node[k] for k in order]
+            nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
+            del copy.graph.node[:]
+            copy.graph.node.extend(nodes)
         outputs = []
         for k, (out, how) in enumerate(zip(m.model.graph.output, plan)):
             if how == "drop":
@@ -308,7 +315,8 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
     g = model.graph
     inputs = {i.name: i for i in g.input}
     keys = [""] + [f".{k}" for k in OUTPUT_KEYS]
-    done = set()
+    originals = {o.name for o in iso.original.model.graph.output}
+    done = {o.name for o in g.output if o.name in originals}  # kept as they were
     for temp, orig in iso.temp.items():
         if orig in inputs or orig in done:  # the input itself, or a name listed again
             existing = {o.name: o for o in g.output}

@@ -230,7 +230,12 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
     for node in graph.nodes:
         if id(node) not in suffix:
             continue
-        for t in _reads(node):
+        # A condition or trip count is one value for the whole batch: it crosses untiled,
+        # as do scalars (the same for every slot, since the prefix runs unperturbed).
+        control = {"If": 1, "Loop": 2}.get(node.op, 0)
+        for t in _reads(node)[control:] if control else _reads(node):
+            if t.shape is not None and len(t.shape) == 0:
+                continue
             if isinstance(t, gs.Variable) and id(t) not in made_in_suffix and \
                     t.name in dynamic and id(t) not in seen:
                 seen.add(id(t))
