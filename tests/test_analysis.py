@@ -534,3 +534,39 @@ def test_softmax_option_keeps_the_user_locations(opset, x):
     # A location inside the user's graph is the same tensor with or without --softmax.
     r2 = Runner(model, Noise(0.5, at="0.5"), softmax=True, samples=3, seed=0, provider="cpu")
     assert r2.location == user.resolve_location("0.5").name
+
+
+def test_output_read_inside_a_subgraph_keeps_its_name(x):
+    """r1 is an output and is read only inside the If's branches: the renaming of the
+    inner tensor must reach into the subgraphs."""
+    model = if_model("value")
+    model.graph.output.insert(0, _vi("r1", ["N", 4, "H", "W"]))
+    info = ModelInfo(model)
+    ref = _run(model, {"x": x})
+    for strategy, at in (("batched", "r1"), ("shared-prefix", "r1"), ("batched", "c2")):
+        ug = _check_level_zero(info, Noise(0.3, at=at), strategy, x)
+        inputs, outputs = _signature(ug.frozen())
+        assert inputs == ["x"] and set(outputs) == {"r1", "r1.mean", "r1.variance", "y",
+                                                    "y.mean", "y.variance"}
+        out = _run(ug.model, {"x": x, **ug.feeds()})
+        np.testing.assert_allclose(out["r1"], ref["r1"], rtol=1e-5, atol=1e-6)
+        assert float(out["y.variance"].mean()) > 0
+        assert (float(out["r1.variance"].mean()) > 0) == (at == "r1")
+
+
+def test_nested_subgraph_reads():
+    """A Loop inside an If's branch reads r1 two scopes up: the If reads r1."""
+    from tfue_onnx.model import subgraph_reads
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "r1"], ["v_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        [_vi("i", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL), _vi("v_in", None)],
+        [_vi("c_out", [], TensorProto.BOOL), _vi("v_out", None)])
+    then_g = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "start"], ["t_out"], body=body)], "then", [],
+        [_vi("t_out", None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["c1"], ["e_out"])], "else", [],
+                               [_vi("e_out", None)])
+    node = helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g)
+    assert sorted(subgraph_reads(node)) == ["c1", "n", "r1", "start"]

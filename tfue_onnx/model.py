@@ -196,7 +196,10 @@ def _ort_types(model: onnx.ModelProto, names) -> dict:
     infos = {}
     for arg in sess.get_outputs():
         kind = arg.type or ""
-        if not kind.startswith("tensor(") or arg.name not in names:
+        if arg.name not in names or not kind:
+            continue
+        if not kind.startswith("tensor("):  # sequences, maps: known, and not tensors
+            infos[arg.name] = TensorInfo(arg.name, kind, None)
             continue
         elem = kind[len("tensor("):-1]
         dtype = _ORT_TYPES.get(elem, elem)
