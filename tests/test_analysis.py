@@ -350,8 +350,8 @@ def twice_model():
 def constant_outputs_model():
     """Also returns an initializer, a Constant node's output and the input's shape."""
     m = plain_model()
-    m.graph.node.append(helper.make_node("Constant", [], ["k"],
-                                         value=numpy_helper.from_array(np.arange(3, dtype=np.float32))))
+    k = numpy_helper.from_array(np.arange(3, dtype=np.float32))
+    m.graph.node.append(helper.make_node("Constant", [], ["k"], value=k))
     m.graph.node.append(helper.make_node("Shape", ["x"], ["shape"]))
     m.graph.output.extend([_vi("w2", [2, 4, 3, 3]), _vi("k", [3]),
                            _vi("shape", [4], TensorProto.INT64)])

@@ -258,6 +258,12 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
         copy.graph.output.extend(outputs)
         isolated = ModelInfo(copy, m.path)
         isolated.output_names = dict(temp)
+        # Same tensors (plus the copies of outputs): no second shape inference.
+        infos = dict(m.tensor_infos)
+        for name, orig in temp.items():
+            if orig in infos:
+                infos[name] = dataclasses.replace(infos[orig], name=name)
+        isolated.__dict__["tensor_infos"] = infos
         result.append(Isolation(isolated, m, dict(temp), list(constant), prefix))
     return result if members else result[0]
 
