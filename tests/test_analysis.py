@@ -445,7 +445,9 @@ def softmax_model(opset, axis=1, shape=("N", 4, "H", "W"), op="Softmax", transpo
     src = "pooled" if pool else "logits"
     attrs = {} if axis is None else {"axis": axis}
     nodes.append(helper.make_node(op, [src], ["probs" if transpose is None else "p0"], **attrs))
-    if transpose is not None:
+    if transpose == "flatten":  # [N, 4, 1, 1] -> [N, 4]
+        nodes.append(helper.make_node("Flatten", ["p0"], ["probs"], axis=1))
+    elif transpose is not None:
         nodes.append(helper.make_node("Transpose", ["p0"], ["probs"], perm=transpose))
     return _model(nodes, [numpy_helper.from_array(_w(4, 3, 3, 3, scale=1.0), "w1")],
                   [_vi("probs", None)], opset=opset)
@@ -466,6 +468,8 @@ def _entropy(p, axis):
     (11, 1, {"pool": True}, 1),      # trailing axes of size 1: one class axis
     (13, 1, {"transpose": [0, 2, 3, 1]}, 3),  # NHWC after the softmax
     (11, -1, {"transpose": [0, 3, 1, 2]}, 1),
+    (11, 1, {"pool": True, "transpose": "flatten"}, 1),  # [N, 4, 1, 1] -> [N, 4]
+    (13, 1, {"pool": True, "transpose": "flatten"}, 1),
     (13, 1, {"op": "LogSoftmax"}, None),  # log-probabilities are not probabilities
 ])
 def test_class_axis_follows_the_opset(opset, axis, kw, expected, x):

@@ -191,15 +191,14 @@ def _softmax_axis(info: ModelInfo, name: str):
                           "(use --classify --class-axis K to override)")
     tensor = node.output[0]
     for step in reversed(path):
-        axis = _moved_axis(step, axis, shapes.get(tensor), shapes.get(step.output[0]),
-                           info.opset)
+        axis = _moved_axis(step, axis, shapes.get(tensor), shapes.get(step.output[0]))
         if axis is None:
             return None, None
         tensor = step.output[0]
     return axis, None
 
 
-def _moved_axis(node, axis: int, before, after, opset: int):
+def _moved_axis(node, axis: int, before, after):
     """Where axis ``axis`` of ``node``'s input is in its output; None when unknown."""
     op = node.op_type
     if op in _SAME_AXES:
@@ -211,7 +210,10 @@ def _moved_axis(node, axis: int, before, after, opset: int):
             return None if rank is None else rank - 1 - axis
         return perm.index(axis) if axis in perm else None
     if before is None or after is None or before.shape is None or after.shape is None:
-        return None
+        # Shapes unknown: a reshape is taken to keep the class axis where it is, as long
+        # as the output (when its rank is known) has that axis.
+        rank = None if after is None or after.shape is None else len(after.shape)
+        return axis if rank is None or axis < rank else None
     src, dst = list(before.shape), list(after.shape)
     if src == dst:
         return axis
