@@ -26,6 +26,10 @@ FLOAT_TYPES = {
 # Ops whose output never depends on the model input, even when wired to it.
 _SHAPE_OPS = {"Shape", "Size"}
 
+# onnxruntime's type strings ("tensor(float)") -> tfue's dtype names.
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16",
+              "bfloat16": "bfloat16", "bool": "bool", "string": "str"}
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
@@ -90,6 +94,123 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(vi.name, _elem_name(tt.elem_type), shape)
 
 
+def _subgraphs(node: onnx.NodeProto) -> list:
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """Names that ``node``'s subgraphs (If/Loop/Scan bodies, recursively) read from the
+    enclosing scopes: the node's implicit inputs, in order of first use.
+
+    Args:
+        node: any node; one without GRAPH attributes reads nothing implicitly.
+
+    Returns:
+        Tensor names defined outside the subgraphs (empty list when there are none).
+    """
+    reads = []
+    for g in _subgraphs(node):
+        defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+        defined |= {i.values.name for i in g.sparse_initializer}
+        defined |= {o for n in g.node for o in n.output if o}
+        for n in g.node:
+            for name in [i for i in n.input if i] + subgraph_reads(n):
+                if name not in defined and name not in reads:
+                    reads.append(name)
+        for o in g.output:
+            if o.name not in defined and o.name not in reads:
+                reads.append(o.name)
+    return reads
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Every tensor ``node`` reads: its inputs and what its subgraphs read from outside."""
+    names = [i for i in node.input if i]
+    return names + [r for r in subgraph_reads(node) if r not in names]
+
+
+def toposorted(nodes) -> list:
+    """``nodes`` in an order where every tensor is made before it is read (counting the
+    reads of subgraphs), keeping the given order where it already holds. A new list:
+    the nodes themselves are not changed. Nodes in a cycle or reading tensors nobody
+    makes stay, in their given order, after the rest."""
+    nodes = list(nodes)
+    return [nodes[k] for k in topological_order(nodes)]
+
+
+def topological_order(nodes) -> list[int]:
+    """The positions of ``nodes`` in the order of :func:`toposorted`."""
+    import heapq
+
+    nodes = list(nodes)
+    maker = {}
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                maker.setdefault(o, k)
+    waiting = [0] * len(nodes)
+    readers = [[] for _ in nodes]
+    for k, n in enumerate(nodes):
+        deps = {maker[i] for i in node_inputs(n) if i in maker and maker[i] != k}
+        waiting[k] = len(deps)
+        for d in deps:
+            readers[d].append(k)
+    ready = [k for k in range(len(nodes)) if waiting[k] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for r in readers[k]:
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    placed = set(order)
+    return order + [k for k in range(len(nodes)) if k not in placed]
+
+
+def _ort_types(model: onnx.ModelProto, names) -> dict:
+    """Element type and shape of ``names`` as onnxruntime infers them (it knows its own
+    contrib ops, e.g. com.microsoft Gelu, which onnx's shape inference does not).
+    Builds a session of a copy of the model (no optimisation, nothing runs); returns {}
+    when onnxruntime cannot load the model."""
+    try:
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        sess = ort.InferenceSession(probe.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime cannot load it: the types stay unknown
+        return {}
+    infos = {}
+    for arg in sess.get_outputs():
+        kind = arg.type or ""
+        if arg.name not in names or not kind:
+            continue
+        if not kind.startswith("tensor("):  # sequences, maps: known, and not tensors
+            infos[arg.name] = TensorInfo(arg.name, kind, None)
+            continue
+        elem = kind[len("tensor("):-1]
+        dtype = _ORT_TYPES.get(elem, elem)
+        shape = None if arg.shape is None else tuple(
+            d if isinstance(d, int) else ("?" if not d or d.startswith("unk__") else d)
+            for d in arg.shape)
+        infos[arg.name] = TensorInfo(arg.name, dtype, shape)
+    return infos
+
+
 def load_model(path) -> onnx.ModelProto:
     """Read an ONNX model from ``path``, leaving weights in external data on disk.
 
@@ -130,10 +251,27 @@ def load_model(path) -> onnx.ModelProto:
 class ModelInfo:
     """What tfue needs to know about a model: signature, candidates, Dropout nodes."""
 
-    def __init__(self, model: onnx.ModelProto, path: str | None = None):
+    def __init__(self, model: onnx.ModelProto, path: str | None = None,
+                 locations_from: "ModelInfo | None" = None, aliases: dict | None = None):
+        """Describe ``model`` (read from ``path``, when known).
+
+        Args:
+            model: the model; never changed.
+            path: where it was read from, for messages and results.
+            locations_from: for a model tfue derived from the user's (e.g. with a
+                softmax appended), the user's model: candidates, depths and ``--at``
+                refer to its graph, never to what tfue added.
+            aliases: names of the user's tensors in ``model`` where they differ
+                (user name -> name in ``model``; e.g. the logits under an appended
+                softmax, whose output took the logits' name).
+        """
         self.model = model
         self.path = path
         self.graph = model.graph
+        self.locations_from = locations_from
+        self.aliases = dict(aliases or {})
+        # Outputs tfue renamed in a working copy (temp name -> the model's output name).
+        self.output_names = {}
 
     # --- signature -------------------------------------------------------------
     @cached_property
@@ -168,53 +306,97 @@ class ModelInfo:
             return self.model
 
     @cached_property
+    def nodes(self) -> list:
+        """The graph's nodes, topologically sorted (a new list; the model is unchanged).
+
+        Exporters and graph editors sometimes leave nodes out of order; onnxruntime
+        runs such graphs, so every analysis here walks this order instead."""
+        return toposorted(self.graph.node)
+
+    @cached_property
     def tensor_infos(self) -> dict[str, TensorInfo]:
-        """Element type and shape of every tensor whose type is known."""
+        """Element type and shape of every tensor whose type is known.
+
+        From onnx's shape inference; tensors it leaves untyped (outputs of ops it does
+        not know, such as com.microsoft contrib ops, and everything after them) are
+        typed by onnxruntime, which knows its own ops."""
         g = self._inferred.graph
         infos = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
-            if vi.type.HasField("tensor_type"):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 infos[vi.name] = _value_info(vi)
         for init in g.initializer:
             infos.setdefault(init.name, TensorInfo(init.name, _elem_name(init.data_type),
                                                    tuple(init.dims)))
+        missing = [o for n in self.graph.node for o in n.output if o and o not in infos]
+        if missing:
+            infos.update(_ort_types(self.model, missing))
         return infos
+
+    @cached_property
+    def untyped_tensors(self) -> list[str]:
+        """Tensors depending on the input whose element type nobody could infer."""
+        dynamic = self.dynamic_tensors
+        return [o for n in self.nodes for o in n.output
+                if o and o in dynamic and o not in self.tensor_infos]
 
     # --- graph structure ---------------------------------------------------------
     @cached_property
     def dynamic_tensors(self) -> set:
-        """Tensors whose values depend on a model input (not constants, not shapes)."""
+        """Tensors whose values depend on a model input (not constants, not shapes).
+
+        A node's inputs include what its subgraphs (If/Loop/Scan bodies) read from
+        the enclosing graph."""
         dynamic = {i.name for i in self.inputs}
-        for node in self.graph.node:  # nodes of a valid model are topologically sorted
+        for node in self.nodes:
             if node.op_type in _SHAPE_OPS:
                 continue
-            if any(i in dynamic for i in node.input if i):
+            if any(i in dynamic for i in node_inputs(node)):
                 dynamic.update(o for o in node.output if o)
         return dynamic
 
     @cached_property
+    def _dynamic_nodes(self) -> list:
+        dynamic = self.dynamic_tensors
+        return [n for n in self.nodes
+                if n.op_type not in _SHAPE_OPS and any(i in dynamic for i in node_inputs(n))]
+
+    @cached_property
+    def depths(self) -> dict[str, float]:
+        """Depth in [0, 1] of every tensor that depends on the input (inputs 0)."""
+        nodes = self._dynamic_nodes
+        span = max(len(nodes) - 1, 1)
+        depths = {i.name: 0.0 for i in self.inputs}
+        for pos, node in enumerate(nodes):
+            for out in node.output:
+                if out:
+                    depths.setdefault(out, round(pos / span, 4))
+        return depths
+
+    @cached_property
     def candidates(self) -> list[Candidate]:
         """Float tensors that depend on the input, in graph order, with depth in [0, 1]."""
-        dynamic = self.dynamic_tensors
+        if self.locations_from is not None:  # the user's graph, under this model's names
+            return [dataclasses.replace(c, name=self.aliases.get(c.name, c.name))
+                    for c in self.locations_from.candidates]
         outputs = {o.name for o in self.graph.output}
-        dyn_nodes = [n for n in self.graph.node
-                     if n.op_type not in _SHAPE_OPS and any(i in dynamic for i in n.input if i)]
-        span = max(len(dyn_nodes) - 1, 1)
-        cands = []
+        depths = self.depths
+        cands, seen = [], set()
 
-        def add(name, op, node, depth):
+        def add(name, op, node):
             info = self.tensor_infos.get(name)
-            if info is None or info.dtype not in FLOAT_TYPES.values():
+            if info is None or info.dtype not in FLOAT_TYPES.values() or name in seen:
                 return
-            cands.append(Candidate(len(cands), name, op, node, info.shape, round(depth, 4),
+            seen.add(name)
+            cands.append(Candidate(len(cands), name, op, node, info.shape, depths[name],
                                    name in outputs))
 
         for inp in self.inputs:
-            add(inp.name, "input", "", 0.0)
-        for pos, node in enumerate(dyn_nodes):
+            add(inp.name, "input", "")
+        for node in self._dynamic_nodes:
             for out in node.output:
                 if out:
-                    add(out, node.op_type, node.name, pos / span)
+                    add(out, node.op_type, node.name)
         return cands
 
     @cached_property
@@ -255,7 +437,19 @@ class ModelInfo:
         ``at`` may be a tensor name, a candidate index (int or digits), ``"input"``
         (the model's float input) or a depth fraction with a decimal point such as
         ``"0.5"`` (the candidate of nearest depth).
+
+        Raises:
+            TfueError: for an unknown name, an index out of range, a depth outside
+                [0, 1] or one that falls among tensors of unknown type.
         """
+        if self.locations_from is not None:
+            inner = {v: k for k, v in self.aliases.items()}
+            if isinstance(at, Candidate):
+                at = at.name
+            if isinstance(at, str) and at in inner:
+                at = inner[at]
+            cand = self.locations_from.resolve_location(at)
+            return dataclasses.replace(cand, name=self.aliases.get(cand.name, cand.name))
         cands = self.candidates
         if not cands:
             raise TfueError("the model has no float tensor that depends on its input",
@@ -293,7 +487,9 @@ class ModelInfo:
             if not 0.0 <= frac <= 1.0 or frac != frac:
                 raise TfueError(f"location depth {at} is outside [0, 1]",
                                 "give a depth fraction such as 0.5, a tensor name or an index")
-            return min(cands, key=lambda c: (abs(c.depth - frac), c.index))
+            best = min(cands, key=lambda c: (abs(c.depth - frac), c.index))
+            self._check_depth_known(at, frac, best)
+            return best
         name = str(at)
         if name in self.tensor_infos or any(name in n.output for n in self.graph.node):
             raise TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
@@ -303,6 +499,20 @@ class ModelInfo:
         raise TfueError(f"unknown tensor '{name}'",
                         f"closest names: {near}" if near else
                         "list the candidate locations with 'tfue inspect MODEL'")
+
+    def _check_depth_known(self, at, frac: float, best: Candidate) -> None:
+        """Refuse a depth whose neighbourhood is made of tensors of unknown type: the
+        nearest known tensor would be a guess (often the model input)."""
+        gap = abs(best.depth - frac)
+        unknown = [n for n in self.untyped_tensors if abs(self.depths[n] - frac) < gap]
+        if not unknown:
+            return
+        ops = sorted({f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in self.nodes
+                      if n.output and any(o in unknown for o in n.output)})
+        raise TfueError(f"location depth {at} falls among {len(unknown)} tensors whose element "
+                        f"type is unknown (made by {', '.join(ops[:5])}); the nearest float "
+                        f"tensor of known type, '{best.name}', is at depth {best.depth}",
+                        "name the tensor to perturb with --at NAME (see 'tfue inspect')")
 
     # --- summary -----------------------------------------------------------------
     def describe(self) -> dict:
@@ -316,6 +526,7 @@ class ModelInfo:
             "outputs": [o.to_dict() for o in self.outputs],
             "candidates": [c.to_dict() for c in self.candidates],
             "dropouts": [dataclasses.asdict(d) for d in self.dropouts],
+            "untyped_tensors": list(self.untyped_tensors),
         }
 
 

@@ -141,23 +141,92 @@ def _onnx_dtype(info_dtype: str):
         return None
 
 
+# Ops that pass a tensor's values through with the same axes.
+_SAME_AXES = ("Identity", "Cast", "Dropout")
+
+
 def _softmax_axis(info: ModelInfo, name: str):
-    """The class axis of an output made by a Softmax (through Identity/Reshape), else None."""
+    """The class axis of output ``name`` when it holds per-position class probabilities.
+
+    Follows the output back through ops that keep or move axes (Identity, Cast,
+    Transpose, Squeeze/Unsqueeze/Reshape/Flatten where the axis can be traced) to a
+    Softmax. Before opset 13 ``Softmax(axis=k)`` normalises over all axes from k on
+    (the input is coerced to 2-D): the classes are per position only when that is
+    one axis (k is the last axis, or the axes after k have size 1).
+
+    Returns:
+        (axis, note): the class axis in the output (None when it is not class
+        probabilities), and a note saying why a Softmax output was not taken as
+        per-position probabilities (None otherwise).
+    """
     producers = {o: n for n in info.graph.node for o in n.output}
+    shapes = info.tensor_infos
+    path = []  # ops between the Softmax and the output, output side first
     node = producers.get(name)
-    while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+    while node is not None and node.op_type in _SAME_AXES + (
+            "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        path.append(node)
         node = producers.get(node.input[0])
     if node is None or node.op_type != "Softmax":  # LogSoftmax outputs are not probabilities
-        return None
+        return None, None
+    # The Softmax's shape: its input's, its output's, or the model output's when only
+    # shape-keeping ops lie between them.
+    known = [shapes.get(node.input[0]), shapes.get(node.output[0])]
+    if all(step.op_type in _SAME_AXES for step in path):
+        known.append(shapes.get(name))
+    src_shape = next((t.shape for t in known if t is not None and t.shape is not None), None)
+    rank = len(src_shape) if src_shape is not None else None
     axis = next((a.i for a in node.attribute if a.name == "axis"),
                 1 if info.opset < 13 else -1)
-    out = next(o for o in info.outputs if o.name == name)
-    rank = len(out.shape) if out.shape is not None else None
     if axis < 0:
         if rank is None:
-            return None
+            return None, None
         axis += rank
-    return axis
+    if info.opset < 13:
+        trailing = None if rank is None else src_shape[axis + 1:]
+        if trailing is None or any(d != 1 for d in trailing):
+            return None, (f"output '{name}' comes from Softmax(axis={axis}) at opset "
+                          f"{info.opset}, which normalises over all axes from {axis} on "
+                          "(not per position): it is not treated as class probabilities "
+                          "(use --classify --class-axis K to override)")
+    tensor = node.output[0]
+    for step in reversed(path):
+        axis = _moved_axis(step, axis, shapes.get(tensor), shapes.get(step.output[0]))
+        if axis is None:
+            return None, None
+        tensor = step.output[0]
+    return axis, None
+
+
+def _moved_axis(node, axis: int, before, after):
+    """Where axis ``axis`` of ``node``'s input is in its output; None when unknown."""
+    op = node.op_type
+    if op in _SAME_AXES:
+        return axis
+    if op == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if perm is None:
+            rank = len(before.shape) if before is not None and before.shape is not None else None
+            return None if rank is None else rank - 1 - axis
+        return perm.index(axis) if axis in perm else None
+    if before is None or after is None or before.shape is None or after.shape is None:
+        # Shapes unknown: a reshape is taken to keep the class axis where it is, as long
+        # as the output (when its rank is known) has that axis.
+        rank = None if after is None or after.shape is None else len(after.shape)
+        return axis if rank is None or axis < rank else None
+    src, dst = list(before.shape), list(after.shape)
+    if src == dst:
+        return axis
+    # Axes dropped or added around the class axis: the class axis is the one with the
+    # same size whose leading dims (size-1 ones aside) are the same.
+    def lead(shape, k):
+        return [d for d in shape[:k] if d != 1]
+
+    size = src[axis]
+    if not isinstance(size, int) or size == 1:
+        return None
+    hits = [k for k, d in enumerate(dst) if d == size and lead(dst, k) == lead(src, axis)]
+    return hits[0] if len(hits) == 1 else None
 
 
 class Runner:
@@ -189,7 +258,7 @@ class Runner:
         self.spec = spec
         self.classes = self._find_classes(softmax, classify, class_axis)
         if softmax:
-            self.info = ModelInfo(graphs.add_softmax(self.info, self.classes), self.path)
+            self.info = graphs.with_softmax(self.info, self.classes)
         self.softmax = softmax
         if isinstance(spec, SAMPLED):
             self.samples = graphs.check_samples(8 if samples is None else samples)
@@ -214,7 +283,8 @@ class Runner:
                             f"use auto or one of {', '.join(graphs.STRATEGIES)}")
         self.strategy_request = strategy
         self.keep_samples = keep_samples
-        self.notes = []  # what happened on the way (strategies tried, why they failed)
+        # What happened on the way (classes left out, strategies tried, why they failed).
+        self.notes = list(self._class_notes)
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
         self._verified = {}  # input signature -> strategy that passed verification
@@ -225,6 +295,10 @@ class Runner:
 
     # --- setup -------------------------------------------------------------------
     def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
+        """Outputs holding class probabilities (name -> class axis); see the class
+        docstring. Auto-detection follows the opset's Softmax semantics and notes the
+        outputs it leaves out (``self._class_notes``)."""
+        self._class_notes = []
         floats = [o for o in self.info.outputs if o.dtype in ("float32", "float64", "float16")]
 
         def axis_of(o):
@@ -239,12 +313,18 @@ class Runner:
             return {o.name: axis_of(o) for o in floats}
         if classify is False:
             return {}
-        found = {o.name: _softmax_axis(self.info, o.name) for o in floats}
-        return {k: v for k, v in found.items() if v is not None}
+        found = {}
+        for o in floats:
+            axis, note = _softmax_axis(self.info, o.name)
+            if axis is not None:
+                found[o.name] = axis
+            elif note:
+                self._class_notes.append(note)
+        return found
 
     def _resolve_location(self) -> str:
-        if hasattr(self.spec, "at"):
-            return self.info.resolve_location(self.spec.at).name
+        if hasattr(self.spec, "at"):  # named as in the user's graph (not the softmaxed one)
+            return (self.info.locations_from or self.info).resolve_location(self.spec.at).name
         if isinstance(self.spec, Transform):
             return "input"
         if isinstance(self.spec, Ensemble):
@@ -254,6 +334,12 @@ class Runner:
             return ", ".join([self.path or "member 0"] +
                              [m.path or f"member {k}" for k, m in enumerate(self._members, 1)])
         if isinstance(self.spec, Entropy):
+            if not self.classes and self._class_notes:
+                raise TfueError("no output of the model holds per-position class "
+                                "probabilities: " + "; ".join(self._class_notes).split(
+                                    " (use --classify")[0],
+                                "pass --classify --class-axis K if the classes are on axis K "
+                                "(the entropy is then over that axis alone)")
             if not self.classes:
                 raise TfueError("no output of the model holds class probabilities (none is "
                                 "made by a Softmax)",
@@ -596,6 +682,8 @@ class Runner:
             meta["sampling"] = graphs.SAMPLING_NOTE
         if self.classes:
             meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
+        if self._class_notes:
+            meta["classes_left_out"] = list(self._class_notes)
         return meta
 
     def prepare(self, feeds) -> None:

@@ -21,6 +21,8 @@ verification (``verify.py``) decides about the rest.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -30,13 +32,14 @@ from ..model import ModelInfo
 from ..perturb import Ensemble, Transform
 from . import blackbox, graybox
 from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, StrategyUnavailable,
-                      UncertaintyGraph, keep_versions, output_names, prefix_for, stats_outputs)
+                      UncertaintyGraph, isolate_outputs, keep_versions, output_names,
+                      prefix_for, restore_outputs, stats_outputs)
 
 STRATEGIES = ("shared-prefix", "batched", "loop")
 
-__all__ = ["build", "add_softmax", "check_samples", "output_names", "location_probe",
-           "STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw", "StrategyUnavailable",
-           "UncertaintyGraph"]
+__all__ = ["build", "add_softmax", "with_softmax", "check_samples", "output_names",
+           "location_probe", "STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw",
+           "StrategyUnavailable", "UncertaintyGraph"]
 
 location_probe = graybox.location_probe
 
@@ -81,44 +84,85 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     draws, random = [], None  # random: how gray-box draws are made (None: nothing random)
     if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
         raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
+    if getattr(spec, "at", None) is not None:  # locations refer to the user's graph
+        spec = dataclasses.replace(spec, at=info.resolve_location(spec.at).name)
+    if isinstance(spec, Ensemble):
+        from .blackbox import member_infos
+
+        members = member_infos(info, spec.members)  # checks the signatures
+        iso, *isolated = isolate_outputs(info, members)
+        spec = Ensemble(tuple(m.info for m in isolated))
+    else:
+        iso = isolate_outputs(info)
+    inner_classes = {t: axis for name, axis in classes.items() for t in iso.names(name)}
     if isinstance(spec, Transform):
-        model, locations = blackbox.transforms(info, spec, strategy, keep_samples, classes)
+        model, locations = blackbox.transforms(iso.info, spec, strategy, keep_samples,
+                                               inner_classes)
         samples_input, levels, samples = None, {}, len(spec.elements)
     elif isinstance(spec, Ensemble):
         if strategy != "batched":
             raise StrategyUnavailable("an ensemble runs every member once, in one graph")
-        model, locations = blackbox.ensemble(info, spec, keep_samples, classes)
+        model, locations = blackbox.ensemble(iso.info, spec, keep_samples, inner_classes)
+        locations = [info.path or "member 0"] + [m.path or f"member {k}" for k, m in
+                                                 enumerate(members, start=1)]
         samples_input, levels, samples = None, {}, len(spec.members)
     else:
         samples = check_samples(samples)
         model, perturber, samples_input, locations = graybox.BUILDERS[strategy](
-            info, spec, samples, int(seed), keep_samples, classes, sampling=sampling)
+            iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
         levels = {v.name: val for v, val in perturber.level_inputs}
         draws, random = [d for _, d in perturber.bank_inputs], sampling
+    model = restore_outputs(model, iso)
+    stats = list(dict.fromkeys(o.name for o in stats_outputs(info) if o.name not in iso.constant))
     return UncertaintyGraph(
-        model=model, strategy=strategy, stats_outputs=[o.name for o in stats_outputs(info)],
+        model=model, strategy=strategy, stats_outputs=stats,
         samples_input=samples_input, level_inputs=levels, locations=locations,
-        samples=samples, seed=int(seed), keep_samples=keep_samples, classes=classes,
-        sampling=random, draws=draws)
+        samples=samples, seed=int(seed), keep_samples=keep_samples,
+        classes={k: v for k, v in classes.items() if k in stats}, sampling=random, draws=draws)
 
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:
     """The model with a softmax over the class axis appended to each output in
     ``outputs`` (name -> axis), for models that output logits. Names stay."""
+    return _append_softmax(info, outputs)[0]
+
+
+def with_softmax(info: ModelInfo, outputs: dict) -> ModelInfo:
+    """``info`` with a softmax appended to ``outputs`` (see ``add_softmax``), whose
+    locations still refer to the user's graph: ``--at NAME`` of a softmaxed output
+    perturbs the logits before the softmax, and depths and indices are unchanged.
+
+    Args:
+        info: the user's model.
+        outputs: output name -> class axis.
+
+    Returns:
+        The ModelInfo of the new model (``locations_from`` is ``info``).
+    """
+    model, aliases = _append_softmax(info, outputs)
+    return ModelInfo(model, info.path, locations_from=info, aliases=aliases)
+
+
+def _append_softmax(info: ModelInfo, outputs: dict):
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix + "softmax/", info.opset)
+    aliases = {}
     for i, out in enumerate(list(graph.outputs)):
-        if out.name not in outputs:
+        if out.name not in outputs or out.name in aliases or isinstance(out, gs.Constant) or \
+                any(out is t for t in graph.inputs):  # a returned input keeps its name
             continue
         axis, dt = outputs[out.name], np.dtype(out.dtype)
         probs = gs.Variable(out.name, dtype=out.dtype, shape=out.shape)
-        out.name = b.name("logits")
+        user_name, out.name = out.name, b.name("logits")
+        aliases[user_name] = out.name
         # Built from plain ops: Softmax before opset 13 flattens the trailing axes.
         peak = b.with_axes("ReduceMax", out, [axis], {"keepdims": 1}, dtype=dt)
         e = b.op("Exp", [b.op("Sub", [out, peak], dtype=dt)], dtype=dt)
         total = b.with_axes("ReduceSum", e, [axis], {"keepdims": 1}, dtype=dt)
         b.op("Div", [e, total], out=probs)
-        graph.outputs[i] = probs
+        for k, other in enumerate(graph.outputs):  # the same output listed again
+            if other is out:
+                graph.outputs[k] = probs
     graph.cleanup().toposort()
-    return keep_versions(gs.export_onnx(graph, do_type_check=False), info)
+    return keep_versions(gs.export_onnx(graph, do_type_check=False), info), aliases

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
-from ..model import FLOAT_TYPES, ModelInfo
+from ..model import FLOAT_TYPES, ModelInfo, node_inputs, topological_order, toposorted
 
 # graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
 # library code never prints, and problems tfue cares about become TfueErrors.
@@ -264,6 +264,268 @@ def prefix_for(*models: onnx.ModelProto) -> str:
     while any(n.startswith(prefix) for n in names):
         prefix, k = f"tfue{k}/", k + 1
     return prefix
+
+
+@dataclasses.dataclass
+class Isolation:
+    """A model as the builders see it: every graph output a tensor of its own.
+
+    ``info`` is the model with an Identity before each output that is also a graph
+    input or an initializer, is read inside the graph, or is listed twice; such an
+    output is renamed ``temp`` (temp name -> the model's name). Outputs that do not
+    depend on the input (constants, shapes) are left out (``constant``, the model's
+    names) and added back by :func:`restore_outputs`, which also gives every output its
+    model name again: the uncertainty graph has exactly the model's input and
+    output names.
+    """
+
+    info: ModelInfo
+    original: ModelInfo
+    temp: dict
+    constant: list
+    prefix: str
+
+    def names(self, name: str) -> list:
+        """The builders' names of the model's output ``name`` (one per listing)."""
+        temps = [t for t, o in self.temp.items() if o == name]
+        if temps:
+            return temps
+        return [] if name in self.constant else [name]
+
+
+def _free_prefix(base: str, *models: onnx.ModelProto) -> str:
+    used = set()
+    for model in models:
+        g = model.graph
+        used.update(o for n in g.node for o in n.output)
+        used.update(n.name for n in g.node)
+        used.update(i.name for i in list(g.input) + list(g.output) + list(g.initializer))
+    prefix, k = base, 1
+    while any(u.startswith(prefix) for u in used):
+        prefix, k = f"{base[:-1]}{k}/", k + 1
+    return prefix
+
+
+def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> Isolation:
+    """Give every graph output of ``info``'s model a tensor of its own (see Isolation),
+    in a copy whose nodes are topologically sorted (counting the reads of subgraphs).
+
+    Args:
+        info: the model as the user gave it (never changed; a copy is edited).
+        members: further models treated the same way (ensemble members: same outputs).
+        prefix: name prefix of the added tensors (default: a free ``tfue_io/``).
+
+    Returns:
+        The Isolation of ``info``; with ``members``, a list of them, ``info``'s first.
+    """
+    model = info.model
+    prefix = prefix or _free_prefix("tfue_io/", model, *(m.model for m in members))
+    g = model.graph
+    fixed = {i.name for i in g.input} | {i.name for i in g.initializer}
+    read = {r for n in g.node for r in node_inputs(n)}
+    dynamic = info.dynamic_tensors
+    seen, temp, constant = set(), {}, []
+    plan = []  # per output position: "keep", "isolate" or "drop"
+    for k, out in enumerate(g.output):
+        if out.name not in dynamic:
+            plan.append("drop")
+            constant.append(out.name)
+        elif out.name in fixed or out.name in seen or out.name in read:
+            plan.append("isolate")
+            temp[f"{prefix}out{k}/{out.name}"] = out.name
+        else:
+            plan.append("keep")
+        seen.add(out.name)
+    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
+    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
+        same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
+        return same if members else same[0]
+    result = []
+    for m, order in zip((info, *members), orders):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(m.model)
+        if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
+            nodes = [copy.graph.node[k] for k in order]
+            nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
+            del copy.graph.node[:]
+            copy.graph.node.extend(nodes)
+        outputs = []
+        for k, (out, how) in enumerate(zip(m.model.graph.output, plan)):
+            if how == "drop":
+                continue
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(out)
+            if how == "isolate":
+                vi.name = f"{prefix}out{k}/{out.name}"
+                copy.graph.node.append(onnx.helper.make_node(
+                    "Identity", [out.name], [vi.name], name=f"{prefix}isolate{k}"))
+            outputs.append(vi)
+        del copy.graph.output[:]
+        copy.graph.output.extend(outputs)
+        isolated = ModelInfo(copy, m.path)
+        isolated.output_names = dict(temp)
+        # Same tensors (plus the copies of outputs): no second shape inference.
+        infos = dict(m.tensor_infos)
+        for name, orig in temp.items():
+            if orig in infos:
+                infos[name] = dataclasses.replace(infos[orig], name=name)
+        isolated.__dict__["tensor_infos"] = infos
+        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix))
+    return result if members else result[0]
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` in ``graph`` and the subgraphs that read it."""
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+        for attr in n.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subs:
+                local = {i.name for i in sub.input} | {i.name for i in sub.initializer} | \
+                    {o for sn in sub.node for o in sn.output}
+                if old not in local:
+                    _rename(sub, old, new)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
+
+
+def _names_in(graph: onnx.GraphProto) -> set:
+    names = {i.name for i in list(graph.input) + list(graph.initializer)}
+    for n in graph.node:
+        names.update(node_inputs(n))
+        names.update(n.output)
+    return names
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is read or returned."""
+    while True:
+        used = {o.name for o in graph.output} | {r for n in graph.node for r in node_inputs(n)}
+        live = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(live) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(live)
+
+
+def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
+    """Give the uncertainty graph built from ``iso.info`` the model's own output names.
+
+    An output that is a graph input is returned as that input (its unperturbed
+    output is the input); a name listed twice is listed twice again; outputs that
+    do not depend on the input are computed beside the graph by copies of the nodes
+    that make them. Returns ``model``, changed in place.
+    """
+    if not iso.temp and not iso.constant:
+        return model
+    g = model.graph
+    inputs = {i.name: i for i in g.input}
+    keys = [""] + [f".{k}" for k in OUTPUT_KEYS]
+    originals = {o.name for o in iso.original.model.graph.output}
+    done = {o.name for o in g.output if o.name in originals}  # kept as they were
+    for temp, orig in iso.temp.items():
+        if orig in inputs or orig in done:  # the input itself, or a name listed again
+            existing = {o.name: o for o in g.output}
+            for i, out in enumerate(list(g.output)):
+                for key in keys:
+                    if out.name != temp + key:
+                        continue
+                    if key == "" and orig in inputs:
+                        source = inputs[orig]
+                    elif orig in done:
+                        source = existing.get(orig + key, out)
+                    else:  # statistics of a returned input: named as the model's
+                        _rename(g, temp + key, orig + key)
+                        break
+                    vi = onnx.ValueInfoProto()
+                    vi.CopyFrom(source)
+                    vi.name = orig + key
+                    g.output[i].CopyFrom(vi)
+        else:
+            if orig in _names_in(g):
+                _rename(g, orig, f"{iso.prefix}inner/{orig}")
+            for key in keys:
+                _rename(g, temp + key, orig + key)
+        done.add(orig)
+    if iso.constant:
+        _add_constant_outputs(g, iso)
+    _drop_dead_nodes(g)
+    order = {o.name: k for k, o in enumerate(iso.original.model.graph.output)}
+    rank = {o.name: (order.get(o.name.rsplit(".", 1)[0], len(order)) if o.name not in order
+                     else order[o.name]) for o in g.output}
+    outputs = sorted(g.output, key=lambda o: rank[o.name])
+    outputs = [onnx.ValueInfoProto(name=o.name, type=o.type, doc_string=o.doc_string)
+               for o in outputs]
+    del g.output[:]
+    g.output.extend(outputs)
+    return model
+
+
+def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
+    """Copy the nodes that make the outputs not depending on the input into ``g``."""
+    original = iso.original.model.graph
+    made = {o: n for n in original.node for o in n.output if o}
+    inits = {i.name: i for i in original.initializer}
+    inputs = {i.name for i in g.input}
+    wanted, needed = list(iso.constant), []
+    seen = set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen or name in inputs:
+            continue
+        seen.add(name)
+        if name in made:
+            needed.append(made[name])
+            wanted.extend(node_inputs(made[name]))
+    needed_ids = {id(n) for n in needed}
+    copied = f"{iso.prefix}const/"
+    taken = _names_in(g)
+    for name in iso.constant:
+        if name in taken:
+            _rename(g, name, f"{iso.prefix}inner/{name}")
+
+    def new(name):
+        return name if (not name or name in inputs) else copied + name
+
+    for name in seen:
+        if name in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[name])
+            t.name = new(name)
+            g.initializer.append(t)
+    for n in toposorted([n for n in original.node if id(n) in needed_ids]):
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.name = copied + n.name if n.name else ""
+        for old in node_inputs(n):
+            if old in seen and old not in inputs:
+                _rename_reads(c, old, new(old))
+        c.output[:] = [new(o) for o in n.output]
+        g.node.append(c)
+    listed = {o.name for o in g.output}
+    for k, out in enumerate(original.output):
+        if out.name in iso.constant and out.name not in listed:
+            g.node.append(onnx.helper.make_node("Identity", [new(out.name)], [out.name],
+                                                name=f"{copied}out{k}"))
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(out)
+            g.output.append(vi)
+            listed.add(out.name)
+
+
+def _rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
+    node.input[:] = [new if i == old else i for i in node.input]
+    for attr in node.attribute:
+        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+        for sub in subs:
+            _rename(sub, old, new)
 
 
 def float_dtype(info: ModelInfo, name: str):

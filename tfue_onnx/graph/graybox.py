@@ -225,34 +225,66 @@ def _location_tensors(info: ModelInfo, spec) -> list:
     return [info.resolve_location(spec.at).name]
 
 
+def _inner_nodes(node: gs.Node) -> list:
+    """The nodes of ``node``'s subgraphs (If/Loop/Scan bodies), recursively."""
+    return [n for g in node.subgraphs(recursive=True) for n in g.nodes]
+
+
+def _reads(node: gs.Node) -> list:
+    """Tensors ``node`` reads: its inputs, and what its subgraphs read from outside."""
+    inner = _inner_nodes(node)
+    if not inner:
+        return list(node.inputs)
+    local = {id(t) for g in node.subgraphs(recursive=True) for t in g.inputs}
+    local |= {id(t) for n in inner for t in n.outputs}
+    reads = list(node.inputs)
+    for n in inner:
+        reads.extend(t for t in n.inputs if id(t) not in local)
+    return reads
+
+
 def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
     """Tensors that cross from the shared prefix into the sampled suffix.
 
     The suffix is every node downstream of a location; what it reads from
     elsewhere (the location itself, skip connections, inputs) crosses the cut.
-    Shape computations and constants cross untiled.
+    Shape computations and constants cross untiled. A node with subgraphs reads
+    what they read from the enclosing graph; the returned suffix holds the ids of
+    the graph's suffix nodes and of their subgraphs' nodes (all read tiled tensors).
     """
     tensors = graph.tensors()
+    top = {}  # id(node or subgraph node) -> the graph's node it belongs to
+    for node in graph.nodes:
+        top[id(node)] = node
+        for n in _inner_nodes(node):
+            top[id(n)] = node
     starts = [tensors[name] for name in _location_tensors(info, spec)]
-    suffix, frontier = set(), list(starts)
+    suffix, frontier = {}, list(starts)
     while frontier:
         t = frontier.pop()
-        for node in t.outputs:
-            if id(node) not in suffix:
-                suffix.add(id(node))
+        for consumer in t.outputs:
+            node = top.get(id(consumer))
+            if node is not None and id(node) not in suffix:
+                suffix[id(node)] = node
                 frontier.extend(node.outputs)
     if not suffix:
         raise StrategyUnavailable("nothing is computed downstream of the location")
-    made_in_suffix = {id(t) for n in graph.nodes if id(n) in suffix for t in n.outputs}
+    made_in_suffix = {id(t) for n in suffix.values() for t in n.outputs}
     for out in graph.outputs:
         if id(out) not in made_in_suffix and all(out is not t for t in starts):
-            raise StrategyUnavailable(f"output '{out.name}' does not depend on the location")
+            name = info.output_names.get(out.name, out.name)
+            raise StrategyUnavailable(f"output '{name}' does not depend on the location")
     dynamic = info.dynamic_tensors
     crossing, seen = [], set()
     for node in graph.nodes:
         if id(node) not in suffix:
             continue
-        for t in node.inputs:
+        # A condition or trip count is one value for the whole batch: it crosses untiled,
+        # as do scalars (the same for every slot, since the prefix runs unperturbed).
+        control = {"If": 1, "Loop": 2}.get(node.op, 0)
+        for t in _reads(node)[control:] if control else _reads(node):
+            if t.shape is not None and len(t.shape) == 0:
+                continue
             if isinstance(t, gs.Variable) and id(t) not in made_in_suffix and \
                     t.name in dynamic and id(t) not in seen:
                 seen.add(id(t))
@@ -260,7 +292,8 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
     if all(t.name in {i.name for i in info.inputs} for t in crossing):
         raise StrategyUnavailable("the location reads the model input directly: nothing to "
                                   "share (the batched strategy is the same)")
-    return crossing, suffix
+    inner = {id(n) for node in suffix.values() for n in _inner_nodes(node)}
+    return crossing, set(suffix) | inner
 
 
 def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling):
