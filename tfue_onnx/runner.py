@@ -18,7 +18,7 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
-from .perturb import SAMPLED, Ensemble, Entropy, Transform
+from .perturb import SAMPLED, Dropout, Ensemble, Entropy, Noise, Transform
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
@@ -217,7 +217,12 @@ class Runner:
         self.notes = []  # what happened on the way (strategies tried, why they failed)
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
+        self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
         self._verified = {}  # input signature -> strategy that passed verification
+        self.original = self.info  # the user's model: what every graph is verified against
+        self.conversion = None  # (from, to) opsets when a converted copy is used
+        _check_inputs_fit(self.info, spec)
+        self._convert_old_opset()
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
@@ -262,6 +267,43 @@ class Runner:
                             "use --method dropout to apply dropout at any tensor (infer-dropout)")
         return ",".join(self.spec.nodes) or "all Dropout nodes"
 
+    def _convert_old_opset(self) -> None:
+        """Below opset 10 the tiled strategies and the flips have no dynamic Slice: use a
+        converted copy of the model (verified against the original like every graph)."""
+        from . import convert
+
+        spec = self.spec
+        if not convert.needs_conversion(self.info):
+            return
+        if isinstance(spec, Transform):
+            what = "infer-transformation"
+        elif isinstance(spec, SAMPLED) and self.strategy_request != "loop":
+            what = "the shared-prefix and batched strategies"
+        else:  # the loop, ensembles and entropy use no op newer than the model's own
+            return
+        conversion = convert.convert(self.info)
+        if not conversion.ok:
+            if isinstance(spec, Transform):
+                raise convert.conversion_failed(conversion, what, self.path)
+            self.notes.append(f"model: opset {conversion.source} could not be converted to "
+                              f"{conversion.target} ({conversion.error}); {what} need opset >= "
+                              f"{convert.MIN_OPSET}, so only the loop strategy applies")
+            return
+        if isinstance(spec, (Noise, Dropout)):
+            # Locations (a depth, an index) mean the user's graph, not the converted one.
+            name = self.original.resolve_location(spec.at).name
+            if name not in {c.name for c in conversion.info.candidates}:
+                self.notes.append(f"model: opset {conversion.source} converted to "
+                                  f"{conversion.target}, but the copy has no tensor '{name}'; "
+                                  "only the loop strategy applies")
+                return
+            self.spec = dataclasses.replace(spec, at=name)
+        self.info = conversion.info
+        self.conversion = (conversion.source, conversion.target)
+        self.notes.append(f"model: opset {conversion.source} converted to {conversion.target} "
+                          f"with onnx.version_converter for {what} (a copy; every graph is "
+                          "verified against the original model)")
+
     def _strategies(self):
         if isinstance(self.spec, Ensemble):
             return ["batched"]
@@ -277,32 +319,54 @@ class Runner:
             spec = self.spec
             if isinstance(spec, Ensemble):  # members already loaded and checked
                 spec = Ensemble(tuple(self._members))
+            # A TfueError from building is tfue's own judgement (a bad argument, a model
+            # the method does not fit): it propagates unchanged, with its hint.
             try:
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples, self.classes)
-                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
+                return None
+            try:
+                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except TfueError as exc:
                 if self.provider_request == "cuda" and "--provider cuda" in exc.message:
                     raise
-                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({exc.message})")
+                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
+                self._rejected[name] = reason
+                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
         return self._built[name]
 
     def _rotates(self) -> bool:
         return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
 
-    @staticmethod
-    def _rotation_hint() -> str:
+    def _rotation_failure(self, feeds):
+        """The error for a model that cannot run the input rotated by 90°, or None when
+        that is not what went wrong: the input is square, or the original model runs
+        the rotated input (then the failure lies elsewhere)."""
+        from .graph.blackbox import spatial_axes
         from .transforms import usable_sets
 
-        return "use one of the sets " + ", ".join(usable_sets(square=False)) + \
-            ", or a square input"
+        if not self._rotates():
+            return None
+        (h, w), _ = spatial_axes(self.info, self.spec.layout)
+        name, x = next(iter(feeds.items()))
+        if x.shape[h] == x.shape[w]:
+            return None
+        try:
+            self.reference({name: np.ascontiguousarray(np.swapaxes(x, h, w))})
+        except TfueError as exc:
+            return TfueError(f"the model does not accept the input rotated by 90° "
+                             f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
+                             f"{exc.message}",
+                             "use one of the sets " + ", ".join(usable_sets(square=False)) +
+                             ", or a square input")
+        return None
 
     def reference_session(self):
         """The original model's session (used for verification)."""
         if self._reference is None:
-            source = self.path if (self.path and not self.softmax) else self.info.model
+            source = self.path if (self.path and not self.softmax) else self.original.model
             self._reference = create_session(source, self.provider_request)
         return self._reference
 
@@ -431,21 +495,18 @@ class Runner:
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+        rotation = self._rotation_failure(feeds)
+        if rotation is not None:
+            raise rotation
         if not failures:  # no strategy could even be built
-            if self._rotates() and any("rejects its graph" in n for n in self.notes):
-                raise TfueError("the model does not accept the input rotated by 90° "
-                                "(onnxruntime rejects the graph: " + self.notes[-1].split(
-                                    "(", 1)[1], self._rotation_hint())
-            raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
-                            "run with --verbose for details")
-        if self._rotates():
-            from .graph.blackbox import spatial_axes
-
-            (h, w), x = spatial_axes(self.info, self.spec.layout)[0], next(iter(feeds.values()))
-            if x.shape[h] != x.shape[w] and all("the model failed" in f for f in failures):
-                raise TfueError(f"the model does not accept the input rotated by 90° "
-                                f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
-                                + failures[0].split(": ", 1)[1], self._rotation_hint())
+            tried = [name for name in self._strategies() if name in self._rejected]
+            if tried:
+                raise TfueError("onnxruntime rejects the uncertainty graph (" + "; ".join(
+                    f"{name}: {self._rejected[name]}" for name in tried) + ")",
+                    "check that the model runs in plain onnxruntime; --verbose shows details")
+            raise TfueError("no sampling strategy applies to this model: " + "; ".join(
+                n.split(": ", 1)[1] if n.startswith("strategy ") else n for n in self.notes),
+                "run with --verbose for details")
         raise TfueError("no uncertainty graph passed verification against the original model ("
                         + "; ".join(failures) + ")",
                         "try another location (--at) or --strategy loop; --verbose shows details")
@@ -553,6 +614,8 @@ class Runner:
                 "chunks": self.chunk_sizes(), "seed": self.seed}
         if self.classes:
             meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
+        if self.conversion:
+            meta["converted_opset"] = list(self.conversion)
         return meta
 
     def prepare(self, feeds) -> None:
@@ -588,6 +651,27 @@ class Runner:
             else:
                 feeds[inp.name] = np.zeros(shape, dtype)
         return feeds
+
+
+_FLOATS = ("float32", "float64", "float16")
+
+
+def _check_inputs_fit(info: ModelInfo, spec) -> None:
+    """Refuse up front a method the model's inputs do not fit (before any work)."""
+    if not isinstance(spec, Transform):
+        return
+    inputs = info.inputs
+    if len(inputs) == 1 and inputs[0].dtype in _FLOATS and inputs[0].shape is not None \
+            and len(inputs[0].shape) in (3, 4):
+        return
+    listed = ", ".join(f"{i.name} {i.dtype} " + ("[rank unknown]" if i.shape is None else
+                                                 "[" + ", ".join(map(str, i.shape)) + "]")
+                       for i in inputs)
+    raise TfueError("infer-transformation needs one image input (float, [N,C,H,W]/[N,H,W,C]/"
+                    f"[N,H,W]); this model has {len(inputs)} input"
+                    f"{'' if len(inputs) == 1 else 's'}: {listed}",
+                    "use a gray-box method instead: --method noise or --method dropout "
+                    "(perturbs an inner tensor, any input type)")
 
 
 def _model_failed(shapes: dict, exc) -> TfueError:
