@@ -279,3 +279,52 @@ def test_cli_records_the_conversion(tmp_path, cli):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["converted_opset"] == [9, 13]
     assert summary["strategy"] in ("shared-prefix", "batched")
+
+
+@pytest.mark.parametrize("opsets", [(9, 7), (9, 13), (13, 8)])
+def test_ensemble_members_of_different_opsets_join_at_the_newest(tmp_path, opsets):
+    def member(name, opset, seed):
+        path = sr_net(tmp_path / name, min(opset, 9), seed=seed)
+        if opset == 13:  # an opset-13 export of the same network (Upsample is gone at 13)
+            onnx.save(convert(inspect_model(path)).info.model, path)
+        return path
+    a, b = member("a.onnx", opsets[0], 0), member("b.onnx", opsets[1], 1)
+    est = Estimator(a, Ensemble((b,)), seed=0)
+    res = est(X)
+    newest, oldest = max(opsets), min(opsets)
+    converted = a if opsets[0] == oldest else b
+    assert (f"model: ensemble member '{converted}' converted from opset {oldest} to {newest} "
+            "(the newest member's) with onnx.version_converter (a copy)") in est.notes
+    assert res.metadata.get("converted_opset") == ([oldest, newest] if converted == a else None)
+    ys = np.stack([_plain(a, X), _plain(b, X)])
+    np.testing.assert_allclose(res.mean, ys.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.variance, ys.var(axis=0), rtol=1e-3, atol=1e-6)
+
+
+def test_ensemble_member_that_cannot_be_converted(tmp_path):
+    old = scaler_net(tmp_path / "scaler.onnx")  # opset 8, x [b,3,h,w] -> y [b,2,h,w]
+    new = toys.conv_net(tmp_path / "new.onnx", opset=13) and str(tmp_path / "new.onnx")
+    with pytest.raises(TfueError) as err:
+        Estimator(new, Ensemble((old,)))
+    assert err.value.message == (
+        f"ensemble member '{old}' has opset 8 and another member 13; converting a copy to 13 "
+        "failed: onnx.version_converter has no schema for op 'ImageScaler' (an experimental "
+        "or removed op), so it cannot convert it")
+    assert err.value.hint == ("export every member at the same opset, or convert this one with "
+                              "onnx.version_converter: " + conversion_command(old, 13))
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_appended_softmax_on_a_converted_copy(tmp_path, opset):
+    """--softmax is appended to the user's graph first; the copy is converted after, and
+    verified against the original logits model with the softmax."""
+    path = toys.classifier_net(tmp_path / "logits.onnx", softmax=False, opset=opset)
+    x = np.random.default_rng(3).random((2, 3, 8, 8), dtype=np.float32)
+    logits = _plain(path, x)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    res = Estimator(path, Noise(0.5, at="r"), samples=4, seed=0, softmax=True)(x, level=0.0)
+    assert res.metadata["converted_opset"] == [opset, 13]
+    assert res.metadata["classes"] == {"outputs": {"p": 1}, "softmax_added": True}
+    np.testing.assert_allclose(res.mean, probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.entropy, -(probs * np.log(probs)).sum(1), rtol=1e-4)

@@ -224,6 +224,8 @@ class Runner:
         _check_inputs_fit(self.info, spec)
         self._convert_old_opset()
         self.location = self._resolve_location()
+        if isinstance(spec, Ensemble):
+            self._align_member_opsets()
 
     # --- setup -------------------------------------------------------------------
     def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
@@ -303,6 +305,38 @@ class Runner:
         self.notes.append(f"model: opset {conversion.source} converted to {conversion.target} "
                           f"with onnx.version_converter for {what} (a copy; every graph is "
                           "verified against the original model)")
+
+    def _align_member_opsets(self) -> None:
+        """Ensemble members join one graph, which has one opset: members exported at
+        different opsets are brought to the newest among them (converted copies; the
+        graph is verified against the original model like every other)."""
+        from . import convert
+
+        infos = [self.info] + list(self._members)
+        target = max(i.opset for i in infos)
+        if all(i.opset == target for i in infos):
+            return
+        aligned = []
+        for k, info in enumerate(infos):
+            if info.opset == target:
+                aligned.append(info)
+                continue
+            label = info.path or f"member {k}"
+            conversion = convert.convert(info, target)
+            if not conversion.ok:
+                raise TfueError(
+                    f"ensemble member '{label}' has opset {info.opset} and another member "
+                    f"{target}; converting a copy to {target} failed: {conversion.error}",
+                    "export every member at the same opset, or convert this one with "
+                    f"onnx.version_converter: {convert.conversion_command(info.path, target)}")
+            aligned.append(conversion.info)
+            self.notes.append(f"model: ensemble member '{label}' converted from opset "
+                              f"{info.opset} to {target} (the newest member's) with "
+                              "onnx.version_converter (a copy)")
+        if aligned[0] is not self.info:
+            self.conversion = (self.info.opset, target)
+            self.info = aligned[0]
+        self._members = aligned[1:]
 
     def _strategies(self):
         if isinstance(self.spec, Ensemble):
@@ -507,9 +541,12 @@ class Runner:
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(
                 n.split(": ", 1)[1] if n.startswith("strategy ") else n for n in self.notes),
                 "run with --verbose for details")
+        hint = ("try another location (--at) or --strategy loop; --verbose shows details"
+                if isinstance(self.spec, SAMPLED) else
+                "check that the model gives the same output when run twice on this input; "
+                "--verbose shows details")
         raise TfueError("no uncertainty graph passed verification against the original model ("
-                        + "; ".join(failures) + ")",
-                        "try another location (--at) or --strategy loop; --verbose shows details")
+                        + "; ".join(failures) + ")", hint)
 
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
