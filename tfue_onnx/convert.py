@@ -37,7 +37,14 @@ class Conversion:
 
 
 def needs_conversion(info: ModelInfo) -> bool:
-    """Whether ``info``'s default-domain opset is below MIN_OPSET."""
+    """Whether the model needs a converted copy for the tiled strategies and transforms.
+
+    Args:
+        info: the model.
+
+    Returns:
+        True when its default-domain opset is below MIN_OPSET.
+    """
     return info.opset < MIN_OPSET
 
 
@@ -94,7 +101,15 @@ def _keep_dropout_names(info: ModelInfo, model: onnx.ModelProto) -> None:
 
 
 def conversion_command(path: str | None, target: int = TARGET_OPSET) -> str:
-    """A shell command that converts the model at ``path`` with onnx.version_converter."""
+    """A shell command that converts the model at ``path`` with onnx.version_converter.
+
+    Args:
+        path: the model file (None: a placeholder name).
+        target: the opset to convert to.
+
+    Returns:
+        ``python -c "..."`` writing ``<name>_opset<target>.onnx`` beside the model.
+    """
     src = path or "model.onnx"
     dst = (src[:-5] if src.endswith(".onnx") else src) + f"_opset{target}.onnx"
     return (f"python -c \"import onnx; from onnx import version_converter as vc; "
@@ -102,7 +117,16 @@ def conversion_command(path: str | None, target: int = TARGET_OPSET) -> str:
 
 
 def conversion_failed(conversion: Conversion, what: str, path: str | None) -> TfueError:
-    """The refusal for ``what`` (a method) on a model whose conversion failed."""
+    """The refusal for a method that needs MIN_OPSET on a model that cannot be converted.
+
+    Args:
+        conversion: the failed conversion.
+        what: the method, as the message names it (e.g. "infer-transformation").
+        path: the model file, for the command in the hint.
+
+    Returns:
+        A TfueError naming the converter's reason, with the conversion command as hint.
+    """
     return TfueError(
         f"{what} needs opset >= {MIN_OPSET} and the model has opset {conversion.source}; "
         f"converting a copy to opset {conversion.target} failed: {conversion.error}",

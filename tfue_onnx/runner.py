@@ -173,6 +173,12 @@ class Runner:
     logits; ``classify=True`` treats every float output as probabilities over
     ``class_axis``, ``False`` none. They also get entropy, mutual information
     and the variance of the winning class.
+
+    Models below opset 10 run on a copy converted with onnx.version_converter when
+    the method needs newer ops (the tiled strategies, transforms); ensemble members
+    of different opsets are brought to the newest. Every graph is still verified
+    against the user's own model; ``notes`` and ``metadata["converted_opset"]``
+    say what was converted.
     """
 
     def __init__(self, model, spec, samples: int | None = None, chunk: int | None = None,
