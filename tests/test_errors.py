@@ -155,16 +155,43 @@ def test_onnxruntime_failures_are_reported_as_onnxruntimes(toy, monkeypatch, spe
     with pytest.raises(TfueError) as err:
         est(x)
     msg = err.value.message
-    assert msg.startswith("onnxruntime rejects the uncertainty graph (")
-    assert "No Op registered for TfueBogus" in msg and "rotated" not in msg
+    assert msg.startswith("onnxruntime cannot run the uncertainty graph (")
+    assert "rotated" not in msg
     strategies = ["batched", "loop"] if isinstance(spec, Transform) else \
         ["shared-prefix", "batched", "loop"]
-    assert [part.split(":")[0] for part in msg[len("onnxruntime rejects the uncertainty "
-                                                   "graph ("):].split("; ")] == strategies
-    assert err.value.hint == ("check that the model runs in plain onnxruntime; --verbose "
-                              "shows details")
+    parts = msg[len("onnxruntime cannot run the uncertainty graph ("):-1].split("; ")
+    assert [p.split(": ")[:2] for p in parts] == [[name, "onnxruntime rejects the graph"]
+                                                  for name in strategies]
+    assert all("No Op registered for TfueBogus" in p for p in parts)
+    assert err.value.hint == (
+        "try another location (--at) or --strategy loop; --verbose shows details"
+        if isinstance(spec, Noise) else "the original model runs this input, so this is "
+        "tfue's limit for the model; --verbose shows details")
     assert [n.split(":")[0] for n in est.notes if "onnxruntime rejects its graph (" in n] == \
         [f"strategy {name}" for name in strategies]
+
+
+def test_onnxruntime_failing_at_run_time_is_reported_as_such(toy, x8, monkeypatch):
+    """A graph onnxruntime loads but cannot run: its run-time message, not a verdict."""
+    real = graphs.build
+
+    def build(*args, **kwargs):
+        ug = real(*args, **kwargs)
+        g = ug.model.graph
+        g.initializer.append(numpy_helper.from_array(np.array([-1, 7], np.int64), "tfue/seven"))
+        g.node.append(helper.make_node("Reshape", [g.output[0].name, "tfue/seven"],
+                                       ["tfue/odd"], name="tfue/odd"))
+        g.output.append(helper.make_tensor_value_info("tfue/odd", TensorProto.FLOAT, None))
+        return ug
+    monkeypatch.setattr(runner_module.graphs, "build", build)
+    est = Estimator(toy(), Noise(0.1, at="r1"), samples=4)
+    with pytest.raises(TfueError) as err:
+        est(x8)  # y has 128 values per input: not a multiple of 7
+    msg = err.value.message
+    assert msg.startswith("onnxruntime cannot run the uncertainty graph (shared-prefix: "
+                          "onnxruntime fails running the graph: ")
+    assert msg.count("onnxruntime fails running the graph: ") == 3 and "Reshape" in msg
+    assert "strategy loop: onnxruntime fails running its graph (" in "\n".join(est.notes)
 
 
 def test_rotation_diagnosis_only_when_the_rotated_shape_fails(tmp_path):

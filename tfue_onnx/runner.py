@@ -516,17 +516,25 @@ class Runner:
         if key in self._verified:
             return self._built[self._verified[key]]
         reference = self.reference(feeds)
-        failures = []
+        failures = []  # (strategy, why): onnxruntime's refusals and failed verifications
+        verified_wrong = False
         # Fastest first; a strategy's graph and session are made only when reached.
         for name in self._strategies():
             candidate = self._candidate(name)
             if candidate is None:
+                if name in self._rejected:
+                    failures.append(f"{name}: onnxruntime rejects the graph: "
+                                    f"{self._rejected[name]}")
                 continue
             ug, sess, provider = candidate
             try:
                 verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:
-                verdict = Verdict(False, exc.message)
+            except TfueError as exc:  # onnxruntime failed running it: no verdict on numbers
+                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
+                failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
+                self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
+                                  f"({reason})")
+                continue
             if verdict.ok:
                 what = "at level 0" if ug.level_inputs else "of the unperturbed output"
                 self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
@@ -534,25 +542,24 @@ class Runner:
                 self._verified[key] = name
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
+            verified_wrong = True
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
         rotation = self._rotation_failure(feeds)
         if rotation is not None:
             raise rotation
-        if not failures:  # no strategy could even be built
-            tried = [name for name in self._strategies() if name in self._rejected]
-            if tried:
-                raise TfueError("onnxruntime rejects the uncertainty graph (" + "; ".join(
-                    f"{name}: {self._rejected[name]}" for name in tried) + ")",
-                    "check that the model runs in plain onnxruntime; --verbose shows details")
+        if not failures:  # no strategy applies at all
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(
                 n.split(": ", 1)[1] if n.startswith("strategy ") else n for n in self.notes),
                 "run with --verbose for details")
         hint = ("try another location (--at) or --strategy loop; --verbose shows details"
                 if isinstance(self.spec, SAMPLED) else
                 "check that the model gives the same output when run twice on this input; "
+                "--verbose shows details" if verified_wrong else
+                "the original model runs this input, so this is tfue's limit for the model; "
                 "--verbose shows details")
-        raise TfueError("no uncertainty graph passed verification against the original model ("
-                        + "; ".join(failures) + ")", hint)
+        what = ("no uncertainty graph passed verification against the original model"
+                if verified_wrong else "onnxruntime cannot run the uncertainty graph")
+        raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
