@@ -328,3 +328,27 @@ def test_appended_softmax_on_a_converted_copy(tmp_path, opset):
     assert res.metadata["classes"] == {"outputs": {"p": 1}, "softmax_added": True}
     np.testing.assert_allclose(res.mean, probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.entropy, -(probs * np.log(probs)).sum(1), rtol=1e-4)
+
+
+def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, monkeypatch):
+    """Verification compares against the ORIGINAL model: a converter that changed the
+    numbers is never used; the loop strategy runs the model at its own opset."""
+    import tfue_onnx.convert as convert_module
+
+    real = convert_module.convert
+
+    def wrong(info, target=13):
+        conversion = real(info, target)
+        w = next(i for i in conversion.info.model.graph.initializer if i.name == "w2")
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, "w2"))
+        return conversion
+    monkeypatch.setattr(convert_module, "convert", wrong)
+    path = sr_net(tmp_path / "m.onnx", 9)
+    est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=0)
+    zero = est(X, level=0.0)
+    assert zero.metadata["strategy"] == "loop" and "converted_opset" not in zero.metadata
+    np.testing.assert_allclose(zero.mean, _plain(path, X), rtol=1e-5, atol=1e-6)
+    notes = "\n".join(est.notes)
+    assert "strategy shared-prefix: failed verification (output of 'y' differs" in notes
+    assert "model: no graph of the copy converted to opset 13 passed; back to the original " \
+           "model" in notes

@@ -544,6 +544,14 @@ class Runner:
             failures.append(f"{ug.strategy}: {verdict.reason}")
             verified_wrong = True
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+        if self.conversion and isinstance(self.spec, SAMPLED):
+            # A converter fault must not cost the user the model: the loop strategy
+            # runs at the model's own opset.
+            self.notes.append(f"model: no graph of the copy converted to opset "
+                              f"{self.conversion[1]} passed; back to the original model")
+            self.info, self.conversion = self.original, None
+            self._built, self._rejected, self._verified = {}, {}, {}
+            return self._select(feeds)
         rotation = self._rotation_failure(feeds)
         if rotation is not None:
             raise rotation
