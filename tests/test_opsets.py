@@ -352,3 +352,24 @@ def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, monk
     assert "strategy shared-prefix: failed verification (output of 'y' differs" in notes
     assert "model: no graph of the copy converted to opset 13 passed; back to the original " \
            "model" in notes
+
+
+def test_a_wrong_conversion_is_named_when_transforms_cannot_fall_back(tmp_path, monkeypatch):
+    import tfue_onnx.convert as convert_module
+
+    real = convert_module.convert
+
+    def wrong(info, target=13):
+        conversion = real(info, target)
+        w = next(i for i in conversion.info.model.graph.initializer if i.name == "w2")
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, "w2"))
+        return conversion
+    monkeypatch.setattr(convert_module, "convert", wrong)
+    path = sr_net(tmp_path / "m.onnx", 9)
+    with pytest.raises(TfueError) as err:
+        Estimator(path, Transform("flips"))(X)
+    assert err.value.message.startswith(
+        "no uncertainty graph (built from the copy converted from opset 9 to 13) passed "
+        "verification against the original model (batched: ")
+    assert "of 'y' differs from the original output by 0.13" in err.value.message
+    assert err.value.hint.startswith("re-export the model at opset >= 10; ")

@@ -565,8 +565,13 @@ class Runner:
                 "--verbose shows details" if verified_wrong else
                 "the original model runs this input, so this is tfue's limit for the model; "
                 "--verbose shows details")
-        what = ("no uncertainty graph passed verification against the original model"
-                if verified_wrong else "onnxruntime cannot run the uncertainty graph")
+        built = ""
+        if self.conversion:
+            built = f" (built from the copy converted from opset {self.conversion[0]} to " \
+                    f"{self.conversion[1]})"
+            hint = "re-export the model at opset >= 10; " + hint
+        what = (f"no uncertainty graph{built} passed verification against the original model"
+                if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
         raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
     def sample_bytes(self, feeds) -> int:
