@@ -236,7 +236,7 @@ def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     tb = Estimator(toys.transposed_batch_net(tmp_path / "tb.onnx"), Noise(0.5, at="r"),
                    samples=4, seed=0)
     tb(inputs[0])
-    assert sum("failed verification" in n for n in tb.notes) == 2
+    assert sum("failed verification" in n or "fails running" in n for n in tb.notes) == 2
     assert calls == [((4, 1, 8, 8), 0, 4)]
     monkeypatch.setattr(builder, "BANK_CACHE_BYTES", 100)  # too big to keep: per chunk
     calls.clear()

@@ -18,7 +18,7 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
-from .perturb import SAMPLED, Ensemble, Entropy, Transform
+from .perturb import SAMPLED, Dropout, Ensemble, Entropy, Noise, Transform
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
@@ -242,6 +242,12 @@ class Runner:
     logits; ``classify=True`` treats every float output as probabilities over
     ``class_axis``, ``False`` none. They also get entropy, mutual information
     and the variance of the winning class.
+
+    Models below opset 10 run on a copy converted with onnx.version_converter when
+    the method needs newer ops (the tiled strategies, transforms); ensemble members
+    of different opsets are brought to the newest. Every graph is still verified
+    against the user's own model; ``notes`` and ``metadata["converted_opset"]``
+    say what was converted.
     """
 
     def __init__(self, model, spec, samples: int | None = None, chunk: int | None = None,
@@ -287,11 +293,18 @@ class Runner:
         self.notes = list(self._class_notes)
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
+        self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
         self._verified = {}  # input signature -> strategy that passed verification
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
         self._banks = {}  # drawn banks, shared by every strategy's graph
+        self.original = self.info  # the user's model: what every graph is verified against
+        self.conversion = None  # (from, to) opsets when a converted copy is used
+        _check_inputs_fit(self.info, spec)
+        self._convert_old_opset()
         self.location = self._resolve_location()
+        if isinstance(spec, Ensemble):
+            self._align_member_opsets()
 
     # --- setup -------------------------------------------------------------------
     def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
@@ -351,6 +364,75 @@ class Runner:
                             "use --method dropout to apply dropout at any tensor (infer-dropout)")
         return ",".join(self.spec.nodes) or "all Dropout nodes"
 
+    def _convert_old_opset(self) -> None:
+        """Below opset 10 the tiled strategies and the flips have no dynamic Slice: use a
+        converted copy of the model (verified against the original like every graph)."""
+        from . import convert
+
+        spec = self.spec
+        if not convert.needs_conversion(self.info):
+            return
+        if isinstance(spec, Transform):
+            what = "infer-transformation"
+        elif isinstance(spec, SAMPLED) and self.strategy_request != "loop":
+            what = "the shared-prefix and batched strategies"
+        else:  # the loop, ensembles and entropy use no op newer than the model's own
+            return
+        conversion = convert.convert(self.info)
+        if not conversion.ok:
+            if isinstance(spec, Transform):
+                raise convert.conversion_failed(conversion, what, self.path)
+            self.notes.append(f"model: opset {conversion.source} could not be converted to "
+                              f"{conversion.target} ({conversion.error}); {what} need opset >= "
+                              f"{convert.MIN_OPSET}, so only the loop strategy applies")
+            return
+        if isinstance(spec, (Noise, Dropout)):
+            # Locations (a depth, an index) mean the user's graph, not the converted one.
+            name = self.original.resolve_location(spec.at).name
+            if name not in {c.name for c in conversion.info.candidates}:
+                self.notes.append(f"model: opset {conversion.source} converted to "
+                                  f"{conversion.target}, but the copy has no tensor '{name}'; "
+                                  "only the loop strategy applies")
+                return
+            self.spec = dataclasses.replace(spec, at=name)
+        self.info = conversion.info
+        self.conversion = (conversion.source, conversion.target)
+        self.notes.append(f"model: opset {conversion.source} converted to {conversion.target} "
+                          f"with onnx.version_converter for {what} (a copy; every graph is "
+                          "verified against the original model)")
+
+    def _align_member_opsets(self) -> None:
+        """Ensemble members join one graph, which has one opset: members exported at
+        different opsets are brought to the newest among them (converted copies; the
+        graph is verified against the original model like every other)."""
+        from . import convert
+
+        infos = [self.info] + list(self._members)
+        target = max(i.opset for i in infos)
+        if all(i.opset == target for i in infos):
+            return
+        aligned = []
+        for k, info in enumerate(infos):
+            if info.opset == target:
+                aligned.append(info)
+                continue
+            label = info.path or f"member {k}"
+            conversion = convert.convert(info, target)
+            if not conversion.ok:
+                raise TfueError(
+                    f"ensemble member '{label}' has opset {info.opset} and another member "
+                    f"{target}; converting a copy to {target} failed: {conversion.error}",
+                    "export every member at the same opset, or convert this one with "
+                    f"onnx.version_converter: {convert.conversion_command(info.path, target)}")
+            aligned.append(conversion.info)
+            self.notes.append(f"model: ensemble member '{label}' converted from opset "
+                              f"{info.opset} to {target} (the newest member's) with "
+                              "onnx.version_converter (a copy)")
+        if aligned[0] is not self.info:
+            self.conversion = (self.info.opset, target)
+            self.info = aligned[0]
+        self._members = aligned[1:]
+
     def _strategies(self):
         if isinstance(self.spec, Ensemble):
             return ["batched"]
@@ -366,35 +448,57 @@ class Runner:
             spec = self.spec
             if isinstance(spec, Ensemble):  # members already loaded and checked
                 spec = Ensemble(tuple(self._members))
+            # A TfueError from building is tfue's own judgement (a bad argument, a model
+            # the method does not fit): it propagates unchanged, with its hint.
             try:
                 # Gray-box samples come back to be merged one by one in sample order
                 # (run()): the result must not depend on the chunk size.
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples or isinstance(spec, SAMPLED), self.classes)
                 ug.bank_cache = self._banks
-                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
+                return None
+            try:
+                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except TfueError as exc:
                 if self.provider_request == "cuda" and "--provider cuda" in exc.message:
                     raise
-                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({exc.message})")
+                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
+                self._rejected[name] = reason
+                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
         return self._built[name]
 
     def _rotates(self) -> bool:
         return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
 
-    @staticmethod
-    def _rotation_hint() -> str:
+    def _rotation_failure(self, feeds):
+        """The error for a model that cannot run the input rotated by 90°, or None when
+        that is not what went wrong: the input is square, or the original model runs
+        the rotated input (then the failure lies elsewhere)."""
+        from .graph.blackbox import spatial_axes
         from .transforms import usable_sets
 
-        return "use one of the sets " + ", ".join(usable_sets(square=False)) + \
-            ", or a square input"
+        if not self._rotates():
+            return None
+        (h, w), _ = spatial_axes(self.info, self.spec.layout)
+        name, x = next(iter(feeds.items()))
+        if x.shape[h] == x.shape[w]:
+            return None
+        try:
+            self.reference({name: np.ascontiguousarray(np.swapaxes(x, h, w))})
+        except TfueError as exc:
+            return TfueError(f"the model does not accept the input rotated by 90° "
+                             f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
+                             f"{exc.message}",
+                             "use one of the sets " + ", ".join(usable_sets(square=False)) +
+                             ", or a square input")
+        return None
 
     def reference_session(self):
         """The original model's session (used for verification)."""
         if self._reference is None:
-            source = self.path if (self.path and not self.softmax) else self.info.model
+            source = self.path if (self.path and not self.softmax) else self.original.model
             self._reference = create_session(source, self.provider_request)
         return self._reference
 
@@ -523,17 +627,25 @@ class Runner:
         if key in self._verified:
             return self._built[self._verified[key]]
         reference = self.reference(feeds)
-        failures = []
+        failures = []  # (strategy, why): onnxruntime's refusals and failed verifications
+        verified_wrong = False
         # Fastest first; a strategy's graph and session are made only when reached.
         for name in self._strategies():
             candidate = self._candidate(name)
             if candidate is None:
+                if name in self._rejected:
+                    failures.append(f"{name}: onnxruntime rejects the graph: "
+                                    f"{self._rejected[name]}")
                 continue
             ug, sess, provider = candidate
             try:
                 verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:
-                verdict = Verdict(False, exc.message)
+            except TfueError as exc:  # onnxruntime failed running it: no verdict on numbers
+                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
+                failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
+                self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
+                                  f"({reason})")
+                continue
             if verdict.ok:
                 what = "at level 0" if ug.level_inputs else "of the unperturbed output"
                 self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
@@ -541,25 +653,37 @@ class Runner:
                 self._verified[key] = name
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
+            verified_wrong = True
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
-        if not failures:  # no strategy could even be built
-            if self._rotates() and any("rejects its graph" in n for n in self.notes):
-                raise TfueError("the model does not accept the input rotated by 90° "
-                                "(onnxruntime rejects the graph: " + self.notes[-1].split(
-                                    "(", 1)[1], self._rotation_hint())
-            raise TfueError("no sampling strategy applies to this model: " + "; ".join(self.notes),
-                            "run with --verbose for details")
-        if self._rotates():
-            from .graph.blackbox import spatial_axes
-
-            (h, w), x = spatial_axes(self.info, self.spec.layout)[0], next(iter(feeds.values()))
-            if x.shape[h] != x.shape[w] and all("the model failed" in f for f in failures):
-                raise TfueError(f"the model does not accept the input rotated by 90° "
-                                f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
-                                + failures[0].split(": ", 1)[1], self._rotation_hint())
-        raise TfueError("no uncertainty graph passed verification against the original model ("
-                        + "; ".join(failures) + ")",
-                        "try another location (--at) or --strategy loop; --verbose shows details")
+        if self.conversion and isinstance(self.spec, SAMPLED):
+            # A converter fault must not cost the user the model: the loop strategy
+            # runs at the model's own opset.
+            self.notes.append(f"model: no graph of the copy converted to opset "
+                              f"{self.conversion[1]} passed; back to the original model")
+            self.info, self.conversion = self.original, None
+            self._built, self._rejected, self._verified = {}, {}, {}
+            return self._select(feeds)
+        rotation = self._rotation_failure(feeds)
+        if rotation is not None:
+            raise rotation
+        if not failures:  # no strategy applies at all
+            raise TfueError("no sampling strategy applies to this model: " + "; ".join(
+                n.split(": ", 1)[1] if n.startswith("strategy ") else n for n in self.notes),
+                "run with --verbose for details")
+        hint = ("try another location (--at) or --strategy loop; --verbose shows details"
+                if isinstance(self.spec, SAMPLED) else
+                "check that the model gives the same output when run twice on this input; "
+                "--verbose shows details" if verified_wrong else
+                "the original model runs this input, so this is tfue's limit for the model; "
+                "--verbose shows details")
+        built = ""
+        if self.conversion:
+            built = f" (built from the copy converted from opset {self.conversion[0]} to " \
+                    f"{self.conversion[1]})"
+            hint = "re-export the model at opset >= 10; " + hint
+        what = (f"no uncertainty graph{built} passed verification against the original model"
+                if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
+        raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
@@ -684,6 +808,8 @@ class Runner:
             meta["classes"] = {"outputs": self.classes, "softmax_added": self.softmax}
         if self._class_notes:
             meta["classes_left_out"] = list(self._class_notes)
+        if self.conversion:
+            meta["converted_opset"] = list(self.conversion)
         return meta
 
     def prepare(self, feeds) -> None:
@@ -745,6 +871,27 @@ class Runner:
             else:
                 feeds[inp.name] = np.zeros(shape, dtype)
         return feeds
+
+
+_FLOATS = ("float32", "float64", "float16")
+
+
+def _check_inputs_fit(info: ModelInfo, spec) -> None:
+    """Refuse up front a method the model's inputs do not fit (before any work)."""
+    if not isinstance(spec, Transform):
+        return
+    inputs = info.inputs
+    if len(inputs) == 1 and inputs[0].dtype in _FLOATS and inputs[0].shape is not None \
+            and len(inputs[0].shape) in (3, 4):
+        return
+    listed = ", ".join(f"{i.name} {i.dtype} " + ("[rank unknown]" if i.shape is None else
+                                                 "[" + ", ".join(map(str, i.shape)) + "]")
+                       for i in inputs)
+    raise TfueError("infer-transformation needs one image input (float, [N,C,H,W]/[N,H,W,C]/"
+                    f"[N,H,W]); this model has {len(inputs)} input"
+                    f"{'' if len(inputs) == 1 else 's'}: {listed}",
+                    "use a gray-box method instead: --method noise or --method dropout "
+                    "(perturbs an inner tensor, any input type)")
 
 
 def _model_failed(shapes: dict, exc) -> TfueError:

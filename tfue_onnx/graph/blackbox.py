@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..convert import MIN_OPSET, conversion_command
 from ..errors import TfueError
 from ..io import image_layout
 from ..model import ModelInfo, load_model
@@ -83,10 +84,10 @@ def _output_axes(o, in_rank: int, in_axes):
 
 def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict):
     """The sampling graph of infer-transformation (see the module docstring)."""
-    if info.opset < 10:
-        raise TfueError(f"infer-transformation needs opset >= 10 (flips are Slices with steps); "
-                        f"the model has opset {info.opset}",
-                        "convert the model with onnx.version_converter")
+    if info.opset < MIN_OPSET:  # the Runner converts a copy first; this is for direct callers
+        raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
+                        f"with steps); the model has opset {info.opset}",
+                        "convert it with onnx.version_converter: " + conversion_command(info.path))
     axes, (h, w) = spatial_axes(info, spec.layout)
     inp = info.inputs[0]
     rank = len(inp.shape)

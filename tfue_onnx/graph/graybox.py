@@ -38,6 +38,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
+from ..convert import MIN_OPSET
 from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
@@ -297,9 +298,9 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
 
 
 def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling):
-    if info.opset < 10:
-        raise StrategyUnavailable(f"needs opset >= 10 (dynamic Slice); the model has opset "
-                                  f"{info.opset}")
+    if info.opset < MIN_OPSET:  # the Runner gives such models a converted copy when it can
+        raise StrategyUnavailable(f"needs opset >= {MIN_OPSET} (dynamic Slice); the model has "
+                                  f"opset {info.opset}")
     for inp in info.inputs:
         if inp.shape is None or len(inp.shape) == 0:
             raise StrategyUnavailable(f"input '{inp.name}' has no batch axis (rank unknown or 0)")
