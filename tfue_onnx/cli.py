@@ -170,7 +170,7 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"{sweep_result}: the best {best.get('metric')} "
                    f"({best.get('value')}) of that sweep", err=True)
         return best["at"], best["level"]
-    pick = choose_by_tolerability(model, method, auto_feeds(), tolerance=tolerance,
+    pick = choose_by_tolerability(model, method, auto_feeds(model), tolerance=tolerance,
                                   sigma_mode=sigma_mode, seed=0 if seed is None else seed)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
@@ -201,15 +201,24 @@ def _is_model(path) -> bool:
     return path.lower().endswith(".onnx")
 
 
-def _models(paths) -> list:
-    """Expand folders of models; every path must be an .onnx file."""
-    found = []
-    for p in paths:
-        if os.path.isdir(p):
-            found += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".onnx"))
-        else:
-            found.append(p)
-    return found
+def _models(paths, method) -> tuple:
+    """(model, members, notes): the model file, the other ensemble members (ModelInfos) and
+    what was counted once or skipped; folders are expanded, the member list said on stderr."""
+    from .graph.blackbox import collect_members, model_files
+
+    if method == "ensemble":
+        infos, notes = collect_members(paths)
+        for note in notes:
+            click.echo(f"tfue: {note}", err=True)
+        click.echo(f"tfue: ensemble of {len(infos)} member(s): "
+                   + ", ".join(m.path for m in infos), err=True)
+        return infos[0].path, infos[1:], notes
+    files = [f for f, _ in model_files(paths)]
+    if len(files) > 1:
+        raise TfueError(f"{len(files)} models given ({', '.join(files)}), but only "
+                        "--method ensemble takes several",
+                        "give one model, or use --method ensemble")
+    return files[0], [], []
 
 
 def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
@@ -222,12 +231,11 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     """
     from .api import Estimator
 
-    models = _models(models)
-    if method != "ensemble" and len(models) > 1:
-        raise TfueError(f"{len(models)} models given, but only --method ensemble takes several",
-                        "give one model, or use --method ensemble")
+    import dataclasses
+
+    model, members, member_notes = _models(models, method)
     if at == "auto":
-        at, level = _auto_location(models[0], method, sigma_mode, sweep_result, tolerance,
+        at, level = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
                                    auto_feeds, seed)
         if method == "noise" and sigma is None:
             sigma = level
@@ -235,8 +243,10 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
             rate = level
     elif sweep_result is not None:
         raise TfueError("--sweep-result is used with --at auto", "add --at auto")
-    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, models[1:])
-    return Estimator(models[0], spec, samples=samples, seed=seed, provider=provider,
+    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, members)
+    if member_notes:
+        spec = dataclasses.replace(spec, notes=tuple(member_notes))
+    return Estimator(model, spec, samples=samples, seed=seed, provider=provider,
                      strategy=strategy, softmax=softmax,
                      classify="auto" if classify is None else classify, class_axis=class_axis,
                      **kw)
@@ -351,11 +361,11 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     files = collect_inputs(inputs)
     # Everything that can be checked before the long work is checked first.
     _refuse_existing(planned_files(out_dir, files), force)
-    def auto_feeds():
+    def auto_feeds(model):
         from .io import load_input
         from .model import inspect_model
 
-        inputs_of = inspect_model(models[0]).inputs
+        inputs_of = inspect_model(model).inputs
         return [load_input(f, inputs_of, options) for f in files[:4]]
 
     est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
@@ -403,11 +413,11 @@ def export(models, out, verbose, example, force, **perturbation):
                         "compute the entropy of the model's output directly")
     check_new_file(out, force)
 
-    def auto_feeds():
+    def auto_feeds(model):
         from .model import inspect_model
         from .runner import Runner
 
-        info = inspect_model(models[0])
+        info = inspect_model(model)
         if example:
             return [load_input(collect_inputs([example])[0], info.inputs)]
         return [Runner.synthetic_input(info)]

@@ -169,25 +169,48 @@ class Ensemble:
     """Deep ensemble: the same input through every member model.
 
     ``members`` are the models *beside* the one the estimator is built on, which
-    is member 0 (paths or ModelProtos).
+    is member 0 (paths, ModelProtos or ModelInfos). Members exported by other
+    tools may name their inputs and outputs differently: they are matched by
+    position then, and ``renamed`` (filled in when the members are loaded) says
+    how. ``notes`` says which files were counted once or skipped when folders were
+    expanded (recorded in results).
     """
 
     members: tuple = ()
+    renamed: tuple = dataclasses.field(default=(), compare=False)
+    notes: tuple = dataclasses.field(default=(), compare=False)
 
     method = "ensemble"
     level = None
 
     def __post_init__(self):
+        if isinstance(self.members, (str, bytes, os.PathLike)) or \
+                not hasattr(self.members, "__iter__"):
+            raise TfueError(f"Ensemble members must be a list of models, got "
+                            f"{type(self.members).__name__}",
+                            "pass Ensemble(['m1.onnx', 'm2.onnx']): the models beside member 0")
         members = tuple(self.members)
         if len(members) < 1:
             raise TfueError(f"an ensemble needs at least 2 models, got {len(members) + 1}",
                             "pass several .onnx files (or a folder of them)")
         object.__setattr__(self, "members", members)
 
+    @staticmethod
+    def label(m, k: int) -> str:
+        """How member ``k`` is named in results: its path, else '<model k>'."""
+        if isinstance(m, (str, os.PathLike)):
+            return os.fspath(m)
+        return getattr(m, "path", None) or f"<model {k}>"
+
     def describe(self) -> dict:
-        return {"method": "ensemble", "at": "members",
-                "members": [str(m) if isinstance(m, (str, os.PathLike)) else f"<model {i}>"
-                            for i, m in enumerate(self.members, start=1)], "level": None}
+        d = {"method": "ensemble", "at": "members",
+             "members": [self.label(m, i) for i, m in enumerate(self.members, start=1)],
+             "level": None}
+        if self.renamed:
+            d["member_names"] = {label: names for label, names in self.renamed}
+        if self.notes:
+            d["member_notes"] = list(self.notes)
+        return d
 
 
 @dataclasses.dataclass(frozen=True)

@@ -245,9 +245,10 @@ class Runner:
         if isinstance(self.spec, Transform):
             return "input"
         if isinstance(self.spec, Ensemble):
-            from .graph.blackbox import member_infos
+            from .graph.blackbox import resolve_members
 
-            self._members = member_infos(self.info, self.spec.members)  # checks signatures
+            self.spec, self._members, notes = resolve_members(self.info, self.spec)
+            self.notes += notes
             return ", ".join([self.path or "member 0"] +
                              [m.path or f"member {k}" for k, m in enumerate(self._members, 1)])
         if isinstance(self.spec, Entropy):
