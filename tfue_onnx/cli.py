@@ -2,6 +2,11 @@
 
 Every TfueError becomes one line on stderr ("error: ... Hint: ...") and exit
 code 2. Heavy modules load inside the commands, so ``tfue --help`` is instant.
+
+Exit codes: 0 done; 2 refused (bad input or model; nothing written, an output
+folder tfue would have made is not left behind); 3 ``run`` finished and wrote
+every result, but some results hold NaN or Inf (the model overflows under the
+perturbation): a warning line per input on stderr, counts in summary.json.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import click
 from .errors import TfueError
 
 EXIT_USAGE = 2
+EXIT_NON_FINITE = 3
 
 
 def _fail(exc: TfueError):
@@ -116,8 +122,8 @@ def perturbation_options(f):
         click.option("--rate", type=float, default=None,
                      help="Dropout rate p in [0, 1) (default 0.1; mc-dropout: each node's own)."),
         click.option("--samples", "-n", type=int, default=None,
-                     help="Number of perturbed samples N (>= 2; default 8). Transforms and "
-                          "ensembles take N from their list."),
+                     help="Number of perturbed samples N (2 to 100000; default 8). Transforms "
+                          "and ensembles take N from their list."),
         click.option("--transforms", default="d4", show_default=True,
                      help="For transform: d4, rot, flips, hflip, rot180, or a list such as "
                           "identity,hflip,rot90."),
@@ -129,7 +135,8 @@ def perturbation_options(f):
         click.option("--class-axis", type=int, default=1, show_default=True,
                      help="The class axis of probability outputs."),
         click.option("--seed", type=int, default=None,
-                     help="Random seed (default: random, recorded)."),
+                     help="Random seed, an integer from 0 to 2**63-1 (default: random, "
+                          "recorded)."),
         click.option("--strategy", type=click.Choice(["auto", "shared-prefix", "batched",
                                                       "loop"]),
                      default="auto", show_default=True, help="Sampling strategy."),
@@ -233,6 +240,9 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
 
     import dataclasses
 
+    from .perturb import check_seed
+
+    check_seed(seed)
     model, members, member_notes = _models(models, method)
     if at == "auto":
         at, level = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
@@ -263,14 +273,16 @@ def _parse_floats(name, text):
 
 
 def _parse_bytes(text) -> int:
-    """'512M', '2G', '1.5G' or a plain number of bytes."""
+    """'512M', '2G', '1.5G' or a plain number of bytes (finite, at least 1 byte)."""
+    import math
+
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     t = str(text).strip().upper().rstrip("B")
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         value = -1
-    if not value > 0:
+    if not (math.isfinite(value) and value >= 1):
         raise TfueError(f"--max-memory must be a size like 512M or 2G, got {text!r}",
                         "e.g. --max-memory 2G")
     return int(value)
@@ -334,7 +346,8 @@ def _notes(est, verbose):
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
               show_default=True, help="Channel order the model expects.")
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255",
-              help="Pixel values are multiplied by this first.")
+              help="Pixel values are multiplied by this first (16-bit images: the default "
+                   "becomes 1/65535).")
 @click.option("--mean", "norm_mean", default=None, help="Per-channel mean to subtract, e.g. "
                                                         "0.485,0.456,0.406.")
 @click.option("--std", "norm_std", default=None, help="Per-channel std to divide by.")
@@ -350,10 +363,11 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
-    from .io import ImageOptions, collect_inputs, prepare_out_dir
+    from .io import ImageOptions, check_out_dir, collect_inputs
     from .report import planned_files, run_inputs
 
     max_memory = _parse_bytes(max_memory)
+    check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, perturbation["method"])
     options = ImageOptions(layout=perturbation["layout"], channel_order=channel_order,
                            scale=scale, mean=_parse_floats("--mean", norm_mean),
@@ -370,14 +384,17 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
 
     est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
                      max_memory=max_memory, **perturbation)
-    prepare_out_dir(out_dir)
     progress = _progress_for_stderr()
     try:
-        summary = run_inputs(est, files, out_dir, options, progress=progress)
+        summary = run_inputs(est, files, out_dir, options, progress=progress,
+                             note=lambda line: click.echo(f"tfue: {line}", err=True))
     finally:
         _notes(est, verbose)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        from .io import plain_json
+
+        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+        _exit_for(summary)
         return
     level = "" if summary.get("level") is None else f" (level {summary['level']})"
     click.echo(f"{summary['method']} at {summary['location']}{level}, "
@@ -386,10 +403,18 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     for item in summary["inputs"]:
         what = "entropy" if summary["method"] == "entropy" else "variance"
         value = item.get(f"mean_{what}")
+        flag = " (NaN/Inf: see the warning)" if item.get("non_finite") else ""
         click.echo(f"  {item['input']}: mean {what} "
-                   f"{'n/a' if value is None else format(value, '.4g')} -> "
+                   f"{'n/a' if value is None else format(value, '.4g')}{flag} -> "
                    + ", ".join(item["files"]))
     click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
+    _exit_for(summary)
+
+
+def _exit_for(summary):
+    """Exit 3 when results hold NaN or Inf (written and warned about), else return."""
+    if summary.get("warnings"):
+        sys.exit(EXIT_NON_FINITE)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -499,7 +524,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, write_evaluation
-    from .io import prepare_out_dir
+    from .io import cleanup_out_dir, prepare_out_dir
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     models, inputs = _split_members(model, inputs, perturbation["method"])
@@ -507,13 +532,14 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
                    channel_order, scale, norm_mean, norm_std, resize)
     _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
-    prepare_out_dir(out_dir)
-    try:
-        result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma, grid=block_grid,
-                                progress=_progress_for_stderr())
-    finally:
-        _notes(est, verbose)
-    files = write_evaluation(out_dir, result)
+    with cleanup_out_dir(out_dir):
+        prepare_out_dir(out_dir)
+        try:
+            result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma,
+                                    grid=block_grid, progress=_progress_for_stderr())
+        finally:
+            _notes(est, verbose)
+        files = write_evaluation(out_dir, result)
     if as_json:
         from .io import plain_json
         click.echo(json.dumps(plain_json(result), indent=2, default=str))
@@ -554,28 +580,31 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     Stopped sweeps resume: run the same command again.
     """
-    from .io import prepare_out_dir
+    from .io import cleanup_out_dir, prepare_out_dir
     from .model import inspect_model
     from .sweep import check_metric, sweep as run_sweep
 
+    from .perturb import check_seed
+
     check_metric(metric)
+    check_seed(seed)
     info = inspect_model(model)
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
-    prepare_out_dir(out_dir)
-
     def progress(done, total, point):
         from .sweep import metric_value
         click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
                    f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
                    f"{metric_value(point['table'], metric):.4f}", err=True)
 
-    result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")], at=at,
-                       at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
-                       rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
-                       metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
-                       provider=provider, progress=progress, block_sigma=block_sigma,
-                       force=force)
+    with cleanup_out_dir(out_dir):
+        prepare_out_dir(out_dir)
+        result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")],
+                           at=at, at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
+                           rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
+                           metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
+                           provider=provider, progress=progress, block_sigma=block_sigma,
+                           force=force)
     b = result["best"]
     click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
                f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")

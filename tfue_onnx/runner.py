@@ -18,7 +18,8 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
-from .perturb import SAMPLED, Ensemble, Entropy, Transform
+from .perturb import (SAMPLED, SPECS, Ensemble, Entropy, Transform, check_max_memory,
+                      check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
@@ -180,6 +181,7 @@ class Runner:
                  keep_samples: bool = False, softmax: bool = False, classify="auto",
                  class_axis: int = 1, max_memory: int = DEFAULT_MAX_MEMORY,
                  io_binding: bool | None = None):
+        _check_arguments(model, spec)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -192,7 +194,7 @@ class Runner:
             self.info = ModelInfo(graphs.add_softmax(self.info, self.classes), self.path)
         self.softmax = softmax
         if isinstance(spec, SAMPLED):
-            self.samples = graphs.check_samples(8 if samples is None else samples)
+            self.samples = check_samples(8 if samples is None else samples)
         else:
             if samples is not None:
                 raise TfueError(f"--samples does not apply to --method {spec.method}",
@@ -201,13 +203,11 @@ class Runner:
             self.samples = (len(spec.elements) if isinstance(spec, Transform) else
                             len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
         self.chunk = check_chunk(chunk)
-        if not (isinstance(max_memory, (int, float)) and max_memory > 0):
-            raise TfueError(f"max_memory must be a positive number of bytes, got {max_memory!r}",
-                            "e.g. --max-memory 2G")
-        self.max_memory = int(max_memory)
+        self.max_memory = check_max_memory(max_memory)
         self.io_binding = io_binding
         self._sample_bytes = {}
-        self.seed = int(seed) if seed is not None else secrets.randbelow(2**31)
+        seed = check_seed(seed)
+        self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
         if strategy != "auto" and strategy not in graphs.STRATEGIES:
             raise TfueError(f"unknown strategy {strategy!r}",
@@ -589,6 +589,18 @@ class Runner:
             else:
                 feeds[inp.name] = np.zeros(shape, dtype)
         return feeds
+
+
+def _check_arguments(model, spec) -> None:
+    """Refuse a model or spec of the wrong type early, naming the argument."""
+    import onnx
+
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise TfueError(f"model must be a path to an .onnx file or an onnx.ModelProto, got "
+                        f"{type(model).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
+    if not isinstance(spec, SPECS):
+        raise TfueError(f"spec must be one of {', '.join(c.__name__ for c in SPECS)}, got "
+                        f"{type(spec).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
 
 
 def _model_failed(shapes: dict, exc) -> TfueError:
