@@ -111,6 +111,9 @@ def _cases(d, model):
         (["run", toys.fixed_bias_net(d / "fixed.onnx"), d / "x.npy", "--method", "noise",
           "--at", "c"], "the model failed on input x(1, 3, 8, 8)"),
         (["run", model, x, *noise, "--scale", "nan"], "--scale must be a finite, non-zero"),
+        (["run", model, x, *noise, "-n", "10000", "--save-samples", "--max-memory", "4M"],
+         "keeping the samples (--save-samples) would hold N = 10000 x 0.000488 MiB = "
+         "0.00477 GiB in memory, above --max-memory (0.00391 GiB)"),
         (["export", d / "empty", "-o", d / "m.onnx", "--method", "noise"],
          "holds no .onnx model"),
         (["sweep", model, x, "--targets", d, "--seed", "-3"], "seed must be in [0, 2**63 - 1]"),
@@ -135,6 +138,8 @@ def test_every_bad_input_is_one_line_and_leaves_nothing(cli, env):
             assert not (d / f"out{k}").exists(), args  # never left behind
             assert _digests(existing) == before, args
     assert not (d / "m.onnx").exists()
+    line = _refused(cli("run", model, d / "x.npy", "--method", "noise", "--out", ""))
+    assert "the output folder is an empty name" in line
 
 
 def test_click_usage_errors_are_exit_2(cli, env):

@@ -50,6 +50,8 @@ def check_out_dir(path: str) -> str:
         TfueError: ``path`` is a file, lies under a file, or cannot be created.
     """
     path = os.fspath(path)
+    if not path.strip():
+        raise TfueError("the output folder is an empty name", "give a folder with --out")
     if os.path.exists(path) and not os.path.isdir(path):
         raise TfueError(f"output path '{path}' is a file, not a folder",
                         "give a folder with --out")

@@ -124,6 +124,22 @@ def _estimate(estimator, feeds, inputs: int) -> str | None:
             "usually enough)")
 
 
+def _check_kept_samples(estimator, feeds) -> None:
+    """Refuse to keep N samples of every output in memory when they exceed max_memory."""
+    if not getattr(estimator, "keep_samples", False):
+        return
+    from .errors import TfueError
+
+    per_sample = sum(int(np.asarray(v).nbytes) for v in estimator.reference(feeds).values())
+    total = per_sample * estimator.samples
+    if total > estimator.max_memory:
+        raise TfueError(f"keeping the samples (--save-samples) would hold N = "
+                        f"{estimator.samples} x {per_sample / 2**20:.3g} MiB = "
+                        f"{total / 2**30:.3g} GiB in memory, above --max-memory "
+                        f"({estimator.max_memory / 2**30:.3g} GiB)",
+                        "use fewer --samples, drop --save-samples, or raise --max-memory")
+
+
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
@@ -156,6 +172,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
         feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
         first = feeds if first is None else first
     estimator.prepare(first)  # verified on the first input before any work is reported
+    _check_kept_samples(estimator, first)
     estimate = _estimate(estimator, first, len(files))
     if estimate:
         note(estimate)
