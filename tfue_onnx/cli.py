@@ -234,12 +234,13 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
     ``--at auto`` is resolved here, from a sweep result or by tolerability on
-    ``auto_feeds()``, and what was picked and why goes to stderr.
+    ``auto_feeds(model)``, and what was picked and why goes to stderr. With
+    ``--method ensemble`` folders are expanded into members (each file once,
+    non-members skipped) and the member list goes to stderr.
     """
-    from .api import Estimator
-
     import dataclasses
 
+    from .api import Estimator
     from .perturb import check_seed
 
     check_seed(seed)

@@ -8,7 +8,11 @@ apart for a non-square one) run as one batch through one copy of the model
 (``loop``). Copies share the weights.
 
 Ensembles: every member's nodes and weights join one graph that reads the same
-input; member 0's output is the unperturbed output.
+input; member 0's output is the unperturbed output. Members exported by other
+tools may name their inputs and outputs differently: they are wired by position
+then (count, dtypes, ranks and fixed sizes must agree), and members at an older
+opset are converted up to the newest member's, since ops change meaning across
+opsets.
 """
 
 from __future__ import annotations
