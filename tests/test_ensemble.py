@@ -240,3 +240,18 @@ def test_members_at_other_opsets_keep_their_own_semantics(tmp_path, x8, opsets):
                f"{min(opsets)} to {max(opsets)}" in n for n in est.notes), est.notes
     graph = est.uncertainty_graph(x8).model
     assert [i.version for i in graph.opset_import if i.domain == ""] == [max(opsets)]
+
+
+def test_old_ir_member_with_weights_listed_as_inputs(toy, tmp_path, x8):
+    # IR 3 / opset 7 exports list every initializer as a graph input too; only the real
+    # input is matched (by position here, as the names differ), the model is converted up.
+    toys.conv_net(tmp_path / "old.onnx", opset=7, seed=3)
+    old = renamed(tmp_path / "old.onnx", tmp_path / "old_r.onnx", {"x": "data", "y": "prob"})
+    new = toy("new", seed=4)
+    for order in ([new, old], [old, new]):
+        est = Estimator(order[0], Ensemble(order[1:]))
+        res = est(x8)
+        outs = np.stack([plain(m, [x8])[0] for m in order])
+        np.testing.assert_allclose(res.output, outs[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.variance, outs.var(0), rtol=1e-4, atol=1e-7)
+        assert any("converted from opset 7 to 13" in n for n in est.notes)
