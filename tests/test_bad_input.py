@@ -232,6 +232,15 @@ def test_16bit_png_is_read_with_its_range(tmp_path, channels):
     assert abs(float(arr[0, 0, 0, 0]) - block) < 0.2
 
 
+def test_float_tiff_is_refused_not_clipped(tmp_path):
+    Image.fromarray(np.random.default_rng(0).random((6, 6), dtype=np.float32)).save(
+        tmp_path / "f.tiff")
+    toys.conv_net(tmp_path / "m.onnx")
+    inp = inspect_model(str(tmp_path / "m.onnx")).inputs[0]
+    with pytest.raises(TfueError, match="f.tiff' is a 32-bit float image"):
+        load_image(str(tmp_path / "f.tiff"), inp)
+
+
 def test_16bit_png_through_the_cli_matches_numpy(cli, tmp_path):
     raw = np.random.default_rng(1).integers(0, 65536, size=(8, 8), dtype=np.uint16)
     Image.fromarray(raw).save(tmp_path / "deep.png")

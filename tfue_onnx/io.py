@@ -359,6 +359,10 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
                             f"{channels} channel(s)",
                             f"give one value per channel ({channels}) or one for all")
     scale = options.scale
+    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
+        raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' is a 32-bit float "
+                        "image, whose value range tfue cannot tell",
+                        "save it as a .npy array with the values the model expects")
     if im.mode in IMAGE_16BIT_MODES:
         # Pillow would clip 16-bit values to 255 when converting to L or RGB.
         gray = np.asarray(im, dtype=np.float32)
