@@ -117,6 +117,8 @@ def _cases(d, model):
         (["export", d / "empty", "-o", d / "m.onnx", "--method", "noise"],
          "holds no .onnx model"),
         (["sweep", model, x, "--targets", d, "--seed", "-3"], "seed must be in [0, 2**63 - 1]"),
+        (["sweep", d / "empty", x, "--targets", d], "folder '{d}/empty' holds no .onnx model"),
+        (["inspect", d / "no_models"], "folder '{d}/no_models' holds no .onnx model"),
     ]
 
 
@@ -132,7 +134,7 @@ def test_every_bad_input_is_one_line_and_leaves_nothing(cli, env):
     for k, (args, expected) in enumerate(cases):
         fresh = d / f"out{k}" / "nested"
         for out in (fresh, existing):
-            extra = [] if args[0] == "export" else ["--out", out]
+            extra = [] if args[0] in ("export", "inspect") else ["--out", out]
             line = _refused(cli(*args, *extra))
             assert expected.format(d=d) in line, (args, line)
             assert not (d / f"out{k}").exists(), args  # never left behind
@@ -298,3 +300,19 @@ def test_image_options_and_ensemble_arguments():
         ImageOptions(mean=(float("nan"),))
     with pytest.raises(TfueError, match="Ensemble members must be a list of models"):
         Ensemble(None)
+
+
+def test_model_folder(cli, env):
+    d, model = env
+    one = d / "one"
+    one.mkdir()
+    os.replace(model, one / "m.onnx")
+    r = cli("inspect", one, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["path"] == str(one / "m.onnx")
+    r = cli("run", one, d / "x.npy", "--method", "noise", "--at", "r1", "--out", d / "o", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["model"] == str(one / "m.onnx")
+    toys.conv_net(one / "n.onnx")
+    line = _refused(cli("run", one, d / "x.npy", "--method", "noise", "--out", d / "o2"))
+    assert f"2 models given ({one / 'm.onnx'}, {one / 'n.onnx'}), but only --method ensemble " \
+           "takes several" in line
+    assert not (d / "o2").exists()

@@ -57,7 +57,7 @@ def inspect(model, as_json, show_all):
     """Describe MODEL: inputs, outputs, opset, candidate locations, Dropout nodes."""
     from .model import inspect_model
 
-    d = inspect_model(model).describe()
+    d = inspect_model(_models([model], "inspect")[0]).describe()
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -589,6 +589,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     check_metric(metric)
     check_seed(seed)
+    model = _models([model], "sweep")[0]
     info = inspect_model(model)
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
