@@ -136,7 +136,8 @@ def test_ensemble_cli_and_folder(cli, toy, tmp_path, x8):
             "--out", tmp_path / "out", "--json")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
-    assert s["samples"] == 5  # m0 given twice: as MODEL and in the folder
+    assert s["samples"] == 4  # m0 given twice (as MODEL and in the folder) counts once
+    assert "is the same file as member" in r.stderr and "ensemble of 4 member(s)" in r.stderr
     r = cli("export", *[folder / f"m{k}.onnx" for k in range(4)], "-o", tmp_path / "ens.onnx",
             "--method", "ensemble")
     assert r.exit_code == 0, r.output
@@ -147,10 +148,10 @@ def test_ensemble_cli_and_folder(cli, toy, tmp_path, x8):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: toys.conv_net(p, channels=1), "input 'x' has shape ['batch', 1, 'h', 'w'], not "
-                                             "['batch', 3, 'h', 'w']"),
-    (lambda p: toys.classifier_net(p), "its outputs are ['p'], not ['y']"),
-    (lambda p: toys.classifier_net(p, input_name="image"), "its inputs are ['image'], not ['x']"),
+    (lambda p: toys.conv_net(p, channels=1), "input 0 ('x') has shape ['batch', 1, 'h', 'w'], "
+                                             "not ['batch', 3, 'h', 'w']"),
+    (lambda p: toys.classifier_net(p), "output 0 ('p') has rank 2 ['b', 4], not 4 "
+                                       "['batch', 2, 'h', 'w'] (matched by position to 'y')"),
 ])
 def test_ensemble_mismatch_names_member_and_difference(toy, tmp_path, make, message):
     bad = tmp_path / "bad.onnx"
@@ -165,10 +166,10 @@ def test_ensemble_dtype_and_output_shape_mismatch(tmp_path):
     from onnx import TensorProto
     a = toys.classifier_net(tmp_path / "a.onnx")
     b = toys.classifier_net(tmp_path / "b.onnx", dtype=TensorProto.DOUBLE)
-    with pytest.raises(TfueError, match="input 'x' has dtype float64, not float32"):
+    with pytest.raises(TfueError, match=r"input 0 \('x'\) has dtype float64, not float32"):
         Estimator(a, Ensemble([b]))
     c = toys.classifier_net(tmp_path / "c.onnx", classes=3)
-    with pytest.raises(TfueError, match=r"output 'p' has shape \['b', 3\], not \['b', 4\]"):
+    with pytest.raises(TfueError, match=r"output 0 \('p'\) has shape \['b', 3\], not \['b', 4\]"):
         Estimator(a, Ensemble([c]))
 
 

@@ -171,7 +171,7 @@ def test_bad_output_folder(cli, tmp_path, setup):
     before = _digest(model)
     r = cli("run", model, npy, "--method", "noise", "--out", blocker / "sub")
     line = _one_error_line(r)
-    assert "is not writable" in line and "--out" in line
+    assert f"cannot be created: '{blocker}' is a file" in line and "--out" in line
     r = cli("run", model, npy, "--method", "noise", "--out", blocker)
     assert "is a file, not a folder" in _one_error_line(r)
     assert blocker.read_text() == "x" and _digest(model) == before

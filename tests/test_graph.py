@@ -156,9 +156,12 @@ def test_batched_needs_a_free_batch_axis(toy):
         graphs.build(info, Noise(0.1, at="r1"), "batched")
 
 
-@pytest.mark.parametrize("samples", [1, 0, -3, 2.5])
-def test_samples_must_be_at_least_two(toy, samples):
-    with pytest.raises(TfueError, match="samples must be an integer >= 2"):
+@pytest.mark.parametrize("samples,message", [(1, "samples must be an integer >= 2"),
+                                             (0, "samples must be an integer >= 2"),
+                                             (-3, "samples must be an integer >= 2"),
+                                             (2.5, "samples must be an integer, got 2.5")])
+def test_samples_must_be_at_least_two(toy, samples, message):
+    with pytest.raises(TfueError, match=message):
         graphs.build(inspect_model(toy()), Noise(0.1, at="r1"), "batched", samples=samples)
 
 

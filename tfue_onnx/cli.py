@@ -2,6 +2,11 @@
 
 Every TfueError becomes one line on stderr ("error: ... Hint: ...") and exit
 code 2. Heavy modules load inside the commands, so ``tfue --help`` is instant.
+
+Exit codes: 0 done; 2 refused (bad input or model; nothing written, an output
+folder tfue would have made is not left behind); 3 ``run`` finished and wrote
+every result, but some results hold NaN or Inf (the model overflows under the
+perturbation): a warning line per input on stderr, counts in summary.json.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import click
 from .errors import TfueError
 
 EXIT_USAGE = 2
+EXIT_NON_FINITE = 3
 
 
 def _fail(exc: TfueError):
@@ -51,7 +57,7 @@ def inspect(model, as_json, show_all):
     """Describe MODEL: inputs, outputs, opset, candidate locations, Dropout nodes."""
     from .model import inspect_model
 
-    d = inspect_model(model).describe()
+    d = inspect_model(_models([model], "inspect")[0]).describe()
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -116,8 +122,8 @@ def perturbation_options(f):
         click.option("--rate", type=float, default=None,
                      help="Dropout rate p in [0, 1) (default 0.1; mc-dropout: each node's own)."),
         click.option("--samples", "-n", type=int, default=None,
-                     help="Number of perturbed samples N (>= 2; default 8). Transforms and "
-                          "ensembles take N from their list."),
+                     help="Number of perturbed samples N (2 to 100000; default 8). Transforms "
+                          "and ensembles take N from their list."),
         click.option("--transforms", default="d4", show_default=True,
                      help="For transform: d4, rot, flips, hflip, rot180, or a list such as "
                           "identity,hflip,rot90."),
@@ -129,7 +135,8 @@ def perturbation_options(f):
         click.option("--class-axis", type=int, default=1, show_default=True,
                      help="The class axis of probability outputs."),
         click.option("--seed", type=int, default=None,
-                     help="Random seed (default: random, recorded)."),
+                     help="Random seed, an integer from 0 to 2**63-1 (default: random, "
+                          "recorded)."),
         click.option("--strategy", type=click.Choice(["auto", "shared-prefix", "batched",
                                                       "loop"]),
                      default="auto", show_default=True, help="Sampling strategy."),
@@ -170,7 +177,7 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"{sweep_result}: the best {best.get('metric')} "
                    f"({best.get('value')}) of that sweep", err=True)
         return best["at"], best["level"]
-    pick = choose_by_tolerability(model, method, auto_feeds(), tolerance=tolerance,
+    pick = choose_by_tolerability(model, method, auto_feeds(model), tolerance=tolerance,
                                   sigma_mode=sigma_mode, seed=0 if seed is None else seed)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
@@ -201,15 +208,24 @@ def _is_model(path) -> bool:
     return path.lower().endswith(".onnx")
 
 
-def _models(paths) -> list:
-    """Expand folders of models; every path must be an .onnx file."""
-    found = []
-    for p in paths:
-        if os.path.isdir(p):
-            found += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".onnx"))
-        else:
-            found.append(p)
-    return found
+def _models(paths, method) -> tuple:
+    """(model, members, notes): the model file, the other ensemble members (ModelInfos) and
+    what was counted once or skipped; folders are expanded, the member list said on stderr."""
+    from .graph.blackbox import collect_members, model_files
+
+    if method == "ensemble":
+        infos, notes = collect_members(paths)
+        for note in notes:
+            click.echo(f"tfue: {note}", err=True)
+        click.echo(f"tfue: ensemble of {len(infos)} member(s): "
+                   + ", ".join(m.path for m in infos), err=True)
+        return infos[0].path, infos[1:], notes
+    files = [f for f, _ in model_files(paths)]
+    if len(files) > 1:
+        raise TfueError(f"{len(files)} models given ({', '.join(files)}), but only "
+                        "--method ensemble takes several",
+                        "give one model, or use --method ensemble")
+    return files[0], [], []
 
 
 def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
@@ -218,16 +234,19 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
     ``--at auto`` is resolved here, from a sweep result or by tolerability on
-    ``auto_feeds()``, and what was picked and why goes to stderr.
+    ``auto_feeds(model)``, and what was picked and why goes to stderr. With
+    ``--method ensemble`` folders are expanded into members (each file once,
+    non-members skipped) and the member list goes to stderr.
     """
-    from .api import Estimator
+    import dataclasses
 
-    models = _models(models)
-    if method != "ensemble" and len(models) > 1:
-        raise TfueError(f"{len(models)} models given, but only --method ensemble takes several",
-                        "give one model, or use --method ensemble")
+    from .api import Estimator
+    from .perturb import check_seed
+
+    check_seed(seed)
+    model, members, member_notes = _models(models, method)
     if at == "auto":
-        at, level = _auto_location(models[0], method, sigma_mode, sweep_result, tolerance,
+        at, level = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
                                    auto_feeds, seed)
         if method == "noise" and sigma is None:
             sigma = level
@@ -235,8 +254,10 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
             rate = level
     elif sweep_result is not None:
         raise TfueError("--sweep-result is used with --at auto", "add --at auto")
-    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, models[1:])
-    return Estimator(models[0], spec, samples=samples, seed=seed, provider=provider,
+    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, members)
+    if member_notes:
+        spec = dataclasses.replace(spec, notes=tuple(member_notes))
+    return Estimator(model, spec, samples=samples, seed=seed, provider=provider,
                      strategy=strategy, softmax=softmax,
                      classify="auto" if classify is None else classify, class_axis=class_axis,
                      **kw)
@@ -253,14 +274,16 @@ def _parse_floats(name, text):
 
 
 def _parse_bytes(text) -> int:
-    """'512M', '2G', '1.5G' or a plain number of bytes."""
+    """'512M', '2G', '1.5G' or a plain number of bytes (finite, at least 1 byte)."""
+    import math
+
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     t = str(text).strip().upper().rstrip("B")
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         value = -1
-    if not value > 0:
+    if not (math.isfinite(value) and value >= 1):
         raise TfueError(f"--max-memory must be a size like 512M or 2G, got {text!r}",
                         "e.g. --max-memory 2G")
     return int(value)
@@ -324,7 +347,8 @@ def _notes(est, verbose):
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
               show_default=True, help="Channel order the model expects.")
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255",
-              help="Pixel values are multiplied by this first.")
+              help="Pixel values are multiplied by this first (16-bit images: the default "
+                   "becomes 1/65535).")
 @click.option("--mean", "norm_mean", default=None, help="Per-channel mean to subtract, e.g. "
                                                         "0.485,0.456,0.406.")
 @click.option("--std", "norm_std", default=None, help="Per-channel std to divide by.")
@@ -340,10 +364,11 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
-    from .io import ImageOptions, collect_inputs, prepare_out_dir
+    from .io import ImageOptions, check_out_dir, collect_inputs
     from .report import planned_files, run_inputs
 
     max_memory = _parse_bytes(max_memory)
+    check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, perturbation["method"])
     options = ImageOptions(layout=perturbation["layout"], channel_order=channel_order,
                            scale=scale, mean=_parse_floats("--mean", norm_mean),
@@ -351,23 +376,26 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     files = collect_inputs(inputs)
     # Everything that can be checked before the long work is checked first.
     _refuse_existing(planned_files(out_dir, files), force)
-    def auto_feeds():
+    def auto_feeds(model):
         from .io import load_input
         from .model import inspect_model
 
-        inputs_of = inspect_model(models[0]).inputs
+        inputs_of = inspect_model(model).inputs
         return [load_input(f, inputs_of, options) for f in files[:4]]
 
     est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
                      max_memory=max_memory, **perturbation)
-    prepare_out_dir(out_dir)
     progress = _progress_for_stderr()
     try:
-        summary = run_inputs(est, files, out_dir, options, progress=progress)
+        summary = run_inputs(est, files, out_dir, options, progress=progress,
+                             note=lambda line: click.echo(f"tfue: {line}", err=True))
     finally:
         _notes(est, verbose)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        from .io import plain_json
+
+        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+        _exit_for(summary)
         return
     level = "" if summary.get("level") is None else f" (level {summary['level']})"
     click.echo(f"{summary['method']} at {summary['location']}{level}, "
@@ -376,10 +404,18 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     for item in summary["inputs"]:
         what = "entropy" if summary["method"] == "entropy" else "variance"
         value = item.get(f"mean_{what}")
+        flag = " (NaN/Inf: see the warning)" if item.get("non_finite") else ""
         click.echo(f"  {item['input']}: mean {what} "
-                   f"{'n/a' if value is None else format(value, '.4g')} -> "
+                   f"{'n/a' if value is None else format(value, '.4g')}{flag} -> "
                    + ", ".join(item["files"]))
     click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
+    _exit_for(summary)
+
+
+def _exit_for(summary):
+    """Exit 3 when results hold NaN or Inf (written and warned about), else return."""
+    if summary.get("warnings"):
+        sys.exit(EXIT_NON_FINITE)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -403,11 +439,11 @@ def export(models, out, verbose, example, force, **perturbation):
                         "compute the entropy of the model's output directly")
     check_new_file(out, force)
 
-    def auto_feeds():
+    def auto_feeds(model):
         from .model import inspect_model
         from .runner import Runner
 
-        info = inspect_model(models[0])
+        info = inspect_model(model)
         if example:
             return [load_input(collect_inputs([example])[0], info.inputs)]
         return [Runner.synthetic_input(info)]
@@ -489,7 +525,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, write_evaluation
-    from .io import prepare_out_dir
+    from .io import cleanup_out_dir, prepare_out_dir
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     models, inputs = _split_members(model, inputs, perturbation["method"])
@@ -497,13 +533,14 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
                    channel_order, scale, norm_mean, norm_std, resize)
     _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
-    prepare_out_dir(out_dir)
-    try:
-        result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma, grid=block_grid,
-                                progress=_progress_for_stderr())
-    finally:
-        _notes(est, verbose)
-    files = write_evaluation(out_dir, result)
+    with cleanup_out_dir(out_dir):
+        prepare_out_dir(out_dir)
+        try:
+            result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma,
+                                    grid=block_grid, progress=_progress_for_stderr())
+        finally:
+            _notes(est, verbose)
+        files = write_evaluation(out_dir, result)
     if as_json:
         from .io import plain_json
         click.echo(json.dumps(plain_json(result), indent=2, default=str))
@@ -544,28 +581,32 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     Stopped sweeps resume: run the same command again.
     """
-    from .io import prepare_out_dir
+    from .io import cleanup_out_dir, prepare_out_dir
     from .model import inspect_model
     from .sweep import check_metric, sweep as run_sweep
 
+    from .perturb import check_seed
+
     check_metric(metric)
+    check_seed(seed)
+    model = _models([model], "sweep")[0]
     info = inspect_model(model)
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
-    prepare_out_dir(out_dir)
-
     def progress(done, total, point):
         from .sweep import metric_value
         click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
                    f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
                    f"{metric_value(point['table'], metric):.4f}", err=True)
 
-    result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")], at=at,
-                       at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
-                       rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
-                       metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
-                       provider=provider, progress=progress, block_sigma=block_sigma,
-                       force=force)
+    with cleanup_out_dir(out_dir):
+        prepare_out_dir(out_dir)
+        result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")],
+                           at=at, at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
+                           rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
+                           metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
+                           provider=provider, progress=progress, block_sigma=block_sigma,
+                           force=force)
     b = result["best"]
     click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
                f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")

@@ -7,6 +7,7 @@ overwritten unless the caller says ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -20,6 +21,7 @@ from .errors import TfueError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_EXTS = (".npy", ".npz")
 LAYOUTS = ("auto", "NCHW", "NHWC")
+IMAGE_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's 16-bit gray modes
 
 
 # --- writing --------------------------------------------------------------------------
@@ -38,12 +40,40 @@ def check_new_file(path: str, force: bool) -> None:
                         "choose an output path in a folder you can write to")
 
 
-def prepare_out_dir(path: str) -> str:
-    """Create the output folder if needed and prove it is writable."""
+def check_out_dir(path: str) -> str:
+    """Check, without creating anything, that ``path`` can become the output folder.
+
+    The folder must be a folder if it exists; otherwise the nearest existing
+    folder above it must be writable (and no file may sit on the way).
+
+    Raises:
+        TfueError: ``path`` is a file, lies under a file, or cannot be created.
+    """
     path = os.fspath(path)
+    if not path.strip():
+        raise TfueError("the output folder is an empty name", "give a folder with --out")
     if os.path.exists(path) and not os.path.isdir(path):
         raise TfueError(f"output path '{path}' is a file, not a folder",
                         "give a folder with --out")
+    above = os.path.abspath(path)
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise TfueError(f"output folder '{path}' cannot be created: '{above}' is a file",
+                        "give a folder with --out")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise TfueError(f"output folder '{path}' is not writable ('{above}' is read-only)",
+                        "choose a folder you can write to with --out")
+    return path
+
+
+def prepare_out_dir(path: str) -> str:
+    """Create the output folder if needed and prove it is writable.
+
+    Raises:
+        TfueError: ``path`` is a file or cannot be written.
+    """
+    path = check_out_dir(path)
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
@@ -53,6 +83,23 @@ def prepare_out_dir(path: str) -> str:
         raise TfueError(f"output folder '{path}' is not writable ({exc.strerror})",
                         "choose a folder you can write to with --out") from None
     return path
+
+
+@contextlib.contextmanager
+def cleanup_out_dir(path: str):
+    """Within this block, folders made for ``path`` are removed again on an error if
+    nothing was written in them, so a refused run leaves no empty output folder."""
+    made, above = [], os.path.abspath(os.fspath(path))
+    while not os.path.exists(above):
+        made.append(above)
+        above = os.path.dirname(above)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:  # deepest first
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -161,7 +208,9 @@ class ImageOptions:
 
     layout: str = "auto"  # auto, NCHW or NHWC
     channel_order: str = "rgb"  # rgb or bgr
-    scale: float = 1 / 255  # pixel values are multiplied by this first
+    # Pixel values are multiplied by this first. For 16-bit images (Pillow modes
+    # I;16 / I) the default 1/255 becomes 1/65535: the same [0, 1] range.
+    scale: float = 1 / 255
     mean: tuple | None = None  # then (x - mean) / std per channel
     std: tuple | None = None
     resize: tuple | None = None  # (H, W); default: the model's fixed size, else the image's
@@ -171,6 +220,23 @@ class ImageOptions:
             raise TfueError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
         if self.channel_order not in ("rgb", "bgr"):
             raise TfueError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
+        try:
+            scale = float(self.scale)
+        except (TypeError, ValueError):
+            scale = float("nan")
+        if not (np.isfinite(scale) and scale != 0):
+            raise TfueError(f"--scale must be a finite, non-zero number, got {self.scale!r}",
+                            "e.g. --scale 0.00392156 (1/255)")
+        for name, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is None:
+                continue
+            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+            if arr.size == 0 or not np.all(np.isfinite(arr)):
+                raise TfueError(f"{name} must be finite numbers, got {values!r}",
+                                f"e.g. {name} 0.485,0.456,0.406")
+            if name == "--std" and np.any(arr == 0):
+                raise TfueError(f"--std must not contain 0 (inputs are divided by it), got "
+                                f"{values!r}", "e.g. --std 0.229,0.224,0.225")
 
 
 def collect_inputs(paths) -> list:
@@ -286,7 +352,30 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     shape = inp.shape
     channels = shape[1] if layout == "NCHW" else shape[3]
     h_dim, w_dim = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    im = im.convert("L" if channels == 1 else "RGB")
+    for name, values in (("--mean", options.mean), ("--std", options.std)):
+        n = np.size(values)
+        if values is not None and n not in (1, channels):
+            raise TfueError(f"{name} has {n} values, but input '{inp.name}' takes images with "
+                            f"{channels} channel(s)",
+                            f"give one value per channel ({channels}) or one for all")
+    scale = options.scale
+    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
+        raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' is a 32-bit float "
+                        "image, whose value range tfue cannot tell",
+                        "save it as a .npy array with the values the model expects")
+    if im.mode in IMAGE_16BIT_MODES:
+        # Pillow would clip 16-bit values to 255 when converting to L or RGB.
+        gray = np.asarray(im, dtype=np.float32)
+        if gray.size and float(gray.max()) > 65535:
+            raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' holds "
+                            f"{im.mode}-mode values up to {gray.max():g}, beyond 16 bits",
+                            "save it as a .npy array with the values the model expects")
+        if scale == 1 / 255:
+            scale = 1 / 65535
+        im = Image.fromarray(gray)  # mode F: resized without losing the 16 bits
+    else:
+        im = im.convert("L" if channels == 1 else "RGB")
+    arr_channels = 1 if channels == 1 else 3
     size = options.resize
     if size is None and isinstance(h_dim, int) and h_dim > 0 \
             and isinstance(w_dim, int) and w_dim > 0:
@@ -296,9 +385,11 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]
+    if arr.shape[-1] != arr_channels:  # a 16-bit gray image for an RGB model
+        arr = np.repeat(arr, 3, axis=-1)
     if options.channel_order == "bgr" and arr.shape[-1] == 3:
         arr = arr[..., ::-1]
-    arr = arr * np.float32(options.scale)
+    arr = arr * np.float32(scale)
     if options.mean is not None:
         arr = arr - np.asarray(options.mean, np.float32).reshape(1, 1, -1)
     if options.std is not None:

@@ -34,6 +34,69 @@ def check_rate(name: str, rate) -> float:
     return rate
 
 
+MAX_SEED = 2**63 - 1  # seeds are recorded in JSON and fit an int64 everywhere
+MAX_SAMPLES = 100_000  # N beyond this is almost surely a typo; the variance is settled long before
+
+
+def _is_integer(value) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_seed(seed) -> int | None:
+    """Validate a seed: None (pick one at random) or an integer in [0, 2**63 - 1].
+
+    Raises:
+        TfueError: ``seed`` is not an integer, or is outside that range.
+    """
+    hint = f"give --seed as an integer from 0 to {MAX_SEED} (2**63 - 1), e.g. 0"
+    if seed is None:
+        return None
+    if not _is_integer(seed):
+        raise TfueError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})", hint)
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise TfueError(f"seed must be in [0, 2**63 - 1], got {seed}", hint)
+    return int(seed)
+
+
+def check_samples(samples) -> int:
+    """Validate N, the number of perturbed samples: an integer in [2, MAX_SAMPLES].
+
+    Raises:
+        TfueError: ``samples`` is not an integer, below 2 or above MAX_SAMPLES.
+    """
+    hint = "give --samples N with 2 <= N <= 100000, e.g. 8"
+    if not _is_integer(samples):
+        raise TfueError(f"samples must be an integer, got {samples!r} "
+                        f"({type(samples).__name__})", hint)
+    if samples < 2:
+        raise TfueError(f"samples must be an integer >= 2, got {samples}",
+                        "variance needs at least 2 samples; give --samples 8")
+    if samples > MAX_SAMPLES:
+        raise TfueError(f"samples N = {samples} is above the limit of {MAX_SAMPLES}: the run "
+                        "would take about N times one model run per input",
+                        "tens to hundreds of samples settle the variance; give e.g. "
+                        "--samples 64")
+    return int(samples)
+
+
+def check_max_memory(value) -> int:
+    """Validate a memory budget in bytes: a finite number >= 1 (returned as an int).
+
+    Raises:
+        TfueError: ``value`` is not such a number.
+    """
+    hint = "e.g. --max-memory 2G (or max_memory=2 * 1024**3)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TfueError(f"max_memory must be a number of bytes, got {value!r}", hint)
+    if not (math.isfinite(value) and value >= 1):
+        raise TfueError(f"max_memory must be a positive, finite number of bytes (>= 1), got "
+                        f"{value!r}",
+                        hint)
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Noise:
     """infer-noise: add N(0, sigma^2) to the tensor at ``at``.
@@ -169,25 +232,48 @@ class Ensemble:
     """Deep ensemble: the same input through every member model.
 
     ``members`` are the models *beside* the one the estimator is built on, which
-    is member 0 (paths or ModelProtos).
+    is member 0 (paths, ModelProtos or ModelInfos). Members exported by other
+    tools may name their inputs and outputs differently: they are matched by
+    position then, and ``renamed`` (filled in when the members are loaded) says
+    how. ``notes`` says which files were counted once or skipped when folders were
+    expanded (recorded in results).
     """
 
     members: tuple = ()
+    renamed: tuple = dataclasses.field(default=(), compare=False)
+    notes: tuple = dataclasses.field(default=(), compare=False)
 
     method = "ensemble"
     level = None
 
     def __post_init__(self):
+        if isinstance(self.members, (str, bytes, os.PathLike)) or \
+                not hasattr(self.members, "__iter__"):
+            raise TfueError(f"Ensemble members must be a list of models, got "
+                            f"{type(self.members).__name__}",
+                            "pass Ensemble(['m1.onnx', 'm2.onnx']): the models beside member 0")
         members = tuple(self.members)
         if len(members) < 1:
             raise TfueError(f"an ensemble needs at least 2 models, got {len(members) + 1}",
                             "pass several .onnx files (or a folder of them)")
         object.__setattr__(self, "members", members)
 
+    @staticmethod
+    def label(m, k: int) -> str:
+        """How member ``k`` is named in results: its path, else '<model k>'."""
+        if isinstance(m, (str, os.PathLike)):
+            return os.fspath(m)
+        return getattr(m, "path", None) or f"<model {k}>"
+
     def describe(self) -> dict:
-        return {"method": "ensemble", "at": "members",
-                "members": [str(m) if isinstance(m, (str, os.PathLike)) else f"<model {i}>"
-                            for i, m in enumerate(self.members, start=1)], "level": None}
+        d = {"method": "ensemble", "at": "members",
+             "members": [self.label(m, i) for i, m in enumerate(self.members, start=1)],
+             "level": None}
+        if self.renamed:
+            d["member_names"] = {label: names for label, names in self.renamed}
+        if self.notes:
+            d["member_notes"] = list(self.notes)
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +288,7 @@ class Entropy:
 
 
 SAMPLED = (Noise, Dropout, MCDropout)  # specs with a level and N random samples
+SPECS = SAMPLED + (Transform, Ensemble, Entropy)
 
 
 def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=(),

@@ -73,11 +73,98 @@ def _means(s) -> dict:
     return means
 
 
-def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
+def non_finite(result) -> dict:
+    """Counts of NaN/Inf values per output and array, only where there are some.
+
+    Returns ``{output name: {"output": n, "mean": n, "variance": n, ...}}``.
+    """
+    found = {}
+    for name, s in result.outputs.items():
+        counts = {}
+        for key in ("output", "mean", "variance", "entropy", "mutual_information"):
+            value = getattr(s, key)
+            if value is None or np.asarray(value).dtype.kind not in "fc":
+                continue
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                counts[key] = bad
+        if counts:
+            found[name] = counts
+    return found
+
+
+def _non_finite_warning(path: str, found: dict, result) -> str:
+    parts = []
+    for name, counts in found.items():
+        size = int(np.size(result.outputs[name].output))
+        parts.append(f"output '{name}': " + ", ".join(f"{n} of {size} {key} values"
+                                                      for key, n in counts.items()))
+    return (f"{path}: NaN or Inf in the results ({'; '.join(parts)}); the model overflows "
+            "under this perturbation: lower --sigma/--rate or perturb elsewhere (--at)")
+
+
+LARGE_N = 1000  # from this N on, a run is timed up front and the estimate said
+
+
+def _estimate(estimator, feeds, inputs: int) -> str | None:
+    """For large N, how long the run will take: one plain model run, timed, times N."""
+    import time
+
+    n = getattr(estimator, "samples", 0) or 0
+    if n < LARGE_N:
+        return None
+    t0 = time.perf_counter()
+    estimator.reference(feeds)
+    one = time.perf_counter() - t0
+    total = one * n * inputs
+    when = ("under a second" if total < 1 else f"{total:.0f} s" if total < 120 else
+            f"{total / 60:.0f} min" if total < 7200 else f"{total / 3600:.1f} h")
+    return (f"N = {n} samples x {inputs} input(s): one plain model run takes {one * 1e3:.3g} ms, "
+            f"so expect roughly {when} of sampling (N runs per input; --samples 64 is "
+            "usually enough)")
+
+
+def _check_kept_samples(estimator, feeds) -> None:
+    """Refuse to keep N samples of every output in memory when they exceed max_memory."""
+    if not getattr(estimator, "keep_samples", False):
+        return
+    from .errors import TfueError
+
+    per_sample = sum(int(np.asarray(v).nbytes) for v in estimator.reference(feeds).values())
+    total = per_sample * estimator.samples
+    if total > estimator.max_memory:
+        raise TfueError(f"keeping the samples (--save-samples) would hold N = "
+                        f"{estimator.samples} x {per_sample / 2**20:.3g} MiB = "
+                        f"{total / 2**30:.3g} GiB in memory, above --max-memory "
+                        f"({estimator.max_memory / 2**30:.3g} GiB)",
+                        "use fewer --samples, drop --save-samples, or raise --max-memory")
+
+
+def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
-    ``progress`` wraps the file list for display (e.g. a progress bar).
+    The output folder is created only when the first result is written, so a run
+    refused on the way leaves nothing behind. A result with NaN or Inf values is
+    still written; it is counted in the input's ``non_finite`` and in the summary's
+    ``warnings`` (one line per input, also passed to ``note``).
+
+    Args:
+        estimator: the Estimator (or Runner) to run.
+        files: input files (images, .npy, .npz).
+        out_dir: the output folder (created when needed).
+        options: ImageOptions for reading images.
+        progress: wraps the file list for display (e.g. a progress bar).
+        note: called with a line for the user (large-N time estimate, warnings).
+
+    Returns:
+        The run summary (also written to ``out_dir``/summary.json).
+
+    Raises:
+        TfueError: an input cannot be read or run, or the folder cannot be written.
     """
+    from .io import cleanup_out_dir, prepare_out_dir
+
+    note = note or (lambda line: None)
     # Every input is read and checked before the long work starts, so a bad one
     # fails the run at once and no result of it is half-written.
     first = None
@@ -85,16 +172,30 @@ def run_inputs(estimator, files, out_dir, options, progress=None) -> dict:
         feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
         first = feeds if first is None else first
     estimator.prepare(first)  # verified on the first input before any work is reported
-    items = []
+    _check_kept_samples(estimator, first)
+    estimate = _estimate(estimator, first, len(files))
+    if estimate:
+        note(estimate)
+    items, warnings = [], []
     meta = None
-    iterator = progress(files) if progress else files
-    for path in iterator:
-        feeds = load_input(path, estimator.info.inputs, options)
-        result = estimator(feeds)
-        meta = result.metadata
-        items.append(write_result(out_dir, _stem(path), result, path))
+    with cleanup_out_dir(out_dir):
+        iterator = progress(files) if progress else files
+        for path in iterator:
+            feeds = load_input(path, estimator.info.inputs, options)
+            result = estimator(feeds)
+            meta = result.metadata
+            prepare_out_dir(out_dir)
+            item = write_result(out_dir, _stem(path), result, path)
+            found = non_finite(result)
+            if found:
+                item["non_finite"] = found
+                warnings.append(_non_finite_warning(path, found, result))
+                note("warning: " + warnings[-1])
+            items.append(item)
     summary = {"tfue_version": __version__, **meta, "inputs": items}
     summary.pop("input", None)
     summary["location"] = summary.pop("at", None)
+    if warnings:
+        summary["warnings"] = warnings
     save_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -18,7 +18,8 @@ import numpy as np
 from . import graph as graphs
 from .errors import TfueError
 from .model import ModelInfo, load_model
-from .perturb import SAMPLED, Dropout, Ensemble, Entropy, Noise, Transform
+from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
+                      check_max_memory, check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
 from .verify import Verdict, check_identity, check_unperturbed_slot
@@ -255,6 +256,7 @@ class Runner:
                  keep_samples: bool = False, softmax: bool = False, classify="auto",
                  class_axis: int = 1, max_memory: int = DEFAULT_MAX_MEMORY,
                  io_binding: bool | None = None):
+        _check_arguments(model, spec)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -267,7 +269,7 @@ class Runner:
             self.info = graphs.with_softmax(self.info, self.classes)
         self.softmax = softmax
         if isinstance(spec, SAMPLED):
-            self.samples = graphs.check_samples(8 if samples is None else samples)
+            self.samples = check_samples(8 if samples is None else samples)
         else:
             if samples is not None:
                 raise TfueError(f"--samples does not apply to --method {spec.method}",
@@ -276,13 +278,11 @@ class Runner:
             self.samples = (len(spec.elements) if isinstance(spec, Transform) else
                             len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
         self.chunk = check_chunk(chunk)
-        if not (isinstance(max_memory, (int, float)) and max_memory > 0):
-            raise TfueError(f"max_memory must be a positive number of bytes, got {max_memory!r}",
-                            "e.g. --max-memory 2G")
-        self.max_memory = int(max_memory)
+        self.max_memory = check_max_memory(max_memory)
         self.io_binding = io_binding
         self._sample_bytes = {}
-        self.seed = int(seed) if seed is not None else secrets.randbelow(2**31)
+        seed = check_seed(seed)
+        self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
         if strategy != "auto" and strategy not in graphs.STRATEGIES:
             raise TfueError(f"unknown strategy {strategy!r}",
@@ -341,9 +341,10 @@ class Runner:
         if isinstance(self.spec, Transform):
             return "input"
         if isinstance(self.spec, Ensemble):
-            from .graph.blackbox import member_infos
+            from .graph.blackbox import resolve_members
 
-            self._members = member_infos(self.info, self.spec.members)  # checks signatures
+            self.spec, self._members, notes = resolve_members(self.info, self.spec)
+            self.notes += notes
             return ", ".join([self.path or "member 0"] +
                              [m.path or f"member {k}" for k, m in enumerate(self._members, 1)])
         if isinstance(self.spec, Entropy):
@@ -405,29 +406,18 @@ class Runner:
         """Ensemble members join one graph, which has one opset: members exported at
         different opsets are brought to the newest among them (converted copies; the
         graph is verified against the original model like every other)."""
-        from . import convert
+        from .graph.blackbox import at_opset, ensemble_opset
 
         infos = [self.info] + list(self._members)
-        target = max(i.opset for i in infos)
-        if all(i.opset == target for i in infos):
-            return
-        aligned = []
-        for k, info in enumerate(infos):
-            if info.opset == target:
-                aligned.append(info)
-                continue
-            label = info.path or f"member {k}"
-            conversion = convert.convert(info, target)
-            if not conversion.ok:
-                raise TfueError(
-                    f"ensemble member '{label}' has opset {info.opset} and another member "
-                    f"{target}; converting a copy to {target} failed: {conversion.error}",
-                    "export every member at the same opset, or convert this one with "
-                    f"onnx.version_converter: {convert.conversion_command(info.path, target)}")
-            aligned.append(conversion.info)
-            self.notes.append(f"model: ensemble member '{label}' converted from opset "
-                              f"{info.opset} to {target} (the newest member's) with "
-                              "onnx.version_converter (a copy)")
+        target = ensemble_opset(self.info, self._members)
+
+        aligned = [at_opset(info, target, info.path or f"member {k}")
+                   for k, info in enumerate(infos)]
+        for k, (info, done) in enumerate(zip(infos, aligned)):
+            if done is not info:
+                self.notes.append(f"model: ensemble member '{info.path or f'member {k}'}' "
+                                  f"converted from opset {info.opset} to {target} (the newest "
+                                  "member's) with onnx.version_converter (a copy)")
         if aligned[0] is not self.info:
             self.conversion = (self.info.opset, target)
             self.info = aligned[0]
@@ -892,6 +882,18 @@ def _check_inputs_fit(info: ModelInfo, spec) -> None:
                     f"{'' if len(inputs) == 1 else 's'}: {listed}",
                     "use a gray-box method instead: --method noise or --method dropout "
                     "(perturbs an inner tensor, any input type)")
+
+
+def _check_arguments(model, spec) -> None:
+    """Refuse a model or spec of the wrong type early, naming the argument."""
+    import onnx
+
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise TfueError(f"model must be a path to an .onnx file or an onnx.ModelProto, got "
+                        f"{type(model).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
+    if not isinstance(spec, SPECS):
+        raise TfueError(f"spec must be one of {', '.join(c.__name__ for c in SPECS)}, got "
+                        f"{type(spec).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
 
 
 def _model_failed(shapes: dict, exc) -> TfueError:

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
 from ..model import ModelInfo
-from ..perturb import Ensemble, Transform
+from ..perturb import Ensemble, Transform, check_samples
 from . import blackbox, graybox
 from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, StrategyUnavailable,
                       UncertaintyGraph, isolate_outputs, keep_versions, output_names,
@@ -42,19 +42,6 @@ __all__ = ["build", "add_softmax", "with_softmax", "check_samples", "output_name
            "StrategyUnavailable", "UncertaintyGraph"]
 
 location_probe = graybox.location_probe
-
-
-def check_samples(samples) -> int:
-    """Validate N: an integer >= 2."""
-    try:
-        n = int(samples)
-    except (TypeError, ValueError):
-        raise TfueError(f"samples must be an integer, got {samples!r}",
-                        "give --samples N with N >= 2, e.g. 8") from None
-    if n != samples or n < 2:
-        raise TfueError(f"samples must be an integer >= 2, got {samples}",
-                        "variance needs at least 2 samples; give --samples 8")
-    return n
 
 
 def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, seed: int = 0,

@@ -8,12 +8,17 @@ apart for a non-square one) run as one batch through one copy of the model
 (``loop``). Copies share the weights.
 
 Ensembles: every member's nodes and weights join one graph that reads the same
-input; member 0's output is the unperturbed output.
+input; member 0's output is the unperturbed output. Members exported by other
+tools may name their inputs and outputs differently: they are wired by position
+then (count, dtypes, ranks and fixed sizes must agree), and members at an older
+opset are converted up to the newest member's, since ops change meaning across
+opsets.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..convert import MIN_OPSET, conversion_command
@@ -165,64 +170,187 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
     return model, spec.names
 
 
-def _signature_difference(main: ModelInfo, other: ModelInfo) -> str | None:
-    for kind in ("inputs", "outputs"):
-        a, c = getattr(main, kind), getattr(other, kind)
-        if [t.name for t in a] != [t.name for t in c]:
-            return f"its {kind} are {[t.name for t in c]}, not {[t.name for t in a]}"
-        for ta, tc in zip(a, c):
-            if ta.dtype != tc.dtype:
-                return f"{kind[:-1]} '{ta.name}' has dtype {tc.dtype}, not {ta.dtype}"
-            if ta.shape is not None and tc.shape is not None:
-                if len(ta.shape) != len(tc.shape):
-                    return (f"{kind[:-1]} '{ta.name}' has rank {len(tc.shape)}, not "
-                            f"{len(ta.shape)}")
-                for d_a, d_c in zip(ta.shape, tc.shape):
-                    if isinstance(d_a, int) and isinstance(d_c, int) and d_a > 0 and d_c > 0 \
-                            and d_a != d_c:
-                        return f"{kind[:-1]} '{ta.name}' has shape {list(tc.shape)}, not " \
-                               f"{list(ta.shape)}"
+def _tensor_difference(kind: str, k: int, ta, tc) -> str | None:
+    """How member tensor ``tc`` differs from the main model's ``ta`` at position ``k``."""
+    where = f"{kind[:-1]} {k} ('{tc.name}')"
+    if ta.dtype != tc.dtype:
+        return f"{where} has dtype {tc.dtype}, not {ta.dtype}"
+    if ta.shape is not None and tc.shape is not None:
+        if len(ta.shape) != len(tc.shape):
+            return (f"{where} has rank {len(tc.shape)} {list(tc.shape)}, not {len(ta.shape)} "
+                    f"{list(ta.shape)}")
+        for d_a, d_c in zip(ta.shape, tc.shape):
+            if isinstance(d_a, int) and isinstance(d_c, int) and d_a > 0 and d_c > 0 \
+                    and d_a != d_c:
+                return f"{where} has shape {list(tc.shape)}, not {list(ta.shape)}"
     return None
 
 
-def member_infos(info: ModelInfo, members) -> list:
-    """Load the other members and check each has the main model's signature."""
-    infos = []
-    for k, m in enumerate(members, start=1):
-        if isinstance(m, ModelInfo):
-            other = m
-        elif isinstance(m, (str, bytes)) or hasattr(m, "__fspath__"):
-            other = ModelInfo(load_model(m), str(m))
-        else:
-            other = ModelInfo(m)
-        diff = _signature_difference(info, other)
+def _match(kind: str, a: list, c: list):
+    """Pair the member's tensors ``c`` with the main model's ``a``.
+
+    By name when both name the same set of tensors, else by position. Returns
+    (pairs as (main tensor, member tensor), by_position), or a string saying
+    exactly what differs.
+    """
+    names_a, names_c = [t.name for t in a], [t.name for t in c]
+    if len(a) != len(c):
+        return (f"it has {len(c)} {kind} {names_c}, the first model {len(a)} {names_a}")
+    if sorted(names_a) == sorted(names_c):
+        by_name = {t.name: t for t in c}
+        pairs, by_position = [(t, by_name[t.name]) for t in a], False
+    else:
+        pairs, by_position = list(zip(a, c)), True
+    for ta, tc in pairs:
+        k = names_c.index(tc.name)
+        diff = _tensor_difference(kind, k, ta, tc)
         if diff:
-            label = other.path or f"member {k}"
-            raise TfueError(f"ensemble member '{label}' does not match "
-                            f"'{info.path or 'member 0'}': {diff}",
-                            "every member must have the same inputs and outputs (names, dtypes, "
-                            "shapes)")
-        infos.append(other)
-    return infos
+            return diff + (f" (matched by position to '{ta.name}')" if by_position else "")
+    return pairs, by_position
+
+
+def _signature_difference(main: ModelInfo, other: ModelInfo) -> str | None:
+    """What keeps ``other`` from being an ensemble member beside ``main``, or None."""
+    for kind in ("inputs", "outputs"):
+        found = _match(kind, getattr(main, kind), getattr(other, kind))
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def member_names(main: ModelInfo, other: ModelInfo) -> dict:
+    """How a matching member's tensor names map to the main model's.
+
+    Returns ``{"inputs": {member name: main name}, "outputs": {...}}``, listing
+    only the names that differ (empty dicts when the member uses the same names).
+    Raises TfueError when the signatures do not match.
+    """
+    found = {}
+    for kind in ("inputs", "outputs"):
+        pairs = _match(kind, getattr(main, kind), getattr(other, kind))
+        if isinstance(pairs, str):
+            raise TfueError(f"ensemble member does not match: {pairs}",
+                            "every member needs the first model's inputs and outputs")
+        found[kind] = {tc.name: ta.name for ta, tc in pairs[0] if ta.name != tc.name}
+    return found
+
+
+def _as_info(m, k: int) -> ModelInfo:
+    if isinstance(m, ModelInfo):
+        return m
+    if isinstance(m, (str, bytes)) or hasattr(m, "__fspath__"):
+        return ModelInfo(load_model(m), str(m))
+    if isinstance(m, onnx.ModelProto):
+        return ModelInfo(m)
+    raise TfueError(f"ensemble member {k} is a {type(m).__name__}, not a model",
+                    "give members as .onnx paths or onnx.ModelProto objects")
+
+
+def _check_member(info: ModelInfo, m, k: int) -> ModelInfo:
+    """Member ``k`` loaded and checked against member 0 (``info``)."""
+    other = _as_info(m, k)
+    diff = _signature_difference(info, other)
+    if diff:
+        raise TfueError(f"ensemble member '{other.path or f'member {k}'}' does not match "
+                        f"'{info.path or 'member 0'}': {diff}",
+                        "every member must have the same number of inputs and outputs, "
+                        "with the same dtypes and shapes (names may differ)")
+    return other
+
+
+def at_opset(m: ModelInfo, opset: int, label: str) -> ModelInfo:
+    """``m`` converted up to ``opset`` (``convert.convert``), or ``m`` itself.
+
+    Raises:
+        TfueError: onnx.version_converter cannot convert ``m``; the hint gives the
+            command that converts it by hand.
+    """
+    if m.opset >= opset:
+        return m
+    from .. import convert
+
+    conversion = convert.convert(m, opset)
+    if not conversion.ok:
+        raise TfueError(
+            f"ensemble member '{label}' has opset {m.opset} and another member "
+            f"{opset}; converting a copy to {opset} failed: {conversion.error}",
+            "export every member at the same opset, or convert this one with "
+            f"onnx.version_converter: {convert.conversion_command(m.path, opset)}")
+    return conversion.info
+
+
+def ensemble_opset(info: ModelInfo, others) -> int:
+    """The opset the members run at together: the newest among them.
+
+    Ops change meaning across opsets (Softmax before and after 13), and the
+    members run in one graph, so older members are converted up to it; converting
+    down is not safe (onnx.version_converter drops such changes).
+    """
+    return max([info.opset] + [m.opset for m in others])
+
+
+def member_infos(info: ModelInfo, members) -> list:
+    """Load the other members and check each has the main model's signature.
+
+    Inputs and outputs are matched by name when a member uses the main model's
+    names, else by position (count, dtypes, ranks and fixed sizes must agree).
+
+    Args:
+        info: member 0, the model the estimator is built on.
+        members: the other members (paths, ModelProtos or ModelInfos).
+
+    Returns:
+        The members' ModelInfos, in order.
+
+    Raises:
+        TfueError: a member cannot be read, or which of its inputs/outputs differs how.
+
+    Members keep their own opsets here; ``ensemble`` (and the Runner, once, with
+    a note) bring them to the newest (see :func:`ensemble_opset`).
+    """
+    return [_check_member(info, m, k) for k, m in enumerate(members, start=1)]
+
+
+def member_notes(info: ModelInfo, others: list) -> list:
+    """One line per member whose names differ from member 0's (matched by position)."""
+    notes = []
+    for k, m in enumerate(others, start=1):
+        names = member_names(info, m)
+        renamed = [f"{kind[:-1]} '{a}' -> '{b}'" for kind in ("inputs", "outputs")
+                   for a, b in names[kind].items()]
+        if renamed:
+            notes.append(f"ensemble member {k} ('{m.path or f'member {k}'}') names its tensors "
+                         f"differently; matched by position: " + ", ".join(renamed))
+    return notes
 
 
 def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
-    """One graph holding every member; the samples are the members' outputs."""
+    """One graph holding every member; the samples are the members' outputs.
+
+    Members whose inputs and outputs are named differently are wired by position
+    (see :func:`member_infos`).
+    """
     others = member_infos(info, spec.members)
     for m in [info] + others:
         check_subgraphs(m.model, "an ensemble")
-    graph = gs.import_onnx(info.model)
+    opset = ensemble_opset(info, others)
+    base = at_opset(info, opset, info.path or "member 0")
+    others = [at_opset(m, opset, m.path or f"member {k}") for k, m in enumerate(others, 1)]
+    graph = gs.import_onnx(base.model)
     prefix = prefix_for(info.model, *(m.model for m in others))
-    b = Builder(graph, prefix, info.opset)
+    b = Builder(graph, prefix, base.opset)
     inputs = {t.name: t for t in graph.inputs}
     outs = {o.name: [o] for o in graph.outputs}
     for k, m in enumerate(others, start=1):
+        names = member_names(info, m)
+        rename_in = {n: names["inputs"].get(n, n) for n in (t.name for t in m.inputs)}
         mg = gs.import_onnx(m.model)
-        mapping = {id(t): inputs[t.name] for t in mg.inputs if t.name in inputs}
+        mapping = {id(t): inputs[rename_in[t.name]] for t in mg.inputs if t.name in rename_in}
         mapping = clone_nodes(graph, mg.nodes, mapping, f"{prefix}m{k}/",
                               const_prefix=f"{prefix}m{k}/")
         for o in mg.outputs:
-            outs[o.name].append(mapping[id(o)])
+            # A member output that is its input (or a constant) is not made by a node.
+            outs[names["outputs"].get(o.name, o.name)].append(mapping.get(id(o), o))
     stats = {o.name for o in stats_outputs(info)}
     final = list(graph.outputs)
     for o in info.outputs:
@@ -231,7 +359,101 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
                                  out=gs.Variable(stacked_name(prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
     graph.outputs = final
-    model = finish(graph, info)
+    model = finish(graph, base)
+    # Members may use op domains (e.g. com.microsoft) that member 0 does not import.
+    domains = {imp.domain for imp in model.opset_import}
+    for m in others:
+        for imp in m.model.opset_import:
+            if imp.domain not in domains:
+                model.opset_import.append(imp)
+                domains.add(imp.domain)
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, [info.path or "member 0"] + [m.path or f"member {k}"
                                                for k, m in enumerate(others, start=1)]
+
+
+def model_files(paths) -> list:
+    """Expand folders among ``paths`` into the .onnx files they hold (sorted), in order.
+
+    Raises:
+        TfueError: a path does not exist, or a folder holds no .onnx file.
+    """
+    import os
+
+    found = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            inside = sorted(os.path.join(p, f) for f in os.listdir(p)
+                            if f.lower().endswith(".onnx") and
+                            os.path.isfile(os.path.join(p, f)))
+            if not inside:
+                raise TfueError(f"folder '{p}' holds no .onnx model",
+                                "give an .onnx file, or a folder with .onnx files in it")
+            found += [(f, True) for f in inside]
+        elif os.path.exists(p):
+            found.append((p, False))
+        else:
+            raise TfueError(f"model file '{p}' does not exist", "check the path")
+    return found
+
+
+def collect_members(paths):
+    """The ensemble members that ``paths`` (files or folders of .onnx files) name.
+
+    The first model found is member 0. A file named twice (e.g. given as the
+    model and inside a folder also given) counts once. A model found in a folder
+    whose inputs or outputs do not match member 0's (e.g. an ``_mcdropout``
+    twin with more outputs) is skipped, and why is said in the notes; a model
+    named explicitly must match (``member_infos`` refuses it otherwise).
+
+    Args:
+        paths: the model paths as the user gave them, member 0's first.
+
+    Returns:
+        (members, notes): the member ModelInfos in order (member 0 first), and
+        one line per file counted once or skipped.
+
+    Raises:
+        TfueError: a path is missing, a folder holds no model, or a file is not ONNX.
+    """
+    import os
+
+    members, notes, seen = [], [], {}
+    for path, from_folder in model_files(paths):
+        key = os.path.realpath(path)
+        if key in seen:
+            notes.append(f"'{path}' is the same file as member '{seen[key]}': counted once")
+            continue
+        info = ModelInfo(load_model(path), path)
+        if members and from_folder:
+            diff = _signature_difference(members[0], info)
+            if diff:
+                notes.append(f"skipped '{path}': not a member like '{members[0].path}' ({diff})")
+                continue
+        seen[key] = path
+        members.append(info)
+    return members, notes
+
+
+def resolve_members(info: ModelInfo, spec):
+    """Load and check ``spec``'s members against member 0 (``info``).
+
+    Returns:
+        (spec, members, notes): the spec with ``renamed`` filled in (recorded in
+        results), the members' ModelInfos, and one line per member matched by
+        position (for --verbose).
+
+    Raises:
+        TfueError: a member does not match (see :func:`member_infos`).
+    """
+    import dataclasses
+
+    others = member_infos(info, spec.members)
+    notes, renamed = [], []
+    for k, m in enumerate(others, start=1):
+        names = member_names(info, m)
+        if names["inputs"] or names["outputs"]:
+            renamed.append((spec.label(m, k), names))
+    notes += member_notes(info, others)
+    return dataclasses.replace(spec, renamed=tuple(renamed)), others, notes
