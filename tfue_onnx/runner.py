@@ -218,6 +218,8 @@ class Runner:
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
         self._verified = {}  # input signature -> strategy that passed verification
+        self._axes_probe = None  # axes.AxesProbe, made on first use
+        self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
         self.location = self._resolve_location()
 
     # --- setup -------------------------------------------------------------------
@@ -279,7 +281,7 @@ class Runner:
                 spec = Ensemble(tuple(self._members))
             try:
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
-                                  self.keep_samples, self.classes)
+                                  self.keep_samples, self.classes, axes=self._graph_axes)
                 self._built[name] = (ug, *create_session(ug.model, self.provider_request))
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
@@ -412,6 +414,15 @@ class Runner:
         if key in self._verified:
             return self._built[self._verified[key]]
         reference = self.reference(feeds)
+        found = self.spatial_axes(feeds, reference)
+        if isinstance(self.spec, Transform):
+            from .graph.builder import stats_outputs
+
+            found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
+            if found != self._graph_axes:  # graphs built for other axes undo on the wrong ones
+                self._built, self._verified, self._graph_axes = {}, {}, found
+                self.notes.append(f"transforms undone on output axes {found.metadata()} "
+                                  f"(found by {found.how})")
         failures = []
         # Fastest first; a strategy's graph and session are made only when reached.
         for name in self._strategies():
@@ -449,6 +460,17 @@ class Runner:
         raise TfueError("no uncertainty graph passed verification against the original model ("
                         + "; ".join(failures) + ")",
                         "try another location (--at) or --strategy loop; --verbose shows details")
+
+    def spatial_axes(self, feeds, outputs=None):
+        """Which axes of each output carry the image's height and width at ``feeds``'
+        shapes (an axes.SpatialAxes, cached per input shape); ``outputs`` are the
+        original model's outputs on ``feeds`` when already computed."""
+        if self._axes_probe is None:
+            from .axes import AxesProbe
+
+            self._axes_probe = AxesProbe(self.info, self.reference,
+                                         getattr(self.spec, "layout", "auto"))
+        return self._axes_probe(feeds, outputs)
 
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
@@ -527,7 +549,9 @@ class Runner:
                 r.class_variance = winning_class_variance(s.mean, s.variance, axis).astype(y.dtype)
             results[o.name] = r
         meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
-                "provider": provider}
+                "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
+        if isinstance(self.spec, Transform):
+            meta["inverted_axes"] = self._graph_axes.metadata()
         if level is not None:
             meta["level"] = level
         return Result(results, meta)
@@ -543,7 +567,8 @@ class Runner:
                 r.entropy = entropy(y, self.classes[o.name]).astype(y.dtype)
             results[o.name] = r
         return Result(results, {**self.describe(), "strategy": "single run",
-                                "provider": provider})
+                                "provider": provider,
+                                "spatial_axes": self.spatial_axes(feeds, out).metadata()})
 
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""

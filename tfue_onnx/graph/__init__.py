@@ -49,11 +49,13 @@ def check_samples(samples) -> int:
 
 
 def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, seed: int = 0,
-          keep_samples: bool = False, classes: dict | None = None) -> UncertaintyGraph:
+          keep_samples: bool = False, classes: dict | None = None,
+          axes=None) -> UncertaintyGraph:
     """Build the uncertainty graph of ``info``'s model for ``spec`` with ``strategy``.
 
     ``classes`` maps outputs holding class probabilities to their class axis; they
-    also get ``.mean_entropy``. Raises StrategyUnavailable when the strategy
+    also get ``.mean_entropy``. ``axes`` (an axes.SpatialAxes) says on which output
+    axes transforms are undone (None: probed on a synthetic input). Raises StrategyUnavailable when the strategy
     cannot apply to this model, and TfueError for bad arguments.
     """
     if strategy not in STRATEGIES:
@@ -68,7 +70,8 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
         raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
     if isinstance(spec, Transform):
-        model, locations = blackbox.transforms(info, spec, strategy, keep_samples, classes)
+        model, locations = blackbox.transforms(info, spec, strategy, keep_samples, classes,
+                                                axes)
         samples_input, levels, samples = None, {}, len(spec.elements)
     elif isinstance(spec, Ensemble):
         if strategy != "batched":

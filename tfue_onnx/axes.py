@@ -1,0 +1,330 @@
+"""Which axes of each output carry the input image's height and width.
+
+Outputs lay the image out in many ways: NHWC outputs of NCHW models, ``[N, H, W]``
+maps, super-resolution multiples (2H, 2W), valid convolutions (H - 2), strided
+maps (H / 4), sequences ``[N, T, K]`` whose T follows W only, class scores
+``[N, K]``. The rank says none of this, so the axes are found by running the
+original model:
+
+- free height / width: the model runs again with the input's height grown (and
+  then its width); an output axis *follows* an input axis when it grows with it
+  and with nothing else. An output is a map when exactly one axis follows the
+  height and another one the width.
+- fixed height / width: an output axis is a candidate when its size is the
+  input's, a multiple (2, 3, 4, 8), a stride (H / 2 ... H / 32) or a valid
+  convolution's (H - 1 ... H - 8). Where more than one pairing fits (a square
+  input, say), a local probe decides: the input is changed in its top quarter
+  (then its left quarter), and the axis whose first half changes most is the
+  height (the width).
+
+Each output ends up as ``(h, w)``, as ``None`` with no image axis (class scores),
+or *unresolved* (some axis follows the image but no (h, w) pair is certain). Only
+``(h, w)`` outputs are inverse-transformed, and only they get heatmaps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .errors import TfueError
+from .io import image_layout
+
+GROW = 32  # the probe grows an axis by this much first (keeps multiples of 32)
+MULTIPLES = (2, 3, 4, 8)
+STRIDES = (2, 4, 8, 16, 32)
+VALID_SHRINK = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialAxes:
+    """The image axes of a model's input and outputs, for one input shape.
+
+    Attributes:
+        input_name: the image input's name (None when the model has no image input).
+        input_axes: its (h, w) axes, or None.
+        outputs: output name -> (h, w) axes of that output, or None (not a map).
+        ranks: output name -> rank of the output at this input shape.
+        sizes: output name -> (size of h, size of w), for outputs with axes.
+        input_sizes: the input's (height, width).
+        unresolved: outputs with an axis that follows the image but no certain (h, w).
+        how: "probe" (the model ran at other sizes), "sizes" (fixed size: matched
+            by size, local probe where ambiguous), "mixed", or "none".
+    """
+
+    input_name: str | None
+    input_axes: tuple | None
+    outputs: dict
+    ranks: dict
+    sizes: dict
+    input_sizes: tuple | None = None
+    unresolved: frozenset = frozenset()
+    how: str = "none"
+
+    def metadata(self) -> dict:
+        """``{output: [h, w] or None}``, as recorded in results and summaries."""
+        return {k: (list(v) if v is not None else None) for k, v in self.outputs.items()}
+
+    def check_rotations(self, elements, outputs) -> None:
+        """Refuse 90° rotations when one of ``outputs`` cannot take them.
+
+        Args:
+            elements: the transform elements (D4) of the run.
+            outputs: names of the outputs whose samples are stacked.
+
+        Raises:
+            TfueError: an output follows the image but its (h, w) axes are unknown,
+                or its h and w sizes differ on a square input (the rotated sample
+                would not line up with the others).
+        """
+        rotations = [e.name for e in elements if e.swaps_axes]
+        if not rotations:
+            return
+        hint = ("use --transforms flips (or hflip, rot180): flips keep the output's shape and "
+                "are undone only on outputs whose axes are known")
+        for name in outputs:
+            if name in self.unresolved:
+                raise TfueError(f"output '{name}' changes with the image's size, but tfue cannot "
+                                "tell which of its axes carry the image's height and width, so "
+                                f"the rotations ({', '.join(rotations)}) cannot be undone on it",
+                                hint)
+            if self.outputs.get(name) is not None and self.input_sizes is not None:
+                (sh, sw), (ih, iw) = self.sizes[name], self.input_sizes
+                # A rotation swaps the input's sizes; turned back, the output must have
+                # its own sizes again: the same map from input to output size on h and w
+                # (equal offsets, as a valid convolution's, or equal scales).
+                if sh - ih != sw - iw and sh * iw != sw * ih:
+                    h, w = self.outputs[name]
+                    raise TfueError(f"output '{name}' is {sh}x{sw} on axes ({h}, {w}) for an "
+                                    f"input of {ih}x{iw}, so a sample of the rotated input "
+                                    f"cannot be turned back onto it ({', '.join(rotations)})",
+                                    hint)
+
+
+def image_input(info, layout: str = "auto"):
+    """The model's image input and its (h, w) axes, or (None, None).
+
+    An image input is the only input, float, of rank 3 ``[N, H, W]`` or 4 (layout
+    from ``io.image_layout``: given, or guessed from 1 or 3 channels).
+    """
+    if len(info.inputs) != 1:
+        return None, None
+    inp = info.inputs[0]
+    if inp.shape is None or inp.dtype not in ("float32", "float64", "float16"):
+        return None, None
+    if len(inp.shape) == 3:
+        return inp, (1, 2)
+    if len(inp.shape) != 4:
+        return None, None
+    try:
+        return inp, ((2, 3) if image_layout(inp, layout) == "NCHW" else (1, 2))
+    except TfueError:
+        return None, None
+
+
+def _free(dim) -> bool:
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def _grown(x: np.ndarray, axis: int, by: int) -> np.ndarray:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, by)
+    return np.pad(x, pad, mode="edge")
+
+
+def _plausible(n_out: int, n_in: int) -> bool:
+    """Whether an output axis of size ``n_out`` may carry an input axis of ``n_in``."""
+    if n_out == n_in or n_out in [k * n_in for k in MULTIPLES]:
+        return True
+    if any(n_out in (n_in // s, -(-n_in // s)) for s in STRIDES) and n_out > 1:
+        return True
+    return n_in - VALID_SHRINK <= n_out < n_in and n_out > 1
+
+
+class AxesProbe:
+    """Finds the output axes of a model that carry its input's height and width.
+
+    Args:
+        info: the model (ModelInfo).
+        run: ``run(feeds) -> {output name: array}``, the original model (raises on
+            inputs it cannot take).
+        layout: auto, NCHW or NHWC: how to read a 4-D image input.
+
+    Calling the probe with feeds returns a :class:`SpatialAxes`, cached per input
+    shape (the model runs at most five more times for each new shape).
+    """
+
+    def __init__(self, info, run, layout: str = "auto"):
+        self.info = info
+        self.run = run
+        self.layout = layout
+        self._cache = {}
+
+    def __call__(self, feeds: dict, outputs: dict | None = None) -> SpatialAxes:
+        """The axes for ``feeds`` (name -> array).
+
+        Args:
+            feeds: the model's inputs.
+            outputs: the model's outputs on ``feeds`` when already computed.
+
+        Returns:
+            SpatialAxes for this input shape.
+        """
+        key = tuple((k, np.shape(v)) for k, v in sorted(feeds.items()))
+        if key not in self._cache:
+            self._cache[key] = self._find(feeds, outputs)
+        return self._cache[key]
+
+    def _try(self, feeds):
+        try:
+            return {k: np.shape(v) for k, v in self.run(feeds).items()}
+        except Exception:  # the model does not take this size: fall back to sizes
+            return None
+
+    def _find(self, feeds, outputs) -> SpatialAxes:
+        inp, in_axes = image_input(self.info, self.layout)
+        names = [o.name for o in self.info.outputs]
+        if inp is None:
+            return SpatialAxes(None, None, {n: None for n in names}, {}, {})
+        x = np.asarray(feeds[inp.name])
+        base = {k: np.shape(v) for k, v in (outputs or self.run(feeds)).items()}
+        follows, probed = {}, []  # input axis -> {output: [axes that grew]}
+        for axis in in_axes:
+            if not _free(inp.shape[axis]):
+                continue
+            for by in dict.fromkeys((GROW, x.shape[axis])):
+                grown = self._try({**feeds, inp.name: _grown(x, axis, by)})
+                if grown is not None:
+                    follows[axis] = {n: _changed(base[n], grown.get(n)) for n in names}
+                    probed.append(axis)
+                    break
+        local = _LocalProbe(self.run, feeds, inp.name, in_axes)
+        result, unresolved, sizes = {}, set(), {}
+        for n in names:
+            shape = base[n]
+            grew = {axis: follows[axis][n] for axis in follows}
+            hw, status = _pair(_candidates(shape, x.shape, in_axes, grew), local, n,
+                               len(shape))
+            result[n] = hw
+            if status == "unresolved":
+                unresolved.add(n)
+            if hw is not None:
+                sizes[n] = (shape[hw[0]], shape[hw[1]])
+        how = "probe" if len(probed) == 2 else "mixed" if probed else "sizes"
+        return SpatialAxes(inp.name, in_axes, result, {n: len(base[n]) for n in names}, sizes,
+                           (x.shape[in_axes[0]], x.shape[in_axes[1]]), frozenset(unresolved),
+                           how)
+
+
+def _changed(before, after):
+    """Output axes that grew (None: the output changed rank, vanished or shrank)."""
+    if after is None or len(after) != len(before):
+        return None
+    if any(b > a for a, b in zip(after, before)):  # an axis shrank: not a plain map
+        return None
+    return [k for k, (a, b) in enumerate(zip(after, before)) if a != b]
+
+
+def _candidates(shape, in_shape, in_axes, grew):
+    """Per input axis (h, w): the output axes that may carry it, as a list of
+    candidate lists, surest first: the axes that grew in the probe (None when the
+    output changed rank), or those of the same size, then those of a plausible size
+    (an axis the other input axis's probe claimed is never a candidate)."""
+    claimed = {a for g in grew.values() if g for a in g}
+    cands = []
+    for axis in in_axes:
+        if axis in grew:
+            cands.append([grew[axis]])
+            continue
+        free = [a for a in range(1, len(shape)) if a not in claimed]
+        cands.append([[a for a in free if shape[a] == in_shape[axis]],
+                      [a for a in free if _plausible(shape[a], in_shape[axis])]])
+    return cands
+
+
+def _pair(cands, local, name, rank):
+    """(h, w) from the candidates of each input axis, and a status: "map", "none"
+    (no axis follows the image) or "unresolved"."""
+    ch_all, cw_all = cands
+    if any(c is None for c in ch_all + cw_all):
+        return None, "unresolved"
+    if not ch_all[-1] and not cw_all[-1]:
+        return None, "none"
+    probed = len(ch_all) == 1 and len(cw_all) == 1
+    if rank < 3 and len(ch_all) + len(cw_all) == 4:  # fixed size, [N, K]: not a map
+        return None, "none"
+    if probed and set(ch_all[0]) & set(cw_all[0]):  # follows both (a flattened H*W)
+        return None, "unresolved"
+    # Surest candidates first: probed or exact sizes, then plausible sizes.
+    for level in range(max(len(ch_all), len(cw_all))):
+        ch, cw = ch_all[min(level, len(ch_all) - 1)], cw_all[min(level, len(cw_all) - 1)]
+        pairs = [(a, b) for a in ch for b in cw if a != b]
+        if len(pairs) == 1 and len(ch) == len(cw) == 1:
+            return pairs[0], "map"
+        if pairs:
+            hw = local.decide(name, pairs)
+            return (hw, "map") if hw is not None else (None, "unresolved")
+    return None, "unresolved"
+
+
+class _LocalProbe:
+    """Decides between candidate (h, w) pairs by changing one corner of the input."""
+
+    MARGIN = 0.1
+
+    def __init__(self, run, feeds, input_name, in_axes):
+        self.run, self.feeds, self.name, self.in_axes = run, feeds, input_name, in_axes
+        self._diffs = None
+
+    def _changes(self):
+        if self._diffs is None:
+            x = np.asarray(self.feeds[self.name])
+            rng = np.random.default_rng(0)
+            scale = float(x.std()) or 1.0
+            try:
+                base = self.run(self.feeds)
+                self._diffs = []
+                for axis in self.in_axes:
+                    index = [slice(None)] * x.ndim
+                    index[axis] = slice(0, max(1, x.shape[axis] // 4))
+                    y = x.copy()
+                    y[tuple(index)] += (rng.standard_normal(y[tuple(index)].shape)
+                                        * scale).astype(x.dtype)
+                    out = self.run({**self.feeds, self.name: y})
+                    self._diffs.append({k: np.abs(np.asarray(out[k], np.float64)
+                                                  - np.asarray(base[k], np.float64))
+                                        for k in base
+                                        if np.asarray(base[k]).dtype.kind == "f"})
+            except Exception:
+                self._diffs = []
+        return self._diffs
+
+    def _share(self, diff, axis):
+        """Fraction of the change that falls in the first half of ``axis``."""
+        others = tuple(k for k in range(diff.ndim) if k != axis)
+        profile = diff.sum(axis=others)
+        total = profile.sum()
+        if not np.isfinite(total) or total <= 0:
+            return None
+        return float(profile[: len(profile) // 2].sum() / total)
+
+    def decide(self, name, pairs):
+        """The pair whose h changes most under the top-quarter change and whose w most
+        under the left-quarter change, by a clear margin; else None."""
+        diffs = self._changes()
+        if len(diffs) != 2 or name not in diffs[0]:
+            return None
+        scores = []
+        for h, w in pairs:
+            sh, sw = self._share(diffs[0][name], h), self._share(diffs[1][name], w)
+            if sh is None or sw is None:
+                return None
+            # The other axis must not react to the change as if it were the image's too.
+            oh, ow = self._share(diffs[0][name], w), self._share(diffs[1][name], h)
+            scores.append(min(sh - oh, sw - ow))
+        best = int(np.argmax(scores))
+        rest = [s for k, s in enumerate(scores) if k != best]
+        if scores[best] < self.MARGIN or (rest and scores[best] - max(rest) < self.MARGIN):
+            return None
+        return pairs[best]
