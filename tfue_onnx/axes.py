@@ -190,6 +190,7 @@ class AxesProbe:
         x = np.asarray(feeds[inp.name])
         base = {k: np.shape(v) for k, v in (outputs or self.run(feeds)).items()}
         follows, probed = {}, []  # input axis -> {output: [axes that grew]}
+        rates = {}  # input axis -> {output: output shape growth per input pixel}
         for axis in in_axes:
             if not _free(inp.shape[axis]):
                 continue
@@ -197,6 +198,8 @@ class AxesProbe:
                 grown = self._try({**feeds, inp.name: _grown(x, axis, by)})
                 if grown is not None:
                     follows[axis] = {n: _changed(base[n], grown.get(n)) for n in names}
+                    rates[axis] = {n: (np.subtract(grown[n], base[n]) / by)
+                                   for n in names if follows[axis][n] is not None}
                     probed.append(axis)
                     break
         local = _LocalProbe(self.run, feeds, inp.name, in_axes)
@@ -206,6 +209,14 @@ class AxesProbe:
             grew = {axis: follows[axis][n] for axis in follows}
             hw, status = _pair(_candidates(shape, x.shape, in_axes, grew), local, n,
                                len(shape))
+            if hw is not None and len(probed) == 2:
+                # Height and width growing at different rates: a map with unequal strides,
+                # or an axis that flattens the height with the channels ([N, W, C*H]);
+                # only a local change of the input tells them apart.
+                rh, rw = rates[in_axes[0]][n][hw[0]], rates[in_axes[1]][n][hw[1]]
+                if max(rh, rw) > 1.5 * min(rh, rw):
+                    hw = local.decide(n, [hw])
+                    status = "map" if hw is not None else "unresolved"
             result[n] = hw
             if status == "unresolved":
                 unresolved.add(n)
@@ -269,62 +280,79 @@ def _pair(cands, local, name, rank):
 
 
 class _LocalProbe:
-    """Decides between candidate (h, w) pairs by changing one corner of the input."""
+    """Decides between candidate (h, w) pairs by changing one edge band of the input.
 
-    MARGIN = 0.1
+    The input is changed in its top quarter, then its bottom, left and right quarters.
+    Along the output's real height axis the change's centre of mass moves from the
+    start (top change) to the end (bottom change); along any other axis (the width,
+    channels, or a height folded into the features) it stays near the middle.
+    """
+
+    SHIFT = 0.2  # the least move of the centre of mass (as a fraction of the axis)
 
     def __init__(self, run, feeds, input_name, in_axes):
         self.run, self.feeds, self.name, self.in_axes = run, feeds, input_name, in_axes
         self._diffs = None
 
     def _changes(self):
+        """[(top, bottom), (left, right)]: per output, |change| of each band change."""
         if self._diffs is None:
             x = np.asarray(self.feeds[self.name])
             rng = np.random.default_rng(0)
             scale = float(x.std()) or 1.0
+            self._diffs = []
             try:
                 base = self.run(self.feeds)
-                self._diffs = []
                 for axis in self.in_axes:
-                    index = [slice(None)] * x.ndim
-                    index[axis] = slice(0, max(1, x.shape[axis] // 4))
-                    y = x.copy()
-                    y[tuple(index)] += (rng.standard_normal(y[tuple(index)].shape)
-                                        * scale).astype(x.dtype)
-                    out = self.run({**self.feeds, self.name: y})
-                    self._diffs.append({k: np.abs(np.asarray(out[k], np.float64)
-                                                  - np.asarray(base[k], np.float64))
-                                        for k in base
-                                        if np.asarray(base[k]).dtype.kind == "f"})
-            except Exception:
+                    n = x.shape[axis]
+                    band = max(1, n // 4)
+                    pair = []
+                    shape = list(x.shape)
+                    shape[axis] = band
+                    # The same change at both ends: only its place differs.
+                    change = (rng.standard_normal(shape) * scale).astype(x.dtype)
+                    for start in (0, n - band):
+                        index = [slice(None)] * x.ndim
+                        index[axis] = slice(start, start + band)
+                        y = x.copy()
+                        y[tuple(index)] += change
+                        out = self.run({**self.feeds, self.name: y})
+                        pair.append({k: np.abs(np.asarray(out[k], np.float64)
+                                               - np.asarray(base[k], np.float64))
+                                     for k in base if np.asarray(base[k]).dtype.kind == "f"})
+                    self._diffs.append(pair)
+            except Exception:  # the model cannot run: nothing is decided
                 self._diffs = []
         return self._diffs
 
-    def _share(self, diff, axis):
-        """Fraction of the change that falls in the first half of ``axis``."""
-        others = tuple(k for k in range(diff.ndim) if k != axis)
-        profile = diff.sum(axis=others)
+    @staticmethod
+    def _centre(diff, axis):
+        """Centre of mass of the change along ``axis``, in [0, 1]; None if no change."""
+        if diff.shape[axis] < 2:
+            return None
+        profile = diff.sum(axis=tuple(k for k in range(diff.ndim) if k != axis))
         total = profile.sum()
         if not np.isfinite(total) or total <= 0:
             return None
-        return float(profile[: len(profile) // 2].sum() / total)
+        return float((profile * np.arange(len(profile))).sum() / total / (len(profile) - 1))
+
+    def _shift(self, pair, name, axis):
+        start, end = (self._centre(d[name], axis) for d in pair)
+        return None if start is None or end is None else end - start
 
     def decide(self, name, pairs):
-        """The pair whose h changes most under the top-quarter change and whose w most
-        under the left-quarter change, by a clear margin; else None."""
+        """The one pair whose h follows the top-to-bottom move and whose w the
+        left-to-right move, by at least SHIFT each; else None."""
         diffs = self._changes()
-        if len(diffs) != 2 or name not in diffs[0]:
+        if len(diffs) != 2 or name not in diffs[0][0]:
             return None
-        scores = []
+        good = []
         for h, w in pairs:
-            sh, sw = self._share(diffs[0][name], h), self._share(diffs[1][name], w)
-            if sh is None or sw is None:
-                return None
-            # The other axis must not react to the change as if it were the image's too.
-            oh, ow = self._share(diffs[0][name], w), self._share(diffs[1][name], h)
-            scores.append(min(sh - oh, sw - ow))
-        best = int(np.argmax(scores))
-        rest = [s for k, s in enumerate(scores) if k != best]
-        if scores[best] < self.MARGIN or (rest and scores[best] - max(rest) < self.MARGIN):
-            return None
-        return pairs[best]
+            sh, sw = self._shift(diffs[0], name, h), self._shift(diffs[1], name, w)
+            # The other axis must not follow the same move (an axis is height or width).
+            oh, ow = self._shift(diffs[0], name, w), self._shift(diffs[1], name, h)
+            if None in (sh, sw, oh, ow):
+                continue
+            if min(sh, sw) >= self.SHIFT and max(abs(oh), abs(ow)) < self.SHIFT:
+                good.append((h, w))
+        return good[0] if len(good) == 1 else None
