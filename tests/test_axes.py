@@ -348,6 +348,35 @@ def test_no_heatmap_for_an_output_without_image_axes(cli, models, tmp_path):
     assert not (tmp_path / "o" / "x.variance.png").exists()
 
 
+@pytest.mark.parametrize("name", ["nchw_to_nhwc", "transposed_out"])
+def test_entropy_heatmap_is_h_by_w(cli, models, tmp_path, name):
+    """The entropy map loses the class axis (last here): the map is still the image's
+    H x W, upright even when the output holds it as [N, W, H, K]."""
+    from PIL import Image
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal(
+        (1, 3, 24, 20)).astype(np.float32))
+    r = cli("run", models(name), tmp_path / "x.npy", "--method", "entropy",
+            "--out", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "o" / "x.entropy.png") as im:
+        assert im.size == (20, 24)  # (w, h)
+
+
+def test_build_without_axes_probes_itself(models):
+    """graphs.build called directly (no runner) finds the axes on a synthetic input."""
+    from tfue_onnx import graph as graphs
+
+    path = models("nchw_to_nhwc")
+    ug = graphs.build(ModelInfo(onnx.load(path), path), Transform("d4"), "batched")
+    sess = ort.InferenceSession(ug.model.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    x = _input("nchw_to_nhwc")
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+    ref = _reference(path, x, (2, 3), {"probs": (1, 2)}, Transform("d4").names)["probs"]
+    np.testing.assert_allclose(out["probs.variance"], ref.var(0), rtol=1e-3, atol=1e-7)
+
+
 def test_graybox_records_axes(models):
     path = models("scores_and_map")
     res = Estimator(path, Noise(0.1, at="r"), samples=4, seed=0)(_input("scores_and_map"))

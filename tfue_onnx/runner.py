@@ -422,7 +422,10 @@ class Runner:
             if found != self._graph_axes:  # graphs built for other axes undo on the wrong ones
                 self._built, self._verified, self._graph_axes = {}, {}, found
                 self.notes.append(f"transforms undone on output axes {found.metadata()} "
-                                  f"(found by {found.how})")
+                                  f"(found by {found.how})" + "".join(
+                                      f"; output '{n}' follows the image on axes that are not "
+                                      "a certain (height, width) pair: left as it comes"
+                                      for n in sorted(found.unresolved)))
         failures = []
         # Fastest first; a strategy's graph and session are made only when reached.
         for name in self._strategies():
