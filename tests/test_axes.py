@@ -152,6 +152,9 @@ MODELS = {
     "fixed_square_transposed": (lambda p: nchw_to_nhwc(p, h=16, w=16, n=1, perm=(0, 3, 2, 1)),
                                 (1, 3, 16, 16), (2, 3), {"probs": (2, 1)}, set()),
     "fixed_12x16": (_fixed((12, 16)), (1, 3, 12, 16), (2, 3), {"probs": (1, 2)}, set()),
+    # Height fixed, width free: the width is probed, the height matched by size.
+    "fixed_height": (lambda p: nchw_to_nhwc(p, h=16), (1, 3, 16, 16), (2, 3), {"probs": (1, 2)},
+                     set()),
 }
 
 
@@ -187,6 +190,9 @@ def test_probe_finds_the_image_axes(models, name):
     assert found.outputs == expected
     assert set(found.unresolved) == unresolved
     assert found.metadata() == {k: list(v) if v else None for k, v in expected.items()}
+    how = {"fixed_height": "mixed", "sequence": "mixed", "fixed_square": "sizes",
+           "fixed_square_transposed": "sizes", "fixed_12x16": "sizes"}.get(name, "probe")
+    assert found.how == how
     n = len(calls)
     assert probe({"x": _input(name)}) is found and len(calls) == n  # cached per shape
 
@@ -275,6 +281,20 @@ def test_non_square_flips(models, name):
         np.testing.assert_allclose(res.outputs[o].variance, stack.var(0), rtol=1e-3, atol=1e-7)
     assert res.metadata["inverted_axes"] == {k: list(v) if v else None
                                              for k, v in expected.items()}
+
+
+def test_other_sizes_reuse_the_graph(models):
+    """Axes are probed per input shape; the graph is rebuilt only when they differ."""
+    path = models("nchw_to_nhwc")
+    est = Estimator(path, Transform("d4"))
+    rng = np.random.default_rng(0)
+    for size in (16, 12, 16):
+        x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+        res = est(x)
+        ref = _reference(path, x, (2, 3), {"probs": (1, 2)}, res.metadata["transforms"])
+        np.testing.assert_allclose(res.variance, ref["probs"].var(0), rtol=1e-3, atol=1e-7)
+    assert sum("transforms undone on output axes" in n for n in est.notes) == 1
+    assert len(est._axes_probe._cache) == 2
 
 
 def test_rotations_refused_on_a_sequence_output(models):

@@ -419,7 +419,9 @@ class Runner:
             from .graph.builder import stats_outputs
 
             found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
-            if found != self._graph_axes:  # graphs built for other axes undo on the wrong ones
+            built = self._graph_axes
+            if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
+                # Graphs built for other axes would undo the transforms on the wrong ones.
                 self._built, self._verified, self._graph_axes = {}, {}, found
                 self.notes.append(f"transforms undone on output axes {found.metadata()} "
                                   f"(found by {found.how})" + "".join(
