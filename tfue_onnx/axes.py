@@ -6,16 +6,19 @@ maps (H / 4), sequences ``[N, T, K]`` whose T follows W only, class scores
 ``[N, K]``. The rank says none of this, so the axes are found by running the
 original model:
 
-- free height / width: the model runs again with the input's height grown (and
-  then its width); an output axis *follows* an input axis when it grows with it
-  and with nothing else. An output is a map when exactly one axis follows the
-  height and another one the width.
+- free height / width: the model runs again with the input's height grown by 32
+  (keeps multiples of 32; else doubled), then its width; an output axis *follows*
+  an input axis when it grows with it and with nothing else. An output is a map
+  when exactly one axis follows the height and another one the width.
 - fixed height / width: an output axis is a candidate when its size is the
-  input's, a multiple (2, 3, 4, 8), a stride (H / 2 ... H / 32) or a valid
-  convolution's (H - 1 ... H - 8). Where more than one pairing fits (a square
-  input, say), a local probe decides: the input is changed in its top quarter
-  (then its left quarter), and the axis whose first half changes most is the
-  height (the width).
+  input's (surest), or a multiple (2, 3, 4, 8), a stride (H / 2 ... H / 32) or a
+  valid convolution's (H - 1 ... H - 8).
+- where more than one pairing fits (a square fixed input, say), or the height and
+  width grow at different rates (unequal strides, or the height folded into the
+  features as in ``[N, W/4, C*H/4]``), a local probe decides: the same random
+  change is added to the input's top quarter, then its bottom quarter (left and
+  right for the width). Along the output's real height axis the centre of mass of
+  the change moves from start to end; along other axes it stays put.
 
 Each output ends up as ``(h, w)``, as ``None`` with no image axis (class scores),
 or *unresolved* (some axis follows the image but no (h, w) pair is certain). Only
@@ -152,7 +155,9 @@ class AxesProbe:
         layout: auto, NCHW or NHWC: how to read a 4-D image input.
 
     Calling the probe with feeds returns a :class:`SpatialAxes`, cached per input
-    shape (the model runs at most five more times for each new shape).
+    shape. Each new shape costs up to two more runs of the model at a grown size
+    (four when the first size is refused), and four at the input's size where the
+    local probe is needed.
     """
 
     def __init__(self, info, run, layout: str = "auto"):
