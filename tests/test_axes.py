@@ -205,6 +205,18 @@ def test_class_scores_of_a_classifier_have_no_image_axes(tmp_path):
     assert found.outputs == {"p": None} and not found.unresolved and found.how == "probe"
 
 
+def test_free_in_the_signature_fixed_inside(tmp_path):
+    """H and W free in the signature, but a constant [1, 2, 8, 12] bias: the probe's
+    grown inputs fail, and the sizes decide."""
+    from toys import fixed_bias_net
+
+    path = fixed_bias_net(tmp_path / "fb.onnx")
+    probe, calls = _probe(path)
+    found = probe({"x": np.zeros((1, 3, 8, 12), np.float32)})
+    assert found.outputs == {"y": (2, 3)} and found.how == "sizes"
+    assert len(calls) == 5  # the input, then height and width grown by 32 and doubled
+
+
 def test_no_image_input_runs_nothing(tmp_path):
     inits = {"wm": (4, 3)}
     path = _model(tmp_path / "v.onnx", [helper.make_node("MatMul", ["x", "wm"], ["y"])], inits,
