@@ -165,14 +165,29 @@ _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), 
                     dtype=np.float64)
 
 
-def spatial_map(arr: np.ndarray) -> np.ndarray | None:
-    """Reduce an output-shaped array to an HxW map (mean over batch/channels), or None.
+def spatial_map(arr: np.ndarray, axes=None) -> np.ndarray | None:
+    """Reduce an output-shaped array to an HxW map (mean over the other axes), or None.
 
-    Rank 4 is read as NCHW unless the last axis is small (<= 4) and axis 1 is not
-    (NHWC); rank 3 as [B, H, W]; rank 2 and below have no spatial axes.
+    Args:
+        arr: an output (or its variance), any rank.
+        axes: the output's (h, w) axes as found by ``axes.AxesProbe`` (recorded in a
+            result's ``metadata["spatial_axes"]``); ``False``: the output has none
+            (no map). None: guess from the shape (rank 4 is NCHW unless the last
+            axis is small (<= 4) and axis 1 is not; rank 3 is [B, H, W]).
+
+    Returns:
+        A float64 array [H, W], or None when there is no map (or it is 1 pixel wide).
     """
     a = np.asarray(arr, dtype=np.float64)
-    if a.ndim == 4:
+    if axes is False:
+        return None
+    if axes is not None:
+        h, w = (int(k) % a.ndim for k in axes)
+        others = tuple(k for k in range(a.ndim) if k not in (h, w))
+        m = a.mean(axis=others) if others else a
+        if h > w:
+            m = m.T
+    elif a.ndim == 4:
         if a.shape[-1] <= 4 < a.shape[1]:
             a = a.transpose(0, 3, 1, 2)
         m = a.mean(axis=(0, 1))

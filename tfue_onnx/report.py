@@ -54,13 +54,36 @@ def write_result(out_dir: str, stem: str, result, source: str) -> dict:
             "outputs": {name: {"shape": list(s.output.shape), **_means(s)}
                         for name, s in result.outputs.items()}}
     kind = "variance" if result.variance is not None else "entropy"
-    m = spatial_map(result.uncertainty) if result.uncertainty is not None else None
+    if "spatial_axes" in meta:
+        item["spatial_axes"] = meta["spatial_axes"]
+    m = spatial_map(result.uncertainty, map_axes(result, kind)) \
+        if result.uncertainty is not None else None
     if m is not None:
         png = os.path.join(out_dir, f"{stem}.{kind}.png")
         save_png(png, colorize(m))
         written.append(png)
         item["heatmap_max"] = float(m.max())
     return item
+
+
+def map_axes(result, kind: str = "variance"):
+    """The (h, w) axes of the primary output's ``kind`` map (variance, entropy) from
+    the result's metadata; False when it has none; None when not recorded (guess).
+
+    The entropy map has the class axis reduced away, so the axes after it move down.
+    """
+    found = result.metadata.get("spatial_axes")
+    if found is None:
+        return None
+    hw = found.get(result.primary)
+    if hw is None:
+        return False
+    if kind == "entropy":
+        c = result.metadata.get("classes", {}).get("outputs", {}).get(result.primary)
+        if c is None or c in hw:
+            return False
+        hw = [k - (k > c) for k in hw]
+    return tuple(hw)
 
 
 def _means(s) -> dict:

@@ -298,6 +298,8 @@ class Runner:
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
         self._banks = {}  # drawn banks, shared by every strategy's graph
+        self._axes_probe = None  # axes.AxesProbe, made on first use
+        self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
         self.original = self.info  # the user's model: what every graph is verified against
         self.conversion = None  # (from, to) opsets when a converted copy is used
         _check_inputs_fit(self.info, spec)
@@ -444,7 +446,8 @@ class Runner:
                 # Gray-box samples come back to be merged one by one in sample order
                 # (run()): the result must not depend on the chunk size.
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
-                                  self.keep_samples or isinstance(spec, SAMPLED), self.classes)
+                                  self.keep_samples or isinstance(spec, SAMPLED), self.classes,
+                                  axes=self._graph_axes)
                 ug.bank_cache = self._banks
             except graphs.StrategyUnavailable as exc:
                 self.notes.append(f"strategy {name}: not available ({exc})")
@@ -617,6 +620,21 @@ class Runner:
         if key in self._verified:
             return self._built[self._verified[key]]
         reference = self.reference(feeds)
+        found = self.spatial_axes(feeds, reference)
+        if isinstance(self.spec, Transform):
+            from .graph.builder import stats_outputs
+
+            found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
+            built = self._graph_axes
+            if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
+                # Graphs built for other axes would undo the transforms on the wrong ones.
+                self._built, self._rejected, self._verified = {}, {}, {}
+                self._graph_axes = found
+                self.notes.append(f"transforms undone on output axes {found.metadata()} "
+                                  f"(found by {found.how})" + "".join(
+                                      f"; output '{n}' follows the image on axes that are not "
+                                      "a certain (height, width) pair: left as it comes"
+                                      for n in sorted(found.unresolved)))
         failures = []  # (strategy, why): onnxruntime's refusals and failed verifications
         verified_wrong = False
         # Fastest first; a strategy's graph and session are made only when reached.
@@ -674,6 +692,17 @@ class Runner:
         what = (f"no uncertainty graph{built} passed verification against the original model"
                 if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
         raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
+
+    def spatial_axes(self, feeds, outputs=None):
+        """Which axes of each output carry the image's height and width at ``feeds``'
+        shapes (an axes.SpatialAxes, cached per input shape); ``outputs`` are the
+        original model's outputs on ``feeds`` when already computed."""
+        if self._axes_probe is None:
+            from .axes import AxesProbe
+
+            self._axes_probe = AxesProbe(self.info, self.reference,
+                                         getattr(self.spec, "layout", "auto"))
+        return self._axes_probe(feeds, outputs)
 
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
@@ -768,7 +797,9 @@ class Runner:
                 r.class_variance = winning_class_variance(s.mean, s.variance, axis).astype(y.dtype)
             results[o.name] = r
         meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
-                "provider": provider}
+                "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
+        if isinstance(self.spec, Transform):
+            meta["inverted_axes"] = self._graph_axes.metadata()
         if level is not None:
             meta["level"] = level
         return Result(results, meta)
@@ -784,7 +815,8 @@ class Runner:
                 r.entropy = entropy(y, self.classes[o.name]).astype(y.dtype)
             results[o.name] = r
         return Result(results, {**self.describe(), "strategy": "single run",
-                                "provider": provider})
+                                "provider": provider,
+                                "spatial_axes": self.spatial_axes(feeds, out).metadata()})
 
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""

@@ -46,7 +46,7 @@ location_probe = graybox.location_probe
 
 def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, seed: int = 0,
           keep_samples: bool = False, classes: dict | None = None,
-          sampling: str = "fed") -> UncertaintyGraph:
+          sampling: str = "fed", axes=None) -> UncertaintyGraph:
     """Build the uncertainty graph of ``info``'s model for ``spec`` with ``strategy``.
 
     ``classes`` maps outputs holding class probabilities to their class axis; they
@@ -54,8 +54,10 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     ``fed`` (graph inputs the runner fills from the seed and the sample index, see
     ``UncertaintyGraph.feeds``: reproducible across chunks, strategies and inputs)
     or ``graph`` (seeded RandomNormalLike / RandomUniformLike, for a standalone
-    export). Raises StrategyUnavailable when the strategy cannot apply to this
-    model, and TfueError for bad arguments.
+    export). ``axes`` (an axes.SpatialAxes of the model's own outputs) says on which
+    output axes transforms are undone (None: probed on a synthetic input). Raises
+    StrategyUnavailable when the strategy cannot apply to this model, and TfueError
+    for bad arguments.
     """
     if strategy not in STRATEGIES:
         raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
@@ -83,8 +85,11 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         iso = isolate_outputs(info)
     inner_classes = {t: axis for name, axis in classes.items() for t in iso.names(name)}
     if isinstance(spec, Transform):
+        if axes is None:
+            axes = blackbox.find_axes(info, spec.layout)
+        axes = axes.renamed({t: name for name in axes.outputs for t in iso.names(name)})
         model, locations = blackbox.transforms(iso.info, spec, strategy, keep_samples,
-                                               inner_classes)
+                                               inner_classes, axes)
         samples_input, levels, samples = None, {}, len(spec.elements)
     elif isinstance(spec, Ensemble):
         if strategy != "batched":

@@ -1,7 +1,9 @@
 """Black-box sampling graphs: input transforms (infer-transformation) and ensembles.
 
 Transforms: the model runs on D4-transformed copies of its input and the
-inverse transform is applied to every output with spatial axes. Transforms
+inverse transform is applied to each output on the axes that carry the image's
+height and width (found by running the model: ``axes.py``); outputs without
+such axes are left as they are. Transforms
 whose inputs share a shape (all of them for a square input; the 90° family
 apart for a non-square one) run as one batch through one copy of the model
 (``batched``), or each through a copy of its own when the batch size is fixed
@@ -61,7 +63,7 @@ def _forward(b: Builder, x, element, axes, rank, dtype):
 
 
 def _inverse(b: Builder, y, element, axes, rank, dtype):
-    if axes is None:  # no spatial axes (class scores): nothing to undo
+    if axes is None:  # no identified image axes (class scores, sequences): nothing to undo
         return y
     h, w = axes
     if element.flip_w:
@@ -75,20 +77,46 @@ def _inverse(b: Builder, y, element, axes, rank, dtype):
     return y
 
 
-def _output_axes(o, in_rank: int, in_axes):
-    """Spatial axes of an output: the input's when the ranks match, (1, 2) for rank 3."""
-    if o.shape is None:
-        return None
-    rank = len(o.shape)
-    if rank == in_rank:
-        return in_axes
-    if rank == 3:
-        return (1, 2)
-    return None
+def find_axes(info: ModelInfo, layout: str = "auto"):
+    """The outputs' image axes (axes.SpatialAxes), probed on a synthetic input: the
+    input's fixed sizes, 64 for free height and width, 1 for a free batch."""
+    from ..axes import AxesProbe
+    from ..session import create_session
+
+    sess, _ = create_session(info.model, "cpu")
+    names = [o.name for o in info.outputs]
+
+    def run(feeds):
+        return dict(zip(names, sess.run(names, feeds)))
+
+    inp = info.inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else 64)
+             for k, d in enumerate(inp.shape)]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.dtype(inp.dtype))
+    return AxesProbe(info, run, layout)({inp.name: x})
 
 
-def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict):
-    """The sampling graph of infer-transformation (see the module docstring)."""
+def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict,
+               out_axes=None):
+    """The sampling graph of infer-transformation (see the module docstring).
+
+    Args:
+        info: the model.
+        spec: a perturb.Transform.
+        strategy: batched or loop.
+        keep_samples: also return the stacked samples.
+        classes: outputs holding class probabilities -> class axis.
+        out_axes: an axes.SpatialAxes saying which axes of each output carry the
+            image; each transform is undone on those axes only, and not at all on
+            outputs without them. None: probed here on a synthetic input.
+
+    Returns:
+        (ModelProto, the transform names).
+
+    Raises:
+        TfueError: the model has no image input, or rotations cannot be undone on
+            one of its outputs. StrategyUnavailable: the strategy cannot apply.
+    """
     if info.opset < MIN_OPSET:  # the Runner converts a copy first; this is for direct callers
         raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
                         f"with steps); the model has opset {info.opset}",
@@ -101,6 +129,9 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         raise TfueError(f"the model's input is fixed at {h}x{w}, so 90° rotations (which swap "
                         f"height and width) cannot run: {', '.join(spec.names)}",
                         "use one of the sets " + ", ".join(usable_sets(square=False)))
+    if out_axes is None:
+        out_axes = find_axes(info, spec.layout)
+    out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
     batch_fixed = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     identity = ELEMENTS["identity"]
     others = [e for e in spec.elements if e is not identity]
@@ -140,12 +171,12 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         for o, y_g in zip(info.outputs, ys):
             odt = np.dtype(o.dtype) if o.dtype in ("float32", "float64", "float16") else None
             parts = b.split(y_g, len(group), odt) if len(group) > 1 else [y_g]
-            oaxes = _output_axes(o, rank, axes)
+            oaxes = out_axes.outputs.get(o.name)
             for e, part in zip(group, parts):
                 if e is identity:
                     firsts[o.name] = part
                 samples.setdefault(e.name, {})[o.name] = _inverse(
-                    b, part, e, oaxes, len(o.shape) if o.shape else 0, odt)
+                    b, part, e, oaxes, out_axes.ranks.get(o.name, 0), odt)
 
     for node in consumers:
         for i, t in enumerate(node.inputs):
