@@ -459,9 +459,15 @@ def _entropy(p, axis):
     return -(p * np.log(np.maximum(p, 1e-30))).sum(axis)
 
 
+def res_shape(runner, x):
+    return runner.run({"x": x}).outputs["probs"].entropy.shape
+
+
 @pytest.mark.parametrize("opset,axis,kw,expected", [
-    (11, 1, {}, None),               # normalises over K*H*W: not per pixel
-    (12, None, {}, None),            # default axis 1 before 13: the same
+    (11, 1, {}, (1, 2, 3)),          # one distribution over K*H*W: not per pixel
+    (12, None, {}, (1, 2, 3)),       # default axis 1 before 13: the same
+    (11, 2, {}, (2, 3)),             # over H*W, per channel
+    (11, 1, {"transpose": [0, 2, 3, 1]}, None),  # over K*H*W, then moved: left out
     (13, 1, {}, 1),                  # per pixel
     (13, None, {}, 3),               # default -1 from 13
     (11, -1, {}, 3),                 # the last axis alone: per position
@@ -485,24 +491,50 @@ def test_class_axis_follows_the_opset(opset, axis, kw, expected, x):
     assert r.classes == {"probs": expected}
     p = _run(model, {"x": x})["probs"]
     np.testing.assert_allclose(p.sum(expected), 1, rtol=1e-5)
+    if isinstance(expected, tuple):  # one distribution per item (and channel): no map
+        kept = tuple(d for k, d in enumerate(p.shape) if k not in expected)
+        assert res_shape(r, x) == kept
     res = r.run({"x": x})
     np.testing.assert_allclose(res.outputs["probs"].entropy, _entropy(p, expected), rtol=1e-4,
                                atol=1e-6)
 
 
-def test_opset11_softmax_is_noted_not_classified(x):
+def test_opset11_softmax_over_several_axes_is_one_distribution(x):
+    """Before opset 13 Softmax(axis=1) on [N, K, H, W] is one distribution over K*H*W:
+    entropy, BALD and the winning-class variance are over those axes together."""
     model = softmax_model(11, 1)
+    r = Runner(model, Noise(0.5, at="logits"), samples=6, seed=0, keep_samples=True,
+               provider="cpu")
+    assert r.classes == {"probs": (1, 2, 3)}
+    res = r.run({"x": x})
+    out = res.outputs["probs"]
+    s = out.samples.astype(np.float64)
+    mean = s.mean(0)
+    h = _entropy(mean, (1, 2, 3))
+    assert out.entropy.shape == (x.shape[0],)
+    np.testing.assert_allclose(out.entropy, h, rtol=1e-4)
+    mi = h - np.mean([_entropy(p, (1, 2, 3)) for p in s], axis=0)
+    np.testing.assert_allclose(out.mutual_information, np.maximum(mi, 0), rtol=1e-3, atol=1e-6)
+    flat = mean.reshape(len(mean), -1)
+    win = flat.argmax(1)
+    var = s.var(0).reshape(len(mean), -1)[np.arange(len(mean)), win]
+    np.testing.assert_allclose(out.class_variance, var, rtol=1e-3, atol=1e-9)
+    assert res.metadata["classes"]["outputs"] == {"probs": (1, 2, 3)}
+    # Asked for explicitly, the classes are axis 1 (the user's word).
+    r = Runner(model, Entropy(), classify=True, class_axis=1, provider="cpu")
+    p = _run(model, {"x": x})["probs"]
+    np.testing.assert_allclose(r.run({"x": x}).outputs["probs"].entropy, _entropy(p, 1),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_opset11_softmax_moved_after_is_noted_not_classified(x):
+    model = softmax_model(11, 1, transpose=[0, 2, 3, 1])
     r = Runner(model, Noise(0.2, at="logits"), samples=3, seed=0, provider="cpu")
     assert r.classes == {}
     assert any("normalises over all axes from 1 on" in n for n in r.notes)
     res = r.run({"x": x})
     assert res.outputs["probs"].entropy is None
     assert "normalises over all axes" in res.metadata["classes_left_out"][0]
-    # Asked for explicitly, the classes are axis 1 (the user's word).
-    r = Runner(model, Entropy(), classify=True, class_axis=1, provider="cpu")
-    p = _run(model, {"x": x})["probs"]
-    np.testing.assert_allclose(r.run({"x": x}).outputs["probs"].entropy, _entropy(p, 1),
-                               rtol=1e-4, atol=1e-6)
 
 
 def logits_model(opset=13):

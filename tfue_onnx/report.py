@@ -80,9 +80,10 @@ def map_axes(result, kind: str = "variance"):
         return False
     if kind == "entropy":
         c = result.metadata.get("classes", {}).get("outputs", {}).get(result.primary)
-        if c is None or c in hw:
+        cs = [] if c is None else [c] if np.ndim(c) == 0 else list(c)
+        if not cs or any(k in hw for k in cs):
             return False
-        hw = [k - (k > c) for k in hw]
+        hw = [k - sum(k > a for a in cs) for k in hw]
     return tuple(hw)
 
 

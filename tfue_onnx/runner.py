@@ -153,12 +153,15 @@ def _softmax_axis(info: ModelInfo, name: str):
     Transpose, Squeeze/Unsqueeze/Reshape/Flatten where the axis can be traced) to a
     Softmax. Before opset 13 ``Softmax(axis=k)`` normalises over all axes from k on
     (the input is coerced to 2-D): the classes are per position only when that is
-    one axis (k is the last axis, or the axes after k have size 1).
+    one axis (k is the last axis, or the axes after k have size 1); otherwise the
+    output is ONE distribution over the flattened axes k.. (a tuple of axes), whose
+    entropy has one value per batch item, not a map.
 
     Returns:
-        (axis, note): the class axis in the output (None when it is not class
-        probabilities), and a note saying why a Softmax output was not taken as
-        per-position probabilities (None otherwise).
+        (axis, note): the class axis in the output (an int; a tuple of axes for a
+        pre-13 Softmax over several axes; None when it is not class probabilities),
+        and a note saying why a Softmax output was not taken as probabilities (None
+        otherwise).
     """
     producers = {o: n for n in info.graph.node for o in n.output}
     shapes = info.tensor_infos
@@ -185,11 +188,20 @@ def _softmax_axis(info: ModelInfo, name: str):
         axis += rank
     if info.opset < 13:
         trailing = None if rank is None else src_shape[axis + 1:]
-        if trailing is None or any(d != 1 for d in trailing):
+        if trailing is None:
             return None, (f"output '{name}' comes from Softmax(axis={axis}) at opset "
-                          f"{info.opset}, which normalises over all axes from {axis} on "
-                          "(not per position): it is not treated as class probabilities "
+                          f"{info.opset}, which normalises over all axes from {axis} on, "
+                          "and its rank is unknown: it is not treated as class probabilities "
                           "(use --classify --class-axis K to override)")
+        if any(d != 1 for d in trailing):
+            # One distribution over all the flattened axes (opset < 13 semantics): the
+            # classes are those axes together, as long as nothing moves them after.
+            if any(step.op_type not in _SAME_AXES for step in path):
+                return None, (f"output '{name}' comes from Softmax(axis={axis}) at opset "
+                              f"{info.opset}, which normalises over all axes from {axis} on, "
+                              "and is reshaped after: it is not treated as class "
+                              "probabilities (use --classify --class-axis K to override)")
+            return tuple(range(axis, rank)), None
     tensor = node.output[0]
     for step in reversed(path):
         axis = _moved_axis(step, axis, shapes.get(tensor), shapes.get(step.output[0]))

@@ -62,15 +62,35 @@ class RunningStats:
         return self._m2 / self.count
 
 
-def entropy(p, axis: int) -> np.ndarray:
-    """Shannon entropy (nats) of probabilities ``p`` along ``axis``; 0 log 0 = 0."""
+def entropy(p, axis) -> np.ndarray:
+    """Shannon entropy (nats) of probabilities ``p`` along ``axis``; 0 log 0 = 0.
+
+    ``axis`` is an int or a tuple of axes that together hold the classes.
+    """
     p = np.asarray(p, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)
-    return -terms.sum(axis=axis)
+    return -terms.sum(axis=axis if np.ndim(axis) == 0 else tuple(axis))
 
 
-def winning_class_variance(mean, variance, axis: int) -> np.ndarray:
-    """The variance of the class with the highest mean probability."""
-    win = np.expand_dims(np.argmax(mean, axis=axis), axis)
-    return np.take_along_axis(np.asarray(variance), win, axis=axis).squeeze(axis)
+def winning_class_variance(mean, variance, axis) -> np.ndarray:
+    """The variance of the class with the highest mean probability.
+
+    Args:
+        mean, variance: arrays of one shape, float.
+        axis: the class axis (int), or a tuple of axes that together hold the
+            classes (a Softmax over several axes before opset 13).
+
+    Returns:
+        ``variance`` at the winning class: the shape of ``mean`` without the class
+        axes.
+    """
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    mean, variance = np.asarray(mean), np.asarray(variance)
+    keep = [k for k in range(mean.ndim) if k not in axes]
+    # Class axes last and flattened into one.
+    flat_shape = [mean.shape[k] for k in keep] + [-1]
+    m = np.transpose(mean, keep + list(axes)).reshape(flat_shape)
+    v = np.transpose(variance, keep + list(axes)).reshape(flat_shape)
+    win = np.expand_dims(np.argmax(m, axis=-1), -1)
+    return np.take_along_axis(v, win, axis=-1).squeeze(-1)

@@ -616,12 +616,13 @@ def renamed_constant(t: gs.Constant, name: str) -> gs.Constant:
     return gs.Constant(name, t.values, data_location=t.data_location)
 
 
-def entropy(b: Builder, p, axis: int, dtype):
-    """-sum(p log p) along ``axis``; 0 log 0 counts as 0."""
+def entropy(b: Builder, p, axis, dtype):
+    """-sum(p log p) along ``axis`` (an int or a list of axes); 0 log 0 counts as 0."""
     tiny = b.const("tiny", np.array(np.finfo(dtype).tiny, dtype))
     logp = b.op("Log", [b.op("Max", [p, tiny], dtype=dtype)], dtype=dtype)
     plogp = b.op("Mul", [p, logp], dtype=dtype)
-    total = b.with_axes("ReduceSum", plogp, [axis], {"keepdims": 0}, dtype=dtype)
+    axes = [axis] if np.ndim(axis) == 0 else list(axis)
+    total = b.with_axes("ReduceSum", plogp, axes, {"keepdims": 0}, dtype=dtype)
     return b.op("Neg", [total], dtype=dtype)
 
 
@@ -658,7 +659,9 @@ def attach_stats(model: onnx.ModelProto, info: ModelInfo, prefix: str, keep_samp
             outs.append(b.op("Identity", [stacked],
                              out=gs.Variable(names["samples"], dt, sshape)))
         if o.name in classes:
-            ent = entropy(b, stacked, classes[o.name] + 1, dt)
+            axis = classes[o.name]
+            ent = entropy(b, stacked, axis + 1 if np.ndim(axis) == 0 else [a + 1 for a in axis],
+                          dt)
             outs.append(b.reduce_mean(ent, axes=[0], keepdims=0,
                                       out=gs.Variable(names["mean_entropy"], dt)))
         g.outputs = outs
