@@ -501,3 +501,29 @@ def test_no_session_ever_gets_the_weights(tmp_path, x6, monkeypatch):
     assert len(blobs) >= len(specs) + 1
     assert max(len(b) for b in blobs) < weight_bytes / 50
     assert {s for s in sources if not isinstance(s, bytes)} == {path}
+
+
+@pytest.mark.parametrize("spec", [Noise(0.2, at="r1"), Dropout(0.2, at="c1")])
+def test_export_holds_at_most_two_sessions_of_the_weights(tmp_path, x6, monkeypatch, spec):
+    """Each onnxruntime session maps the weights: export verifies its in-graph-sampling
+    graph one session at a time, beside the original model's, and makes no graph with
+    fed draws (nor its location probe)."""
+    import tfue_onnx.runner as runner_module
+
+    path, inline, _ = ext_net(tmp_path / "m")
+    made = []
+    real = runner_module.create_session
+
+    def counting(model, provider="auto"):
+        made.append(model if isinstance(model, str) else model.graph.name)
+        return real(model, provider)
+
+    monkeypatch.setattr(runner_module, "create_session", counting)
+    est = Estimator(path, spec, samples=4, seed=1)
+    out = est.export(tmp_path / "u.onnx", example=x6)
+    assert len(made) == 2, made  # the original model, then one uncertainty graph
+    res = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(
+        ["y", "y.variance"], {"x": x6})
+    np.testing.assert_allclose(res[0], _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
+    assert float(res[1].mean()) > 0
+    assert est.standalone_graph(x6).sampling == "graph" and len(made) == 2  # cached

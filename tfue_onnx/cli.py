@@ -454,10 +454,13 @@ def export(models, out, verbose, example, force, **perturbation):
         path = est.export(out, example=feeds, force=force)
     finally:
         _notes(est, verbose)
-    ug = est.uncertainty_graph(feeds)
+    ug = est.standalone_graph(feeds)  # the graph export wrote (cached)
     outs = ", ".join(f"{n}, {n}.mean, {n}.variance" for n in ug.stats_outputs)
-    click.echo(f"wrote {path}: {est.spec.method} at {est.location}, N={est.samples}, seed "
-               f"{est.seed}, strategy {ug.strategy}; outputs {outs}")
+    from .external import has_external_data
+
+    data = f" (weights in {path}.data beside it)" if has_external_data(est.info.model) else ""
+    click.echo(f"wrote {path}{data}: {est.spec.method} at {est.location}, N={est.samples}, "
+               f"seed {est.seed}, strategy {ug.strategy}; outputs {outs}")
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------

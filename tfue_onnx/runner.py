@@ -310,6 +310,7 @@ class Runner:
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
         self._banks = {}  # drawn banks, shared by every strategy's graph
+        self._standalone = {}  # input signature -> verified graph with in-graph sampling
         self._axes_probe = None  # axes.AxesProbe, made on first use
         self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
         self.original = self.info  # the user's model: what every graph is verified against
@@ -862,27 +863,61 @@ class Runner:
         """The verified uncertainty graph with its sampling inside (seeded
         RandomNormalLike / RandomUniformLike), for a file that runs without tfue.
 
-        It uses the strategy that verified for ``feeds`` (default: a synthetic
-        input) and is itself verified at level 0. Its draws come from onnxruntime's
-        generator, whose state lives in the session: each run of a session draws anew,
-        and a fresh session repeats the same sequence of runs.
+        Gray-box graphs with in-graph sampling are built and verified at level 0 here,
+        fastest strategy first (the one already verified for ``feeds``' shapes, if
+        any), one session at a time: no graph with fed draws and no location probe is
+        made, so a model with large external weights holds at most two sessions.
+        Black-box graphs have nothing random: the verified one is returned. The result
+        is cached per input signature. Its draws come from onnxruntime's generator,
+        whose state lives in the session: each run of a session draws anew, and a
+        fresh session repeats the same sequence of runs.
+
+        Args:
+            feeds: the input to verify on (default: a synthetic one).
+
+        Returns:
+            A graph.UncertaintyGraph with ``sampling == "graph"`` (gray box).
 
         Raises:
-            TfueError: the in-graph variant fails verification.
+            TfueError: no strategy's in-graph variant passes verification.
         """
         feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
-        ug, _, _ = self._select(feeds)
-        if not ug.draws:
+        if not isinstance(self.spec, SAMPLED):
+            ug, _, _ = self._select(feeds)
             return ug
-        standalone = graphs.build(self.info, self.spec, ug.strategy, self.samples, self.seed,
+        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        if key in self._standalone:
+            return self._standalone[key]
+        reference = self.reference(feeds)
+        names = self._strategies()
+        if key in self._verified:  # the strategy the fed graph verified with goes first
+            names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
+        failures = []
+        for name in names:
+            try:
+                ug = graphs.build(self.info, self.spec, name, self.samples, self.seed,
                                   self.keep_samples, self.classes, sampling="graph")
-        sess, _ = create_session(standalone.model, self.provider_request)
-        verdict = self._verify(standalone, sess, feeds, self.reference(feeds))
-        if not verdict.ok:
-            raise TfueError(f"the {ug.strategy} graph with in-graph sampling failed "
-                            f"verification ({verdict.reason})",
-                            "export with another strategy, e.g. --strategy loop")
-        return standalone
+            except graphs.StrategyUnavailable as exc:
+                self.notes.append(f"export, strategy {name}: not available ({exc})")
+                continue
+            try:
+                sess, _ = create_session(ug.model, self.provider_request)
+                verdict = self._verify(ug, sess, feeds, reference)
+            except TfueError as exc:
+                verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None
+                                  else exc.message)
+            finally:
+                sess = None  # one session at a time (large external weights)
+            if verdict.ok:
+                self.notes.append(f"export: strategy {name} with in-graph sampling verified "
+                                  f"(max |error| at level 0 = {verdict.max_error:.2g})")
+                self._standalone[key] = ug
+                return ug
+            failures.append(f"{name}: {verdict.reason}")
+            self.notes.append(f"export, strategy {name}: failed verification ({verdict.reason})")
+        raise TfueError("no uncertainty graph with in-graph sampling passed verification "
+                        "against the original model (" + "; ".join(failures) + ")",
+                        "export with another location (--at) or --strategy loop")
 
     def example_input(self, size: int = 64) -> dict:
         """A synthetic input: free dims become 1 (batch) or ``size``; values N(0, 1)."""
