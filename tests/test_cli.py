@@ -274,3 +274,53 @@ def test_ensemble_folder_of_models_vs_folder_of_inputs(cli, toy, tmp_path, x8):
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert s["samples"] == 2 and [os.path.basename(i["input"]) for i in s["inputs"]] == ["x.npy"]
+
+
+def _fixed_size_inside(path):
+    """x [N, 3, H, W] in the signature, but a Reshape bakes 3 x 8 x 8 in: the synthetic
+    64 x 64 example input fails (as text models that bake a sequence length do)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([0, 192], np.int64), "shape"),
+             numpy_helper.from_array(rng.standard_normal((192, 4)).astype(np.float32), "w")]
+    g = helper.make_graph(nodes, "fixed_inside",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return str(path)
+
+
+def test_export_on_the_synthetic_input_asks_for_an_example(cli, tmp_path, x8):
+    model = _fixed_size_inside(tmp_path / "m.onnx")
+    out = tmp_path / "u.onnx"
+    r = cli("export", model, "-o", out, "--method", "noise", "--at", "r", "--seed", "0")
+    line = _one_error_line(r)
+    assert "the model failed on input x(1, 3, 64, 64)" in line and "synthetic example" in line
+    assert line.endswith("Hint: verify on a real input: --example FILE on the command line, "
+                         "example= in Python")
+    assert not out.exists()
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("export", model, "-o", out, "--method", "noise", "--at", "r", "--seed", "0",
+            "--example", tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    y, var = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        ["y", "y.variance"], {"x": x8})
+    assert y.shape == (1, 4) and float(var.mean()) > 0
+
+
+def test_export_of_an_old_opset_model_records_the_conversion(tmp_path, x8):
+    import onnx
+    import toys
+    from tfue_onnx import Estimator, Noise
+
+    path = toys.conv_net(tmp_path / "old.onnx", opset=9) or str(tmp_path / "old.onnx")
+    out = Estimator(path, Noise(0.1, at="r1"), samples=4, seed=0).export(tmp_path / "u.onnx")
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert props["tfue.converted_opset"] == "9->13" and props["tfue.strategy"] == "shared-prefix"

@@ -69,7 +69,8 @@ class Estimator(Runner):
 
         Raises:
             TfueError: ``path`` (or its .data) exists without ``force``, or is the
-                input model or one of its data files.
+                input model or one of its data files; the model fails on the
+                synthetic example (the hint asks for ``example``).
         """
         path = os.fspath(path)
         if self.path and os.path.abspath(path) == os.path.abspath(self.path):
@@ -80,7 +81,15 @@ class Estimator(Runner):
             check_new_file(path + ".data", force)
         # A file has no bank to be fed: its draws are made in the graph (seeded
         # RandomNormalLike / RandomUniformLike).
-        ug = self.standalone_graph(example)
+        try:
+            ug = self.standalone_graph(example)
+        except TfueError as exc:
+            if example is None and exc.message.startswith("the model failed on input"):
+                # The synthetic input (free sizes 64) is what the model refused.
+                raise TfueError(exc.message + " (a synthetic example input)",
+                                "verify on a real input: --example FILE on the command line, "
+                                "example= in Python") from exc
+            raise
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
         props = {"tfue.method": self.spec.method, "tfue.location": self.location,
@@ -88,6 +97,8 @@ class Estimator(Runner):
                  "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy}
         if ug.sampling is not None:
             props["tfue.sampling"] = EXPORT_SAMPLING_NOTE
+        if self.conversion:
+            props["tfue.converted_opset"] = "%d->%d" % tuple(self.conversion)
         onnx.helper.set_model_props(model, props)
         save_model(model, path, force=force)
         return path
