@@ -43,7 +43,7 @@ from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
-                      check_subgraphs, finish, float_dtype, keep_versions, prefix_for,
+                      finish, float_dtype, keep_versions, prefix_for, prefixed_node,
                       replace_tensor, stacked_name, stats_outputs)
 
 class _Perturber:
@@ -395,7 +395,6 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
 def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
          sampling: str = "fed"):
     """An ONNX Loop samples a perturbed copy of the model beside the unperturbed one."""
-    check_subgraphs(info.model, "the loop strategy")
     # 1. A perturbed copy of the model, exported on its own (no slot mask).
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
@@ -425,13 +424,8 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     body_prefix = prefix + "loop/"
     rename = {o: body_prefix + o for node in pg.node for o in node.output if o}
     body_nodes = []
-    for node in pg.node:
-        n = onnx.NodeProto()
-        n.CopyFrom(node)
-        n.name = body_prefix + node.name if node.name else ""
-        n.input[:] = [rename.get(i, i) for i in node.input]
-        n.output[:] = [rename.get(o, o) for o in node.output]
-        body_nodes.append(n)
+    for node in pg.node:  # subgraphs (If, Loop, Scan) read the body's copies too
+        body_nodes.append(prefixed_node(node, rename, body_prefix))
     cond_in, cond_out = prefix + "cond_in", prefix + "cond_out"
     body_nodes.append(helper.make_node("Identity", [cond_in], [cond_out]))
     body_outputs = [helper.make_tensor_value_info(cond_out, onnx.TensorProto.BOOL, [])]
