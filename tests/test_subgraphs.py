@@ -231,3 +231,35 @@ def test_ensemble_of_control_flow_members_matches_numpy(name):
     np.testing.assert_allclose(out["y.variance"], want.var(0), rtol=1e-4, atol=1e-6)
     res = Runner(a, Ensemble([b]), provider="cpu").run({"x": x})
     np.testing.assert_allclose(res.outputs["y"].variance, want.var(0), rtol=1e-4, atol=1e-6)
+
+
+# --- outputs that do not depend on the input, made by control flow ---------------------------
+def constant_if_model():
+    """if_model plus an output 'k' that an If on a constant condition makes from an outer
+    initializer ('scale') and a tensor of its own ('two'): it is copied beside the graph."""
+    m = if_model("value")
+    then_g = helper.make_graph([helper.make_node("Mul", ["scale", "two"], ["k_then"])], "kt", [],
+                               [_vi("k_then", None)],
+                               [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    else_g = helper.make_graph([helper.make_node("Neg", ["scale"], ["k_else"])], "ke", [],
+                               [_vi("k_else", None)])
+    m.graph.initializer.extend([numpy_helper.from_array(np.arange(3, dtype=np.float32), "scale"),
+                                numpy_helper.from_array(np.array(True), "always")])
+    m.graph.node.append(helper.make_node("If", ["always"], ["k"], then_branch=then_g,
+                                         else_branch=else_g))
+    m.graph.output.append(_vi("k", [3]))
+    return m
+
+
+@pytest.mark.parametrize("strategy", ["batched", "loop"])
+def test_constant_output_made_by_an_if(strategy):
+    model = constant_if_model()
+    info = ModelInfo(model)
+    x = _x((1, 3, 6, 6), seed=5)
+    ug = graphs.build(info, Noise(0.3, at="r1"), strategy, samples=3, seed=0, sampling="graph")
+    _check_unique(ug.model)
+    out = _run(ug.frozen(), {"x": x})
+    ref = _run(model, {"x": x})
+    np.testing.assert_array_equal(out["k"], np.arange(3, dtype=np.float32) * 2)
+    np.testing.assert_array_equal(out["y"], ref["y"])
+    assert "k.variance" not in out and float(out["y.variance"].mean()) > 1e-4

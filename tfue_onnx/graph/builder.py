@@ -499,15 +499,10 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
             t.CopyFrom(inits[name])
             t.name = new(name)
             g.initializer.append(t)
+    made_here = seen | {o for n in needed for o in n.output}
+    rename = {name: new(name) for name in made_here if name}
     for n in toposorted([n for n in original.node if id(n) in needed_ids]):
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        c.name = copied + n.name if n.name else ""
-        for old in node_inputs(n):
-            if old in seen and old not in inputs:
-                _rename_reads(c, old, new(old))
-        c.output[:] = [new(o) for o in n.output]
-        g.node.append(c)
+        g.node.append(prefixed_node(n, rename, copied))
     listed = {o.name for o in g.output}
     for k, out in enumerate(original.output):
         if out.name in iso.constant and out.name not in listed:
@@ -517,15 +512,6 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
             vi.CopyFrom(out)
             g.output.append(vi)
             listed.add(out.name)
-
-
-def _rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
-    node.input[:] = [new if i == old else i for i in node.input]
-    for attr in node.attribute:
-        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-        for sub in subs:
-            _rename(sub, old, new)
 
 
 def float_dtype(info: ModelInfo, name: str):
