@@ -49,12 +49,33 @@ def nested_model():
     return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
 
 
+def if_input_model():
+    """An If whose then-branch reads the model input x itself (and r1): a copy made for
+    transformed inputs must read the transformed x inside the branch too."""
+    then_g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["xc"], axes=[1]),
+                                helper.make_node("Add", ["r1", "xc"], ["t_out"])], "then", [],
+                               [_vi("t_out", None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r1"], ["e_out"])], "else", [],
+                               [_vi("e_out", None)])
+    nodes = [_conv("x", "w1", "c1"), helper.make_node("Tanh", ["c1"], ["r1"]),
+             helper.make_node("ReduceMean", ["x"], ["xm"], keepdims=0),
+             helper.make_node("Greater", ["xm", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["branch"], then_branch=then_g,
+                              else_branch=else_g),
+             _conv("branch", "w2", "y")]
+    inits = [numpy_helper.from_array(_w(4, 3, 3, 3), "w1"),
+             numpy_helper.from_array(_w(2, 4, 3, 3), "w2"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
+
+
 MODELS = {
     "if-value": lambda: if_model("value"),
     "if-shape": lambda: if_model("shape"),  # the condition reads x's width: W > 4
     "loop": loop_model,
     "scan": scan_model,
     "nested": nested_model,
+    "if-input": if_input_model,
 }
 
 
@@ -150,7 +171,8 @@ def test_exported_d4_graph_runs_in_plain_onnxruntime(name, tmp_path):
 
 # --- the loop strategy: the Loop body is a copy of the perturbed graph -----------------------
 LOOP_CASES = [("if-value", "r1"), ("if-value", "c2"), ("if-shape", "r1"), ("loop", "r1"),
-              ("loop", "loop_out"), ("scan", "r1"), ("nested", "r1"), ("nested", "c1")]
+              ("loop", "loop_out"), ("scan", "r1"), ("nested", "r1"), ("nested", "c1"),
+              ("if-input", "r1"), ("if-input", "input")]
 
 
 @pytest.mark.parametrize("name,at", LOOP_CASES, ids=[f"{n}-{a}" for n, a in LOOP_CASES])
@@ -212,7 +234,7 @@ def test_loop_body_reads_the_perturbed_copy():
 
 
 # --- ensembles of members with control flow -------------------------------------------------
-@pytest.mark.parametrize("name", ["if-value", "if-shape", "nested"])
+@pytest.mark.parametrize("name", ["if-value", "if-shape", "nested", "if-input"])
 def test_ensemble_of_control_flow_members_matches_numpy(name):
     """Two members of the same architecture with different weights (and the same
     tensor names inside their branches): mean and variance over the members'
