@@ -285,3 +285,22 @@ def test_constant_output_made_by_an_if(strategy):
     np.testing.assert_array_equal(out["k"], np.arange(3, dtype=np.float32) * 2)
     np.testing.assert_array_equal(out["y"], ref["y"])
     assert "k.variance" not in out and float(out["y.variance"].mean()) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["if-value", "nested"])
+def test_loop_strategy_on_an_opset9_model(name):
+    """At opset 9 the loop strategy runs the model at its own opset (the tiled ones run a
+    converted copy): the same draws give the same variance."""
+    model = MODELS[name]()
+    model.opset_import[0].version = 9
+    onnx.checker.check_model(model)
+    x = _x((1, 3, 6, 6), seed=6)
+    loop = Runner(model, Noise(0.3, at="r1"), samples=5, seed=3, strategy="loop",
+                  provider="cpu").run({"x": x})
+    tiled = Runner(model, Noise(0.3, at="r1"), samples=5, seed=3, provider="cpu").run({"x": x})
+    assert loop.metadata["strategy"] == "loop" and "converted_opset" not in loop.metadata
+    assert tiled.metadata["converted_opset"] == [9, 13]
+    np.testing.assert_array_equal(loop.outputs["y"].output, _run(model, {"x": x})["y"])
+    np.testing.assert_allclose(loop.outputs["y"].variance, tiled.outputs["y"].variance,
+                               rtol=1e-3, atol=1e-6)
+    assert float(loop.outputs["y"].variance.mean()) > 1e-3

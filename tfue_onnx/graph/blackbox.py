@@ -7,7 +7,9 @@ such axes are left as they are. Transforms
 whose inputs share a shape (all of them for a square input; the 90° family
 apart for a non-square one) run as one batch through one copy of the model
 (``batched``), or each through a copy of its own when the batch size is fixed
-(``loop``). Copies share the weights.
+(``loop``). Copies share the weights, and carry the model's control flow: a
+copied If / Loop / Scan reads the copy's tensors inside its subgraphs
+(``builder.clone_nodes``).
 
 Ensembles: every member's nodes and weights join one graph that reads the same
 input; member 0's output is the unperturbed output. Members exported by other

@@ -24,7 +24,8 @@ chunk size and level, and level 0 must give back the original model
   n+1 times along the batch axis, so only the suffix runs on the big batch.
 - ``batched``: the inputs are tiled n+1 times along the batch axis.
 - ``loop``: an ONNX Loop runs a perturbed copy of the model n times beside one
-  unperturbed copy (fixed-shape models, opsets below 10).
+  unperturbed copy (fixed-shape models, opsets below 10); control flow in the
+  copy reads the body's tensors (``builder.prefixed_node``).
 
 In both tiled strategies slot 0 is kept unperturbed (the perturbation is
 multiplied by a 0/1 slot mask) and slots 1..n are the samples: slot k+1 reads
