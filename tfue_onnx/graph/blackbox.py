@@ -7,7 +7,9 @@ such axes are left as they are. Transforms
 whose inputs share a shape (all of them for a square input; the 90° family
 apart for a non-square one) run as one batch through one copy of the model
 (``batched``), or each through a copy of its own when the batch size is fixed
-(``loop``). Copies share the weights.
+(``loop``). Copies share the weights, and carry the model's control flow: a
+copied If / Loop / Scan reads the copy's tensors inside its subgraphs
+(``builder.clone_nodes``).
 
 Ensembles: every member's nodes and weights join one graph that reads the same
 input; member 0's output is the unperturbed output. Members exported by other
@@ -28,7 +30,7 @@ from ..errors import TfueError
 from ..io import image_layout
 from ..model import ModelInfo, load_model
 from ..transforms import ELEMENTS, usable_sets
-from .builder import (Builder, StrategyUnavailable, attach_stats, check_subgraphs, clone_nodes,
+from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
                       finish, prefix_for, stacked_name, stats_outputs)
 
 
@@ -144,8 +146,6 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         groups = [g for g in groups if g]
     else:
         groups = [[identity]] + [[e] for e in others]
-    if len(groups) > 1:
-        check_subgraphs(info.model, "infer-transformation")
 
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
@@ -362,8 +362,6 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
     (see :func:`member_infos`).
     """
     others = member_infos(info, spec.members)
-    for m in [info] + others:
-        check_subgraphs(m.model, "an ensemble")
     opset = ensemble_opset(info, others)
     base = at_opset(info, opset, info.path or "member 0")
     others = [at_opset(m, opset, m.path or f"member {k}") for k, m in enumerate(others, 1)]

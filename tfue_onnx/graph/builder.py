@@ -499,15 +499,10 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
             t.CopyFrom(inits[name])
             t.name = new(name)
             g.initializer.append(t)
+    made_here = seen | {o for n in needed for o in n.output}
+    rename = {name: new(name) for name in made_here if name}
     for n in toposorted([n for n in original.node if id(n) in needed_ids]):
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        c.name = copied + n.name if n.name else ""
-        for old in node_inputs(n):
-            if old in seen and old not in inputs:
-                _rename_reads(c, old, new(old))
-        c.output[:] = [new(o) for o in n.output]
-        g.node.append(c)
+        g.node.append(prefixed_node(n, rename, copied))
     listed = {o.name for o in g.output}
     for k, out in enumerate(original.output):
         if out.name in iso.constant and out.name not in listed:
@@ -517,15 +512,6 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
             vi.CopyFrom(out)
             g.output.append(vi)
             listed.add(out.name)
-
-
-def _rename_reads(node: onnx.NodeProto, old: str, new: str) -> None:
-    node.input[:] = [new if i == old else i for i in node.input]
-    for attr in node.attribute:
-        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-        for sub in subs:
-            _rename(sub, old, new)
 
 
 def float_dtype(info: ModelInfo, name: str):
@@ -543,15 +529,6 @@ def float_dtype(info: ModelInfo, name: str):
 def stats_outputs(info: ModelInfo) -> list:
     """The model outputs that get statistics: the float ones."""
     return [o for o in info.outputs if o.dtype in FLOAT_TYPES.values() and o.dtype != "bfloat16"]
-
-
-def check_subgraphs(model: onnx.ModelProto, strategy: str) -> None:
-    """Copying nodes is impossible for control flow: its subgraphs name outer tensors."""
-    for node in model.graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for a in node.attribute):
-            raise StrategyUnavailable(f"{strategy} copies the model's nodes, and the model has "
-                                      f"control-flow subgraphs ({node.op_type} '{node.name}')")
 
 
 def replace_tensor(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip=()):
@@ -579,27 +556,148 @@ def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix
     ``mapping`` maps id(tensor) -> replacement for tensors read from outside the
     copied nodes (e.g. the input); every tensor the nodes make is copied under
     ``prefix``. Constants are shared, or copied under ``const_prefix`` when given
-    (ensemble members have weights of their own). Returns ``mapping`` extended.
+    (ensemble members have weights of their own).
+
+    Control flow is copied whole: a node's subgraphs (If branches, Loop and Scan
+    bodies, nested ones too) are copied as well; what they read from the enclosing
+    scopes goes through ``mapping`` (so a copied branch reads the copies of outer
+    tensors), and their own inputs and tensors are named under ``prefix``, so every
+    name stays unique in the model.
+
+    Args:
+        graph: the graph the copies join.
+        nodes: graphsurgeon nodes of a graph (or of ``graph`` itself), in order.
+        mapping: id(tensor) -> tensor, for tensors the copies read instead.
+        prefix: name prefix of every copied node and tensor (the model's names
+            must not start with it: see :func:`prefix_for`).
+        const_prefix: name prefix for copied constants; None shares them.
+
+    Returns:
+        ``mapping``, extended with id(original tensor) -> copy for every tensor the
+        nodes (and their subgraphs) make.
     """
-    for index, node in enumerate(nodes):
-        inputs = []
-        for t in node.inputs:
-            if id(t) in mapping:
-                inputs.append(mapping[id(t)])
-            elif isinstance(t, gs.Constant) and const_prefix is not None:
-                mapping[id(t)] = renamed_constant(t, const_prefix + t.name)
-                inputs.append(mapping[id(t)])
-            else:
-                inputs.append(t)
+    graph.nodes.extend(_cloned(nodes, mapping, prefix, const_prefix, [0]))
+    return mapping
+
+
+def _cloned(nodes, mapping: dict, prefix: str, const_prefix, counter: list) -> list:
+    """Copies of ``nodes`` (see :func:`clone_nodes`); ``counter`` numbers the copied
+    nodes across every scope, so node names stay unique too."""
+    def read(t):
+        if id(t) in mapping:
+            return mapping[id(t)]
+        if isinstance(t, gs.Constant) and const_prefix is not None:
+            mapping[id(t)] = renamed_constant(t, const_prefix + t.name)
+            return mapping[id(t)]
+        return t
+
+    copies = []
+    for node in nodes:
+        inputs = [read(t) for t in node.inputs]
         outputs = []
         for t in node.outputs:
+            if t.is_empty():  # an optional output left out
+                outputs.append(gs.Variable.empty())
+                continue
             copy = gs.Variable(prefix + t.name, dtype=t.dtype)
             mapping[id(t)] = copy
             outputs.append(copy)
-        graph.nodes.append(gs.Node(node.op, name=f"{prefix}{node.name or node.op}#{index}",
-                                   attrs=dict(node.attrs), inputs=inputs, outputs=outputs,
-                                   domain=node.domain))
-    return mapping
+        attrs = {}
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                value = _cloned_graph(value, mapping, prefix, const_prefix, counter)
+            elif isinstance(value, (list, tuple)) and value and \
+                    all(isinstance(v, gs.Graph) for v in value):
+                value = [_cloned_graph(v, mapping, prefix, const_prefix, counter)
+                         for v in value]
+            attrs[key] = value
+        copies.append(gs.Node(node.op, name=f"{prefix}{node.name or node.op}#{counter[0]}",
+                              attrs=attrs, inputs=inputs, outputs=outputs, domain=node.domain))
+        counter[0] += 1
+    return copies
+
+
+def _cloned_graph(sub: gs.Graph, mapping: dict, prefix: str, const_prefix,
+                  counter: list) -> gs.Graph:
+    """A copy of subgraph ``sub``: its inputs and tensors under ``prefix``, its reads of
+    enclosing scopes through ``mapping``."""
+    inputs = []
+    for t in sub.inputs:
+        copy = gs.Variable(prefix + t.name, dtype=t.dtype, shape=t.shape)
+        mapping[id(t)] = copy
+        inputs.append(copy)
+    nodes = _cloned(sub.nodes, mapping, prefix, const_prefix, counter)
+    outputs = []
+    for t in sub.outputs:  # a body may return an outer tensor or a constant as it is
+        if id(t) not in mapping and isinstance(t, gs.Constant) and const_prefix is not None:
+            mapping[id(t)] = renamed_constant(t, const_prefix + t.name)
+        out = mapping.get(id(t), t)
+        if isinstance(out, gs.Variable) and out.dtype is None:
+            out.dtype, out.shape = t.dtype, t.shape  # subgraph outputs need their types
+        outputs.append(out)
+    return gs.Graph(nodes=nodes, inputs=inputs, outputs=outputs, name=prefix + (sub.name or ""),
+                    doc_string=sub.doc_string, opset=sub.opset,
+                    import_domains=sub.import_domains)
+
+
+def prefixed_node(node: onnx.NodeProto, rename: dict, prefix: str) -> onnx.NodeProto:
+    """A copy of ``node`` for a graph built at proto level (the loop strategy's body).
+
+    Its inputs and outputs are renamed by ``rename`` (name -> new name; names not
+    in it are kept), its name gets ``prefix``. Its subgraphs (GRAPH and GRAPHS
+    attributes, nested too) read the renamed outer tensors, and the names they
+    define themselves (inputs, initializers, node outputs) get ``prefix``, so every
+    name stays unique in the model.
+
+    Args:
+        node: the node to copy (not changed).
+        rename: outer tensor name -> the copy's name.
+        prefix: prefix of the copy's node name and of its subgraphs' own names.
+
+    Returns:
+        The copy.
+    """
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.name = prefix + node.name if node.name else ""
+    copy.input[:] = [rename.get(i, i) if i else i for i in node.input]
+    copy.output[:] = [rename.get(o, o) if o else o for o in node.output]
+    _prefix_subgraphs(copy, rename, prefix)
+    return copy
+
+
+def _prefix_subgraphs(node: onnx.NodeProto, rename: dict, prefix: str) -> None:
+    for attr in node.attribute:
+        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+        for sub in subs:
+            _prefix_scope(sub, rename, prefix)
+
+
+def _prefix_scope(g: onnx.GraphProto, rename: dict, prefix: str) -> None:
+    """Rename, in place, subgraph ``g``'s own names under ``prefix`` and its reads of
+    enclosing scopes by ``rename`` (a local name shadows an outer one)."""
+    local = {i.name for i in g.input} | {i.name for i in g.initializer}
+    local |= {s.values.name for s in g.sparse_initializer}
+    local |= {o for n in g.node for o in n.output if o}
+    scope = dict(rename)
+    scope.update({name: prefix + name for name in local})
+
+    def new(name):
+        return scope.get(name, name) if name else name
+
+    g.name = prefix + g.name
+    for n in g.node:
+        n.name = prefix + n.name if n.name else ""
+        n.input[:] = [new(i) for i in n.input]
+        n.output[:] = [new(o) for o in n.output]
+        _prefix_subgraphs(n, scope, prefix)
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        vi.name = new(vi.name)
+    for t in g.initializer:
+        t.name = new(t.name)
+    for s in g.sparse_initializer:
+        s.values.name = new(s.values.name)
 
 
 def renamed_constant(t: gs.Constant, name: str) -> gs.Constant:

@@ -24,7 +24,8 @@ chunk size and level, and level 0 must give back the original model
   n+1 times along the batch axis, so only the suffix runs on the big batch.
 - ``batched``: the inputs are tiled n+1 times along the batch axis.
 - ``loop``: an ONNX Loop runs a perturbed copy of the model n times beside one
-  unperturbed copy (fixed-shape models, opsets below 10).
+  unperturbed copy (fixed-shape models, opsets below 10); control flow in the
+  copy reads the body's tensors (``builder.prefixed_node``).
 
 In both tiled strategies slot 0 is kept unperturbed (the perturbation is
 multiplied by a 0/1 slot mask) and slots 1..n are the samples: slot k+1 reads
@@ -43,7 +44,7 @@ from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
-                      check_subgraphs, finish, float_dtype, keep_versions, prefix_for,
+                      finish, float_dtype, keep_versions, prefix_for, prefixed_node,
                       replace_tensor, stacked_name, stats_outputs)
 
 class _Perturber:
@@ -395,7 +396,6 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
 def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
          sampling: str = "fed"):
     """An ONNX Loop samples a perturbed copy of the model beside the unperturbed one."""
-    check_subgraphs(info.model, "the loop strategy")
     # 1. A perturbed copy of the model, exported on its own (no slot mask).
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
@@ -425,13 +425,8 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     body_prefix = prefix + "loop/"
     rename = {o: body_prefix + o for node in pg.node for o in node.output if o}
     body_nodes = []
-    for node in pg.node:
-        n = onnx.NodeProto()
-        n.CopyFrom(node)
-        n.name = body_prefix + node.name if node.name else ""
-        n.input[:] = [rename.get(i, i) for i in node.input]
-        n.output[:] = [rename.get(o, o) for o in node.output]
-        body_nodes.append(n)
+    for node in pg.node:  # subgraphs (If, Loop, Scan) read the body's copies too
+        body_nodes.append(prefixed_node(node, rename, body_prefix))
     cond_in, cond_out = prefix + "cond_in", prefix + "cond_out"
     body_nodes.append(helper.make_node("Identity", [cond_in], [cond_out]))
     body_outputs = [helper.make_tensor_value_info(cond_out, onnx.TensorProto.BOOL, [])]
