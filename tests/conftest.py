@@ -24,6 +24,11 @@ def ppocr_det():
 
 
 @pytest.fixture(scope="session")
+def ppocr_rec():
+    return os.path.join(_rapidocr_models(), "ch_PP-OCRv4_rec_infer.onnx")
+
+
+@pytest.fixture(scope="session")
 def ppocr_cls():
     return os.path.join(_rapidocr_models(), "ch_ppocr_mobile_v2.0_cls_infer.onnx")
 

@@ -95,3 +95,30 @@ def test_angle_classifier(cli, tmp_path, ppocr_cls, cls_npy, cls_array, where):
     s = _run_json(cli, ppocr_cls, cls_npy, "--method", "dropout", "--at", LOCATIONS[where],
                   "--rate", 0.2, "--seed", 1, "--out", out)
     assert s["inputs"][0]["mean_variance"] > 0
+
+
+def test_recognizer_sequence_output_is_not_inverted(cli, tmp_path, ppocr_rec):
+    """PP-OCRv4's recognizer returns [N, T, K] (T = W / 8 time steps, K = 6625 classes):
+    T follows the image's width but no axis carries its height, so flips are not undone
+    on it (its variance is still reported, and the summary says so) and rotations are
+    refused with the reason."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 48, 320)).astype(np.float32)
+    np.save(tmp_path / "line.npy", x)
+    s = _run_json(cli, ppocr_rec, tmp_path / "line.npy", "--method", "transform",
+                  "--transforms", "flips", "--out", tmp_path / "t", "--provider", "cpu")
+    [name] = s["inverted_axes"]
+    assert s["inverted_axes"] == {name: None} and s["spatial_axes"] == {name: None}
+    [item] = s["inputs"]
+    assert item["files"] == [str(tmp_path / "t" / "line.npz")]  # no heatmap for a sequence
+    with np.load(tmp_path / "t" / "line.npz") as z:
+        ref = ort.InferenceSession(ppocr_rec, providers=["CPUExecutionProvider"])
+        run = lambda a: ref.run(None, {"x": np.ascontiguousarray(a)})[0]  # noqa: E731
+        ys = np.stack([run(x), run(x[..., ::-1]), run(x[..., ::-1, :]), run(x[..., ::-1, ::-1])])
+        assert z["variance"].shape == (1, 40, 6625)
+        np.testing.assert_allclose(z["mean"], ys.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(z["variance"], ys.var(0), rtol=1e-3, atol=1e-8)
+    r = cli("run", ppocr_rec, tmp_path / "line.npy", "--method", "transform", "--out",
+            tmp_path / "d4")
+    assert r.exit_code == 2
+    assert "cannot tell which of its axes carry the image's height and width" in r.stderr
+    assert "--transforms flips" in r.stderr
