@@ -32,7 +32,7 @@ from ..model import ModelInfo
 from ..perturb import Ensemble, Transform, check_samples
 from . import blackbox, graybox
 from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, StrategyUnavailable,
-                      UncertaintyGraph, isolate_outputs, keep_versions, output_names,
+                      UncertaintyGraph, isolate_outputs, keep_ranks, keep_versions, output_names,
                       prefix_for, restore_outputs, stats_outputs)
 
 STRATEGIES = ("shared-prefix", "batched", "loop")
@@ -104,7 +104,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
             iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
         levels = {v.name: val for v, val in perturber.level_inputs}
         draws, random = [d for _, d in perturber.bank_inputs], sampling
-    model = restore_outputs(model, iso)
+    model = keep_ranks(restore_outputs(model, iso))
     stats = list(dict.fromkeys(o.name for o in stats_outputs(info) if o.name not in iso.constant))
     return UncertaintyGraph(
         model=model, strategy=strategy, stats_outputs=stats,

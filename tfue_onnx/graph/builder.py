@@ -808,3 +808,117 @@ def keep_versions(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     del model.opset_import[:]
     model.opset_import.extend(info.model.opset_import)
     return model
+
+
+# --- ranks for onnxruntime's control flow -----------------------------------------
+# onnxruntime's Scan (and Loop / If, in places) needs a shape - a rank at least - on
+# every output of its subgraphs, which it infers from what the node reads from the
+# enclosing graph. A rewrite that reshapes to a computed shape (``Reshape(x,
+# Shape(t))``: the draws, the slot mask) leaves onnx's shape inference without a
+# rank, and everything downstream with it: a body whose outputs have a type but no
+# shape then stops running ("Subgraph must have the shape set for all outputs").
+
+def _known_shapes(g: onnx.GraphProto, outer: dict) -> dict:
+    """Name -> (elem_type, TensorShapeProto or None) of the typed tensors of ``g``."""
+    shapes = dict(outer)
+    for init in g.initializer:
+        shp = onnx.TensorShapeProto()
+        for d in init.dims:
+            shp.dim.add().dim_value = d
+        shapes[init.name] = (init.data_type, shp)
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.elem_type:
+            shapes[vi.name] = (tt.elem_type, tt.shape if tt.HasField("shape") else None)
+    return shapes
+
+
+def _computed_rank(node: onnx.NodeProto, shapes: dict):
+    """(elem_type, rank) of ``node``'s first output when its rank follows from the
+    length of a shape tensor (Reshape, Expand, ConstantOfShape), else None."""
+    def length(name):  # the length of a 1-D shape tensor, if known
+        shp = shapes.get(name, (0, None))[1]
+        if shp is not None and len(shp.dim) == 1 and shp.dim[0].HasField("dim_value"):
+            return shp.dim[0].dim_value
+        return None
+
+    if node.op_type == "ConstantOfShape" and node.input:
+        k = length(node.input[0])
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        elem = value.data_type if value is not None else onnx.TensorProto.FLOAT
+        return None if k is None else (elem, k)
+    if node.op_type not in ("Reshape", "Expand") or len(node.input) < 2:
+        return None
+    elem, data = shapes.get(node.input[0], (0, None))
+    k = length(node.input[1])
+    if not elem or k is None:
+        return None
+    if node.op_type == "Expand":
+        if data is None:
+            return None
+        k = max(k, len(data.dim))
+    return elem, k
+
+
+def _rank_only(name: str, elem: int, rank: int) -> onnx.ValueInfoProto:
+    vi = onnx.helper.make_tensor_value_info(name, elem, [None] * rank)
+    for d in vi.type.tensor_type.shape.dim:
+        d.Clear()
+    return vi
+
+
+def _hint_ranks(g: onnx.GraphProto, ig: onnx.GraphProto, outer: dict) -> int:
+    """Add rank-only value_info to ``g`` (and its subgraphs) for outputs whose rank
+    ``ig`` (``g`` after shape inference) leaves unknown but a shape tensor's length
+    gives; give subgraph outputs that have no shape the rank inference found.
+    Returns how many hints were added."""
+    shapes = _known_shapes(ig, outer)
+    added = 0
+    hinted = {vi.name for vi in g.value_info}
+    for node, inode in zip(g.node, ig.node):
+        out = node.output[0] if node.output else ""
+        if out and out not in hinted and shapes.get(out, (0, None))[1] is None:
+            found = _computed_rank(inode, shapes)
+            if found is not None:
+                g.value_info.append(_rank_only(out, *found))
+                hinted.add(out)
+                added += 1
+        for attr, iattr in zip(node.attribute, inode.attribute):
+            subs = [(attr.g, iattr.g)] if attr.type == onnx.AttributeProto.GRAPH else \
+                list(zip(attr.graphs, iattr.graphs))
+            for sub, isub in subs:
+                added += _hint_ranks(sub, isub, shapes)
+                for o, io in zip(sub.output, isub.output):
+                    tt, itt = o.type.tensor_type, io.type.tensor_type
+                    if o.type.HasField("tensor_type") and not tt.HasField("shape") and \
+                            itt.HasField("shape") and itt.elem_type == tt.elem_type:
+                        tt.shape.CopyFrom(_rank_only(o.name, tt.elem_type, len(itt.shape.dim))
+                                          .type.tensor_type.shape)
+                        added += 1
+    return added
+
+
+def keep_ranks(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
+    """Give ``model``'s tensors the ranks its rewrite hid from shape inference, and
+    every subgraph output (If branches, Loop and Scan bodies) a rank, so that
+    onnxruntime runs the control flow of the rewritten model as it runs the
+    original's. Only ranks are written (every dimension unknown): tiling changes
+    the batch dimension, never a rank. Edits ``model`` in place and returns it;
+    a model onnx's shape inference cannot read is returned unchanged.
+
+    Args:
+        model: an uncertainty graph (or any model).
+        rounds: at most this many passes of shape inference (each finds the ranks
+            the previous one's hints made known).
+
+    Returns:
+        ``model``.
+    """
+    for _ in range(rounds):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # custom ops, protos over 2 GB: onnxruntime infers what it can
+            return model
+        if not _hint_ranks(model.graph, inferred.graph, {}):
+            break
+    return model
