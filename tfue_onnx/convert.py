@@ -51,9 +51,12 @@ def needs_conversion(info: ModelInfo) -> bool:
 def convert(info: ModelInfo, target: int = TARGET_OPSET) -> Conversion:
     """Convert a copy of ``info``'s model to opset ``target``.
 
-    Node and tensor names stay the model's own (onnx.version_converter keeps them;
-    Dropout nodes it leaves unnamed get the name ``ModelInfo.dropouts`` gave them
-    in the original, so ``--nodes`` means the same thing).
+    Node and tensor names stay the model's own: onnx.version_converter keeps most,
+    and the tensors it renames where it replaces a node (Upsample -> Resize makes
+    ``_v_10`` of ``u``) get their original names back (``restore_names``), so every
+    location of the original resolves on the copy. Dropout nodes it leaves unnamed
+    get the name ``ModelInfo.dropouts`` gave them in the original, so ``--nodes``
+    means the same thing.
 
     Args:
         info: the model as loaded (never modified).
@@ -70,8 +73,88 @@ def convert(info: ModelInfo, target: int = TARGET_OPSET) -> Conversion:
         model = version_converter.convert_version(info.model, target)
     except Exception as exc:  # the converter raises RuntimeError/ValueError with C++ text
         return Conversion(source, target, None, _converter_message(exc, source, target))
+    restore_names(info.model, model)
     _keep_dropout_names(info, model)
     return Conversion(source, target, ModelInfo(model, info.path))
+
+
+def restore_names(original: onnx.ModelProto, converted: onnx.ModelProto) -> dict:
+    """Give the tensors onnx.version_converter renamed their original names back.
+
+    A tensor of the original that the converted graph lacks is matched through its
+    consumers (a node of the copy making the same outputs, reading it at the same
+    input position), else through its producer (the one node of the copy that reads
+    the same inputs and makes a tensor the original does not have). Repeated until
+    nothing changes, so chains of converted nodes are matched from the outputs back.
+
+    Args:
+        original: the model before conversion (never modified).
+        converted: its converted copy, edited in place.
+
+    Returns:
+        The renames made, copy's name -> original name.
+    """
+    g, og = converted.graph, original.graph
+    orig_made = [o for n in og.node for o in n.output if o]
+    orig_set = set(orig_made) | {i.name for i in og.input} | {i.name for i in og.initializer}
+    renames = {}
+    while True:
+        made = {o for n in g.node for o in n.output if o}
+        lost = [t for t in orig_made if t not in made]
+        strange = {o for o in made if o not in orig_set}
+        found = {}
+        for t in lost:
+            new = _match_consumer(og, g, t, strange) or _match_producer(og, g, t, strange)
+            if new is not None and new not in found and t not in found.values():
+                found[new] = t
+        if not found:
+            return renames
+        for old, new in found.items():
+            _rename_tensor(g, old, new)
+        renames.update(found)
+
+
+def _by_output(graph: onnx.GraphProto) -> dict:
+    return {o: n for n in graph.node for o in n.output if o}
+
+
+def _match_consumer(og, g, t, strange):
+    converted = _by_output(g)
+    for node in og.node:
+        for k, name in enumerate(node.input):
+            if name != t:
+                continue
+            twin = next((converted[o] for o in node.output if o and o in converted), None)
+            if twin is not None and k < len(twin.input) and twin.input[k] in strange:
+                return twin.input[k]
+    return None
+
+
+def _match_producer(og, g, t, strange):
+    producer = _by_output(og).get(t)
+    if producer is None:
+        return None
+    k = list(producer.output).index(t)
+    reads = [i for i in producer.input if i]
+    twins = [n for n in g.node if reads and [i for i in n.input if i][:1] == reads[:1]
+             and len(n.output) > k and n.output[k] in strange]
+    return twins[0].output[k] if len(twins) == 1 else None
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename ``old`` to ``new`` in ``graph`` and in what its subgraphs read of it."""
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                if old not in {i.name for i in sub.input} | {o for n in sub.node
+                                                              for o in n.output}:
+                    _rename_tensor(sub, old, new)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
 
 
 def _converter_message(exc, source: int, target: int) -> str:

@@ -315,6 +315,7 @@ class Runner:
         self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
         self.original = self.info  # the user's model: what every graph is verified against
         self.conversion = None  # (from, to) opsets when a converted copy is used
+        self._unconverted = None  # why an old-opset model runs without its converted copy
         _check_inputs_fit(self.info, spec)
         self._convert_old_opset()
         self.location = self._resolve_location()
@@ -401,6 +402,8 @@ class Runner:
             self.notes.append(f"model: opset {conversion.source} could not be converted to "
                               f"{conversion.target} ({conversion.error}); {what} need opset >= "
                               f"{convert.MIN_OPSET}, so only the loop strategy applies")
+            self._unconverted = (f"converting a copy to opset {conversion.target} failed: "
+                                 f"{conversion.error}")
             return
         if isinstance(spec, (Noise, Dropout)):
             # Locations (a depth, an index) mean the user's graph, not the converted one.
@@ -409,6 +412,8 @@ class Runner:
                 self.notes.append(f"model: opset {conversion.source} converted to "
                                   f"{conversion.target}, but the copy has no tensor '{name}'; "
                                   "only the loop strategy applies")
+                self._unconverted = (f"the copy converted to opset {conversion.target} has no "
+                                     f"tensor '{name}' (onnx.version_converter replaced it)")
                 return
             self.spec = dataclasses.replace(spec, at=name)
         self.info = conversion.info
@@ -463,7 +468,10 @@ class Runner:
                                   axes=self._graph_axes)
                 ug.bank_cache = self._banks
             except graphs.StrategyUnavailable as exc:
-                self.notes.append(f"strategy {name}: not available ({exc})")
+                reason = str(exc)
+                if self._unconverted and name != "loop" and self.info is self.original:
+                    reason += f", and {self._unconverted}"  # why the copy does not help
+                self.notes.append(f"strategy {name}: not available ({reason})")
                 return None
             try:
                 self._built[name] = (ug, *create_session(ug.model, self.provider_request))
@@ -681,6 +689,9 @@ class Runner:
             # runs at the model's own opset.
             self.notes.append(f"model: no graph of the copy converted to opset "
                               f"{self.conversion[1]} passed; back to the original model")
+            self._unconverted = (f"no graph of the copy converted to opset "
+                                 f"{self.conversion[1]} passed" +
+                                 (f" ({'; '.join(failures)})" if failures else ""))
             self.info, self.conversion = self.original, None
             self._built, self._rejected, self._verified = {}, {}, {}
             return self._select(feeds)
