@@ -267,8 +267,11 @@ def test_keep_ranks_writes_ranks_only_and_leaves_unknown_models_alone():
                          for vi in hints for d in vi.type.tensor_type.shape.dim)
     [scan] = [n for n in ug.model.graph.node if n.op_type == "Scan"]
     assert [len(o.type.tensor_type.shape.dim) for o in scan.attribute[0].g.output] == [3, 3]
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "b", [],
+                               [_vi("z", None)])
     broken = helper.make_model(helper.make_graph(
-        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="nowhere")], "b",
+        [helper.make_node("NoSuchOp", ["x"], ["c"], domain="nowhere"),
+         helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)], "b",
         [_vi("x", [1])], [_vi("y", None)]), opset_imports=[helper.make_opsetid("", 13)])
     before = broken.SerializeToString()
     assert keep_ranks(broken).SerializeToString() == before

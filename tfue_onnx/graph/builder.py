@@ -904,7 +904,8 @@ def keep_ranks(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
     onnxruntime runs the control flow of the rewritten model as it runs the
     original's. Only ranks are written (every dimension unknown): tiling changes
     the batch dimension, never a rank. Edits ``model`` in place and returns it;
-    a model onnx's shape inference cannot read is returned unchanged.
+    a model without subgraphs, or one onnx's shape inference cannot read, is
+    returned unchanged.
 
     Args:
         model: an uncertainty graph (or any model).
@@ -914,6 +915,9 @@ def keep_ranks(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
     Returns:
         ``model``.
     """
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in model.graph.node for a in n.attribute):
+        return model
     for _ in range(rounds):
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
