@@ -83,7 +83,8 @@ def loop_model(shaped: bool, opset: int = 13):
     over the iterations feeds the last Conv."""
     shape = ["N", 4, "H", "W"] if shaped else None
     body = helper.make_graph(
-        [helper.make_node("Sigmoid", ["r"], ["g"]), helper.make_node("Add", ["v_in", "g"], ["v_out"]),
+        [helper.make_node("Sigmoid", ["r"], ["g"]),
+         helper.make_node("Add", ["v_in", "g"], ["v_out"]),
          helper.make_node("Identity", ["v_out"], ["emit"]),
          helper.make_node("Identity", ["c_in"], ["c_out"])], "lbody",
         [_vi("i", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL), _vi("v_in", shape)],

@@ -36,7 +36,8 @@ def _model(middle, inits, opset, out="m"):
     """x -> Conv -> a -> ``middle`` -> ``out`` -> Conv -> y, at ``opset``."""
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), *middle,
              helper.make_node("Conv", [out, "w2"], ["y"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3, "H", "W"])],
+    x = helper.make_tensor_value_info("x", F, ["N", 3, "H", "W"])
+    graph = helper.make_graph(nodes, "g", [x],
                               [helper.make_tensor_value_info("y", F, ["N", 2, None, None])],
                               [_w("w1", 4, 3, 3, 3), _w("w2", 2, 4, 3, 3), *inits])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
