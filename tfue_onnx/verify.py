@@ -67,6 +67,20 @@ def check_identity(outputs: dict, reference: dict, stats_outputs) -> Verdict:
     return Verdict(True, "", worst)
 
 
+def result_outputs(results: dict) -> dict:
+    """A run's statistics (output name -> OutputStats) under the uncertainty graph's
+    output names, for :func:`check_identity`: verification checks the numbers the
+    user gets, not only the graph's own head."""
+    outputs = {}
+    for name, r in results.items():
+        names = output_names(name)
+        outputs[names["output"]] = r.output
+        if r.mean is not None:
+            outputs[names["mean"]] = r.mean
+            outputs[names["variance"]] = r.variance
+    return outputs
+
+
 def check_unperturbed_slot(outputs: dict, reference: dict) -> Verdict:
     """Check that the unperturbed output stays the original with the perturbation on."""
     for name, ref in reference.items():
