@@ -464,7 +464,9 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
     if iso.constant:
         _add_constant_outputs(g, iso)
     _drop_dead_nodes(g)
-    order = {o.name: k for k, o in enumerate(iso.original.model.graph.output)}
+    order = {}  # each name at its first listing
+    for k, o in enumerate(iso.original.model.graph.output):
+        order.setdefault(o.name, k)
     rank = {o.name: (order.get(o.name.rsplit(".", 1)[0], len(order)) if o.name not in order
                      else order[o.name]) for o in g.output}
     outputs = sorted(g.output, key=lambda o: rank[o.name])
