@@ -22,7 +22,8 @@ from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transfo
                       check_max_memory, check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
-from .verify import Verdict, check_identity, check_unperturbed_slot, result_outputs
+from .verify import (Verdict, check_identity, check_statistics, check_unperturbed_slot,
+                     result_outputs)
 
 DEFAULT_CHUNK = 8
 MAX_AUTO_CHUNK = 64
@@ -620,7 +621,12 @@ class Runner:
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
-            return check_unperturbed_slot(self._run(sess, {**feeds, **ug.feeds()}), reference)
+            out = self._run(sess, {**feeds, **ug.feeds()})
+            verdict = check_unperturbed_slot(out, reference)
+            if verdict.ok and isinstance(self.spec, Transform):
+                verdict = check_statistics(out, self._transform_statistics(feeds, ug.stats_outputs),
+                                           "transformed runs of the original")
+            return verdict
         shapes = self.location_shapes(ug, feeds)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes)})
         verdict = check_identity(out, reference, ug.stats_outputs)
@@ -634,6 +640,33 @@ class Runner:
             on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict
+
+    def _transform_statistics(self, feeds, outputs) -> dict:
+        """What infer-transformation must give on ``feeds``, from the original model
+        alone: per output with statistics, (mean, variance) over the transforms of
+        the model run on each transformed input, turned back on the output's image
+        axes (as found for the graph; outputs without them are taken as they come).
+        ``outputs``: the names of the outputs with statistics.
+        """
+        from .graph.blackbox import spatial_axes
+
+        in_axes, _ = spatial_axes(self.info, self.spec.layout)
+        name = self.info.inputs[0].name
+        axes = self._graph_axes
+        runs = []
+        for e in self.spec.elements:
+            x = np.ascontiguousarray(e.forward(feeds[name], in_axes))
+            runs.append(self.reference({**feeds, name: x}))
+        expected = {}
+        for out in outputs:
+            oaxes = axes.outputs.get(out) if axes is not None else None
+            ys = [r[out] if oaxes is None else e.inverse(r[out], oaxes)
+                  for e, r in zip(self.spec.elements, runs)]
+            if len({y.shape for y in ys}) != 1:
+                continue  # samples that cannot be stacked: the graph failed already
+            stack = np.stack(ys).astype(np.float64)
+            expected[out] = (stack.mean(axis=0), stack.var(axis=0))
+        return expected
 
     def _select(self, feeds):
         """The verified (graph, session, provider) for this input signature."""
