@@ -254,6 +254,7 @@ def test_scalar_location_runs_in_the_loop_strategy(kind, x):
         assert e.value.message == (f"no sampling strategy applies to this model: {strategy}: "
                                    "location 's' is a scalar (rank 0): it has no batch axis "
                                    "to tile")
+        assert e.value.hint.startswith("try --strategy auto")
     est = Estimator(model, Noise(0.3, at="s"), samples=6, seed=2, provider="cpu")
     zero = est({"x": x}, level=0.0)
     assert zero.metadata["strategy"] == "loop"

@@ -624,8 +624,8 @@ class Runner:
             out = self._run(sess, {**feeds, **ug.feeds()})
             verdict = check_unperturbed_slot(out, reference)
             if verdict.ok and isinstance(self.spec, Transform):
-                verdict = check_statistics(out, self._transform_statistics(feeds, ug.stats_outputs),
-                                           "transformed runs of the original")
+                expected = self._transform_statistics(feeds, ug.stats_outputs)
+                verdict = check_statistics(out, expected, "transformed runs of the original")
             return verdict
         shapes = self.location_shapes(ug, feeds)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes)})
@@ -733,7 +733,10 @@ class Runner:
         if not failures:  # no strategy applies at all: each one's reason, nothing else
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(
                 f"{name}: {self._unavailable[name]}" for name in self._strategies()
-                if name in self._unavailable), "run with --verbose for details")
+                if name in self._unavailable),
+                "try --strategy auto (the strategies in turn); --verbose shows details"
+                if self._strategies() != list(graphs.STRATEGIES) and
+                not isinstance(self.spec, Ensemble) else "run with --verbose for details")
         hint = ("try another location (--at) or --strategy loop; --verbose shows details"
                 if isinstance(self.spec, SAMPLED) else
                 "check that the model gives the same output when run twice on this input; "
