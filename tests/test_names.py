@@ -177,6 +177,23 @@ def test_transforms_on_output_listed_twice(kind, opset, x, tmp_path):
     np.testing.assert_allclose(out["y.variance"], var, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["plain", "const", "between"])
+def test_ensemble_of_models_listing_an_output_twice(kind, x):
+    from tfue_onnx import Ensemble
+
+    model, member = dup_model(kind), dup_model(kind)
+    w1 = numpy_helper.to_array(member.graph.initializer[0]) * 1.2
+    member.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1, "w1"))
+    ys = [_ort(m, {"x": x})[1]["y"] for m in (model, member)]
+    runner = Runner(model, Ensemble((member,)), provider="cpu")
+    r = runner.run({"x": x})
+    np.testing.assert_allclose(r.outputs["y"].mean, np.mean(ys, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.outputs["y"].variance, np.var(ys, 0), rtol=1e-4, atol=1e-7)
+    ug = runner.uncertainty_graph({"x": x})
+    stats = {"y", "z"} & {o.name for o in model.graph.output}
+    assert [o.name for o in ug.model.graph.output] == _expected_outputs(model, stats)
+
+
 def test_output_listed_twice_from_the_cli(cli, tmp_path, x):
     path = tmp_path / "dup.onnx"
     model = dup_model("const")
