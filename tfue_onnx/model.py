@@ -300,10 +300,22 @@ class ModelInfo:
 
     @cached_property
     def _inferred(self) -> onnx.ModelProto:
+        """The model after onnx's shape inference, run on a copy whose nodes are
+        topologically sorted: inference walks nodes in file order, and a node read
+        before it is made would leave its readers untyped (or typed wrongly)."""
+        model = self.model
+        order = topological_order(model.graph.node)
+        if order != sorted(order):
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            nodes = [onnx.NodeProto.FromString(self.model.graph.node[k].SerializeToString())
+                     for k in order]
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
         try:
-            return onnx.shape_inference.infer_shapes(self.model)
+            return onnx.shape_inference.infer_shapes(model)
         except Exception:  # custom ops or broken models: work with what we have
-            return self.model
+            return model
 
     @cached_property
     def nodes(self) -> list:

@@ -22,7 +22,8 @@ from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transfo
                       check_max_memory, check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
-from .verify import Verdict, check_identity, check_unperturbed_slot
+from .verify import (Verdict, check_identity, check_statistics, check_unperturbed_slot,
+                     result_outputs)
 
 DEFAULT_CHUNK = 8
 MAX_AUTO_CHUNK = 64
@@ -306,6 +307,7 @@ class Runner:
         self._reference = None  # (session, provider) of the original model
         self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
         self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
+        self._unavailable = {}  # strategy -> why it cannot be built for this model
         self._verified = {}  # input signature -> strategy that passed verification
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
@@ -471,6 +473,7 @@ class Runner:
                 reason = str(exc)
                 if self._unconverted and name != "loop" and self.info is self.original:
                     reason += f", and {self._unconverted}"  # why the copy does not help
+                self._unavailable[name] = reason
                 self.notes.append(f"strategy {name}: not available ({reason})")
                 return None
             try:
@@ -626,14 +629,52 @@ class Runner:
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
-            return check_unperturbed_slot(self._run(sess, {**feeds, **ug.feeds()}), reference)
+            out = self._run(sess, {**feeds, **ug.feeds()})
+            verdict = check_unperturbed_slot(out, reference)
+            if verdict.ok and isinstance(self.spec, Transform):
+                expected = self._transform_statistics(feeds, ug.stats_outputs)
+                verdict = check_statistics(out, expected, "transformed runs of the original")
+            return verdict
         shapes = self.location_shapes(ug, feeds)
         out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes)})
         verdict = check_identity(out, reference, ug.stats_outputs)
+        if verdict.ok and ug.keep_samples:
+            # What run() gives the user is its own reduction of the samples, not the
+            # graph's head (which a file exported without samples returns): check it
+            # too, on the same run.
+            verdict = check_identity(result_outputs(self._statistics(ug, [(2, out)])),
+                                     reference, ug.stats_outputs)
         if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
             on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict
+
+    def _transform_statistics(self, feeds, outputs) -> dict:
+        """What infer-transformation must give on ``feeds``, from the original model
+        alone: per output with statistics, (mean, variance) over the transforms of
+        the model run on each transformed input, turned back on the output's image
+        axes (as found for the graph; outputs without them are taken as they come).
+        ``outputs``: the names of the outputs with statistics.
+        """
+        from .graph.blackbox import spatial_axes
+
+        in_axes, _ = spatial_axes(self.info, self.spec.layout)
+        name = self.info.inputs[0].name
+        axes = self._graph_axes
+        runs = []
+        for e in self.spec.elements:
+            x = np.ascontiguousarray(e.forward(feeds[name], in_axes))
+            runs.append(self.reference({**feeds, name: x}))
+        expected = {}
+        for out in outputs:
+            oaxes = axes.outputs.get(out) if axes is not None else None
+            ys = [r[out] if oaxes is None else e.inverse(r[out], oaxes)
+                  for e, r in zip(self.spec.elements, runs)]
+            if len({y.shape for y in ys}) != 1:
+                continue  # samples that cannot be stacked: the graph failed already
+            stack = np.stack(ys).astype(np.float64)
+            expected[out] = (stack.mean(axis=0), stack.var(axis=0))
+        return expected
 
     def _select(self, feeds):
         """The verified (graph, session, provider) for this input signature."""
@@ -650,6 +691,7 @@ class Runner:
             if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
                 # Graphs built for other axes would undo the transforms on the wrong ones.
                 self._built, self._rejected, self._verified = {}, {}, {}
+                self._unavailable = {}
                 self._graph_axes = found
                 self.notes.append(f"transforms undone on output axes {found.metadata()} "
                                   f"(found by {found.how})" + "".join(
@@ -694,14 +736,18 @@ class Runner:
                                  (f" ({'; '.join(failures)})" if failures else ""))
             self.info, self.conversion = self.original, None
             self._built, self._rejected, self._verified = {}, {}, {}
+            self._unavailable = {}
             return self._select(feeds)
         rotation = self._rotation_failure(feeds)
         if rotation is not None:
             raise rotation
-        if not failures:  # no strategy applies at all
+        if not failures:  # no strategy applies at all: each one's reason, nothing else
             raise TfueError("no sampling strategy applies to this model: " + "; ".join(
-                n.split(": ", 1)[1] if n.startswith("strategy ") else n for n in self.notes),
-                "run with --verbose for details")
+                f"{name}: {self._unavailable[name]}" for name in self._strategies()
+                if name in self._unavailable),
+                "try --strategy auto (the strategies in turn); --verbose shows details"
+                if self._strategies() != list(graphs.STRATEGIES) and
+                not isinstance(self.spec, Ensemble) else "run with --verbose for details")
         hint = ("try another location (--at) or --strategy loop; --verbose shows details"
                 if isinstance(self.spec, SAMPLED) else
                 "check that the model gives the same output when run twice on this input; "
@@ -767,21 +813,47 @@ class Runner:
                                 "levels are for noise and dropout")
             level = float(self.spec.with_level(level).level)  # validates the level
         ug, sess, provider = self._select(feeds)
+        chunks = self.chunk_sizes(feeds)
+        device_feeds = self._device_feeds(feeds, provider)
+        shapes = self.location_shapes(ug, feeds)
+
+        def chunk_outputs():
+            first_sample = 0
+            for n in chunks:
+                # Samples first_sample .. +n-1: their draws depend on their index only.
+                extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes)
+                first_sample += n
+                yield n, (self._run(sess, {**feeds, **extra}) if device_feeds is None else
+                          self._run_bound(sess, device_feeds, extra))
+
+        results = self._statistics(ug, chunk_outputs())
+        meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
+                "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
+        if isinstance(self.spec, Transform):
+            meta["inverted_axes"] = self._graph_axes.metadata()
+        if level is not None:
+            meta["level"] = level
+        return Result(results, meta)
+
+    def _statistics(self, ug, chunk_outputs) -> dict:
+        """Merge the runs of ``ug`` into each output's statistics.
+
+        The one reduction of a run: ``run`` feeds it every chunk, verification the
+        run at level 0 (so a fault here fails verification, not the user's result).
+
+        Args:
+            ug: the uncertainty graph that ran.
+            chunk_outputs: (samples in the chunk, output name -> array) per chunk.
+
+        Returns:
+            Output name -> OutputStats, each output once (however often it is listed).
+        """
         stats = {name: RunningStats() for name in ug.stats_outputs}
         kept = {name: [] for name in ug.stats_outputs}
         mean_entropy = {name: 0.0 for name in self.classes}
         first = None
-        chunks = self.chunk_sizes(feeds)
-        device_feeds = self._device_feeds(feeds, provider)
-        shapes = self.location_shapes(ug, feeds)
         sampled = isinstance(self.spec, SAMPLED)
-        first_sample = 0
-        for n in chunks:
-            # Samples first_sample .. +n-1: their draws depend on their index only.
-            extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes)
-            first_sample += n
-            out = self._run(sess, {**feeds, **extra}) if device_feeds is None else \
-                self._run_bound(sess, device_feeds, extra)
+        for n, out in chunk_outputs:
             if first is None:
                 first = out
             for name in ug.stats_outputs:
@@ -802,31 +874,26 @@ class Runner:
                     kept[name].append(out[names["samples"]])
         results = {}
         for o in self.info.outputs:
+            if o.name in results:  # listed again: the same tensor, the same statistics
+                continue
             y = first[o.name]
             if o.name not in stats:
                 results[o.name] = OutputStats(output=y)
                 continue
             s = stats[o.name]
-            if sampled:
-                s.mean = s.mean + y  # back from the change to the output
-            r = OutputStats(output=y, mean=s.mean.astype(y.dtype),
+            mean = s.mean + y if sampled else s.mean  # back from the change to the output
+            r = OutputStats(output=y, mean=mean.astype(y.dtype),
                             variance=s.variance.astype(y.dtype),
                             samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
             if o.name in self.classes:
                 axis = self.classes[o.name]
-                h = entropy(s.mean, axis)
+                h = entropy(mean, axis)
                 r.entropy = h.astype(y.dtype)
                 r.mutual_information = np.maximum(h - mean_entropy[o.name] / s.count,
                                                   0).astype(y.dtype)
-                r.class_variance = winning_class_variance(s.mean, s.variance, axis).astype(y.dtype)
+                r.class_variance = winning_class_variance(mean, s.variance, axis).astype(y.dtype)
             results[o.name] = r
-        meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
-                "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
-        if isinstance(self.spec, Transform):
-            meta["inverted_axes"] = self._graph_axes.metadata()
-        if level is not None:
-            meta["level"] = level
-        return Result(results, meta)
+        return results
 
     def _run_entropy(self, feeds) -> Result:
         sess, provider = self.reference_session()

@@ -67,6 +67,45 @@ def check_identity(outputs: dict, reference: dict, stats_outputs) -> Verdict:
     return Verdict(True, "", worst)
 
 
+def check_statistics(outputs: dict, expected: dict, source: str) -> Verdict:
+    """Check an uncertainty graph's mean and variance against ones computed apart.
+
+    Args:
+        outputs: the graph's outputs by name.
+        expected: output name -> (mean, variance), e.g. numpy statistics of the
+            original model's runs on transformed inputs.
+        source: what ``expected`` comes from, for the reason.
+
+    Returns:
+        The Verdict; its reason names the output, the statistic and ``source``.
+    """
+    worst = 0.0
+    for name, (mean, variance) in expected.items():
+        names = output_names(name)
+        for what, got, ref in (("sample mean", outputs[names["mean"]], mean),
+                               ("variance", outputs[names["variance"]], variance)):
+            v = _close(name, what, np.asarray(got), np.asarray(ref))
+            if not v.ok:
+                return Verdict(False, v.reason.replace("the original output",
+                                                       f"that of the {source}"), v.max_error)
+            worst = max(worst, v.max_error)
+    return Verdict(True, "", worst)
+
+
+def result_outputs(results: dict) -> dict:
+    """A run's statistics (output name -> OutputStats) under the uncertainty graph's
+    output names, for :func:`check_identity`: verification checks the numbers the
+    user gets, not only the graph's own head."""
+    outputs = {}
+    for name, r in results.items():
+        names = output_names(name)
+        outputs[names["output"]] = r.output
+        if r.mean is not None:
+            outputs[names["mean"]] = r.mean
+            outputs[names["variance"]] = r.variance
+    return outputs
+
+
 def check_unperturbed_slot(outputs: dict, reference: dict) -> Verdict:
     """Check that the unperturbed output stays the original with the perturbation on."""
     for name, ref in reference.items():

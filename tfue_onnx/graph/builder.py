@@ -271,12 +271,14 @@ class Isolation:
     """A model as the builders see it: every graph output a tensor of its own.
 
     ``info`` is the model with an Identity before each output that is also a graph
-    input or an initializer, is read inside the graph, or is listed twice; such an
-    output is renamed ``temp`` (temp name -> the model's name). Outputs that do not
-    depend on the input (constants, shapes) are left out (``constant``, the model's
-    names) and added back by :func:`restore_outputs`, which also gives every output its
-    model name again: the uncertainty graph has exactly the model's input and
-    output names.
+    input or an initializer, or is read inside the graph; such an output is renamed
+    ``temp`` (temp name -> the model's name). Outputs that do not depend on the input
+    (constants, shapes) are left out (``constant``, the model's names) and so is every
+    listing of a name after its first (``repeated``, the model's names, one per
+    further listing): builders see each output once, so its statistics are made
+    once. :func:`restore_outputs` adds them back and gives every output its model
+    name again: the uncertainty graph has exactly the model's input and output names
+    (an output listed twice is listed twice, its statistics once).
     """
 
     info: ModelInfo
@@ -284,6 +286,7 @@ class Isolation:
     temp: dict
     constant: list
     prefix: str
+    repeated: list = dataclasses.field(default_factory=list)
 
     def names(self, name: str) -> list:
         """The builders' names of the model's output ``name`` (one per listing)."""
@@ -324,13 +327,16 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
     fixed = {i.name for i in g.input} | {i.name for i in g.initializer}
     read = {r for n in g.node for r in node_inputs(n)}
     dynamic = info.dynamic_tensors
-    seen, temp, constant = set(), {}, []
+    seen, temp, constant, repeated = set(), {}, [], []
     plan = []  # per output position: "keep", "isolate" or "drop"
     for k, out in enumerate(g.output):
-        if out.name not in dynamic:
+        if out.name in seen:  # listed again: the first listing stands for it
+            plan.append("drop")
+            repeated.append(out.name)
+        elif out.name not in dynamic:
             plan.append("drop")
             constant.append(out.name)
-        elif out.name in fixed or out.name in seen or out.name in read:
+        elif out.name in fixed or out.name in read:
             plan.append("isolate")
             temp[f"{prefix}out{k}/{out.name}"] = out.name
         else:
@@ -370,7 +376,8 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
             if orig in infos:
                 infos[name] = dataclasses.replace(infos[orig], name=name)
         isolated.__dict__["tensor_infos"] = infos
-        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix))
+        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix,
+                                list(repeated)))
     return result if members else result[0]
 
 
@@ -418,11 +425,12 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
     """Give the uncertainty graph built from ``iso.info`` the model's own output names.
 
     An output that is a graph input is returned as that input (its unperturbed
-    output is the input); a name listed twice is listed twice again; outputs that
-    do not depend on the input are computed beside the graph by copies of the nodes
-    that make them. Returns ``model``, changed in place.
+    output is the input); a name listed twice is listed twice again, right after its
+    first listing (its statistics once); outputs that do not depend on the input are
+    computed beside the graph by copies of the nodes that make them. Returns
+    ``model``, changed in place.
     """
-    if not iso.temp and not iso.constant:
+    if not iso.temp and not iso.constant and not iso.repeated:
         return model
     g = model.graph
     inputs = {i.name: i for i in g.input}
@@ -456,12 +464,19 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
     if iso.constant:
         _add_constant_outputs(g, iso)
     _drop_dead_nodes(g)
-    order = {o.name: k for k, o in enumerate(iso.original.model.graph.output)}
+    order = {}  # each name at its first listing
+    for k, o in enumerate(iso.original.model.graph.output):
+        order.setdefault(o.name, k)
     rank = {o.name: (order.get(o.name.rsplit(".", 1)[0], len(order)) if o.name not in order
                      else order[o.name]) for o in g.output}
     outputs = sorted(g.output, key=lambda o: rank[o.name])
     outputs = [onnx.ValueInfoProto(name=o.name, type=o.type, doc_string=o.doc_string)
                for o in outputs]
+    for name in iso.repeated:  # the same tensor again, after its last listing so far
+        at = max(k for k, o in enumerate(outputs) if o.name == name)
+        again = onnx.ValueInfoProto()
+        again.CopyFrom(outputs[at])
+        outputs.insert(at + 1, again)
     del g.output[:]
     g.output.extend(outputs)
     return model

@@ -308,6 +308,12 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
         if isinstance(inp.shape[0], int) and inp.shape[0] > 0:
             raise StrategyUnavailable(f"input '{inp.name}' has a fixed batch size "
                                       f"{inp.shape[0]}; tiling along the batch axis is impossible")
+    for name in _location_tensors(info, spec):
+        known = info.tensor_infos.get(name)
+        if known is not None and known.shape is not None and len(known.shape) == 0:
+            # Made from the tiled batch, a scalar mixes every slot: it has no batch axis.
+            raise StrategyUnavailable(f"location '{info.output_names.get(name, name)}' is a "
+                                      "scalar (rank 0): it has no batch axis to tile")
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix, info.opset)
