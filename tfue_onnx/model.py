@@ -190,6 +190,7 @@ def _ort_types(model: onnx.ModelProto, names) -> dict:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
+        options.add_session_config_entry("session.disable_prepacking", "1")  # nothing runs
         sess = ort.InferenceSession(probe.SerializeToString(), options,
                                     providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime cannot load it: the types stay unknown

@@ -505,7 +505,8 @@ class Runner:
         """The original model's session (used for verification)."""
         if self._reference is None:
             source = self.path if (self.path and not self.softmax) else self.original.model
-            self._reference = create_session(source, self.provider_request)
+            # Runs once per input signature: no packed copy of the weights.
+            self._reference = create_session(source, self.provider_request, prepack=False)
         return self._reference
 
     # --- inputs ------------------------------------------------------------------
@@ -611,7 +612,7 @@ class Runner:
             if len(shapes) < len({d.location for d in ug.draws}):
                 if self._probe is None:
                     self._probe = create_session(graphs.location_probe(self.info, ug.draws),
-                                                 self.provider_request)[0]
+                                                 self.provider_request, prepack=False)[0]
                 shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
             self._shapes[key] = shapes
         return self._shapes[key]
@@ -901,7 +902,8 @@ class Runner:
                 self.notes.append(f"export, strategy {name}: not available ({exc})")
                 continue
             try:
-                sess, _ = create_session(ug.model, self.provider_request)
+                # Only verified here, never sampled: no packed copy of the weights.
+                sess, _ = create_session(ug.model, self.provider_request, prepack=False)
                 verdict = self._verify(ug, sess, feeds, reference)
             except TfueError as exc:
                 verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None

@@ -1,0 +1,135 @@
+"""Memory stays near the size of the weights (issue 9).
+
+onnxruntime packs the weights of MatMul, Gemm, Conv ... into a layout of its own when a
+session is created: a copy as large as the weights, in the session's anonymous memory.
+Only the sampling session runs often enough to gain from it; the sessions that run once
+per input signature (the original model's reference run, the location probe, the axes
+probe, the verification of an export) are made with ``session.disable_prepacking``. With
+weights in external data (memory-mapped by onnxruntime) those sessions then cost next to
+no memory of their own. These tests check that mechanism and that the numbers are the
+same as a plain onnxruntime session's.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tfue_onnx import Noise, Dropout, Transform
+from tfue_onnx import session as sessions
+from tfue_onnx.runner import Runner
+
+KEY = sessions.NO_PREPACK_KEY
+
+
+def _prepacks(sess) -> bool:
+    try:
+        return sess.get_session_options().get_session_config_entry(KEY) != "1"
+    except RuntimeError:  # the key was never set: onnxruntime's default, prepacking on
+        return True
+
+
+def mlp(path, layers=3, n=64, opset=17, external=False, seed=0):
+    """x [N, n] -> (MatMul -> Tanh) x layers -> y: the weights MatMul prepacks."""
+    import onnx
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Tanh", [f"m{i}"], [f"t{i}"], name=f"tanh{i}")]
+        prev = f"t{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", n])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+    return str(path)
+
+
+def _plain(path, x):
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_session_options_switch_prepacking_off_only_when_asked():
+    assert _prepacks_options(sessions.session_options())
+    assert not _prepacks_options(sessions.session_options(prepack=False))
+
+
+def _prepacks_options(so) -> bool:
+    try:
+        return so.get_session_config_entry(KEY) != "1"
+    except RuntimeError:
+        return True
+
+
+@pytest.mark.parametrize("external", [False, True])
+@pytest.mark.parametrize("opset", [13, 17])
+def test_only_the_sampling_session_prepacks(tmp_path, external, opset):
+    path = mlp(tmp_path / "m.onnx", opset=opset, external=external)
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    r = Runner(path, Noise(0.0, at="t0"), samples=4, seed=3, strategy="shared-prefix")
+    res = r.run(x)
+    # sigma 0: every sample is the plain model's output
+    np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-5, atol=1e-6)
+    assert float(np.abs(res.variance).max()) < 1e-10
+    assert not _prepacks(r._reference[0])
+    assert r._probe is not None and not _prepacks(r._probe)
+    ug, sess, _ = r._built["shared-prefix"]
+    assert _prepacks(sess)
+
+
+def test_dropout_at_the_input_reference_does_not_prepack(tmp_path):
+    path = mlp(tmp_path / "m.onnx", external=True)
+    x = np.random.default_rng(2).standard_normal((1, 64)).astype(np.float32)
+    r = Runner(path, Dropout(0.0, at="input"), samples=3, seed=1)
+    res = r.run(x)
+    np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-5, atol=1e-6)
+    assert not _prepacks(r._reference[0])
+    assert all(_prepacks(b[1]) for b in r._built.values() if b is not None)
+
+
+def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
+    path = mlp(tmp_path / "m.onnx", external=True)
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+    made = []
+    real = sessions.create_session
+
+    def spy(model, provider="auto", prepack=True):
+        made.append(prepack)
+        return real(model, provider, prepack)
+
+    import tfue_onnx.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "create_session", spy)
+    r = Runner(path, Noise(0.1, at="t1"), samples=4, seed=5)
+    ug = r.standalone_graph(x)  # what 'tfue export' writes
+    assert ug.sampling == "graph"
+    assert made and not any(made)  # reference and verification: nothing packed
+
+
+def test_axes_probe_does_not_prepack(monkeypatch, tmp_path):
+    from tfue_onnx.graph import blackbox
+    from tfue_onnx.model import ModelInfo, load_model
+    import tfue_onnx.session as session_module
+
+    made = []
+    real = session_module.create_session
+
+    def spy(model, provider="auto", prepack=True):
+        made.append(prepack)
+        return real(model, provider, prepack)
+
+    monkeypatch.setattr(session_module, "create_session", spy)
+    from toys import conv_net
+
+    p = str(tmp_path / "c.onnx")
+    conv_net(p)
+    blackbox.find_axes(ModelInfo(load_model(p), p))
+    assert made == [False]
