@@ -836,6 +836,8 @@ class Runner:
         """The run's settings, as recorded in every result."""
         spec = self.spec.describe()
         spec["at"] = self.location
+        if isinstance(self.spec, Ensemble):  # every member, this model (member 0) first
+            spec["members"] = [Ensemble.label(self.path or self.info.model, 0)] + spec["members"]
         meta = {"model": self.path, **spec, "samples": self.samples,
                 "chunks": self.chunk_sizes(), "seed": self.seed}
         if isinstance(self.spec, SAMPLED):
