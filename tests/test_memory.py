@@ -133,3 +133,98 @@ def test_axes_probe_does_not_prepack(monkeypatch, tmp_path):
     conv_net(p)
     blackbox.find_axes(ModelInfo(load_model(p), p))
     assert made == [False]
+
+
+# --- inline weights stay in the .onnx file ------------------------------------------------
+def mixed_inits_net(path, opset=13, big=256):
+    """x [N, big] -> MatMul(w_big) -> Add(b_small) -> MatMul(w_float_data) -> y.
+
+    ``w_big`` (big x big float32, raw_data) is large enough to be left in the file;
+    ``b_small`` stays inline; ``w_fd`` is large but stored in float_data (not raw_data),
+    which tfue leaves as it is."""
+    import onnx
+
+    rng = np.random.default_rng(0)
+    w_big = (rng.standard_normal((big, big)) / np.sqrt(big)).astype(np.float32)
+    b_small = rng.standard_normal(big).astype(np.float32)
+    w_fd = (rng.standard_normal((big, 16)) / np.sqrt(big)).astype(np.float32)
+    inits = [numpy_helper.from_array(w_big, "w_big"), numpy_helper.from_array(b_small, "b_small"),
+             helper.make_tensor("w_fd", TensorProto.FLOAT, w_fd.shape, w_fd.ravel().tolist())]
+    nodes = [helper.make_node("MatMul", ["x", "w_big"], ["h"], name="mm1"),
+             helper.make_node("Add", ["h", "b_small"], ["a"], name="add"),
+             helper.make_node("MatMul", ["a", "w_fd"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", big])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path), {"w_big": w_big, "b_small": b_small, "w_fd": w_fd}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_inline_weights_are_left_in_the_model_file(tmp_path, opset):
+    import os
+
+    import onnx
+
+    from tfue_onnx import external
+    from tfue_onnx.model import load_model
+
+    path, values = mixed_inits_net(tmp_path / "m.onnx", opset)
+    model = load_model(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    big = inits["w_big"]
+    assert big.data_location == onnx.TensorProto.EXTERNAL and not big.raw_data
+    where, offset, length = external.region(big)
+    assert where == os.path.realpath(path) and length == values["w_big"].nbytes
+    with open(path, "rb") as f:  # the region is the tensor's own bytes in the file
+        f.seek(offset)
+        assert f.read(length) == values["w_big"].tobytes()
+    for name in ("b_small", "w_fd"):  # small, or not raw_data: inline as they were
+        assert inits[name].data_location != onnx.TensorProto.EXTERNAL
+    for name, value in values.items():
+        np.testing.assert_array_equal(external.read_tensor(inits[name]), value)
+    assert model.ByteSize() < values["w_big"].nbytes // 4  # the proto holds no big weight
+
+
+@pytest.mark.parametrize("strategy", ["shared-prefix", "batched", "loop"])
+def test_inline_model_numbers_and_small_graphs(tmp_path, strategy):
+    from tfue_onnx import external
+
+    path, values = mixed_inits_net(tmp_path / "m.onnx")
+    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
+    r = Runner(path, Noise(0.0, at="h"), samples=3, seed=2, strategy=strategy)
+    res = r.run(x)
+    np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-4, atol=1e-5)
+    ug, sess, _ = r._built[strategy]
+    source, folder = external.session_source(ug.model)
+    assert len(source) < values["w_big"].nbytes // 4 and folder == str(tmp_path)
+    assert not _prepacks(r._reference[0]) and _prepacks(sess)
+
+
+def test_inline_model_exports_inline_and_runs(tmp_path):
+    import onnx
+
+    from tfue_onnx import Estimator, external
+
+    path, values = mixed_inits_net(tmp_path / "m.onnx")
+    out = tmp_path / "u.onnx"
+    x = np.random.default_rng(5).standard_normal((1, 256)).astype(np.float32)
+    Estimator(path, Noise(0.0, at="h"), samples=2, seed=1).export(out, example=x)
+    assert not (tmp_path / "u.onnx.data").exists()
+    saved = onnx.load(str(out))
+    assert not external.has_external_data(saved)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+    np.testing.assert_allclose(got["y.mean"], _plain(path, x), rtol=1e-4, atol=1e-5)
+
+
+def test_not_a_model_still_says_so(tmp_path):
+    from tfue_onnx.errors import TfueError
+    from tfue_onnx.model import load_model
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0a\xff\xff\xff\xff\x0f" + b"x" * 100)
+    with pytest.raises(TfueError, match="is not an ONNX model"):
+        load_model(str(bad))

@@ -504,7 +504,13 @@ class Runner:
     def reference_session(self):
         """The original model's session (used for verification)."""
         if self._reference is None:
-            source = self.path if (self.path and not self.softmax) else self.original.model
+            from .external import keeps_inline_weights_in_file
+
+            # A session of the path would copy the inline weights; the loaded proto
+            # points at them in the file, and onnxruntime maps them from there.
+            model = self.original.model
+            source = model if (self.softmax or not self.path or
+                               keeps_inline_weights_in_file(model)) else self.path
             # Runs once per input signature: no packed copy of the weights.
             self._reference = create_session(source, self.provider_request, prepack=False)
         return self._reference
