@@ -228,3 +228,34 @@ def test_not_a_model_still_says_so(tmp_path):
     bad.write_bytes(b"\x0a\xff\xff\xff\xff\x0f" + b"x" * 100)
     with pytest.raises(TfueError, match="is not an ONNX model"):
         load_model(str(bad))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_inline_export_streams_the_weights_back_bit_for_bit(tmp_path, opset):
+    """The exported file holds each weight's own bytes inline (no .data), is a valid
+    model, and a stale .data beside the output does not stop the export."""
+    import onnx
+
+    from tfue_onnx import Estimator
+
+    path, values = mixed_inits_net(tmp_path / "m.onnx", opset)
+    out = tmp_path / "u.onnx"
+    (tmp_path / "u.onnx.data").write_bytes(b"old")  # not ours to write: no refusal
+    x = np.random.default_rng(6).standard_normal((1, 256)).astype(np.float32)
+    Estimator(path, Dropout(0.0, at="h"), samples=2, seed=1).export(out, example=x)
+    saved = onnx.load(str(out))
+    onnx.checker.check_model(saved)
+    inits = {t.name: t for t in saved.graph.initializer}
+    for name, value in values.items():
+        np.testing.assert_array_equal(numpy_helper.to_array(inits[name]), value)
+    assert (tmp_path / "u.onnx.data").read_bytes() == b"old"
+
+
+def test_export_refuses_to_overwrite_the_file_its_weights_are_in(tmp_path):
+    from tfue_onnx import external
+    from tfue_onnx.errors import TfueError
+    from tfue_onnx.model import load_model
+
+    path, _ = mixed_inits_net(tmp_path / "m.onnx")
+    with pytest.raises(TfueError, match="reads its weights from it"):
+        external.save_model(load_model(path), path, force=True)

@@ -336,16 +336,13 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
 
     path = os.fspath(path)
     tensors = external_tensors(model)
-    own = {id(t) for t in tensors if _in_model_file(t)}
-    if own and sum(region(t)[2] for t in tensors if id(t) in own) + model.ByteSize() \
-            < 1_800_000_000:
+    if tensors and not writes_data_file(model):
         # Weights that were inline in the model's own file go inline again, as they came.
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        for t in external_tensors(copy):
-            if _in_model_file(t):
-                _load_into(t)
-        model, tensors = copy, external_tensors(copy)
+        if os.path.realpath(path) in data_files(model):
+            raise TfueError(f"refusing to overwrite '{path}': the model reads its weights "
+                            "from it", "give another output path with -o")
+        _write_inline_again(model, path)
+        return [path]
     if not tensors:
         atomic_write_bytes(path, model.SerializeToString())
         return [path]
@@ -384,10 +381,78 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     return [path, data_path]
 
 
+def writes_data_file(model: onnx.ModelProto) -> bool:
+    """Whether :func:`save_model` writes ``model``'s weights into a ``.data`` file beside
+    it: it has external data other than inline weights left in a model file (those go
+    inline again, unless they would pass protobuf's 2 GB)."""
+    tensors = external_tensors(model)
+    if not tensors:
+        return False
+    return not all(_in_model_file(t) for t in tensors) or \
+        sum(region(t)[2] for t in tensors) + model.ByteSize() >= 1_800_000_000
+
+
 def keeps_inline_weights_in_file(model: onnx.ModelProto) -> bool:
     """Whether some of ``model``'s tensors were inline in its .onnx file and were left
     there by :func:`read_leaving_weights`."""
     return any(_in_model_file(t) for t in external_tensors(model))
+
+
+def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` (atomically) with the weights that
+    :func:`read_leaving_weights` left in a model file back in their ``raw_data``,
+    streamed from that file: no proto and no bytes object holds them all."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # cheap: the weights are not in it
+    regions = {}
+    for index, t in enumerate(out.graph.initializer):
+        if t.data_location == onnx.TensorProto.EXTERNAL and _in_model_file(t):
+            regions[index] = region(t)
+            del t.external_data[:]
+            t.ClearField("data_location")
+    small = out.SerializeToString()
+    pieces = []  # bytes, or (file, offset, length) to copy
+    for number, first, start, end in _fields(small, 0, len(small)):
+        if number != _GRAPH or start is None:
+            pieces.append(small[first:end])
+            continue
+        graph, index = [], 0
+        for g_number, g_first, g_start, g_end in _fields(small, start, end):
+            if g_number == _INITIALIZER and g_start is not None and index in regions:
+                src, offset, length = regions[index]
+                body = small[g_start:g_end] + _encode_varint(_RAW_DATA << 3 | 2) + \
+                    _encode_varint(length)
+                graph += [_encode_varint(_INITIALIZER << 3 | 2)
+                          + _encode_varint(len(body) + length) + body, (src, offset, length)]
+            else:
+                graph.append(small[g_first:g_end])
+            index += g_number == _INITIALIZER
+        size = sum(len(p) if isinstance(p, bytes) else p[2] for p in graph)
+        pieces += [_encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)] + graph
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for piece in pieces:
+                if isinstance(piece, bytes):
+                    dst.write(piece)
+                    continue
+                src, offset, length = piece
+                with open(src, "rb") as f:
+                    f.seek(offset)
+                    while length:
+                        block = f.read(min(length, _COPY_BLOCK))
+                        if not block:
+                            raise TfueError(f"model file '{src}' ended early",
+                                            "the model changed on disk while tfue ran")
+                        dst.write(block)
+                        length -= len(block)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _in_model_file(tensor: onnx.TensorProto) -> bool:
