@@ -259,3 +259,35 @@ def test_export_refuses_to_overwrite_the_file_its_weights_are_in(tmp_path):
     path, _ = mixed_inits_net(tmp_path / "m.onnx")
     with pytest.raises(TfueError, match="reads its weights from it"):
         external.save_model(load_model(path), path, force=True)
+
+
+def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, monkeypatch):
+    """Only the verified strategy's session (with its packed weights) stays; a failed
+    one is made again when another input signature reaches it."""
+    import gc
+    import weakref
+
+    from tfue_onnx.verify import Verdict
+
+    path = mlp(tmp_path / "m.onnx", external=True)
+    r = Runner(path, Noise(0.0, at="t0"), samples=3, seed=1)
+    real = Runner._verify
+    seen, dropped = [], []
+
+    def verify(self, ug, sess, feeds, reference):
+        seen.append((ug.strategy, next(iter(feeds.values())).shape[0]))
+        if ug.strategy == "shared-prefix" and next(iter(feeds.values())).shape[0] == 1:
+            dropped.append(weakref.ref(sess))
+            return Verdict(False, "made to fail")
+        return real(self, ug, sess, feeds, reference)
+
+    monkeypatch.setattr(Runner, "_verify", verify)
+    x1 = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_allclose(r.run(x1).mean, _plain(path, x1), rtol=1e-5, atol=1e-6)
+    gc.collect()
+    assert r._built["shared-prefix"][1] is None and dropped[0]() is None  # released
+    assert r._built["batched"][1] is not None and _prepacks(r._built["batched"][1])
+    x2 = np.repeat(x1, 2, axis=0)  # another signature: shared-prefix is tried again
+    np.testing.assert_allclose(r.run(x2).mean, _plain(path, x2), rtol=1e-5, atol=1e-6)
+    assert seen == [("shared-prefix", 1), ("batched", 1), ("shared-prefix", 2)]
+    assert r._built["shared-prefix"][1] is not None

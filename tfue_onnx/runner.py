@@ -304,7 +304,9 @@ class Runner:
         # What happened on the way (classes left out, strategies tried, why they failed).
         self.notes = list(self._class_notes)
         self._reference = None  # (session, provider) of the original model
-        self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
+        # strategy -> (UncertaintyGraph, session, provider), or None; session and provider
+        # None after the strategy failed (made again when reached)
+        self._built = {}
         self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
         self._verified = {}  # input signature -> strategy that passed verification
         self._probe = None  # session of graph.location_probe: the banks' shapes
@@ -473,7 +475,17 @@ class Runner:
                 reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
                 self._rejected[name] = reason
                 self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
-        return self._built[name]
+        built = self._built[name]
+        if built is not None and built[1] is None:  # session dropped after a failed check
+            built = self._built[name] = (built[0], *create_session(built[0].model,
+                                                                   self.provider_request))
+        return built
+
+    def _drop_session(self, name) -> None:
+        """Let go of a strategy's session (its packed weights) after it failed on an
+        input signature; it is made again if another signature reaches it."""
+        if self._built.get(name) is not None:
+            self._built[name] = (self._built[name][0], None, None)
 
     def _rotates(self) -> bool:
         return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
@@ -673,6 +685,8 @@ class Runner:
                 failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
                 self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
                                   f"({reason})")
+                self._drop_session(name)
+                candidate = sess = None  # gone before the next strategy's session is made
                 continue
             if verdict.ok:
                 what = "at level 0" if ug.level_inputs else "of the unperturbed output"
@@ -682,6 +696,8 @@ class Runner:
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             verified_wrong = True
+            self._drop_session(name)
+            candidate = sess = None
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
         if self.conversion and isinstance(self.spec, SAMPLED):
             # A converter fault must not cost the user the model: the loop strategy
