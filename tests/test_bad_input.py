@@ -177,7 +177,9 @@ def test_non_finite_results_are_written_warned_and_recorded(cli, env, x8):
     assert len(summary["warnings"]) == 2
     for item in summary["inputs"]:
         found = item["non_finite"]["y"]
-        assert found["variance"] > 0 and set(found) <= {"output", "mean", "variance"}
+        assert found["variance"] > 0 and set(found) <= {"output", "mean", "variance",
+                                                         "from_model", "from_perturbation"}
+        assert found["from_model"] == 0 and found["from_perturbation"] == found["variance"]
         assert item["mean_variance"] is None
     with np.load(out / "x.npz") as z:
         assert np.count_nonzero(~np.isfinite(z["variance"])) == \

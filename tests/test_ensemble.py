@@ -193,7 +193,7 @@ def test_folder_of_members_cli(cli, tmp_path, x8):
         assert r.exit_code == 0, r.output
         s = json.loads(r.stdout)
         assert s["samples"] == 2, models
-        assert s["location"] == f"{m0}, {m1}" and s["members"] == [m1]
+        assert s["location"] == f"{m0}, {m1}" and s["members"] == [m0, m1]
         assert f"tfue: ensemble of 2 member(s): {m0}, {m1}" in r.stderr
         assert s["member_names"] == {m1: {"inputs": {"input.1": "x"},
                                           "outputs": {"output": "y"}}}
@@ -261,3 +261,23 @@ def test_old_ir_member_with_weights_listed_as_inputs(toy, tmp_path, x8):
         np.testing.assert_allclose(res.output, outs[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(res.variance, outs.var(0), rtol=1e-4, atol=1e-7)
         assert any("converted from opset 7 to 13" in n for n in est.notes)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_summary_members_list_member_zero_like_stderr(cli, tmp_path, x8, k):
+    """summary.json's 'members' names every member, member 0 first, as stderr does."""
+    paths = [str(tmp_path / f"m{i}.onnx") for i in range(k)]
+    for i, p in enumerate(paths):
+        toys.conv_net(p, seed=i)
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", *paths, tmp_path / "x.npy", "--method", "ensemble", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["members"] == paths and summary["samples"] == k
+    assert f"tfue: ensemble of {k} member(s): {', '.join(paths)}" in r.stderr
+
+
+def test_api_members_without_paths_are_labelled_by_position(tmp_path, x8):
+    m0, m1 = toys.conv_net(None), toys.conv_net(None, seed=1)
+    res = Estimator(m0, Ensemble([m1])).run(x8)
+    assert res.metadata["members"] == ["<model 0>", "<model 1>"]

@@ -514,9 +514,9 @@ def test_export_holds_at_most_two_sessions_of_the_weights(tmp_path, x6, monkeypa
     made = []
     real = runner_module.create_session
 
-    def counting(model, provider="auto"):
+    def counting(model, provider="auto", **kw):
         made.append(model if isinstance(model, str) else model.graph.name)
-        return real(model, provider)
+        return real(model, provider, **kw)
 
     monkeypatch.setattr(runner_module, "create_session", counting)
     est = Estimator(path, spec, samples=4, seed=1)

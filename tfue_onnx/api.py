@@ -16,7 +16,7 @@ import os
 import onnx
 
 from .errors import TfueError
-from .external import has_external_data, save_model
+from .external import save_model, writes_data_file
 from .io import check_new_file
 from .perturb import Dropout, MCDropout, Noise
 from .runner import Result, Runner
@@ -77,7 +77,7 @@ class Estimator(Runner):
             raise TfueError(f"refusing to overwrite the input model '{path}'",
                             "give another output path with -o")
         check_new_file(path, force)
-        if has_external_data(self.info.model):  # fail before the graph is built
+        if writes_data_file(self.info.model):  # fail before the graph is built
             check_new_file(path + ".data", force)
         # A file has no bank to be fed: its draws are made in the graph (seeded
         # RandomNormalLike / RandomUniformLike).

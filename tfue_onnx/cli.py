@@ -6,7 +6,8 @@ code 2. Heavy modules load inside the commands, so ``tfue --help`` is instant.
 Exit codes: 0 done; 2 refused (bad input or model; nothing written, an output
 folder tfue would have made is not left behind); 3 ``run`` finished and wrote
 every result, but some results hold NaN or Inf (the model overflows under the
-perturbation): a warning line per input on stderr, counts in summary.json.
+perturbation, or its own unperturbed output already holds them: the warning says
+which): a warning line per input on stderr, counts in summary.json.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ proto can then be copied and rewritten freely (graphsurgeon keeps the
 TensorProto of every weight it does not touch), and still says where each
 weight lives, even when ensemble members come from different folders.
 
+A model whose weights are inline is read the same way (``read_leaving_weights``):
+every large top-level initializer's ``raw_data`` is left in the .onnx file and the
+tensor points at its bytes there, as if they were external data. onnxruntime then
+maps them from the file as it does external data, and no copy of the proto or of
+a session holds them; ``save_model`` writes them inline again.
+
 Absolute locations are tfue's in-memory convention only. onnxruntime refuses
 them (and any location that leaves its folder), so a session gets a copy whose
 locations are relative to the folder that holds every data file, which it is
@@ -29,6 +35,11 @@ FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 # Exported tensors start on 64 KiB boundaries: onnxruntime may map them into memory.
 ALIGN = 65536
 _COPY_BLOCK = 16 * 1024 * 1024
+# Inline initializers from this size on are left in the .onnx file (read_leaving_weights).
+INLINE_LEAVE_BYTES = 65536
+# Real paths of .onnx files whose inline weights tensors point into (save_model inlines
+# those again, so an inline model is exported as one file, as before).
+_MODEL_FILES: set = set()
 
 
 def _graph_tensors(graph: onnx.GraphProto):
@@ -126,6 +137,123 @@ def anchor(model: onnx.ModelProto, base_dir: str, model_path: str) -> onnx.Model
     return model
 
 
+def _varint(buf, pos: int) -> tuple:
+    shift = value = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _fields(buf, start: int, end: int):
+    """Protobuf wire fields in ``buf[start:end]``: (number, field start, payload start
+    or None when not length-delimited, field end)."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = _varint(buf, pos)
+        number, kind = key >> 3, key & 7
+        if kind == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > end:
+                raise ValueError("truncated field")
+            yield number, first, pos, pos + n
+            pos += n
+            continue
+        if kind == 0:
+            _, pos = _varint(buf, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {kind}")
+        yield number, first, None, pos
+    if pos != end:
+        raise ValueError("truncated message")
+
+
+def _delimited(number: int, payload) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + bytes(payload)
+
+
+# Field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9
+
+
+def _without_raw_data(buf) -> tuple:
+    """The ModelProto bytes ``buf`` without the ``raw_data`` of its large top-level
+    initializers, and ``[(initializer index, offset, length)]`` of what was left out."""
+    regions, out = [], bytearray()
+    for number, first, start, end in _fields(buf, 0, len(buf)):
+        if number != _GRAPH or start is None:
+            out += buf[first:end]
+            continue
+        graph, index = bytearray(), 0
+        for g_number, g_first, g_start, g_end in _fields(buf, start, end):
+            if g_number != _INITIALIZER or g_start is None:
+                graph += buf[g_first:g_end]
+                continue
+            tensor = bytearray()
+            for t_number, t_first, t_start, t_end in _fields(buf, g_start, g_end):
+                if t_number == _RAW_DATA and t_start is not None and \
+                        t_end - t_start >= INLINE_LEAVE_BYTES:
+                    regions.append((index, t_start, t_end - t_start))
+                else:
+                    tensor += buf[t_first:t_end]
+            graph += _delimited(_INITIALIZER, tensor)
+            index += 1
+        out += _delimited(_GRAPH, graph)
+    return bytes(out), regions
+
+
+def read_leaving_weights(path: str) -> onnx.ModelProto | None:
+    """Read the model at ``path`` with its large inline weights left in the file: each
+    such initializer becomes an external tensor whose location is the .onnx file
+    itself (offset and length of its ``raw_data``), so the proto stays small.
+
+    Returns:
+        The ModelProto (locations relative to the file's folder, for :func:`anchor`),
+        or None when the file cannot be read this way (the caller reads it whole).
+    """
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                data, regions = _without_raw_data(buf)
+        model = onnx.load_model_from_string(data)
+    except Exception:  # not protobuf as expected: onnx.load says what is wrong
+        return None
+    if not regions:
+        return model
+    tensors = model.graph.initializer
+    name = os.path.basename(path)
+    for index, offset, length in regions:
+        t = tensors[index]
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            return None  # both raw_data and external entries: leave it to onnx
+        _set_entries(t, {"location": name, "offset": offset, "length": length})
+        t.data_location = onnx.TensorProto.EXTERNAL
+    _MODEL_FILES.add(os.path.realpath(path))
+    return model
+
+
 def read_tensor(tensor: onnx.TensorProto):
     """The numpy value of ``tensor``, reading only its own bytes when it is external
     (locations as anchored by :func:`anchor`, or relative to the working folder)."""
@@ -208,6 +336,13 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
 
     path = os.fspath(path)
     tensors = external_tensors(model)
+    if tensors and not writes_data_file(model):
+        # Weights that were inline in the model's own file go inline again, as they came.
+        if os.path.realpath(path) in data_files(model):
+            raise TfueError(f"refusing to overwrite '{path}': the model reads its weights "
+                            "from it", "give another output path with -o")
+        _write_inline_again(model, path)
+        return [path]
     if not tensors:
         atomic_write_bytes(path, model.SerializeToString())
         return [path]
@@ -244,6 +379,85 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
             if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
     return [path, data_path]
+
+
+def writes_data_file(model: onnx.ModelProto) -> bool:
+    """Whether :func:`save_model` writes ``model``'s weights into a ``.data`` file beside
+    it: it has external data other than inline weights left in a model file (those go
+    inline again, unless they would pass protobuf's 2 GB)."""
+    tensors = external_tensors(model)
+    if not tensors:
+        return False
+    return not all(_in_model_file(t) for t in tensors) or \
+        sum(region(t)[2] for t in tensors) + model.ByteSize() >= 1_800_000_000
+
+
+def keeps_inline_weights_in_file(model: onnx.ModelProto) -> bool:
+    """Whether some of ``model``'s tensors were inline in its .onnx file and were left
+    there by :func:`read_leaving_weights`."""
+    return any(_in_model_file(t) for t in external_tensors(model))
+
+
+def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` (atomically) with the weights that
+    :func:`read_leaving_weights` left in a model file back in their ``raw_data``,
+    streamed from that file: no proto and no bytes object holds them all."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # cheap: the weights are not in it
+    regions = {}
+    for index, t in enumerate(out.graph.initializer):
+        if t.data_location == onnx.TensorProto.EXTERNAL and _in_model_file(t):
+            regions[index] = region(t)
+            del t.external_data[:]
+            t.ClearField("data_location")
+    small = out.SerializeToString()
+    pieces = []  # bytes, or (file, offset, length) to copy
+    for number, first, start, end in _fields(small, 0, len(small)):
+        if number != _GRAPH or start is None:
+            pieces.append(small[first:end])
+            continue
+        graph, index = [], 0
+        for g_number, g_first, g_start, g_end in _fields(small, start, end):
+            if g_number == _INITIALIZER and g_start is not None and index in regions:
+                src, offset, length = regions[index]
+                body = small[g_start:g_end] + _encode_varint(_RAW_DATA << 3 | 2) + \
+                    _encode_varint(length)
+                graph += [_encode_varint(_INITIALIZER << 3 | 2)
+                          + _encode_varint(len(body) + length) + body, (src, offset, length)]
+            else:
+                graph.append(small[g_first:g_end])
+            index += g_number == _INITIALIZER
+        size = sum(len(p) if isinstance(p, bytes) else p[2] for p in graph)
+        pieces += [_encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)] + graph
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for piece in pieces:
+                if isinstance(piece, bytes):
+                    dst.write(piece)
+                    continue
+                src, offset, length = piece
+                with open(src, "rb") as f:
+                    f.seek(offset)
+                    while length:
+                        block = f.read(min(length, _COPY_BLOCK))
+                        if not block:
+                            raise TfueError(f"model file '{src}' ended early",
+                                            "the model changed on disk while tfue ran")
+                        dst.write(block)
+                        length -= len(block)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _in_model_file(tensor: onnx.TensorProto) -> bool:
+    """Whether ``tensor`` points at its bytes inside an .onnx file that held it inline."""
+    return os.path.realpath(_entries(tensor).get("location", "")) in _MODEL_FILES
 
 
 def _copy_regions(tensors, location: str, dst) -> None:

@@ -190,7 +190,12 @@ def _ort_types(model: onnx.ModelProto, names) -> dict:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
-        sess = ort.InferenceSession(probe.SerializeToString(), options,
+        options.add_session_config_entry("session.disable_prepacking", "1")  # nothing runs
+        source = probe.SerializeToString()
+        if external.has_external_data(probe):  # weights in files: tell onnxruntime where
+            source, folder = external.session_source(probe)
+            options.add_session_config_entry(external.FOLDER_KEY, folder)
+        sess = ort.InferenceSession(source, options,
                                     providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime cannot load it: the types stay unknown
         return {}
@@ -217,6 +222,8 @@ def load_model(path) -> onnx.ModelProto:
     The returned proto never holds the external weights (a model over 2 GB stays a
     small proto); each external tensor's location is made the absolute path of its
     file (see :mod:`tfue_onnx.external`), after checking that the file is there.
+    Large inline weights are left in the .onnx file the same way (their tensors point
+    at their bytes in it), so sessions map them instead of each holding a copy.
     Create sessions through :func:`tfue_onnx.session.create_session`, which knows
     this convention.
 
@@ -236,8 +243,10 @@ def load_model(path) -> onnx.ModelProto:
     if os.path.isdir(path):
         raise TfueError(f"model path '{path}' is a folder, not an .onnx file",
                         "pass the .onnx file inside it")
+    # Large inline weights stay in the file (onnxruntime maps them from there).
+    model = external.read_leaving_weights(path)
     try:
-        model = onnx.load(path, load_external_data=False)
+        model = model if model is not None else onnx.load(path, load_external_data=False)
     except Exception as exc:  # DecodeError, ...
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TfueError(f"'{path}' is not an ONNX model ({text})",

@@ -266,6 +266,7 @@ class Ensemble:
         return getattr(m, "path", None) or f"<model {k}>"
 
     def describe(self) -> dict:
+        """The members beside member 0 (the runner adds member 0 first: it knows it)."""
         d = {"method": "ensemble", "at": "members",
              "members": [self.label(m, i) for i, m in enumerate(self.members, start=1)],
              "level": None}

@@ -98,9 +98,19 @@ def _means(s) -> dict:
 
 
 def non_finite(result) -> dict:
-    """Counts of NaN/Inf values per output and array, only where there are some.
+    """Counts of NaN/Inf values per output and array, only where there are some, and
+    where they come from.
 
-    Returns ``{output name: {"output": n, "mean": n, "variance": n, ...}}``.
+    ``output`` is the unperturbed output (the plain model's own): its NaN/Inf come
+    from the model on this input, and carry into the mean and variance. Elements
+    whose unperturbed value is finite but whose mean or variance is not were made
+    non-finite by the perturbation.
+
+    Returns:
+        ``{output name: {"output": n, "mean": n, "variance": n, ..., "from_model": n,
+        "from_perturbation": m}}``: per array (only those with NaN/Inf), then
+        ``from_model`` (elements already NaN/Inf in the unperturbed output) and
+        ``from_perturbation`` (elements finite there, NaN/Inf in mean or variance).
     """
     found = {}
     for name, s in result.outputs.items():
@@ -113,18 +123,61 @@ def non_finite(result) -> dict:
             if bad:
                 counts[key] = bad
         if counts:
+            counts["from_model"] = counts.get("output", 0)
+            counts["from_perturbation"] = _made_non_finite(s, counts)
             found[name] = counts
     return found
 
 
+def _made_non_finite(s, counts: dict) -> int:
+    """Elements finite in the unperturbed output and NaN/Inf in its mean or variance."""
+    out = np.asarray(s.output)
+    clean = np.isfinite(out) if out.dtype.kind in "fc" else np.ones(out.shape, bool)
+    made = np.zeros(out.shape, bool)
+    compared = False
+    for key in ("mean", "variance"):
+        value = getattr(s, key)
+        if value is not None and np.shape(value) == out.shape:
+            made |= clean & ~np.isfinite(value)
+            compared = True
+    if compared:
+        return int(np.count_nonzero(made))
+    # No array of the output's shape (entropy maps): non-finite values beside a clean
+    # output were made by the perturbation (or the statistics of its samples).
+    others = [n for k, n in counts.items() if k != "output"]
+    return 0 if counts.get("output") else max(others, default=0)
+
+
 def _non_finite_warning(path: str, found: dict, result) -> str:
-    parts = []
+    parts, model, perturbed = [], 0, 0
     for name, counts in found.items():
         size = int(np.size(result.outputs[name].output))
+        arrays = {k: n for k, n in counts.items() if k not in ("from_model", "from_perturbation")}
+        causes = []
+        if counts["from_model"]:
+            causes.append(f"{counts['from_model']} already in the unperturbed output")
+        if counts["from_perturbation"]:
+            causes.append(f"{counts['from_perturbation']} made by the perturbation")
         parts.append(f"output '{name}': " + ", ".join(f"{n} of {size} {key} values"
-                                                      for key, n in counts.items()))
-    return (f"{path}: NaN or Inf in the results ({'; '.join(parts)}); the model overflows "
-            "under this perturbation: lower --sigma/--rate or perturb elsewhere (--at)")
+                                                      for key, n in arrays.items())
+                     + (f" ({', '.join(causes)})" if causes else ""))
+        model += counts["from_model"]
+        perturbed += counts["from_perturbation"]
+    text = f"{path}: NaN or Inf in the results ({'; '.join(parts)}); "
+    if model and not perturbed:
+        return text + ("the model's own (unperturbed) output on this input already holds "
+                       "them, so its mean and variance do too: the input or the model makes "
+                       "them (plain onnxruntime gives the same), not the perturbation")
+    method = (result.metadata or {}).get("method")
+    why = "(the model overflows, or a Log/Sqrt/division leaves its domain): " + (
+        "use another --transforms set" if method == "transform" else
+        "check each member on this input" if method == "ensemble" else
+        "lower --rate or choose other Dropout nodes (--at)" if method == "mc-dropout" else
+        "lower --sigma/--rate or perturb elsewhere (--at)")
+    if model:
+        return text + (f"{model} come from the model's own (unperturbed) output on this "
+                       f"input; the perturbation makes {perturbed} more {why}")
+    return text + f"the perturbation makes them {why}"
 
 
 LARGE_N = 1000  # from this N on, a run is timed up front and the estimate said

@@ -305,7 +305,9 @@ class Runner:
         # What happened on the way (classes left out, strategies tried, why they failed).
         self.notes = list(self._class_notes)
         self._reference = None  # (session, provider) of the original model
-        self._built = {}  # strategy -> (UncertaintyGraph, session, provider), or None
+        # strategy -> (UncertaintyGraph, session, provider), or None; session and provider
+        # None after the strategy failed (made again when reached)
+        self._built = {}
         self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
         self._unavailable = {}  # strategy -> why it cannot be built for this model
         self._verified = {}  # input signature -> strategy that passed verification
@@ -484,7 +486,17 @@ class Runner:
                 reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
                 self._rejected[name] = reason
                 self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
-        return self._built[name]
+        built = self._built[name]
+        if built is not None and built[1] is None:  # session dropped after a failed check
+            built = self._built[name] = (built[0], *create_session(built[0].model,
+                                                                   self.provider_request))
+        return built
+
+    def _drop_session(self, name) -> None:
+        """Let go of a strategy's session (its packed weights) after it failed on an
+        input signature; it is made again if another signature reaches it."""
+        if self._built.get(name) is not None:
+            self._built[name] = (self._built[name][0], None, None)
 
     def _rotates(self) -> bool:
         return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
@@ -515,8 +527,15 @@ class Runner:
     def reference_session(self):
         """The original model's session (used for verification)."""
         if self._reference is None:
-            source = self.path if (self.path and not self.softmax) else self.original.model
-            self._reference = create_session(source, self.provider_request)
+            from .external import keeps_inline_weights_in_file
+
+            # A session of the path would copy the inline weights; the loaded proto
+            # points at them in the file, and onnxruntime maps them from there.
+            model = self.original.model
+            source = model if (self.softmax or not self.path or
+                               keeps_inline_weights_in_file(model)) else self.path
+            # Runs once per input signature: no packed copy of the weights.
+            self._reference = create_session(source, self.provider_request, prepack=False)
         return self._reference
 
     # --- inputs ------------------------------------------------------------------
@@ -622,7 +641,7 @@ class Runner:
             if len(shapes) < len({d.location for d in ug.draws}):
                 if self._probe is None:
                     self._probe = create_session(graphs.location_probe(self.info, ug.draws),
-                                                 self.provider_request)[0]
+                                                 self.provider_request, prepack=False)[0]
                 shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
             self._shapes[key] = shapes
         return self._shapes[key]
@@ -716,6 +735,8 @@ class Runner:
                 failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
                 self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
                                   f"({reason})")
+                self._drop_session(name)
+                candidate = sess = None  # gone before the next strategy's session is made
                 continue
             if verdict.ok:
                 what = "at level 0" if ug.level_inputs else "of the unperturbed output"
@@ -725,6 +746,8 @@ class Runner:
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             verified_wrong = True
+            self._drop_session(name)
+            candidate = sess = None
             self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
         if self.conversion and isinstance(self.spec, SAMPLED):
             # A converter fault must not cost the user the model: the loop strategy
@@ -913,6 +936,8 @@ class Runner:
         """The run's settings, as recorded in every result."""
         spec = self.spec.describe()
         spec["at"] = self.location
+        if isinstance(self.spec, Ensemble):  # every member, this model (member 0) first
+            spec["members"] = [Ensemble.label(self.path or self.info.model, 0)] + spec["members"]
         meta = {"model": self.path, **spec, "samples": self.samples,
                 "chunks": self.chunk_sizes(), "seed": self.seed}
         if isinstance(self.spec, SAMPLED):
@@ -979,7 +1004,8 @@ class Runner:
                 self.notes.append(f"export, strategy {name}: not available ({exc})")
                 continue
             try:
-                sess, _ = create_session(ug.model, self.provider_request)
+                # Only verified here, never sampled: no packed copy of the weights.
+                sess, _ = create_session(ug.model, self.provider_request, prepack=False)
                 verdict = self._verify(ug, sess, feeds, reference)
             except TfueError as exc:
                 verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None

@@ -25,12 +25,31 @@ def _ort():
     return onnxruntime
 
 
-def session_options(quiet: bool = True):
-    """Session options; ``quiet`` leaves reporting to tfue: onnxruntime's warnings about
-    the overridable inputs and its error logs (raised as TfueError too) are hidden."""
+# Session option that stops onnxruntime from packing the weights of MatMul, Gemm, Conv,
+# LSTM ... into a layout of its own at session creation: a packed copy lives in the
+# session's anonymous memory (as large as the weights), beside the weights themselves.
+NO_PREPACK_KEY = "session.disable_prepacking"
+
+
+def session_options(quiet: bool = True, prepack: bool = True):
+    """Session options.
+
+    Args:
+        quiet: leave reporting to tfue: onnxruntime's warnings about the overridable
+            inputs and its error logs (raised as TfueError too) are hidden.
+        prepack: let onnxruntime pack the weights for speed (a copy as large as the
+            weights). False for sessions that run only a few times (the original
+            model's reference run, probes, verification of an export): their memory
+            then stays the weights' own (memory-mapped external data costs none).
+
+    Returns:
+        onnxruntime.SessionOptions.
+    """
     so = _ort().SessionOptions()
     if quiet:
         so.log_severity_level = 4
+    if not prepack:
+        so.add_session_config_entry(NO_PREPACK_KEY, "1")
     return so
 
 
@@ -72,11 +91,23 @@ def folder_option_supported() -> bool:
     return (major, minor) >= (1, 21)
 
 
-def create_session(model, provider: str = "auto"):
+def create_session(model, provider: str = "auto", prepack: bool = True):
     """Create an InferenceSession on ``provider`` (auto, cpu or cuda).
 
-    Returns ``(session, provider_name)`` where provider_name is ``"cuda"`` or
-    ``"cpu"`` as read back from the session. ``cuda`` that cannot load raises.
+    Args:
+        model: a path, or a ModelProto (tfue's external-data convention).
+        provider: auto, cpu or cuda.
+        prepack: False for a session that runs only a few times (reference, probes,
+            verification): onnxruntime then keeps no packed copy of the weights
+            (see :func:`session_options`). The sampling session keeps it (speed).
+
+    Returns:
+        ``(session, provider_name)`` where provider_name is ``"cuda"`` or ``"cpu"``
+        as read back from the session.
+
+    Raises:
+        TfueError: unknown provider, ``cuda`` that cannot load, or a model that
+            onnxruntime cannot load.
     """
     global _cuda_failed
     if provider not in PROVIDERS:
@@ -95,7 +126,7 @@ def create_session(model, provider: str = "auto"):
             old = getattr(ort, "get_default_logger_severity", lambda: 2)()
             ort.set_default_logger_severity(4)  # a failed CUDA load is expected on CPU machines
             try:
-                sess = _new_session(ort, source, [_CUDA, _CPU], folder)
+                sess = _new_session(ort, source, [_CUDA, _CPU], folder, prepack)
             finally:
                 ort.set_default_logger_severity(old)
             if sess.get_providers()[0] == _CUDA:
@@ -107,14 +138,14 @@ def create_session(model, provider: str = "auto"):
                                 "check 'nvidia-smi' and the onnxruntime-gpu CUDA requirements, "
                                 "or use --provider cpu")
             return sess, "cpu"
-        return _new_session(ort, source, [_CPU], folder), "cpu"
+        return _new_session(ort, source, [_CPU], folder, prepack), "cpu"
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _new_session(ort, source, providers, folder=None):
-    options = session_options()
+def _new_session(ort, source, providers, folder=None, prepack=True):
+    options = session_options(prepack=prepack)
     if folder is not None:
         from .external import FOLDER_KEY
 

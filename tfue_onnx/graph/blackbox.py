@@ -85,7 +85,7 @@ def find_axes(info: ModelInfo, layout: str = "auto"):
     from ..axes import AxesProbe
     from ..session import create_session
 
-    sess, _ = create_session(info.model, "cpu")
+    sess, _ = create_session(info.model, "cpu", prepack=False)  # runs once or twice
     names = [o.name for o in info.outputs]
 
     def run(feeds):
