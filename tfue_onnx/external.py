@@ -197,11 +197,14 @@ _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9
 def _without_raw_data(buf) -> tuple:
     """The ModelProto bytes ``buf`` without the ``raw_data`` of its large top-level
     initializers, and ``[(initializer index, offset, length)]`` of what was left out."""
-    regions, out = [], bytearray()
+    regions, out, graphs = [], bytearray(), 0
     for number, first, start, end in _fields(buf, 0, len(buf)):
         if number != _GRAPH or start is None:
             out += buf[first:end]
             continue
+        graphs += 1
+        if graphs > 1:  # a graph split over several fields (protobuf merges them): the
+            raise ValueError("graph field repeated")  # indices would not hold; read whole
         graph, index = bytearray(), 0
         for g_number, g_first, g_start, g_end in _fields(buf, start, end):
             if g_number != _INITIALIZER or g_start is None:
