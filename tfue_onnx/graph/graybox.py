@@ -8,7 +8,11 @@ ignore a ``Dropout`` node). Where eps and u come from is the ``sampling`` switch
   a *bank* ``[n, size of the location]`` of draws that ``builder.draw_bank`` makes
   from the seed, the node's index and the sample's index. Sample k gets the same
   draw whatever chunk, strategy or earlier run it falls in, so a result depends
-  on (model, input, method, location, level, N, seed) only. onnxruntime's seeded
+  on (model, input, method, location, level, N, seed) only. The draws are made for
+  one batch item and repeated over the location's batch axis (where the runner
+  finds one), so an item's result does not depend on its position in the batch;
+  relative noise scales by each item's own spread (per index of the location's
+  axis 0). onnxruntime's seeded
   Random* ops cannot give that: their generator lives in the session and
   advances on every run.
 - ``graph`` (what ``tfue export`` writes, a file that needs no tfue):
@@ -103,13 +107,24 @@ class _Perturber:
         eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
         if relative:
-            # The spread of one copy (all slots hold the same values): the same floats
-            # whatever the number of slots, and what the loop computes per iteration.
+            # The spread of each batch item (each index of the location's axis 0) in one
+            # copy (all slots hold the same values): an item's sigma does not depend on
+            # the rest of the batch, nor on the number of slots, and is what the loop
+            # computes per iteration.
             t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
-            mean = b.reduce_mean(t1, dtype=dtype)
-            centred = b.op("Sub", [t1, mean], dtype=dtype)
-            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
-            delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+            rows = b.op("Flatten", [t1], {"axis": 1}, dtype=dtype)  # [B, rest]
+            mean = b.reduce_mean(rows, axes=[1], dtype=dtype)
+            centred = b.op("Sub", [rows, mean], dtype=dtype)
+            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=[1],
+                                dtype=dtype)
+            # delta as [slots, B, rest] times the items' std [B, 1], back to its shape.
+            by_slot = b.op("Concat", [b.ints("minus1", [-1]),
+                                      b.op("Shape", [rows], dtype=np.int64)], {"axis": 0},
+                           dtype=np.int64)
+            scaled = b.op("Mul", [b.op("Reshape", [delta, by_slot], dtype=dtype),
+                                  b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+            delta = b.op("Reshape", [scaled, b.op("Shape", [delta], dtype=np.int64)],
+                         dtype=dtype)
         return delta
 
     def dropped(self, t, dtype, rate_var, location: str):
