@@ -171,3 +171,42 @@ def test_cli_batch_npy_gives_each_item_its_own_result(cli, tmp_path, toy, items)
         np.testing.assert_allclose(two["mean"][1:], one["mean"], rtol=1e-5, atol=1e-6)
         meta = json.loads(str(two["metadata"]))
         assert meta["draws"] == {"r1": "per batch item (axis 0 of [2, 4, 8, 8])"}
+
+
+def test_a_batch_of_one_needs_no_second_probe_run(toy, items, monkeypatch):
+    est = Estimator(toy(), Dropout(0.3, at="r1"), samples=3, seed=0)
+    runs = []
+    real = est._probe_shapes
+    monkeypatch.setattr(est, "_probe_shapes", lambda ug, feeds: runs.append(
+        feeds["x"].shape) or real(ug, feeds))
+    res = est(items[0])
+    assert runs == [(1, 3, 8, 8)]
+    assert res.metadata["draws"] == {"r1": "per batch item (a batch of 1, [1, 4, 8, 8])"}
+    est(np.concatenate(items))
+    assert runs == [(1, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]  # B = 2, then item 0 alone
+
+
+def test_relative_noise_at_a_rank_1_location_uses_the_whole_tensors_spread(tmp_path):
+    """s = sum(relu(x), axis 1) is [B]: one value per item has no spread of its own, so
+    relative sigma there scales by the spread of the whole tensor (as before)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceSum", ["r"], ["s"], keepdims=0, axes=[1]),
+             helper.make_node("Mul", ["s", "two"], ["y"])]
+    graph = helper.make_graph(nodes, "rank1",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b"])],
+                              [onnx.numpy_helper.from_array(np.array(2, np.float32), "two")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    path = str(tmp_path / "rank1.onnx")
+    onnx.save(model, path)
+    x = np.array([[1, 2, 3, 4], [0.5, 0, 1, 2]], np.float32)
+    s = np.maximum(x, 0).sum(axis=1)
+    for strategy in graphs.STRATEGIES:
+        res = Estimator(path, Noise(0.5, at="s", mode="relative"), samples=3, seed=4,
+                        strategy=strategy, keep_samples=True)(x)
+        ref = np.stack([2 * (s + np.float32(0.5) * s.std() * _draws(4, 1, k, ()))
+                        for k in range(3)])
+        np.testing.assert_allclose(res.samples, ref, rtol=1e-5, err_msg=strategy)

@@ -230,17 +230,16 @@ def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0)
     for x in inputs:
         est(x)
-    # One item's draws (batch axis 0 left out): verification and every chunk share them.
-    assert calls == [((4, 8, 8), 0, 8)]
-    est(np.concatenate(inputs))  # a batch of 3 broadcasts the same draws
-    assert calls == [((4, 8, 8), 0, 8)]
+    assert calls == [((1, 4, 8, 8), 0, 8)]  # verification and every chunk share it
+    est(np.concatenate(inputs))  # a batch of 3: one item's draws (axis 0 left out)
+    assert calls == [((1, 4, 8, 8), 0, 8), ((4, 8, 8), 0, 8)]
     # Strategies that fail verification share the bank with the one that passes.
     calls.clear()
     tb = Estimator(toys.transposed_batch_net(tmp_path / "tb.onnx"), Noise(0.5, at="r"),
                    samples=4, seed=0)
     tb(inputs[0])
     assert sum("failed verification" in n or "fails running" in n for n in tb.notes) == 2
-    assert calls == [((4, 8, 8), 0, 4)]  # the batch is axis 1 of 'r' there
+    assert calls == [((4, 1, 8, 8), 0, 4)]
     monkeypatch.setattr(builder, "BANK_CACHE_BYTES", 100)  # too big to keep: per chunk
     calls.clear()
     est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0)

@@ -626,9 +626,10 @@ class Runner:
         whole tensor: an item's draws depend on its position in the batch).
 
         The batch B is the inputs' common axis-0 size; a location's batch axis is the
-        one axis of size B that becomes 1 (or 2, when B is 1) when the model runs on
-        the batch's first item alone (or twice), every other axis staying the same.
-        Cached per input signature; None when ``ug`` has no draws.
+        one axis of size B that becomes 1 when the model runs on the batch's first item
+        alone, every other axis staying the same. At B = 1 no axis is needed (None): the
+        whole tensor's draws are then the one item's, whatever its batch axis. Cached
+        per input signature; None when ``ug`` has no draws.
         """
         if not ug.draws:
             return None
@@ -653,25 +654,24 @@ class Runner:
             return ({loc: None for loc in locations},
                     {loc: "the inputs have no common batch axis 0" for loc in locations})
         batch = sizes.pop()
+        if batch == 1:  # one item: its draws are the whole tensor's, on any axis
+            return {loc: None for loc in locations}, {}
         fixed = [i.name for i in self.info.inputs
                  if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
         if fixed:
             return ({loc: None for loc in locations},
                     {loc: f"input '{fixed[0]}' has a fixed batch size" for loc in locations})
-        other = 2 if batch == 1 else 1
-        alt = {k: np.ascontiguousarray(np.concatenate([v[:1]] * other)) for k, v in
-               feeds.items()}
         try:
-            alt_shapes = self._probe_shapes(ug, alt)
+            alt_shapes = self._probe_shapes(ug, {k: v[:1] for k, v in feeds.items()})
         except TfueError:
             return ({loc: None for loc in locations},
-                    {loc: f"the model does not run at batch size {other}" for loc in locations})
+                    {loc: "the model does not run at batch size 1" for loc in locations})
         axes, why = {}, {}
         for loc in locations:
-            axes[loc] = _batch_axis(tuple(shapes[loc]), tuple(alt_shapes[loc]), batch, other)
+            axes[loc] = _batch_axis(tuple(shapes[loc]), tuple(alt_shapes[loc]), batch, 1)
             if axes[loc] is None:
                 why[loc] = (f"no axis of it follows the batch size (shape "
-                            f"{tuple(alt_shapes[loc])} at batch {other})")
+                            f"{tuple(alt_shapes[loc])} at batch 1)")
         return axes, why
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
@@ -875,9 +875,12 @@ class Runner:
         if isinstance(self.spec, Transform):
             meta["inverted_axes"] = self._graph_axes.metadata()
         if axes:
+            one = next(iter(feeds.values())).shape[:1] == (1,)
             meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})"
-                             if a is not None else f"per whole tensor {list(shapes[loc])} "
-                             "(an item's draws depend on its position in the batch)"
+                             if a is not None else f"per batch item (a batch of 1, "
+                             f"{list(shapes[loc])})" if one else
+                             f"per whole tensor {list(shapes[loc])} (an item's draws "
+                             "depend on its position in the batch)"
                              for loc, a in axes.items()}
         if level is not None:
             meta["level"] = level

@@ -12,7 +12,7 @@ ignore a ``Dropout`` node). Where eps and u come from is the ``sampling`` switch
   one batch item and repeated over the location's batch axis (where the runner
   finds one), so an item's result does not depend on its position in the batch;
   relative noise scales by each item's own spread (per index of the location's
-  axis 0). onnxruntime's seeded
+  axis 0; a location of rank 0 or 1 by the whole tensor's). onnxruntime's seeded
   Random* ops cannot give that: their generator lives in the session and
   advances on every run.
 - ``graph`` (what ``tfue export`` writes, a file that needs no tfue):
@@ -102,11 +102,19 @@ class _Perturber:
                                             self._random)))
         return self.read_bank(bank, t, dtype)
 
-    def delta_noise(self, t, dtype, sigma_var, relative: bool, location: str):
+    def delta_noise(self, t, dtype, sigma_var, relative: bool, location: str,
+                    rank: int | None = None):
         b = self.b
         eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
-        if relative:
+        if relative and rank is not None and rank <= 1:
+            # No item axis to keep apart: the spread of the whole tensor (one copy).
+            t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
+            mean = b.reduce_mean(t1, dtype=dtype)
+            centred = b.op("Sub", [t1, mean], dtype=dtype)
+            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
+            delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+        elif relative:
             # The spread of each batch item (each index of the location's axis 0) in one
             # copy (all slots hold the same values): an item's sigma does not depend on
             # the rest of the batch, nor on the number of slots, and is what the loop
@@ -141,14 +149,14 @@ class _Perturber:
 
     def apply(self, graph: gs.Graph, t: gs.Variable, kind: str, level_var, dtype,
               relative=False, out: gs.Variable | None = None,
-              location: str | None = None) -> gs.Variable:
-        """Perturb ``t`` (the graph's copy of the model's tensor ``location``); rewire
-        its consumers (or fill ``out``) with the result."""
+              location: str | None = None, rank: int | None = None) -> gs.Variable:
+        """Perturb ``t`` (the graph's copy of the model's tensor ``location``, of
+        ``rank`` when known); rewire its consumers (or fill ``out``) with the result."""
         b = self.b
         location = location or t.name
         consumers_before = {id(n) for n in t.outputs}
         if kind == "noise":
-            delta = self.delta_noise(t, dtype, level_var, relative, location)
+            delta = self.delta_noise(t, dtype, level_var, relative, location, rank)
             if self.slot_mask is not None:
                 delta = self.slot_mask(delta, t, dtype)
             result = b.op("Add", [t, delta], dtype=dtype, out=out)
@@ -177,9 +185,11 @@ def _insert(graph: gs.Graph, info: ModelInfo, spec, perturber: "_Perturber", ten
         t = tensors[cand.name]
         kind = "noise" if isinstance(spec, Noise) else "dropout"
         level = perturber._level("sigma" if kind == "noise" else "rate", spec.level, dtype)
+        known = info.tensor_infos.get(cand.name)
+        rank = None if known is None or known.shape is None else len(known.shape)
         perturber.apply(graph, t, kind, level, dtype,
                         relative=isinstance(spec, Noise) and spec.mode == "relative",
-                        location=cand.name)
+                        location=cand.name, rank=rank)
         return [cand.name]
     if isinstance(spec, MCDropout):
         return _activate_dropouts(graph, info, spec, perturber)
