@@ -123,6 +123,15 @@ def test_batch_on_axis_1_of_the_location_is_found(tmp_path, items):
         _close(res, 1, alone_a)
         _close(res, 2, alone_b)
         assert float(alone_a.variance.mean()) > 1e-5
+    # Relative sigma is the spread per index of the location's axis 0 (here the
+    # channels, across the items): said in the notes and metadata.
+    est = Estimator(path, Noise(0.4, at="r", mode="relative"), samples=5, seed=3)
+    alone_a, res = est(a), est(np.concatenate([b, a, b]))
+    assert res.metadata["draws"]["r"] == ("per batch item (axis 1 of [4, 3, 8, 8]); relative "
+                                          "sigma per index of axis 0, not per item")
+    assert any("relative noise at 'r'" in n and "the batch is its axis 1" in n
+               for n in est.notes)
+    assert not np.allclose(res.variance[1:2], alone_a.variance, rtol=1e-3)
 
 
 def test_batch_merged_into_another_axis_is_said_to_be_position_dependent(tmp_path, items):

@@ -644,7 +644,14 @@ class Runner:
                     self.notes.append(f"draws at '{loc}' are made for the whole tensor "
                                       f"{tuple(shapes[loc])}: {why.get(loc)}, so a result "
                                       "depends on the input's position in the batch")
+                elif axis not in (None, 0) and self._relative():
+                    self.notes.append(f"relative noise at '{loc}' scales by the spread of "
+                                      f"each index of its axis 0, but the batch is its axis "
+                                      f"{axis}: an item's sigma depends on the other items")
         return self._batch_axes[key]
+
+    def _relative(self) -> bool:
+        return isinstance(self.spec, Noise) and self.spec.mode == "relative"
 
     def _find_batch_axes(self, ug, feeds, shapes) -> tuple:
         """(location -> batch axis or None, location -> why None); see batch_axes."""
@@ -876,7 +883,9 @@ class Runner:
             meta["inverted_axes"] = self._graph_axes.metadata()
         if axes:
             one = next(iter(feeds.values())).shape[:1] == (1,)
-            meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})"
+            meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})" + (
+                             "; relative sigma per index of axis 0, not per item"
+                             if a != 0 and self._relative() else "")
                              if a is not None else f"per batch item (a batch of 1, "
                              f"{list(shapes[loc])})" if one else
                              f"per whole tensor {list(shapes[loc])} (an item's draws "
