@@ -123,15 +123,28 @@ def test_batch_on_axis_1_of_the_location_is_found(tmp_path, items):
         _close(res, 1, alone_a)
         _close(res, 2, alone_b)
         assert float(alone_a.variance.mean()) > 1e-5
-    # Relative sigma is the spread per index of the location's axis 0 (here the
-    # channels, across the items): said in the notes and metadata.
-    est = Estimator(path, Noise(0.4, at="r", mode="relative"), samples=5, seed=3)
-    alone_a, res = est(a), est(np.concatenate([b, a, b]))
-    assert res.metadata["draws"]["r"] == ("per batch item (axis 1 of [4, 3, 8, 8]); relative "
-                                          "sigma per index of axis 0, not per item")
-    assert any("relative noise at 'r'" in n and "the batch is its axis 1" in n
-               for n in est.notes)
-    assert not np.allclose(res.variance[1:2], alone_a.variance, rtol=1e-3)
+    # Relative sigma: each item's spread, over every axis but 1 (shape inference names
+    # axis 1 with the input's batch).
+    est = Estimator(path, Noise(0.4, at="r", mode="relative"), samples=5, seed=3,
+                    keep_samples=True)
+    alone_a, alone_b, res = est(a), est(b), est(np.concatenate([b, a, b]))
+    assert res.metadata["draws"]["r"] == "per batch item (axis 1 of [4, 3, 8, 8])"
+    assert not any("relative noise" in n for n in est.notes)
+    _close(res, 0, alone_b)
+    _close(res, 1, alone_a)
+    # Against numpy: sample k of item 1 = r_1 + sigma * std(r_1) * eps_k, r_1 = relu of
+    # the conv output of item 1 (axis 1 of 'r'), eps_k drawn for one item [4, 8, 8].
+    r1 = np.maximum(_conv(path, a), 0)
+    ref = np.stack([r1 + np.float32(0.4) * r1.std() * _draws(3, 1, k, (4, 8, 8))[None]
+                    for k in range(5)])
+    np.testing.assert_allclose(res.samples[:, 1:2], ref, rtol=1e-5, atol=1e-5)
+
+
+def _conv(path, x):
+    """The model's conv output for ``x`` (its tensor c1), by onnxruntime."""
+    sub = str(path) + ".c1.onnx"
+    onnx.utils.extract_model(str(path), sub, ["x"], ["c1"])
+    return ort.InferenceSession(sub, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def test_batch_merged_into_another_axis_is_said_to_be_position_dependent(tmp_path, items):
@@ -219,3 +232,9 @@ def test_relative_noise_at_a_rank_1_location_uses_the_whole_tensors_spread(tmp_p
         ref = np.stack([2 * (s + np.float32(0.5) * s.std() * _draws(4, 1, k, ()))
                         for k in range(3)])
         np.testing.assert_allclose(res.samples, ref, rtol=1e-5, err_msg=strategy)
+    # The spread mixes the items: said in the notes and metadata.
+    est = Estimator(path, Noise(0.5, at="s", mode="relative"), samples=3, seed=4)
+    assert est(x).metadata["draws"]["s"] == ("per batch item (axis 0 of [2]); relative sigma "
+                                             "from the whole tensor's spread, not per item")
+    assert any("relative noise at 's' scales by the whole tensor's spread, but the batch is "
+               "its axis 0" in n for n in est.notes)

@@ -644,9 +644,10 @@ class Runner:
                     self.notes.append(f"draws at '{loc}' are made for the whole tensor "
                                       f"{tuple(shapes[loc])}: {why.get(loc)}, so a result "
                                       "depends on the input's position in the batch")
-                elif axis not in (None, 0) and self._relative():
-                    self.notes.append(f"relative noise at '{loc}' scales by the spread of "
-                                      f"each index of its axis 0, but the batch is its axis "
+                elif axis is not None and self._relative() and \
+                        axis != ug.relative_axes.get(loc, 0):
+                    self.notes.append(f"relative noise at '{loc}' scales by "
+                                      f"{_spread(ug, loc)}, but the batch is its axis "
                                       f"{axis}: an item's sigma depends on the other items")
         return self._batch_axes[key]
 
@@ -884,8 +885,9 @@ class Runner:
         if axes:
             one = next(iter(feeds.values())).shape[:1] == (1,)
             meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})" + (
-                             "; relative sigma per index of axis 0, not per item"
-                             if a != 0 and self._relative() else "")
+                             f"; relative sigma from {_spread(ug, loc)}, not per item"
+                             if self._relative() and a != ug.relative_axes.get(loc, 0)
+                             else "")
                              if a is not None else f"per batch item (a batch of 1, "
                              f"{list(shapes[loc])})" if one else
                              f"per whole tensor {list(shapes[loc])} (an item's draws "
@@ -1021,6 +1023,13 @@ class Runner:
 
 
 _FLOATS = ("float32", "float64", "float16")
+
+
+def _spread(ug, location: str) -> str:
+    """What relative noise at ``location`` scales by, in words."""
+    axis = ug.relative_axes.get(location, 0)
+    return "the whole tensor's spread" if axis is None else \
+        f"the spread of each index of its axis {axis}"
 
 
 def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:

@@ -141,6 +141,9 @@ class UncertaintyGraph:
     sampling: str | None = None  # "fed": draws are inputs (``draws``); "graph": Random* ops;
     # None: nothing random (transforms, ensembles)
     draws: list = dataclasses.field(default_factory=list)  # Draw per random node ("fed")
+    # Relative noise: location -> the axis whose every index gets its own spread (the
+    # item axis; None: the whole tensor's spread).
+    relative_axes: dict = dataclasses.field(default_factory=dict)
     # Drawn banks, kept for the next input of the same shape; graphs built for one
     # runner may share one dict (every strategy draws the same banks).
     bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
