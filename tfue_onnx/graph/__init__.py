@@ -103,9 +103,9 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         samples = check_samples(samples)
         model, perturber, samples_input, locations = graybox.BUILDERS[strategy](
             iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
+        relative_axes = dict(perturber.relative_axes)
         levels = {v.name: val for v, val in perturber.level_inputs}
         draws, random = [d for _, d in perturber.bank_inputs], sampling
-        relative_axes = dict(perturber.relative_axes)
     model = restore_outputs(model, iso)
     stats = list(dict.fromkeys(o.name for o in stats_outputs(info) if o.name not in iso.constant))
     return UncertaintyGraph(
