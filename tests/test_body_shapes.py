@@ -200,7 +200,8 @@ def test_every_location_and_strategy_matches_the_reference(case, shaped):
         ref = _run(model, {"x": x})["y"]
         for at in locations:
             t = _run(_with_output(model, at), {"x": x})[at]
-            eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n)
+            eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n,
+                            batch_axis=0)
             cut = _cut_at(model, at, t.shape)
             want = np.stack([_run(cut, {"x": x, at: t + sigma * e.reshape(t.shape)})["y"]
                              for e in eps])

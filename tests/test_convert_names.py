@@ -146,7 +146,8 @@ def test_every_location_resolves_on_the_copy_and_runs_shared_prefix(name):
     assert inner
     for at in inner:
         t = _run(_with_output(model, at), {"x": X})[at]
-        eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n)
+        eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n,
+                        batch_axis=0)
         cut = _cut_at(model, at, t.shape)
         want = np.stack([_run(cut, {"x": X, at: t + sigma * e.reshape(t.shape)})["y"]
                          for e in eps])

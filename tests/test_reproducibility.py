@@ -220,17 +220,19 @@ def test_noise_at_the_model_input_needs_no_probe(toy, inputs):
 
 def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     calls = []
-    real = builder.draw_bank
+    real = builder.item_draws
 
     def counting(draw, seed, shape, first, count):
         calls.append((tuple(shape), first, count))
         return real(draw, seed, shape, first, count)
 
-    monkeypatch.setattr(builder, "draw_bank", counting)
+    monkeypatch.setattr(builder, "item_draws", counting)
     est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0)
     for x in inputs:
         est(x)
     assert calls == [((1, 4, 8, 8), 0, 8)]  # verification and every chunk share it
+    est(np.concatenate(inputs))  # a batch of 3: one item's draws (axis 0 left out)
+    assert calls == [((1, 4, 8, 8), 0, 8), ((4, 8, 8), 0, 8)]
     # Strategies that fail verification share the bank with the one that passes.
     calls.clear()
     tb = Estimator(toys.transposed_batch_net(tmp_path / "tb.onnx"), Noise(0.5, at="r"),

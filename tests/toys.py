@@ -155,3 +155,21 @@ def skip_net(path):
              helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "c1"], ["y"], name="skip")]
     return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 4, "h", "w"], "skip")
+
+
+def merged_batch_net(path):
+    """x -> Conv -> Flatten(axis 2) [B*4, H*W] -> Relu ('r') -> Reshape back -> Conv -> y.
+
+    At 'r' the batch is merged into axis 0 with the channels: no axis follows the
+    batch size, so draws there are made for the whole tensor.
+    """
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(_w(rng, 4, 3, 3, 3), "w1"),
+             numpy_helper.from_array(_w(rng, 2, 4, 3, 3), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c1"], ["f"], name="flat", axis=2),
+             helper.make_node("Relu", ["f"], ["r"], name="relu"),
+             helper.make_node("Shape", ["c1"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["r", "s"], ["u"], name="unflat"),
+             helper.make_node("Conv", ["u", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 2, "h", "w"], "merged")

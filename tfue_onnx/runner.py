@@ -313,6 +313,7 @@ class Runner:
         self._verified = {}  # input signature -> strategy that passed verification
         self._probe = None  # session of graph.location_probe: the banks' shapes
         self._shapes = {}  # input signature -> {location: shape at that input}
+        self._batch_axes = {}  # input signature -> {location: its batch axis or None}
         self._banks = {}  # drawn banks, shared by every strategy's graph
         self._standalone = {}  # input signature -> verified graph with in-graph sampling
         self._axes_probe = None  # axes.AxesProbe, made on first use
@@ -636,15 +637,81 @@ class Runner:
             return None
         key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
         if key not in self._shapes:
-            shapes = {d.location: feeds[d.location].shape for d in ug.draws
-                      if d.location in feeds}
-            if len(shapes) < len({d.location for d in ug.draws}):
-                if self._probe is None:
-                    self._probe = create_session(graphs.location_probe(self.info, ug.draws),
-                                                 self.provider_request, prepack=False)[0]
-                shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
-            self._shapes[key] = shapes
+            self._shapes[key] = self._probe_shapes(ug, feeds)
         return self._shapes[key]
+
+    def _probe_shapes(self, ug, feeds) -> dict:
+        """Location name -> shape at ``feeds`` (the inputs' own, else the probe's)."""
+        shapes = {d.location: feeds[d.location].shape for d in ug.draws if d.location in feeds}
+        if len(shapes) < len({d.location for d in ug.draws}):
+            if self._probe is None:
+                self._probe = create_session(graphs.location_probe(self.info, ug.draws),
+                                             self.provider_request, prepack=False)[0]
+            shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
+        return shapes
+
+    def batch_axes(self, ug, feeds) -> dict | None:
+        """Location name -> the axis of its tensor that holds the batch items (each item
+        then gets the draws it gets alone), or None where none was found (draws for the
+        whole tensor: an item's draws depend on its position in the batch).
+
+        The batch B is the inputs' common axis-0 size; a location's batch axis is the
+        one axis of size B that becomes 1 when the model runs on the batch's first item
+        alone, every other axis staying the same. At B = 1 no axis is needed (None): the
+        whole tensor's draws are then the one item's, whatever its batch axis. Cached
+        per input signature; None when ``ug`` has no draws.
+        """
+        if not ug.draws:
+            return None
+        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        if key not in self._batch_axes:
+            shapes = self.location_shapes(ug, feeds)
+            axes, why = self._find_batch_axes(ug, feeds, shapes)
+            self._batch_axes[key] = axes
+            batch = next(iter(feeds.values())).shape[:1]
+            for loc, axis in axes.items():
+                if axis is None and batch != (1,):
+                    self.notes.append(f"draws at '{loc}' are made for the whole tensor "
+                                      f"{tuple(shapes[loc])}: {why.get(loc)}, so a result "
+                                      "depends on the input's position in the batch")
+                elif axis is not None and self._relative() and \
+                        axis != ug.relative_axes.get(loc, 0):
+                    self.notes.append(f"relative noise at '{loc}' scales by "
+                                      f"{_spread(ug, loc)}, but the batch is its axis "
+                                      f"{axis}: an item's sigma depends on the other items")
+        return self._batch_axes[key]
+
+    def _relative(self) -> bool:
+        return isinstance(self.spec, Noise) and self.spec.mode == "relative"
+
+    def _find_batch_axes(self, ug, feeds, shapes) -> tuple:
+        """(location -> batch axis or None, location -> why None); see batch_axes."""
+        locations = list(dict.fromkeys(d.location for d in ug.draws))
+        sizes = {v.shape[0] if v.ndim else None for v in feeds.values()}
+        if len(sizes) != 1 or None in sizes:
+            return ({loc: None for loc in locations},
+                    {loc: "the inputs have no common batch axis 0" for loc in locations})
+        batch = sizes.pop()
+        if batch == 1:  # one item: its draws are the whole tensor's, on any axis
+            return {loc: None for loc in locations}, {}
+        fixed = [i.name for i in self.info.inputs
+                 if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
+        if fixed:
+            return ({loc: None for loc in locations},
+                    {loc: f"input '{fixed[0]}' has a fixed batch size" for loc in locations})
+        try:
+            alt_shapes = self._probe_shapes(ug, {k: v[:1] for k, v in feeds.items()})
+        except TfueError:
+            return ({loc: None for loc in locations},
+                    {loc: "the model does not run at batch size 1" for loc in locations})
+        axes, why = {}, {}
+        for loc in locations:
+            axes[loc] = _batch_axis(tuple(shapes[loc]), tuple(alt_shapes[loc]), batch, 1)
+            if axes[loc] is None:
+                why[loc] = (f"no axis of it follows the batch size (shape "
+                            f"{tuple(alt_shapes[loc])} at batch 1)")
+        return axes, why
+
 
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
@@ -654,8 +721,9 @@ class Runner:
                 expected = self._transform_statistics(feeds, ug.stats_outputs)
                 verdict = check_statistics(out, expected, "transformed runs of the original")
             return verdict
-        shapes = self.location_shapes(ug, feeds)
-        out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes)})
+        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
+        out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes,
+                                                   batch_axes=axes)})
         verdict = check_identity(out, reference, ug.stats_outputs)
         if verdict.ok and ug.keep_samples:
             # What run() gives the user is its own reduction of the samples, not the
@@ -664,7 +732,8 @@ class Runner:
             verdict = check_identity(result_outputs(self._statistics(ug, [(2, out)])),
                                      reference, ug.stats_outputs)
         if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
-            on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes)})
+            on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes,
+                                                      batch_axes=axes)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict
 
@@ -838,13 +907,14 @@ class Runner:
         ug, sess, provider = self._select(feeds)
         chunks = self.chunk_sizes(feeds)
         device_feeds = self._device_feeds(feeds, provider)
-        shapes = self.location_shapes(ug, feeds)
+        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
 
         def chunk_outputs():
             first_sample = 0
             for n in chunks:
                 # Samples first_sample .. +n-1: their draws depend on their index only.
-                extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes)
+                extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes,
+                                 batch_axes=axes)
                 first_sample += n
                 yield n, (self._run(sess, {**feeds, **extra}) if device_feeds is None else
                           self._run_bound(sess, device_feeds, extra))
@@ -854,6 +924,17 @@ class Runner:
                 "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
         if isinstance(self.spec, Transform):
             meta["inverted_axes"] = self._graph_axes.metadata()
+        if axes:
+            one = next(iter(feeds.values())).shape[:1] == (1,)
+            meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})" + (
+                             f"; relative sigma from {_spread(ug, loc)}, not per item"
+                             if self._relative() and a != ug.relative_axes.get(loc, 0)
+                             else "")
+                             if a is not None else f"per batch item (a batch of 1, "
+                             f"{list(shapes[loc])})" if one else
+                             f"per whole tensor {list(shapes[loc])} (an item's draws "
+                             "depend on its position in the batch)"
+                             for loc, a in axes.items()}
         if level is not None:
             meta["level"] = level
         return Result(results, meta)
@@ -1047,6 +1128,24 @@ class Runner:
 
 
 _FLOATS = ("float32", "float64", "float16")
+
+
+def _spread(ug, location: str) -> str:
+    """What relative noise at ``location`` scales by, in words."""
+    axis = ug.relative_axes.get(location, 0)
+    return "the whole tensor's spread" if axis is None else \
+        f"the spread of each index of its axis {axis}"
+
+
+def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
+    """The one axis where a tensor of ``shape`` at batch ``batch`` has ``alt`` at batch
+    ``other`` (sizes ``batch`` and ``other``), every other axis the same; else None."""
+    if len(shape) != len(alt):
+        return None
+    moved = [a for a, (s, t) in enumerate(zip(shape, alt)) if s != t]
+    if len(moved) == 1 and shape[moved[0]] == batch and alt[moved[0]] == other:
+        return moved[0]
+    return None
 
 
 def _check_inputs_fit(info: ModelInfo, spec) -> None:

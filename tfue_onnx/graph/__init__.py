@@ -71,6 +71,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
                                 "rename that output before using tfue")
     classes = dict(classes or {})
     draws, random = [], None  # random: how gray-box draws are made (None: nothing random)
+    relative_axes = {}
     if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
         raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
     if getattr(spec, "at", None) is not None:  # locations refer to the user's graph
@@ -102,6 +103,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         samples = check_samples(samples)
         model, perturber, samples_input, locations = graybox.BUILDERS[strategy](
             iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
+        relative_axes = dict(perturber.relative_axes)
         levels = {v.name: val for v, val in perturber.level_inputs}
         draws, random = [d for _, d in perturber.bank_inputs], sampling
     model = keep_ranks(restore_outputs(model, iso))
@@ -110,7 +112,8 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         model=model, strategy=strategy, stats_outputs=stats,
         samples_input=samples_input, level_inputs=levels, locations=locations,
         samples=samples, seed=int(seed), keep_samples=keep_samples,
-        classes={k: v for k, v in classes.items() if k in stats}, sampling=random, draws=draws)
+        classes={k: v for k, v in classes.items() if k in stats}, sampling=random, draws=draws,
+        relative_axes=relative_axes)
 
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:

@@ -24,8 +24,9 @@ from ..model import FLOAT_TYPES, ModelInfo, node_inputs, topological_order, topo
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 SAMPLING = ("fed", "graph")
-SAMPLING_NOTE = ("fed: numpy PCG64 draws seeded by SeedSequence([seed, node, sample]); sample k "
-                 "is the same in any chunk, strategy or input order")
+SAMPLING_NOTE = ("fed: numpy PCG64 draws seeded by SeedSequence([seed, node, sample]), made for "
+                 "one batch item and repeated over the location's batch axis (see 'draws'); "
+                 "sample k is the same in any chunk, strategy, input order or batch position")
 BANK_CACHE_BYTES = 256 * 1024**2  # drawn banks kept for the next input of the same shape
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
@@ -48,7 +49,9 @@ class Draw:
     """One random node of a ``fed`` graph: the bank input the runner must feed.
 
     The bank has shape ``[n, size]``: row k holds sample k's draws for ``location``
-    (a tensor of the original model) at the real input, flattened (``size`` elements).
+    (a tensor of the original model) at the real input, flattened (``size`` elements):
+    the draws of one batch item repeated over the location's batch axis, when the
+    runner found one (``Runner.batch_axes``), else draws for the whole tensor.
     """
 
     input: str  # the graph input that takes the bank
@@ -58,11 +61,15 @@ class Draw:
     index: int  # the node's number, 1, 2, ... in build order (the same in every strategy)
 
 
-def draw_bank(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarray:
+def draw_bank(draw: Draw, seed: int, shape, first: int, count: int,
+              batch_axis: int | None = None) -> np.ndarray:
     """Rows ``first .. first+count-1`` of ``draw``'s bank, shape ``[count, prod(shape)]``.
 
     Row k depends only on (seed, draw.index, k): a generator is seeded per sample
     with ``SeedSequence([seed, index, k])``, so any chunk of samples is drawn alike.
+    With ``batch_axis``, row k holds the draws for ONE batch item (``shape`` without
+    that axis), the same for every item of the batch: an item gets the draws it gets
+    alone, whatever its position and the batch size.
 
     Args:
         draw: the random node.
@@ -70,11 +77,27 @@ def draw_bank(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarra
         shape: the location's shape at the real input.
         first: index of the first sample.
         count: number of samples.
+        batch_axis: the location's axis that holds the batch items, or None: draws
+            for the whole tensor (an item's draws then depend on its position).
 
     Returns:
         A C-contiguous array of ``draw.dtype``; row k is sample k's draws for a
         location of ``shape``, flattened.
     """
+    shape = tuple(int(d) for d in shape)
+    item = item_draws(draw, seed, _item_shape(shape, batch_axis), first, count)
+    return broadcast_items(item, shape, batch_axis)
+
+
+def _item_shape(shape: tuple, batch_axis: int | None) -> tuple:
+    if batch_axis is None:
+        return shape
+    return shape[:batch_axis] + shape[batch_axis + 1:]
+
+
+def item_draws(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarray:
+    """Samples ``first .. first+count-1`` of ``draw`` for a tensor of ``shape``:
+    ``[count, *shape]`` of ``draw.dtype``, sample k from ``SeedSequence([seed, index, k])``."""
     shape = tuple(int(d) for d in shape)
     dtype = np.dtype(draw.dtype)
     gen_dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
@@ -88,7 +111,17 @@ def draw_bank(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarra
             u = rng.random(shape, dtype=gen_dtype)
             # float16 rounds values near 1 up to 1.0: keep u in [0, 1).
             out[row] = np.minimum(u.astype(dtype), np.nextafter(dtype.type(1), dtype.type(0)))
-    return out.reshape(count, -1)
+    return out
+
+
+def broadcast_items(item: np.ndarray, shape, batch_axis: int | None) -> np.ndarray:
+    """Per-item draws ``[count, *item shape]`` repeated over ``batch_axis`` of
+    ``shape`` (None: ``item`` already has ``shape``), flattened to ``[count, size]``."""
+    shape = tuple(int(d) for d in shape)
+    count = item.shape[0]
+    if batch_axis is not None:
+        item = np.broadcast_to(np.expand_dims(item, batch_axis + 1), (count, *shape))
+    return np.ascontiguousarray(item).reshape(count, -1)
 
 
 @dataclasses.dataclass
@@ -108,12 +141,15 @@ class UncertaintyGraph:
     sampling: str | None = None  # "fed": draws are inputs (``draws``); "graph": Random* ops;
     # None: nothing random (transforms, ensembles)
     draws: list = dataclasses.field(default_factory=list)  # Draw per random node ("fed")
+    # Relative noise: location -> the axis whose every index gets its own spread (the
+    # item axis; None: the whole tensor's spread).
+    relative_axes: dict = dataclasses.field(default_factory=dict)
     # Drawn banks, kept for the next input of the same shape; graphs built for one
     # runner may share one dict (every strategy draws the same banks).
     bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def feeds(self, samples: int | None = None, level: float | None = None, first: int = 0,
-              shapes: dict | None = None) -> dict:
+              shapes: dict | None = None, batch_axes: dict | None = None) -> dict:
         """The graph's own inputs: the number of samples (default N), the level of
         every perturbation (default: each one's own) and, for a ``fed`` graph, the
         banks of samples ``first .. first+samples-1``.
@@ -124,6 +160,9 @@ class UncertaintyGraph:
             first: index of the run's first sample among the N.
             shapes: location name -> its shape at the real input (every ``draw``'s
                 location); needed when ``draws`` is not empty.
+            batch_axes: location name -> the axis of its shape that holds the batch
+                items (each item gets the same draws, those it gets alone), or None
+                for draws over the whole tensor; a location left out gets None.
 
         Returns:
             Input name -> array.
@@ -140,28 +179,34 @@ class UncertaintyGraph:
         if self.draws:
             if shapes is None:
                 raise ValueError("this graph's draws are inputs: give the locations' shapes")
+            axes = batch_axes or {}
             for d in self.draws:
-                feeds[d.input] = self.bank(d, shapes[d.location], first, n)
+                feeds[d.input] = self.bank(d, shapes[d.location], first, n,
+                                           axes.get(d.location))
         return feeds
 
-    def bank(self, draw: Draw, shape, first: int, count: int) -> np.ndarray:
-        """Rows ``first .. first+count-1`` of ``draw``'s bank for a location of ``shape``.
+    def bank(self, draw: Draw, shape, first: int, count: int,
+             batch_axis: int | None = None) -> np.ndarray:
+        """Rows ``first .. first+count-1`` of ``draw``'s bank for a location of ``shape``
+        (see :func:`draw_bank`; ``batch_axis``: the axis of the batch items, or None).
 
-        The whole bank of N samples is drawn once per shape and kept (up to
-        BANK_CACHE_BYTES in all, oldest dropped first), so inputs of one shape
-        share the cost of drawing; a larger bank is drawn chunk by chunk.
+        The draws of all N samples for one item (or the whole tensor, without
+        ``batch_axis``) are made once per shape and kept (up to BANK_CACHE_BYTES in
+        all, oldest dropped first), so inputs of one shape share the cost of drawing;
+        a larger bank is drawn chunk by chunk.
         """
         shape = tuple(int(d) for d in shape)
-        key = (self.seed, self.samples, draw.index, draw.kind, np.dtype(draw.dtype).str, shape)
-        size = self.samples * int(np.prod(shape, dtype=np.int64)) * np.dtype(draw.dtype).itemsize
+        item = _item_shape(shape, batch_axis)
+        key = (self.seed, self.samples, draw.index, draw.kind, np.dtype(draw.dtype).str, item)
+        size = self.samples * int(np.prod(item, dtype=np.int64)) * np.dtype(draw.dtype).itemsize
         if first + count > self.samples or size > BANK_CACHE_BYTES:
-            return draw_bank(draw, self.seed, shape, first, count)
+            return draw_bank(draw, self.seed, shape, first, count, batch_axis)
         cache = self.bank_cache
         if key not in cache:
             while cache and sum(b.nbytes for b in cache.values()) + size > BANK_CACHE_BYTES:
                 del cache[next(iter(cache))]
-            cache[key] = draw_bank(draw, self.seed, shape, 0, self.samples)
-        return cache[key][first:first + count]
+            cache[key] = item_draws(draw, self.seed, item, 0, self.samples)
+        return broadcast_items(cache[key][first:first + count], shape, batch_axis)
 
     def frozen(self) -> onnx.ModelProto:
         """The graph with N and the levels fixed: only the model's own inputs remain.

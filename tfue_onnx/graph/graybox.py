@@ -8,7 +8,12 @@ ignore a ``Dropout`` node). Where eps and u come from is the ``sampling`` switch
   a *bank* ``[n, size of the location]`` of draws that ``builder.draw_bank`` makes
   from the seed, the node's index and the sample's index. Sample k gets the same
   draw whatever chunk, strategy or earlier run it falls in, so a result depends
-  on (model, input, method, location, level, N, seed) only. onnxruntime's seeded
+  on (model, input, method, location, level, N, seed) only. The draws are made for
+  one batch item and repeated over the location's batch axis (where the runner
+  finds one), so an item's result does not depend on its position in the batch;
+  relative noise scales by each item's own spread (per index of the location's
+  axis 0, or of the axis shape inference names with the inputs' batch; a location
+  of rank 0 or 1 by the whole tensor's). onnxruntime's seeded
   Random* ops cannot give that: their generator lives in the session and
   advances on every run.
 - ``graph`` (what ``tfue export`` writes, a file that needs no tfue):
@@ -67,6 +72,7 @@ class _Perturber:
         self.one_slot = one_slot  # callable(t, dtype) -> the unperturbed slot of t, or None
         self.level_inputs = []  # (gs.Variable, default value) pairs
         self.bank_inputs = []  # (gs.Variable, Draw) pairs, sampling "fed"
+        self.relative_axes = {}  # location -> axis of per-index spread (None: whole tensor)
         self._random = 0
 
     def _level(self, hint: str, value: float, dtype) -> gs.Variable:
@@ -98,18 +104,53 @@ class _Perturber:
                                             self._random)))
         return self.read_bank(bank, t, dtype)
 
-    def delta_noise(self, t, dtype, sigma_var, relative: bool, location: str):
+    def delta_noise(self, t, dtype, sigma_var, relative: bool, location: str,
+                    rank: int | None = None, item_axis: int | None = None):
+        """sigma * eps for ``t``; relative: times the spread of each batch item (each
+        index of ``item_axis`` when it is known and not 0, else of axis 0; the whole
+        tensor's for a location of rank 0 or 1)."""
         b = self.b
         eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
-        if relative:
-            # The spread of one copy (all slots hold the same values): the same floats
-            # whatever the number of slots, and what the loop computes per iteration.
+        if relative and rank is not None and rank >= 2 and item_axis not in (None, 0):
+            # The batch is axis item_axis (found from the symbolic shapes): reduce over
+            # every other axis. (The tiled strategies' slots are axis 0: such a location
+            # fails their verification, and the loop runs it on one copy.)
+            self.relative_axes[location] = item_axis
+            axes = [a for a in range(rank) if a != item_axis]
+            mean = b.reduce_mean(t, axes=axes, dtype=dtype)
+            centred = b.op("Sub", [t, mean], dtype=dtype)
+            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=axes,
+                                dtype=dtype)
+            delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+        elif relative and rank is not None and rank <= 1:
+            # No item axis to keep apart: the spread of the whole tensor (one copy).
+            self.relative_axes[location] = None
             t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
             mean = b.reduce_mean(t1, dtype=dtype)
             centred = b.op("Sub", [t1, mean], dtype=dtype)
             var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
             delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+        elif relative:
+            self.relative_axes[location] = 0
+            # The spread of each batch item (each index of the location's axis 0) in one
+            # copy (all slots hold the same values): an item's sigma does not depend on
+            # the rest of the batch, nor on the number of slots, and is what the loop
+            # computes per iteration.
+            t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
+            rows = b.op("Flatten", [t1], {"axis": 1}, dtype=dtype)  # [B, rest]
+            mean = b.reduce_mean(rows, axes=[1], dtype=dtype)
+            centred = b.op("Sub", [rows, mean], dtype=dtype)
+            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=[1],
+                                dtype=dtype)
+            # delta as [slots, B, rest] times the items' std [B, 1], back to its shape.
+            by_slot = b.op("Concat", [b.ints("minus1", [-1]),
+                                      b.op("Shape", [rows], dtype=np.int64)], {"axis": 0},
+                           dtype=np.int64)
+            scaled = b.op("Mul", [b.op("Reshape", [delta, by_slot], dtype=dtype),
+                                  b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+            delta = b.op("Reshape", [scaled, b.op("Shape", [delta], dtype=np.int64)],
+                         dtype=dtype)
         return delta
 
     def dropped(self, t, dtype, rate_var, location: str):
@@ -126,14 +167,17 @@ class _Perturber:
 
     def apply(self, graph: gs.Graph, t: gs.Variable, kind: str, level_var, dtype,
               relative=False, out: gs.Variable | None = None,
-              location: str | None = None) -> gs.Variable:
-        """Perturb ``t`` (the graph's copy of the model's tensor ``location``); rewire
-        its consumers (or fill ``out``) with the result."""
+              location: str | None = None, rank: int | None = None,
+              item_axis: int | None = None) -> gs.Variable:
+        """Perturb ``t`` (the graph's copy of the model's tensor ``location``, of
+        ``rank`` when known, its batch on ``item_axis`` when known); rewire its
+        consumers (or fill ``out``) with the result."""
         b = self.b
         location = location or t.name
         consumers_before = {id(n) for n in t.outputs}
         if kind == "noise":
-            delta = self.delta_noise(t, dtype, level_var, relative, location)
+            delta = self.delta_noise(t, dtype, level_var, relative, location, rank,
+                                     item_axis)
             if self.slot_mask is not None:
                 delta = self.slot_mask(delta, t, dtype)
             result = b.op("Add", [t, delta], dtype=dtype, out=out)
@@ -162,13 +206,31 @@ def _insert(graph: gs.Graph, info: ModelInfo, spec, perturber: "_Perturber", ten
         t = tensors[cand.name]
         kind = "noise" if isinstance(spec, Noise) else "dropout"
         level = perturber._level("sigma" if kind == "noise" else "rate", spec.level, dtype)
+        known = info.tensor_infos.get(cand.name)
+        rank = None if known is None or known.shape is None else len(known.shape)
         perturber.apply(graph, t, kind, level, dtype,
                         relative=isinstance(spec, Noise) and spec.mode == "relative",
-                        location=cand.name)
+                        location=cand.name, rank=rank, item_axis=symbolic_batch_axis(
+                            info, cand.name))
         return [cand.name]
     if isinstance(spec, MCDropout):
         return _activate_dropouts(graph, info, spec, perturber)
     raise TfueError(f"unsupported perturbation {spec!r}", "use Noise, Dropout or MCDropout")
+
+
+def symbolic_batch_axis(info: ModelInfo, name: str) -> int | None:
+    """The axis of tensor ``name`` whose symbolic size is the inputs' batch (the one
+    name every input has on axis 0), from shape inference; None when the inputs share
+    no named batch or the tensor has it on no axis or on several."""
+    batch = {i.shape[0] if i.shape else None for i in info.inputs}
+    known = info.tensor_infos.get(name)
+    if len(batch) != 1 or known is None or known.shape is None:
+        return None
+    symbol = batch.pop()
+    if not isinstance(symbol, str) or symbol in ("", "?"):
+        return None
+    axes = [a for a, d in enumerate(known.shape) if d == symbol]
+    return axes[0] if len(axes) == 1 else None
 
 
 def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Perturber):
