@@ -14,9 +14,9 @@ fed ``t + sigma * eps_k`` (eps_k from ``builder.draw_bank``).
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from toys import cut_at, run_plain, with_output
 
 from tfue_onnx import Noise, Transform
 from tfue_onnx import graph as graphs
@@ -133,31 +133,6 @@ CASES = [  # (builder, opset, locations upstream of the control flow)
 IDS = [f"{b.__name__}-op{o}" for b, o, _ in CASES]
 
 
-def _run(model, feeds):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
-
-
-def _with_output(model, name):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(onnx.ValueInfoProto(name=name))
-    return m
-
-
-def _cut_at(model, name, shape):
-    """The model with tensor ``name`` made a graph input of ``shape`` (its producer's
-    output renamed away): subgraphs reading ``name`` read the fed value."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for node in m.graph.node:
-        node.output[:] = [o + "/unused" if o == name else o for o in node.output]
-    m.graph.input.append(_vi(name, list(shape)))
-    return m
-
-
 def _x(batch, seed=0, width=5):
     return np.random.default_rng(seed).standard_normal((batch, 3, 4, width)).astype(np.float32)
 
@@ -168,7 +143,7 @@ def test_the_unshaped_scan_fails_in_onnxruntime_without_the_ranks():
     info = ModelInfo(model)
     ug = graphs.build(info, Dropout(0.2, at="a"), "batched", samples=2, seed=0)
     x = _x(1)
-    shapes = {"a": _run(_with_output(model, "a"), {"x": x})["a"].shape}
+    shapes = {"a": run_plain(with_output(model, "a"), {"x": x})["a"].shape}
     feeds = {"x": x, **ug.feeds(shapes=shapes)}
     bare = onnx.ModelProto()
     bare.CopyFrom(ug.model)
@@ -178,8 +153,8 @@ def test_the_unshaped_scan_fails_in_onnxruntime_without_the_ranks():
             if o.name in ("st_out", "so"):
                 o.type.tensor_type.ClearField("shape")
     with pytest.raises(Exception, match="shape set for all outputs"):
-        _run(bare, feeds)
-    assert "y.variance" in _run(keep_ranks(bare), feeds)
+        run_plain(bare, feeds)
+    assert "y.variance" in run_plain(keep_ranks(bare), feeds)
 
 
 SHAPED = [(c, False) for c in CASES] + [(CASES[0], True)]
@@ -197,13 +172,13 @@ def test_every_location_and_strategy_matches_the_reference(case, shaped):
     sigma, n, seed = 0.3, 3, 7
     for batch in (1, 2) if case is CASES[0] else (2,):
         x = _x(batch, seed=batch)
-        ref = _run(model, {"x": x})["y"]
+        ref = run_plain(model, {"x": x})["y"]
         for at in locations:
-            t = _run(_with_output(model, at), {"x": x})[at]
+            t = run_plain(with_output(model, at), {"x": x})[at]
             eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n,
                             batch_axis=0)
-            cut = _cut_at(model, at, t.shape)
-            want = np.stack([_run(cut, {"x": x, at: t + sigma * e.reshape(t.shape)})["y"]
+            cut = cut_at(model, at, t.shape)
+            want = np.stack([run_plain(cut, {"x": x, at: t + sigma * e.reshape(t.shape)})["y"]
                              for e in eps])
             for strategy in ("shared-prefix", "batched", "loop"):
                 res = Runner(model, Noise(sigma, at=at), samples=n, seed=seed, strategy=strategy,
@@ -223,7 +198,7 @@ def test_dropout_and_exported_graph_on_unshaped_bodies(build, opset, locations):
     runs in plain onnxruntime with its output equal to the model's."""
     model = build(False, opset)
     x = _x(2, seed=3)
-    ref = _run(model, {"x": x})["y"]
+    ref = run_plain(model, {"x": x})["y"]
     for at in locations[:2]:  # st0 is 0 * mo: dropout leaves it unchanged
         variances = []
         for strategy in ("shared-prefix", "batched", "loop"):
@@ -237,7 +212,7 @@ def test_dropout_and_exported_graph_on_unshaped_bodies(build, opset, locations):
         np.testing.assert_allclose(variances[2], variances[0], rtol=1e-3, atol=1e-6)
         ug = graphs.build(ModelInfo(model), Dropout(0.3, at=at), "batched", samples=4, seed=1,
                           sampling="graph")
-        out = _run(ug.frozen(), {"x": x})
+        out = run_plain(ug.frozen(), {"x": x})
         np.testing.assert_allclose(out["y"], ref, rtol=1e-6, atol=1e-6)
         assert float(out["y.variance"].mean()) > 1e-6
 
@@ -248,7 +223,7 @@ def test_transforms_and_ensembles_on_unshaped_bodies(build, opset, locations):
     whose bodies have unshaped outputs; the ensemble's numbers match numpy."""
     a, b = build(False, opset), build(False, opset)  # new weights each call
     x = _x(1, seed=5, width=4)  # square: the 90° family applies
-    ya, yb = _run(a, {"x": x})["y"], _run(b, {"x": x})["y"]
+    ya, yb = run_plain(a, {"x": x})["y"], run_plain(b, {"x": x})["y"]
     for strategy in ("batched", "loop"):
         res = Runner(a, Transform(), strategy=strategy, provider="cpu").run({"x": x})
         assert res.metadata["strategy"] == strategy

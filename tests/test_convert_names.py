@@ -13,9 +13,9 @@ model with the location fed t + sigma * eps_k.
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from toys import cut_at, run_plain, with_output
 
 from tfue_onnx import Noise
 from tfue_onnx.convert import convert, restore_names
@@ -101,29 +101,6 @@ MODELS = {
 }
 
 
-def _run(model, feeds):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
-
-
-def _with_output(model, name):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(onnx.ValueInfoProto(name=name))
-    return m
-
-
-def _cut_at(model, name, shape):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for node in m.graph.node:
-        node.output[:] = [o + "/unused" if o == name else o for o in node.output]
-    m.graph.input.append(helper.make_tensor_value_info(name, F, list(shape)))
-    return m
-
-
 X = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
 
 
@@ -140,16 +117,16 @@ def test_every_location_resolves_on_the_copy_and_runs_shared_prefix(name):
     read = {i for n in model.graph.node for i in n.input} | {"y"}
     locations = [c.name for c in info.candidates if c.name in read]
     assert set(locations) <= copy_names, sorted(set(locations) - copy_names)
-    ref = _run(model, {"x": X})["y"]
+    ref = run_plain(model, {"x": X})["y"]
     sigma, n, seed = 0.2, 3, 9
     inner = [t for t in locations if t not in ("x", "y")]
     assert inner
     for at in inner:
-        t = _run(_with_output(model, at), {"x": X})[at]
+        t = run_plain(with_output(model, at), {"x": X})[at]
         eps = draw_bank(Draw("", at, "normal", np.dtype(np.float32), 1), seed, t.shape, 0, n,
                         batch_axis=0)
-        cut = _cut_at(model, at, t.shape)
-        want = np.stack([_run(cut, {"x": X, at: t + sigma * e.reshape(t.shape)})["y"]
+        cut = cut_at(model, at, t.shape)
+        want = np.stack([run_plain(cut, {"x": X, at: t + sigma * e.reshape(t.shape)})["y"]
                          for e in eps])
         res = Runner(model, Noise(sigma, at=at), samples=n, seed=seed, strategy="shared-prefix",
                      provider="cpu", keep_samples=True).run({"x": X})
@@ -175,7 +152,7 @@ def test_restore_names_maps_the_converters_names_back():
     [resize] = [n for n in raw.graph.node if n.op_type == "Resize"]
     assert list(resize.output) == ["u"]
     assert "u" in [i for n in raw.graph.node if n.op_type == "Relu" for i in n.input]
-    np.testing.assert_allclose(_run(raw, {"x": X})["y"], _run(model, {"x": X})["y"], rtol=1e-6)
+    np.testing.assert_allclose(run_plain(raw, {"x": X})["y"], run_plain(model, {"x": X})["y"], rtol=1e-6)
     for strategy in ("shared-prefix", "batched"):
         res = Runner(model, Dropout(0.3, at="u"), samples=4, seed=1, strategy=strategy,
                      provider="cpu").run({"x": X})

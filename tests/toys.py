@@ -173,3 +173,34 @@ def merged_batch_net(path):
              helper.make_node("Reshape", ["r", "s"], ["u"], name="unflat"),
              helper.make_node("Conv", ["u", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
     return _save(path, nodes, inits, ["b", 3, "h", "w"], ["b", 2, "h", "w"], "merged")
+
+
+# --- plain onnxruntime references -------------------------------------------------------
+def run_plain(model, feeds) -> dict:
+    """Run a ModelProto in plain onnxruntime (CPU): output name -> array."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def with_output(model, name):
+    """A copy of ``model`` that also returns tensor ``name``."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return m
+
+
+def cut_at(model, name, shape):
+    """A copy of ``model`` with tensor ``name`` made a float graph input of ``shape`` (its
+    producer's output renamed away): everything reading ``name``, subgraphs too, reads
+    the fed value."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for node in m.graph.node:
+        node.output[:] = [o + "/unused" if o == name else o for o in node.output]
+    m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+    return m

@@ -442,20 +442,27 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
                     continue
                 src, offset, length = piece
                 with open(src, "rb") as f:
-                    f.seek(offset)
-                    while length:
-                        block = f.read(min(length, _COPY_BLOCK))
-                        if not block:
-                            raise TfueError(f"model file '{src}' ended early",
-                                            "the model changed on disk while tfue ran")
-                        dst.write(block)
-                        length -= len(block)
+                    _copy_bytes(f, offset, length, dst, TfueError(
+                        f"model file '{src}' ended early",
+                        "the model changed on disk while tfue ran"))
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _copy_bytes(src, offset: int, length: int, dst, short: TfueError) -> None:
+    """Copy ``length`` bytes at ``offset`` of the open file ``src`` into ``dst`` in
+    blocks; raise ``short`` when ``src`` ends first."""
+    src.seek(offset)
+    while length:
+        block = src.read(min(length, _COPY_BLOCK))
+        if not block:
+            raise short
+        dst.write(block)
+        length -= len(block)
 
 
 def _in_model_file(tensor: onnx.TensorProto) -> bool:
@@ -480,16 +487,9 @@ def _copy_regions(tensors, location: str, dst) -> None:
                     pos += pad
                 if key[0] not in files:
                     files[key[0]] = open(key[0], "rb")
-                f = files[key[0]]
-                f.seek(offset)
-                left = length
-                while left:
-                    block = f.read(min(left, _COPY_BLOCK))
-                    if not block:
-                        raise TfueError(f"external data file '{src}' ended early",
-                                        "check that the model's data files are complete")
-                    dst.write(block)
-                    left -= len(block)
+                _copy_bytes(files[key[0]], offset, length, dst, TfueError(
+                    f"external data file '{src}' ended early",
+                    "check that the model's data files are complete"))
                 written[key] = pos
             info = _entries(t)
             info.update(location=location, offset=written[key], length=length)
