@@ -7,6 +7,8 @@ inputs / read inside / listed twice / constant, and Softmax outputs at opsets
 whose semantics differ. Numbers are checked against plain onnxruntime and numpy.
 """
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -606,3 +608,50 @@ def test_nested_subgraph_reads():
                                [_vi("e_out", None)])
     node = helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g)
     assert sorted(subgraph_reads(node)) == ["c1", "n", "r1", "start"]
+
+
+def dead_ends_model():
+    """x -> Conv -> c1 -> Relu -> r1 -> Conv -> y, plus tensors that reach no output
+    value: 'dead' (Relu of c1, read by nothing), 'shaped' (Sigmoid of c1, read only by
+    Shape, whose result reshapes r1: only its shape matters) and 'masked' (Tanh of c1,
+    never selected by a Where on a constant True condition: live by node, dead in value)."""
+    nodes = [_conv("x", "w1", "c1"), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Relu", ["c1"], ["dead"]),
+             helper.make_node("Sigmoid", ["c1"], ["shaped"]),
+             helper.make_node("Shape", ["shaped"], ["shp"]),
+             helper.make_node("Reshape", ["r1", "shp"], ["r1b"]),
+             helper.make_node("Tanh", ["c1"], ["masked"]),
+             helper.make_node("Where", ["true", "r1b", "masked"], ["sel"]),
+             _conv("sel", "w2", "y")]
+    inits = [numpy_helper.from_array(_w(4, 3, 3, 3), "w1"),
+             numpy_helper.from_array(_w(2, 4, 3, 3), "w2"),
+             numpy_helper.from_array(np.array(True), "true")]
+    return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
+
+
+def test_tensors_that_reach_no_output_are_not_candidates(x):
+    info = ModelInfo(dead_ends_model())
+    names = [c.name for c in info.candidates]
+    assert "dead" not in names and "shaped" not in names
+    assert {"x", "c1", "r1", "r1b", "masked", "sel", "y"} <= set(names)
+    for name in ("dead", "shaped"):
+        with pytest.raises(TfueError, match=f"tensor '{name}' reaches no output of the model"):
+            info.resolve_location(name)
+    # Depths count the whole graph still; indices are consecutive.
+    assert [c.index for c in info.candidates] == list(range(len(names)))
+
+
+def test_a_location_that_changes_no_output_is_noted(cli, tmp_path, x):
+    path = tmp_path / "m.onnx"
+    onnx.save(dead_ends_model(), path)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", path, tmp_path / "x.npy", "--method", "noise", "--at", "masked", "--sigma",
+            "0.5", "--seed", "0", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "note: " in r.stderr and "the variance is exactly 0 everywhere" in r.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["notes"]) == 1 and "warnings" not in summary
+    r = cli("run", path, tmp_path / "x.npy", "--method", "noise", "--at", "r1", "--sigma",
+            "0.5", "--seed", "0", "--out", tmp_path / "o2")
+    assert r.exit_code == 0 and "notes" not in json.loads(
+        (tmp_path / "o2" / "summary.json").read_text())

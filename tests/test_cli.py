@@ -324,3 +324,42 @@ def test_export_of_an_old_opset_model_records_the_conversion(tmp_path, x8):
     out = Estimator(path, Noise(0.1, at="r1"), samples=4, seed=0).export(tmp_path / "u.onnx")
     props = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert props["tfue.converted_opset"] == "9->13" and props["tfue.strategy"] == "shared-prefix"
+
+
+def test_image_options_with_arrays_are_refused(cli, tmp_path, setup):
+    model, npy, out = setup
+    for flags, named in ((["--mean", "0.5"], "--mean"), (["--std", "1,2"], "--std"),
+                         (["--resize", "4x4"], "--resize"), (["--scale", "1"], "--scale"),
+                         (["--channel-order", "bgr"], "--channel-order bgr")):
+        r = cli("run", model, npy, "--method", "noise", "--out", out, *flags)
+        line = _one_error_line(r)
+        assert f"{named} applies to image files, but '{npy}' is an array" in line
+        assert not out.exists()
+
+
+def test_export_names_where_the_weights_went(cli, tmp_path, x8):
+    """A model whose weights are inline (one large one, read in place) exports inline: the
+    message names no .data file; every output of the file is listed."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    table = np.random.default_rng(0).standard_normal((200, 100)).astype(np.float32)  # 80 KB
+    nodes = [helper.make_node("ReduceMean", ["table"], ["m"], keepdims=0),
+             helper.make_node("Add", ["x", "m"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["p"], axis=1)]
+    g = helper.make_graph(nodes, "inline",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [numpy_helper.from_array(table, "table")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    out = tmp_path / "u.onnx"
+    r = cli("export", tmp_path / "m.onnx", "-o", out, "--method", "noise", "--at", "a")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(f"wrote {out}: noise at a") and ".data" not in r.stdout
+    assert r.stdout.strip().endswith("outputs p, p.mean, p.variance, p.mean_entropy")
+    assert not os.path.exists(str(out) + ".data")
+    names = [o.name for o in onnx.load(str(out)).graph.output]
+    assert names == ["p", "p.mean", "p.variance", "p.mean_entropy"]

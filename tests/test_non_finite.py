@@ -106,3 +106,21 @@ def test_counts_without_an_array_of_the_outputs_shape():
     found = non_finite(Result({"p": clean, "q": dirty}, {"method": "noise"}))
     assert found["p"] == {"entropy": 1, "from_model": 0, "from_perturbation": 1}
     assert found["q"] == {"output": 16, "entropy": 4, "from_model": 16, "from_perturbation": 0}
+
+
+@pytest.mark.parametrize("strategy", ["batched", "loop"])
+def test_overflow_raises_no_numpy_warning(tmp_path, strategy):
+    """NaN/Inf are tfue's to report (counted, warned once per input); numpy's own
+    RuntimeWarnings from the statistics must not leak onto the user's stderr."""
+    import warnings
+
+    from test_bad_input import exp_net
+    from tfue_onnx import Estimator, Noise
+
+    path = exp_net(tmp_path / "exp.onnx")
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        res = Estimator(path, Noise(1e4, at="h"), samples=4, seed=0, strategy=strategy)(x)
+    assert not np.all(np.isfinite(res.variance))
+    assert non_finite(res)["y"]["from_perturbation"] > 0

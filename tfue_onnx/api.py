@@ -67,6 +67,9 @@ class Estimator(Runner):
         copied into ``path + '.data'`` beside it (never serialised into one proto);
         both files appear only when complete.
 
+        After it, ``exported_files`` lists the paths written (``[path]``, or ``[path,
+        path + '.data']``) and ``exported_outputs`` the file's output names.
+
         Raises:
             TfueError: ``path`` (or its .data) exists without ``force``, or is the
                 input model or one of its data files; the model fails on the
@@ -100,7 +103,8 @@ class Estimator(Runner):
         if self.conversion:
             props["tfue.converted_opset"] = "%d->%d" % tuple(self.conversion)
         onnx.helper.set_model_props(model, props)
-        save_model(model, path, force=force)
+        self.exported_files = save_model(model, path, force=force)
+        self.exported_outputs = [o.name for o in model.graph.output]
         return path
 
 

@@ -365,7 +365,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
-    from .io import ImageOptions, check_out_dir, collect_inputs
+    from .io import ImageOptions, check_image_options, check_out_dir, collect_inputs
     from .report import planned_files, run_inputs
 
     max_memory = _parse_bytes(max_memory)
@@ -375,6 +375,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
                            scale=scale, mean=_parse_floats("--mean", norm_mean),
                            std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
     files = collect_inputs(inputs)
+    check_image_options(files, options)
     # Everything that can be checked before the long work is checked first.
     _refuse_existing(planned_files(out_dir, files), force)
     def auto_feeds(model):
@@ -456,12 +457,11 @@ def export(models, out, verbose, example, force, **perturbation):
     finally:
         _notes(est, verbose)
     ug = est.standalone_graph(feeds)  # the graph export wrote (cached)
-    outs = ", ".join(f"{n}, {n}.mean, {n}.variance" for n in ug.stats_outputs)
-    from .external import has_external_data
-
-    data = f" (weights in {path}.data beside it)" if has_external_data(est.info.model) else ""
+    written = est.exported_files
+    data = f" (weights in {written[1]} beside it)" if len(written) > 1 else ""
     click.echo(f"wrote {path}{data}: {est.spec.method} at {est.location}, N={est.samples}, "
-               f"seed {est.seed}, strategy {ug.strategy}; outputs {outs}")
+               f"seed {est.seed}, strategy {ug.strategy}; outputs "
+               + ", ".join(est.exported_outputs))
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------

@@ -16,8 +16,9 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
-from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, collect_inputs, colorize,
-                 image_to_input, load_input, open_image, save_json, save_png, spatial_map)
+from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
+                 collect_inputs, colorize, image_to_input, load_input, open_image, save_json,
+                 save_png, spatial_map)
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -67,6 +68,8 @@ def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions()
                target_scale: float = 1 / 255) -> list:
     """(input, target) pairs for ``info``'s model from one of the three sources."""
     files = collect_inputs(inputs)
+    if sr_scale is None:  # with --sr-scale the inputs are images by construction
+        check_image_options(files, options)
     output = next((o for o in info.outputs if o.dtype.startswith("float")), info.outputs[0])
     pairs = []
     for path in files:

@@ -285,6 +285,28 @@ def collect_inputs(paths) -> list:
     return files
 
 
+def check_image_options(files, options: "ImageOptions") -> None:
+    """Refuse image-reading options that would be ignored: ``mean``, ``std``, ``resize``,
+    a ``scale`` other than 1/255 and the ``bgr`` channel order apply to image files
+    only, and arrays (.npy/.npz) are fed as they are.
+
+    Raises:
+        TfueError: such an option is set and one of ``files`` is an array.
+    """
+    arrays = [f for f in files if os.fspath(f).lower().endswith(ARRAY_EXTS)]
+    if not arrays:
+        return
+    set_ = [flag for flag, on in (("--mean", options.mean is not None),
+                                  ("--std", options.std is not None),
+                                  ("--resize", options.resize is not None),
+                                  ("--scale", options.scale != ImageOptions.scale),
+                                  ("--channel-order bgr", options.channel_order == "bgr")) if on]
+    if set_:
+        raise TfueError(f"{', '.join(set_)} appl{'y' if len(set_) > 1 else 'ies'} to image "
+                        f"files, but '{arrays[0]}' is an array, which is fed as it is",
+                        "normalise arrays before saving them, or pass image files")
+
+
 def _with_batch(arr: np.ndarray, inp) -> np.ndarray:
     if inp.shape is not None and arr.ndim == len(inp.shape) - 1:
         return arr[None]

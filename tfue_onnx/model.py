@@ -377,6 +377,23 @@ class ModelInfo:
         return dynamic
 
     @cached_property
+    def live_tensors(self) -> set:
+        """Tensors whose values can reach a graph output (through node inputs and what
+        subgraphs read; not through ``Shape``/``Size``, which read only the shape).
+
+        A perturbation of any other tensor changes no output: such tensors are not
+        candidates. Liveness is per node: every input of a node with a live output
+        counts as live, so a Loop/Scan state that feeds only an unused output of a
+        node whose other outputs are used still counts."""
+        live = {o.name for o in self.graph.output}
+        for node in reversed(self.nodes):
+            if node.op_type in _SHAPE_OPS:
+                continue
+            if any(o in live for o in node.output if o):
+                live.update(node_inputs(node))
+        return live
+
+    @cached_property
     def _dynamic_nodes(self) -> list:
         dynamic = self.dynamic_tensors
         return [n for n in self.nodes
@@ -396,7 +413,8 @@ class ModelInfo:
 
     @cached_property
     def candidates(self) -> list[Candidate]:
-        """Float tensors that depend on the input, in graph order, with depth in [0, 1]."""
+        """Float tensors that depend on the input and reach an output, in graph order,
+        with depth in [0, 1]."""
         if self.locations_from is not None:  # the user's graph, under this model's names
             return [dataclasses.replace(c, name=self.aliases.get(c.name, c.name))
                     for c in self.locations_from.candidates]
@@ -404,9 +422,12 @@ class ModelInfo:
         depths = self.depths
         cands, seen = [], set()
 
+        live = self.live_tensors
+
         def add(name, op, node):
             info = self.tensor_infos.get(name)
-            if info is None or info.dtype not in FLOAT_TYPES.values() or name in seen:
+            if info is None or info.dtype not in FLOAT_TYPES.values() or name in seen \
+                    or name not in live:
                 return
             seen.add(name)
             cands.append(Candidate(len(cands), name, op, node, info.shape, depths[name],
@@ -512,6 +533,11 @@ class ModelInfo:
             self._check_depth_known(at, frac, best)
             return best
         name = str(at)
+        if name in self.dynamic_tensors and name not in self.live_tensors:
+            raise TfueError(f"tensor '{name}' reaches no output of the model (it feeds only "
+                            "unused outputs, or only the shape of a tensor): perturbing it "
+                            "changes nothing",
+                            "pick a candidate listed by 'tfue inspect MODEL'")
         if name in self.tensor_infos or any(name in n.output for n in self.graph.node):
             raise TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
                             "that depends on the model input",

@@ -97,6 +97,16 @@ def _means(s) -> dict:
     return means
 
 
+def _unchanged(result) -> bool:
+    """Whether a gray-box result at a level above 0 has a variance of exactly 0 in every
+    output: the perturbation reached no output value."""
+    meta = result.metadata
+    if meta.get("method") not in ("noise", "dropout", "mc-dropout") or meta.get("level") == 0:
+        return False
+    variances = [s.variance for s in result.outputs.values() if s.variance is not None]
+    return bool(variances) and all(not np.any(v) for v in variances)
+
+
 def non_finite(result) -> dict:
     """Counts of NaN/Inf values per output and array, only where there are some, and
     where they come from.
@@ -223,7 +233,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
     The output folder is created only when the first result is written, so a run
     refused on the way leaves nothing behind. A result with NaN or Inf values is
     still written; it is counted in the input's ``non_finite`` and in the summary's
-    ``warnings`` (one line per input, also passed to ``note``).
+    ``warnings`` (one line per input, also passed to ``note``). A gray-box result whose
+    variance is exactly 0 everywhere at a level above 0 gets a line in ``notes``.
 
     Args:
         estimator: the Estimator (or Runner) to run.
@@ -253,7 +264,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
     estimate = _estimate(estimator, first, len(files))
     if estimate:
         note(estimate)
-    items, warnings = [], []
+    items, warnings, notes = [], [], []
     meta = None
     with cleanup_out_dir(out_dir):
         iterator = progress(files) if progress else files
@@ -268,11 +279,19 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
                 item["non_finite"] = found
                 warnings.append(_non_finite_warning(path, found, result))
                 note("warning: " + warnings[-1])
+            elif _unchanged(result):
+                notes.append(f"{path}: the variance is exactly 0 everywhere: the "
+                             f"perturbation at {meta.get('at')} changes no output here (it "
+                             "may feed only a branch or state the outputs do not use); "
+                             "pick another location (--at)")
+                note("note: " + notes[-1])
             items.append(item)
     summary = {"tfue_version": __version__, **meta, "inputs": items}
     summary.pop("input", None)
     summary["location"] = summary.pop("at", None)
     if warnings:
         summary["warnings"] = warnings
+    if notes:
+        summary["notes"] = notes
     save_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

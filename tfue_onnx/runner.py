@@ -957,46 +957,50 @@ class Runner:
         mean_entropy = {name: 0.0 for name in self.classes}
         first = None
         sampled = isinstance(self.spec, SAMPLED)
-        for n, out in chunk_outputs:
-            if first is None:
-                first = out
-            for name in ug.stats_outputs:
-                names = graphs.output_names(name)
-                if sampled:
-                    # Sample by sample, in sample order: the same floats whatever the
-                    # chunks. Statistics of the change from y, as the graph's head does.
-                    samples = out[names["samples"]]
-                    stats[name].add_each(samples - first[name][None])
-                    if name in self.classes:
-                        for p in samples:
-                            mean_entropy[name] += entropy(p, self.classes[name])
-                else:
-                    stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
-                    if name in self.classes:
-                        mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
-                if self.keep_samples:
-                    kept[name].append(out[names["samples"]])
-        results = {}
-        for o in self.info.outputs:
-            if o.name in results:  # listed again: the same tensor, the same statistics
-                continue
-            y = first[o.name]
-            if o.name not in stats:
-                results[o.name] = OutputStats(output=y)
-                continue
-            s = stats[o.name]
-            mean = s.mean + y if sampled else s.mean  # back from the change to the output
-            r = OutputStats(output=y, mean=mean.astype(y.dtype),
-                            variance=s.variance.astype(y.dtype),
-                            samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
-            if o.name in self.classes:
-                axis = self.classes[o.name]
-                h = entropy(mean, axis)
-                r.entropy = h.astype(y.dtype)
-                r.mutual_information = np.maximum(h - mean_entropy[o.name] / s.count,
-                                                  0).astype(y.dtype)
-                r.class_variance = winning_class_variance(mean, s.variance, axis).astype(y.dtype)
-            results[o.name] = r
+        # NaN/Inf (a model that overflows under the perturbation) are the user's to
+        # see: they are counted and warned about (report.non_finite), not numpy's.
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for n, out in chunk_outputs:
+                if first is None:
+                    first = out
+                for name in ug.stats_outputs:
+                    names = graphs.output_names(name)
+                    if sampled:
+                        # Sample by sample, in sample order: the same floats whatever the
+                        # chunks. Statistics of the change from y, as the graph's head does.
+                        samples = out[names["samples"]]
+                        stats[name].add_each(samples - first[name][None])
+                        if name in self.classes:
+                            for p in samples:
+                                mean_entropy[name] += entropy(p, self.classes[name])
+                    else:
+                        stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
+                        if name in self.classes:
+                            mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
+                    if self.keep_samples:
+                        kept[name].append(out[names["samples"]])
+            results = {}
+            for o in self.info.outputs:
+                if o.name in results:  # listed again: the same tensor, the same statistics
+                    continue
+                y = first[o.name]
+                if o.name not in stats:
+                    results[o.name] = OutputStats(output=y)
+                    continue
+                s = stats[o.name]
+                mean = s.mean + y if sampled else s.mean  # back from the change to the output
+                r = OutputStats(output=y, mean=mean.astype(y.dtype),
+                                variance=s.variance.astype(y.dtype),
+                                samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
+                if o.name in self.classes:
+                    axis = self.classes[o.name]
+                    h = entropy(mean, axis)
+                    r.entropy = h.astype(y.dtype)
+                    r.mutual_information = np.maximum(h - mean_entropy[o.name] / s.count,
+                                                      0).astype(y.dtype)
+                    r.class_variance = winning_class_variance(mean, s.variance,
+                                                              axis).astype(y.dtype)
+                results[o.name] = r
         return results
 
     def _run_entropy(self, feeds) -> Result:
