@@ -418,7 +418,7 @@ def test_two_gigabyte_model(tmp_path):
     try:
         _two_gigabyte_model(tmp_path)
     finally:  # pytest keeps the last runs' folders: do not leave 4 GB behind
-        for name in ("big.onnx.data", "u.onnx.data"):
+        for name in ("big.onnx.data", "u.onnx.data", "u2.onnx.data"):
             if (tmp_path / name).exists():
                 os.remove(tmp_path / name)
 
@@ -447,6 +447,23 @@ def _two_gigabyte_model(tmp_path):
     assert (os.path.getsize(data), os.stat(data).st_mtime_ns) == stamp
     # onnxruntime maps the weights; nothing here holds a copy of them in memory.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < weight_bytes
+    # The CLI under the case's address-space cap (8 GiB, like `prlimit --as`): every
+    # session maps the 2.16 GB; one that mapped them twice (packing switched off where
+    # nothing packs) would run out of address space.
+    import subprocess
+    import sys
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 1024**3, 8 * 1024**3))
+
+    np.save(tmp_path / "ids.npy", ids)
+    for args in (["run", path, str(tmp_path / "ids.npy"), "--method", "noise", "--at", "e",
+                  "-n", "4", "--seed", "0", "-o", str(tmp_path / "cli"), "--provider", "cpu"],
+                 ["export", path, "-o", str(tmp_path / "u2.onnx"), "--method", "noise", "--at",
+                  "e", "--example", str(tmp_path / "ids.npy"), "--provider", "cpu"]):
+        r = subprocess.run([sys.executable, "-m", "tfue_onnx.cli", *args], capture_output=True,
+                           text=True, preexec_fn=capped)
+        assert r.returncode == 0, r.stderr
 
 
 def test_older_onnxruntime_gets_the_weights_inline(tmp_path, x6, monkeypatch):

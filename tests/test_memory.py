@@ -22,6 +22,13 @@ from tfue_onnx.runner import Runner
 KEY = sessions.NO_PREPACK_KEY
 
 
+@pytest.fixture(autouse=True)
+def _pack_nothing_for_free(monkeypatch):
+    """The models here are small: count any packable weight as worth not packing, so the
+    mechanism is tested (real models pass sessions.PACK_FREE_BYTES; tested below)."""
+    monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 0)
+
+
 def _prepacks(sess) -> bool:
     try:
         return sess.get_session_options().get_session_config_entry(KEY) != "1"
@@ -291,3 +298,37 @@ def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, mon
     np.testing.assert_allclose(r.run(x2).mean, _plain(path, x2), rtol=1e-5, atol=1e-6)
     assert seen == [("shared-prefix", 1), ("batched", 1), ("shared-prefix", 2)]
     assert r._built["shared-prefix"][1] is not None
+
+
+def test_small_packable_weights_keep_packing(tmp_path, monkeypatch):
+    """Turning packing off maps the weights twice (address space); below
+    PACK_FREE_BYTES of packable weights a one-shot session keeps packing."""
+    import onnx
+
+    monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 64 * 1024**2)
+    path = mlp(tmp_path / "m.onnx", layers=3, n=64)
+    model = onnx.load(path)
+    assert sessions.packed_bytes(model) == 3 * 64 * 64 * 4
+    sess, _ = sessions.create_session(model, "cpu", prepack=False)
+    assert _prepacks(sess)
+    monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 3 * 64 * 64 * 4)
+    sess, _ = sessions.create_session(model, "cpu", prepack=False)
+    assert not _prepacks(sess)
+    # Weights read by ops that do not pack (an embedding's Gather) count for nothing.
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"])], "emb",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+                          [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 64])],
+                          [numpy_helper.from_array(np.zeros((1000, 64), np.float32), "table")])
+    assert sessions.packed_bytes(helper.make_model(g)) == 0
+
+
+def test_a_path_source_is_judged_by_its_graph(tmp_path, monkeypatch):
+    """A session made from a path (the reference of a model with external weights) keeps
+    packing when little would be packed: the graph is read without its weights."""
+    monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 64 * 1024**2)
+    path = mlp(tmp_path / "m.onnx", layers=2, n=64, external=True)
+    sess, _ = sessions.create_session(path, "cpu", prepack=False)
+    assert _prepacks(sess)
+    monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 1)
+    sess, _ = sessions.create_session(path, "cpu", prepack=False)
+    assert not _prepacks(sess)

@@ -91,6 +91,49 @@ def folder_option_supported() -> bool:
     return (major, minor) >= (1, 21)
 
 
+# Ops whose constant weights onnxruntime's CPU provider packs into a copy of its own.
+PACKED_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Attention",
+              "FusedConv", "FusedGemm", "FusedMatMul", "MatMulInteger", "QLinearConv",
+              "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat",
+              "DynamicQuantizeLSTM"}
+# Below this many bytes of packable weights a packed copy costs little memory, while
+# turning packing off costs address space (onnxruntime then maps the weights twice; a
+# process under an address-space limit such as `prlimit --as` can run out of it).
+PACK_FREE_BYTES = 64 * 1024**2
+
+
+def packed_bytes(model) -> int:
+    """Bytes of the initializers that ``model``'s packing ops read (a copy of them is
+    what prepacking adds to a session's memory); read from the dims, weights untouched.
+
+    Args:
+        model: an onnx.ModelProto (top-level graph; subgraph weights are not counted).
+    """
+    import numpy as np
+    import onnx
+
+    inits = {t.name: t for t in model.graph.initializer}
+    used = {i for n in model.graph.node if n.op_type in PACKED_OPS for i in n.input if i in inits}
+    total = 0
+    for name in used:
+        t = inits[name]
+        try:
+            item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except Exception:
+            item = 4
+        total += int(np.prod(t.dims, dtype=np.int64)) * item
+    return total
+
+
+def _graph_only(model):
+    """``model`` as a ModelProto; a path is read without its external data."""
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        return onnx.load(os.fspath(model), load_external_data=False)
+    return model
+
+
 def create_session(model, provider: str = "auto", prepack: bool = True):
     """Create an InferenceSession on ``provider`` (auto, cpu or cuda).
 
@@ -99,7 +142,10 @@ def create_session(model, provider: str = "auto", prepack: bool = True):
         provider: auto, cpu or cuda.
         prepack: False for a session that runs only a few times (reference, probes,
             verification): onnxruntime then keeps no packed copy of the weights
-            (see :func:`session_options`). The sampling session keeps it (speed).
+            (see :func:`session_options`), when that copy would be large (over
+            ``PACK_FREE_BYTES`` of packable weights; below it packing
+            stays on, as it costs little memory and less address space). The
+            sampling session keeps it (speed).
 
     Returns:
         ``(session, provider_name)`` where provider_name is ``"cuda"`` or ``"cpu"``
@@ -113,6 +159,8 @@ def create_session(model, provider: str = "auto", prepack: bool = True):
     if provider not in PROVIDERS:
         raise TfueError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
     ort = _ort()
+    if not prepack:
+        prepack = packed_bytes(_graph_only(model)) < PACK_FREE_BYTES
     source, folder, tmp = _model_source(model)
     try:
         want_cuda = provider == "cuda" or (provider == "auto" and not _cuda_failed
