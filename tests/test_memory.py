@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tfue_onnx import Noise, Dropout, Transform
+from tfue_onnx import Noise, Dropout
 from tfue_onnx import session as sessions
 from tfue_onnx.runner import Runner
 
