@@ -363,3 +363,22 @@ def test_export_names_where_the_weights_went(cli, tmp_path, x8):
     assert not os.path.exists(str(out) + ".data")
     names = [o.name for o in onnx.load(str(out)).graph.output]
     assert names == ["p", "p.mean", "p.variance", "p.mean_entropy"]
+
+
+def test_every_command_taking_at_auto_picks_without_a_sweep(cli, tmp_path, setup, x8):
+    """run, export and evaluate take --at auto without a sweep: the location is picked by
+    tolerability on the command's own inputs and said on stderr (issue 10: evaluate
+    crashed with TypeError)."""
+    model, npy, out = setup
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    np.save(targets / "img.npy", np.random.default_rng(1).random((1, 2, 8, 8), np.float32))
+    runs = {"run": ("run", model, npy, "--out", out),
+            "export": ("export", model, "-o", tmp_path / "u.onnx"),
+            "evaluate": ("evaluate", model, npy, "--targets", targets, "--out",
+                         tmp_path / "ev")}
+    for name, args in runs.items():
+        r = cli(*args, "--method", "noise", "--at", "auto", "--seed", "0")
+        assert r.exit_code == 0, (name, r.output)
+        assert "tfue: --at auto picked " in r.stderr, name
+    assert (tmp_path / "ev" / "metrics.json").exists() and (tmp_path / "u.onnx").exists()

@@ -533,9 +533,18 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     models, inputs = _split_members(model, inputs, perturbation["method"])
-    est = _estimator(models, **perturbation)
-    pairs = _pairs(est.info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
-                   channel_order, scale, norm_mean, norm_std, resize)
+
+    def pairs_for(info):
+        return _pairs(info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
+                      channel_order, scale, norm_mean, norm_std, resize)
+
+    def auto_feeds(first):  # --at auto by tolerability: the first pairs' inputs
+        from .model import inspect_model
+
+        return [p.load()[0] for p in pairs_for(inspect_model(first))[:4]]
+
+    est = _estimator(models, auto_feeds=auto_feeds, **perturbation)
+    pairs = pairs_for(est.info)
     _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
