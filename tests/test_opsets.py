@@ -375,3 +375,33 @@ def test_a_wrong_conversion_is_named_when_transforms_cannot_fall_back(tmp_path, 
         "verification against the original model (batched: ")
     assert "of 'y' differs from the original output by 0.13" in err.value.message
     assert err.value.hint.startswith("re-export the model at opset >= 10; ")
+
+
+def test_ir3_model_without_initializer_inputs_converts(tmp_path):
+    """IR 3 wants initializers listed as graph inputs; exporters often left them out
+    (onnxruntime runs such files). The converter refuses them as they are; tfue converts
+    a copy raised to IR 4, and infer-transformation runs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.1)], "ir3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)])
+    m.ir_version = 3
+    path = str(tmp_path / "ir3.onnx")
+    onnx.save(m, path)
+    from onnx import version_converter
+    with pytest.raises(Exception, match="undefined"):
+        version_converter.convert_version(m, 13)
+    x = np.random.default_rng(1).random((1, 3, 6, 6), dtype=np.float32)
+    res = Estimator(path, Transform("flips"))(x)
+    assert res.metadata["converted_opset"] == [8, 13]
+    ys = np.stack([np.flip(_plain(path, np.ascontiguousarray(np.flip(x, a))), a) if a else
+                   _plain(path, x) for a in (None, 3, 2, (2, 3))])
+    np.testing.assert_allclose(res.mean, ys.mean(0), rtol=1e-5, atol=1e-6)

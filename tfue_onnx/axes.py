@@ -110,13 +110,30 @@ class SpatialAxes:
                 (sh, sw), (ih, iw) = self.sizes[name], self.input_sizes
                 # A rotation swaps the input's sizes; turned back, the output must have
                 # its own sizes again: the same map from input to output size on h and w
-                # (equal offsets, as a valid convolution's, or equal scales).
-                if sh - ih != sw - iw and sh * iw != sw * ih:
+                # (equal offsets, as a valid convolution's, equal scales, or one affine
+                # map such as super-resolution of a valid convolution, 2 * (H - 14)).
+                # Verification checks the transformed-back statistics in the end.
+                if sh - ih != sw - iw and sh * iw != sw * ih and \
+                        not _common_affine((sh, sw), (ih, iw)):
                     h, w = self.outputs[name]
                     raise TfueError(f"output '{name}' is {sh}x{sw} on axes ({h}, {w}) for an "
                                     f"input of {ih}x{iw}, so a sample of the rotated input "
                                     f"cannot be turned back onto it ({', '.join(rotations)})",
                                     hint)
+
+
+def _common_affine(out_sizes, in_sizes) -> bool:
+    """Whether one map ``out = a * in + b`` with a plausible scale ``a`` (exactly 1 or a
+    multiple in MULTIPLES; 1 / a stride in STRIDES within 15 %, as strides round down)
+    takes both input sizes to the output sizes; a square input needs equal outputs."""
+    (sh, sw), (ih, iw) = out_sizes, in_sizes
+    if ih == iw:
+        return sh == sw
+    a = (sh - sw) / (ih - iw)
+    if a in (1,) + tuple(MULTIPLES):
+        return True
+    # Strides round their sizes down, so their scale shows only roughly.
+    return any(abs(a - 1 / s) <= 0.15 / s for s in STRIDES)
 
 
 def image_input(info, layout: str = "auto"):

@@ -69,8 +69,16 @@ def convert(info: ModelInfo, target: int = TARGET_OPSET) -> Conversion:
     from onnx import version_converter
 
     source = info.opset
+    model = info.model
+    if model.ir_version < 4:
+        # IR 3 wants every initializer listed as a graph input; exporters (OnnxMLTools,
+        # e.g. waifu2x's upconv_7) often left them out, which onnxruntime accepts but the
+        # converter refuses ("Input ... is undefined"). From IR 4 on, they need not be.
+        model = onnx.ModelProto()
+        model.CopyFrom(info.model)
+        model.ir_version = 4
     try:
-        model = version_converter.convert_version(info.model, target)
+        model = version_converter.convert_version(model, target)
     except Exception as exc:  # the converter raises RuntimeError/ValueError with C++ text
         return Conversion(source, target, None, _converter_message(exc, source, target))
     restore_names(info.model, model)
