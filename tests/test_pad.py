@@ -40,11 +40,12 @@ def valid_net(path, opset=13, layout="NCHW", kernels=(3, 3), channels=3, seed=0)
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", ["d2s"], [y], perm=[0, 2, 3, 1]))
     shape = ["n", channels, "h", "w"] if layout == "NCHW" else ["n", "h", "w", channels]
-    graph = helper.make_graph(nodes, "valid", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             shape)],
+    graph = helper.make_graph(nodes, "valid",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT,
                                                              ["n", "a", "b", "c"])],
-                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+                              [numpy_helper.from_array(w1, "w1"),
+                               numpy_helper.from_array(w2, "w2")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     onnx.checker.check_model(model)
@@ -285,3 +286,12 @@ def test_sweep_and_at_auto_take_pad(cli, tmp_path):
     assert r.exit_code == 0, r.output
     with np.load(tmp_path / "run" / "x.npz") as z:
         assert z["output"].shape == (1, 3, 24, 32)
+
+
+def test_pad_with_an_ensemble_is_refused(tmp_path):
+    from tfue_onnx.perturb import Ensemble
+
+    a = valid_net(tmp_path / "a.onnx", seed=0)
+    b = valid_net(tmp_path / "b.onnx", seed=1)
+    with pytest.raises(TfueError, match="--pad is not supported with --method ensemble"):
+        Estimator(a, Ensemble((b,)), pad=2)

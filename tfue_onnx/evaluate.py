@@ -246,5 +246,6 @@ def write_evaluation(out_dir: str, result: dict) -> list:
     return [js, csv]
 
 
-__all__ = ["Pair", "make_pairs", "evaluate", "crop_target", "format_table", "table_csv", "write_evaluation",
+__all__ = ["Pair", "make_pairs", "evaluate", "crop_target", "format_table", "table_csv",
+           "write_evaluation",
            "side_by_side"]
