@@ -45,6 +45,13 @@ class Estimator(Runner):
         max_memory: bytes the samples of one run may take; sets the chunk size when
             ``chunk`` is None (estimated from the model's tensor sizes at the input).
         io_binding: keep the inputs on the device across chunks (default: on CUDA).
+        pad: reflect-pad the image input by this many pixels on each side of H and W
+            before the model (valid-convolution models, whose output loses a border),
+            or ``"auto"`` to find the border from the output size (``metadata["pad"]``,
+            ``metadata["pad_found"]``). The Pad is part of the model every graph is
+            built from and verified against, so an export pads its input too.
+            None: no padding.
+        layout: auto, NCHW or NHWC: where H and W are in a 4-D input (for ``pad``).
 
     Calling the estimator on an array (or a dict of arrays by input name) returns
     a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.
@@ -102,6 +109,8 @@ class Estimator(Runner):
             props["tfue.sampling"] = EXPORT_SAMPLING_NOTE
         if self.conversion:
             props["tfue.converted_opset"] = "%d->%d" % tuple(self.conversion)
+        if self.pad:  # the file reflect-pads its input itself
+            props["tfue.pad"] = str(self.pad)
         onnx.helper.set_model_props(model, props)
         self.exported_files = save_model(model, path, force=force)
         self.exported_outputs = [o.name for o in model.graph.output]
@@ -109,7 +118,10 @@ class Estimator(Runner):
 
 
 def export(model, spec, path, samples: int = 8, seed: int | None = None, example=None,
-           force: bool = False, strategy: str = "auto", provider: str = "auto") -> str:
-    """Write the uncertainty graph of ``model`` for ``spec`` to ``path`` (see Estimator.export)."""
-    est = Estimator(model, spec, samples=samples, seed=seed, strategy=strategy, provider=provider)
+           force: bool = False, strategy: str = "auto", provider: str = "auto", pad=None,
+           layout: str = "auto") -> str:
+    """Write the uncertainty graph of ``model`` for ``spec`` to ``path`` (see Estimator.export;
+    ``pad`` and ``layout`` as in Estimator)."""
+    est = Estimator(model, spec, samples=samples, seed=seed, strategy=strategy, provider=provider,
+                    pad=pad, layout=layout)
     return est.export(path, example=example, force=force)

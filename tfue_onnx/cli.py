@@ -98,6 +98,25 @@ def _spread(items, k):
 METHODS = ["noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy"]
 
 
+def _pad_value(ctx, param, value):
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise TfueError(f"--pad must be a number of pixels or auto, got {value!r}",
+                        "e.g. --pad 7, or --pad auto to detect the border") from None
+
+
+# Declared once; run, export and evaluate take it with the perturbation options, sweep
+# with its own.
+pad_option = click.option(
+    "--pad", default=None, callback=_pad_value,
+    help="Reflect-pad the image input by P pixels on each side of H and W first (inside "
+         "the model, so export bakes it in), for valid-convolution models whose output "
+         "loses a border; 'auto' finds the border from the output size.")
+
+
 def perturbation_options(f):
     """Options that choose the perturbation, shared by run and export."""
     opts = [
@@ -145,6 +164,7 @@ def perturbation_options(f):
                      show_default=True, help="Execution provider."),
         click.option("--verbose", "-v", is_flag=True,
                      help="Say which strategies were tried and why."),
+        pad_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -162,7 +182,8 @@ def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", m
                      transforms=transforms, layout=layout, members=members)
 
 
-def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed):
+def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed,
+                   pad=None, layout="auto"):
     """(location, level) for --at auto, said on stderr with the reason."""
     from .sweep import choose_by_tolerability, load_best
 
@@ -179,7 +200,8 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"({best.get('value')}) of that sweep", err=True)
         return best["at"], best["level"]
     pick = choose_by_tolerability(model, method, auto_feeds(model), tolerance=tolerance,
-                                  sigma_mode=sigma_mode, seed=0 if seed is None else seed)
+                                  sigma_mode=sigma_mode, seed=0 if seed is None else seed,
+                                  pad=pad, layout=layout)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
     return pick["at"], pick["level"]
@@ -231,7 +253,7 @@ def _models(paths, method) -> tuple:
 
 def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
                transforms, layout, softmax, classify, class_axis, sweep_result=None,
-               tolerance=0.05, auto_feeds=None, **kw):
+               tolerance=0.05, auto_feeds=None, pad=None, **kw):
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
     ``--at auto`` is resolved here, from a sweep result or by tolerability on
@@ -246,9 +268,11 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
 
     check_seed(seed)
     model, members, member_notes = _models(models, method)
+    if pad == "auto":  # detected once, said once
+        pad = _auto_pad(model, layout)
     if at == "auto":
         at, level = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
-                                   auto_feeds, seed)
+                                   auto_feeds, seed, pad, layout)
         if method == "noise" and sigma is None:
             sigma = level
         if method == "dropout" and rate is None:
@@ -261,7 +285,17 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     return Estimator(model, spec, samples=samples, seed=seed, provider=provider,
                      strategy=strategy, softmax=softmax,
                      classify="auto" if classify is None else classify, class_axis=class_axis,
-                     **kw)
+                     pad=pad, layout=layout, **kw)
+
+
+def _auto_pad(model, layout) -> int:
+    """--pad auto: the border found from the output size, said on stderr."""
+    from .border import resolve_pad
+    from .model import inspect_model
+
+    pad, how = resolve_pad(inspect_model(model), "auto", layout)
+    click.echo(f"tfue: --pad auto chose {pad}: {how}", err=True)
+    return pad
 
 
 def _parse_floats(name, text):
@@ -554,6 +588,8 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
         finally:
             _notes(est, verbose)
         files = write_evaluation(out_dir, result)
+    for note in result.get("notes", ()):
+        click.echo(f"tfue: {note}", err=True)
     if as_json:
         from .io import plain_json
         click.echo(json.dumps(plain_json(result), indent=2, default=str))
@@ -583,12 +619,13 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
               help="What 'best' means: {mean,block,pixel,pixel_spearman,aurg,ause}_{l1,l2}.")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@pad_option
 @pair_options
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for sweep.jsonl (resumable), sweep.csv/json, best.json, plots.")
 @click.option("--force", is_flag=True, help="Start over in a folder holding another sweep.")
 def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, samples, seed,
-          metric, layout, provider, targets, sr_scale, target_scale, channel_order, scale,
+          metric, layout, provider, pad, targets, sr_scale, target_scale, channel_order, scale,
           norm_mean, norm_std, resize, block_sigma, out_dir, force):
     """Where and how strongly to perturb: evaluate locations x levels on (input, target) pairs.
 
@@ -604,6 +641,8 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     check_seed(seed)
     model = _models([model], "sweep")[0]
     info = inspect_model(model)
+    if pad == "auto":
+        pad = _auto_pad(model, layout)
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
     def progress(done, total, point):
@@ -619,7 +658,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
                            rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
                            metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
                            provider=provider, progress=progress, block_sigma=block_sigma,
-                           force=force)
+                           force=force, pad=pad, layout=layout)
     b = result["best"]
     click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
                f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")

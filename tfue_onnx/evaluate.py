@@ -144,12 +144,20 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
     ``loaded`` may hold the pairs' arrays already read (a sweep reads them once).
     """
     outputs, variances, targets, means, per_image = [], [], [], [], []
-    meta = None
+    meta, notes = None, {}
     iterator = progress(pairs) if progress else pairs
     for k, pair in enumerate(iterator):
         feeds, target = loaded[k] if loaded is not None else pair.load()
         res = estimator(feeds, level=level) if level is not None else estimator(feeds)
         meta = res.metadata
+        if getattr(estimator, "pad", None) is not None:
+            target, cropped = crop_target(target, res.output)
+            if cropped:
+                notes.setdefault("target_cropped", (
+                    f"--pad {estimator.pad} is smaller than the model's border: its output "
+                    f"{tuple(res.output.shape)} is smaller than the target "
+                    f"{tuple(cropped)}; the target's border was cropped (centered) to the "
+                    "output"))
         unc = res.uncertainty
         err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
         outputs.append(res.output)
@@ -167,7 +175,33 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                 save_png(path, picture)
                 per_image[-1]["picture"] = path
     table = metrics.table(variances, outputs, targets, means=means, sigma=sigma, grid=grid)
-    return {"metadata": meta, "table": table, "images": per_image}
+    result = {"metadata": meta, "table": table, "images": per_image}
+    if notes:
+        result["notes"] = list(notes.values())
+    return result
+
+
+def crop_target(target: np.ndarray, output: np.ndarray):
+    """``target`` cropped (centered) to ``output``'s shape where it is larger.
+
+    With ``--pad P`` below a valid-convolution model's border the output lacks
+    part of the border; the target's matching border is cut away (an odd excess
+    loses one more row or column at the end).
+
+    Args:
+        target: the target array, shaped like the output or larger on some axes.
+        output: the model's output.
+
+    Returns:
+        (target, original target shape or None when nothing was cropped).
+    """
+    target = np.asarray(target)
+    if target.shape == np.shape(output) or target.ndim != np.ndim(output) or \
+            any(t < o for t, o in zip(target.shape, np.shape(output))):
+        return target, None  # equal, or not a crop: error_map names the mismatch
+    index = tuple(slice((t - o) // 2, (t - o) // 2 + o) for t, o in
+                  zip(target.shape, np.shape(output)))
+    return target[index], target.shape
 
 
 def side_by_side(output, error, uncertainty) -> np.ndarray | None:
@@ -212,5 +246,6 @@ def write_evaluation(out_dir: str, result: dict) -> list:
     return [js, csv]
 
 
-__all__ = ["Pair", "make_pairs", "evaluate", "format_table", "table_csv", "write_evaluation",
+__all__ = ["Pair", "make_pairs", "evaluate", "crop_target", "format_table", "table_csv",
+           "write_evaluation",
            "side_by_side"]

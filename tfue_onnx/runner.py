@@ -257,6 +257,11 @@ class Runner:
     ``class_axis``, ``False`` none. They also get entropy, mutual information
     and the variance of the winning class.
 
+    ``pad`` (pixels, or ``"auto"``) reflect-pads the image input (found from
+    ``layout``) inside the model before anything else (graph/pad.py): the padded
+    model is the "original" every graph is verified against, that is, the user's
+    model run on the padded input.
+
     Models below opset 10 run on a copy converted with onnx.version_converter when
     the method needs newer ops (the tiled strategies, transforms); ensemble members
     of different opsets are brought to the newest. Every graph is still verified
@@ -268,7 +273,7 @@ class Runner:
                  seed: int | None = None, provider: str = "auto", strategy: str = "auto",
                  keep_samples: bool = False, softmax: bool = False, classify="auto",
                  class_axis: int = 1, max_memory: int = DEFAULT_MAX_MEMORY,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, pad=None, layout: str = "auto"):
         _check_arguments(model, spec)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
@@ -277,6 +282,7 @@ class Runner:
             self.path = None
             self.info = ModelInfo(model)
         self.spec = spec
+        self._pad_model(pad, layout)
         self.classes = self._find_classes(softmax, classify, class_axis)
         if softmax:
             self.info = graphs.with_softmax(self.info, self.classes)
@@ -328,6 +334,25 @@ class Runner:
             self._align_member_opsets()
 
     # --- setup -------------------------------------------------------------------
+    def _pad_model(self, pad, layout: str) -> None:
+        """``--pad``: reflect-pad the image input inside the model itself (graph/pad.py),
+        so every graph built from it, the reference it is verified against and the
+        exported file all see the padded image."""
+        self.pad, self.pad_found = None, None
+        self._pad_input = None
+        if pad is None:
+            return
+        from .border import resolve_pad
+        from .graph.pad import pad_axes, with_pad
+
+        if isinstance(self.spec, Ensemble):
+            raise TfueError("--pad is not supported with --method ensemble",
+                            "pad the inputs yourself, or drop --pad")
+        self.pad, self.pad_found = resolve_pad(self.info, pad, layout)
+        self._pad_input = pad_axes(self.info, layout)
+        if self.pad:
+            self.info = with_pad(self.info, self.pad, layout)
+
     def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
         """Outputs holding class probabilities (name -> class axis); see the class
         docstring. Auto-detection follows the opset's Softmax semantics and notes the
@@ -533,7 +558,7 @@ class Runner:
             # A session of the path would copy the inline weights; the loaded proto
             # points at them in the file, and onnxruntime maps them from there.
             model = self.original.model
-            source = model if (self.softmax or not self.path or
+            source = model if (self.softmax or self.pad or not self.path or
                                keeps_inline_weights_in_file(model)) else self.path
             # Runs once per input signature: no packed copy of the weights.
             self._reference = create_session(source, self.provider_request, prepack=False)
@@ -578,6 +603,14 @@ class Runner:
                 bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
                 raise TfueError(f"input '{inp.name}' contains {bad} NaN or infinite values",
                                 "clean the input (e.g. np.nan_to_num) before running")
+            if self.pad and self._pad_input[0] == inp.name:
+                for axis in self._pad_input[1]:
+                    if 2 * self.pad >= arr.shape[axis]:
+                        raise TfueError(f"--pad {self.pad} needs an image more than twice as "
+                                        f"large: input '{inp.name}' has size {arr.shape[axis]} "
+                                        f"on axis {axis}",
+                                        "use a smaller --pad (reflect padding mirrors the "
+                                        "image's own pixels)")
             out[inp.name] = np.ascontiguousarray(arr)
         extra = set(feeds) - set(out)
         if extra:
@@ -1033,6 +1066,10 @@ class Runner:
             meta["classes_left_out"] = list(self._class_notes)
         if self.conversion:
             meta["converted_opset"] = list(self.conversion)
+        if self.pad is not None:
+            meta["pad"] = self.pad
+            if self.pad_found is not None:
+                meta["pad_found"] = self.pad_found
         return meta
 
     def prepare(self, feeds) -> None:

@@ -74,10 +74,12 @@ def _point_key(p: dict) -> tuple:
 def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, sigmas=None,
           rates=None, samples: int = 8, seed: int = 0, metric: str = "pixel_l1",
           out_dir: str | None = None, sigma_mode: str = "absolute", provider: str = "auto",
-          progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False) -> dict:
+          progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False,
+          pad=None, layout: str = "auto") -> dict:
     """Evaluate every (method, location, level); return the points and the best one.
 
     ``progress`` is called as progress(done, total, point) after each point.
+    ``pad`` (pixels per side, or ``"auto"``) and ``layout`` are the Estimator's.
     """
     from .api import Estimator
     from .model import inspect_model
@@ -91,8 +93,14 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
         if m not in grids:
             raise TfueError(f"sweep covers noise and dropout, not {m!r}",
                             "use --methods noise,dropout")
+    if pad == "auto":  # detected once for every point
+        from .border import resolve_pad
+
+        pad = resolve_pad(info, pad, layout)[0]
     config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
               "samples": samples, "seed": seed, "sigma_mode": sigma_mode}
+    if pad is not None:
+        config["pad"] = pad
     done = _resume(out_dir, config, force)
     loaded = [p.load() for p in pairs]  # the calibration set is read once
     points = list(done.values())
@@ -105,7 +113,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
                 continue
             spec = Noise(todo[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
                 Dropout(todo[0], at=cand.name)
-            est = Estimator(model, spec, samples=samples, seed=seed, provider=provider)
+            est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
+                            pad=pad, layout=layout)
             for level in todo:
                 result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma)
                 point = {"method": method, "at": cand.name, "index": cand.index,
@@ -205,10 +214,12 @@ def load_best(path: str) -> dict:
 
 def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.05,
                            at_count: int = 8, levels=None, samples: int = 4, seed: int = 0,
-                           sigma_mode: str = "absolute", provider: str = "auto") -> dict:
+                           sigma_mode: str = "absolute", provider: str = "auto",
+                           pad=None, layout: str = "auto") -> dict:
     """Pick (location, level) without targets: at each of ``at_count`` evenly spaced
     locations, the strongest level whose mean output moves by at most ``tolerance``
-    (relative); of those, the one with the largest mean variance."""
+    (relative); of those, the one with the largest mean variance. ``pad`` and
+    ``layout`` are the Estimator's (``--pad``)."""
     from .api import Estimator
     from .model import inspect_model
     from .perturb import Dropout, Noise
@@ -226,7 +237,8 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     for cand in [interior[i] for i in picks]:
         spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
             Dropout(levels[0], at=cand.name)
-        est = Estimator(model, spec, samples=samples, seed=seed, provider=provider)
+        est = Estimator(model, spec, samples=samples, seed=seed, provider=provider, pad=pad,
+                        layout=layout)
         for level in sorted(levels):
             results = [est(f, level=level) for f in feeds_list]
             rel = float(np.mean([metrics.tolerability(r.mean, r.output)["relative_change"]
