@@ -38,6 +38,8 @@ def test_evaluate_cli(cli, ppocr_det, ocr_pairs, tmp_path):
     assert r.exit_code == 0, r.output
     assert "error             mean           block           pixel" in r.stdout
     assert "(4 images; blocks: lcm sigma 2.0)" in r.stdout
+    progress = [ln for ln in r.stderr.splitlines() if "[1/4]" in ln]  # no terminal: lines
+    assert len(progress) == 1 and progress[0].endswith("] text00.png"), r.stderr
     assert sorted(os.listdir(out)) == ["metrics.csv", "metrics.json"] + \
         [f"text{k:02d}.eval.png" for k in range(4)]
     m = json.loads((out / "metrics.json").read_text())

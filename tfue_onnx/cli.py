@@ -337,13 +337,18 @@ def _parse_size(text):
     return (h, w)
 
 
+def _item_name(item) -> str:
+    """What progress shows for an input: its file name (a path, or a pair's source)."""
+    return os.path.basename(str(getattr(item, "source", item)))
+
+
 class _progress:
     """A progress bar over inputs on stderr."""
 
     def __init__(self, items, label="sampling"):
         self.bar = click.progressbar(items, label=label, file=sys.stderr,
-                                     show_pos=True, item_show_func=lambda p: p and
-                                     os.path.basename(p))
+                                     show_pos=True,
+                                     item_show_func=lambda p: p and _item_name(p))
 
     def __iter__(self):
         with self.bar as bar:
@@ -354,7 +359,7 @@ def _lines(items, label="sampling"):
     """Progress where there is no terminal (logs, CI): one line per item on stderr."""
     items = list(items)
     for k, item in enumerate(items, 1):
-        click.echo(f"tfue: {label} [{k}/{len(items)}] {os.path.basename(str(item))}", err=True)
+        click.echo(f"tfue: {label} [{k}/{len(items)}] {_item_name(item)}", err=True)
         yield item
 
 
