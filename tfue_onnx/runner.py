@@ -668,7 +668,7 @@ class Runner:
         signature; None when ``ug`` has no draws."""
         if not ug.draws:
             return None
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        key = _signature(feeds)
         if key not in self._shapes:
             self._shapes[key] = self._probe_shapes(ug, feeds)
         return self._shapes[key]
@@ -696,7 +696,7 @@ class Runner:
         """
         if not ug.draws:
             return None
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        key = _signature(feeds)
         if key not in self._batch_axes:
             shapes = self.location_shapes(ug, feeds)
             axes, why = self._find_batch_axes(ug, feeds, shapes)
@@ -799,7 +799,7 @@ class Runner:
 
     def _select(self, feeds):
         """The verified (graph, session, provider) for this input signature."""
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        key = _signature(feeds)
         if key in self._verified:
             return self._built[self._verified[key]]
         reference = self.reference(feeds)
@@ -902,7 +902,7 @@ class Runner:
     def sample_bytes(self, feeds) -> int:
         """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
         alive at once: an upper bound), from shape inference at the real input shape."""
-        key = tuple((k, v.shape) for k, v in sorted(feeds.items()))
+        key = _signature(feeds)
         if key not in self._sample_bytes:
             self._sample_bytes[key] = _tensor_bytes(self.info.model, feeds)
         return self._sample_bytes[key]
@@ -1110,7 +1110,7 @@ class Runner:
         if not isinstance(self.spec, SAMPLED):
             ug, _, _ = self._select(feeds)
             return ug
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
+        key = _signature(feeds)
         if key in self._standalone:
             return self._standalone[key]
         reference = self.reference(feeds)
@@ -1187,6 +1187,12 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
     if len(moved) == 1 and shape[moved[0]] == batch and alt[moved[0]] == other:
         return moved[0]
     return None
+
+
+def _signature(feeds: dict) -> tuple:
+    """An input signature (names, shapes, dtypes): what graphs, probes, draws and
+    verifications are cached by."""
+    return tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
 
 
 def _check_inputs_fit(info: ModelInfo, spec) -> None:
