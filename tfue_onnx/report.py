@@ -100,8 +100,10 @@ def _means(s) -> dict:
 def _unchanged(result) -> bool:
     """Whether a gray-box result at a level above 0 has a variance of exactly 0 in every
     output: the perturbation reached no output value."""
+    from .perturb import SAMPLED
+
     meta = result.metadata
-    if meta.get("method") not in ("noise", "dropout", "mc-dropout") or meta.get("level") == 0:
+    if meta.get("method") not in {spec.method for spec in SAMPLED} or meta.get("level") == 0:
         return False
     variances = [s.variance for s in result.outputs.values() if s.variance is not None]
     return bool(variances) and all(not np.any(v) for v in variances)
