@@ -23,6 +23,21 @@ from tfue_onnx.runner import Runner
 from tfue_onnx.transforms import ELEMENTS
 
 
+def _if_around(then_g, else_g):
+    """x -> Conv -> c1 -> Tanh -> r1; If(mean(x) > 0) with the given branches (which may
+    read c1, r1, x) -> branch -> Conv -> y."""
+    nodes = [_conv("x", "w1", "c1"), helper.make_node("Tanh", ["c1"], ["r1"]),
+             helper.make_node("ReduceMean", ["x"], ["xm"], keepdims=0),
+             helper.make_node("Greater", ["xm", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["branch"], then_branch=then_g,
+                              else_branch=else_g),
+             _conv("branch", "w2", "y")]
+    inits = [numpy_helper.from_array(_w(4, 3, 3, 3), "w1"),
+             numpy_helper.from_array(_w(2, 4, 3, 3), "w2"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
+
+
 def nested_model():
     """An If whose then-branch holds a Loop (2 iterations) adding r1, read two scopes
     up, to the carried value (started at c1, read one scope up); the else-branch is
@@ -37,16 +52,7 @@ def nested_model():
         [_vi("t_out", None)], [numpy_helper.from_array(np.array(2, np.int64), "n")])
     else_g = helper.make_graph([helper.make_node("Sigmoid", ["r1"], ["e_out"])], "else", [],
                                [_vi("e_out", None)])
-    nodes = [_conv("x", "w1", "c1"), helper.make_node("Tanh", ["c1"], ["r1"]),
-             helper.make_node("ReduceMean", ["x"], ["xm"], keepdims=0),
-             helper.make_node("Greater", ["xm", "zero"], ["cond"]),
-             helper.make_node("If", ["cond"], ["branch"], then_branch=then_g,
-                              else_branch=else_g),
-             _conv("branch", "w2", "y")]
-    inits = [numpy_helper.from_array(_w(4, 3, 3, 3), "w1"),
-             numpy_helper.from_array(_w(2, 4, 3, 3), "w2"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
+    return _if_around(then_g, else_g)
 
 
 def if_input_model():
@@ -57,16 +63,7 @@ def if_input_model():
                                [_vi("t_out", None)])
     else_g = helper.make_graph([helper.make_node("Neg", ["r1"], ["e_out"])], "else", [],
                                [_vi("e_out", None)])
-    nodes = [_conv("x", "w1", "c1"), helper.make_node("Tanh", ["c1"], ["r1"]),
-             helper.make_node("ReduceMean", ["x"], ["xm"], keepdims=0),
-             helper.make_node("Greater", ["xm", "zero"], ["cond"]),
-             helper.make_node("If", ["cond"], ["branch"], then_branch=then_g,
-                              else_branch=else_g),
-             _conv("branch", "w2", "y")]
-    inits = [numpy_helper.from_array(_w(4, 3, 3, 3), "w1"),
-             numpy_helper.from_array(_w(2, 4, 3, 3), "w2"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    return _model(nodes, inits, [_vi("y", ["N", 2, "H", "W"])])
+    return _if_around(then_g, else_g)
 
 
 MODELS = {
