@@ -36,22 +36,41 @@ def test_evaluate_cli(cli, ppocr_det, ocr_pairs, tmp_path):
             "--method", "noise", "--at", "0.5", "--sigma", 0.2, "--seed", 0, *NORM,
             "--out", out)
     assert r.exit_code == 0, r.output
-    assert "error             mean           block           pixel" in r.stdout
-    assert "(4 images; blocks: lcm sigma 2.0)" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[1].split() == ["error", "pixel", "block", "mean", "ause", "aurg"]
+    assert [ln[:13].strip() for ln in lines[2:6]] == ["L1", "L1 baseline", "L2", "L2 baseline"]
+    assert ("(4 images; pixel, block, AUSE, AURG: per image, then averaged; mean: over the "
+            "images' means; [95% bootstrap interval over images, 1000 resamples, seed 0])"
+            ) in r.stdout
+    assert "blocks: local centre of mass at --block-sigma 2 " in r.stdout
+    assert "L1 pooled over all pixels of all images: pixel_pooled " in r.stdout
+    assert "baseline: gradient energy of the output" in r.stdout
     progress = [ln for ln in r.stderr.splitlines() if "[1/4]" in ln]  # no terminal: lines
     assert len(progress) == 1 and progress[0].endswith("] text00.png"), r.stderr
     assert sorted(os.listdir(out)) == ["metrics.csv", "metrics.json"] + \
         [f"text{k:02d}.eval.png" for k in range(4)]
     m = json.loads((out / "metrics.json").read_text())
+    table = m["table"]
     for kind in ("l1", "l2"):
-        row = m["table"][kind]
-        for col in ("mean", "block", "pixel", "pixel_spearman"):
-            assert -1 <= row[col] <= 1
-        assert row["ause"] >= 0 and row["aurg"] == pytest.approx(
-            row["aurg"])  # a number, not NaN
-    assert m["table"]["images"] == 4 and len(m["images"]) == 4
+        for row in (table[kind], table["baseline"][kind]):
+            for col in ("mean", "block", "pixel", "pixel_spearman", "pixel_pooled",
+                        "block_pooled"):
+                assert -1 <= row[col] <= 1
+            assert row["ause"] >= 0 and row["aurg"] == pytest.approx(
+                row["aurg"])  # a number, not NaN
+        for col, (lo, hi) in table["intervals"][kind].items():
+            assert lo <= table[kind][col] <= hi, col
+        # The primary pixel number is the mean of the per-image ones stored beside.
+        per = [img[f"pixel_{kind}"] for img in m["images"]]
+        assert table[kind]["pixel"] == pytest.approx(np.mean(per))
+        assert table["per_image"][kind]["pixel"] == pytest.approx(per)
+    assert table["images"] == 4 and len(m["images"]) == 4
+    assert table["block_sigma"] == 2.0 and table["bootstrap"]["resamples"] == 1000
     csv = (out / "metrics.csv").read_text().splitlines()
-    assert csv[0] == "error,mean,block,pixel,pixel_spearman,ause,aurg" and len(csv) == 3
+    assert csv[0].startswith("error,map,pixel,pixel_low,pixel_high,block,") and len(csv) == 5
+    assert [c.split(",")[:2] for c in csv[1:]] == [["l1", "method"], ["l1", "baseline"],
+                                                   ["l2", "method"], ["l2", "baseline"]]
+    assert float(csv[1].split(",")[2]) == pytest.approx(table["l1"]["pixel"], rel=1e-5)
     from PIL import Image
     with Image.open(out / "text00.eval.png") as im:
         assert im.size == (3 * 128 + 8, 64)
@@ -82,7 +101,10 @@ def test_evaluate_matches_metrics_by_hand(ppocr_det, ocr_pairs):
     assert row["pixel"] == pytest.approx(metrics.pearson(var, err), rel=1e-6)
     assert row["block"] == pytest.approx(metrics.pearson(block_means(var, labels),
                                                          block_means(err, labels)), rel=1e-6)
-    assert row["ause"] == pytest.approx(metrics.sparsification(var, err)["ause"], rel=1e-6)
+    assert row["ause"] == pytest.approx(metrics.sparsification(var, err, "l1")["ause"],
+                                        rel=1e-6)
+    # One image: the per-image and the pooled numbers agree.
+    assert row["pixel_pooled"] == pytest.approx(row["pixel"], rel=1e-9)
 
 
 def test_sr_pairs_and_npz_pairs(tmp_path):
@@ -130,6 +152,15 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
     best = json.loads((out / "best.json").read_text())
     values = [p["table"]["l1"]["pixel"] for p in summary["points"]]
     assert best["value"] == pytest.approx(max(values)) and best["metric"] == "pixel_l1"
+    lo, hi = best["interval"]
+    assert lo <= best["value"] <= hi
+    for other in best["not_separated"]:  # listed only where the intervals overlap
+        assert other["interval"][0] <= hi and other["interval"][1] >= lo
+    assert len(best["not_separated"]) <= 3
+    assert "gradient energy" in summary["baseline"]["map"]
+    assert sum("baseline" in p for p in summary["points"]) == 1
+    header = (out / "sweep.csv").read_text().splitlines()[0]
+    assert header.endswith(",pixel_l1_low,pixel_l1_high") and "pixel_pooled_l1" in header
     assert (out / "sweep_noise.png").stat().st_size > 5000
     assert len((out / "sweep.csv").read_text().splitlines()) == 5
     # Other settings in the same folder are refused without --force.

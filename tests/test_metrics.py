@@ -22,16 +22,69 @@ def test_correlations_by_hand():
     assert np.isnan(metrics.pearson([1, 1, 1], [1, 2, 3]))
     # Spearman sees only order: a monotone but curved relation is perfect.
     assert metrics.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)
-    pix, rank = metrics.pixel_correlation([np.array([[0, 1]]), np.array([[2]])],
-                                          [np.array([[0, 2]]), np.array([[1]])])
-    assert pix == pytest.approx(0.5) and rank == pytest.approx(0.5)
+    # Per image: a constant uncertainty ranks nothing (0); a constant error has nothing
+    # to track (NaN, left out of the mean).
+    assert metrics.image_correlation([1, 1, 1], [1, 2, 3]) == 0.0
+    assert np.isnan(metrics.image_correlation([1, 2, 3], [5, 5, 5]))
+
+
+def _as_output(m):
+    return np.asarray(m, float)[None, None]  # [1, 1, H, W]
+
+
+def test_pixel_correlation_per_image_then_averaged():
+    # Image A: r = 1. Image B: v = [0, 1, 2], e = [0, 2, 1]: r = 0.5. Mean 0.75.
+    va, ea = [[0, 1, 2]], [[0, 1, 2]]
+    vb, eb = [[0, 1, 2]], [[10, 12, 11]]
+    zeros = _as_output([[0, 0, 0]])
+    t = metrics.table([_as_output(va), _as_output(vb)], [zeros, zeros],
+                      [_as_output(ea), _as_output(eb)], grid=1, baseline=False)
+    assert t["l1"]["pixel"] == pytest.approx(0.75)
+    assert t["per_image"]["l1"]["pixel"] == pytest.approx([1.0, 0.5])
+    # Pooled: all six pixels at once, a different number (B's errors are larger).
+    pooled = metrics.pearson([0, 1, 2, 0, 1, 2], [0, 1, 2, 10, 12, 11])
+    assert t["l1"]["pixel_pooled"] == pytest.approx(pooled)
+    assert abs(pooled - 0.75) > 0.5
+    # Blocks of 1 px are the pixels.
+    assert t["l1"]["block"] == pytest.approx(0.75)
+    assert t["l1"]["block_pooled"] == pytest.approx(pooled)
+    assert t["block_grid"] == 1 and t["block_sigma"] is None
+
+
+def test_a_constant_per_image_map_scores_zero_per_image_but_wins_pooled():
+    rng = np.random.default_rng(0)
+    outs, tgts, const, good = [], [], [], []
+    for k in range(6):
+        out = rng.random((1, 1, 24, 24))
+        err = (k + 1) * rng.random((1, 1, 24, 24))  # images differ in error size
+        outs.append(out)
+        tgts.append(out + err)
+        const.append(np.full_like(out, err.mean()))  # one number per image
+        good.append(err / (k + 1) + rng.random(out.shape))  # tracks it within the image
+    tc = metrics.table(const, outs, tgts, sigma=2.0, bootstrap=200)
+    tg = metrics.table(good, outs, tgts, sigma=2.0, bootstrap=200)
+    assert tc["l1"]["pixel"] == 0.0 and tc["l1"]["block"] == 0.0
+    assert tc["intervals"]["l1"]["pixel"] == [0.0, 0.0]
+    assert tc["l1"]["pixel_pooled"] > tg["l1"]["pixel_pooled"]  # pooled is fooled
+    assert tg["l1"]["pixel"] > 0.2  # per image it is not
+    assert tc["l1"]["ause"] > tg["l1"]["ause"]
+
+
+def test_pooled_moments_match_concatenation():
+    rng = np.random.default_rng(1)
+    maps = [(rng.random((5, 7)), rng.random((5, 7)) * s) for s in (1, 3, 10)]
+    moments = np.stack([metrics._moments(v, e) for v, e in maps])
+    direct = metrics.pearson(np.concatenate([v.ravel() for v, _ in maps]),
+                             np.concatenate([e.ravel() for _, e in maps]))
+    assert metrics._pooled_pearson(moments) == pytest.approx(direct, rel=1e-12)
 
 
 def test_mean_correlation_over_images():
-    v = [np.full((2, 2), a) for a in (1.0, 2.0, 3.0)]
-    e = [np.full((2, 2), a) for a in (10.0, 30.0, 20.0)]
-    assert metrics.mean_correlation(v, e) == pytest.approx(0.5)
-    assert np.isnan(metrics.mean_correlation(v[:2], e[:2]))
+    v = [np.full((1, 1, 2, 2), a) for a in (1.0, 2.0, 3.0)]
+    e = [np.full((1, 1, 2, 2), a) for a in (10.0, 30.0, 20.0)]
+    zeros = [np.zeros((1, 1, 2, 2))] * 3
+    assert metrics.table(v, zeros, e, grid=1)["l1"]["mean"] == pytest.approx(0.5)
+    assert np.isnan(metrics.table(v[:2], zeros[:2], e[:2], grid=1)["l1"]["mean"])
 
 
 def test_block_correlation_with_a_grid():
@@ -41,7 +94,8 @@ def test_block_correlation_with_a_grid():
     labels = grid_blocks(v.shape, 2)
     np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(block_means(v, labels), [[1, 1, 3, 3], [1, 1, 3, 3]])
-    assert metrics.block_correlation([v], [e], [v], grid=2) == pytest.approx(-1.0)
+    t = metrics.table([_as_output(v)], [_as_output(v)], [_as_output(v + e)], grid=2)
+    assert t["l1"]["block"] == pytest.approx(-1.0)
 
 
 def test_lcm_blocks_follow_the_bumps():
@@ -67,15 +121,130 @@ def test_lcm_blocks_are_steepest_ascent_basins():
         assert peaks[labels == lab].any()
 
 
-def test_sparsification_by_hand():
+def test_ause_by_hand_as_poggi():
+    # Four pixels, L1 errors 4, 3, 2, 1. Poggi et al. remove the q % most uncertain for
+    # q = 0, 2, ..., 98 with np.percentile thresholds (linear): all 4 kept at q = 0,
+    # 3 for q = 2..32 (16 steps), 2 for q = 34..66 (17), 1 for q = 68..98 (16), then
+    # the end point 0 at q = 100. Trapezoid area, dx = 1/50:
+    #   (c4 / 2 + 16 c3 + 17 c2 + 16 c1 + 0 / 2) / 50.
     e = np.array([4.0, 3.0, 2.0, 1.0])
-    best = metrics.sparsification(np.array([3.0, 2.0, 1.0, 0.0]), e, steps=4)
-    # Remaining means 10/4, 6/3, 3/2, 1/1, over 2.5: [1, .8, .6, .4], mean 0.7.
-    np.testing.assert_allclose(best["curve"], [1, 0.8, 0.6, 0.4])
-    assert best["ause"] == pytest.approx(0.0) and best["aurg"] == pytest.approx(0.3)
-    worst = metrics.sparsification(np.array([0.0, 1.0, 2.0, 3.0]), e, steps=4)
-    # Remaining means 10/4, 9/3, 7/2, 4/1, over 2.5: [1, 1.2, 1.4, 1.6], mean 1.3.
-    assert worst["ause"] == pytest.approx(0.6) and worst["aurg"] == pytest.approx(-0.3)
+    oracle = (2.5 / 2 + 16 * 2 + 17 * 1.5 + 16 * 1) / 50  # keeps {3,2,1}, {2,1}, {1}
+    worst = (2.5 / 2 + 16 * 3 + 17 * 3.5 + 16 * 4) / 50  # keeps {4,3,2}, {4,3}, {4}
+    assert oracle == pytest.approx(1.495) and worst == pytest.approx(3.455)
+    best = metrics.sparsification(np.array([3.0, 2.0, 1.0, 0.0]), e, "l1")
+    assert best["ause"] == pytest.approx(0.0) and best["aurg"] == pytest.approx(2.5 - oracle)
+    bad = metrics.sparsification(np.array([0.0, 1.0, 2.0, 3.0]), e, "l1")
+    assert bad["ause"] == pytest.approx(worst - oracle)  # 1.96
+    assert bad["aurg"] == pytest.approx(2.5 - worst)  # -0.955
+    assert bad["curve"][-1] == 0.0 and len(bad["curve"]) == 51
+    # L2 follows the RMSE of the pixels kept (errors given squared).
+    rmse = [np.sqrt(30 / 4), np.sqrt(14 / 3), np.sqrt(5 / 2), 1.0]
+    oracle2 = (rmse[0] / 2 + 16 * rmse[1] + 17 * rmse[2] + 16 * rmse[3]) / 50
+    l2 = metrics.sparsification(np.array([3.0, 2.0, 1.0, 0.0]), e ** 2, "l2")
+    assert l2["ause"] == pytest.approx(0.0, abs=1e-12)
+    assert l2["aurg"] == pytest.approx(np.sqrt(7.5) - oracle2)
+
+
+def test_ause_ties_leave_together_whatever_the_raster_order():
+    rng = np.random.default_rng(0)
+    e = rng.random(100)
+    flat = metrics.sparsification(np.ones(100), e, "l1")
+    # Every step keeps every pixel: area (m / 2 + 49 m) / 50 = 0.99 m.
+    assert _area(flat["curve"]) == pytest.approx(0.99 * e.mean())
+    for _ in range(3):  # the same whatever order the errors come in
+        assert metrics.sparsification(np.ones(100), rng.permutation(e), "l1")["ause"] == \
+            pytest.approx(flat["ause"])
+    # Two tie groups: the uncertain half leaves as one block, not pixel by pixel.
+    u = np.repeat([1.0, 0.0], 50)
+    a = metrics.sparsification(u, e, "l1")["ause"]
+    b = metrics.sparsification(u, np.concatenate([e[:50][::-1], e[50:][::-1]]), "l1")["ause"]
+    assert a == pytest.approx(b)
+
+
+def _area(curve):
+    return float(np.sum((curve[1:] + curve[:-1]) / 2) / (len(curve) - 1))
+
+
+def test_ause_matches_a_literal_mask_loop():
+    rng = np.random.default_rng(2)
+    e = rng.random(257) ** 2
+    u = e + rng.random(257)
+    u[:40] = 0.5  # a tie group
+
+    def curve(key):  # Poggi's loop, written out with masks
+        vals = [np.sqrt(e[key >= np.percentile(key, 2.0 * t)].mean()) for t in range(50)]
+        return np.array(vals + [0.0])
+
+    got = metrics.sparsification(u, e, "l2")
+    np.testing.assert_allclose(got["curve"], curve(-u), rtol=1e-12)
+    np.testing.assert_allclose(got["oracle"], curve(-e), rtol=1e-12)
+    assert got["ause"] == pytest.approx(_area(curve(-u)) - _area(curve(-e)), rel=1e-12)
+
+
+def _noisy_images(n, seed):
+    rng = np.random.default_rng(seed)
+    outs, tgts, vs = [], [], []
+    for _ in range(n):
+        out = rng.random((1, 1, 16, 16))
+        err = rng.random(out.shape)
+        outs.append(out)
+        tgts.append(out + err)
+        vs.append(err + rng.random(out.shape) * rng.uniform(0.3, 3))
+    return vs, outs, tgts
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_images():
+    small = metrics.table(*_noisy_images(8, 0), grid=4, bootstrap=500, seed=1)
+    large = metrics.table(*_noisy_images(64, 0), grid=4, bootstrap=500, seed=1)
+    for t in (small, large):
+        assert t["bootstrap"] == {"resamples": 500, "seed": 1, "level": 0.95}
+        for kind in ("l1", "l2"):
+            for col in ("pixel", "block", "mean", "pixel_pooled", "ause", "aurg"):
+                lo, hi = t["intervals"][kind][col]
+                assert lo <= t[kind][col] <= hi, (kind, col)
+    for col in ("pixel", "ause", "pixel_pooled"):
+        w_small = np.diff(small["intervals"]["l1"][col])[0]
+        w_large = np.diff(large["intervals"]["l1"][col])[0]
+        assert w_large < 0.6 * w_small, col  # about 1/sqrt(8) as wide
+    again = metrics.table(*_noisy_images(8, 0), grid=4, bootstrap=500, seed=1)
+    assert again["intervals"] == small["intervals"]  # seeded
+    other = metrics.table(*_noisy_images(8, 0), grid=4, bootstrap=500, seed=2)
+    assert other["intervals"] != small["intervals"]
+    assert "intervals" not in metrics.table(*_noisy_images(4, 0), grid=4)
+    with pytest.raises(metrics.TfueError, match="bootstrap"):
+        metrics.table(*_noisy_images(2, 0), bootstrap=-1)
+
+
+def test_separated():
+    assert metrics.separated([0.1, 0.2], [0.3, 0.4]) is True
+    assert metrics.separated([0.1, 0.35], [0.3, 0.4]) is False
+    assert metrics.separated(None, [0.3, 0.4]) is None
+
+
+def test_baseline_row_is_the_gradient_energy_of_the_output():
+    # A ramp with a step: the gradient energy peaks at the step; errors there too.
+    out = np.tile(np.linspace(0, 1, 20), (12, 1))
+    out[:, 10:] += 1.0
+    err = np.zeros_like(out)
+    err[:, 9:11] = 1.0
+    err[0, 0] = 0.1
+    g = metrics.gradient_energy(out)
+    assert g.shape == out.shape and g[:, 9:11].min() > 10 * g[:, :5].max()
+    ramp = ndimage.gaussian_gradient_magnitude(np.tile(np.linspace(0, 1, 20), (12, 1)), 1.0,
+                                               mode="nearest")
+    np.testing.assert_allclose(metrics.gradient_energy(out - np.where(out > 1.0, 1, 0)
+                                                       * (np.arange(20) >= 10)), ramp ** 2)
+    var = np.random.default_rng(0).random((1, 1, 12, 20))
+    t = metrics.table([var], [_as_output(out)], [_as_output(out + err)], grid=2)
+    by_hand = metrics.table([_as_output(g)], [_as_output(out)], [_as_output(out + err)],
+                            grid=2, baseline=False)
+    assert "gradient energy" in t["baseline"]["map"]
+    for col in ("pixel", "block", "ause"):
+        assert t["baseline"]["l1"][col] == pytest.approx(by_hand["l1"][col])
+    assert t["baseline"]["l1"]["pixel"] > 0.8 > t["l1"]["pixel"]
+    # Outputs that are not images (a vector of class scores) get no baseline row.
+    vec = metrics.table([np.ones((1, 10))], [np.zeros((1, 10))], [np.ones((1, 10))])
+    assert "baseline" not in vec
 
 
 def test_tolerability():
@@ -90,7 +259,7 @@ def test_table_shapes_and_values():
     var = np.zeros_like(out)
     var[0, 0, :2] = 0.5  # and uncertain
     t = metrics.table([var] * 3, [out] * 3, [tgt] * 3, means=[out] * 3, grid=2)
-    assert t["images"] == 3
+    assert t["images"] == 3 and t["skipped"] == {"l1": 0, "l2": 0}
     for kind in ("l1", "l2"):
         assert t[kind]["pixel"] == pytest.approx(1.0)
         assert t[kind]["block"] == pytest.approx(1.0)

@@ -267,7 +267,7 @@ def test_upconv7_evaluate_sr_with_pad(cli, upconv7, tmp_path, pad, cropped):
     m = json.loads((out / "metrics.json").read_text())
     assert m["metadata"]["pad"] == (7 if pad == "auto" else 3)
     values = [v for kind in ("l1", "l2") for v in m["table"][kind].values()]
-    assert len(values) == 12 and all(np.isfinite(v) for v in values), m["table"]
+    assert len(values) == 16 and all(np.isfinite(v) for v in values), m["table"]
 
 
 def test_sweep_and_at_auto_take_pad(cli, tmp_path):

@@ -522,7 +522,11 @@ def pair_options(f):
         click.option("--std", "norm_std", default=None, help="Per-channel input std."),
         click.option("--resize", default=None, help="Resize input images to HxW."),
         click.option("--block-sigma", type=float, default=2.0, show_default=True,
-                     help="Smoothing scale of the local-center-of-mass blocks (pixels)."),
+                     help="Smoothing scale of the local-center-of-mass blocks (pixels); "
+                          "block correlation rises with it."),
+        click.option("--bootstrap", type=int, default=1000, show_default=True,
+                     help="Resamples of the images for the 95% intervals of every metric "
+                          "(seeded by --seed); 0 for none."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -539,6 +543,12 @@ def _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order,
                            std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
     return make_pairs(info, inputs, targets=targets, sr_scale=sr_scale, options=options,
                       target_scale=target_scale)
+
+
+def _check_bootstrap(bootstrap):
+    if bootstrap < 0:
+        raise TfueError(f"--bootstrap must be >= 0, got {bootstrap}",
+                        "e.g. --bootstrap 1000, or --bootstrap 0 for no intervals")
 
 
 def _refuse_existing(paths, force):
@@ -564,13 +574,14 @@ def _refuse_existing(paths, force):
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
 def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale, target_scale,
              channel_order, scale, norm_mean, norm_std, resize, block_sigma, block_grid,
-             **perturbation):
+             bootstrap, **perturbation):
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, write_evaluation
     from .io import cleanup_out_dir, prepare_out_dir
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
+    _check_bootstrap(bootstrap)
     models, inputs = _split_members(model, inputs, perturbation["method"])
 
     def pairs_for(info):
@@ -589,7 +600,8 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
         prepare_out_dir(out_dir)
         try:
             result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma,
-                                    grid=block_grid, progress=_progress_for_stderr())
+                                    grid=block_grid, progress=_progress_for_stderr(),
+                                    bootstrap=bootstrap, bootstrap_seed=perturbation["seed"])
         finally:
             _notes(est, verbose)
         files = write_evaluation(out_dir, result)
@@ -621,7 +633,8 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 @click.option("--samples", "-n", type=int, default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--metric", default="pixel_l1", show_default=True,
-              help="What 'best' means: {mean,block,pixel,pixel_spearman,aurg,ause}_{l1,l2}.")
+              help="What 'best' means: {pixel,block,mean,pixel_pooled,block_pooled,"
+                   "pixel_spearman,ause,aurg}_{l1,l2}.")
 @click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @pad_option
@@ -631,7 +644,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 @click.option("--force", is_flag=True, help="Start over in a folder holding another sweep.")
 def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, samples, seed,
           metric, layout, provider, pad, targets, sr_scale, target_scale, channel_order, scale,
-          norm_mean, norm_std, resize, block_sigma, out_dir, force):
+          norm_mean, norm_std, resize, block_sigma, bootstrap, out_dir, force):
     """Where and how strongly to perturb: evaluate locations x levels on (input, target) pairs.
 
     Stopped sweeps resume: run the same command again.
@@ -644,6 +657,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     check_metric(metric)
     check_seed(seed)
+    _check_bootstrap(bootstrap)
     model = _models([model], "sweep")[0]
     info = inspect_model(model)
     if pad == "auto":
@@ -663,10 +677,10 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
                            rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
                            metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
                            provider=provider, progress=progress, block_sigma=block_sigma,
-                           force=force, pad=pad, layout=layout)
-    b = result["best"]
-    click.echo(f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
-               f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")
+                           force=force, pad=pad, layout=layout, bootstrap=bootstrap)
+    from .sweep import format_best
+
+    click.echo(format_best(result))
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
 
 

@@ -137,13 +137,36 @@ def _sr_loader(path, info, scale, options, output, target_scale):
 
 
 def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=None,
-             level=None, progress=None, pictures=True, loaded=None) -> dict:
+             level=None, progress=None, pictures=True, loaded=None,
+             bootstrap: int = metrics.BOOTSTRAP, bootstrap_seed: int = 0,
+             baseline: bool = True) -> dict:
     """Run ``estimator`` on ``pairs``; return the metrics table and per-image numbers.
 
-    With ``out_dir``, also write ``NAME.eval.png`` (output | error | uncertainty).
-    ``loaded`` may hold the pairs' arrays already read (a sweep reads them once).
+    Per-image statistics are computed as each result arrives (nothing but numbers
+    is kept), then summarised by ``metrics.summarize``: per-image correlations
+    averaged over images (primary), pooled ones beside, AUSE/AURG as Poggi et al.,
+    bootstrap intervals over images, and the sampling-free baseline row.
+
+    Args:
+        estimator: an Estimator (called as ``estimator(feeds[, level=])``).
+        pairs: ``Pair`` list (``make_pairs``).
+        out_dir: with ``pictures``, ``NAME.eval.png`` (output | error | uncertainty)
+            is written there.
+        sigma, grid: block scale (local center of mass) or grid size.
+        level: a level for the estimator's call (sweeps), or None.
+        progress: wraps the pair list for display.
+        loaded: the pairs' (feeds, target) already read (a sweep reads them once).
+        bootstrap: resamples for the 95 % intervals (0: none); bootstrap_seed seeds them.
+        baseline: also score the gradient-energy baseline map.
+
+    Returns:
+        {"metadata", "table" (``metrics.summarize``, plus "tolerability"), "images":
+        per-image numbers, "notes" when any}.
+
+    Raises:
+        TfueError: a target's shape does not match the output; bad bootstrap.
     """
-    outputs, variances, targets, means, per_image = [], [], [], [], []
+    stats, tol, per_image = [], [], []
     meta, notes = None, {}
     iterator = progress(pairs) if progress else pairs
     for k, pair in enumerate(iterator):
@@ -160,21 +183,27 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                     "output"))
         unc = res.uncertainty
         err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
-        outputs.append(res.output)
-        variances.append(unc)
-        targets.append(target)
-        means.append(res.mean if res.mean is not None else res.output)
-        per_image.append({"name": pair.name, "input": pair.source,
-                          "mean_uncertainty": float(np.mean(unc)),
-                          "mean_l1": float(np.mean(err)),
-                          "mean_l2": float(np.mean(metrics.error_map(res.output, target, "l2")))})
+        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline)
+        stats += found
+        tol.append(metrics.tolerability(res.mean if res.mean is not None else res.output,
+                                        res.output))
+        item = {"name": pair.name, "input": pair.source,
+                "mean_uncertainty": float(np.mean(unc)),
+                "mean_l1": float(np.mean(err)),
+                "mean_l2": float(np.mean(metrics.error_map(res.output, target, "l2")))}
+        for kind in metrics.ERRORS:  # the first image of the result (batch 1: the only one)
+            for col in metrics.PER_IMAGE:
+                item[f"{col}_{kind}"] = found[0]["method"][kind][col]
+        per_image.append(item)
         if out_dir is not None and pictures:
             picture = side_by_side(res.output, err, unc)
             if picture is not None:
                 path = os.path.join(out_dir, f"{pair.name}.eval.png")
                 save_png(path, picture)
                 per_image[-1]["picture"] = path
-    table = metrics.table(variances, outputs, targets, means=means, sigma=sigma, grid=grid)
+    table = metrics.summarize(stats, sigma, grid, bootstrap, bootstrap_seed)
+    table["tolerability"] = {key: float(np.mean([t[key] for t in tol])) if tol else
+                             float("nan") for key in ("mean_abs_change", "relative_change")}
     result = {"metadata": meta, "table": table, "images": per_image}
     if notes:
         result["notes"] = list(notes.values())
@@ -214,15 +243,55 @@ def side_by_side(output, error, uncertainty) -> np.ndarray | None:
     return np.concatenate(parts, axis=1)
 
 
-COLUMNS = ("mean", "block", "pixel", "pixel_spearman", "ause", "aurg")
+SHOWN = ("pixel", "block", "mean", "ause", "aurg")  # the text table's columns
+POOLED = ("pixel_pooled", "block_pooled")  # printed below it
+
+
+def _cell(value, iv=None) -> str:
+    text = "n/a" if value is None or value != value else f"{value:.4f}"
+    if iv and None not in iv:
+        text += f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+    return text
 
 
 def format_table(table: dict) -> str:
-    """The metrics table as aligned text."""
-    lines = [f"{'error':<6}" + "".join(f"{c:>16}" for c in COLUMNS)]
+    """The metrics table as aligned text: per-image columns with their intervals, a
+    baseline row per error kind, pooled numbers below, the block scale and what
+    the baseline is."""
+    width = 24 if "intervals" in table else 10
+    lines = [f"{'error':<13}" + "".join(f"{c:>{width}}" for c in SHOWN)]
     for kind in metrics.ERRORS:
-        lines.append(f"{kind.upper():<6}" + "".join(f"{table[kind][c]:>16.4f}" for c in COLUMNS))
-    lines.append(f"({table['images']} images; blocks: {table['block']})")
+        rows = [("", table)] + ([("baseline", table["baseline"])] if "baseline" in table
+                                else [])
+        for label, src in rows:
+            ivs = src.get("intervals", {}).get(kind, {})
+            lines.append(f"{(kind.upper() + ' ' + label):<13}" + "".join(
+                f"{_cell(src[kind][c], ivs.get(c)):>{width}}" for c in SHOWN))
+    n = table["images"]
+    head = (f"({n} images; pixel, block, AUSE, AURG: per image, then averaged; mean: over "
+            "the images' means")
+    if "bootstrap" in table:
+        b = table["bootstrap"]
+        head += (f"; [{100 * b['level']:g}% bootstrap interval over images, {b['resamples']} "
+                 f"resamples, seed {b['seed']}]")
+    lines.append(head + ")")
+    for kind in metrics.ERRORS:
+        ivs = table.get("intervals", {}).get(kind, {})
+        lines.append(f"{kind.upper()} pooled over all pixels of all images: " + ", ".join(
+            f"{c} {_cell(table[kind][c], ivs.get(c))}" for c in POOLED))
+    lines.append("Spearman rank correlation per image, averaged: " + ", ".join(
+        f"{kind.upper()} {_cell(table[kind]['pixel_spearman'], table.get('intervals', {}).get(kind, {}).get('pixel_spearman'))}"  # noqa: E501
+        for kind in metrics.ERRORS))
+    skipped = {k: v for k, v in table.get("skipped", {}).items() if v}
+    if skipped:
+        lines.append("images left out of the per-image means (their error is constant): " +
+                     ", ".join(f"{k.upper()} {v}" for k, v in skipped.items()))
+    scale = (f"a grid of {table['block_grid']} px squares" if table.get("block_grid") else
+             f"local centre of mass at --block-sigma {table['block_sigma']:g}")
+    lines.append(f"blocks: {scale} (block correlation rises with the block scale)")
+    if "baseline" in table:
+        lines.append("baseline: " + table["baseline"]["map"])
+        lines += _versus_baseline(table)
     if "tolerability" in table:
         t = table["tolerability"]
         lines.append(f"tolerability: mean |mean - output| = {t['mean_abs_change']:.4g} "
@@ -230,11 +299,40 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _versus_baseline(table: dict) -> list:
+    """One line: does the method beat the baseline on the primary number, separated?"""
+    kind, col = "l1", "pixel"
+    ours, base = table[kind][col], table["baseline"][kind][col]
+    if ours != ours or base != base:
+        return []
+    apart = metrics.separated(metrics.interval(table, col, kind),
+                              metrics.interval(table, col, kind, baseline=True))
+    verdict = "above" if ours > base else "below"
+    how = "" if apart is None else (" (intervals apart: separated)" if apart else
+                                    " (intervals overlap: not separated)")
+    return [f"pixel L1: {ours:.4f} vs baseline {base:.4f}: {verdict} the baseline{how}"]
+
+
 def table_csv(table: dict) -> str:
-    """The metrics table as CSV (one row per error kind)."""
-    rows = ["error," + ",".join(COLUMNS)]
+    """The metrics table as CSV: one row per (error kind, map), every column with its
+    interval's low and high (empty without bootstrap)."""
+    cols = metrics.COLUMNS
+    head = ["error", "map"] + [x for c in cols for x in (c, c + "_low", c + "_high")]
+    rows = [",".join(head)]
+
+    def fmt(v):
+        return "" if v is None or v != v else f"{v:.6g}"
+
     for kind in metrics.ERRORS:
-        rows.append(kind + "," + ",".join(f"{table[kind][c]:.6g}" for c in COLUMNS))
+        maps = [("method", table)] + ([("baseline", table["baseline"])]
+                                      if "baseline" in table else [])
+        for label, src in maps:
+            ivs = src.get("intervals", {}).get(kind, {})
+            cells = [kind, label]
+            for c in cols:
+                iv = ivs.get(c) or [None, None]
+                cells += [fmt(src[kind][c]), fmt(iv[0]), fmt(iv[1])]
+            rows.append(",".join(cells))
     return "\n".join(rows) + "\n"
 
 

@@ -1,31 +1,79 @@
-"""How well uncertainty tracks the real error: correlations, sparsification, tolerability.
+"""How well uncertainty tracks the real error: correlations, sparsification, intervals.
 
-numpy and scipy only. Maps are per image (H x W, channels averaged) unless said.
+numpy and scipy only. A *map* is one output image reduced to H x W (channels
+averaged, ``image_maps``); every metric is computed per map and then summarised.
 
-- pixel-wise: Pearson (and Spearman) correlation of variance with error over all
-  pixels of all images;
-- mean: over images, correlation of each image's mean variance with its mean error;
+- pixel-wise (the paper's definition, the primary number): for each image, the
+  Pearson correlation of the variance map with the error map, then the mean over
+  images. ``pixel_pooled`` correlates all pixels of all images at once: it is
+  reported beside, named as such, because a map holding one constant per image
+  (no spatial information) can win it on images whose errors differ in size;
 - block-wise: variance and error replaced by their means over blocks of the
-  unperturbed output (local center of mass, ``segment.py``), then pixel-wise;
-- sparsification (Poggi et al. 2020): remove pixels from most to least uncertain
-  and follow the mean error of the rest; AUSE is the area between that curve and
-  the oracle's (largest errors first), AURG the area between random removal and it;
+  unperturbed output (local center of mass, ``segment.py``, at ``sigma``), then
+  as pixel-wise: per image then averaged (``block``), or pooled (``block_pooled``);
+- mean: over images, the correlation of each image's mean variance with its mean
+  error (needs 3 images or more);
+- AUSE / AURG as Poggi et al., "On the uncertainty of self-supervised monocular
+  depth estimation", CVPR 2020 (their ``compute_aucs``): per image, remove the
+  q % most uncertain pixels for q = 0, 2, ..., 98 (percentile thresholds, so tied
+  pixels leave together and raster order plays no part), follow the mean absolute
+  error (L1) or the RMSE (L2) of the rest, end the curve with 0 at q = 100, take
+  the trapezoid area; AUSE = area minus the oracle's (largest errors removed
+  first), AURG = the error of all pixels minus the area. In output units; per
+  image then averaged;
+- bootstrap: 95 % percentile intervals of every summary over images resampled
+  with replacement (B resamples, seeded);
+- baseline: the same metrics for a sampling-free map made from the output alone
+  (``gradient_energy``), so a user sees whether their uncertainty beats an edge map;
 - tolerability: how far the sample mean moves from the unperturbed output.
+
+Conventions per image: a map that is constant over the image ranks nothing, so
+its correlation is 0; an image whose error is constant has nothing to track and
+is left out of the per-image means (counted in ``skipped``).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy import stats
+from scipy import ndimage, stats
 
 from .errors import TfueError
 from .segment import DEFAULT_SIGMA, grid_blocks, lcm_blocks
 
 ERRORS = ("l1", "l2")
+# Summary columns of a metrics table, primary ones first.
+COLUMNS = ("pixel", "block", "mean", "pixel_pooled", "block_pooled", "pixel_spearman",
+           "ause", "aurg")
+LOWER_IS_BETTER = ("ause",)
+PER_IMAGE = ("pixel", "block", "pixel_spearman", "ause", "aurg")  # averaged over images
+POGGI_INTERVALS = 50  # removal steps of 2 %, as Poggi et al.'s compute_aucs
+BOOTSTRAP = 1000  # default resamples
+BASELINE_SIGMA = 1.0  # pixels, of the gradient in the baseline map
+BASELINE = (f"gradient energy of the output: the squared Gaussian gradient magnitude "
+            f"(sigma {BASELINE_SIGMA:g} px) of the channel-mean unperturbed output "
+            "(sampling-free)")
+
+
+def higher_is_better(column: str) -> bool:
+    """Whether a larger value of ``column`` (e.g. 'pixel', 'ause') is better."""
+    return column not in LOWER_IS_BETTER
 
 
 def error_map(output, target, kind: str = "l1") -> np.ndarray:
-    """Per-element L1 (absolute) or L2 (squared) error of ``output`` against ``target``."""
+    """Per-element L1 (absolute) or L2 (squared) error of ``output`` against ``target``.
+
+    Args:
+        output, target: arrays of one shape (float64 is used inside).
+        kind: "l1" or "l2".
+
+    Returns:
+        float64 array of that shape, in output units (L1) or squared units (L2).
+
+    Raises:
+        TfueError: shapes differ, or ``kind`` is unknown.
+    """
     output, target = np.asarray(output, np.float64), np.asarray(target, np.float64)
     if output.shape != target.shape:
         raise TfueError(f"target has shape {target.shape}, the model output {output.shape}",
@@ -79,64 +127,301 @@ def spearman(x, y) -> float:
     return pearson(stats.rankdata(x), stats.rankdata(y))
 
 
-def pixel_correlation(variances, errors) -> tuple:
-    """(Pearson, Spearman) of variance with error over all pixels of all images."""
-    v = np.concatenate([np.ravel(m) for m in variances])
-    e = np.concatenate([np.ravel(m) for m in errors])
-    return pearson(v, e), spearman(v, e)
+def image_correlation(uncertainty, error, weights=None, rank: bool = False) -> float:
+    """Correlation of one image's uncertainty with its error, by this module's rules.
 
-
-def mean_correlation(variances, errors) -> float:
-    """Correlation, over images, of each image's mean variance with its mean error."""
-    if len(variances) < 3:
-        return float("nan")  # two points always correlate perfectly: say nothing
-    return pearson([np.mean(m) for m in variances], [np.mean(m) for m in errors])
-
-
-def block_correlation(variances, errors, outputs, sigma: float = DEFAULT_SIGMA,
-                      grid: int | None = None) -> float:
-    """Pixel-wise correlation after replacing variance and error by block means.
-
-    Blocks segment each unperturbed ``outputs`` map by the local center of mass at
-    scale ``sigma``, or a fixed ``grid`` of square blocks when given.
+    Returns 0.0 when the uncertainty is constant (it ranks nothing), NaN when the
+    error is constant (nothing to track), else the (weighted) Pearson correlation,
+    or Spearman's with ``rank``.
     """
-    # Correlating block-mean maps pixel by pixel is correlating the block means
-    # weighted by block size, which needs no full-size maps.
-    bv, be, sizes = [], [], []
-    for v, e, o in zip(variances, errors, outputs):
-        labels = (grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)).ravel()
-        count = np.bincount(labels)
-        keep = count > 0
-        bv.append(np.bincount(labels, np.ravel(v))[keep] / count[keep])
-        be.append(np.bincount(labels, np.ravel(e))[keep] / count[keep])
-        sizes.append(count[keep])
-    return pearson(np.concatenate(bv), np.concatenate(be), np.concatenate(sizes))
+    u, e = np.ravel(uncertainty), np.ravel(error)
+    if e.size < 2 or _flat(e):
+        return float("nan")
+    if _flat(u):
+        return 0.0
+    return spearman(u, e) if rank else pearson(u, e, weights)
 
 
-def sparsification_curve(uncertainty, error, steps: int = 100, order_by=None) -> np.ndarray:
-    """Mean error of the pixels left after removing the most uncertain fraction k/steps
-    (k = 0..steps-1), normalised by the mean error of all pixels."""
+def _flat(a) -> bool:
+    """Whether ``a`` is constant up to float rounding (block means of a constant map
+    differ in the last bits)."""
+    spread = float(np.ptp(a))
+    return spread <= 1e-12 * float(np.max(np.abs(a)))
+
+
+def _moments(x, y, w=None) -> np.ndarray:
+    """[weight, mean x, mean y, Sxx, Syy, Sxy] (centered sums) of one image, for pooling."""
+    x, y = np.ravel(x).astype(np.float64), np.ravel(y).astype(np.float64)
+    w = np.ones_like(x) if w is None else np.ravel(w).astype(np.float64)
+    total = w.sum()
+    mx, my = (w @ x) / total, (w @ y) / total
+    dx, dy = x - mx, y - my
+    return np.array([total, mx, my, w @ (dx * dx), w @ (dy * dy), w @ (dx * dy)])
+
+
+def _pooled_pearson(m: np.ndarray) -> np.ndarray:
+    """Pearson over the union of images from per-image moments ``m`` [..., images, 6]
+    (Chan et al.'s pairwise combination); NaN where a side is constant."""
+    w, mx, my = m[..., 0], m[..., 1], m[..., 2]
+    total = w.sum(-1)
+    gx, gy = (w * mx).sum(-1) / total, (w * my).sum(-1) / total
+    dx, dy = mx - gx[..., None], my - gy[..., None]
+    sxx = m[..., 3].sum(-1) + (w * dx * dx).sum(-1)
+    syy = m[..., 4].sum(-1) + (w * dy * dy).sum(-1)
+    sxy = m[..., 5].sum(-1) + (w * dx * dy).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = sxy / np.sqrt(sxx * syy)
+    r = np.where((sxx > 0) & (syy > 0), r, np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with the same row of ``y``."""
+    dx = x - x.mean(-1, keepdims=True)
+    dy = y - y.mean(-1, keepdims=True)
+    sxx, syy = (dx * dx).sum(-1), (dy * dy).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (dx * dy).sum(-1) / np.sqrt(sxx * syy)
+    return np.clip(np.where((sxx > 0) & (syy > 0), r, np.nan), -1.0, 1.0)
+
+
+def _sparse_curve(key, error, reduce, intervals: int, order=None) -> np.ndarray:
+    """Poggi et al.'s curve: for q = 0, 100/intervals, ..., keep the pixels whose ``key``
+    is >= the q-th percentile of ``key`` (ties stay together) and reduce their error;
+    the end point 0 (everything removed) is appended. ``order``: argsort of ``key``
+    when known (shared between error kinds)."""
+    order = np.argsort(key) if order is None else order
+    ks, es = key[order], error[order]
+    tail = np.cumsum(es[::-1])[::-1]  # error sum of es[i:]
+    thresholds = np.percentile(ks, [100.0 / intervals * t for t in range(intervals)])
+    first = np.searchsorted(ks, thresholds, side="left")
+    kept = ks.size - first
+    return np.append(reduce(tail[first] / kept), 0.0)
+
+
+def _trapezoid(curve: np.ndarray) -> float:
+    """Trapezoid area of a curve sampled at x = 0, 1/K, ..., 1."""
+    return float((curve.sum() - (curve[0] + curve[-1]) / 2) / (curve.size - 1))
+
+
+def sparsification(uncertainty, error, kind: str = "l1",
+                   intervals: int = POGGI_INTERVALS, _orders=None) -> dict:
+    """AUSE and AURG of one image, as Poggi et al. (CVPR 2020, ``compute_aucs``).
+
+    Args:
+        uncertainty: per-pixel uncertainty, any shape (flattened).
+        error: per-pixel error of the same size: absolute error for ``kind`` "l1",
+            squared error for "l2".
+        kind: "l1" (the curve follows the mean absolute error of the pixels kept) or
+            "l2" (the curve follows their RMSE, the square root of the mean squared error).
+        intervals: removal steps; the curve is sampled at fractions 0, 1/K, ...,
+            (K-1)/K removed, plus 0 at 1 (everything removed).
+
+    Returns:
+        {"ause", "aurg": floats in error units (output units for both kinds),
+        "curve", "oracle": arrays of intervals + 1 values, "fractions": x}.
+        AUSE >= 0 up to ties; lower is better. AURG: higher is better.
+    """
     u = np.asarray(uncertainty, np.float64).ravel()
     e = np.asarray(error, np.float64).ravel()
-    key = u if order_by is None else np.asarray(order_by, np.float64).ravel()
-    order = np.argsort(-key, kind="stable")  # most uncertain first
-    remaining = np.cumsum(e[order][::-1])[::-1]  # error sum of pixels order[i:]
-    n = e.size
-    cut = (np.arange(steps) * n) // steps
-    curve = remaining[cut] / (n - cut)
-    total = e.mean()
-    return curve / total if total > 0 else np.zeros(steps)
+    by_u, by_e = _orders or (None, None)
+    reduce = np.sqrt if kind == "l2" else (lambda a: a)
+    curve = _sparse_curve(-u, e, reduce, intervals, by_u)
+    oracle = _sparse_curve(-e, e, reduce, intervals, by_e)
+    random = float(reduce(e.mean()))
+    area = _trapezoid(curve)
+    return {"ause": area - _trapezoid(oracle), "aurg": random - area, "curve": curve,
+            "oracle": oracle, "fractions": np.linspace(0.0, 1.0, intervals + 1)}
 
 
-def sparsification(uncertainty, error, steps: int = 100) -> dict:
-    """AUSE and AURG of one map (normalised curves, fraction removed in [0, 1))."""
-    spars = sparsification_curve(uncertainty, error, steps)
-    oracle = sparsification_curve(error, error, steps)
-    random = np.ones(steps) if np.mean(error) > 0 else np.zeros(steps)
-    area = {k: float(np.mean(c)) for k, c in  # Riemann sums over fractions k/steps
-            (("spars", spars), ("oracle", oracle), ("random", random))}
-    return {"ause": area["spars"] - area["oracle"], "aurg": area["random"] - area["spars"],
-            "curve": spars, "oracle": oracle}
+def gradient_energy(output_map, sigma: float = BASELINE_SIGMA) -> np.ndarray | None:
+    """The sampling-free baseline map: squared Gaussian gradient magnitude of one
+    H x W output map (``scipy.ndimage.gaussian_gradient_magnitude``, ``sigma`` in
+    pixels, 'nearest' border). None for maps that are not images (H or W < 3)."""
+    o = np.asarray(output_map, np.float64)
+    if o.ndim != 2 or min(o.shape) < 3:
+        return None
+    g = ndimage.gaussian_gradient_magnitude(o, sigma, mode="nearest")
+    return g * g
+
+
+def _blocks(o, sigma, grid) -> np.ndarray:
+    return (grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)).ravel()
+
+
+def _map_stats(u, errors: dict, labels) -> dict:
+    """Per-image numbers of uncertainty map ``u`` against each error map in ``errors``
+    (L1 and L2 errors rank pixels alike, so sorts and ranks are shared)."""
+    u = np.ravel(u).astype(np.float64)
+    count = np.bincount(labels)
+    keep = count > 0
+    bu = np.bincount(labels, u)[keep] / count[keep]
+    e1 = np.ravel(next(iter(errors.values())))
+    orders = (np.argsort(-u), np.argsort(-e1))
+    rank = float("nan") if e1.size < 2 or _flat(e1) else 0.0 if _flat(u) else \
+        pearson(stats.rankdata(u), stats.rankdata(e1))
+    found = {}
+    for kind, e in errors.items():
+        e = np.ravel(e)
+        be = np.bincount(labels, e)[keep] / count[keep]
+        sp = sparsification(u, e, kind, _orders=orders)
+        block = float("nan") if _flat(be) else (
+            0.0 if _flat(bu) or _flat(u) else pearson(bu, be, count[keep]))
+        found[kind] = {"pixel": image_correlation(u, e), "pixel_spearman": rank,
+                       "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
+                       "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
+                       "pixel_moments": _moments(u, e),
+                       "block_moments": _moments(bu, be, count[keep])}
+    return found
+
+
+def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
+                grid: int | None = None, baseline: bool = True) -> list:
+    """Per-image numbers for one result, to be summarised by ``summarize``.
+
+    Args:
+        uncertainty: the variance (or another uncertainty), output-shaped.
+        output: the unperturbed output; target: the ground truth, output-shaped.
+        sigma: block scale (pixels) of the local-center-of-mass segmentation.
+        grid: square blocks of this size instead, when given.
+        baseline: also score the sampling-free ``gradient_energy`` map.
+
+    Returns:
+        One dict per image in the array (the batch): {"method": {kind: {...}},
+        "baseline": {kind: {...}} or None}.
+
+    Raises:
+        TfueError: shapes differ.
+    """
+    errors = {kind: image_maps(error_map(output, target, kind)) for kind in ERRORS}
+    found = []
+    for k, (u, o) in enumerate(zip(image_maps(uncertainty), image_maps(output))):
+        labels = _blocks(o, sigma, grid)
+        per_kind = {kind: errors[kind][k] for kind in ERRORS}
+        base = gradient_energy(o) if baseline else None
+        found.append({"method": _map_stats(u, per_kind, labels),
+                      "baseline": None if base is None else _map_stats(base, per_kind, labels)})
+    return found
+
+
+def _summary(per: list, idx: np.ndarray) -> dict:
+    """Columns for the images ``idx`` (rows of resamples: [B, n] gives arrays of B)."""
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        for col in PER_IMAGE:
+            vals = np.array([p[col] for p in per], np.float64)[idx]
+            out[col] = np.nanmean(vals, axis=-1)
+    out["pixel_pooled"] = _pooled_pearson(np.stack([p["pixel_moments"] for p in per])[idx])
+    out["block_pooled"] = _pooled_pearson(np.stack([p["block_moments"] for p in per])[idx])
+    mu = np.array([p["mean_u"] for p in per])[idx]
+    me = np.array([p["mean_e"] for p in per])[idx]
+    out["mean"] = _pearson_rows(mu, me) if len(per) >= 3 else np.full(np.shape(mu)[:-1], np.nan)
+    return out
+
+
+def _rows(per_images: list, bootstrap: int, seed: int, level: float) -> dict:
+    """Summary values (and intervals) per error kind for a list of per-image stats."""
+    n = len(per_images)
+    rows, intervals, skipped = {}, {}, {}
+    every = np.arange(n)
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, n, size=(bootstrap, n)) if bootstrap and n else None
+    for kind in ERRORS:
+        per = [p[kind] for p in per_images]
+        point = _summary(per, every)
+        rows[kind] = {c: float(point[c]) for c in COLUMNS}
+        skipped[kind] = int(sum(p["pixel"] != p["pixel"] for p in per))
+        if resamples is not None:
+            boot = _summary(per, resamples)
+            tail = 100 * (1 - level) / 2
+            intervals[kind] = {}
+            for c in COLUMNS:
+                vals = boot[c][np.isfinite(boot[c])]
+                intervals[kind][c] = [float(np.percentile(vals, tail)),
+                                      float(np.percentile(vals, 100 - tail))] \
+                    if vals.size else [None, None]
+    return {"rows": rows, "intervals": intervals, "skipped": skipped}
+
+
+def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None = None,
+              bootstrap: int = BOOTSTRAP, seed: int = 0, level: float = 0.95) -> dict:
+    """The metrics table from per-image stats (``image_stats`` of every result).
+
+    Args:
+        stats_list: the per-image dicts, in image order.
+        sigma, grid: the block scale used (recorded in the table).
+        bootstrap: resamples for the intervals (0: none).
+        seed: seed of the resampling (numpy default_rng).
+        level: coverage of the percentile intervals.
+
+    Returns:
+        {"images": n, "block": text, "block_sigma": sigma or None, "block_grid": grid
+        or None, "l1": {column: value}, "l2": {...}, "skipped": {kind: images whose
+        error is constant}, "per_image": {kind: {column: [values]}}, and with
+        ``bootstrap``: "intervals": {kind: {column: [low, high]}}, "bootstrap":
+        {"resamples", "seed", "level"}; "baseline": the same rows (and intervals) for
+        the gradient-energy map, with "map" saying what it is, when every image has one}.
+        Correlations are in [-1, 1], NaN where undefined; AUSE/AURG in error units.
+
+    Raises:
+        TfueError: ``bootstrap`` < 0, or ``level`` not in (0, 1).
+    """
+    if int(bootstrap) < 0:
+        raise TfueError(f"bootstrap resamples must be >= 0, got {bootstrap}",
+                        "e.g. --bootstrap 1000, or 0 for no intervals")
+    if not 0 < level < 1:
+        raise TfueError(f"interval level must be in (0, 1), got {level}", "e.g. 0.95")
+    bootstrap = int(bootstrap)
+    n = len(stats_list)
+    method = _rows([s["method"] for s in stats_list], bootstrap, seed, level)
+    table = {"images": n, "block": f"grid {grid}" if grid else f"lcm sigma {sigma:g}",
+             "block_sigma": None if grid else float(sigma), "block_grid": grid,
+             **method["rows"], "skipped": method["skipped"],
+             "per_image": {kind: {c: [s["method"][kind][c] for s in stats_list]
+                                  for c in PER_IMAGE} for kind in ERRORS}}
+    if bootstrap and n:
+        table["intervals"] = method["intervals"]
+        table["bootstrap"] = {"resamples": bootstrap, "seed": seed, "level": level}
+    if n and all(s["baseline"] is not None for s in stats_list):
+        base = _rows([s["baseline"] for s in stats_list], bootstrap, seed, level)
+        table["baseline"] = {"map": BASELINE, **base["rows"]}
+        if bootstrap:
+            table["baseline"]["intervals"] = base["intervals"]
+    return table
+
+
+def table(variances, outputs, targets, means=None, sigma: float = DEFAULT_SIGMA,
+          grid: int | None = None, bootstrap: int = 0, seed: int = 0,
+          baseline: bool = True) -> dict:
+    """The metrics table for lists of output-shaped arrays (one entry per result).
+
+    The same as ``summarize`` over ``image_stats`` of each (variance, output,
+    target), plus "tolerability" (mean over results) when ``means`` are given.
+    """
+    stats_list = []
+    for v, o, t in zip(variances, outputs, targets):
+        stats_list += image_stats(v, o, t, sigma, grid, baseline)
+    result = summarize(stats_list, sigma, grid, bootstrap, seed)
+    if means is not None:
+        tol = [tolerability(m, o) for m, o in zip(means, outputs)]
+        result["tolerability"] = {key: float(np.mean([t[key] for t in tol]))
+                                  for key in ("mean_abs_change", "relative_change")}
+    return result
+
+
+def interval(table: dict, column: str, kind: str, baseline: bool = False):
+    """The bootstrap interval [low, high] of ``column`` for error ``kind`` in a table,
+    or None when the table has none."""
+    src = table.get("baseline", {}) if baseline else table
+    return src.get("intervals", {}).get(kind, {}).get(column)
+
+
+def separated(a, b) -> bool | None:
+    """Whether two intervals [low, high] do not overlap (None when one is missing)."""
+    if not a or not b or None in a or None in b:
+        return None
+    return a[1] < b[0] or b[1] < a[0]
 
 
 def tolerability(mean, output) -> dict:
@@ -148,36 +433,3 @@ def tolerability(mean, output) -> dict:
     return {"mean_abs_change": change,
             "relative_change": change / scale if scale > 0 else (0.0 if change == 0
                                                                   else float("inf"))}
-
-
-def table(variances, outputs, targets, means=None, sigma: float = DEFAULT_SIGMA,
-          grid: int | None = None) -> dict:
-    """The metrics table for lists of per-image maps (output-shaped arrays per image).
-
-    Rows ``l1`` and ``l2``: mean, block-wise, pixel-wise (Pearson and Spearman)
-    correlation of variance with error, AUSE and AURG (averaged over images).
-    """
-    v_maps, o_maps = [], []
-    for v, o in zip(variances, outputs):
-        v_maps += image_maps(v)
-        o_maps += image_maps(o)
-    result = {"images": len(v_maps), "block": f"grid {grid}" if grid else f"lcm sigma {sigma}"}
-    for kind in ERRORS:
-        e_maps = []
-        for o, t in zip(outputs, targets):
-            e_maps += image_maps(error_map(o, t, kind))
-        pix, rank = pixel_correlation(v_maps, e_maps)
-        spars = [sparsification(v, e) for v, e in zip(v_maps, e_maps)]
-        result[kind] = {
-            "mean": mean_correlation(v_maps, e_maps),
-            "block": block_correlation(v_maps, e_maps, o_maps, sigma, grid),
-            "pixel": pix,
-            "pixel_spearman": rank,
-            "ause": float(np.mean([s["ause"] for s in spars])),
-            "aurg": float(np.mean([s["aurg"] for s in spars])),
-        }
-    if means is not None:
-        tol = [tolerability(m, o) for m, o in zip(means, outputs)]
-        result["tolerability"] = {key: float(np.mean([t[key] for t in tol]))
-                                  for key in ("mean_abs_change", "relative_change")}
-    return result

@@ -17,15 +17,21 @@ def _pyplot():
 
 
 def sweep_plot(path: str, points: list, metric: str, method: str) -> None:
-    """Metric against location depth, one line per level (the paper's Figure 4)."""
-    from .sweep import metric_value
+    """Metric against location depth, one line per level (the paper's Figure 4), with
+    the 95 % bootstrap band of each line where the points carry intervals."""
+    from .sweep import metric_interval, metric_value
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for level in sorted({p["level"] for p in points}):
         row = sorted((p for p in points if p["level"] == level), key=lambda p: p["depth"])
-        ax.plot([p["depth"] for p in row], [metric_value(p["table"], metric) for p in row],
-                marker="o", label=f"{'σ' if method == 'noise' else 'p'} = {level:g}")
+        line, = ax.plot([p["depth"] for p in row],
+                        [metric_value(p["table"], metric) for p in row], marker="o",
+                        label=f"{'σ' if method == 'noise' else 'p'} = {level:g}")
+        ivs = [metric_interval(p["table"], metric) for p in row]
+        if all(iv and None not in iv for iv in ivs):  # the 95 % bootstrap band
+            ax.fill_between([p["depth"] for p in row], [iv[0] for iv in ivs],
+                            [iv[1] for iv in ivs], color=line.get_color(), alpha=0.12)
     ax.set_xlabel("location depth (0 = input, 1 = output)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"infer-{method}: {metric} by location")

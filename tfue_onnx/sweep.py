@@ -24,9 +24,8 @@ from .io import atomic_write_bytes, save_json
 
 NOISE_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DROPOUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-LOWER_IS_BETTER = ("ause",)
-METRICS = tuple(f"{col}_{kind}" for kind in metrics.ERRORS
-                for col in ("mean", "block", "pixel", "pixel_spearman", "ause", "aurg"))
+METRICS = tuple(f"{col}_{kind}" for kind in metrics.ERRORS for col in metrics.COLUMNS)
+METRICS_VERSION = 2  # per-image correlations, Poggi AUSE: older sweep files do not mix
 
 
 def check_metric(metric: str) -> str:
@@ -42,13 +41,19 @@ def metric_value(table: dict, metric: str) -> float:
     return table[kind][col]
 
 
+def metric_interval(table: dict, metric: str):
+    """The bootstrap interval [low, high] of ``metric`` in a table, or None."""
+    col, kind = metric.rsplit("_", 1)
+    return metrics.interval(table, col, kind)
+
+
 def better(metric: str, a: float, b: float) -> bool:
     """Whether value ``a`` beats ``b`` for ``metric`` (NaN never wins)."""
     if a != a:
         return False
     if b != b:
         return True
-    return a < b if metric.split("_")[0] in LOWER_IS_BETTER else a > b
+    return a > b if metrics.higher_is_better(metric.rsplit("_", 1)[0]) else a < b
 
 
 def sweep_locations(info, at=None, at_count=None) -> list:
@@ -75,11 +80,15 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
           rates=None, samples: int = 8, seed: int = 0, metric: str = "pixel_l1",
           out_dir: str | None = None, sigma_mode: str = "absolute", provider: str = "auto",
           progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False,
-          pad=None, layout: str = "auto") -> dict:
+          pad=None, layout: str = "auto", bootstrap: int = metrics.BOOTSTRAP) -> dict:
     """Evaluate every (method, location, level); return the points and the best one.
 
     ``progress`` is called as progress(done, total, point) after each point.
     ``pad`` (pixels per side, or ``"auto"``) and ``layout`` are the Estimator's.
+    Every point's table carries bootstrap intervals (``bootstrap`` resamples of
+    the images, seeded by ``seed``); the best point lists the points whose
+    interval overlaps its own ("not separated" from it). The sampling-free
+    baseline (``metrics.gradient_energy``) is scored once, in ``baseline``.
     """
     from .api import Estimator
     from .model import inspect_model
@@ -98,7 +107,9 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
 
         pad = resolve_pad(info, pad, layout)[0]
     config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
-              "samples": samples, "seed": seed, "sigma_mode": sigma_mode}
+              "samples": samples, "seed": seed, "sigma_mode": sigma_mode,
+              "block_sigma": float(block_sigma), "bootstrap": int(bootstrap),
+              "metrics_version": METRICS_VERSION}
     if pad is not None:
         config["pad"] = pad
     done = _resume(out_dir, config, force)
@@ -106,6 +117,7 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     points = list(done.values())
     total = sum(len(grids[m]) for m in methods) * len(locations)
     finished = len(done)
+    baseline = next((p["baseline"] for p in points if p.get("baseline")), None)
     for method in methods:
         for cand in locations:
             todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
@@ -116,12 +128,21 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
             est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
                             pad=pad, layout=layout)
             for level in todo:
-                result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma)
+                result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma,
+                                  bootstrap=bootstrap, bootstrap_seed=seed,
+                                  baseline=baseline is None)
+                table = result["table"]
+                if baseline is None and "baseline" in table:
+                    baseline = table.pop("baseline")
+                else:
+                    table.pop("baseline", None)
                 point = {"method": method, "at": cand.name, "index": cand.index,
                          "depth": cand.depth, "op": cand.op, "level": float(level),
-                         "table": result["table"],
+                         "table": table,
                          "mean_uncertainty": float(np.mean([i["mean_uncertainty"]
                                                             for i in result["images"]]))}
+                if baseline is not None and not any(p.get("baseline") for p in points):
+                    point["baseline"] = baseline  # stored once, for a resumed sweep
                 points.append(point)
                 finished += 1
                 if out_dir is not None:
@@ -134,13 +155,60 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
                                   metric_value(best["table"], metric)):
             best = p
     summary = {"config": config, "metric": metric, "points": points,
-               "best": None if best is None else {
-                   "method": best["method"], "at": best["at"], "index": best["index"],
-                   "depth": best["depth"], "level": best["level"], "metric": metric,
-                   "value": metric_value(best["table"], metric), "sigma_mode": sigma_mode}}
+               "best": None if best is None else _best(best, points, metric, sigma_mode)}
+    if baseline is not None:
+        summary["baseline"] = baseline
     if out_dir is not None:
         write_sweep(out_dir, summary)
     return summary
+
+
+def _best(best: dict, points: list, metric: str, sigma_mode: str) -> dict:
+    """The best point's summary, with the points its interval does not separate it from."""
+    iv = metric_interval(best["table"], metric)
+    close = []
+    for p in points:
+        if p is best:
+            continue
+        other = metric_interval(p["table"], metric)
+        if metrics.separated(iv, other) is False:
+            close.append({"method": p["method"], "at": p["at"], "depth": p["depth"],
+                          "level": p["level"], "value": metric_value(p["table"], metric),
+                          "interval": other})
+    close.sort(key=lambda c: -c["value"] if c["value"] == c["value"] else float("inf"))
+    if not metrics.higher_is_better(metric.rsplit("_", 1)[0]):
+        close.reverse()
+    return {"method": best["method"], "at": best["at"], "index": best["index"],
+            "depth": best["depth"], "level": best["level"], "metric": metric,
+            "value": metric_value(best["table"], metric), "interval": iv,
+            "sigma_mode": sigma_mode, "not_separated": close}
+
+
+def format_best(summary: dict) -> str:
+    """The sweep's best point as text, with its interval and how many points it is not
+    separated from (their intervals overlap its own)."""
+    b, metric = summary["best"], summary["metric"]
+    if b is None:
+        return "no point was evaluated"
+    iv = b.get("interval")
+    text = (f"best for {metric}: {b['method']} at {b['at']} (index {b['index']}, depth "
+            f"{b['depth']:.2f}), level {b['level']:g}: {b['value']:.4f}")
+    if iv and None not in iv:
+        text += f" [95% interval {iv[0]:.4f}, {iv[1]:.4f}]"
+        close = b.get("not_separated", [])
+        if close:
+            top = ", ".join(f"{c['method']} at depth {c['depth']:.2f} level {c['level']:g} "
+                            f"({c['value']:.4f})" for c in close[:3])
+            text += (f"\nnot separated from {len(close)} other point(s) whose intervals "
+                     f"overlap it, e.g. {top}: the data do not single out one best point")
+        else:
+            text += "\nseparated from every other point (no interval overlaps it)"
+    base = summary.get("baseline")
+    if base:
+        col, kind = metric.rsplit("_", 1)
+        text += (f"\nsampling-free baseline ({base['map'].split(':')[0]}): {metric} = "
+                 f"{base[kind][col]:.4f}")
+    return text
 
 
 def _resume(out_dir, config, force) -> dict:
@@ -180,11 +248,15 @@ def write_sweep(out_dir: str, summary: dict) -> list:
     written = []
     save_json(os.path.join(out_dir, "sweep.json"), summary)
     save_json(os.path.join(out_dir, "best.json"), summary["best"])
-    rows = ["method,at,index,depth,level,mean_uncertainty," + ",".join(METRICS)]
+    metric = summary["metric"]
+    rows = ["method,at,index,depth,level,mean_uncertainty," + ",".join(METRICS) +
+            f",{metric}_low,{metric}_high"]
     for p in summary["points"]:
+        iv = metric_interval(p["table"], metric) or [None, None]
         rows.append(f"{p['method']},{p['at']},{p['index']},{p['depth']},{p['level']},"
                     f"{p['mean_uncertainty']:.6g}," +
-                    ",".join(f"{metric_value(p['table'], m):.6g}" for m in METRICS))
+                    ",".join(f"{metric_value(p['table'], m):.6g}" for m in METRICS) + "," +
+                    ",".join("" if v is None else f"{v:.6g}" for v in iv))
     atomic_write_bytes(os.path.join(out_dir, "sweep.csv"), ("\n".join(rows) + "\n").encode())
     written += [os.path.join(out_dir, n) for n in ("sweep.json", "best.json", "sweep.csv")]
     from .plots import sweep_plot

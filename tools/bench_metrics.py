@@ -37,14 +37,23 @@ def main(argv=None):
     output = ndimage.gaussian_filter(rng.random((n, n)), 4)  # smooth, image-like
     var = rng.random((n, n))
     err = rng.random((n, n))
+    small = metrics.image_stats(var[None, None, :64, :64], output[None, None, :64, :64],
+                                (output + err)[None, None, :64, :64])
+    stats100 = small * 100
     rows = [
         ("local-center-of-mass blocks (sigma 2)", lambda: lcm_blocks(output)),
-        ("block-wise correlation, LCM blocks", lambda: metrics.block_correlation(
-            [var], [err], [output])),
-        ("block-wise correlation, 16x16 grid", lambda: metrics.block_correlation(
-            [var], [err], [output], grid=16)),
-        ("pixel-wise Pearson + Spearman", lambda: metrics.pixel_correlation([var], [err])),
-        ("AUSE/AURG (100 steps)", lambda: metrics.sparsification(var, err)),
+        ("all per-image statistics, LCM blocks, with baseline",
+         lambda: metrics.image_stats(var[None, None], output[None, None],
+                                     (output + err)[None, None])),
+        ("all per-image statistics, 16x16 grid, no baseline",
+         lambda: metrics.image_stats(var[None, None], output[None, None],
+                                     (output + err)[None, None], grid=16, baseline=False)),
+        ("pixel-wise Pearson + Spearman (one image)",
+         lambda: (metrics.image_correlation(var, err),
+                  metrics.image_correlation(var, err, rank=True))),
+        ("AUSE/AURG, Poggi et al. (50 steps)", lambda: metrics.sparsification(var, err)),
+        ("bootstrap, 1000 resamples of 100 images", lambda: metrics.summarize(
+            stats100, bootstrap=1000)),
     ]
     print(f"{n}x{n} map, {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print("| step | best (s) | median (s) |\n|---|---|---|")
