@@ -276,12 +276,12 @@ def format_table(table: dict) -> str:
                  f"resamples, seed {b['seed']}]")
     lines.append(head + ")")
     for kind in metrics.ERRORS:
-        ivs = table.get("intervals", {}).get(kind, {})
         lines.append(f"{kind.upper()} pooled over all pixels of all images: " + ", ".join(
-            f"{c} {_cell(table[kind][c], ivs.get(c))}" for c in POOLED))
-    lines.append("Spearman rank correlation per image, averaged: " + ", ".join(
-        f"{kind.upper()} {_cell(table[kind]['pixel_spearman'], table.get('intervals', {}).get(kind, {}).get('pixel_spearman'))}"  # noqa: E501
-        for kind in metrics.ERRORS))
+            f"{c} {_cell(table[kind][c], metrics.interval(table, c, kind))}" for c in POOLED))
+    spearman = [f"{kind.upper()} " + _cell(table[kind]["pixel_spearman"],
+                                            metrics.interval(table, "pixel_spearman", kind))
+                for kind in metrics.ERRORS]
+    lines.append("Spearman rank correlation per image, averaged: " + ", ".join(spearman))
     skipped = {k: v for k, v in table.get("skipped", {}).items() if v}
     if skipped:
         lines.append("images left out of the per-image means (their error is constant): " +

