@@ -188,3 +188,30 @@ def test_at_auto_by_tolerability(cli, toy, tmp_path, x8):
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",
             "--tolerance", 1e-9, "--out", tmp_path / "o2")
     assert r.exit_code == 2 and "no location and level keeps the mean output" in r.stderr
+
+
+def test_bootstrap_option(cli, tmp_path):
+    from PIL import Image
+
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray((rng.random((24, 20, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"hr{k}.png")
+    pngs = [tmp_path / f"hr{k}.png" for k in range(3)]
+    r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
+            "--sigma", 0.05, "--bootstrap", -1, "--out", tmp_path / "bad")
+    assert r.exit_code == 2 and "--bootstrap must be >= 0, got -1" in r.stderr
+    assert not (tmp_path / "bad").exists()
+    r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
+            "--sigma", 0.05, "--bootstrap", 0, "--out", tmp_path / "none")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    assert "intervals" not in m["table"] and "bootstrap" not in m["table"]
+    assert "[" not in r.stdout.splitlines()[2]  # no intervals printed
+    row = (tmp_path / "none" / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert row[:2] == ["l1", "method"] and row[3:5] == ["", ""]
+    r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
+            "--sigma", 0.05, "--bootstrap", 50, "--seed", 4, "--out", tmp_path / "b50")
+    m = json.loads((tmp_path / "b50" / "metrics.json").read_text())
+    assert m["table"]["bootstrap"] == {"resamples": 50, "seed": 4, "level": 0.95}
