@@ -385,7 +385,9 @@ def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None =
         table["bootstrap"] = {"resamples": bootstrap, "seed": seed, "level": level}
     if n and all(s["baseline"] is not None for s in stats_list):
         base = _rows([s["baseline"] for s in stats_list], bootstrap, seed, level)
-        table["baseline"] = {"map": BASELINE, **base["rows"]}
+        table["baseline"] = {"map": BASELINE, **base["rows"], "per_image": {
+            kind: {c: [s["baseline"][kind][c] for s in stats_list] for c in PER_IMAGE}
+            for kind in ERRORS}}
         if bootstrap:
             table["baseline"]["intervals"] = base["intervals"]
     return table

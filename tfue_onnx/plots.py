@@ -16,9 +16,10 @@ def _pyplot():
     return plt
 
 
-def sweep_plot(path: str, points: list, metric: str, method: str) -> None:
+def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None) -> None:
     """Metric against location depth, one line per level (the paper's Figure 4), with
-    the 95 % bootstrap band of each line where the points carry intervals."""
+    the 95 % bootstrap band of each line where the points carry intervals, and the
+    sampling-free baseline's value (``baseline``: its table) as a dashed line."""
     from .sweep import metric_interval, metric_value
 
     plt = _pyplot()
@@ -32,6 +33,11 @@ def sweep_plot(path: str, points: list, metric: str, method: str) -> None:
         if all(iv and None not in iv for iv in ivs):  # the 95 % bootstrap band
             ax.fill_between([p["depth"] for p in row], [iv[0] for iv in ivs],
                             [iv[1] for iv in ivs], color=line.get_color(), alpha=0.12)
+    if baseline is not None:
+        value = metric_value(baseline, metric)
+        if value == value:
+            ax.axhline(value, color="0.4", linestyle="--", linewidth=1,
+                       label="baseline (edge map)")
     ax.set_xlabel("location depth (0 = input, 1 = output)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"infer-{method}: {metric} by location")

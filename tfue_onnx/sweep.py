@@ -264,7 +264,7 @@ def write_sweep(out_dir: str, summary: dict) -> list:
     for method in sorted({p["method"] for p in summary["points"]}):
         path = os.path.join(out_dir, f"sweep_{method}.png")
         sweep_plot(path, [p for p in summary["points"] if p["method"] == method],
-                   summary["metric"], method)
+                   summary["metric"], method, summary.get("baseline"))
         written.append(path)
     return written
 
