@@ -266,3 +266,33 @@ def test_table_shapes_and_values():
         assert t[kind]["ause"] == pytest.approx(0.0, abs=1e-12)
         assert np.isnan(t[kind]["mean"])  # identical images: no spread to correlate
     assert t["tolerability"]["mean_abs_change"] == 0.0
+
+
+def _point(method, depth, value, iv):
+    return {"method": method, "at": f"t{depth}", "index": int(depth * 10), "depth": depth,
+            "level": 0.1, "table": {"l1": {"pixel": value},
+                                    "intervals": {"l1": {"pixel": iv}}}}
+
+
+def test_sweep_best_lists_the_points_it_is_not_separated_from():
+    from tfue_onnx.sweep import _best, format_best
+
+    points = [_point("noise", 0.2, 0.30, [0.25, 0.35]), _point("noise", 0.5, 0.40, [0.33, 0.47]),
+              _point("dropout", 0.5, 0.36, [0.30, 0.42]), _point("dropout", 0.8, 0.10,
+                                                                 [0.05, 0.15])]
+    best = _best(points[1], points, "pixel_l1", "absolute")
+    assert best["value"] == 0.40 and best["interval"] == [0.33, 0.47]
+    assert [(c["method"], c["depth"]) for c in best["not_separated"]] == [
+        ("dropout", 0.5), ("noise", 0.2)]  # overlapping ones, best first
+    text = format_best({"best": best, "metric": "pixel_l1"})
+    assert "not separated from 2 other point(s)" in text and "0.3600" in text
+    alone = _best(points[1], [points[1], points[3]], "pixel_l1", "absolute")
+    assert alone["not_separated"] == []
+    assert "separated from every other point" in format_best({"best": alone,
+                                                              "metric": "pixel_l1"})
+    # Lower is better for AUSE: the same rule, the other direction.
+    ause = [{**p, "table": {"l1": {"ause": p["table"]["l1"]["pixel"]},
+                            "intervals": {"l1": {"ause": p["table"]["intervals"]["l1"]["pixel"]}}}}
+            for p in points]
+    low = _best(ause[3], ause, "ause_l1", "absolute")
+    assert low["not_separated"] == []

@@ -3,6 +3,8 @@
 import os
 import re
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
 
@@ -31,11 +33,17 @@ def test_python_example_runs(toy, x8, tmp_path, monkeypatch):
     [example] = _blocks("python")
     monkeypatch.chdir(tmp_path)
     os.replace(toy(), tmp_path / "model.onnx")
-    namespace = {"x": x8}
+    target = np.random.default_rng(0).random((1, 2, 8, 8), dtype=np.float32)
+    namespace = {"x": x8, "target": target}
     exec(example, namespace)
     res = namespace["res"]
     assert res.variance.shape == (1, 2, 8, 8) and float(res.variance.mean()) > 0
     assert (tmp_path / "model_uncertainty.onnx").exists()
+    t = namespace["t"]
+    assert t["images"] == 1 and -1 <= t["l1"]["pixel"] <= 1
+    lo, hi = t["intervals"]["l1"]["pixel"]
+    assert lo == hi == t["l1"]["pixel"]  # one image: nothing to resample
+    assert "gradient energy" in t["baseline"]["map"]
 
 
 def test_help_is_instant_without_heavy_imports():
