@@ -665,10 +665,12 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
     def progress(done, total, point):
-        from .sweep import metric_value
+        from .sweep import metric_interval, metric_value
+        iv = metric_interval(point["table"], metric)
+        band = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and None not in iv else ""
         click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
                    f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
-                   f"{metric_value(point['table'], metric):.4f}", err=True)
+                   f"{metric_value(point['table'], metric):.4f}{band}", err=True)
 
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
