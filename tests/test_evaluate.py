@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -138,7 +139,10 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
             "--methods", "noise", "--at", "0.25,0.5", "-n", 4, *NORM, "--out", out]
     r = cli(*args, "--sigmas", "0.1")
     assert r.exit_code == 0, r.output
-    assert r.stderr.count("[") == 2  # two points, with progress lines
+    lines = r.stderr.splitlines()  # two points, with progress lines and intervals
+    assert len(lines) == 2 and all(re.match(r"\[\d/2\] noise at .* level 0.1: pixel_l1 = "
+                                            r"-?\d\.\d{4} \[-?\d\.\d{4}, -?\d\.\d{4}\]$", ln)
+                                   for ln in lines), lines
     # A second run with one more level finishes only the new points.
     r = cli(*args, "--sigmas", "0.1,0.5")
     assert r.exit_code == 0, r.output
