@@ -124,3 +124,37 @@ def test_overflow_raises_no_numpy_warning(tmp_path, strategy):
         res = Estimator(path, Noise(1e4, at="h"), samples=4, seed=0, strategy=strategy)(x)
     assert not np.all(np.isfinite(res.variance))
     assert non_finite(res)["y"]["from_perturbation"] > 0
+
+
+def test_evaluate_leaves_non_finite_images_out_and_refuses_non_finite_targets(tmp_path):
+    from tfue_onnx import Estimator, Noise, TfueError
+    from tfue_onnx.evaluate import evaluate, make_pairs
+    from tfue_onnx.model import inspect_model
+
+    model = log_net(tmp_path / "log.onnx", conv=True)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for k in range(4):
+        x = rng.uniform(1, 2, (3, 8, 8)).astype(np.float32)
+        if k == 1:
+            x[0, 0, 0] = -1.0  # Log of a negative number: NaN in the output
+        np.savez(folder / f"p{k}.npz", x=x, target=np.log(np.abs(x)) + 0.01 * k)
+    info = inspect_model(model)
+    pairs = make_pairs(info, [folder])
+    res = evaluate(Estimator(model, Noise(0.01, at="h"), samples=4, seed=0), pairs, grid=2)
+    assert res["table"]["images"] == 3  # p1 left out
+    assert any("1 image(s) have NaN/Inf" in n and "p1" in n for n in res["notes"])
+    assert np.isfinite(res["table"]["l1"]["pixel"])
+    assert np.isnan(res["images"][1]["pixel_l1"])
+    # Every image non-finite: the table holds NaN, not a crash.
+    bad = evaluate(Estimator(model, Noise(0.01, at="h"), samples=4, seed=0), pairs[1:2])
+    assert bad["table"]["images"] == 0 and np.isnan(bad["table"]["l1"]["pixel"])
+    # A target with NaN is refused, naming the file.
+    x = rng.uniform(1, 2, (3, 8, 8)).astype(np.float32)
+    t = np.log(x)
+    t[0, 2, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, target=t)
+    [pair] = make_pairs(info, [tmp_path / "nan.npz"])
+    with pytest.raises(TfueError, match=r"the target of '.*nan.npz' holds 1 NaN/Inf value"):
+        evaluate(Estimator(model, Noise(0.01, at="h"), samples=4, seed=0), [pair])

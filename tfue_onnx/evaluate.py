@@ -183,8 +183,20 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                     "output"))
         unc = res.uncertainty
         err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
-        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline)
-        stats += found
+        if not np.all(np.isfinite(target)):
+            raise TfueError(f"the target of '{pair.source}' holds "
+                            f"{int(np.size(target) - np.count_nonzero(np.isfinite(target)))} "
+                            "NaN/Inf value(s)", "give finite targets (crop or fill the "
+                            "invalid pixels)")
+        finite = bool(np.all(np.isfinite(res.output)) and np.all(np.isfinite(unc)))
+        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline) \
+            if finite else None
+        if not finite:  # the run says why (warnings); the metrics leave the image out
+            notes.setdefault("non_finite", []).append(pair.name)
+            found = [{"method": {kind: {col: float("nan") for col in metrics.PER_IMAGE}
+                                 for kind in metrics.ERRORS}}]
+        else:
+            stats += found
         tol.append(metrics.tolerability(res.mean if res.mean is not None else res.output,
                                         res.output))
         item = {"name": pair.name, "input": pair.source,
@@ -205,6 +217,13 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
     table["tolerability"] = {key: float(np.mean([t[key] for t in tol])) if tol else
                              float("nan") for key in ("mean_abs_change", "relative_change")}
     result = {"metadata": meta, "table": table, "images": per_image}
+    if "non_finite" in notes:
+        names = notes.pop("non_finite")
+        notes["non_finite"] = (
+            f"{len(names)} image(s) have NaN/Inf in the output or the uncertainty and are "
+            f"left out of the metrics: {', '.join(names[:5])}"
+            f"{' ...' if len(names) > 5 else ''} (the model or the perturbation overflows "
+            "there: lower the level or perturb elsewhere)")
     if notes:
         result["notes"] = list(notes.values())
     return result

@@ -324,6 +324,10 @@ def _rows(per_images: list, bootstrap: int, seed: int, level: float) -> dict:
     """Summary values (and intervals) per error kind for a list of per-image stats."""
     n = len(per_images)
     rows, intervals, skipped = {}, {}, {}
+    if n == 0:  # nothing to summarise (every image was left out)
+        nan = {c: float("nan") for c in COLUMNS}
+        return {"rows": {kind: dict(nan) for kind in ERRORS}, "intervals": {},
+                "skipped": {kind: 0 for kind in ERRORS}}
     every = np.arange(n)
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, n, size=(bootstrap, n)) if bootstrap and n else None
