@@ -185,7 +185,8 @@ def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", m
 def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed,
                    pad=None, layout="auto"):
     """(location, level) for --at auto, said on stderr with the reason."""
-    from .sweep import choose_by_tolerability, load_best
+    from .choose import choose_by_agreement
+    from .sweep import load_best
 
     if method not in ("noise", "dropout"):
         raise TfueError(f"--at auto chooses a location for noise or dropout, not {method}",
@@ -199,9 +200,9 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"{sweep_result}: the best {best.get('metric')} "
                    f"({best.get('value')}) of that sweep", err=True)
         return best["at"], best["level"]
-    pick = choose_by_tolerability(model, method, auto_feeds(model), tolerance=tolerance,
-                                  sigma_mode=sigma_mode, seed=0 if seed is None else seed,
-                                  pad=pad, layout=layout)
+    pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
+                               sigma_mode=sigma_mode, seed=0 if seed is None else seed,
+                               pad=pad, layout=layout)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
     return pick["at"], pick["level"]
