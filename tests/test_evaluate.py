@@ -152,6 +152,7 @@ def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stderr.splitlines() if "--at auto picked" in ln)
     assert "agrees best with infer-transformation's (d4)" in line and "<= 10%" in line
+    assert "that agreement is weak" in line  # a random toy: nothing agrees
     s = json.loads(r.stdout)
     assert s["location"] in ("c1", "r1", "c2") and 0 < s["level"] <= 0.5  # intermediate
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",

@@ -27,6 +27,8 @@ from .errors import TfueError
 
 REFERENCE = "d4"  # the infer-transformation set whose variance map is the reference
 LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # the sweep's grid (sweep.NOISE_LEVELS)
+# Below this the reason says the pick is weak (the picks measured agree 0.4-0.6).
+WEAK_AGREEMENT = 0.1
 
 
 def interior_locations(info, at_count: int = 8) -> list:
@@ -186,6 +188,9 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
         f"<= {tolerance:.0%}), its variance map agrees best with infer-transformation's "
         f"({transforms}): per-image correlation {best['agreement']:.3f} (mean output moves "
         f"{best['relative_change']:.2%})")
+    if best["agreement"] < WEAK_AGREEMENT:
+        pick["reason"] += ("; that agreement is weak, so the choice is little better than a "
+                           "guess: with targets, 'tfue sweep' and --sweep-result choose better")
     return pick
 
 
