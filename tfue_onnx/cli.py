@@ -257,8 +257,9 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
                tolerance=0.05, auto_feeds=None, pad=None, **kw):
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
-    ``--at auto`` is resolved here, from a sweep result or by tolerability on
-    ``auto_feeds(model)``, and what was picked and why goes to stderr. With
+    ``--at auto`` is resolved here, from a sweep result or without targets on
+    ``auto_feeds(model)`` (``choose.choose_by_agreement``: the point whose variance agrees
+    best with infer-transformation's), and what was picked and why goes to stderr. With
     ``--method ensemble`` folders are expanded into members (each file once,
     non-members skipped) and the member list goes to stderr.
     """
