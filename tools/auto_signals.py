@@ -10,7 +10,7 @@ evaluated on the held-out split (per-image pixel correlation, N=8, seed 0) and
 divided by the sweep's pick (from W/NAME.json) evaluated the same way.
 
 - tolerability: the strongest level whose mean output moves <= 5% at each location,
-  then the largest mean variance (the previous ``--at auto``);
+  then the largest mean variance (the previous ``--at auto``, here at N=8);
 - agreement: per-image Pearson correlation of the variance map with the d4
   infer-transformation variance map (``choose.choose_by_agreement``), levels
   within 5%; also without the 5% bound, and with Spearman instead of Pearson;

@@ -290,7 +290,14 @@ def main(argv=None):
             f.write("# --at auto (no targets) against a full sweep (targets)\n\nMade by "
                     "`python tools/auto_vs_sweep.py` (its docstring says how). Held-out "
                     "per-image pixel correlation (L1) at N=32; picks as "
-                    "index (depth) @ level.\n\n" + text + "\n")
+                    "index (depth) @ level.\n\n" + text + "\n\n"
+                    "- sweep: the best of 8 locations x 6 levels on the calibration split "
+                    "(N=8, targets);\n"
+                    "- auto: `choose.choose_by_agreement` (the `--at auto` of this version) on "
+                    "the first 4 calibration inputs, N=8, mean output within 5%, no targets;\n"
+                    "- old: `sweep.choose_by_tolerability` (the previous `--at auto`);\n"
+                    "- d4 transform: infer-transformation itself (8 transforms), for "
+                    "reference.\n")
 
 
 if __name__ == "__main__":
