@@ -180,13 +180,14 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
     assert s["location"] == best["at"] and s["level"] == best["level"]
 
 
-def test_at_auto_by_tolerability(cli, toy, tmp_path, x8):
+def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):
     np.save(tmp_path / "x.npy", x8)
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",
             "--tolerance", 0.1, "--out", tmp_path / "o", "--json")
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stderr.splitlines() if "--at auto picked" in ln)
-    assert "strongest tolerable dropout level" in line and "<= 10%" in line
+    assert "agrees best with infer-transformation's (d4)" in line and "<= 10%" in line
+    assert "that agreement is weak" in line  # a random toy: nothing agrees
     s = json.loads(r.stdout)
     assert s["location"] in ("c1", "r1", "c2") and 0 < s["level"] <= 0.5  # intermediate
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",

@@ -185,7 +185,8 @@ def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", m
 def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed,
                    pad=None, layout="auto"):
     """(location, level) for --at auto, said on stderr with the reason."""
-    from .sweep import choose_by_tolerability, load_best
+    from .choose import choose_by_agreement
+    from .sweep import load_best
 
     if method not in ("noise", "dropout"):
         raise TfueError(f"--at auto chooses a location for noise or dropout, not {method}",
@@ -199,9 +200,9 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"{sweep_result}: the best {best.get('metric')} "
                    f"({best.get('value')}) of that sweep", err=True)
         return best["at"], best["level"]
-    pick = choose_by_tolerability(model, method, auto_feeds(model), tolerance=tolerance,
-                                  sigma_mode=sigma_mode, seed=0 if seed is None else seed,
-                                  pad=pad, layout=layout)
+    pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
+                               sigma_mode=sigma_mode, seed=0 if seed is None else seed,
+                               pad=pad, layout=layout)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
     return pick["at"], pick["level"]
@@ -256,8 +257,9 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
                tolerance=0.05, auto_feeds=None, pad=None, **kw):
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
-    ``--at auto`` is resolved here, from a sweep result or by tolerability on
-    ``auto_feeds(model)``, and what was picked and why goes to stderr. With
+    ``--at auto`` is resolved here, from a sweep result or without targets on
+    ``auto_feeds(model)`` (``choose.choose_by_agreement``: the point whose variance agrees
+    best with infer-transformation's), and what was picked and why goes to stderr. With
     ``--method ensemble`` folders are expanded into members (each file once,
     non-members skipped) and the member list goes to stderr.
     """
