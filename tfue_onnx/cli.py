@@ -590,7 +590,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
         return _pairs(info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
                       channel_order, scale, norm_mean, norm_std, resize)
 
-    def auto_feeds(first):  # --at auto by tolerability: the first pairs' inputs
+    def auto_feeds(first):  # --at auto without a sweep: the first pairs' inputs
         from .model import inspect_model
 
         return [p.load()[0] for p in pairs_for(inspect_model(first))[:4]]

@@ -5,9 +5,10 @@ calibration set. Every finished point is appended to ``sweep.jsonl`` at once,
 so a stopped sweep resumes where it was. One session per (method, location)
 serves every level: the level is an input of the uncertainty graph.
 
-``choose`` picks a (location, level) for ``--at auto``: from a saved sweep
-(the best point for its metric), or without targets by tolerability (the
-strongest perturbation whose mean output stays within a tolerance).
+``load_best`` gives ``--at auto`` the best point of a saved sweep; without
+targets, ``choose.choose_by_agreement`` picks (and falls back to
+``choose_by_tolerability`` here: the strongest perturbation whose mean output
+stays within a tolerance).
 """
 
 from __future__ import annotations
