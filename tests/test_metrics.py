@@ -296,3 +296,24 @@ def test_sweep_best_lists_the_points_it_is_not_separated_from():
             for p in points]
     low = _best(ause[3], ause, "ause_l1", "absolute")
     assert low["not_separated"] == []
+
+
+def test_l1_and_l2_rank_pixels_of_several_channels_differently():
+    # Pixel A errs by (1, 1, 1), pixel B by (0, 0, 2.5): L1 (channel mean of |d|) ranks A
+    # above B (1 > 0.83), L2 (channel mean of d^2) ranks B above A (2.08 > 1).
+    rng = np.random.default_rng(3)
+    out = np.zeros((1, 3, 6, 6))
+    d = rng.random((1, 3, 6, 6)) * np.where(rng.random((1, 3, 6, 6)) < 0.3, 3.0, 0.3)
+    var = np.abs(d).mean(1, keepdims=True).repeat(3, 1)  # the L1 error itself
+    t = metrics.table([var], [out], [out + d], grid=2, baseline=False)
+    e1, e2 = np.abs(d).mean(1)[0], (d ** 2).mean(1)[0]
+    v = var.mean(1)[0]
+    assert t["l1"]["pixel_spearman"] == pytest.approx(1.0)
+    assert t["l2"]["pixel_spearman"] == pytest.approx(metrics.spearman(v, e2))
+    assert t["l2"]["pixel_spearman"] < 1 - 1e-6  # with L1's ranks it would be 1
+    assert t["l1"]["ause"] == pytest.approx(0.0, abs=1e-12)
+    assert t["l2"]["ause"] == pytest.approx(metrics.sparsification(v, e2, "l2")["ause"])
+    assert t["l2"]["ause"] > 0  # the L2 oracle is its own, not L1's
+    from scipy import stats as sps
+    _, ranks = metrics._order_and_ranks(np.array([3.0, 1.0, 3.0, 2.0, 1.0]))
+    np.testing.assert_array_equal(ranks, sps.rankdata([3.0, 1.0, 3.0, 2.0, 1.0]))

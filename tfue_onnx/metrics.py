@@ -249,24 +249,35 @@ def _blocks(o, sigma, grid) -> np.ndarray:
     return (grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)).ravel()
 
 
+def _order_and_ranks(values: np.ndarray):
+    """(ascending argsort, average ranks 1..n with ties averaged, like
+    ``scipy.stats.rankdata``) of a flat array, from one sort."""
+    order = np.argsort(values)
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    counts = np.diff(np.r_[starts, ordered.size])
+    ranks = np.empty(ordered.size)
+    ranks[order] = np.repeat(starts + (counts + 1) / 2.0, counts)
+    return order, ranks
+
+
 def _map_stats(u, errors: dict, labels) -> dict:
-    """Per-image numbers of uncertainty map ``u`` against each error map in ``errors``
-    (L1 and L2 errors rank pixels alike, so sorts and ranks are shared)."""
+    """Per-image numbers of uncertainty map ``u`` against each error in ``errors``:
+    kind -> (flat error map, its ascending order, its average ranks)."""
     u = np.ravel(u).astype(np.float64)
+    order_u, ranks_u = _order_and_ranks(u)
     count = np.bincount(labels)
     keep = count > 0
     bu = np.bincount(labels, u)[keep] / count[keep]
-    e1 = np.ravel(next(iter(errors.values())))
-    orders = (np.argsort(-u), np.argsort(-e1))
-    rank = float("nan") if e1.size < 2 or _flat(e1) else 0.0 if _flat(u) else \
-        pearson(stats.rankdata(u), stats.rankdata(e1))
     found = {}
-    for kind, e in errors.items():
-        e = np.ravel(e)
+    for kind, (e, order_e, ranks_e) in errors.items():
         be = np.bincount(labels, e)[keep] / count[keep]
-        sp = sparsification(u, e, kind, _orders=orders)
+        # Most uncertain first: the descending orders (ties stay together either way).
+        sp = sparsification(u, e, kind, _orders=(order_u[::-1], order_e[::-1]))
         block = float("nan") if _flat(be) else (
             0.0 if _flat(bu) or _flat(u) else pearson(bu, be, count[keep]))
+        rank = float("nan") if e.size < 2 or _flat(e) else 0.0 if _flat(u) else \
+            pearson(ranks_u, ranks_e)
         found[kind] = {"pixel": image_correlation(u, e), "pixel_spearman": rank,
                        "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
                        "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
@@ -297,7 +308,12 @@ def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
     found = []
     for k, (u, o) in enumerate(zip(image_maps(uncertainty), image_maps(output))):
         labels = _blocks(o, sigma, grid)
-        per_kind = {kind: errors[kind][k] for kind in ERRORS}
+        # Each error map is sorted once, for the method's map and the baseline's.
+        # (L1 and L2 maps of several channels rank pixels differently.)
+        per_kind = {}
+        for kind in ERRORS:
+            e = np.ravel(errors[kind][k])
+            per_kind[kind] = (e, *_order_and_ranks(e))
         base = gradient_energy(o) if baseline else None
         found.append({"method": _map_stats(u, per_kind, labels),
                       "baseline": None if base is None else _map_stats(base, per_kind, labels)})
