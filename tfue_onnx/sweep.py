@@ -26,7 +26,7 @@ from .io import atomic_write_bytes, save_json
 NOISE_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DROPOUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 METRICS = tuple(f"{col}_{kind}" for kind in metrics.ERRORS for col in metrics.COLUMNS)
-METRICS_VERSION = 2  # per-image correlations, Poggi AUSE: older sweep files do not mix
+METRICS_VERSION = 3  # per-image correlations, Poggi AUSE, L2 own order: older sweeps do not mix
 
 
 def check_metric(metric: str) -> str:
