@@ -220,3 +220,24 @@ def test_bootstrap_option(cli, tmp_path):
             "--sigma", 0.05, "--bootstrap", 50, "--seed", 4, "--out", tmp_path / "b50")
     m = json.loads((tmp_path / "b50" / "metrics.json").read_text())
     assert m["table"]["bootstrap"] == {"resamples": 50, "seed": 4, "level": 0.95}
+
+
+def test_bootstrap_is_seeded_by_the_runs_own_seed(tmp_path):
+    from PIL import Image
+
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    rng = np.random.default_rng(1)
+    for k in range(5):
+        Image.fromarray((rng.random((24, 20, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"hr{k}.png")
+    info = inspect_model(model)
+    pairs = make_pairs(info, [tmp_path / f"hr{k}.png" for k in range(5)], sr_scale=2)
+    from tfue_onnx import Transform
+    a = evaluate(Estimator(model, Transform("d4")), pairs, bootstrap=200)  # no seed given
+    b = evaluate(Estimator(model, Transform("d4")), pairs, bootstrap=200)
+    seed_a = a["metadata"]["seed"]
+    assert a["table"]["bootstrap"]["seed"] == seed_a
+    # The recorded seed repeats the intervals.
+    c = evaluate(Estimator(model, Transform("d4"), seed=seed_a), pairs, bootstrap=200)
+    assert c["table"]["intervals"] == a["table"]["intervals"]
+    assert b["table"]["bootstrap"]["seed"] == b["metadata"]["seed"]

@@ -528,7 +528,7 @@ def pair_options(f):
                           "block correlation rises with it."),
         click.option("--bootstrap", type=int, default=1000, show_default=True,
                      help="Resamples of the images for the 95% intervals of every metric "
-                          "(seeded by --seed); 0 for none."),
+                          "(seeded by the run's seed); 0 for none."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -603,7 +603,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
         try:
             result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma,
                                     grid=block_grid, progress=_progress_for_stderr(),
-                                    bootstrap=bootstrap, bootstrap_seed=perturbation["seed"])
+                                    bootstrap=bootstrap)
         finally:
             _notes(est, verbose)
         files = write_evaluation(out_dir, result)

@@ -138,7 +138,7 @@ def _sr_loader(path, info, scale, options, output, target_scale):
 
 def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=None,
              level=None, progress=None, pictures=True, loaded=None,
-             bootstrap: int = metrics.BOOTSTRAP, bootstrap_seed: int = 0,
+             bootstrap: int = metrics.BOOTSTRAP, bootstrap_seed: int | None = None,
              baseline: bool = True) -> dict:
     """Run ``estimator`` on ``pairs``; return the metrics table and per-image numbers.
 
@@ -156,7 +156,9 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
         level: a level for the estimator's call (sweeps), or None.
         progress: wraps the pair list for display.
         loaded: the pairs' (feeds, target) already read (a sweep reads them once).
-        bootstrap: resamples for the 95 % intervals (0: none); bootstrap_seed seeds them.
+        bootstrap: resamples for the 95 % intervals (0: none); bootstrap_seed seeds
+            them (None: the run's own seed from its metadata, so a run repeated with
+            that --seed repeats its intervals too; 0 when it has none).
         baseline: also score the gradient-energy baseline map.
 
     Returns:
@@ -213,6 +215,9 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                 path = os.path.join(out_dir, f"{pair.name}.eval.png")
                 save_png(path, picture)
                 per_image[-1]["picture"] = path
+    if bootstrap_seed is None:
+        bootstrap_seed = (meta or {}).get("seed")
+        bootstrap_seed = 0 if bootstrap_seed is None else int(bootstrap_seed)
     table = metrics.summarize(stats, sigma, grid, bootstrap, bootstrap_seed)
     table["tolerability"] = {key: float(np.mean([t[key] for t in tol])) if tol else
                              float("nan") for key in ("mean_abs_change", "relative_change")}

@@ -164,9 +164,9 @@ def run_family(name, fam, work, train, held, metric):
         sweep_summary = json.load(f)
     best = best_per_method(os.path.join(sweep_dir, "sweep.json"), metric)
     runs = [("infer-transformation (rot: 4 rotations)", 4, plain, [],
-             ["--method", "transform", "--transforms", "rot"]),
+             ["--method", "transform", "--transforms", "rot", "--seed", 0]),
             ("infer-transformation (d4: rotations x flip)", 8, plain, [],
-             ["--method", "transform", "--transforms", "d4"])]
+             ["--method", "transform", "--transforms", "d4", "--seed", 0])]
     for method, flag in (("dropout", "--rate"), ("noise", "--sigma")):
         b = best[method]
         runs.append((f"infer-{method} ({flag[2:]} {b['level']:g} at depth {b['depth']:.2f})",
@@ -191,7 +191,7 @@ def run_family(name, fam, work, train, held, metric):
     scales = []
     for s in SIGMAS:
         t = evaluate(fwork, f"sigma{s}", plain, held, ["--method", "transform",
-                                                       "--transforms", "d4",
+                                                       "--transforms", "d4", "--seed", 0,
                                                        "--block-sigma", s], (), pad)["table"]
         scales.append((s, t["l1"]["block"], t["l1"]["block_pooled"],
                        t["baseline"]["l1"]["block"]))
