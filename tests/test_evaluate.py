@@ -205,8 +205,8 @@ def test_bootstrap_option(cli, tmp_path):
             tmp_path / f"hr{k}.png")
     pngs = [tmp_path / f"hr{k}.png" for k in range(3)]
     r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
-            "--sigma", 0.05, "--bootstrap", -1, "--out", tmp_path / "bad")
-    assert r.exit_code == 2 and "--bootstrap must be >= 0, got -1" in r.stderr
+            "--sigma", 0.05, "--bootstrap", 7, "--out", tmp_path / "bad")
+    assert r.exit_code == 2 and "--bootstrap must be 0 or at least 100, got 7" in r.stderr
     assert not (tmp_path / "bad").exists()
     r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
             "--sigma", 0.05, "--bootstrap", 0, "--out", tmp_path / "none")
@@ -217,9 +217,9 @@ def test_bootstrap_option(cli, tmp_path):
     row = (tmp_path / "none" / "metrics.csv").read_text().splitlines()[1].split(",")
     assert row[:2] == ["l1", "method"] and row[3:5] == ["", ""]
     r = cli("evaluate", model, *pngs, "--sr-scale", 2, "--method", "noise", "--at", "c",
-            "--sigma", 0.05, "--bootstrap", 50, "--seed", 4, "--out", tmp_path / "b50")
+            "--sigma", 0.05, "--bootstrap", 100, "--seed", 4, "--out", tmp_path / "b50")
     m = json.loads((tmp_path / "b50" / "metrics.json").read_text())
-    assert m["table"]["bootstrap"] == {"resamples": 50, "seed": 4, "level": 0.95}
+    assert m["table"]["bootstrap"] == {"resamples": 100, "seed": 4, "level": 0.95}
 
 
 def test_bootstrap_is_seeded_by_the_runs_own_seed(tmp_path):
@@ -241,3 +241,116 @@ def test_bootstrap_is_seeded_by_the_runs_own_seed(tmp_path):
     c = evaluate(Estimator(model, Transform("d4"), seed=seed_a), pairs, bootstrap=200)
     assert c["table"]["intervals"] == a["table"]["intervals"]
     assert b["table"]["bootstrap"]["seed"] == b["metadata"]["seed"]
+
+
+def _nhwc_net(path, channels=8):
+    """x [N, H, W, 3] -> 1x1 conv to ``channels`` -> Tanh -> y [N, H, W, channels]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 0.5, (channels, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"]),
+             helper.make_node("Tanh", ["c"], ["h"]),
+             helper.make_node("Transpose", ["h"], ["y"], perm=[0, 2, 3, 1])]
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                      ["n", "h", "w", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "h", "w", channels])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_evaluate_reads_the_runs_own_image_axes(tmp_path):
+    # NHWC with 8 channels: the layout guess would read W x C maps; the run's spatial
+    # axes say H x W.
+    model = _nhwc_net(tmp_path / "nhwc8.onnx")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for k in range(3):
+        np.savez(folder / f"p{k}.npz", x=rng.random((12, 10, 3), dtype=np.float32),
+                 target=rng.random((12, 10, 8), dtype=np.float32))
+    pairs = make_pairs(inspect_model(model), [folder])
+    res = evaluate(Estimator(model, Noise(0.3, at="t"), samples=4, seed=0), pairs,
+                   out_dir=tmp_path, bootstrap=0)
+    from tfue_onnx import metrics
+    per = []
+    for k, pair in enumerate(pairs):
+        feeds, target = pair.load()
+        r = Estimator(model, Noise(0.3, at="t"), samples=4, seed=0)(feeds)
+        assert r.metadata["spatial_axes"] == {"y": [1, 2]}
+        v, e = r.variance[0].mean(-1), np.abs(r.output - target)[0].mean(-1)  # 12 x 10
+        per.append(metrics.pearson(v, e))
+    assert res["table"]["l1"]["pixel"] == pytest.approx(np.mean(per), rel=1e-6)
+    from PIL import Image
+    with Image.open(tmp_path / "p0.eval.png") as im:
+        assert im.size == (3 * 10 + 8, 12)  # three H x W panels
+    maps = metrics.image_maps(np.zeros((2, 6, 5, 8)), hw_axes=(1, 2))
+    assert len(maps) == 2 and maps[0].shape == (6, 5)
+
+
+def test_vector_outputs_get_no_blocks_and_no_baseline(tmp_path):
+    model = toys.classifier_net(tmp_path / "cls.onnx", softmax=False)
+    info = inspect_model(model)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    shape = [d if isinstance(d, int) else 1 for d in info.inputs[0].shape][1:]
+    for k in range(3):
+        np.savez(folder / f"p{k}.npz", x=rng.random(shape, dtype=np.float32),
+                 target=rng.random(4, dtype=np.float32))
+    res = evaluate(Estimator(model, Noise(0.2, at="0.5"), samples=4, seed=0),
+                   make_pairs(info, [folder]), out_dir=tmp_path)
+    t = res["table"]
+    assert np.isnan(t["l1"]["block"]) and np.isnan(t["l1"]["block_pooled"])
+    assert "baseline" not in t and np.isfinite(t["l1"]["pixel"])
+    assert not any("picture" in item for item in res["images"])
+    assert not list(tmp_path.glob("*.eval.png"))
+
+
+def test_a_float32_constant_error_counts_as_constant():
+    out = np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32)
+    tgt = out + np.float32(0.1)  # the error is 0.1 up to float32 rounding
+    var = np.random.default_rng(1).random((1, 1, 8, 8))
+    t = metrics_table([var], [out], [tgt])
+    assert t["skipped"] == {"l1": 1, "l2": 1} and np.isnan(t["l1"]["pixel"])
+
+
+def metrics_table(*args, **kw):
+    from tfue_onnx import metrics
+    return metrics.table(*args, **kw)
+
+
+def test_block_and_bootstrap_options_are_checked_before_any_work(cli, tmp_path):
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    from PIL import Image
+    Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(tmp_path / "hr.png")
+    for opt, value, text in (("--block-grid", 0, "--block-grid must be a whole number of "
+                                                   "pixels >= 1, got 0"),
+                             ("--block-grid", -1, "--block-grid must be"),
+                             ("--block-sigma", 0, "--block-sigma must be > 0, got 0.0"),
+                             ("--bootstrap", 1, "--bootstrap must be 0 or at least 100")):
+        r = cli("evaluate", model, tmp_path / "hr.png", "--sr-scale", 2, "--method", "noise",
+                "--at", "c", opt, value, "--out", tmp_path / "ev")
+        assert r.exit_code == 2 and text in r.stderr, (opt, r.stderr)
+        assert "sampling" not in r.stderr and not (tmp_path / "ev").exists()
+
+
+def test_a_failed_sweep_leaves_no_folder(cli, tmp_path):
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    from PIL import Image
+    Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "t").mkdir()
+    np.save(tmp_path / "t" / "x.npy", np.zeros((3, 5, 5), np.float32))  # wrong shape
+    r = cli("sweep", model, tmp_path / "x.png", "--targets", tmp_path / "t", "--methods",
+            "noise", "--at", "c", "--sigmas", "0.1", "-n", 2, "--out", tmp_path / "sw")
+    assert r.exit_code == 2 and "target has shape" in r.stderr, r.stderr
+    assert not (tmp_path / "sw").exists()
+    r = cli("sweep", model, tmp_path / "x.png", "--targets", tmp_path / "t", "--methods",
+            "noise", "--block-sigma", 0, "--out", tmp_path / "sw")
+    assert r.exit_code == 2 and "--block-sigma must be > 0" in r.stderr
+    assert not (tmp_path / "sw").exists()

@@ -34,9 +34,10 @@ def _as_output(m):
 
 def test_pixel_correlation_per_image_then_averaged():
     # Image A: r = 1. Image B: v = [0, 1, 2], e = [0, 2, 1]: r = 0.5. Mean 0.75.
-    va, ea = [[0, 1, 2]], [[0, 1, 2]]
-    vb, eb = [[0, 1, 2]], [[10, 12, 11]]
-    zeros = _as_output([[0, 0, 0]])
+    # 3 x 3 images (each row repeated: the correlations are those of the rows).
+    va, ea = [[0, 1, 2]] * 3, [[0, 1, 2]] * 3
+    vb, eb = [[0, 1, 2]] * 3, [[10, 12, 11]] * 3
+    zeros = _as_output([[0, 0, 0]] * 3)
     t = metrics.table([_as_output(va), _as_output(vb)], [zeros, zeros],
                       [_as_output(ea), _as_output(eb)], grid=1, baseline=False)
     assert t["l1"]["pixel"] == pytest.approx(0.75)
@@ -94,8 +95,13 @@ def test_block_correlation_with_a_grid():
     labels = grid_blocks(v.shape, 2)
     np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(block_means(v, labels), [[1, 1, 3, 3], [1, 1, 3, 3]])
-    t = metrics.table([_as_output(v)], [_as_output(v)], [_as_output(v + e)], grid=2)
+    # As a 4 x 4 image (the two rows repeated): four blocks, means v 1, 3, 1, 3, e 2, 1, 2, 1.
+    v4, e4 = np.vstack([v, v]), np.vstack([e, e])
+    t = metrics.table([_as_output(v4)], [_as_output(v4)], [_as_output(v4 + e4)], grid=2)
     assert t["l1"]["block"] == pytest.approx(-1.0)
+    # A 2 x 4 map is not an image: no blocks, no baseline.
+    t = metrics.table([_as_output(v)], [_as_output(v)], [_as_output(v + e)], grid=2)
+    assert np.isnan(t["l1"]["block"]) and "baseline" not in t
 
 
 def test_lcm_blocks_follow_the_bumps():
@@ -213,6 +219,8 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_images():
     assert "intervals" not in metrics.table(*_noisy_images(4, 0), grid=4)
     with pytest.raises(metrics.TfueError, match="bootstrap"):
         metrics.table(*_noisy_images(2, 0), bootstrap=-1)
+    with pytest.raises(metrics.TfueError, match="at least 100"):
+        metrics.table(*_noisy_images(2, 0), bootstrap=1)
 
 
 def test_separated():

@@ -139,7 +139,8 @@ def test_evaluate_leaves_non_finite_images_out_and_refuses_non_finite_targets(tm
         x = rng.uniform(1, 2, (3, 8, 8)).astype(np.float32)
         if k == 1:
             x[0, 0, 0] = -1.0  # Log of a negative number: NaN in the output
-        np.savez(folder / f"p{k}.npz", x=x, target=np.log(np.abs(x)) + 0.01 * k)
+        np.savez(folder / f"p{k}.npz", x=x,
+                 target=np.log(np.abs(x)) + 0.01 * rng.random(x.shape).astype(np.float32))
     info = inspect_model(model)
     pairs = make_pairs(info, [folder])
     res = evaluate(Estimator(model, Noise(0.01, at="h"), samples=4, seed=0), pairs, grid=2)

@@ -182,6 +182,15 @@ def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", m
                      transforms=transforms, layout=layout, members=members)
 
 
+def _rounded(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _band(interval) -> str:
+    return f", 95% interval {interval[0]:.4f} to {interval[1]:.4f}" \
+        if interval and None not in interval else ""
+
+
 def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed,
                    pad=None, layout="auto"):
     """(location, level) for --at auto, said on stderr with the reason."""
@@ -198,7 +207,8 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                             f"use --method {best['method']}, or another sweep result")
         click.echo(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
                    f"{sweep_result}: the best {best.get('metric')} "
-                   f"({best.get('value')}) of that sweep", err=True)
+                   f"({_rounded(best.get('value'))}"
+                   f"{_band(best.get('interval'))}) of that sweep", err=True)
         return best["at"], best["level"]
     pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
                                sigma_mode=sigma_mode, seed=0 if seed is None else seed,
@@ -525,10 +535,10 @@ def pair_options(f):
         click.option("--resize", default=None, help="Resize input images to HxW."),
         click.option("--block-sigma", type=float, default=2.0, show_default=True,
                      help="Smoothing scale of the local-center-of-mass blocks (pixels); "
-                          "block correlation rises with it."),
+                          "block correlation depends on it: compare at one scale."),
         click.option("--bootstrap", type=int, default=1000, show_default=True,
                      help="Resamples of the images for the 95% intervals of every metric "
-                          "(seeded by the run's seed); 0 for none."),
+                          "(seeded by the run's seed); 0 for none, else at least 100."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -547,12 +557,6 @@ def _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order,
                       target_scale=target_scale)
 
 
-def _check_bootstrap(bootstrap):
-    if bootstrap < 0:
-        raise TfueError(f"--bootstrap must be >= 0, got {bootstrap}",
-                        "e.g. --bootstrap 1000, or --bootstrap 0 for no intervals")
-
-
 def _refuse_existing(paths, force):
     """Refuse, before any work, to overwrite result files without --force."""
     if force:
@@ -569,7 +573,7 @@ def _refuse_existing(paths, force):
 @perturbation_options
 @pair_options
 @click.option("--block-grid", type=int, default=None,
-              help="Use a fixed grid of NxN blocks instead of the local center of mass.")
+              help="Use square blocks N px on a side instead of the local center of mass.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for metrics.json, metrics.csv and NAME.eval.png pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
@@ -583,7 +587,10 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     from .io import cleanup_out_dir, prepare_out_dir
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
-    _check_bootstrap(bootstrap)
+    from .metrics import check_blocks, check_bootstrap
+
+    check_bootstrap(bootstrap)
+    check_blocks(block_sigma, block_grid)
     models, inputs = _split_members(model, inputs, perturbation["method"])
 
     def pairs_for(info):
@@ -617,7 +624,9 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     click.echo(f"{m['method']} at {m['at']}, N={m['samples']}, seed {m['seed']}, "
                f"provider {m['provider']}: correlation of uncertainty with error")
     click.echo(format_table(result["table"]))
-    click.echo("wrote " + ", ".join(files) + f" and {len(pairs)} picture(s) in {out_dir}")
+    pictures = sum(1 for item in result["images"] if item.get("picture"))
+    click.echo("wrote " + ", ".join(files) + (f" and {pictures} picture(s)" if pictures else "")
+               + f" in {out_dir}")
 
 
 @main.command()
@@ -659,7 +668,10 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     check_metric(metric)
     check_seed(seed)
-    _check_bootstrap(bootstrap)
+    from .metrics import check_blocks, check_bootstrap
+
+    check_bootstrap(bootstrap)
+    check_blocks(block_sigma, None)
     model = _models([model], "sweep")[0]
     info = inspect_model(model)
     if pad == "auto":

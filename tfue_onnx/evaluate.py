@@ -16,6 +16,7 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
+from .report import map_axes
 from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
                  collect_inputs, colorize, image_to_input, load_input, open_image, save_json,
                  save_png, spatial_map)
@@ -191,8 +192,9 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                             "NaN/Inf value(s)", "give finite targets (crop or fill the "
                             "invalid pixels)")
         finite = bool(np.all(np.isfinite(res.output)) and np.all(np.isfinite(unc)))
-        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline) \
-            if finite else None
+        axes = map_axes(res)  # the run's own (h, w) axes; False: not an image
+        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline,
+                                    axes) if finite else None
         if not finite:  # the run says why (warnings); the metrics leave the image out
             notes.setdefault("non_finite", []).append(pair.name)
             found = [{"method": {kind: {col: float("nan") for col in metrics.PER_IMAGE}
@@ -210,7 +212,7 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                 item[f"{col}_{kind}"] = found[0]["method"][kind][col]
         per_image.append(item)
         if out_dir is not None and pictures:
-            picture = side_by_side(res.output, err, unc)
+            picture = side_by_side(res.output, err, unc, axes)
             if picture is not None:
                 path = os.path.join(out_dir, f"{pair.name}.eval.png")
                 save_png(path, picture)
@@ -257,9 +259,10 @@ def crop_target(target: np.ndarray, output: np.ndarray):
     return target[index], target.shape
 
 
-def side_by_side(output, error, uncertainty) -> np.ndarray | None:
-    """Output, error and uncertainty maps as one RGB picture (each on its own scale)."""
-    maps = [spatial_map(a) for a in (output, error, uncertainty)]
+def side_by_side(output, error, uncertainty, axes=None) -> np.ndarray | None:
+    """Output, error and uncertainty maps as one RGB picture (each on its own scale);
+    ``axes``: the (h, w) axes as ``report.map_axes`` gives them (None: guessed)."""
+    maps = [spatial_map(a, axes) for a in (output, error, uncertainty)]
     if any(m is None for m in maps):
         return None
     gap = np.full((maps[0].shape[0], 4, 3), 255, np.uint8)
@@ -282,7 +285,7 @@ def format_table(table: dict) -> str:
     """The metrics table as aligned text: per-image columns with their intervals, a
     baseline row per error kind, pooled numbers below, the block scale and what
     the baseline is."""
-    width = 24 if "intervals" in table else 10
+    width = 27 if "intervals" in table else 11  # "-0.1811 [-0.255, -0.104]" fits
     lines = [f"{'error':<13}" + "".join(f"{c:>{width}}" for c in SHOWN)]
     for kind in metrics.ERRORS:
         rows = [("", table)] + ([("baseline", table["baseline"])] if "baseline" in table
@@ -292,8 +295,8 @@ def format_table(table: dict) -> str:
             lines.append(f"{(kind.upper() + ' ' + label):<13}" + "".join(
                 f"{_cell(src[kind][c], ivs.get(c)):>{width}}" for c in SHOWN))
     n = table["images"]
-    head = (f"({n} images; pixel, block, AUSE, AURG: per image, then averaged; mean: over "
-            "the images' means")
+    head = (f"({n} image{'' if n == 1 else 's'}; pixel, block, AUSE, AURG: per image, then "
+            "averaged; mean: over the images' means")
     if "bootstrap" in table:
         b = table["bootstrap"]
         head += (f"; [{100 * b['level']:g}% bootstrap interval over images, {b['resamples']} "
@@ -310,9 +313,11 @@ def format_table(table: dict) -> str:
     if skipped:
         lines.append("images left out of the per-image means (their error is constant): " +
                      ", ".join(f"{k.upper()} {v}" for k, v in skipped.items()))
-    scale = (f"a grid of {table['block_grid']} px squares" if table.get("block_grid") else
+    scale = (f"squares {table['block_grid']} px on a side (--block-grid)"
+             if table.get("block_grid") is not None else
              f"local centre of mass at --block-sigma {table['block_sigma']:g}")
-    lines.append(f"blocks: {scale} (block correlation rises with the block scale)")
+    lines.append(f"blocks: {scale} (block correlation depends on the block scale: compare "
+                 "at one scale)")
     if "baseline" in table:
         lines.append("baseline: " + table["baseline"]["map"])
         lines += _versus_baseline(table)

@@ -50,6 +50,7 @@ LOWER_IS_BETTER = ("ause",)
 PER_IMAGE = ("pixel", "block", "pixel_spearman", "ause", "aurg")  # averaged over images
 POGGI_INTERVALS = 50  # removal steps of 2 %, as Poggi et al.'s compute_aucs
 BOOTSTRAP = 1000  # default resamples
+MIN_BOOTSTRAP = 100  # fewer cannot place the 2.5 % and 97.5 % percentiles
 BASELINE_SIGMA = 1.0  # pixels, of the gradient in the baseline map
 BASELINE = (f"gradient energy of the output: the squared Gaussian gradient magnitude "
             f"(sigma {BASELINE_SIGMA:g} px) of the channel-mean unperturbed output "
@@ -86,13 +87,33 @@ def error_map(output, target, kind: str = "l1") -> np.ndarray:
     raise TfueError(f"unknown error kind {kind!r}", "use l1 or l2")
 
 
-def image_maps(arr) -> list:
+def image_maps(arr, hw_axes=None) -> list:
     """Split an output-shaped array into per-image H x W maps (channels averaged).
 
-    [B, C, H, W] -> B maps (NHWC read when the last axis is small and axis 1 is
-    not); [B, H, W] -> B maps; [H, W] -> 1 map; lower ranks -> one 1 x K map.
+    Args:
+        arr: the array.
+        hw_axes: the (height, width) axes when known (a run records them as
+            ``spatial_axes``): the axis before them that is not one of them (axis 0
+            unless H or W is axis 0) is the batch, every other axis is averaged as a
+            channel. Without them the layout is guessed: [B, C, H, W] -> B maps (NHWC
+            read when the last axis is small and axis 1 is not); [B, H, W] -> B maps;
+            [H, W] -> 1 map; lower ranks -> one 1 x K map. False: the array has no
+            image axes (one 1 x K vector per item of axis 0).
+
+    Returns:
+        list of float64 arrays (H x W, or 1 x K for non-image outputs).
     """
     a = np.asarray(arr, np.float64)
+    if hw_axes is False:  # known to have no image axes: one vector per batch item
+        return [row.reshape(1, -1) for row in a.reshape(a.shape[0] if a.ndim > 1 else 1, -1)]
+    if hw_axes is not None:
+        h, w = (int(k) % a.ndim for k in hw_axes)
+        rest = [k for k in range(a.ndim) if k not in (h, w)]
+        a = a.transpose(rest + [h, w])
+        if not rest:
+            return [a]
+        a = a.reshape((a.shape[0], -1) + a.shape[-2:])  # [B, C, H, W]
+        return list(a.mean(axis=1))
     if a.ndim == 4:
         if a.shape[-1] <= 4 < a.shape[1]:
             a = a.transpose(0, 3, 1, 2)
@@ -102,6 +123,12 @@ def image_maps(arr) -> list:
     if a.ndim == 2 and a.shape[0] > 1 and a.shape[1] > 1:
         return [a]
     return [a.reshape(1, -1)]
+
+
+def is_image(m) -> bool:
+    """Whether a map is an image (2-D, both sides >= 3 px): blocks and the baseline
+    need one."""
+    return np.ndim(m) == 2 and min(np.shape(m)) >= 3
 
 
 def pearson(x, y, weights=None) -> float:
@@ -127,26 +154,35 @@ def spearman(x, y) -> float:
     return pearson(stats.rankdata(x), stats.rankdata(y))
 
 
-def image_correlation(uncertainty, error, weights=None, rank: bool = False) -> float:
+def image_correlation(uncertainty, error, weights=None, rank: bool = False,
+                      scale: float = 0.0) -> float:
     """Correlation of one image's uncertainty with its error, by this module's rules.
 
     Returns 0.0 when the uncertainty is constant (it ranks nothing), NaN when the
-    error is constant (nothing to track), else the (weighted) Pearson correlation,
-    or Spearman's with ``rank``.
+    error is constant (nothing to track; ``scale``: the output's magnitude, against
+    which float rounding is judged), else the (weighted) Pearson correlation, or
+    Spearman's with ``rank``.
     """
     u, e = np.ravel(uncertainty), np.ravel(error)
-    if e.size < 2 or _flat(e):
+    if e.size < 2 or _flat(e, scale):
         return float("nan")
     if _flat(u):
         return 0.0
     return spearman(u, e) if rank else pearson(u, e, weights)
 
 
-def _flat(a) -> bool:
-    """Whether ``a`` is constant up to float rounding (block means of a constant map
-    differ in the last bits)."""
+FLAT = 1e-6  # relative spread below which a map counts as constant (float32 rounding)
+
+
+def _flat(a, scale: float = 0.0) -> bool:
+    """Whether ``a`` is constant up to float rounding: its spread is at most FLAT times
+    its largest magnitude (or ``scale``, e.g. the output's, when larger). Block means
+    of a constant map, or an error of output + 0.1 in float32, differ in the last bits."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return True
     spread = float(np.ptp(a))
-    return spread <= 1e-12 * float(np.max(np.abs(a)))
+    return spread <= FLAT * max(float(np.max(np.abs(a))), scale)
 
 
 def _moments(x, y, w=None) -> np.ndarray:
@@ -246,7 +282,7 @@ def gradient_energy(output_map, sigma: float = BASELINE_SIGMA) -> np.ndarray | N
 
 
 def _blocks(o, sigma, grid) -> np.ndarray:
-    return (grid_blocks(o.shape, grid) if grid else lcm_blocks(o, sigma)).ravel()
+    return (grid_blocks(o.shape, grid) if grid is not None else lcm_blocks(o, sigma)).ravel()
 
 
 def _order_and_ranks(values: np.ndarray):
@@ -261,63 +297,105 @@ def _order_and_ranks(values: np.ndarray):
     return order, ranks
 
 
-def _map_stats(u, errors: dict, labels) -> dict:
+def _map_stats(u, errors: dict, labels, scale: float = 0.0) -> dict:
     """Per-image numbers of uncertainty map ``u`` against each error in ``errors``:
-    kind -> (flat error map, its ascending order, its average ranks)."""
+    kind -> (flat error map, its ascending order, its average ranks). ``labels``: the
+    blocks, or None for a map that is not an image (no block numbers)."""
     u = np.ravel(u).astype(np.float64)
     order_u, ranks_u = _order_and_ranks(u)
-    count = np.bincount(labels)
-    keep = count > 0
-    bu = np.bincount(labels, u)[keep] / count[keep]
+    flat_u = _flat(u)
+    if labels is not None:
+        count = np.bincount(labels)
+        keep = count > 0
+        bu = np.bincount(labels, u)[keep] / count[keep]
     found = {}
     for kind, (e, order_e, ranks_e) in errors.items():
-        be = np.bincount(labels, e)[keep] / count[keep]
+        flat_e = e.size < 2 or _flat(e, scale)
         # Most uncertain first: the descending orders (ties stay together either way).
         sp = sparsification(u, e, kind, _orders=(order_u[::-1], order_e[::-1]))
-        block = float("nan") if _flat(be) else (
-            0.0 if _flat(bu) or _flat(u) else pearson(bu, be, count[keep]))
-        rank = float("nan") if e.size < 2 or _flat(e) else 0.0 if _flat(u) else \
-            pearson(ranks_u, ranks_e)
-        found[kind] = {"pixel": image_correlation(u, e), "pixel_spearman": rank,
-                       "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
-                       "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
-                       "pixel_moments": _moments(u, e),
-                       "block_moments": _moments(bu, be, count[keep])}
+        if labels is not None:
+            be = np.bincount(labels, e)[keep] / count[keep]
+            block = float("nan") if flat_e or _flat(be, scale) else (
+                0.0 if _flat(bu) or flat_u else pearson(bu, be, count[keep]))
+            block_moments = _moments(bu, be, count[keep])
+        else:
+            block, block_moments = float("nan"), np.full(6, np.nan)
+        found[kind] = {
+            "pixel": float("nan") if flat_e else 0.0 if flat_u else pearson(u, e),
+            "pixel_spearman": float("nan") if flat_e else 0.0 if flat_u else
+            pearson(ranks_u, ranks_e),
+            "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
+            "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
+            "pixel_moments": _moments(u, e), "block_moments": block_moments}
     return found
 
 
 def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
-                grid: int | None = None, baseline: bool = True) -> list:
+                grid: int | None = None, baseline: bool = True, hw_axes=None) -> list:
     """Per-image numbers for one result, to be summarised by ``summarize``.
 
     Args:
         uncertainty: the variance (or another uncertainty), output-shaped.
         output: the unperturbed output; target: the ground truth, output-shaped.
         sigma: block scale (pixels) of the local-center-of-mass segmentation.
-        grid: square blocks of this size instead, when given.
+        grid: square blocks of ``grid`` px on a side instead, when given (>= 1).
         baseline: also score the sampling-free ``gradient_energy`` map.
+        hw_axes: the output's (height, width) axes when known (``image_maps``).
 
     Returns:
         One dict per image in the array (the batch): {"method": {kind: {...}},
-        "baseline": {kind: {...}} or None}.
+        "baseline": {kind: {...}} or None}. Outputs that are not images (vectors)
+        get no block numbers (NaN) and no baseline.
 
     Raises:
-        TfueError: shapes differ.
+        TfueError: shapes differ, or a bad ``grid`` / ``sigma``.
     """
-    errors = {kind: image_maps(error_map(output, target, kind)) for kind in ERRORS}
+    check_blocks(sigma, grid)
+    errors = {kind: image_maps(error_map(output, target, kind), hw_axes) for kind in ERRORS}
+    scale = float(max(np.max(np.abs(output)), np.max(np.abs(target)))) \
+        if np.size(output) else 0.0
     found = []
-    for k, (u, o) in enumerate(zip(image_maps(uncertainty), image_maps(output))):
-        labels = _blocks(o, sigma, grid)
+    for k, (u, o) in enumerate(zip(image_maps(uncertainty, hw_axes),
+                                   image_maps(output, hw_axes))):
+        labels = _blocks(o, sigma, grid) if is_image(o) else None
         # Each error map is sorted once, for the method's map and the baseline's.
         # (L1 and L2 maps of several channels rank pixels differently.)
         per_kind = {}
         for kind in ERRORS:
             e = np.ravel(errors[kind][k])
             per_kind[kind] = (e, *_order_and_ranks(e))
-        base = gradient_energy(o) if baseline else None
-        found.append({"method": _map_stats(u, per_kind, labels),
-                      "baseline": None if base is None else _map_stats(base, per_kind, labels)})
+        base = gradient_energy(o) if baseline and labels is not None else None
+        found.append({"method": _map_stats(u, per_kind, labels, scale),
+                      "baseline": None if base is None else
+                      _map_stats(base, per_kind, labels, scale)})
     return found
+
+
+def check_blocks(sigma, grid) -> None:
+    """Refuse a block scale that is not > 0, or a grid size that is not >= 1.
+
+    Raises:
+        TfueError: naming the option and a good value.
+    """
+    if grid is not None:
+        if int(grid) != grid or grid < 1:
+            raise TfueError(f"--block-grid must be a whole number of pixels >= 1, got {grid}",
+                            "e.g. --block-grid 16 (squares 16 px on a side)")
+    elif not (sigma == sigma and sigma > 0):
+        raise TfueError(f"--block-sigma must be > 0, got {sigma}", "e.g. --block-sigma 2")
+
+
+def check_bootstrap(bootstrap) -> int:
+    """Validate a number of bootstrap resamples: 0 (no intervals) or at least 100.
+
+    Raises:
+        TfueError: fewer than 100 (the 2.5 % and 97.5 % tails need that many) or < 0.
+    """
+    b = int(bootstrap)
+    if b != bootstrap or b < 0 or 0 < b < MIN_BOOTSTRAP:
+        raise TfueError(f"--bootstrap must be 0 or at least {MIN_BOOTSTRAP}, got {bootstrap}",
+                        "e.g. --bootstrap 1000, or --bootstrap 0 for no intervals")
+    return b
 
 
 def _summary(per: list, idx: np.ndarray) -> dict:
@@ -387,16 +465,14 @@ def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None =
     Raises:
         TfueError: ``bootstrap`` < 0, or ``level`` not in (0, 1).
     """
-    if int(bootstrap) < 0:
-        raise TfueError(f"bootstrap resamples must be >= 0, got {bootstrap}",
-                        "e.g. --bootstrap 1000, or 0 for no intervals")
+    bootstrap = check_bootstrap(bootstrap)
     if not 0 < level < 1:
         raise TfueError(f"interval level must be in (0, 1), got {level}", "e.g. 0.95")
-    bootstrap = int(bootstrap)
     n = len(stats_list)
     method = _rows([s["method"] for s in stats_list], bootstrap, seed, level)
-    table = {"images": n, "block": f"grid {grid}" if grid else f"lcm sigma {sigma:g}",
-             "block_sigma": None if grid else float(sigma), "block_grid": grid,
+    grid_given = grid is not None
+    table = {"images": n, "block": f"grid {grid}" if grid_given else f"lcm sigma {sigma:g}",
+             "block_sigma": None if grid_given else float(sigma), "block_grid": grid,
              **method["rows"], "skipped": method["skipped"],
              "per_image": {kind: {c: [s["method"][kind][c] for s in stats_list]
                                   for c in PER_IMAGE} for kind in ERRORS}}
@@ -415,7 +491,7 @@ def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None =
 
 def table(variances, outputs, targets, means=None, sigma: float = DEFAULT_SIGMA,
           grid: int | None = None, bootstrap: int = 0, seed: int = 0,
-          baseline: bool = True) -> dict:
+          baseline: bool = True, hw_axes=None) -> dict:
     """The metrics table for lists of output-shaped arrays (one entry per result).
 
     The same as ``summarize`` over ``image_stats`` of each (variance, output,
@@ -423,7 +499,7 @@ def table(variances, outputs, targets, means=None, sigma: float = DEFAULT_SIGMA,
     """
     stats_list = []
     for v, o, t in zip(variances, outputs, targets):
-        stats_list += image_stats(v, o, t, sigma, grid, baseline)
+        stats_list += image_stats(v, o, t, sigma, grid, baseline, hw_axes)
     result = summarize(stats_list, sigma, grid, bootstrap, seed)
     if means is not None:
         tol = [tolerability(m, o) for m, o in zip(means, outputs)]

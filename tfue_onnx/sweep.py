@@ -96,6 +96,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     from .perturb import Dropout, Noise
 
     check_metric(metric)
+    metrics.check_blocks(block_sigma, None)
+    bootstrap = metrics.check_bootstrap(bootstrap)
     info = inspect_model(model)
     locations = sweep_locations(info, at, at_count)
     grids = {"noise": tuple(sigmas or NOISE_LEVELS), "dropout": tuple(rates or DROPOUT_LEVELS)}
@@ -147,6 +149,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
                 points.append(point)
                 finished += 1
                 if out_dir is not None:
+                    if not os.path.exists(os.path.join(out_dir, "sweep.jsonl")):
+                        _append(out_dir, {"config": config})
                     _append(out_dir, point)
                 if progress:
                     progress(finished, total, point)
@@ -207,8 +211,10 @@ def format_best(summary: dict) -> str:
     base = summary.get("baseline")
     if base:
         col, kind = metric.rsplit("_", 1)
+        biv = base.get("intervals", {}).get(kind, {}).get(col)
         text += (f"\nsampling-free baseline ({base['map'].split(':')[0]}): {metric} = "
-                 f"{base[kind][col]:.4f}")
+                 f"{base[kind][col]:.4f}" + (f" [{biv[0]:.4f}, {biv[1]:.4f}]"
+                                             if biv and None not in biv else ""))
     return text
 
 
@@ -218,8 +224,7 @@ def _resume(out_dir, config, force) -> dict:
         return {}
     path = os.path.join(out_dir, "sweep.jsonl")
     if not os.path.exists(path):
-        _append(out_dir, {"config": config})
-        return {}
+        return {}  # the config line is written with the first finished point
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
     if not lines or lines[0].get("config") != config:
@@ -227,7 +232,6 @@ def _resume(out_dir, config, force) -> dict:
             raise TfueError(f"'{path}' holds a sweep with other settings",
                             "choose another --out folder, or pass --force to start over")
         os.remove(path)
-        _append(out_dir, {"config": config})
         return {}
     return {_point_key(p): p for p in lines[1:] if "method" in p}
 
