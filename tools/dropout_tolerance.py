@@ -120,7 +120,7 @@ def dropout_node(path: str):
     for n in m.graph.node:
         if n.op_type == "Constant" and n.output[0] == d.input[1]:
             consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return d.input[0], float(consts[d.input[1]])
+    return d.input[0], float(f"{float(consts[d.input[1]]):.7g}")  # 0.1, not float32's 0.10000000149
 
 
 def main(argv=None) -> int:
