@@ -43,5 +43,5 @@ fi
 
 if [ "${WIDE:-0}" = 1 ]; then
     PY="$PY" CHECK_PY="$CHECK_PY" LOGDIR="$LOGDIR" STEPS="${WIDE_STEPS:-3000}" \
-        ENS_STEPS="${ENS_STEPS:-1500}" models/build_wide.sh
+        ENS_STEPS="${ENS_STEPS:-1000}" models/build_wide.sh
 fi

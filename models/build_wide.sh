@@ -4,16 +4,16 @@
 #   PY=/work/models-venv/bin/python CHECK_PY=.venv/bin/python models/build_wide.sh
 #
 # Same environment as models/build_all.sh (which builds the small set; WIDE=1 there
-# runs this script after it). Sequential, one thread each: about 80 minutes of CPU.
+# runs this script after it). Sequential, one thread each: about 60-90 minutes of CPU.
 # STEPS: plain and mcdropout steps (default 3000); ENS_STEPS: each ensemble member's
-# (default 1500: the members are trained for half as long to fit the time budget).
+# (default 1000: the members get a third of the steps, to fit the time budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 CHECK_PY=${CHECK_PY:-.venv/bin/python}
 LOGDIR=${LOGDIR:-/tmp/srlogs}
 STEPS=${STEPS:-3000}
-ENS_STEPS=${ENS_STEPS:-1500}
+ENS_STEPS=${ENS_STEPS:-1000}
 mkdir -p "$LOGDIR"
 
 build() {  # name, steps, args...

@@ -48,6 +48,11 @@ def write_crops(folder: str) -> None:
     table1_crops(HELDOUT_IMAGES, folder, 6, seed=2)
 
 
+def _nchw(im) -> np.ndarray:
+    """PIL RGB image -> float32 [1, 3, H, W] in [0, 1]."""
+    return (np.asarray(im, np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
+
+
 def load_pairs(folder: str):
     """[(name, lr float32 [1, 3, h, w], hr float32 [1, 3, 2h, 2w])], all in [0, 1]."""
     pairs = []
@@ -55,8 +60,7 @@ def load_pairs(folder: str):
         hr = Image.open(path).convert("RGB")
         w, h = hr.size
         lr = hr.resize((w // 2, h // 2), Image.BICUBIC)
-        as_t = lambda im: (np.asarray(im, np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
-        pairs.append((os.path.basename(path), as_t(lr), as_t(hr)))
+        pairs.append((os.path.basename(path), _nchw(lr), _nchw(hr)))
     if not pairs:
         raise SystemExit(f"no .png crops in {folder}: write them with --write-crops")
     return pairs
