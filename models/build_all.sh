@@ -8,6 +8,8 @@
 # CHECK_PY: a Python with onnx + onnxruntime (the project's .venv); skipped if absent.
 # LOGDIR: where raw training logs and reference .npz files go (default /tmp/srlogs).
 # Sequential, one thread each: about 30 minutes of CPU in all.
+# WIDE=1: then also build the wider set (models/build_wide.sh, about 80 more minutes;
+# WIDE_STEPS / ENS_STEPS set its step counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,4 +39,9 @@ cp models/srresnet_x2.onnx tfue_onnx/data/srresnet_x2.onnx
 if [ -x "$CHECK_PY" ]; then
     "$CHECK_PY" models/check_onnx.py models/srresnet_x2*.onnx tfue_onnx/data/srresnet_x2.onnx \
         --refs "$LOGDIR"
+fi
+
+if [ "${WIDE:-0}" = 1 ]; then
+    PY="$PY" CHECK_PY="$CHECK_PY" LOGDIR="$LOGDIR" STEPS="${WIDE_STEPS:-3000}" \
+        ENS_STEPS="${ENS_STEPS:-1000}" models/build_wide.sh
 fi

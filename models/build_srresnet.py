@@ -8,12 +8,18 @@ the sample images that ship inside the scikit-image and scikit-learn wheels.
     python models/build_srresnet.py --variant mcdropout --seed 0 --out models/srresnet_x2_mcdropout.onnx
     python models/build_srresnet.py --variant ensemble --member 2 --out models/srresnet_x2_ensemble_2.onnx
 
+The wider set (models/build_wide.sh): ``--channels 64 --blocks 6`` with
+``--out models/srresnet64_x2*.onnx`` (without --out, a width other than 32 or a
+depth other than 4 is named ``srresnet{channels}_x2*.onnx`` /
+``srresnet{channels}b{blocks}_x2*.onnx``).
+
 Model: input ``input`` float32 [N, 3, H, W] (RGB in [0, 1]), output ``output``
-float32 [N, 3, 2H, 2W] (RGB, clipped to [0, 1]). Conv head (32 ch), 4 residual
-blocks (conv-ReLU-conv + skip, no BatchNorm), conv + global (feature) skip,
-conv to 4x32 ch + PixelShuffle(2) + ReLU, conv tail to 3 ch, plus a bilinear
-x2 upsampling of the input added to the tail (residual learning), then Clip.
-The ``mcdropout`` variant has one ``nn.Dropout(p=0.1)`` after block 2 of 4,
+float32 [N, 3, 2H, 2W] (RGB, clipped to [0, 1]). Conv head (C = ``--channels``
+ch, default 32), B = ``--blocks`` residual blocks (default 4; conv-ReLU-conv +
+skip, no BatchNorm), conv + global (feature) skip, conv to 4C ch +
+PixelShuffle(2) + ReLU, conv tail to 3 ch, plus a bilinear x2 upsampling of the
+input added to the tail (residual learning), then Clip. The ``mcdropout``
+variant has one ``nn.Dropout(p=0.1)`` after block B//2 of B (2 of 4, 3 of 6),
 exported as an ONNX ``Dropout`` node that is off at inference (no
 training_mode input) so tfue's ``mc-dropout`` can switch it on.
 
@@ -244,8 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=32, help="LR patch size")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--channels", type=int, default=32, help="feature width C")
+    ap.add_argument("--blocks", type=int, default=4,
+                    help="residual blocks B (mcdropout: Dropout after block B//2)")
     ap.add_argument("--dropout", type=float, default=0.1, help="mcdropout rate")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
@@ -257,9 +264,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     seed = a.seed if a.seed is not None else (10 + a.member if a.variant == "ensemble" else 0)
+    stem = "srresnet" + ("" if a.channels == 32 else str(a.channels)) + (
+        "" if a.blocks == 4 else f"b{a.blocks}")
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), {
-        "plain": "srresnet_x2.onnx", "mcdropout": "srresnet_x2_mcdropout.onnx",
-        "ensemble": f"srresnet_x2_ensemble_{a.member}.onnx"}[a.variant])
+        "plain": f"{stem}_x2.onnx", "mcdropout": f"{stem}_x2_mcdropout.onnx",
+        "ensemble": f"{stem}_x2_ensemble_{a.member}.onnx"}[a.variant])
     torch.set_num_threads(a.threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -275,6 +284,7 @@ def main(argv=None) -> int:
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)) * 0.99 + 0.01)
     log = lambda *x: print(*x, flush=True)
     log(f"variant={a.variant} member={a.member} seed={seed} steps={a.steps} batch={a.batch} "
+        f"channels={a.channels} blocks={a.blocks} "
         f"patch={a.patch} params={sum(p.numel() for p in model.parameters())} out={out}")
     t0 = time.time()
     run = 0.0
@@ -307,6 +317,7 @@ def main(argv=None) -> int:
         np.savez_compressed(a.ref, input=lr.transpose(2, 0, 1)[None], output=y,
                             hr=hr.transpose(2, 0, 1)[None])
     summary = {"variant": a.variant, "member": a.member, "seed": seed, "steps": a.steps,
+               "channels": a.channels, "blocks": a.blocks,
                "train_seconds": round(train_s, 1), "out": out,
                "onnx_bytes": os.path.getsize(out), "heldout_psnr": ev}
     log("SUMMARY " + json.dumps(summary))
