@@ -43,38 +43,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 # --- data ----------------------------------------------------------------------
-# Train / held-out split (documented in models/README.md). All load offline.
-# (The grayscale textures brick/grass/gravel were tried and dropped: with them
-# the model hallucinated stripes on the aliased wood grain of held-out coffee.)
-TRAIN_IMAGES = [
-    "skimage:astronaut", "skimage:motorcycle_left", "skimage:immunohistochemistry",
-    "skimage:retina", "skimage:camera", "skimage:coins", "skimage:clock", "skimage:moon",
-    "sklearn:china.jpg", "sklearn:flower.jpg",
-]
-HELDOUT_IMAGES = ["skimage:chelsea", "skimage:coffee", "skimage:rocket"]
-
-
-def load_image(name: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] for ``skimage:<fn>`` or ``sklearn:<file>``."""
-    src, key = name.split(":", 1)
-    if src == "skimage":
-        import skimage.data
-        if key == "motorcycle_left":
-            im = np.asarray(skimage.data.stereo_motorcycle()[0])
-        else:
-            im = np.asarray(getattr(skimage.data, key)())
-    elif src == "sklearn":
-        import sklearn.datasets
-        path = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", key)
-        im = np.asarray(Image.open(path).convert("RGB"))
-    else:
-        raise ValueError(name)
-    if im.dtype == bool:
-        im = im.astype(np.uint8) * 255
-    if im.ndim == 2:
-        im = np.stack([im] * 3, axis=-1)
-    im = im[..., :3]
-    return np.ascontiguousarray(im.astype(np.uint8))
+# Train / held-out split and the photo loader: models/sr_data.py (shared with
+# tools/table1.py, which needs no torch).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sr_data import HELDOUT_IMAGES, TRAIN_IMAGES, load_image  # noqa: E402,F401
 
 
 def crop_even(hr: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ def write_crops(folder: str) -> None:
     """The held-out crops of tools/table1.py (6 per image, seed 2)."""
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     sys.path.insert(0, os.path.join(ROOT, "models"))
-    from build_srresnet import HELDOUT_IMAGES
+    from sr_data import HELDOUT_IMAGES
     from table1 import write_crops as table1_crops
 
     table1_crops(HELDOUT_IMAGES, folder, 6, seed=2)
