@@ -332,7 +332,8 @@ def test_block_and_bootstrap_options_are_checked_before_any_work(cli, tmp_path):
     for opt, value, text in (("--block-grid", 0, "--block-grid must be a whole number of "
                                                    "pixels >= 1, got 0"),
                              ("--block-grid", -1, "--block-grid must be"),
-                             ("--block-sigma", 0, "--block-sigma must be > 0, got 0.0"),
+                             ("--block-sigma", 0, "--block-sigma must be > 0 and at most "
+                                                  "1000 px, got 0.0"),
                              ("--bootstrap", 1, "--bootstrap must be 0 or at least 100")):
         r = cli("evaluate", model, tmp_path / "hr.png", "--sr-scale", 2, "--method", "noise",
                 "--at", "c", opt, value, "--out", tmp_path / "ev")
@@ -352,5 +353,134 @@ def test_a_failed_sweep_leaves_no_folder(cli, tmp_path):
     assert not (tmp_path / "sw").exists()
     r = cli("sweep", model, tmp_path / "x.png", "--targets", tmp_path / "t", "--methods",
             "noise", "--block-sigma", 0, "--out", tmp_path / "sw")
-    assert r.exit_code == 2 and "--block-sigma must be > 0" in r.stderr
+    assert r.exit_code == 2 and "--block-sigma must be > 0 and at most" in r.stderr
     assert not (tmp_path / "sw").exists()
+
+
+def _segmenter(path):
+    """x [N, 3, H, W] -> 1x1 conv to 4 classes -> Softmax over the classes -> p."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 2, (4, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Softmax", ["c"], ["p"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "seg", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_evaluate_entropy_on_a_segmenter_and_a_classifier(tmp_path):
+    from tfue_onnx import Entropy, metrics
+
+    rng = np.random.default_rng(0)
+    seg = _segmenter(tmp_path / "seg.onnx")
+    folder = tmp_path / "seg_pairs"
+    folder.mkdir()
+    for k in range(3):
+        np.savez(folder / f"p{k}.npz", x=rng.normal(0, 1, (3, 10, 12)).astype(np.float32),
+                 target=rng.random((4, 10, 12), dtype=np.float32))
+    pairs = make_pairs(inspect_model(seg), [folder])
+    res = evaluate(Estimator(seg, Entropy()), pairs, out_dir=tmp_path, bootstrap=0)
+    per = []
+    for pair in pairs:
+        feeds, target = pair.load()
+        r = Estimator(seg, Entropy())(feeds)
+        assert r.entropy.shape == (1, 10, 12)
+        per.append(metrics.pearson(r.entropy[0], np.abs(r.output - target)[0].mean(0)))
+    assert res["table"]["l1"]["pixel"] == pytest.approx(np.mean(per), rel=1e-6)
+    from PIL import Image
+    with Image.open(tmp_path / "p0.eval.png") as im:
+        assert im.size == (3 * 12 + 8, 10)
+    # A classifier's entropy is one number per input: only the correlation over inputs.
+    cls = toys.classifier_net(tmp_path / "cls.onnx")
+    folder = tmp_path / "cls_pairs"
+    folder.mkdir()
+    for k in range(4):
+        np.savez(folder / f"q{k}.npz", x=rng.random((3, 8, 8), dtype=np.float32),
+                 target=np.eye(4, dtype=np.float32)[k % 4])
+    res = evaluate(Estimator(cls, Entropy()), make_pairs(inspect_model(cls), [folder]),
+                   bootstrap=0)
+    t = res["table"]
+    assert np.isnan(t["l1"]["pixel"]) and np.isnan(t["l1"]["ause"]) and -1 <= t["l1"]["mean"] <= 1
+    assert t["skipped"] == {"l1": 0, "l2": 0} and "baseline" not in t
+
+
+def test_constant_errors_leave_ause_out_too_and_float16_rounding_counts_as_constant():
+    from tfue_onnx import metrics
+
+    rng = np.random.default_rng(0)
+    outs = [rng.random((1, 1, 8, 8)).astype(np.float16) for _ in range(3)]
+    tgts = [outs[0] + np.float16(0.1), outs[1] + rng.random((1, 1, 8, 8)).astype(np.float16),
+            outs[2] - np.float16(2.0)]
+    var = [rng.random((1, 1, 8, 8)) for _ in range(3)]
+    t = metrics.table(var, outs, tgts, grid=2)
+    assert t["skipped"] == {"l1": 2, "l2": 2}
+    for col in ("pixel", "ause", "aurg", "block"):
+        assert np.isnan(t["per_image"]["l1"][col][0]) and np.isnan(t["per_image"]["l1"][col][2])
+        assert t["l1"][col] == pytest.approx(t["per_image"]["l1"][col][1])
+
+
+def test_choose_reads_the_runs_image_axes():
+    from tfue_onnx.choose import per_image_agreement
+
+    rng = np.random.default_rng(0)
+    a = rng.random((1, 12, 10, 16))  # NHWC, 16 channels
+    b = a + rng.random(a.shape) * 0.5
+    hw = (1, 2)
+    by_hand = np.corrcoef(a[0].mean(-1).ravel(), b[0].mean(-1).ravel())[0, 1]
+    assert per_image_agreement(a, b, hw) == pytest.approx(by_hand)
+    assert per_image_agreement(a, b) != pytest.approx(by_hand)  # the guess reads W x C
+
+
+def test_more_bad_options_refused_before_work(cli, tmp_path):
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    from PIL import Image
+    Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(tmp_path / "hr.png")
+    r = cli("evaluate", model, tmp_path / "hr.png", "--sr-scale", 2, "--method", "noise",
+            "--at", "c", "--block-sigma", "inf", "--out", tmp_path / "ev")
+    assert r.exit_code == 2 and "--block-sigma must be > 0 and at most 1000" in r.stderr
+    assert not (tmp_path / "ev").exists()
+    for levels in (["--sigmas", "0.1,nan"], ["--rates", "0.1,1.5"]):
+        r = cli("sweep", model, tmp_path / "hr.png", "--sr-scale", 2, "--methods",
+                "noise" if levels[0] == "--sigmas" else "dropout", "--at", "c", *levels,
+                "--out", tmp_path / "sw")
+        assert r.exit_code == 2 and "level" not in r.stderr, r.stderr  # no point was sampled
+        assert not (tmp_path / "sw").exists()
+    r = cli("sweep", model, tmp_path / "hr.png", "--sr-scale", 2, "--at", "c", "--at-count", 2,
+            "--out", tmp_path / "sw")
+    assert r.exit_code == 2 and "give --at or --at-count, not both" in r.stderr
+
+
+def test_a_failed_evaluation_leaves_none_of_its_pictures(cli, tmp_path):
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    from PIL import Image
+    (tmp_path / "in").mkdir()
+    (tmp_path / "t").mkdir()
+    for k in range(3):
+        Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "in" / f"a{k}.png")
+        shape = (3, 16, 20) if k < 2 else (3, 5, 5)  # the last target is wrong
+        np.save(tmp_path / "t" / f"a{k}.npy", np.zeros(shape, np.float32))
+    r = cli("evaluate", model, tmp_path / "in", "--targets", tmp_path / "t", "--method",
+            "noise", "--at", "c", "--out", tmp_path / "ev")
+    assert r.exit_code == 2 and "target has shape" in r.stderr
+    assert not (tmp_path / "ev").exists()
+
+
+def test_image_targets_for_an_output_without_a_declared_shape(tmp_path):
+    import onnx
+    from tfue_onnx.evaluate import _image_target
+    from PIL import Image
+
+    class Out:
+        shape = None
+    im = Image.fromarray(np.full((6, 5, 3), 255, np.uint8))
+    t = _image_target(im, Out(), 1 / 255)
+    assert t.shape == (1, 3, 6, 5) and float(t.max()) == 1.0
+    assert _image_target(im.convert("L"), Out(), 1 / 255).shape == (1, 1, 6, 5)
+    assert onnx  # imported for the model helpers above

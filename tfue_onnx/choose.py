@@ -53,7 +53,7 @@ def interior_locations(info, at_count: int = 8) -> list:
     return [interior[i] for i in picks]
 
 
-def per_image_agreement(variance, reference) -> float:
+def per_image_agreement(variance, reference, hw_axes=None) -> float:
     """Mean over images of the Pearson correlation of two output-shaped maps.
 
     Both are split into per-image H x W maps with channels averaged
@@ -62,12 +62,14 @@ def per_image_agreement(variance, reference) -> float:
     Args:
         variance: a candidate's variance, output-shaped (e.g. [B, C, H, W]).
         reference: the reference variance, the same shape.
+        hw_axes: the output's (height, width) axes as the run found them
+            (``Result.image_axes``); None: guessed from the shape.
 
     Returns:
         The mean correlation in [-1, 1], or NaN when every image was skipped.
     """
-    vals = [metrics.pearson(v, r) for v, r in zip(metrics.image_maps(variance),
-                                                  metrics.image_maps(reference))]
+    vals = [metrics.pearson(v, r) for v, r in zip(metrics.image_maps(variance, hw_axes),
+                                                  metrics.image_maps(reference, hw_axes))]
     vals = [v for v in vals if v == v]
     return float(np.mean(vals)) if vals else float("nan")
 
@@ -172,7 +174,8 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
                                  for r in results]))
             if rel > tolerance:
                 break
-            scores = [per_image_agreement(r.variance, ref) for r, ref in zip(results, refs)]
+            scores = [per_image_agreement(r.variance, ref, r.image_axes)
+                      for r, ref in zip(results, refs)]
             scores = [s for s in scores if s == s]
             points.append({"at": cand.name, "index": cand.index, "depth": cand.depth,
                            "level": level, "relative_change": rel,

@@ -16,7 +16,6 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
-from .report import map_axes
 from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
                  collect_inputs, colorize, image_to_input, load_input, open_image, save_json,
                  save_png, spatial_map)
@@ -48,7 +47,9 @@ def _image_target(im, output, scale: float) -> np.ndarray:
     """A Pillow image as a target shaped like ``output``: [1, C, H, W], [1, H, W, C] or
     [1, H, W]."""
     shape = output.shape
-    rank = len(shape) if shape is not None else 4
+    if shape is None:  # undeclared: NCHW, the image's own channels
+        shape = [1, 1 if im.mode in ("L", "I", "I;16", "F") else 3, None, None]
+    rank = len(shape)
     nhwc = rank == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
     channels = (shape[-1] if nhwc else shape[1]) if rank == 4 else 1
     arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), np.float32) * np.float32(scale)
@@ -169,6 +170,19 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
     Raises:
         TfueError: a target's shape does not match the output; bad bootstrap.
     """
+    written = []
+    try:
+        return _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
+                         loaded, bootstrap, bootstrap_seed, baseline, written)
+    except BaseException:
+        for path in written:  # a failed evaluation leaves none of its pictures
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+
+
+def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures, loaded,
+              bootstrap, bootstrap_seed, baseline, written) -> dict:
     stats, tol, per_image = [], [], []
     meta, notes = None, {}
     iterator = progress(pairs) if progress else pairs
@@ -192,9 +206,9 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                             "NaN/Inf value(s)", "give finite targets (crop or fill the "
                             "invalid pixels)")
         finite = bool(np.all(np.isfinite(res.output)) and np.all(np.isfinite(unc)))
-        axes = map_axes(res)  # the run's own (h, w) axes; False: not an image
+        axes = res.image_axes  # the run's own (h, w) axes; False: not an image
         found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline,
-                                    axes) if finite else None
+                                    axes, res.uncertainty_axes) if finite else None
         if not finite:  # the run says why (warnings); the metrics leave the image out
             notes.setdefault("non_finite", []).append(pair.name)
             found = [{"method": {kind: {col: float("nan") for col in metrics.PER_IMAGE}
@@ -212,10 +226,11 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
                 item[f"{col}_{kind}"] = found[0]["method"][kind][col]
         per_image.append(item)
         if out_dir is not None and pictures:
-            picture = side_by_side(res.output, err, unc, axes)
+            picture = side_by_side(res.output, err, unc, axes, res.uncertainty_axes)
             if picture is not None:
                 path = os.path.join(out_dir, f"{pair.name}.eval.png")
                 save_png(path, picture)
+                written.append(path)
                 per_image[-1]["picture"] = path
     if bootstrap_seed is None:
         bootstrap_seed = (meta or {}).get("seed")
@@ -259,11 +274,13 @@ def crop_target(target: np.ndarray, output: np.ndarray):
     return target[index], target.shape
 
 
-def side_by_side(output, error, uncertainty, axes=None) -> np.ndarray | None:
+def side_by_side(output, error, uncertainty, axes=None, u_axes="same") -> np.ndarray | None:
     """Output, error and uncertainty maps as one RGB picture (each on its own scale);
-    ``axes``: the (h, w) axes as ``report.map_axes`` gives them (None: guessed)."""
-    maps = [spatial_map(a, axes) for a in (output, error, uncertainty)]
-    if any(m is None for m in maps):
+    ``axes``: the (h, w) axes as ``report.map_axes`` gives them (None: guessed);
+    ``u_axes``: the uncertainty's when they differ (an entropy map)."""
+    maps = [spatial_map(output, axes), spatial_map(error, axes),
+            spatial_map(uncertainty, axes if u_axes == "same" else u_axes)]
+    if any(m is None for m in maps) or len({m.shape for m in maps}) > 1:
         return None
     gap = np.full((maps[0].shape[0], 4, 3), 255, np.uint8)
     parts = [colorize(maps[0] - maps[0].min()), gap, colorize(maps[1]), gap, colorize(maps[2])]

@@ -50,6 +50,7 @@ LOWER_IS_BETTER = ("ause",)
 PER_IMAGE = ("pixel", "block", "pixel_spearman", "ause", "aurg")  # averaged over images
 POGGI_INTERVALS = 50  # removal steps of 2 %, as Poggi et al.'s compute_aucs
 BOOTSTRAP = 1000  # default resamples
+MAX_BLOCK_SIGMA = 1000.0  # px; far beyond any image a metric is computed on
 MIN_BOOTSTRAP = 100  # fewer cannot place the 2.5 % and 97.5 % percentiles
 BASELINE_SIGMA = 1.0  # pixels, of the gradient in the baseline map
 BASELINE = (f"gradient energy of the output: the squared Gaussian gradient magnitude "
@@ -174,7 +175,7 @@ def image_correlation(uncertainty, error, weights=None, rank: bool = False,
 FLAT = 1e-6  # relative spread below which a map counts as constant (float32 rounding)
 
 
-def _flat(a, scale: float = 0.0) -> bool:
+def _flat(a, scale: float = 0.0, rel: float = FLAT) -> bool:
     """Whether ``a`` is constant up to float rounding: its spread is at most FLAT times
     its largest magnitude (or ``scale``, e.g. the output's, when larger). Block means
     of a constant map, or an error of output + 0.1 in float32, differ in the last bits."""
@@ -182,7 +183,7 @@ def _flat(a, scale: float = 0.0) -> bool:
     if a.size == 0:
         return True
     spread = float(np.ptp(a))
-    return spread <= FLAT * max(float(np.max(np.abs(a))), scale)
+    return spread <= rel * max(float(np.max(np.abs(a))), scale)
 
 
 def _moments(x, y, w=None) -> np.ndarray:
@@ -297,7 +298,7 @@ def _order_and_ranks(values: np.ndarray):
     return order, ranks
 
 
-def _map_stats(u, errors: dict, labels, scale: float = 0.0) -> dict:
+def _map_stats(u, errors: dict, labels, scale: float = 0.0, rel: float = FLAT) -> dict:
     """Per-image numbers of uncertainty map ``u`` against each error in ``errors``:
     kind -> (flat error map, its ascending order, its average ranks). ``labels``: the
     blocks, or None for a map that is not an image (no block numbers)."""
@@ -310,12 +311,12 @@ def _map_stats(u, errors: dict, labels, scale: float = 0.0) -> dict:
         bu = np.bincount(labels, u)[keep] / count[keep]
     found = {}
     for kind, (e, order_e, ranks_e) in errors.items():
-        flat_e = e.size < 2 or _flat(e, scale)
+        flat_e = e.size < 2 or _flat(e, scale, rel)
         # Most uncertain first: the descending orders (ties stay together either way).
         sp = sparsification(u, e, kind, _orders=(order_u[::-1], order_e[::-1]))
         if labels is not None:
             be = np.bincount(labels, e)[keep] / count[keep]
-            block = float("nan") if flat_e or _flat(be, scale) else (
+            block = float("nan") if flat_e or _flat(be, scale, rel) else (
                 0.0 if _flat(bu) or flat_u else pearson(bu, be, count[keep]))
             block_moments = _moments(bu, be, count[keep])
         else:
@@ -324,14 +325,28 @@ def _map_stats(u, errors: dict, labels, scale: float = 0.0) -> dict:
             "pixel": float("nan") if flat_e else 0.0 if flat_u else pearson(u, e),
             "pixel_spearman": float("nan") if flat_e else 0.0 if flat_u else
             pearson(ranks_u, ranks_e),
-            "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
+            # A constant error has nothing to rank: no sparsification either.
+            "block": block, "ause": float("nan") if flat_e else sp["ause"],
+            "aurg": float("nan") if flat_e else sp["aurg"],
             "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
+            "constant_error": bool(flat_e),
             "pixel_moments": _moments(u, e), "block_moments": block_moments}
     return found
 
 
+def _scalar_stats(u: float, errors: dict) -> dict:
+    """Numbers of an image whose uncertainty is one value (a classifier's entropy):
+    only the means, for the correlation over images."""
+    nan = float("nan")
+    return {kind: {"pixel": nan, "pixel_spearman": nan, "block": nan, "ause": nan,
+                   "aurg": nan, "mean_u": float(u), "mean_e": float(np.mean(e)),
+                   "pixel_moments": np.full(6, np.nan), "block_moments": np.full(6, np.nan)}
+            for kind, (e, _, _) in errors.items()}
+
+
 def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
-                grid: int | None = None, baseline: bool = True, hw_axes=None) -> list:
+                grid: int | None = None, baseline: bool = True, hw_axes=None,
+                u_axes="same") -> list:
     """Per-image numbers for one result, to be summarised by ``summarize``.
 
     Args:
@@ -341,6 +356,10 @@ def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
         grid: square blocks of ``grid`` px on a side instead, when given (>= 1).
         baseline: also score the sampling-free ``gradient_energy`` map.
         hw_axes: the output's (height, width) axes when known (``image_maps``).
+        u_axes: the uncertainty's, when it differs from the output's shape (an entropy
+            map has lost the class axis); "same": ``hw_axes``. An uncertainty of one
+            value per image (a classifier's entropy) gives only the means (for the
+            correlation over images); per-image columns are NaN.
 
     Returns:
         One dict per image in the array (the batch): {"method": {kind: {...}},
@@ -354,20 +373,32 @@ def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
     errors = {kind: image_maps(error_map(output, target, kind), hw_axes) for kind in ERRORS}
     scale = float(max(np.max(np.abs(output)), np.max(np.abs(target)))) \
         if np.size(output) else 0.0
+    dtype = np.result_type(np.asarray(output).dtype, np.asarray(target).dtype)
+    rel = max(FLAT, 4 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else FLAT
+    u_maps = image_maps(uncertainty, hw_axes if u_axes == "same" else u_axes)
+    o_maps = image_maps(output, hw_axes)
+    if len(u_maps) != len(o_maps):
+        raise TfueError(f"the uncertainty splits into {len(u_maps)} image(s), the output into "
+                        f"{len(o_maps)}", "give an uncertainty map per output image")
     found = []
-    for k, (u, o) in enumerate(zip(image_maps(uncertainty, hw_axes),
-                                   image_maps(output, hw_axes))):
-        labels = _blocks(o, sigma, grid) if is_image(o) else None
-        # Each error map is sorted once, for the method's map and the baseline's.
-        # (L1 and L2 maps of several channels rank pixels differently.)
+    for k, (u, o) in enumerate(zip(u_maps, o_maps)):
         per_kind = {}
         for kind in ERRORS:
             e = np.ravel(errors[kind][k])
             per_kind[kind] = (e, *_order_and_ranks(e))
+        if np.size(u) == 1 and np.size(o) > 1:
+            found.append({"method": _scalar_stats(np.ravel(u)[0], per_kind), "baseline": None})
+            continue
+        if np.shape(u) != np.shape(o):
+            raise TfueError(f"the uncertainty map is {np.shape(u)}, the output's {np.shape(o)}",
+                            "give an uncertainty shaped like the output")
+        labels = _blocks(o, sigma, grid) if is_image(o) else None
+        # Each error map is sorted once (above), for the method's map and the
+        # baseline's. (L1 and L2 maps of several channels rank pixels differently.)
         base = gradient_energy(o) if baseline and labels is not None else None
-        found.append({"method": _map_stats(u, per_kind, labels, scale),
+        found.append({"method": _map_stats(u, per_kind, labels, scale, rel),
                       "baseline": None if base is None else
-                      _map_stats(base, per_kind, labels, scale)})
+                      _map_stats(base, per_kind, labels, scale, rel)})
     return found
 
 
@@ -381,8 +412,9 @@ def check_blocks(sigma, grid) -> None:
         if int(grid) != grid or grid < 1:
             raise TfueError(f"--block-grid must be a whole number of pixels >= 1, got {grid}",
                             "e.g. --block-grid 16 (squares 16 px on a side)")
-    elif not (sigma == sigma and sigma > 0):
-        raise TfueError(f"--block-sigma must be > 0, got {sigma}", "e.g. --block-sigma 2")
+    elif not (np.isfinite(sigma) and 0 < sigma <= MAX_BLOCK_SIGMA):
+        raise TfueError(f"--block-sigma must be > 0 and at most {MAX_BLOCK_SIGMA:g} px, got "
+                        f"{sigma}", "e.g. --block-sigma 2")
 
 
 def check_bootstrap(bootstrap) -> int:
@@ -429,7 +461,7 @@ def _rows(per_images: list, bootstrap: int, seed: int, level: float) -> dict:
         per = [p[kind] for p in per_images]
         point = _summary(per, every)
         rows[kind] = {c: float(point[c]) for c in COLUMNS}
-        skipped[kind] = int(sum(p["pixel"] != p["pixel"] for p in per))
+        skipped[kind] = int(sum(bool(p.get("constant_error")) for p in per))
         if resamples is not None:
             boot = _summary(per, resamples)
             tail = 100 * (1 - level) / 2
@@ -491,15 +523,18 @@ def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None =
 
 def table(variances, outputs, targets, means=None, sigma: float = DEFAULT_SIGMA,
           grid: int | None = None, bootstrap: int = 0, seed: int = 0,
-          baseline: bool = True, hw_axes=None) -> dict:
+          baseline: bool = True, hw_axes=None, u_axes="same") -> dict:
     """The metrics table for lists of output-shaped arrays (one entry per result).
 
     The same as ``summarize`` over ``image_stats`` of each (variance, output,
     target), plus "tolerability" (mean over results) when ``means`` are given.
+    Pass ``hw_axes=result.image_axes`` (and ``u_axes=result.uncertainty_axes`` for an
+    entropy map) so the maps are read on the axes the run found; without them the
+    layout is guessed from the shape (NCHW, or NHWC with at most 4 channels).
     """
     stats_list = []
     for v, o, t in zip(variances, outputs, targets):
-        stats_list += image_stats(v, o, t, sigma, grid, baseline, hw_axes)
+        stats_list += image_stats(v, o, t, sigma, grid, baseline, hw_axes, u_axes)
     result = summarize(stats_list, sigma, grid, bootstrap, seed)
     if means is not None:
         tol = [tolerability(m, o) for m, o in zip(means, outputs)]

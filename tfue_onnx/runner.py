@@ -122,6 +122,22 @@ class Result:
     def uncertainty(self):
         return self.outputs[self.primary].uncertainty
 
+    @property
+    def image_axes(self):
+        """The primary output's (height, width) axes as the run found them (a tuple),
+        False when it has none (not an image), None when not recorded (guess); for
+        ``metrics.table(..., hw_axes=)``."""
+        from .report import map_axes
+
+        return map_axes(self)
+
+    @property
+    def uncertainty_axes(self):
+        """The same for ``uncertainty`` (the entropy map has lost the class axis)."""
+        from .report import map_axes
+
+        return map_axes(self, "variance" if self.variance is not None else "entropy")
+
 
 def check_chunk(chunk) -> int | None:
     """Validate a chunk size (None = automatic)."""

@@ -61,6 +61,9 @@ def sweep_locations(info, at=None, at_count=None) -> list:
     """Candidates to sweep: ``at`` 'all' or a list of locations, or ``at_count`` evenly
     spaced ones (default 8)."""
     cands = info.candidates
+    if at_count is not None and at not in (None, "all"):
+        raise TfueError("give --at or --at-count, not both",
+                        "--at lists the locations; --at-count K spaces K of them evenly")
     if at_count is not None:
         if int(at_count) < 1:
             raise TfueError(f"--at-count must be >= 1, got {at_count}", "e.g. --at-count 8")
@@ -105,6 +108,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
         if m not in grids:
             raise TfueError(f"sweep covers noise and dropout, not {m!r}",
                             "use --methods noise,dropout")
+        for lv in grids[m]:  # every level checked before any sampling
+            Noise(lv, mode=sigma_mode) if m == "noise" else Dropout(lv)
     if pad == "auto":  # detected once for every point
         from .border import resolve_pad
 

