@@ -484,3 +484,87 @@ def test_image_targets_for_an_output_without_a_declared_shape(tmp_path):
     assert t.shape == (1, 3, 6, 5) and float(t.max()) == 1.0
     assert _image_target(im.convert("L"), Out(), 1 / 255).shape == (1, 1, 6, 5)
     assert onnx  # imported for the model helpers above
+
+
+def test_batched_pairs_give_one_entry_per_image(tmp_path):
+    from tfue_onnx import metrics
+
+    model = toys.pointwise_net(tmp_path / "pw.onnx")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for k in range(2):
+        np.savez(folder / f"p{k}.npz", x=rng.random((2, 3, 3, 20), dtype=np.float32),
+                 target=rng.random((2, 2, 3, 20), dtype=np.float32))
+    pairs = make_pairs(inspect_model(model), [folder])
+    res = evaluate(Estimator(model, Noise(0.2, at="c"), samples=4, seed=0), pairs,
+                   bootstrap=0)
+    assert [i["name"] for i in res["images"]] == ["p0[0]", "p0[1]", "p1[0]", "p1[1]"]
+    assert res["table"]["images"] == 4
+    per = []
+    for pair in pairs:
+        feeds, target = pair.load()
+        r = Estimator(model, Noise(0.2, at="c"), samples=4, seed=0)(feeds)
+        for b in range(2):
+            per.append(metrics.pearson(r.variance[b].mean(0),
+                                       np.abs(r.output - target)[b].mean(0)))
+    assert [i["pixel_l1"] for i in res["images"]] == pytest.approx(per)
+    assert res["table"]["l1"]["pixel"] == pytest.approx(np.mean(per))
+
+
+def test_a_softmax_segmenter_gets_no_edge_baseline_or_noise_blocks(tmp_path):
+    from tfue_onnx import Entropy
+
+    seg = _segmenter(tmp_path / "seg.onnx")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for k in range(3):
+        np.savez(folder / f"p{k}.npz", x=rng.normal(0, 1, (3, 10, 12)).astype(np.float32),
+                 target=rng.random((4, 10, 12), dtype=np.float32))
+    pairs = make_pairs(inspect_model(seg), [folder])
+    res = evaluate(Estimator(seg, Entropy()), pairs, bootstrap=0)
+    assert "baseline" not in res["table"] and np.isnan(res["table"]["l1"]["block"])
+    assert any("channel mean is constant" in n for n in res["notes"])
+    grid = evaluate(Estimator(seg, Entropy()), pairs, bootstrap=0, grid=4)
+    assert np.isfinite(grid["table"]["l1"]["block"])  # grid blocks do not need content
+
+
+def test_a_model_cast_to_float16_at_the_end_verifies(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = toys.conv_net(tmp_path / "c.onnx")
+    model = onnx.load(model) if isinstance(model, str) else model
+    g = model.graph
+    out = g.output[0]
+    g.node.append(helper.make_node("Cast", [out.name], ["y16"], to=TensorProto.FLOAT16))
+    g.output.remove(out)
+    g.output.append(helper.make_tensor_value_info(
+        "y16", TensorProto.FLOAT16, [d.dim_param or d.dim_value for d in
+                                     out.type.tensor_type.shape.dim]))
+    onnx.save(model, str(tmp_path / "c16.onnx"))
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32) * 4
+    from tfue_onnx import Transform
+    for spec, kw in ((Noise(0.1, at="0.5"), {"samples": 4}), (Transform("d4"), {})):
+        r = Estimator(str(tmp_path / "c16.onnx"), spec, seed=0, **kw)(x)
+        assert r.output.dtype == np.float16 and float(np.mean(r.variance)) > 0
+
+
+def test_at_auto_on_a_fixed_non_square_input_uses_flips(tmp_path):
+    from tfue_onnx.choose import choose_by_agreement
+
+    model = toys.conv_net(tmp_path / "c.onnx")
+    import onnx
+    m = onnx.load(model) if isinstance(model, str) else model
+    for vi in (m.graph.input[0],):  # fix the input at 1 x 3 x 8 x 12
+        for d, v in zip(vi.type.tensor_type.shape.dim, (1, 3, 8, 12)):
+            d.Clear()
+            d.dim_value = v
+    for vi in m.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    onnx.save(m, str(tmp_path / "fixed.onnx"))
+    x = np.random.default_rng(0).random((1, 3, 8, 12), dtype=np.float32)
+    pick = choose_by_agreement(str(tmp_path / "fixed.onnx"), "noise", [x], samples=4,
+                               at_count=2, levels=(0.05, 0.1))
+    assert pick["reference"] == "flips" and "infer-transformation's (flips)" in pick["reason"]

@@ -144,12 +144,18 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
     feeds_list = list(feeds_list)
     if not feeds_list:
         raise TfueError("--at auto needs at least one input to choose on", "give inputs")
-    try:
-        refs, runs = reference_maps(model, feeds_list, transforms, provider, pad, layout)
+    refs, why_not = None, ""
+    # d4 first; a fixed non-square input cannot be rotated by 90 degrees, but flips run.
+    for tried in dict.fromkeys((transforms, "flips", "hflip")):
+        try:
+            refs, runs = reference_maps(model, feeds_list, tried, provider, pad, layout)
+        except TfueError as exc:
+            refs, why_not = None, f"infer-transformation ({tried}) failed: {exc.message}"
+            continue
         usable = any(float(np.max(r)) > 0 for r in refs)
-        why_not = "" if usable else f"its {transforms} variance is zero everywhere"
-    except TfueError as exc:
-        refs, why_not = None, f"infer-transformation ({transforms}) failed: {exc.message}"
+        why_not = "" if usable else f"its {tried} variance is zero everywhere"
+        transforms = tried
+        break
     if why_not:
         from .sweep import choose_by_tolerability
 

@@ -217,21 +217,34 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
             stats += found
         tol.append(metrics.tolerability(res.mean if res.mean is not None else res.output,
                                         res.output))
-        item = {"name": pair.name, "input": pair.source,
-                "mean_uncertainty": float(np.mean(unc)),
-                "mean_l1": float(np.mean(err)),
-                "mean_l2": float(np.mean(metrics.error_map(res.output, target, "l2")))}
-        for kind in metrics.ERRORS:  # the first image of the result (batch 1: the only one)
-            for col in metrics.PER_IMAGE:
-                item[f"{col}_{kind}"] = found[0]["method"][kind][col]
-        per_image.append(item)
+        first = len(per_image)
+        for i, stats_i in enumerate(found):  # one entry per image of the result (its batch)
+            item = {"name": pair.name if len(found) == 1 else f"{pair.name}[{i}]",
+                    "input": pair.source}
+            if len(found) == 1:
+                item.update(mean_uncertainty=float(np.mean(unc)), mean_l1=float(np.mean(err)),
+                            mean_l2=float(np.mean(metrics.error_map(res.output, target, "l2"))))
+            else:  # the channel-mean maps' means are the item's means
+                item.update(mean_uncertainty=stats_i["method"]["l1"]["mean_u"],
+                            mean_l1=stats_i["method"]["l1"]["mean_e"],
+                            mean_l2=stats_i["method"]["l2"]["mean_e"])
+            for kind in metrics.ERRORS:
+                for col in metrics.PER_IMAGE:
+                    item[f"{col}_{kind}"] = stats_i["method"][kind][col]
+            if stats_i.get("flat_output"):
+                notes.setdefault("flat_output", (
+                    "the output's channel mean is constant over the image (e.g. class "
+                    "probabilities summing to 1): no local-centre-of-mass blocks and no "
+                    "baseline row for it (use --block-grid for blocks)"))
+            per_image.append(item)
         if out_dir is not None and pictures:
             picture = side_by_side(res.output, err, unc, axes, res.uncertainty_axes)
             if picture is not None:
                 path = os.path.join(out_dir, f"{pair.name}.eval.png")
                 save_png(path, picture)
                 written.append(path)
-                per_image[-1]["picture"] = path
+                for item in per_image[first:]:
+                    item["picture"] = path
     if bootstrap_seed is None:
         bootstrap_seed = (meta or {}).get("seed")
         bootstrap_seed = 0 if bootstrap_seed is None else int(bootstrap_seed)

@@ -392,13 +392,18 @@ def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
         if np.shape(u) != np.shape(o):
             raise TfueError(f"the uncertainty map is {np.shape(u)}, the output's {np.shape(o)}",
                             "give an uncertainty shaped like the output")
-        labels = _blocks(o, sigma, grid) if is_image(o) else None
+        # An output whose channel mean is constant (class probabilities) has no
+        # content to cut into blocks, and its edge map is rounding noise.
+        flat_o = is_image(o) and _flat(o, rel=rel)
+        labels = _blocks(o, sigma, grid) if is_image(o) and (grid is not None or not flat_o) \
+            else None
         # Each error map is sorted once (above), for the method's map and the
         # baseline's. (L1 and L2 maps of several channels rank pixels differently.)
-        base = gradient_energy(o) if baseline and labels is not None else None
+        base = gradient_energy(o) if baseline and labels is not None and not flat_o else None
         found.append({"method": _map_stats(u, per_kind, labels, scale, rel),
                       "baseline": None if base is None else
-                      _map_stats(base, per_kind, labels, scale, rel)})
+                      _map_stats(base, per_kind, labels, scale, rel),
+                      "flat_output": bool(flat_o)})
     return found
 
 
