@@ -296,8 +296,11 @@ def test_sweep_best_lists_the_points_it_is_not_separated_from():
     assert "not separated from 2 other point(s)" in text and "0.3600" in text
     alone = _best(points[1], [points[1], points[3]], "pixel_l1", "absolute")
     assert alone["not_separated"] == []
-    assert "separated from every other point" in format_best({"best": alone,
-                                                              "metric": "pixel_l1"})
+    assert "separated from every other point" in format_best(
+        {"best": alone, "metric": "pixel_l1", "points": [points[1], points[3]]})
+    only = _best(points[1], [points[1]], "pixel_l1", "absolute")
+    assert "separated" not in format_best({"best": only, "metric": "pixel_l1",
+                                          "points": [points[1]]})
     # Lower is better for AUSE: the same rule, the other direction.
     ause = [{**p, "table": {"l1": {"ause": p["table"]["l1"]["pixel"]},
                             "intervals": {"l1": {"ause": p["table"]["intervals"]["l1"]["pixel"]}}}}

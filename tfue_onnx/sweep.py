@@ -61,7 +61,7 @@ def sweep_locations(info, at=None, at_count=None) -> list:
     """Candidates to sweep: ``at`` 'all' or a list of locations, or ``at_count`` evenly
     spaced ones (default 8)."""
     cands = info.candidates
-    if at_count is not None and at not in (None, "all"):
+    if at_count is not None and at is not None:
         raise TfueError("give --at or --at-count, not both",
                         "--at lists the locations; --at-count K spaces K of them evenly")
     if at_count is not None:
@@ -211,7 +211,7 @@ def format_best(summary: dict) -> str:
                             f"({c['value']:.4f})" for c in close[:3])
             text += (f"\nnot separated from {len(close)} other point(s) whose intervals "
                      f"overlap it, e.g. {top}: the data do not single out one best point")
-        else:
+        elif len(summary.get("points", ())) > 1:
             text += "\nseparated from every other point (no interval overlaps it)"
     base = summary.get("baseline")
     if base:
