@@ -35,9 +35,14 @@ def test_run_writes_results(cli, setup, x8):
     assert r.exit_code == 0, r.output
     assert "noise at r1 (level 0.2), N=8, seed 3, strategy shared-prefix" in r.stdout
     assert sorted(os.listdir(out)) == ["img.npz", "img.variance.png", "summary.json"]
+    import zipfile
+    with zipfile.ZipFile(out / "img.npz") as zf:  # stored, not deflated, by default
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
     with np.load(out / "img.npz") as z:
-        assert {"output", "mean", "variance", "y.output", "y.variance", "metadata"} <= set(z.files)
+        # Each array once: the primary output's under plain keys.
+        assert sorted(z.files) == ["mean", "metadata", "output", "variance"]
         meta = json.loads(str(z["metadata"]))
+        assert meta["primary"] == "y"
         assert (meta["method"], meta["at"], meta["level"], meta["samples"], meta["seed"]) == \
             ("noise", "r1", 0.2, 8, 3)
         assert meta["provider"] in ("cpu", "cuda")
@@ -382,3 +387,27 @@ def test_every_command_taking_at_auto_picks_without_a_sweep(cli, tmp_path, setup
         assert r.exit_code == 0, (name, r.output)
         assert "tfue: --at auto picked " in r.stderr, name
     assert (tmp_path / "ev" / "metrics.json").exists() and (tmp_path / "u.onnx").exists()
+
+
+def test_run_compress_and_other_outputs_under_their_names(cli, tmp_path, x8):
+    import zipfile
+
+    import onnx
+    import toys
+
+    base = toys.conv_net(tmp_path / "c.onnx")
+    base = onnx.load(base) if isinstance(base, str) else base
+    path = tmp_path / "two.onnx"
+    onnx.save(toys.with_output(base, "r1"), str(path))  # outputs y and r1
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", path, tmp_path / "x.npy", "--method", "noise", "--at", "c1", "--sigma", 0.2,
+            "--seed", 0, "--compress", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    with zipfile.ZipFile(tmp_path / "o" / "x.npz") as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+    with np.load(tmp_path / "o" / "x.npz") as z:
+        meta = json.loads(str(z["metadata"]))
+        assert meta["primary"] == "y"
+        plain = sorted(f for f in z.files if "." not in f)
+        assert plain == ["mean", "metadata", "output", "variance"]
+        assert "r1.output" in z.files and not any(f.startswith("y.") for f in z.files)

@@ -407,10 +407,12 @@ def _notes(est, verbose):
 @click.option("--resize", default=None,
               help="Resize images to HxW (default: the model's fixed size, else unchanged).")
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
+@click.option("--compress", is_flag=True,
+              help="Deflate the .npz files: smaller, but far slower to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
 def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_mean, norm_std,
-        resize, save_samples, as_json, force, verbose, **perturbation):
+        resize, save_samples, compress, as_json, force, verbose, **perturbation):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -441,7 +443,8 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     progress = _progress_for_stderr()
     try:
         summary = run_inputs(est, files, out_dir, options, progress=progress,
-                             note=lambda line: click.echo(f"tfue: {line}", err=True))
+                             note=lambda line: click.echo(f"tfue: {line}", err=True),
+                             compress=compress)
     finally:
         _notes(est, verbose)
     if as_json:

@@ -104,11 +104,17 @@ def cleanup_out_dir(path: str):
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(file)`` on a temporary binary file beside ``path``, then rename it
+    to ``path``: a reader never sees a half-written file, and a failure leaves none."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
@@ -123,11 +129,19 @@ def _umask() -> int:
     return mask
 
 
-def save_npz(path: str, arrays: dict, metadata: dict) -> None:
-    """Write arrays and a JSON metadata string to ``path`` (.npz) atomically."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays, metadata=np.array(json.dumps(metadata, default=str)))
-    atomic_write_bytes(path, buf.getvalue())
+def save_npz(path: str, arrays: dict, metadata: dict, compress: bool = False) -> None:
+    """Write arrays and a JSON metadata string to ``path`` (.npz) atomically.
+
+    Args:
+        path: the .npz file.
+        arrays: name -> array, each stored once as it is.
+        metadata: JSON-able dict, stored as a 0-d string array ``metadata``.
+        compress: zip-deflate the arrays (``numpy.savez_compressed``): smaller files,
+            about 50x slower to write for float maps; off by default (``--compress``).
+    """
+    save = np.savez_compressed if compress else np.savez
+    meta = np.array(json.dumps(metadata, default=str))
+    atomic_write(path, lambda f: save(f, **arrays, metadata=meta))
 
 
 def plain_json(obj):

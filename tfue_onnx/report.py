@@ -28,26 +28,26 @@ ARRAY_KEYS = ("output", "mean", "variance", "samples", "entropy", "mutual_inform
 
 
 def result_arrays(result) -> dict:
-    """The arrays stored in NAME.npz: output/mean/variance of the first float output
-    under plain keys, and every output under ``<output name>.output`` etc."""
+    """The arrays stored in NAME.npz, each once: output/mean/variance (and entropy...) of
+    the primary output (the first with statistics, ``metadata["primary"]``) under plain
+    keys, every other output under ``<output name>.output`` etc."""
     arrays = {}
     primary = result.primary
     for name, s in result.outputs.items():
         for key in ARRAY_KEYS:
             value = getattr(s, key)
-            if value is None:
-                continue
-            if name == primary:
-                arrays[key] = value
-            arrays[f"{name}.{key}"] = value
+            if value is not None:
+                arrays[key if name == primary else f"{name}.{key}"] = value
     return arrays
 
 
-def write_result(out_dir: str, stem: str, result, source: str) -> dict:
-    """Write ``stem``.npz (and a heatmap when the output is a map); return a summary."""
-    meta = {**result.metadata, "input": source, "tfue_version": __version__}
+def write_result(out_dir: str, stem: str, result, source: str, compress: bool = False) -> dict:
+    """Write ``stem``.npz (and a heatmap when the output is a map); return a summary.
+    ``compress``: deflate the .npz (smaller, much slower to write)."""
+    meta = {**result.metadata, "input": source, "primary": result.primary,
+            "tfue_version": __version__}
     npz = os.path.join(out_dir, stem + ".npz")
-    save_npz(npz, result_arrays(result), meta)
+    save_npz(npz, result_arrays(result), meta, compress)
     written = [npz]
     item = {"input": source, "files": written, **_means(result.outputs[result.primary]),
             "max_variance": None if result.variance is None else float(np.max(result.variance)),
@@ -229,7 +229,8 @@ def _check_kept_samples(estimator, feeds) -> None:
                         "use fewer --samples, drop --save-samples, or raise --max-memory")
 
 
-def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> dict:
+def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
+               compress: bool = False) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -245,6 +246,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
         options: ImageOptions for reading images.
         progress: wraps the file list for display (e.g. a progress bar).
         note: called with a line for the user (large-N time estimate, warnings).
+        compress: deflate the .npz files (``--compress``).
 
     Returns:
         The run summary (also written to ``out_dir``/summary.json).
@@ -275,7 +277,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None) -> 
             result = estimator(feeds)
             meta = result.metadata
             prepare_out_dir(out_dir)
-            item = write_result(out_dir, _stem(path), result, path)
+            item = write_result(out_dir, _stem(path), result, path, compress)
             found = non_finite(result)
             if found:
                 item["non_finite"] = found
