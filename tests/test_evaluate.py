@@ -178,6 +178,8 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
     assert f"--at auto picked {best['at']} at level {best['level']:g}" in r.stderr
     s = json.loads(r.stdout)
     assert s["location"] == best["at"] and s["level"] == best["level"]
+    assert s["at_auto"]["from"] == "sweep" and s["at_auto"]["value"] == best["value"]
+    assert s["at_auto"]["interval"] == best["interval"]
 
 
 def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):
@@ -190,6 +192,11 @@ def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):
     assert "that agreement is weak" in line  # a random toy: nothing agrees
     s = json.loads(r.stdout)
     assert s["location"] in ("c1", "r1", "c2") and 0 < s["level"] <= 0.5  # intermediate
+    auto = s["at_auto"]  # what the choice measured is kept with the results
+    assert auto["from"] == "agreement" and auto["at"] == s["location"]
+    assert -1 <= auto["agreement"] <= 1 and auto["reference"] == "d4" and auto["sample_runs"] > 0
+    saved = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert saved["at_auto"]["agreement"] == auto["agreement"]
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "dropout", "--at", "auto",
             "--tolerance", 1e-9, "--out", tmp_path / "o2")
     assert r.exit_code == 2 and "no location and level keeps the mean output" in r.stderr

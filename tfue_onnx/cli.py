@@ -209,13 +209,17 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                    f"{sweep_result}: the best {best.get('metric')} "
                    f"({_rounded(best.get('value'))}"
                    f"{_band(best.get('interval'))}) of that sweep", err=True)
-        return best["at"], best["level"]
+        return best["at"], best["level"], {
+            "from": "sweep", "sweep_result": os.path.abspath(sweep_result),
+            **{k: best.get(k) for k in ("at", "level", "metric", "value", "interval")}}
     pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
                                sigma_mode=sigma_mode, seed=0 if seed is None else seed,
                                pad=pad, layout=layout)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
-    return pick["at"], pick["level"]
+    return pick["at"], pick["level"], {"from": "agreement" if "agreement" in pick else
+                                       "tolerability", **{k: v for k, v in pick.items()
+                                                          if k != "points"}}
 
 
 def _split_members(model, inputs, method):
@@ -282,9 +286,10 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     model, members, member_notes = _models(models, method)
     if pad == "auto":  # detected once, said once
         pad = _auto_pad(model, layout)
+    auto = None
     if at == "auto":
-        at, level = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
-                                   auto_feeds, seed, pad, layout)
+        at, level, auto = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
+                                         auto_feeds, seed, pad, layout)
         if method == "noise" and sigma is None:
             sigma = level
         if method == "dropout" and rate is None:
@@ -294,10 +299,12 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, members)
     if member_notes:
         spec = dataclasses.replace(spec, notes=tuple(member_notes))
-    return Estimator(model, spec, samples=samples, seed=seed, provider=provider,
-                     strategy=strategy, softmax=softmax,
-                     classify="auto" if classify is None else classify, class_axis=class_axis,
-                     pad=pad, layout=layout, **kw)
+    est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
+                    strategy=strategy, softmax=softmax,
+                    classify="auto" if classify is None else classify, class_axis=class_axis,
+                    pad=pad, layout=layout, **kw)
+    est.auto_choice = auto  # what --at auto measured, for summary.json / metrics.json
+    return est
 
 
 def _auto_pad(model, layout) -> int:

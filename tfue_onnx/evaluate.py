@@ -252,6 +252,8 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
     table["tolerability"] = {key: float(np.mean([t[key] for t in tol])) if tol else
                              float("nan") for key in ("mean_abs_change", "relative_change")}
     result = {"metadata": meta, "table": table, "images": per_image}
+    if getattr(estimator, "auto_choice", None):
+        result["at_auto"] = estimator.auto_choice  # how --at auto chose the location
     if "non_finite" in notes:
         names = notes.pop("non_finite")
         notes["non_finite"] = (

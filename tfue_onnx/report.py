@@ -293,6 +293,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     summary = {"tfue_version": __version__, **meta, "inputs": items}
     summary.pop("input", None)
     summary["location"] = summary.pop("at", None)
+    if getattr(estimator, "auto_choice", None):
+        summary["at_auto"] = estimator.auto_choice  # how --at auto chose the location
     if warnings:
         summary["warnings"] = warnings
     if notes:
