@@ -250,38 +250,31 @@ def test_bootstrap_is_seeded_by_the_runs_own_seed(tmp_path):
     assert b["table"]["bootstrap"]["seed"] == b["metadata"]["seed"]
 
 
-def _nhwc_net(path, channels=8):
-    """x [N, H, W, 3] -> 1x1 conv to ``channels`` -> Tanh -> y [N, H, W, channels]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def _npz_pairs(model, folder, arrays) -> list:
+    """(input, target) arrays written as ``folder``/p0.npz, p1.npz, ...; their pairs."""
+    folder.mkdir()
+    for k, (x, target) in enumerate(arrays):
+        np.savez(folder / f"p{k}.npz", x=x, target=target)
+    return make_pairs(inspect_model(model), [folder])
 
-    w = np.random.default_rng(0).normal(0, 0.5, (channels, 3, 1, 1)).astype(np.float32)
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["t", "w"], ["c"]),
-             helper.make_node("Tanh", ["c"], ["h"]),
-             helper.make_node("Transpose", ["h"], ["y"], perm=[0, 2, 3, 1])]
-    graph = helper.make_graph(
-        nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                      ["n", "h", "w", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "h", "w", channels])],
-        [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
+
+def _segmenter_pairs(tmp_path):
+    """The softmax segmenter and three random pairs for it."""
+    seg = toys.softmax_segmenter(tmp_path / "seg.onnx")
+    rng = np.random.default_rng(0)
+    return seg, _npz_pairs(seg, tmp_path / "seg_pairs",
+                           [(rng.normal(0, 1, (3, 10, 12)).astype(np.float32),
+                             rng.random((4, 10, 12), dtype=np.float32)) for _ in range(3)])
 
 
 def test_evaluate_reads_the_runs_own_image_axes(tmp_path):
     # NHWC with 8 channels: the layout guess would read W x C maps; the run's spatial
     # axes say H x W.
-    model = _nhwc_net(tmp_path / "nhwc8.onnx")
+    model = toys.nhwc_net(tmp_path / "nhwc8.onnx")
     rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.random((12, 10, 3), dtype=np.float32),
-                 target=rng.random((12, 10, 8), dtype=np.float32))
-    pairs = make_pairs(inspect_model(model), [folder])
+    pairs = _npz_pairs(model, tmp_path / "pairs",
+                       [(rng.random((12, 10, 3), dtype=np.float32),
+                         rng.random((12, 10, 8), dtype=np.float32)) for _ in range(3)])
     res = evaluate(Estimator(model, Noise(0.3, at="t"), samples=4, seed=0), pairs,
                    out_dir=tmp_path, bootstrap=0)
     from tfue_onnx import metrics
@@ -304,14 +297,12 @@ def test_vector_outputs_get_no_blocks_and_no_baseline(tmp_path):
     model = toys.classifier_net(tmp_path / "cls.onnx", softmax=False)
     info = inspect_model(model)
     rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
     shape = [d if isinstance(d, int) else 1 for d in info.inputs[0].shape][1:]
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.random(shape, dtype=np.float32),
-                 target=rng.random(4, dtype=np.float32))
-    res = evaluate(Estimator(model, Noise(0.2, at="0.5"), samples=4, seed=0),
-                   make_pairs(info, [folder]), out_dir=tmp_path)
+    pairs = _npz_pairs(model, tmp_path / "pairs",
+                       [(rng.random(shape, dtype=np.float32), rng.random(4, dtype=np.float32))
+                        for _ in range(3)])
+    res = evaluate(Estimator(model, Noise(0.2, at="0.5"), samples=4, seed=0), pairs,
+                   out_dir=tmp_path)
     t = res["table"]
     assert np.isnan(t["l1"]["block"]) and np.isnan(t["l1"]["block_pooled"])
     assert "baseline" not in t and np.isfinite(t["l1"]["pixel"])
@@ -364,35 +355,11 @@ def test_a_failed_sweep_leaves_no_folder(cli, tmp_path):
     assert not (tmp_path / "sw").exists()
 
 
-def _segmenter(path):
-    """x [N, 3, H, W] -> 1x1 conv to 4 classes -> Softmax over the classes -> p."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).normal(0, 2, (4, 3, 1, 1)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
-             helper.make_node("Softmax", ["c"], ["p"], axis=1)]
-    graph = helper.make_graph(
-        nodes, "seg", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 4, "h", "w"])],
-        [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
-    return str(path)
-
-
 def test_evaluate_entropy_on_a_segmenter_and_a_classifier(tmp_path):
     from tfue_onnx import Entropy, metrics
 
     rng = np.random.default_rng(0)
-    seg = _segmenter(tmp_path / "seg.onnx")
-    folder = tmp_path / "seg_pairs"
-    folder.mkdir()
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.normal(0, 1, (3, 10, 12)).astype(np.float32),
-                 target=rng.random((4, 10, 12), dtype=np.float32))
-    pairs = make_pairs(inspect_model(seg), [folder])
+    seg, pairs = _segmenter_pairs(tmp_path)
     res = evaluate(Estimator(seg, Entropy()), pairs, out_dir=tmp_path, bootstrap=0)
     per = []
     for pair in pairs:
@@ -406,13 +373,10 @@ def test_evaluate_entropy_on_a_segmenter_and_a_classifier(tmp_path):
         assert im.size == (3 * 12 + 8, 10)
     # A classifier's entropy is one number per input: only the correlation over inputs.
     cls = toys.classifier_net(tmp_path / "cls.onnx")
-    folder = tmp_path / "cls_pairs"
-    folder.mkdir()
-    for k in range(4):
-        np.savez(folder / f"q{k}.npz", x=rng.random((3, 8, 8), dtype=np.float32),
-                 target=np.eye(4, dtype=np.float32)[k % 4])
-    res = evaluate(Estimator(cls, Entropy()), make_pairs(inspect_model(cls), [folder]),
-                   bootstrap=0)
+    pairs = _npz_pairs(cls, tmp_path / "cls_pairs",
+                       [(rng.random((3, 8, 8), dtype=np.float32),
+                         np.eye(4, dtype=np.float32)[k % 4]) for k in range(4)])
+    res = evaluate(Estimator(cls, Entropy()), pairs, bootstrap=0)
     t = res["table"]
     assert np.isnan(t["l1"]["pixel"]) and np.isnan(t["l1"]["ause"]) and -1 <= t["l1"]["mean"] <= 1
     assert t["skipped"] == {"l1": 0, "l2": 0} and "baseline" not in t
@@ -498,12 +462,9 @@ def test_batched_pairs_give_one_entry_per_image(tmp_path):
 
     model = toys.pointwise_net(tmp_path / "pw.onnx")
     rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    for k in range(2):
-        np.savez(folder / f"p{k}.npz", x=rng.random((2, 3, 3, 20), dtype=np.float32),
-                 target=rng.random((2, 2, 3, 20), dtype=np.float32))
-    pairs = make_pairs(inspect_model(model), [folder])
+    pairs = _npz_pairs(model, tmp_path / "pairs",
+                       [(rng.random((2, 3, 3, 20), dtype=np.float32),
+                         rng.random((2, 2, 3, 20), dtype=np.float32)) for _ in range(2)])
     res = evaluate(Estimator(model, Noise(0.2, at="c"), samples=4, seed=0), pairs,
                    bootstrap=0)
     assert [i["name"] for i in res["images"]] == ["p0[0]", "p0[1]", "p1[0]", "p1[1]"]
@@ -522,14 +483,7 @@ def test_batched_pairs_give_one_entry_per_image(tmp_path):
 def test_a_softmax_segmenter_gets_no_edge_baseline_or_noise_blocks(tmp_path):
     from tfue_onnx import Entropy
 
-    seg = _segmenter(tmp_path / "seg.onnx")
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.normal(0, 1, (3, 10, 12)).astype(np.float32),
-                 target=rng.random((4, 10, 12), dtype=np.float32))
-    pairs = make_pairs(inspect_model(seg), [folder])
+    seg, pairs = _segmenter_pairs(tmp_path)
     res = evaluate(Estimator(seg, Entropy()), pairs, bootstrap=0)
     assert "baseline" not in res["table"] and np.isnan(res["table"]["l1"]["block"])
     assert any("channel mean is constant" in n for n in res["notes"])

@@ -120,6 +120,26 @@ def classifier_net(path, classes=4, softmax=True, seed=0, input_name="x", dtype=
                  opset=opset, x=input_name, y="p", dtype=dtype)
 
 
+def nhwc_net(path, channels=8):
+    """x [N, H, W, 3] -> 1x1 conv to ``channels`` -> Tanh -> y [N, H, W, channels]."""
+    w = np.random.default_rng(0).normal(0, 0.5, (channels, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"]),
+             helper.make_node("Tanh", ["c"], ["h"]),
+             helper.make_node("Transpose", ["h"], ["y"], perm=[0, 2, 3, 1])]
+    return _save(path, nodes, [numpy_helper.from_array(w, "w")], ["n", "h", "w", 3],
+                 ["n", "h", "w", channels], "nhwc")
+
+
+def softmax_segmenter(path):
+    """x [N, 3, H, W] -> 1x1 conv to 4 classes -> Softmax over the classes -> p."""
+    w = np.random.default_rng(0).normal(0, 2, (4, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Softmax", ["c"], ["p"], axis=1)]
+    return _save(path, nodes, [numpy_helper.from_array(w, "w")], ["n", 3, "h", "w"],
+                 ["n", 4, "h", "w"], "seg", y="p")
+
+
 def fixed_bias_net(path):
     """Dynamic H, W in the signature, but a bias of shape [1, 2, 8, 12]: only 8x12 runs."""
     rng = np.random.default_rng(3)
