@@ -211,7 +211,10 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
                                     axes, res.uncertainty_axes) if finite else None
         if not finite:  # the run says why (warnings); the metrics leave the image out
             notes.setdefault("non_finite", []).append(pair.name)
-            found = [{"method": {kind: {col: float("nan") for col in metrics.PER_IMAGE}
+            found = [{"method": {kind: {**{col: float("nan") for col in metrics.PER_IMAGE},
+                                        "mean_u": float(np.mean(unc)), "mean_e": float(
+                                            np.mean(metrics.error_map(res.output, target,
+                                                                      kind)))}
                                  for kind in metrics.ERRORS}}]
         else:
             stats += found
@@ -221,13 +224,10 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
         for i, stats_i in enumerate(found):  # one entry per image of the result (its batch)
             item = {"name": pair.name if len(found) == 1 else f"{pair.name}[{i}]",
                     "input": pair.source}
-            if len(found) == 1:
-                item.update(mean_uncertainty=float(np.mean(unc)), mean_l1=float(np.mean(err)),
-                            mean_l2=float(np.mean(metrics.error_map(res.output, target, "l2"))))
-            else:  # the channel-mean maps' means are the item's means
-                item.update(mean_uncertainty=stats_i["method"]["l1"]["mean_u"],
-                            mean_l1=stats_i["method"]["l1"]["mean_e"],
-                            mean_l2=stats_i["method"]["l2"]["mean_e"])
+            # The means of its channel-mean maps are the image's means.
+            item.update(mean_uncertainty=stats_i["method"]["l1"]["mean_u"],
+                        mean_l1=stats_i["method"]["l1"]["mean_e"],
+                        mean_l2=stats_i["method"]["l2"]["mean_e"])
             for kind in metrics.ERRORS:
                 for col in metrics.PER_IMAGE:
                     item[f"{col}_{kind}"] = stats_i["method"][kind][col]

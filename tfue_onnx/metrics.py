@@ -165,11 +165,21 @@ def image_correlation(uncertainty, error, weights=None, rank: bool = False,
     Spearman's with ``rank``.
     """
     u, e = np.ravel(uncertainty), np.ravel(error)
-    if e.size < 2 or _flat(e, scale):
+    flat_e, flat_u = e.size < 2 or _flat(e, scale), _flat(u)
+    if rank:
+        return _ruled(flat_e, flat_u, stats.rankdata(u), stats.rankdata(e))
+    return _ruled(flat_e, flat_u, u, e, weights)
+
+
+def _ruled(flat_error: bool, flat_uncertainty: bool, x, y, weights=None) -> float:
+    """This module's per-image rule: NaN when the error is constant (nothing to track),
+    0 when the uncertainty is (it ranks nothing), else the (weighted) Pearson
+    correlation of ``x`` and ``y`` (the maps, their ranks or their block means)."""
+    if flat_error:
         return float("nan")
-    if _flat(u):
+    if flat_uncertainty:
         return 0.0
-    return spearman(u, e) if rank else pearson(u, e, weights)
+    return pearson(x, y, weights)
 
 
 FLAT = 1e-6  # relative spread below which a map counts as constant (float32 rounding)
@@ -312,22 +322,21 @@ def _map_stats(u, errors: dict, labels, scale: float = 0.0, rel: float = FLAT) -
     found = {}
     for kind, (e, order_e, ranks_e) in errors.items():
         flat_e = e.size < 2 or _flat(e, scale, rel)
-        # Most uncertain first: the descending orders (ties stay together either way).
-        sp = sparsification(u, e, kind, _orders=(order_u[::-1], order_e[::-1]))
+        # A constant error has nothing to rank: no sparsification either. Most uncertain
+        # first: the descending orders (ties stay together either way).
+        sp = {"ause": float("nan"), "aurg": float("nan")} if flat_e else \
+            sparsification(u, e, kind, _orders=(order_u[::-1], order_e[::-1]))
         if labels is not None:
             be = np.bincount(labels, e)[keep] / count[keep]
-            block = float("nan") if flat_e or _flat(be, scale, rel) else (
-                0.0 if _flat(bu) or flat_u else pearson(bu, be, count[keep]))
+            block = _ruled(flat_e or _flat(be, scale, rel), flat_u or _flat(bu), bu, be,
+                           count[keep])
             block_moments = _moments(bu, be, count[keep])
         else:
             block, block_moments = float("nan"), np.full(6, np.nan)
         found[kind] = {
-            "pixel": float("nan") if flat_e else 0.0 if flat_u else pearson(u, e),
-            "pixel_spearman": float("nan") if flat_e else 0.0 if flat_u else
-            pearson(ranks_u, ranks_e),
-            # A constant error has nothing to rank: no sparsification either.
-            "block": block, "ause": float("nan") if flat_e else sp["ause"],
-            "aurg": float("nan") if flat_e else sp["aurg"],
+            "pixel": _ruled(flat_e, flat_u, u, e),
+            "pixel_spearman": _ruled(flat_e, flat_u, ranks_u, ranks_e),
+            "block": block, "ause": sp["ause"], "aurg": sp["aurg"],
             "mean_u": float(np.mean(u)), "mean_e": float(np.mean(e)),
             "constant_error": bool(flat_e),
             "pixel_moments": _moments(u, e), "block_moments": block_moments}
