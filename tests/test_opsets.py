@@ -332,9 +332,9 @@ def test_appended_softmax_on_a_converted_copy(tmp_path, opset):
     np.testing.assert_allclose(res.entropy, -(probs * np.log(probs)).sum(1), rtol=1e-4)
 
 
-def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, monkeypatch):
-    """Verification compares against the ORIGINAL model: a converter that changed the
-    numbers is never used; the loop strategy runs the model at its own opset."""
+@pytest.fixture
+def wrong_conversion(monkeypatch):
+    """The opset converter made to change the numbers (w2 scaled by 1.01)."""
     import tfue_onnx.convert as convert_module
 
     real = convert_module.convert
@@ -345,6 +345,11 @@ def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, monk
         w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, "w2"))
         return conversion
     monkeypatch.setattr(convert_module, "convert", wrong)
+
+
+def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, wrong_conversion):
+    """Verification compares against the ORIGINAL model: a converter that changed the
+    numbers is never used; the loop strategy runs the model at its own opset."""
     path = sr_net(tmp_path / "m.onnx", 9)
     est = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=0)
     zero = est(X, level=0.0)
@@ -356,17 +361,8 @@ def test_a_wrong_conversion_is_caught_and_the_original_model_used(tmp_path, monk
            "model" in notes
 
 
-def test_a_wrong_conversion_is_named_when_transforms_cannot_fall_back(tmp_path, monkeypatch):
-    import tfue_onnx.convert as convert_module
-
-    real = convert_module.convert
-
-    def wrong(info, target=13):
-        conversion = real(info, target)
-        w = next(i for i in conversion.info.model.graph.initializer if i.name == "w2")
-        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, "w2"))
-        return conversion
-    monkeypatch.setattr(convert_module, "convert", wrong)
+def test_a_wrong_conversion_is_named_when_transforms_cannot_fall_back(tmp_path,
+                                                                     wrong_conversion):
     path = sr_net(tmp_path / "m.onnx", 9)
     with pytest.raises(TfueError) as err:
         Estimator(path, Transform("flips"))(X)
