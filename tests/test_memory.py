@@ -102,9 +102,9 @@ def test_dropout_at_the_input_reference_does_not_prepack(tmp_path):
     assert all(_prepacks(b[1]) for b in r._built.values() if b is not None)
 
 
-def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
-    path = mlp(tmp_path / "m.onnx", external=True)
-    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+def _spy_on_prepack(monkeypatch, module) -> list:
+    """Record the ``prepack`` argument of every create_session call made through
+    ``module``; the sessions are still made."""
     made = []
     real = sessions.create_session
 
@@ -112,9 +112,16 @@ def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
         made.append(prepack)
         return real(model, provider, prepack)
 
+    monkeypatch.setattr(module, "create_session", spy)
+    return made
+
+
+def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
+    path = mlp(tmp_path / "m.onnx", external=True)
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
     import tfue_onnx.runner as runner_module
 
-    monkeypatch.setattr(runner_module, "create_session", spy)
+    made = _spy_on_prepack(monkeypatch, runner_module)
     r = Runner(path, Noise(0.1, at="t1"), samples=4, seed=5)
     ug = r.standalone_graph(x)  # what 'tfue export' writes
     assert ug.sampling == "graph"
@@ -126,14 +133,7 @@ def test_axes_probe_does_not_prepack(monkeypatch, tmp_path):
     from tfue_onnx.model import ModelInfo, load_model
     import tfue_onnx.session as session_module
 
-    made = []
-    real = session_module.create_session
-
-    def spy(model, provider="auto", prepack=True):
-        made.append(prepack)
-        return real(model, provider, prepack)
-
-    monkeypatch.setattr(session_module, "create_session", spy)
+    made = _spy_on_prepack(monkeypatch, session_module)
     from toys import conv_net
 
     p = str(tmp_path / "c.onnx")
