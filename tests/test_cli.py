@@ -33,7 +33,7 @@ def test_run_writes_results(cli, setup, x8):
     r = cli("run", model, npy, "--method", "noise", "--at", "r1", "--sigma", 0.2, "--seed", 3,
             "--out", out)
     assert r.exit_code == 0, r.output
-    assert "noise at r1 (level 0.2), N=8, seed 3, strategy shared-prefix" in r.stdout
+    assert "noise at r1 (level 0.2), N=8, seed 3, strategy looped-suffix" in r.stdout
     assert sorted(os.listdir(out)) == ["img.npz", "img.variance.png", "summary.json"]
     import zipfile
     with zipfile.ZipFile(out / "img.npz") as zf:  # stored, not deflated, by default
@@ -255,11 +255,17 @@ def test_export_never_overwrites(cli, tmp_path, setup):
 
 def test_max_memory_sets_the_chunks(cli, setup):
     model, npy, out = setup
-    # One sample of the toy at 8x8 takes 15 channels x 64 px x 4 bytes = 3840 bytes.
+    # One sample of the toy at 8x8 peaks at 8 live channels (relu1's input and output)
+    # x 64 px x 4 bytes = 2048 bytes: 8K fits chunks of 4, and no trial goes beyond.
     r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 10,
             "--max-memory", "8K", "--out", out, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["chunks"] == [2, 2, 2, 2, 2]
+    s = json.loads(r.stdout)
+    assert s["autotune"]["chunk_cap"] == 4 and sum(s["chunks"]) == 10
+    assert max(s["chunks"]) <= 4 and s["chunks"][:2] == [1, 4]
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 10, "--strategy",
+            "shared-prefix", "--max-memory", "8K", "--out", out, "--json", "--force")
+    assert json.loads(r.stdout)["chunks"] == [4, 4, 2]
     line = _one_error_line(cli("run", model, npy, "--method", "noise", "--max-memory", "lots",
                                "--out", out))
     assert "--max-memory must be a size like 512M or 2G, got 'lots'" in line

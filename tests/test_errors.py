@@ -158,7 +158,7 @@ def test_onnxruntime_failures_are_reported_as_onnxruntimes(toy, monkeypatch, spe
     assert msg.startswith("onnxruntime cannot run the uncertainty graph (")
     assert "rotated" not in msg
     strategies = ["batched", "loop"] if isinstance(spec, Transform) else \
-        ["shared-prefix", "batched", "loop"]
+        ["looped-suffix", "shared-prefix", "batched", "loop"]
     parts = msg[len("onnxruntime cannot run the uncertainty graph ("):-1].split("; ")
     assert [p.split(": ")[:2] for p in parts] == [[name, "onnxruntime rejects the graph"]
                                                   for name in strategies]
@@ -188,9 +188,9 @@ def test_onnxruntime_failing_at_run_time_is_reported_as_such(toy, x8, monkeypatc
     with pytest.raises(TfueError) as err:
         est(x8)  # y has 128 values per input: not a multiple of 7
     msg = err.value.message
-    assert msg.startswith("onnxruntime cannot run the uncertainty graph (shared-prefix: "
+    assert msg.startswith("onnxruntime cannot run the uncertainty graph (looped-suffix: "
                           "onnxruntime fails running the graph: ")
-    assert msg.count("onnxruntime fails running the graph: ") == 3 and "Reshape" in msg
+    assert msg.count("onnxruntime fails running the graph: ") == 4 and "Reshape" in msg
     assert "strategy loop: onnxruntime fails running its graph (" in "\n".join(est.notes)
 
 

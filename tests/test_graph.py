@@ -29,7 +29,7 @@ def _feeds(info, ug, x, **kw):
     return {"x": x, **ug.feeds(shapes=shapes, **kw)}
 
 
-@pytest.mark.parametrize("strategy", graphs.STRATEGIES)
+@pytest.mark.parametrize("strategy", graphs.GRAPH_STRATEGIES)
 @pytest.mark.parametrize("spec", [Noise(0.3, at="r1"), Noise(0.3, at="input", mode="relative"),
                                   Dropout(0.3, at="c1"), Dropout(0.3, at="y")])
 def test_level_zero_reproduces_the_model(toy, x8, strategy, spec):

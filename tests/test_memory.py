@@ -283,7 +283,7 @@ def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, mon
 
     def verify(self, ug, sess, feeds, reference):
         seen.append((ug.strategy, next(iter(feeds.values())).shape[0]))
-        if ug.strategy == "shared-prefix" and next(iter(feeds.values())).shape[0] == 1:
+        if ug.strategy == "looped-suffix" and next(iter(feeds.values())).shape[0] == 1:
             dropped.append(weakref.ref(sess))
             return Verdict(False, "made to fail")
         return real(self, ug, sess, feeds, reference)
@@ -292,12 +292,12 @@ def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, mon
     x1 = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     np.testing.assert_allclose(r.run(x1).mean, _plain(path, x1), rtol=1e-5, atol=1e-6)
     gc.collect()
-    assert r._built["shared-prefix"][1] is None and dropped[0]() is None  # released
-    assert r._built["batched"][1] is not None and _prepacks(r._built["batched"][1])
-    x2 = np.repeat(x1, 2, axis=0)  # another signature: shared-prefix is tried again
+    assert r._built["looped-suffix"][1] is None and dropped[0]() is None  # released
+    assert r._built["shared-prefix"][1] is not None and _prepacks(r._built["shared-prefix"][1])
+    x2 = np.repeat(x1, 2, axis=0)  # another signature: looped-suffix is tried again
     np.testing.assert_allclose(r.run(x2).mean, _plain(path, x2), rtol=1e-5, atol=1e-6)
-    assert seen == [("shared-prefix", 1), ("batched", 1), ("shared-prefix", 2)]
-    assert r._built["shared-prefix"][1] is not None
+    assert seen == [("looped-suffix", 1), ("shared-prefix", 1), ("looped-suffix", 2)]
+    assert r._built["looped-suffix"][1] is not None
 
 
 def test_small_packable_weights_keep_packing(tmp_path, monkeypatch):

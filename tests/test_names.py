@@ -98,7 +98,7 @@ def _expected_outputs(model, stats):
 
 
 @pytest.mark.parametrize("kind,opset", DUPS)
-@pytest.mark.parametrize("strategy", graphs.STRATEGIES)
+@pytest.mark.parametrize("strategy", graphs.GRAPH_STRATEGIES)
 def test_output_listed_twice_gets_its_statistics_once(kind, opset, strategy, x):
     model = dup_model(kind, opset)
     info = ModelInfo(model)

@@ -40,7 +40,7 @@ def test_detector_location_and_level(cli, tmp_path, ppocr_det, text_image, where
         s = _run_json(cli, ppocr_det, text_image, "--method", method, "--at", LOCATIONS[where],
                       flag, level, "--samples", 8, "--seed", 0, "--mean", DET_MEAN, "--std",
                       DET_STD, "--out", out)
-        assert s["strategy"] == "shared-prefix" and s["provider"] in ("cpu", "cuda")
+        assert s["strategy"] == "looped-suffix" and s["provider"] in ("cpu", "cuda")
         assert s["level"] == level and s["samples"] == 8 and s["seed"] == 0
         [item] = s["inputs"]
         assert item["outputs"]["sigmoid_0.tmp_0"]["shape"] == [1, 1, 96, 256]

@@ -86,7 +86,10 @@ def test_any_chunk_size_gives_the_same_floats(toy, inputs, strategy, name):
                              strategy=strategy, keep_samples=True)(inputs[0])
             for chunk in (None, 1, 3)}  # None: one chunk of 8
     assert runs[3].metadata["chunks"] == [3, 3, 2] and runs[3].metadata["strategy"] == strategy
-    assert runs[None].metadata["chunks"] == [8]
+    # None: one chunk of 8, or for looped-suffix the chunks its trial measured, then the
+    # fastest: 1 and 4 at the default thread count, then 1 and 2 on one thread.
+    assert runs[None].metadata["chunks"] == ([1, 4, 1, 2] if strategy == "looped-suffix"
+                                             else [8])
     for chunk in (1, 3):
         _same(runs[chunk], runs[None])
         np.testing.assert_array_equal(runs[chunk].samples, runs[None].samples)
@@ -131,7 +134,9 @@ def test_other_opsets_dtypes_and_external_data(tmp_path, inputs, variant):
     if variant != "opset7-mc-dropout":  # opset 7: the loop is the only strategy
         loop = Estimator(path, spec, samples=5, seed=2, strategy="loop")(x)
         assert whole.metadata["strategy"] != "loop"
-        tol = 1e-2 if dtype == np.float16 else 1e-4
+        # float16 samples round to 3 digits: their spread (small next to the output)
+        # differs by a few percent between the loop's kernels and the batched ones.
+        tol = 5e-2 if dtype == np.float16 else 1e-4
         np.testing.assert_allclose(loop.variance, whole.variance, rtol=tol, atol=1e-8)
 
 
@@ -142,7 +147,7 @@ def test_strategies_draw_the_same_samples(toy, name):
     path = toy()
     runs = {s: Estimator(path, SPECS[name], samples=5, chunk=2, seed=8, strategy=s,
                          keep_samples=True)(x) for s in graphs.STRATEGIES}
-    for s in ("shared-prefix", "batched"):
+    for s in ("looped-suffix", "shared-prefix", "batched"):
         assert runs[s].metadata["strategy"] == s
         np.testing.assert_allclose(runs[s].samples, runs["loop"].samples, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(runs[s].variance, runs["loop"].variance, rtol=1e-4, atol=1e-8)
@@ -238,7 +243,8 @@ def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     tb = Estimator(toys.transposed_batch_net(tmp_path / "tb.onnx"), Noise(0.5, at="r"),
                    samples=4, seed=0)
     tb(inputs[0])
-    assert sum("failed verification" in n or "fails running" in n for n in tb.notes) == 2
+    assert sum("failed verification" in n or "fails running" in n for n in tb.notes) == 3
+    assert any(n.startswith("strategy looped-suffix: onnxruntime fails running") for n in tb.notes)
     assert calls == [((4, 1, 8, 8), 0, 4)]
     monkeypatch.setattr(builder, "BANK_CACHE_BYTES", 100)  # too big to keep: per chunk
     calls.clear()

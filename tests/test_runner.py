@@ -13,7 +13,12 @@ def test_result_shapes_and_metadata(toy, x8):
     assert res.variance.dtype == np.float32 and float(res.variance.min()) >= 0
     m = res.metadata
     assert (m["method"], m["at"], m["sigma"], m["samples"], m["seed"]) == ("noise", "r1", 0.2, 6, 7)
-    assert m["strategy"] == "shared-prefix" and m["provider"] in ("cpu", "cuda")
+    assert m["strategy"] == "looped-suffix" and m["provider"] in ("cpu", "cuda")
+    # The first input measured chunk sizes and thread counts on its own samples.
+    tune = m["autotune"]
+    assert tune["how"] == "measured" and sum(m["chunks"]) == 6
+    assert [t["chunk"] for t in tune["trials"]][:2] == [1, 4]
+    assert tune["chunk"] in (1, 4) and all(t["s_per_sample"] > 0 for t in tune["trials"])
     plain = ort.InferenceSession(toy("plain"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(res.output, plain.run(None, {"x": x8})[0], rtol=1e-5, atol=1e-6)
 
@@ -119,9 +124,10 @@ def test_mc_dropout_on_estimator(toy, x8):
 def test_chunk_size_from_the_memory_budget(toy, x8):
     est = Estimator(toy(), Noise(0.2, at="r1"), samples=20, seed=0)
     per_sample = est.sample_bytes({"x": x8})
-    # x, c1, r1, c2, y: 3 + 4 + 4 + 2 + 2 channels of 8x8 float32.
-    assert per_sample == (3 + 4 + 4 + 2 + 2) * 64 * 4
-    est = Estimator(toy(), Noise(0.2, at="r1"), samples=20, seed=0,
+    # Live at once at most: relu1's input c1 and output r1 (4 + 4 channels of 8x8
+    # float32); x (3) is gone once conv1 ran, c2 and y (2 + 2) come later.
+    assert per_sample == (4 + 4) * 64 * 4
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=20, seed=0, strategy="shared-prefix",
                     max_memory=6 * per_sample + 1)
     assert est.chunk_sizes({"x": x8}) == [6, 6, 6, 2]
     res = est(x8)

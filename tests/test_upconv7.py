@@ -44,5 +44,5 @@ def test_gray_box_level_zero_is_the_model(upconv7, x, spec):
     off = est(x, level=0.0)
     np.testing.assert_allclose(off.output, _plain(path, x), rtol=1e-5, atol=1e-6)
     assert float(off.variance.max()) == 0.0
-    assert off.metadata["strategy"] == "shared-prefix"  # on the converted copy
+    assert off.metadata["strategy"] == "looped-suffix"  # on the converted copy
     assert float(est(x).variance.mean()) > 0

@@ -35,11 +35,18 @@ class Estimator(Runner):
         spec: ``Noise(sigma, at, mode)``, ``Dropout(rate, at)`` or ``MCDropout(rate, nodes)``.
         samples: N, the number of perturbed samples (>= 2).
         chunk: samples per session run (None: automatic); statistics merge across chunks.
+            Automatic with looped-suffix: the first input of each shape times real samples
+            at chunks 1, 4, 16, ... (up to ``max_memory``) and two thread counts, and the
+            rest run at the fastest (``metadata["autotune"]``); with the other strategies,
+            as many samples as fit in ``max_memory``.
         seed: makes runs reproducible (None: a random seed, recorded in results). A
             result depends on the input, spec, N and seed only: sample k's draws come
             from (seed, k), whatever the chunks, the strategy or the inputs run before.
         provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
-        strategy: ``auto`` (fastest that passes verification), ``batched`` or ``loop``.
+        strategy: ``auto`` (the first that passes verification, in the order
+            ``looped-suffix``, ``shared-prefix``, ``batched``, ``loop``) or one of them.
+            looped-suffix (gray box) runs the model up to the location once per input and
+            the rest once more for the unperturbed output, then per chunk of samples.
         keep_samples: also return the samples, shape [N, ...].
         softmax, classify, class_axis: class probabilities (see Runner).
         max_memory: bytes the samples of one run may take; sets the chunk size when
@@ -52,6 +59,10 @@ class Estimator(Runner):
             built from and verified against, so an export pads its input too.
             None: no padding.
         layout: auto, NCHW or NHWC: where H and W are in a 4-D input (for ``pad``).
+        cache: keep verified graphs and measured chunk choices on disk (tfue_onnx/cache.py)
+            so that a later process starts without verifying or measuring again: True
+            (``$TFUE_CACHE_DIR``, else the user cache folder), a folder, or False.
+        threads: onnxruntime intra-op threads (None: measured with the chunk size).
 
     Calling the estimator on an array (or a dict of arrays by input name) returns
     a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.

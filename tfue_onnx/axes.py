@@ -79,6 +79,30 @@ class SpatialAxes:
             unresolved=frozenset(inner for inner, user in users.items()
                                  if user in self.unresolved))
 
+    def to_json(self) -> dict:
+        """A JSON-able dict that :meth:`from_json` turns back into these axes."""
+        def pairs(d):
+            return {k: (list(v) if v is not None else None) for k, v in d.items()}
+        return {"input_name": self.input_name,
+                "input_axes": list(self.input_axes) if self.input_axes is not None else None,
+                "outputs": pairs(self.outputs), "ranks": dict(self.ranks),
+                "sizes": pairs(self.sizes),
+                "input_sizes": list(self.input_sizes) if self.input_sizes is not None else None,
+                "unresolved": sorted(self.unresolved), "how": self.how}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SpatialAxes":
+        """The axes :meth:`to_json` wrote (raises KeyError/TypeError on a bad dict)."""
+        def pairs(m):
+            return {str(k): (tuple(int(a) for a in v) if v is not None else None)
+                    for k, v in m.items()}
+        return cls(d["input_name"],
+                   tuple(d["input_axes"]) if d["input_axes"] is not None else None,
+                   pairs(d["outputs"]), {str(k): int(v) for k, v in d["ranks"].items()},
+                   pairs(d["sizes"]),
+                   tuple(d["input_sizes"]) if d["input_sizes"] is not None else None,
+                   frozenset(d["unresolved"]), str(d["how"]))
+
     def metadata(self) -> dict:
         """``{output: [h, w] or None}``, as recorded in results and summaries."""
         return {k: (list(v) if v is not None else None) for k, v in self.outputs.items()}

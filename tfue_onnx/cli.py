@@ -157,9 +157,16 @@ def perturbation_options(f):
         click.option("--seed", type=int, default=None,
                      help="Random seed, an integer from 0 to 2**63-1 (default: random, "
                           "recorded)."),
-        click.option("--strategy", type=click.Choice(["auto", "shared-prefix", "batched",
-                                                      "loop"]),
+        click.option("--strategy", type=click.Choice(["auto", "looped-suffix", "shared-prefix",
+                                                      "batched", "loop"]),
                      default="auto", show_default=True, help="Sampling strategy."),
+        click.option("--no-cache", is_flag=True,
+                     help="Verify the graph and measure the chunk size afresh, ignoring and "
+                          "not writing tfue's cache ($TFUE_CACHE_DIR, else the user cache "
+                          "folder)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="onnxruntime intra-op threads (default: measured, the default "
+                          "count or 1, whichever samples faster)."),
         click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Execution provider."),
         click.option("--verbose", "-v", is_flag=True,
@@ -268,7 +275,7 @@ def _models(paths, method) -> tuple:
 
 def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
                transforms, layout, softmax, classify, class_axis, sweep_result=None,
-               tolerance=0.05, auto_feeds=None, pad=None, **kw):
+               tolerance=0.05, auto_feeds=None, pad=None, no_cache=False, threads=None, **kw):
     """The Estimator the options describe; ``models`` are the model (and ensemble members).
 
     ``--at auto`` is resolved here, from a sweep result or without targets on
@@ -302,7 +309,7 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
                     strategy=strategy, softmax=softmax,
                     classify="auto" if classify is None else classify, class_axis=class_axis,
-                    pad=pad, layout=layout, **kw)
+                    pad=pad, layout=layout, cache=not no_cache, threads=threads, **kw)
     est.auto_choice = auto  # what --at auto measured, for summary.json / metrics.json
     return est
 

@@ -22,17 +22,27 @@ from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transfo
                       check_max_memory, check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
-from .verify import (Verdict, check_identity, check_statistics, check_unperturbed_slot,
-                     result_outputs)
+from .verify import (Verdict, check_chunk_independence, check_identity, check_statistics,
+                     check_unperturbed_slot, result_outputs)
 
 DEFAULT_CHUNK = 8
 MAX_AUTO_CHUNK = 64
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
-def _tensor_bytes(model, feeds) -> int:
-    """Sum of the bytes of every tensor shape inference can size for ``feeds``."""
+def _peak_bytes(model, feeds) -> int:
+    """Peak bytes of the tensors alive at once while ``model`` runs on ``feeds``.
+
+    Shape inference sizes every tensor at the real input shape; walking the nodes in
+    order, a tensor lives from the node that makes it to the last node that reads it
+    (graph outputs to the end), and the peak of the live total is the estimate
+    (weights are not counted: they do not grow with the samples). Tensors shape
+    inference cannot size count as nothing, so this is an estimate, not a bound.
+    Without shape inference, the inputs' bytes.
+    """
     import onnx
+
+    from .model import node_inputs
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -42,11 +52,12 @@ def _tensor_bytes(model, feeds) -> int:
             for d, size in zip(dims, feeds[vi.name].shape):
                 d.Clear()
                 d.dim_value = int(size)
+    fed = sum(int(v.nbytes) for v in feeds.values())
     try:
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:
-        return sum(int(v.nbytes) for v in feeds.values())
-    total = 0
+        return fed
+    size = {k: int(v.nbytes) for k, v in feeds.items()}
     for vi in list(m.graph.value_info) + list(m.graph.output):
         tt = vi.type.tensor_type
         dims = [d.dim_value for d in tt.shape.dim]
@@ -56,8 +67,46 @@ def _tensor_bytes(model, feeds) -> int:
             item = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
         except Exception:
             item = 4
-        total += int(np.prod(dims, dtype=np.int64)) * item
-    return total + sum(int(v.nbytes) for v in feeds.values())
+        size[vi.name] = int(np.prod(dims, dtype=np.int64)) * item
+    nodes = list(m.graph.node)
+    last = {}
+    for k, node in enumerate(nodes):
+        for name in node_inputs(node):
+            last[name] = k
+    for o in m.graph.output:
+        last[o.name] = len(nodes)
+    live = dict((k, v) for k, v in size.items() if k in feeds)
+    total = peak = sum(live.values())
+    for k, node in enumerate(nodes):
+        for o in node.output:
+            if o in size and o not in live:
+                live[o] = size[o]
+                total += size[o]
+        peak = max(peak, total)
+        for name in set(node_inputs(node)) | set(node.output):
+            if name in live and last.get(name, -1) <= k:
+                total -= live.pop(name)
+    return max(peak, fed)
+
+
+@dataclasses.dataclass
+class _Split:
+    """The looped-suffix strategy's sessions: the prefix, and the suffix per intra-op
+    thread count (None: onnxruntime's default), made when first asked for."""
+
+    prefix: object
+    make_suffix: object  # callable(threads) -> session
+    suffix: dict = dataclasses.field(default_factory=dict)
+
+    def suffix_for(self, threads=None):
+        if threads not in self.suffix:
+            self.suffix[threads] = self.make_suffix(threads)
+        return self.suffix[threads]
+
+    def drop(self, keep) -> None:
+        """Let go of the suffix sessions of other thread counts than ``keep``."""
+        for t in [t for t in self.suffix if t != keep]:
+            del self.suffix[t]
 
 
 @dataclasses.dataclass
@@ -289,7 +338,8 @@ class Runner:
                  seed: int | None = None, provider: str = "auto", strategy: str = "auto",
                  keep_samples: bool = False, softmax: bool = False, classify="auto",
                  class_axis: int = 1, max_memory: int = DEFAULT_MAX_MEMORY,
-                 io_binding: bool | None = None, pad=None, layout: str = "auto"):
+                 io_binding: bool | None = None, pad=None, layout: str = "auto",
+                 cache=True, threads: int | None = None):
         _check_arguments(model, spec)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
@@ -315,7 +365,12 @@ class Runner:
         self.chunk = check_chunk(chunk)
         self.max_memory = check_max_memory(max_memory)
         self.io_binding = io_binding
+        self.threads = _check_threads(threads)
+        self.cache = _disk_cache(cache)
         self._sample_bytes = {}
+        self._tuned = {}  # input signature -> {"chunk", "threads", "trials"} (looped-suffix)
+        self._axes_known = {}  # input signature -> axes.SpatialAxes read from the cache
+        self._cache_keys = {}  # input signature -> disk cache key
         seed = check_seed(seed)
         self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
@@ -521,7 +576,7 @@ class Runner:
                 self.notes.append(f"strategy {name}: not available ({reason})")
                 return None
             try:
-                self._built[name] = (ug, *create_session(ug.model, self.provider_request))
+                self._built[name] = (ug, *self._sessions(ug))
             except TfueError as exc:
                 if self.provider_request == "cuda" and "--provider cuda" in exc.message:
                     raise
@@ -530,9 +585,25 @@ class Runner:
                 self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
         built = self._built[name]
         if built is not None and built[1] is None:  # session dropped after a failed check
-            built = self._built[name] = (built[0], *create_session(built[0].model,
-                                                                   self.provider_request))
+            built = self._built[name] = (built[0], *self._sessions(built[0]))
         return built
+
+    def _sessions(self, ug):
+        """``(session, provider)`` for ``ug``; for looped-suffix a :class:`_Split`
+        (the prefix's session and the suffix's, made per thread count when asked)."""
+        if ug.prefix is None:
+            return create_session(ug.model, self.provider_request, threads=self.threads)
+        suffix, provider = create_session(ug.model, self.provider_request, threads=self.threads)
+        prefix, _ = create_session(ug.prefix, self.provider_request, threads=self.threads)
+        made = {self.threads: suffix}
+
+        def make(threads):
+            return made.pop(threads, None) or create_session(
+                ug.model, self.provider_request, threads=threads)[0]
+
+        split = _Split(prefix, make)
+        split.suffix_for(self.threads)
+        return split, provider
 
     def _drop_session(self, name) -> None:
         """Let go of a strategy's session (its packed weights) after it failed on an
@@ -762,7 +833,46 @@ class Runner:
         return axes, why
 
 
+    def _cut_values(self, split, feeds) -> dict:
+        """looped-suffix: what the suffix reads, from one run of the prefix on ``feeds``
+        (the tensors crossing the cut, and the model inputs the suffix reads itself)."""
+        values = self._run(split.prefix, feeds)
+        wanted = {i.name for i in split.suffix_for(self.threads).get_inputs()}
+        return {k: v for k, v in {**feeds, **values}.items() if k in wanted}
+
+    def _suffix_runner(self, ug, split, feeds, provider):
+        """looped-suffix: the prefix run once on ``feeds``; returns
+        ``run(threads, n, level, first) -> outputs`` for samples first .. first+n-1
+        (level None: the spec's; 0.0: the unperturbed output)."""
+        base = self._cut_values(split, feeds)
+        device = self._device_feeds(base, provider)
+        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
+
+        def run(threads, n, level, first):
+            extra = ug.feeds(samples=n, level=level, first=first, shapes=shapes,
+                             batch_axes=axes)
+            session = split.suffix_for(threads)
+            return (self._run(session, {**base, **extra}) if device is None else
+                    self._run_bound(session, device, extra))
+        return run
+
+    def _verify_split(self, ug, split, feeds, reference) -> Verdict:
+        """looped-suffix: level 0 gives the original (the unperturbed run and two
+        samples, reduced as run() reduces them), and with the perturbation on a
+        sample does not depend on the chunk it runs in (sample 1 in a chunk of 2 equals
+        sample 1 alone: the slots do not mix, so the batch axis is outermost)."""
+        run = self._suffix_runner(ug, split, feeds, "cpu")
+        zero, two = run(self.threads, 1, 0.0, 0), run(self.threads, 2, 0.0, 0)
+        verdict = check_identity(result_outputs(self._statistics(ug, [(0, zero), (2, two)])),
+                                 reference, ug.stats_outputs)
+        if not verdict.ok:
+            return verdict
+        together, alone = run(self.threads, 2, None, 0), run(self.threads, 1, None, 1)
+        return check_chunk_independence(together, alone, ug.stats_outputs)
+
     def _verify(self, ug, sess, feeds, reference) -> Verdict:
+        if ug.prefix is not None:
+            return self._verify_split(ug, sess, feeds, reference)
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
             out = self._run(sess, {**feeds, **ug.feeds()})
             verdict = check_unperturbed_slot(out, reference)
@@ -818,6 +928,12 @@ class Runner:
         key = _signature(feeds)
         if key in self._verified:
             return self._built[self._verified[key]]
+        cache_key = self._cache_key(feeds)
+        if cache_key is not None:
+            self._cache_keys[key] = cache_key
+            hit = self._from_cache(cache_key, feeds)
+            if hit is not None:
+                return hit
         reference = self.reference(feeds)
         found = self.spatial_axes(feeds, reference)
         if isinstance(self.spec, Transform):
@@ -861,6 +977,8 @@ class Runner:
                 self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
                                   f"{verdict.max_error:.2g}) on {provider}")
                 self._verified[key] = name
+                if cache_key is not None:
+                    self._to_cache(cache_key, feeds, ug, provider, verdict)
                 return ug, sess, provider
             failures.append(f"{ug.strategy}: {verdict.reason}")
             verified_wrong = True
@@ -904,10 +1022,134 @@ class Runner:
                 if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
         raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
+    # --- the disk cache ------------------------------------------------------------
+    def _cache_key(self, feeds) -> str | None:
+        """The disk-cache key of a gray-box run on ``feeds``' signature (None: not
+        cached: black-box methods, a cache turned off, a model too large to hash)."""
+        if not self.cache.enabled or not isinstance(self.spec, SAMPLED):
+            return None
+        from .cache import FORMAT, make_key, model_digest
+        from .external import data_files
+
+        if not hasattr(self, "_digest"):
+            digest = model_digest(self.original.model)
+            files = []
+            for path in sorted(data_files(self.original.model)):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    digest = None
+                    break
+                files.append([path, st.st_size, st.st_mtime_ns])
+            self._digest = None if digest is None else [digest, files]
+        if self._digest is None:
+            return None
+        import onnxruntime
+
+        from . import __version__
+
+        return make_key({
+            "format": FORMAT, "tfue": __version__, "onnxruntime": onnxruntime.__version__,
+            "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
+            "location": self.location, "samples": self.samples,
+            "signature": repr(_signature(feeds)), "provider": self.provider_request,
+            "strategy": self.strategy_request, "keep_samples": self.keep_samples,
+            "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
+            "threads": self.threads, "max_memory": self.max_memory, "chunk": self.chunk,
+            "io_binding": self.io_binding})
+
+    def _to_cache(self, cache_key, feeds, ug, provider, verdict) -> None:
+        """Keep the verified graph of ``feeds``' signature and what its runs need."""
+        shapes = self.location_shapes(ug, feeds) or {}
+        axes = self.batch_axes(ug, feeds) or {}
+        fields = {
+            "strategy": ug.strategy, "provider": provider, "max_error": verdict.max_error,
+            "graph": {
+                "stats_outputs": ug.stats_outputs, "samples_input": ug.samples_input,
+                "level_inputs": {k: [float(v), np.asarray(v).dtype.str]
+                                 for k, v in ug.level_inputs.items()},
+                "locations": list(ug.locations), "samples": ug.samples,
+                "keep_samples": ug.keep_samples,
+                "classes": [[k, v] for k, v in ug.classes.items()], "sampling": ug.sampling,
+                "draws": [[d.input, d.location, d.kind, np.dtype(d.dtype).str, d.index]
+                          for d in ug.draws],
+                "relative_axes": ug.relative_axes, "cut": ug.cut},
+            "shapes": {k: [int(d) for d in v] for k, v in shapes.items()},
+            "batch_axes": axes, "spatial_axes": self.spatial_axes(feeds).to_json()}
+        graphs = {"model": ug.model.SerializeToString()}
+        if ug.prefix is not None:
+            graphs["prefix"] = ug.prefix.SerializeToString()
+        if not self.cache.store(cache_key, fields, graphs):
+            self.notes.append(f"cache: not written ({self.cache.problem})")
+
+    def _from_cache(self, cache_key, feeds):
+        """The verified (graph, session, provider) kept on disk for ``feeds``'
+        signature, or None (no entry, or one that does not hold up: see cache.py)."""
+        import onnx
+
+        from .axes import SpatialAxes
+        from .graph.builder import Draw, UncertaintyGraph
+
+        found = self.cache.load(cache_key, {"strategy": str, "provider": str, "graph": dict,
+                                            "shapes": dict, "batch_axes": dict,
+                                            "spatial_axes": dict})
+        if found is None:
+            return None
+        fields, stored = found
+        try:
+            g = fields["graph"]
+            if fields["strategy"] not in self._strategies() or "model" not in stored or \
+                    (fields["strategy"] == "looped-suffix") != ("prefix" in stored):
+                return None
+            ug = UncertaintyGraph(
+                model=onnx.ModelProto.FromString(stored["model"]), strategy=fields["strategy"],
+                stats_outputs=list(g["stats_outputs"]), samples_input=g["samples_input"],
+                level_inputs={k: np.asarray(v, dtype=np.dtype(t))
+                              for k, (v, t) in g["level_inputs"].items()},
+                locations=list(g["locations"]), samples=int(g["samples"]), seed=self.seed,
+                keep_samples=bool(g["keep_samples"]),
+                classes={k: (tuple(v) if isinstance(v, list) else int(v))
+                         for k, v in g["classes"]},
+                sampling=g["sampling"],
+                draws=[Draw(a, b, c, np.dtype(d), int(e)) for a, b, c, d, e in g["draws"]],
+                relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
+                prefix=(onnx.ModelProto.FromString(stored["prefix"])
+                        if "prefix" in stored else None))
+            if ug.samples != self.samples:
+                return None
+            ug.bank_cache = self._banks
+            spatial = SpatialAxes.from_json(fields["spatial_axes"])
+            shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
+            axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
+            sess, provider = self._sessions(ug)
+        except Exception:  # anything amiss in an entry makes it a miss, never an error
+            return None
+        if provider != fields["provider"]:
+            return None
+        key = _signature(feeds)
+        self._built[ug.strategy] = (ug, sess, provider)
+        self._verified[key] = ug.strategy
+        if ug.draws:
+            self._shapes[key], self._batch_axes[key] = shapes, axes
+        self._axes_known[key] = spatial
+        tuning = fields.get("tuning")
+        if isinstance(tuning, dict) and self.chunk is None and \
+                isinstance(tuning.get("chunk"), int) and 1 <= tuning["chunk"] <= self.samples \
+                and tuning.get("threads") in (None, 1, self.threads):
+            self._tuned[key] = {**tuning, "how": "cached"}
+        self.notes.append(f"strategy {ug.strategy}: verified by an earlier run on this model "
+                          f"and input shape (max |error| at level 0 = "
+                          f"{float(fields.get('max_error', 0)):.2g}; cache "
+                          f"{self.cache.folder}; --no-cache to verify again)")
+        return ug, sess, provider
+
     def spatial_axes(self, feeds, outputs=None):
         """Which axes of each output carry the image's height and width at ``feeds``'
         shapes (an axes.SpatialAxes, cached per input shape); ``outputs`` are the
         original model's outputs on ``feeds`` when already computed."""
+        known = self._axes_known.get(_signature(feeds))
+        if known is not None:
+            return known
         if self._axes_probe is None:
             from .axes import AxesProbe
 
@@ -916,12 +1158,20 @@ class Runner:
         return self._axes_probe(feeds, outputs)
 
     def sample_bytes(self, feeds) -> int:
-        """Bytes of the model's tensors for one sample of ``feeds`` (all intermediates
-        alive at once: an upper bound), from shape inference at the real input shape."""
+        """Peak bytes of the model's live tensors for one sample of ``feeds`` (see
+        :func:`_peak_bytes`: shape inference at the real input shape, each tensor alive
+        from its producer to its last reader). A chunk of c samples is planned as c
+        times this (onnxruntime's own arena comes on top: see BENCHMARKS.md)."""
         key = _signature(feeds)
         if key not in self._sample_bytes:
-            self._sample_bytes[key] = _tensor_bytes(self.info.model, feeds)
+            self._sample_bytes[key] = _peak_bytes(self.info.model, feeds)
         return self._sample_bytes[key]
+
+    def chunk_cap(self, feeds) -> int:
+        """The largest chunk whose samples fit in ``max_memory`` at ``feeds``' shape
+        (at least 1, at most N)."""
+        per_sample = max(self.sample_bytes(feeds), 1)
+        return int(max(1, min(self.samples, self.max_memory // per_sample)))
 
     def chunk_sizes(self, feeds=None) -> list:
         """How the samples are split into runs: ``chunk``, else as many as fit in
@@ -930,14 +1180,9 @@ class Runner:
             return [self.samples]  # one run: every transform / member at once
         chunk = self.chunk
         if chunk is None and feeds is not None:
-            per_sample = max(self.sample_bytes(feeds), 1)
-            chunk = int(max(1, min(self.samples, MAX_AUTO_CHUNK,
-                                   self.max_memory // per_sample)))
+            chunk = min(MAX_AUTO_CHUNK, self.chunk_cap(feeds))
         chunk = chunk or min(self.samples, DEFAULT_CHUNK)
-        sizes = [chunk] * (self.samples // chunk)
-        if self.samples % chunk:
-            sizes.append(self.samples % chunk)
-        return sizes
+        return _split_sizes(self.samples, chunk)
 
     def run(self, feeds, level: float | None = None) -> Result:
         """Sample the perturbed model on ``feeds`` (an array or dict of arrays).
@@ -954,23 +1199,20 @@ class Runner:
                                 "levels are for noise and dropout")
             level = float(self.spec.with_level(level).level)  # validates the level
         ug, sess, provider = self._select(feeds)
-        chunks = self.chunk_sizes(feeds)
-        device_feeds = self._device_feeds(feeds, provider)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
-
-        def chunk_outputs():
-            first_sample = 0
-            for n in chunks:
-                # Samples first_sample .. +n-1: their draws depend on their index only.
-                extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes,
-                                 batch_axes=axes)
-                first_sample += n
-                yield n, (self._run(sess, {**feeds, **extra}) if device_feeds is None else
-                          self._run_bound(sess, device_feeds, extra))
-
-        results = self._statistics(ug, chunk_outputs())
+        tuning = None
+        if ug.prefix is not None:
+            chunks, tuning = [], {}
+            results = self._statistics(ug, self._split_outputs(ug, sess, feeds, provider,
+                                                                level, chunks, tuning))
+        else:
+            chunks = self.chunk_sizes(feeds)
+            results = self._statistics(ug, self._chunk_outputs(ug, sess, feeds, provider,
+                                                                level, chunks))
         meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
                 "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
+        if tuning:
+            meta["autotune"] = tuning
         if isinstance(self.spec, Transform):
             meta["inverted_axes"] = self._graph_axes.metadata()
         if axes:
@@ -987,6 +1229,101 @@ class Runner:
         if level is not None:
             meta["level"] = level
         return Result(results, meta)
+
+    def _chunk_outputs(self, ug, sess, feeds, provider, level, chunks):
+        """One graph per chunk (shared-prefix, batched, loop): (n, outputs) per chunk."""
+        device_feeds = self._device_feeds(feeds, provider)
+        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
+        first_sample = 0
+        for n in chunks:
+            # Samples first_sample .. +n-1: their draws depend on their index only.
+            extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes,
+                             batch_axes=axes)
+            first_sample += n
+            yield n, (self._run(sess, {**feeds, **extra}) if device_feeds is None else
+                      self._run_bound(sess, device_feeds, extra))
+
+    def _split_outputs(self, ug, split, feeds, provider, level, chunks: list, tuning: dict):
+        """looped-suffix: the prefix once, the unperturbed output once (0, outputs), then
+        the samples in chunks (n, outputs). The chunk size and thread count come from
+        ``chunk``/``threads`` when given, else from an earlier measurement for this
+        input signature (this process or the disk cache), else from a trial on these
+        very samples (:meth:`_trial`). Fills ``chunks`` with the runs made and
+        ``tuning`` with what was chosen and measured."""
+        run = self._suffix_runner(ug, split, feeds, provider)
+        key = _signature(feeds)
+        plan = self._tuned.get(key)
+        if plan is None and self.chunk is not None:
+            plan = {"chunk": self.chunk, "threads": self.threads, "how": "given"}
+        tune = plan is None
+        yield 0, run(plan["threads"] if plan else self.threads, 1, 0.0, 0)
+        first = 0
+        if tune:
+            trials = []
+            for n, out in self._trial(split, run, level, feeds, trials):
+                chunks.append(n)
+                first += n
+                yield n, out
+            best = min(trials, key=lambda t: t["s_per_sample"])
+            plan = {"chunk": best["chunk"], "threads": best["threads"], "how": "measured",
+                    "trials": trials}
+            self.notes.append(
+                f"autotune: chunk {plan['chunk']}, {_threads(plan['threads'])} "
+                f"({best['s_per_sample'] * 1e3:.3g} ms per sample; tried " + ", ".join(
+                    f"{t['chunk']} x {_threads(t['threads'])}: {t['s_per_sample'] * 1e3:.3g} ms"
+                    for t in trials) + ")")
+            self._tuned[key] = plan
+            split.drop(plan["threads"])
+            if key in self._cache_keys:
+                self.cache.update(self._cache_keys[key], tuning=plan)
+        tuning.update(plan)
+        tuning["chunk_cap"] = self.chunk_cap(feeds)
+        for n in _split_sizes(self.samples - first, plan["chunk"]) if first < self.samples \
+                else []:
+            chunks.append(n)
+            yield n, run(plan["threads"], n, level, first)
+            first += n
+
+    def _trial(self, split, run, level, feeds, trials: list):
+        """Time real samples at a few chunk sizes (1, 4, 16, 64 ... up to what fits in
+        ``max_memory``) and intra-op thread counts (the default and 1, on a CPU with
+        several cores, when no ``threads`` was given), in sample order, each trial
+        counting toward N; a larger chunk is not tried once one is 20 % slower per
+        sample than the best so far. Yields (n, outputs); appends
+        ``{"chunk", "threads", "s_per_sample"}`` per trial to ``trials``."""
+        import time
+
+        cap = min(self.samples, self.chunk_cap(feeds))
+        sizes = [c for c in (1, 4, 16, 64, 256, 1024) if c <= cap] or [1]
+        threads = [self.threads]
+        if self.threads is None and (os.cpu_count() or 1) > 1 and \
+                self._provider_of(split) == "cpu":
+            threads.append(1)
+        first = 0
+        for t in threads:
+            if t not in split.suffix:  # a fresh session: its first run is not timed
+                run(t, 1, 0.0, 0)
+            best = None
+            for c in sizes:
+                if first + c > self.samples:
+                    break
+                start = time.perf_counter()
+                out = run(t, c, level, first)
+                per = (time.perf_counter() - start) / c
+                trials.append({"chunk": c, "threads": t or "default",
+                               "s_per_sample": round(per, 6)})
+                first += c
+                yield c, out
+                if best is not None and per > 1.2 * best:
+                    break
+                best = per if best is None else min(best, per)
+        for t in trials:
+            if t["threads"] == "default":
+                t["threads"] = None
+
+    def _provider_of(self, split) -> str:
+        session = next(iter(split.suffix.values()))
+        return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def _statistics(self, ug, chunk_outputs) -> dict:
         """Merge the runs of ``ug`` into each output's statistics.
@@ -1012,6 +1349,8 @@ class Runner:
             for n, out in chunk_outputs:
                 if first is None:
                     first = out
+                if n == 0:  # the unperturbed run alone (looped-suffix): no samples
+                    continue
                 for name in ug.stats_outputs:
                     names = graphs.output_names(name)
                     if sampled:
@@ -1130,8 +1469,9 @@ class Runner:
         if key in self._standalone:
             return self._standalone[key]
         reference = self.reference(feeds)
-        names = self._strategies()
-        if key in self._verified:  # the strategy the fed graph verified with goes first
+        # One graph only: looped-suffix runs as two (the fed graph's own choice aside).
+        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES]
+        if self._verified.get(key) in names:  # the strategy the fed graph verified goes first
             names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
         failures = []
         for name in names:
@@ -1203,6 +1543,46 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
     if len(moved) == 1 and shape[moved[0]] == batch and alt[moved[0]] == other:
         return moved[0]
     return None
+
+
+def _threads(threads) -> str:
+    return "default threads" if threads is None else f"{threads} thread" + (
+        "s" if threads > 1 else "")
+
+
+def _check_threads(threads) -> int | None:
+    """Validate an intra-op thread count (None: onnxruntime's default, or measured)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise TfueError(f"threads must be an integer >= 1, got {threads!r}",
+                        "give threads=1, or None to let tfue measure")
+    return int(threads)
+
+
+def _disk_cache(cache):
+    """A cache.DiskCache from ``cache``: True (the default folder), False/None (off),
+    a folder path, or a DiskCache."""
+    from .cache import DiskCache
+
+    if isinstance(cache, DiskCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return DiskCache(os.fspath(cache))
+    if cache is True:
+        return DiskCache()
+    if cache is False or cache is None:
+        return DiskCache(enabled=False)
+    raise TfueError(f"cache must be True, False or a folder, got {cache!r}",
+                    "e.g. cache=False to measure and verify afresh")
+
+
+def _split_sizes(total: int, chunk: int) -> list:
+    """``total`` samples in runs of ``chunk`` (the last one smaller)."""
+    sizes = [chunk] * (total // chunk)
+    if total % chunk:
+        sizes.append(total % chunk)
+    return sizes
 
 
 def _signature(feeds: dict) -> tuple:

@@ -31,7 +31,7 @@ def _ort():
 NO_PREPACK_KEY = "session.disable_prepacking"
 
 
-def session_options(quiet: bool = True, prepack: bool = True):
+def session_options(quiet: bool = True, prepack: bool = True, threads: int | None = None):
     """Session options.
 
     Args:
@@ -41,11 +41,18 @@ def session_options(quiet: bool = True, prepack: bool = True):
             weights). False for sessions that run only a few times (the original
             model's reference run, probes, verification of an export): their memory
             then stays the weights' own (memory-mapped external data costs none).
+        threads: onnxruntime's intra-op thread count (None: its default, one per
+            physical core). With 1 the thread pool does not spin either: on a loaded
+            machine that can be the faster choice (the runner measures it).
 
     Returns:
         onnxruntime.SessionOptions.
     """
     so = _ort().SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+        if threads == 1:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if quiet:
         so.log_severity_level = 4
     if not prepack:
@@ -134,7 +141,8 @@ def _graph_only(model):
     return model
 
 
-def create_session(model, provider: str = "auto", prepack: bool = True):
+def create_session(model, provider: str = "auto", prepack: bool = True,
+                   threads: int | None = None):
     """Create an InferenceSession on ``provider`` (auto, cpu or cuda).
 
     Args:
@@ -146,6 +154,7 @@ def create_session(model, provider: str = "auto", prepack: bool = True):
             ``PACK_FREE_BYTES`` of packable weights; below it packing
             stays on, as it costs little memory and less address space). The
             sampling session keeps it (speed).
+        threads: intra-op threads (see :func:`session_options`; None: default).
 
     Returns:
         ``(session, provider_name)`` where provider_name is ``"cuda"`` or ``"cpu"``
@@ -174,7 +183,7 @@ def create_session(model, provider: str = "auto", prepack: bool = True):
             old = getattr(ort, "get_default_logger_severity", lambda: 2)()
             ort.set_default_logger_severity(4)  # a failed CUDA load is expected on CPU machines
             try:
-                sess = _new_session(ort, source, [_CUDA, _CPU], folder, prepack)
+                sess = _new_session(ort, source, [_CUDA, _CPU], folder, prepack, threads)
             finally:
                 ort.set_default_logger_severity(old)
             if sess.get_providers()[0] == _CUDA:
@@ -186,14 +195,14 @@ def create_session(model, provider: str = "auto", prepack: bool = True):
                                 "check 'nvidia-smi' and the onnxruntime-gpu CUDA requirements, "
                                 "or use --provider cpu")
             return sess, "cpu"
-        return _new_session(ort, source, [_CPU], folder, prepack), "cpu"
+        return _new_session(ort, source, [_CPU], folder, prepack, threads), "cpu"
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _new_session(ort, source, providers, folder=None, prepack=True):
-    options = session_options(prepack=prepack)
+def _new_session(ort, source, providers, folder=None, prepack=True, threads=None):
+    options = session_options(prepack=prepack, threads=threads)
     if folder is not None:
         from .external import FOLDER_KEY
 

@@ -123,3 +123,29 @@ def check_unperturbed_slot(outputs: dict, reference: dict) -> Verdict:
             return Verdict(False, v.reason + "; the batch axis is probably not outermost at "
                                              "the location", v.max_error)
     return Verdict(True)
+
+
+def check_chunk_independence(together: dict, alone: dict, stats_outputs) -> Verdict:
+    """Check that sample 1 gives the same output in a run of samples 0..1 as alone.
+
+    Args:
+        together: outputs of a run of samples 0 and 1 (``y.samples`` of shape [2, ...]).
+        alone: outputs of a run of sample 1 alone (``y.samples`` of shape [1, ...]).
+        stats_outputs: the output names with samples.
+
+    Returns:
+        The Verdict; a failure means the samples of one run mix (the batch axis at the
+        location is not the outermost one).
+    """
+    worst = 0.0
+    for name in stats_outputs:
+        key = output_names(name)["samples"]
+        v = _close(name, "sample 2 of a run of 2", np.asarray(together[key])[1],
+                   np.asarray(alone[key])[0])
+        if not v.ok:
+            return Verdict(False, v.reason.replace("the original output", "the same sample "
+                                                   "run alone") + "; the samples of one run "
+                           "mix: the batch axis is probably not outermost at the location",
+                           v.max_error)
+        worst = max(worst, v.max_error)
+    return Verdict(True, "", worst)

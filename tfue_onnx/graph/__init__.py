@@ -35,10 +35,13 @@ from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, Strat
                       UncertaintyGraph, isolate_outputs, keep_ranks, keep_versions, output_names,
                       prefix_for, restore_outputs, stats_outputs)
 
-STRATEGIES = ("shared-prefix", "batched", "loop")
+# Strategies whose uncertainty graph is one model (what ``tfue export`` can write);
+# looped-suffix runs as two (a prefix once per input, the suffix per chunk).
+GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
+STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
 
 __all__ = ["build", "add_softmax", "with_softmax", "check_samples", "output_names",
-           "location_probe", "STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw",
+           "location_probe", "STRATEGIES", "GRAPH_STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw",
            "StrategyUnavailable", "UncertaintyGraph"]
 
 location_probe = graybox.location_probe
@@ -72,7 +75,8 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     classes = dict(classes or {})
     draws, random = [], None  # random: how gray-box draws are made (None: nothing random)
     relative_axes = {}
-    if strategy == "shared-prefix" and isinstance(spec, (Transform, Ensemble)):
+    prefix_model, cut = None, []
+    if strategy in ("shared-prefix", "looped-suffix") and isinstance(spec, (Transform, Ensemble)):
         raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
     if getattr(spec, "at", None) is not None:  # locations refer to the user's graph
         spec = dataclasses.replace(spec, at=info.resolve_location(spec.at).name)
@@ -101,8 +105,11 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         samples_input, levels, samples = None, {}, len(spec.members)
     else:
         samples = check_samples(samples)
-        model, perturber, samples_input, locations = graybox.BUILDERS[strategy](
+        model, perturber, samples_input, locations, *cut = graybox.BUILDERS[strategy](
             iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
+        if cut:  # looped-suffix: the prefix computes what crosses into the suffix
+            cut = cut[0]
+            prefix_model = graybox.cut_model(iso.info, {n: None for n in cut})
         relative_axes = dict(perturber.relative_axes)
         levels = {v.name: val for v, val in perturber.level_inputs}
         draws, random = [d for _, d in perturber.bank_inputs], sampling
@@ -113,7 +120,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         samples_input=samples_input, level_inputs=levels, locations=locations,
         samples=samples, seed=int(seed), keep_samples=keep_samples,
         classes={k: v for k, v in classes.items() if k in stats}, sampling=random, draws=draws,
-        relative_axes=relative_axes)
+        relative_axes=relative_axes, prefix=prefix_model, cut=list(cut))
 
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:

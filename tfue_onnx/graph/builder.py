@@ -147,6 +147,10 @@ class UncertaintyGraph:
     # Drawn banks, kept for the next input of the same shape; graphs built for one
     # runner may share one dict (every strategy draws the same banks).
     bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # looped-suffix: ``model`` is the suffix; ``prefix`` (the model cut at ``cut``) runs
+    # once per input and its outputs, the tensors named in ``cut``, are fed to it.
+    prefix: onnx.ModelProto | None = dataclasses.field(default=None, repr=False)
+    cut: list = dataclasses.field(default_factory=list)
 
     def feeds(self, samples: int | None = None, level: float | None = None, first: int = 0,
               shapes: dict | None = None, batch_axes: dict | None = None) -> dict:

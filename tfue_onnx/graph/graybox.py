@@ -49,8 +49,8 @@ from ..errors import TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
-                      finish, float_dtype, keep_versions, prefix_for, prefixed_node,
-                      replace_tensor, stacked_name, stats_outputs)
+                      finish, float_dtype, keep_versions, output_names, prefix_for,
+                      prefixed_node, replace_tensor, stacked_name, stats_outputs)
 
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0.
@@ -360,7 +360,46 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
     return crossing, set(suffix) | inner
 
 
-def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling):
+def looped_suffix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool,
+                  classes: dict, sampling: str = "fed"):
+    """The suffix of the shared-prefix strategy as a graph of its own, without slot 0.
+
+    Its inputs are the tensors that cross the cut (computed once per input by
+    :func:`cut_model`), the model inputs the suffix reads, the levels, the banks and
+    the number of samples n; it tiles the crossing tensors n times (every slot a
+    sample, sample k reading bank row k) and returns each output's stack of samples
+    ``[n, *output shape]`` as ``y.samples`` and the first sample as ``y``. At level 0
+    with n = 1 that is the unperturbed output, so the runner computes it once per
+    input, and samples in chunks of any size (1 included) without re-running the
+    prefix. Returns ``(model, perturber, samples input, locations, cut)``, ``cut``
+    the names of the computed tensors that cross (the prefix's outputs).
+    """
+    if sampling != "fed":
+        raise StrategyUnavailable("it runs as two graphs (prefix, then suffix per chunk); a "
+                                  "file that runs alone needs one graph")
+    return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True,
+                  sampling=sampling, split=True)
+
+
+def _boundary(graph: gs.Graph, suffix: set, info: ModelInfo) -> list:
+    """Every input-dependent tensor the suffix nodes read but do not make (tiled or not:
+    the location, skip connections, shapes computed from the input), in graph order."""
+    made = {id(t) for n in graph.nodes if id(n) in suffix for t in n.outputs}
+    dynamic = info.dynamic_tensors
+    found, seen = [], set()
+    for node in graph.nodes:
+        if id(node) not in suffix:
+            continue
+        for t in _reads(node):
+            if isinstance(t, gs.Variable) and id(t) not in made and t.name in dynamic and \
+                    id(t) not in seen:
+                seen.add(id(t))
+                found.append(t)
+    return found
+
+
+def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling,
+           split: bool = False):
     if info.opset < MIN_OPSET:  # the Runner gives such models a converted copy when it can
         raise StrategyUnavailable(f"needs opset >= {MIN_OPSET} (dynamic Slice); the model has "
                                   f"opset {info.opset}")
@@ -380,7 +419,9 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix, info.opset)
     samples_var = gs.Variable(prefix + "samples", dtype=np.int64, shape=[1])
-    n1 = b.op("Add", [samples_var, b.ints("one", [1])], dtype=np.int64)  # n + 1 slots
+    # n + 1 slots (slot 0 unperturbed), or n when split (the suffix alone, all samples).
+    n1 = samples_var if split else b.op("Add", [samples_var, b.ints("one", [1])],
+                                        dtype=np.int64)
 
     # Slot mask [n+1, 1]: 0 for the unperturbed slot 0, 1 for the samples.
     def slot_mask(delta, like, dtype):
@@ -394,6 +435,8 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
         return b.op("Reshape", [masked, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
 
     def read_bank(bank, like, dtype):
+        if split:  # slot k takes bank row k
+            return b.op("Reshape", [bank, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
         # Slot k+1 takes bank row k; slot 0 (masked off) repeats row 0 to fill its place.
         padded = b.op("Concat", [b.slice(bank, [0], [1], [0], dtype=dtype), bank], {"axis": 0},
                       dtype=dtype)
@@ -404,11 +447,26 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
                     {"axis": 0}, dtype=np.int64)
         return b.slice(t, [0], b.op("Div", [rows, n1], dtype=np.int64), [0], dtype=dtype)
 
-    perturber = _Perturber(b, seed, slot_mask, sampling, read_bank, one_slot)
+    perturber = _Perturber(b, seed, None if split else slot_mask, sampling, read_bank, one_slot)
 
     # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
+    cut = []
     if share_prefix:
         crossing, suffix = _cut(graph, info, spec)
+        if split:  # what the suffix reads from the prefix becomes an input of its own
+            inputs = {i.name for i in info.inputs}
+            boundary = _boundary(graph, suffix, info)
+            read = {t.name for t in boundary}
+            graph.inputs = [i for i in graph.inputs if i.name in read]  # model inputs it reads
+            for t in boundary:
+                if t.name in inputs:
+                    continue
+                known = info.tensor_infos.get(t.name)
+                t.dtype = t.dtype or (np.dtype(known.dtype) if known is not None else None)
+                t.shape = None  # its producer is gone; onnxruntime takes the fed shape
+                t.inputs.clear()
+                graph.inputs.append(t)
+                cut.append(t.name)
     else:
         real_inputs = {i.name for i in info.inputs}
         crossing, suffix = [i for i in graph.inputs if i.name in real_inputs], None
@@ -447,6 +505,12 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
         final.append(y)
         if orig.name not in stats:
             continue
+        if split:  # every slot a sample: the stack is the whole tiled output
+            rest = b.slice(shp, [1], [INT64_MAX], [0], dtype=np.int64)
+            sshape = b.op("Concat", [samples_var, batch, rest], {"axis": 0}, dtype=np.int64)
+            final.append(b.op("Reshape", [y_t, sshape], out=gs.Variable(
+                output_names(orig.name)["samples"], dtype=y_t.dtype)))
+            continue
         flat = b.slice(y_t, batch, [INT64_MAX], [0], dtype=y_t.dtype)
         rest = b.slice(shp, [1], [INT64_MAX], [0], dtype=np.int64)
         sshape = b.op("Concat", [samples_var, batch, rest], {"axis": 0}, dtype=np.int64)
@@ -457,6 +521,8 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
     graph.inputs.extend(v for v, _ in perturber.bank_inputs)
     graph.inputs.append(samples_var)
     model = finish(graph, info)
+    if split:  # the runner reduces the samples itself: no statistics head
+        return model, perturber, samples_var.name, locations, cut
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, perturber, samples_var.name, locations
 
@@ -543,16 +609,22 @@ def location_probe(info: ModelInfo, draws) -> onnx.ModelProto | None:
 
     Returns None when every location is a model input (its shape is the feed's).
     """
-    graph = gs.import_onnx(info.model)
-    tensors = graph.tensors()
-    inputs = {i.name for i in graph.inputs}
-    wanted = {d.location: d.dtype for d in draws if d.location not in inputs}
+    inputs = {i.name for i in info.inputs}
+    return cut_model(info, {d.location: d.dtype for d in draws if d.location not in inputs})
+
+
+def cut_model(info: ModelInfo, wanted: dict) -> onnx.ModelProto | None:
+    """``info``'s model cut down to what computes the tensors ``wanted`` (name ->
+    dtype), which become its outputs in that order (the looped-suffix strategy's
+    prefix, the location probe); None when ``wanted`` is empty."""
     if not wanted:
         return None
+    graph = gs.import_onnx(info.model)
+    tensors = graph.tensors()
     outs = []
     for name, dtype in wanted.items():
         t = tensors[name]
-        t.dtype = dtype
+        t.dtype = dtype or t.dtype
         outs.append(t)
     graph.outputs = outs
     graph.cleanup().toposort()
@@ -561,4 +633,5 @@ def location_probe(info: ModelInfo, draws) -> onnx.ModelProto | None:
     return keep_versions(model, info)
 
 
-BUILDERS = {"shared-prefix": shared_prefix, "batched": batched, "loop": loop}
+BUILDERS = {"looped-suffix": looped_suffix, "shared-prefix": shared_prefix, "batched": batched,
+            "loop": loop}

@@ -1,0 +1,164 @@
+"""An on-disk cache of what a run verifies and measures once per model and input shape.
+
+A gray-box run pays fixed costs before its first sample: building the uncertainty
+graph, verifying it against the original model (reference runs, probes of the
+output axes and of the locations' shapes) and measuring which chunk size and thread
+count sample fastest (``Runner`` autotuning). All of it depends only on (model
+bytes, method, location, N, input signature, provider, tfue, onnxruntime and CPU
+count), so it is kept on disk under a key made of those, and a second process (or
+a later input shape already seen) starts from it.
+
+An entry is a JSON file, plus the verified graphs as ``.onnx`` files whose SHA-256
+is in the JSON. An entry is used only when it parses, names the same key, holds
+the fields the runner needs with the right types, and its graph files have the
+recorded hashes; anything else (a corrupt, truncated, stale or edited entry) is
+ignored and overwritten by the next run, never trusted.
+
+The folder is ``$TFUE_CACHE_DIR`` when set, else the platform's user cache folder
+(``platformdirs.user_cache_dir("tfue-onnx")``, e.g. ``~/.cache/tfue-onnx`` on Linux).
+Writing is best effort: an unwritable folder costs the speed-up, not the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+ENV = "TFUE_CACHE_DIR"
+FORMAT = 1  # bumped when the entry layout changes: older entries are ignored
+MAX_GRAPH_BYTES = 256 * 1024**2  # larger graphs are rebuilt, not stored
+
+
+def cache_dir() -> str:
+    """The cache folder: ``$TFUE_CACHE_DIR``, else the user cache folder."""
+    if os.environ.get(ENV):
+        return os.environ[ENV]
+    import platformdirs
+
+    return platformdirs.user_cache_dir("tfue-onnx", appauthor=False)
+
+
+def model_digest(model) -> str | None:
+    """SHA-256 (hex) of a ModelProto's serialized bytes (weights stored in external
+    files are named, not read: their file names and sizes are hashed beside); None
+    for a proto too large to serialize (such a run is not cached)."""
+    try:
+        if model.ByteSize() > 1_800_000_000:
+            return None
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    except Exception:
+        return None
+
+
+def make_key(parts: dict) -> str:
+    """A cache key (hex) for a JSON-able dict of everything an entry depends on."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class DiskCache:
+    """Entries ``<folder>/<key>.json`` with graph files ``<key>.<name>.onnx``.
+
+    Args:
+        folder: where entries live (default :func:`cache_dir`).
+        enabled: False turns every lookup into a miss and every store into a no-op
+            (``--no-cache``).
+    """
+
+    def __init__(self, folder: str | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.folder = folder if folder is not None else (cache_dir() if enabled else None)
+        self.problem = None  # why the last store failed (None when it did not)
+
+    def _path(self, key: str, suffix: str) -> str:
+        return os.path.join(self.folder, f"{key}{suffix}")
+
+    def load(self, key: str, required: dict) -> tuple | None:
+        """The entry for ``key`` as ``(fields, graphs)``, or None on a miss.
+
+        Args:
+            key: from :func:`make_key`.
+            required: field name -> type the entry must hold (anything else: a miss).
+
+        Returns:
+            ``fields`` (the stored dict) and ``graphs`` (name -> serialized ONNX
+            bytes whose SHA-256 matched the stored one).
+        """
+        if not self.enabled:
+            return None
+        try:
+            with open(self._path(key, ".json"), encoding="utf-8") as f:
+                entry = json.load(f)
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT or \
+                    entry.get("key") != key:
+                return None
+            fields = entry.get("fields")
+            if not isinstance(fields, dict) or any(
+                    not isinstance(fields.get(k), t) for k, t in required.items()):
+                return None
+            graphs = {}
+            for name, digest in (entry.get("graphs") or {}).items():
+                with open(self._path(key, f".{name}.onnx"), "rb") as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    return None
+                graphs[name] = data
+            return fields, graphs
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+
+    def store(self, key: str, fields: dict, graphs: dict | None = None) -> bool:
+        """Write the entry for ``key`` (graph files first, the JSON last, each
+        atomically), replacing any older one. Returns False (and sets ``problem``)
+        when it could not be written; never raises for that."""
+        if not self.enabled:
+            return False
+        from .io import atomic_write_bytes
+
+        graphs = {k: v for k, v in (graphs or {}).items() if v is not None}
+        if sum(len(v) for v in graphs.values()) > MAX_GRAPH_BYTES:
+            graphs = {}
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            for name, data in graphs.items():
+                atomic_write_bytes(self._path(key, f".{name}.onnx"), data)
+        except OSError as exc:
+            self.problem = f"{type(exc).__name__}: {exc}"
+            return False
+        return self._write(key, fields, {k: hashlib.sha256(v).hexdigest()
+                                         for k, v in graphs.items()})
+
+    def update(self, key: str, **fields) -> bool:
+        """Add ``fields`` to the entry for ``key`` (its graph files kept as they are);
+        False when there is no valid entry or it could not be written."""
+        if self.load(key, {}) is None:
+            return False
+        with open(self._path(key, ".json"), encoding="utf-8") as f:
+            entry = json.load(f)
+        return self._write(key, {**entry["fields"], **fields}, entry.get("graphs") or {})
+
+    def _write(self, key: str, fields: dict, digests: dict) -> bool:
+        from .io import atomic_write_bytes
+
+        try:
+            entry = {"format": FORMAT, "key": key, "fields": fields, "graphs": digests}
+            text = json.dumps(entry, indent=1, default=_jsonable).encode()
+            atomic_write_bytes(self._path(key, ".json"), text)
+            self.problem = None
+            return True
+        except (OSError, TypeError, ValueError) as exc:
+            self.problem = f"{type(exc).__name__}: {exc}"
+            return False
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-able")
