@@ -25,6 +25,10 @@ and the per-repeat ratios.
 - memory: peak RSS of the ``tfue run`` process (``/usr/bin/time -f %M``, else VmHWM
   read from /proc while it runs) on one 640 x 640 image, depth 0.6, N = 16 and 256.
 
+Rows and memory share one fresh tfue cache (TFUE_CACHE_DIR / XDG_CACHE_HOME in a
+temporary folder) unless --user-cache: results do not depend on earlier runs, and the
+per-repeat ratios show the cold first repeat.
+
 Exit code 2 when scikit-image (the pictures) is missing.
 """
 
@@ -247,7 +251,7 @@ def bench_row(label, path, depth, folder, images, n, args, tmp) -> dict:
         t, _, _ = run_child(naive_cmd + ["-o", tempfile.mkdtemp(dir=tmp)])
         times["naive"].append(t)
         out_dir = os.path.join(tempfile.mkdtemp(dir=tmp), "out")
-        t, stdout, _ = run_child(tfue_cmd + ["-o", out_dir])
+        t, stdout, _ = run_child(tfue_cmd + ["-o", out_dir], env=args.env)
         times["tfue"].append(t)
         summaries.append(parse_summary(stdout, out_dir))
         d = bound.measure()
@@ -316,7 +320,7 @@ def bench_memory(det, det_one, ns, args, tmp) -> dict:
         out_dir = os.path.join(tempfile.mkdtemp(dir=tmp), "out")
         cmd = tfue_exe() + ["run", det, det_one, "--method", "noise", "--at", "0.6", "-n", str(n),
                             "--seed", "1", "--json", "-o", out_dir] + args.tfue_extra
-        wall, stdout, mib = run_child(cmd, peak=True)
+        wall, stdout, mib = run_child(cmd, env=args.env, peak=True)
         out[n] = {"peak_mib": mib, "wall_s": wall, "summary": parse_summary(stdout, out_dir)}
         log(f"memory N={n}: {mib:.0f} MiB in {wall:.2f} s")
     return out
@@ -326,7 +330,7 @@ def markdown(info: dict, rows: list, start: dict | None, memory: dict | None) ->
     """The report: one table per part, then what tfue said it chose."""
     lines = [f"tfue end-to-end benchmark, {info['when']}; {info['cpus']} CPUs, load average "
              f"{info['load_before']} before / {info['load_after']} after; onnxruntime "
-             f"{info['ort']}; provider {info['provider']}; tfue args "
+             f"{info['ort']}; provider {info['provider']}; tfue cache: {info['cache']}; tfue args "
              f"`{info['tfue_args'] or '(none)'}`; median of {info['repeat']} interleaved "
              "repeat(s); times are wall seconds for all images", ""]
     if rows:
@@ -398,6 +402,9 @@ def main(argv=None) -> int:
                     "(default 1,4,8,32; with --quick 1,4)")
     ap.add_argument("--sr-at", default=SR_AT,
                     help=f"SR rows as label=location pairs (default {SR_AT})")
+    ap.add_argument("--user-cache", action="store_true",
+                    help="rows and memory use the user's own tfue cache (default: one fresh "
+                    "cache for this whole run, so repeat 1 of the first row is cold)")
     ap.add_argument("--md", help="also write the markdown table here")
     ap.add_argument("--json", dest="json_out", help="write every measurement here")
     args = ap.parse_args(argv)
@@ -424,10 +431,12 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     info = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "load_before": "%.1f" % os.getloadavg()[0], "ort": ort.__version__,
-            "provider": args.provider, "tfue_args": args.tfue_args, "repeat": args.repeat,
+            "provider": args.provider, "cache": "the user's" if args.user_cache else
+            "one fresh cache for the run", "tfue_args": args.tfue_args, "repeat": args.repeat,
             "python": platform.python_version()}
     rows, start, memory = [], None, None
     with tempfile.TemporaryDirectory(prefix="tfue-bench-") as tmp:
+        args.env = None if args.user_cache else cache_env(tmp)
         det_dir, sr_dir = os.path.join(tmp, "det640"), os.path.join(tmp, "sr128")
         det_images = write_pictures(det_dir, 640, count)
         sr_images = write_pictures(sr_dir, 128, count)
