@@ -334,7 +334,7 @@ def markdown(info: dict, rows: list, start: dict | None, memory: dict | None) ->
              f"`{info['tfue_args'] or '(none)'}`; median of {info['repeat']} interleaved "
              "repeat(s); times are wall seconds for all images", ""]
     if rows:
-        lines += ["| row | tensor | N | strategy chosen | tfue (s) | naive (s) | "
+        lines += ["| row | tensor | N | strategy chosen (chunks: count x size) | tfue (s) | naive (s) | "
                   "speed-up (naive/tfue) | bound (s) | tfue/bound | per-repeat speed-up | "
                   "per-repeat tfue/bound |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
