@@ -37,6 +37,9 @@ import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import naive_noise  # noqa: E402
 
 from tfue_onnx import Estimator, Noise, Transform  # noqa: E402
 from tfue_onnx.graph.graybox import _cut  # noqa: E402
@@ -50,38 +53,27 @@ SR_MODULES = {"early": "body.0.conv1", "middle": "body.2.conv1", "late": "up"}
 DEPTHS = {"early": "0.25", "middle": "0.5", "late": "0.9"}
 
 
-def session(model):
+def session(model, provider="cpu"):
+    """An onnxruntime session on ``provider`` (cpu or cuda) for a path or a ModelProto."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, so, providers=naive_noise.PROVIDERS[provider])
 
 
 def noisy_model(path, location):
     """The model with x + N(0, SIGMA^2) at ``location``, written by hand with graphsurgeon."""
-    graph = gs.import_onnx(onnx.load(path))
-    t = graph.tensors()[location]
-    consumers = list(t.outputs)
-    eps = gs.Variable("bench_eps", dtype=np.float32)
-    noisy = gs.Variable("bench_noisy", dtype=np.float32)
-    graph.nodes.append(gs.Node("RandomNormalLike", inputs=[t], outputs=[eps],
-                               attrs={"scale": SIGMA}))
-    graph.nodes.append(gs.Node("Add", inputs=[t, eps], outputs=[noisy]))
-    for node in consumers:
-        for i, inp in enumerate(node.inputs):
-            if inp is t:
-                node.inputs[i] = noisy
-    graph.cleanup().toposort()
-    return gs.export_onnx(graph)
+    return naive_noise.noisy_model(onnx.load(path), location, SIGMA)
 
 
-def split_models(path, spec):
-    """(prefix, suffix) models around the cut of ``spec`` (the lower-bound pieces)."""
+def split_models(path, spec, tmp=None):
+    """(prefix, suffix) models around the cut of ``spec`` (the lower-bound pieces),
+    written into ``tmp`` (a new temporary folder by default)."""
     info = inspect_model(path)
     graph = gs.import_onnx(info.model)
     crossing, _ = _cut(graph, info, spec)
     names = [t.name for t in crossing]
-    tmp = tempfile.mkdtemp()
+    tmp = tempfile.mkdtemp() if tmp is None else tmp
     pre, suf = os.path.join(tmp, "prefix.onnx"), os.path.join(tmp, "suffix.onnx")
     outputs = [o.name for o in info.outputs]
     onnx.utils.extract_model(path, pre, [i.name for i in info.inputs], names)
