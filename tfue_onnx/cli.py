@@ -407,7 +407,8 @@ def _notes(est, verbose):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
 @click.option("--chunk", type=int, default=None,
-              help="Samples per session run (default: as many as fit in --max-memory, <= 64).")
+              help="Samples per session run (default: measured on the first input, within "
+                   "--max-memory).")
 @click.option("--max-memory", default="2G", show_default=True,
               help="Memory the samples of one run may take (e.g. 512M, 2G); sets the chunk.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",

@@ -195,6 +195,11 @@ def _non_finite_warning(path: str, found: dict, result) -> str:
 LARGE_N = 1000  # from this N on, a run is timed up front and the estimate said
 
 
+# Inputs read for the up-front check are kept for the run up to this many bytes in all
+# (beyond it they are read again when their turn comes).
+KEEP_READ_BYTES = 512 * 1024**2
+
+
 def _estimate(estimator, feeds, inputs: int) -> str | None:
     """For large N, how long the run will take: one plain model run, timed, times N."""
     import time
@@ -259,10 +264,14 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     note = note or (lambda line: None)
     # Every input is read and checked before the long work starts, so a bad one
     # fails the run at once and no result of it is half-written.
-    first = None
+    # The inputs read here are kept for the run (up to KEEP_READ_BYTES): each is read once.
+    first, kept, held = None, [], 0
     for path in files:
         feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
         first = feeds if first is None else first
+        size = sum(int(np.asarray(v).nbytes) for v in feeds.values())
+        held += size
+        kept.append(feeds if held <= KEEP_READ_BYTES else None)
     estimator.prepare(first)  # verified on the first input before any work is reported
     _check_kept_samples(estimator, first)
     estimate = _estimate(estimator, first, len(files))
@@ -272,8 +281,10 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     meta = None
     with cleanup_out_dir(out_dir):
         iterator = progress(files) if progress else files
-        for path in iterator:
-            feeds = load_input(path, estimator.info.inputs, options)
+        for k, path in enumerate(iterator):
+            feeds = kept[k] if kept[k] is not None else \
+                load_input(path, estimator.info.inputs, options)
+            kept[k] = None
             result = estimator(feeds)
             meta = result.metadata
             prepare_out_dir(out_dir)

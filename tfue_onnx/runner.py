@@ -1051,8 +1051,7 @@ class Runner:
         return make_key({
             "format": FORMAT, "tfue": __version__, "onnxruntime": onnxruntime.__version__,
             "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
-            "location": self.location, "samples": self.samples,
-            "signature": repr(_signature(feeds)), "provider": self.provider_request,
+            "location": self.location, "signature": repr(_signature(feeds)), "provider": self.provider_request,
             "strategy": self.strategy_request, "keep_samples": self.keep_samples,
             "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
             "threads": self.threads, "max_memory": self.max_memory, "chunk": self.chunk,
@@ -1115,8 +1114,7 @@ class Runner:
                 relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
                 prefix=(onnx.ModelProto.FromString(stored["prefix"])
                         if "prefix" in stored else None))
-            if ug.samples != self.samples:
-                return None
+            ug.samples = self.samples  # N is an input of the graph, not part of it
             ug.bank_cache = self._banks
             spatial = SpatialAxes.from_json(fields["spatial_axes"])
             shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
@@ -1134,9 +1132,11 @@ class Runner:
         self._axes_known[key] = spatial
         tuning = fields.get("tuning")
         if isinstance(tuning, dict) and self.chunk is None and \
-                isinstance(tuning.get("chunk"), int) and 1 <= tuning["chunk"] <= self.samples \
+                isinstance(tuning.get("chunk"), int) and tuning["chunk"] >= 1 \
                 and tuning.get("threads") in (None, 1, self.threads):
-            self._tuned[key] = {**tuning, "how": "cached"}
+            # Measured at another N, perhaps: never a chunk larger than this run's N.
+            self._tuned[key] = {**tuning, "chunk": min(tuning["chunk"], self.samples),
+                                "how": "cached"}
         self.notes.append(f"strategy {ug.strategy}: verified by an earlier run on this model "
                           f"and input shape (max |error| at level 0 = "
                           f"{float(fields.get('max_error', 0)):.2g}; cache "
@@ -1264,7 +1264,7 @@ class Runner:
                 chunks.append(n)
                 first += n
                 yield n, out
-            best = min(trials, key=lambda t: t["s_per_sample"])
+            best = min(trials, key=lambda t: t["s_per_sample"])  # at least one trial
             plan = {"chunk": best["chunk"], "threads": best["threads"], "how": "measured",
                     "trials": trials}
             self.notes.append(
@@ -1285,41 +1285,55 @@ class Runner:
             first += n
 
     def _trial(self, split, run, level, feeds, trials: list):
-        """Time real samples at a few chunk sizes (1, 4, 16, 64 ... up to what fits in
-        ``max_memory``) and intra-op thread counts (the default and 1, on a CPU with
-        several cores, when no ``threads`` was given), in sample order, each trial
-        counting toward N; a larger chunk is not tried once one is 20 % slower per
-        sample than the best so far. Yields (n, outputs); appends
-        ``{"chunk", "threads", "s_per_sample"}`` per trial to ``trials``."""
+        """Time real samples, in sample order, each counting toward N (yields (n, outputs)).
+
+        First the intra-op thread count, when none was given and the CPU has several
+        cores: the default and 1, two runs of one sample each (a session made for the
+        trial runs the unperturbed output once first, untimed). Then, on the faster,
+        chunks of 2, 4, 8, ... samples (up to what fits in ``max_memory``), two runs
+        each (the faster one counts: the first run at a size grows onnxruntime's arena,
+        and the machine may be busy), until a size is 20 % slower per sample than the
+        best so far or the samples run out. Appends ``{"chunk", "threads", "s_per_sample"}`` per size to ``trials``.
+        """
         import time
 
         cap = min(self.samples, self.chunk_cap(feeds))
-        sizes = [c for c in (1, 4, 16, 64, 256, 1024) if c <= cap] or [1]
-        threads = [self.threads]
-        if self.threads is None and (os.cpu_count() or 1) > 1 and \
-                self._provider_of(split) == "cpu":
-            threads.append(1)
         first = 0
-        for t in threads:
-            if t not in split.suffix:  # a fresh session: its first run is not timed
-                run(t, 1, 0.0, 0)
-            best = None
-            for c in sizes:
-                if first + c > self.samples:
-                    break
+
+        def timed(t, c, times):
+            nonlocal first
+            per = []
+            for _ in range(times):
                 start = time.perf_counter()
                 out = run(t, c, level, first)
-                per = (time.perf_counter() - start) / c
-                trials.append({"chunk": c, "threads": t or "default",
-                               "s_per_sample": round(per, 6)})
+                per.append((time.perf_counter() - start) / c)
                 first += c
                 yield c, out
-                if best is not None and per > 1.2 * best:
-                    break
-                best = per if best is None else min(best, per)
-        for t in trials:
-            if t["threads"] == "default":
-                t["threads"] = None
+            # The faster run: the slower one grew the arena or met another process.
+            trials.append({"chunk": c, "threads": t, "s_per_sample": round(min(per), 6)})
+
+        options = [self.threads]
+        if self.threads is None and (os.cpu_count() or 1) > 1 and \
+                self._provider_of(split) == "cpu":
+            options.append(1)
+        for t in options:
+            if first + 2 > self.samples:
+                break
+            if t not in split.suffix:  # a fresh session: its first run is not timed
+                run(t, 1, 0.0, 0)
+            yield from timed(t, 1, 2)
+        threads = min(trials, key=lambda r: r["s_per_sample"])["threads"]
+        best = min(r["s_per_sample"] for r in trials) if trials else None
+        c = 2
+        while c <= cap and first + 2 * c <= self.samples:
+            yield from timed(threads, c, 2)
+            per = trials[-1]["s_per_sample"]
+            if best is not None and per > 1.2 * best:
+                break
+            best = per if best is None else min(best, per)
+            c *= 2
+        if not trials:  # too few samples for two runs: one run of one sample
+            yield from timed(self.threads, 1, 1)
 
     def _provider_of(self, split) -> str:
         session = next(iter(split.suffix.values()))
