@@ -1,0 +1,290 @@
+"""Issue 11: the looped-suffix strategy, the measured chunk choice, the disk cache and the
+memory estimate that caps the chunks."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import toys
+from tfue_onnx import Dropout, Estimator, MCDropout, Noise, TfueError
+from tfue_onnx import graph as graphs
+from tfue_onnx.cache import DiskCache
+from tfue_onnx.model import inspect_model
+from tfue_onnx.runner import Runner, _peak_bytes
+
+
+def _plain(path, x):
+    return toys.run_plain(onnx.load(path), {"x": x})["y"]
+
+
+# --- looped-suffix: the two graphs ------------------------------------------------------
+@pytest.mark.parametrize("spec", [Noise(0.3, at="r1"), Dropout(0.3, at="c1"),
+                                  Noise(0.3, at="r1", mode="relative")])
+def test_prefix_and_suffix_graphs_give_the_model_at_level_zero(toy, x8, spec):
+    info = inspect_model(toy())
+    ug = graphs.build(info, spec, "looped-suffix", samples=5, seed=3)
+    assert ug.prefix is not None and ug.cut == [spec.at]
+    assert [o.name for o in ug.prefix.graph.output] == ug.cut
+    # The suffix reads the cut, not the model input (conv1 is not in it).
+    names = [i.name for i in ug.model.graph.input]
+    assert "x" not in names and spec.at in names
+    assert {n.name for n in ug.model.graph.node} & {"conv1"} == set()
+    cut = toys.run_plain(ug.prefix, {"x": x8})
+    shapes = {d.location: cut[d.location].shape for d in ug.draws}
+    ref = _plain(toy(), x8)
+    zero = toys.run_plain(ug.model, {**cut, **ug.feeds(samples=3, level=0.0, shapes=shapes)})
+    assert set(zero) == {"y", "y.samples"} and zero["y.samples"].shape == (3, *ref.shape)
+    for k in range(3):  # every slot is a sample; at level 0 each is the model's output
+        np.testing.assert_allclose(zero["y.samples"][k], ref, rtol=1e-5, atol=1e-6)
+    on = toys.run_plain(ug.model, {**cut, **ug.feeds(samples=3, shapes=shapes)})
+    assert float(on["y.samples"].var(axis=0).mean()) > 1e-5
+    # Sample 2 alone (first=2) is sample 2 of the run of 3.
+    alone = toys.run_plain(ug.model, {**cut, **ug.feeds(samples=1, first=2, shapes=shapes)})
+    np.testing.assert_allclose(alone["y.samples"][0], on["y.samples"][2], rtol=1e-5, atol=1e-6)
+
+
+def test_a_skip_connection_crosses_the_cut(tmp_path):
+    path = toys.skip_net(tmp_path / "skip.onnx")
+    ug = graphs.build(inspect_model(path), Noise(0.2, at="r1"), "looped-suffix", samples=4)
+    assert sorted(ug.cut) == ["c1", "r1"]  # the location and the skip
+    x = np.random.default_rng(1).random((2, 3, 6, 5), dtype=np.float32)
+    est = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)
+    res, loop = est(x), Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1,
+                                  strategy="loop")(x)
+    assert res.metadata["strategy"] == "looped-suffix"
+    np.testing.assert_allclose(res.output, _plain(path, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.variance, loop.variance, rtol=1e-4, atol=1e-7)
+
+
+def test_export_never_writes_the_two_graph_strategy(toy, x8, tmp_path):
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=4, seed=0)
+    est(x8)
+    assert est.uncertainty_graph(x8).strategy == "looped-suffix"
+    out = tmp_path / "u.onnx"
+    est.export(out, example=x8)
+    m = onnx.load(str(out))
+    assert [o.name for o in m.graph.output] == ["y", "y.mean", "y.variance"]
+    assert not any("looped-suffix" in n for n in est.notes if n.startswith("export"))
+    with pytest.raises(graphs.StrategyUnavailable, match="two graphs"):
+        graphs.build(inspect_model(toy()), Noise(0.2, at="r1"), "looped-suffix",
+                     sampling="graph")
+
+
+def _batch_mean_net(path):
+    """x -> Relu ('r') -> r - mean over the batch axis -> y: the suffix mixes the items
+    of a batch (as training-mode normalisation would), so tiled samples mix."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("ReduceMean", ["r"], ["m"], name="mean", axes=[0], keepdims=1),
+             helper.make_node("Sub", ["r", "m"], ["d"], name="sub"),
+             helper.make_node("Mul", ["d", "r"], ["y"], name="mul")]
+    return toys._save(path, nodes, [], ["b", 3, "h", "w"], ["b", 3, "h", "w"], "bmean",
+                      opset=13)
+
+
+def test_samples_that_mix_in_one_run_fail_verification(tmp_path):
+    path = _batch_mean_net(tmp_path / "bm.onnx")
+    x = np.random.default_rng(0).random((1, 3, 4, 4), dtype=np.float32)
+    est = Estimator(path, Noise(0.3, at="r"), samples=4, seed=0)
+    res = est(x)
+    notes = "\n".join(est.notes)
+    assert "strategy looped-suffix: failed verification (sample 2 of a run of 2 of 'y' " \
+           "differs from the same sample run alone" in notes
+    assert "samples of one run mix" in notes
+    assert res.metadata["strategy"] == "loop"  # the tiled strategies fail the same way
+    np.testing.assert_allclose(res.output, _plain(path, x), rtol=1e-5, atol=1e-6)
+
+
+# --- the measured choice ----------------------------------------------------------------
+def test_trial_samples_count_and_never_exceed_the_memory_cap(toy, x8):
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=40, seed=4)
+    cap_bytes = est.sample_bytes({"x": x8})
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=40, seed=4, max_memory=3 * cap_bytes)
+    res = est(x8)
+    tune = res.metadata["autotune"]
+    assert tune["chunk_cap"] == 3 and sum(res.metadata["chunks"]) == 40
+    assert max(res.metadata["chunks"]) <= 3 and max(t["chunk"] for t in tune["trials"]) <= 2
+    # The same numbers as any fixed chunking: the trial's samples are real samples.
+    fixed = Estimator(toy(), Noise(0.2, at="r1"), samples=40, seed=4, chunk=7)(x8)
+    np.testing.assert_array_equal(res.variance, fixed.variance)
+    np.testing.assert_array_equal(res.mean, fixed.mean)
+    # The second input of the same shape runs at the chosen chunk, without a trial.
+    again = est(x8[:, :, ::-1].copy())
+    assert set(again.metadata["chunks"][:-1]) == {tune["chunk"]}
+    assert any(n.startswith("autotune: chunk ") for n in est.notes)
+
+
+def test_given_chunk_and_threads_skip_the_trial(toy, x8):
+    res = Estimator(toy(), Noise(0.2, at="r1"), samples=9, seed=4, chunk=4, threads=1)(x8)
+    assert res.metadata["chunks"] == [4, 4, 1]
+    assert res.metadata["autotune"]["how"] == "given" and res.metadata["autotune"]["threads"] == 1
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(TfueError, match="threads must be an integer >= 1"):
+            Estimator(toy(), Noise(0.2, at="r1"), threads=bad)
+    with pytest.raises(TfueError, match="cache must be True, False or a folder"):
+        Estimator(toy(), Noise(0.2, at="r1"), cache=3)
+
+
+def test_mc_dropout_runs_looped(tmp_path):
+    path = toys.conv_net(tmp_path / "d.onnx", dropout_ratio=0.4) or str(tmp_path / "d.onnx")
+    x = np.random.default_rng(2).random((1, 3, 8, 8), dtype=np.float32)
+    res = Estimator(str(tmp_path / "d.onnx"), MCDropout(), samples=8, seed=2)(x)
+    loop = Estimator(str(tmp_path / "d.onnx"), MCDropout(), samples=8, seed=2,
+                     strategy="loop")(x)
+    assert res.metadata["strategy"] == "looped-suffix"
+    np.testing.assert_allclose(res.variance, loop.variance, rtol=1e-4, atol=1e-7)
+
+
+# --- the peak-memory estimate ------------------------------------------------------------
+def test_peak_bytes_follow_the_live_tensors(tmp_path):
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    model = onnx.load(toys.skip_net(tmp_path / "s.onnx"))
+    # conv2 runs while x is gone but c1 (the skip), r1 and c2 are alive: 12 channels;
+    # then the Add holds c1, c2 and y: 12 again.
+    assert _peak_bytes(model, {"x": x}) == 12 * 64 * 4
+    # A chain: at most a tensor and its successor (plus nothing else) are alive.
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    chain = helper.make_model(helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 8, 8])]))
+    assert _peak_bytes(chain, {"x": x}) == 2 * 3 * 64 * 4
+    assert _peak_bytes(chain, {"x": np.zeros((4, 3, 8, 8), np.float32)}) == 4 * 2 * 3 * 64 * 4
+
+
+# --- the disk cache -----------------------------------------------------------------------
+def _spy_verify(monkeypatch):
+    calls = []
+    real = Runner._verify
+
+    def verify(self, ug, sess, feeds, reference):
+        calls.append(ug.strategy)
+        return real(self, ug, sess, feeds, reference)
+    monkeypatch.setattr(Runner, "_verify", verify)
+    return calls
+
+
+def test_a_second_runner_starts_from_the_cache(toy, x8, monkeypatch, own_cache):
+    calls = _spy_verify(monkeypatch)
+    path = toy()
+    first = Estimator(path, Noise(0.2, at="r1"), samples=12, seed=5)(x8)
+    assert calls == ["looped-suffix"] and first.metadata["autotune"]["how"] == "measured"
+    files = sorted(os.listdir(own_cache))
+    assert len(files) == 3 and [f.split(".", 1)[1] for f in files] == \
+        ["json", "model.onnx", "prefix.onnx"]
+    est = Estimator(path, Noise(0.2, at="r1"), samples=12, seed=5)
+    second = est(x8)
+    assert calls == ["looped-suffix"]  # not verified again
+    assert second.metadata["autotune"]["how"] == "cached"
+    assert set(second.metadata["chunks"][:-1]) == {first.metadata["autotune"]["chunk"]}
+    assert any("verified by an earlier run" in n for n in est.notes)
+    for k in ("output", "mean", "variance"):
+        np.testing.assert_array_equal(getattr(second, k), getattr(first, k))
+    assert second.metadata["spatial_axes"] == first.metadata["spatial_axes"]
+    # Another seed, another N, another level: the same entry (none of them is in the graph).
+    other = Estimator(path, Noise(0.2, at="r1"), samples=5, seed=9)(x8)
+    assert calls == ["looped-suffix"] and sum(other.metadata["chunks"]) == 5
+    np.testing.assert_array_equal(
+        other.variance, Estimator(path, Noise(0.2, at="r1"), samples=5, seed=9, chunk=5,
+                                  cache=False)(x8).variance)
+    assert calls == ["looped-suffix"] * 2  # the one with cache=False verified for itself
+    # Another input shape, location or method: verified anew.
+    Estimator(path, Noise(0.2, at="r1"), samples=5)(np.repeat(x8, 2, axis=0))
+    Estimator(path, Dropout(0.2, at="r1"), samples=5)(x8)
+    assert calls == ["looped-suffix"] * 4
+
+
+def test_cache_off_and_unwritable(toy, x8, monkeypatch, own_cache, tmp_path):
+    calls = _spy_verify(monkeypatch)
+    path = toy()
+    for _ in range(2):
+        Estimator(path, Noise(0.2, at="r1"), samples=6, cache=False)(x8)
+    assert calls == ["looped-suffix"] * 2 and not own_cache.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    est = Estimator(path, Noise(0.2, at="r1"), samples=6, cache=str(blocker / "sub"))
+    res = est(x8)
+    assert res.metadata["strategy"] == "looped-suffix"
+    assert any(n.startswith("cache: not written (") for n in est.notes)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated-graph", "edited-graph", "other-key",
+                                    "wrong-types", "bad-tuning"])
+def test_a_damaged_entry_is_ignored_and_replaced(toy, x8, monkeypatch, own_cache, damage):
+    calls = _spy_verify(monkeypatch)
+    path = toy()
+    first = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    [entry] = [own_cache / f for f in os.listdir(own_cache) if f.endswith(".json")]
+    graph = entry.with_name(entry.name.replace(".json", ".model.onnx"))
+    data = json.loads(entry.read_text())
+    if damage == "garbage":
+        entry.write_bytes(b"\x00{not json")
+    elif damage == "truncated-graph":
+        graph.write_bytes(graph.read_bytes()[:100])
+    elif damage == "edited-graph":
+        m = onnx.load(str(graph))
+        m.graph.node[0].name = "edited"
+        graph.write_bytes(m.SerializeToString())
+    elif damage == "other-key":
+        data["key"] = "0" * 40
+        entry.write_text(json.dumps(data))
+    elif damage == "wrong-types":
+        data["fields"]["shapes"] = "[1, 4, 8, 8]"
+        entry.write_text(json.dumps(data))
+    else:  # a tuning entry with a chunk that is not a count: measured again, not trusted
+        data["fields"]["tuning"] = {"chunk": "lots", "threads": None}
+        entry.write_text(json.dumps(data))
+    est = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)
+    res = est(x8)
+    np.testing.assert_array_equal(res.variance, first.variance)
+    if damage == "bad-tuning":
+        assert calls == ["looped-suffix"] and res.metadata["autotune"]["how"] == "measured"
+    else:
+        assert calls == ["looped-suffix"] * 2  # verified again
+        assert not any("verified by an earlier run" in n for n in est.notes)
+    # ... and the entry is whole again: a third runner uses it.
+    Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    assert len(calls) == (1 if damage == "bad-tuning" else 2)
+
+
+def test_a_changed_model_file_misses_the_cache(toy, x8, monkeypatch, tmp_path):
+    calls = _spy_verify(monkeypatch)
+    path = toy()
+    Estimator(path, Noise(0.2, at="r1"), samples=6)(x8)
+    toys.conv_net(path, seed=7)  # same graph, other weights, same file name
+    res = Estimator(path, Noise(0.2, at="r1"), samples=6)(x8)
+    assert calls == ["looped-suffix"] * 2
+    np.testing.assert_allclose(res.output, _plain(path, x8), rtol=1e-5, atol=1e-6)
+
+
+def test_disk_cache_load_and_store(tmp_path):
+    cache = DiskCache(str(tmp_path / "c"))
+    assert cache.load("k1", {}) is None
+    assert cache.store("k1", {"a": 1}, {"model": b"abc"})
+    fields, graphs_ = cache.load("k1", {"a": int})
+    assert fields == {"a": 1} and graphs_ == {"model": b"abc"}
+    assert cache.load("k1", {"a": str}) is None  # a field of the wrong type: a miss
+    assert cache.update("k1", tuning={"chunk": 2})
+    assert cache.load("k1", {})[0] == {"a": 1, "tuning": {"chunk": 2}}
+    assert not cache.update("k2", x=1)
+    off = DiskCache(str(tmp_path / "off"), enabled=False)
+    assert not off.store("k", {}) and off.load("k", {}) is None
+    assert not (tmp_path / "off").exists()
+
+
+def test_cli_no_cache_writes_nothing(cli, toy, x8, tmp_path, own_cache):
+    np.save(tmp_path / "x.npy", x8)
+    args = ["run", toy(), str(tmp_path / "x.npy"), "--method", "noise", "--at", "r1",
+            "-n", 6, "--json"]
+    r = cli(*args, "--no-cache", "--out", tmp_path / "o1")
+    assert r.exit_code == 0, r.output and not own_cache.exists()
+    assert not own_cache.exists()
+    r = cli(*args, "--out", tmp_path / "o2", "-v")
+    assert r.exit_code == 0 and own_cache.exists()
+    r = cli(*args, "--out", tmp_path / "o3", "-v", "--threads", 1, "--chunk", 3)
+    s = json.loads(r.stdout)
+    assert s["chunks"] == [3, 3] and s["autotune"] == {"chunk": 3, "threads": 1, "how": "given",
+                                                      "chunk_cap": 6}
