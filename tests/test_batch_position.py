@@ -19,6 +19,7 @@ from test_reproducibility import _draws, two_dropout_net
 from tfue_onnx import Dropout, Estimator, MCDropout, Noise
 from tfue_onnx import graph as graphs
 from tfue_onnx.graph import builder
+from tfue_onnx.runner import Runner
 
 SPECS = {
     "noise": Noise(0.3, at="r1"),
@@ -202,9 +203,19 @@ def test_a_batch_of_one_needs_no_second_probe_run(toy, items, monkeypatch):
     monkeypatch.setattr(est, "_probe_shapes", lambda ug, feeds: runs.append(
         feeds["x"].shape) or real(ug, feeds))
     res = est(items[0])
-    assert runs == [(1, 3, 8, 8)]
+    # looped-suffix: the location crosses the cut, so its shape is the prefix's output's
+    # (no probe run); a batch of one needs no second run either.
+    assert res.metadata["strategy"] == "looped-suffix" and runs == []
     assert res.metadata["draws"] == {"r1": "per batch item (a batch of 1, [1, 4, 8, 8])"}
     est(np.concatenate(items))
+    assert runs == [(1, 3, 8, 8)]  # B = 2: item 0 alone, to find the batch axis
+    shared = Estimator(toy(), Dropout(0.3, at="r1"), samples=3, seed=0, strategy="shared-prefix")
+    runs.clear()
+    monkeypatch.setattr(shared, "_probe_shapes", lambda ug, feeds: runs.append(
+        feeds["x"].shape) or Runner._probe_shapes(shared, ug, feeds))
+    shared(items[0])
+    assert runs == [(1, 3, 8, 8)]
+    shared(np.concatenate(items))
     assert runs == [(1, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]  # B = 2, then item 0 alone
 
 

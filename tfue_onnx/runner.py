@@ -845,6 +845,10 @@ class Runner:
         ``run(threads, n, level, first) -> outputs`` for samples first .. first+n-1
         (level None: the spec's; 0.0: the unperturbed output)."""
         base = self._cut_values(split, feeds)
+        key = _signature(feeds)
+        if ug.draws and key not in self._shapes and all(d.location in base for d in ug.draws):
+            # The locations cross the cut: their shapes are the prefix's (no probe run).
+            self._shapes[key] = {d.location: base[d.location].shape for d in ug.draws}
         device = self._device_feeds(base, provider)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
 
