@@ -288,3 +288,17 @@ def test_cli_no_cache_writes_nothing(cli, toy, x8, tmp_path, own_cache):
     s = json.loads(r.stdout)
     assert s["chunks"] == [3, 3] and s["autotune"] == {"chunk": 3, "threads": 1, "how": "given",
                                                       "chunk_cap": 6}
+
+
+def test_the_smallest_chunk_within_five_percent_of_the_fastest_wins():
+    from tfue_onnx.runner import _choose
+
+    trials = [{"chunk": 1, "threads": None, "s_per_sample": 0.0100},
+              {"chunk": 1, "threads": 1, "s_per_sample": 0.0130},
+              {"chunk": 2, "threads": None, "s_per_sample": 0.0098},
+              {"chunk": 4, "threads": None, "s_per_sample": 0.0097}]
+    assert _choose(trials) == trials[0]  # 3 % slower than chunk 4, a quarter of its memory
+    trials[3]["s_per_sample"] = 0.0080  # clearly faster: worth its memory
+    assert _choose(trials) == trials[3]
+    trials[1]["s_per_sample"] = 0.0060  # one thread wins outright
+    assert _choose(trials) == trials[1]

@@ -1268,7 +1268,7 @@ class Runner:
                 chunks.append(n)
                 first += n
                 yield n, out
-            best = min(trials, key=lambda t: t["s_per_sample"])  # at least one trial
+            best = _choose(trials)
             plan = {"chunk": best["chunk"], "threads": best["threads"], "how": "measured",
                     "trials": trials}
             self.notes.append(
@@ -1296,8 +1296,9 @@ class Runner:
         trial runs the unperturbed output once first, untimed). Then, on the faster,
         chunks of 2, 4, 8, ... samples (up to what fits in ``max_memory``), two runs
         each (the faster one counts: the first run at a size grows onnxruntime's arena,
-        and the machine may be busy), until a size is 20 % slower per sample than the
-        best so far or the samples run out. Appends ``{"chunk", "threads", "s_per_sample"}`` per size to ``trials``.
+        and the machine may be busy), as long as each size is at least ``GAIN`` (5 %)
+        faster per sample than the best before it and samples remain. Appends
+        ``{"chunk", "threads", "s_per_sample"}`` per size tried to ``trials``.
         """
         import time
 
@@ -1332,8 +1333,8 @@ class Runner:
         while c <= cap and first + 2 * c <= self.samples:
             yield from timed(threads, c, 2)
             per = trials[-1]["s_per_sample"]
-            if best is not None and per > 1.2 * best:
-                break
+            if best is not None and per > (1 - GAIN) * best:
+                break  # no clear gain: larger chunks would cost memory for nothing
             best = per if best is None else min(best, per)
             c *= 2
         if not trials:  # too few samples for two runs: one run of one sample
@@ -1561,6 +1562,17 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
     if len(moved) == 1 and shape[moved[0]] == batch and alt[moved[0]] == other:
         return moved[0]
     return None
+
+
+GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
+
+
+def _choose(trials: list) -> dict:
+    """The trial to keep: the smallest chunk within ``GAIN`` of the fastest per sample
+    (memory grows with the chunk; times within a few percent are noise on a busy CPU)."""
+    fastest = min(t["s_per_sample"] for t in trials)
+    near = [t for t in trials if t["s_per_sample"] <= (1 + GAIN) * fastest]
+    return min(near, key=lambda t: (t["chunk"], t["s_per_sample"]))
 
 
 def _threads(threads) -> str:
