@@ -302,3 +302,20 @@ def test_the_smallest_chunk_within_five_percent_of_the_fastest_wins():
     assert _choose(trials) == trials[3]
     trials[1]["s_per_sample"] = 0.0060  # one thread wins outright
     assert _choose(trials) == trials[1]
+
+
+def test_summary_times_start_up_sampling_and_writing(cli, toy, x8, tmp_path):
+    np.save(tmp_path / "x.npy", x8)
+    runs = []
+    for k in range(2):
+        r = cli("run", toy(), str(tmp_path / "x.npy"), "--method", "noise", "--at", "r1",
+                "-n", 6, "--json", "--out", tmp_path / f"o{k}")
+        assert r.exit_code == 0, r.output
+        runs.append(json.loads(r.stdout)["timing"])
+    for t in runs:
+        assert set(t) == {"startup_s", "sampling_s", "writing_s", "total_s"}
+        assert min(t.values()) > 0
+        assert t["startup_s"] + t["sampling_s"] + t["writing_s"] <= t["total_s"] + 1e-3
+    r = cli("run", toy(), str(tmp_path / "x.npy"), "--method", "noise", "--at", "r1", "-n", 6,
+            "--out", tmp_path / "o2")
+    assert "time: start-up " in r.stdout and "chunk 1 (cached)" in r.stdout

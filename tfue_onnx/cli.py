@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -27,6 +28,9 @@ EXIT_NON_FINITE = 3
 def _fail(exc: TfueError):
     click.echo(f"error: {exc}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+_STARTED = time.perf_counter()  # the CLI's start, for the start-up time in summary.json
 
 
 class _Group(click.Group):
@@ -459,7 +463,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     try:
         summary = run_inputs(est, files, out_dir, options, progress=progress,
                              note=lambda line: click.echo(f"tfue: {line}", err=True),
-                             compress=compress)
+                             compress=compress, started=_STARTED)
     finally:
         _notes(est, verbose)
     if as_json:
@@ -479,6 +483,12 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
         click.echo(f"  {item['input']}: mean {what} "
                    f"{'n/a' if value is None else format(value, '.4g')}{flag} -> "
                    + ", ".join(item["files"]))
+    t = summary.get("timing")
+    if t:
+        tune = summary.get("autotune") or {}
+        chunk = (f", chunk {tune['chunk']} ({tune['how']})" if tune.get("chunk") else "")
+        click.echo(f"time: start-up {t['startup_s']:.2f} s, sampling {t['sampling_s']:.2f} s"
+                   f"{chunk}, writing {t['writing_s']:.2f} s")
     click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
     _exit_for(summary)
 

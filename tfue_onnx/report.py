@@ -235,7 +235,7 @@ def _check_kept_samples(estimator, feeds) -> None:
 
 
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
-               compress: bool = False) -> dict:
+               compress: bool = False, started: float | None = None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -252,15 +252,24 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         progress: wraps the file list for display (e.g. a progress bar).
         note: called with a line for the user (large-N time estimate, warnings).
         compress: deflate the .npz files (``--compress``).
+        started: ``time.perf_counter()`` when the caller started (default: now), for
+            ``timing.startup_s``.
 
     Returns:
-        The run summary (also written to ``out_dir``/summary.json).
+        The run summary (also written to ``out_dir``/summary.json); its ``timing``
+        holds wall seconds: ``startup_s`` (from ``started`` to the first sample: loading,
+        building and verifying the graph, or reading it from the cache), ``sampling_s``
+        (the estimator's runs, the unperturbed output and any autotune trial
+        included), ``writing_s`` (result files and pictures) and ``total_s``.
 
     Raises:
         TfueError: an input cannot be read or run, or the folder cannot be written.
     """
+    import time
+
     from .io import cleanup_out_dir, prepare_out_dir
 
+    started = time.perf_counter() if started is None else started
     note = note or (lambda line: None)
     # Every input is read and checked before the long work starts, so a bad one
     # fails the run at once and no result of it is half-written.
@@ -279,16 +288,23 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         note(estimate)
     items, warnings, notes = [], [], []
     meta = None
+    startup, sampling, writing = None, 0.0, 0.0
     with cleanup_out_dir(out_dir):
         iterator = progress(files) if progress else files
         for k, path in enumerate(iterator):
             feeds = kept[k] if kept[k] is not None else \
                 load_input(path, estimator.info.inputs, options)
             kept[k] = None
+            t0 = time.perf_counter()
+            if startup is None:
+                startup = t0 - started
             result = estimator(feeds)
+            t1 = time.perf_counter()
             meta = result.metadata
             prepare_out_dir(out_dir)
             item = write_result(out_dir, _stem(path), result, path, compress)
+            sampling += t1 - t0
+            writing += time.perf_counter() - t1
             found = non_finite(result)
             if found:
                 item["non_finite"] = found
@@ -310,5 +326,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         summary["warnings"] = warnings
     if notes:
         summary["notes"] = notes
+    summary["timing"] = {"startup_s": round(startup, 4), "sampling_s": round(sampling, 4),
+                         "writing_s": round(writing, 4),
+                         "total_s": round(time.perf_counter() - started, 4)}
     save_json(os.path.join(out_dir, "summary.json"), summary)
     return summary
