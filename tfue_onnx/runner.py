@@ -1135,12 +1135,9 @@ class Runner:
             self._shapes[key], self._batch_axes[key] = shapes, axes
         self._axes_known[key] = spatial
         tuning = fields.get("tuning")
-        if isinstance(tuning, dict) and self.chunk is None and \
-                isinstance(tuning.get("chunk"), int) and tuning["chunk"] >= 1 \
-                and tuning.get("threads") in (None, 1, self.threads):
-            # Measured at another N, perhaps: never a chunk larger than this run's N.
-            self._tuned[key] = {**tuning, "chunk": min(tuning["chunk"], self.samples),
-                                "how": "cached"}
+        plan = _cached_plan(tuning, self.threads, self.samples) if self.chunk is None else None
+        if plan is not None:
+            self._tuned[key] = plan
         self.notes.append(f"strategy {ug.strategy}: verified by an earlier run on this model "
                           f"and input shape (max |error| at level 0 = "
                           f"{float(fields.get('max_error', 0)):.2g}; cache "
@@ -1250,37 +1247,41 @@ class Runner:
     def _split_outputs(self, ug, split, feeds, provider, level, chunks: list, tuning: dict):
         """looped-suffix: the prefix once, the unperturbed output once (0, outputs), then
         the samples in chunks (n, outputs). The chunk size and thread count come from
-        ``chunk``/``threads`` when given, else from an earlier measurement for this
-        input signature (this process or the disk cache), else from a trial on these
-        very samples (:meth:`_trial`). Fills ``chunks`` with the runs made and
-        ``tuning`` with what was chosen and measured."""
+        ``chunk``/``threads`` when given, else from measurements for this input
+        signature (this process or the disk cache), made on these very samples while
+        they last (:meth:`_trial`; unfinished, it goes on with the next input of the
+        shape). Fills ``chunks`` with the runs made and ``tuning`` with what was chosen
+        and measured."""
         run = self._suffix_runner(ug, split, feeds, provider)
         key = _signature(feeds)
         plan = self._tuned.get(key)
         if plan is None and self.chunk is not None:
             plan = {"chunk": self.chunk, "threads": self.threads, "how": "given"}
-        tune = plan is None
-        yield 0, run(plan["threads"] if plan else self.threads, 1, 0.0, 0)
+        if plan is None:
+            plan = {"chunk": 1, "threads": self.threads, "how": "measuring", "trials": [],
+                    "next": None, "threads_done": False}
+        yield 0, run(plan["threads"], 1, 0.0, 0)
         first = 0
-        if tune:
-            trials = []
-            for n, out in self._trial(split, run, level, feeds, trials):
+        if plan["how"] == "measuring":
+            before = len(plan["trials"])
+            for n, out in self._trial(split, run, level, feeds, plan):
                 chunks.append(n)
                 first += n
                 yield n, out
-            best = _choose(trials)
-            plan = {"chunk": best["chunk"], "threads": best["threads"], "how": "measured",
-                    "trials": trials}
-            self.notes.append(
-                f"autotune: chunk {plan['chunk']}, {_threads(plan['threads'])} "
-                f"({best['s_per_sample'] * 1e3:.3g} ms per sample; tried " + ", ".join(
-                    f"{t['chunk']} x {_threads(t['threads'])}: {t['s_per_sample'] * 1e3:.3g} ms"
-                    for t in trials) + ")")
+            best = _choose(plan["trials"])
+            plan.update(chunk=best["chunk"], threads=best["threads"])
+            if plan["next"] is None:
+                plan["how"] = "measured"
+                split.drop(plan["threads"])
+                self.notes.append(
+                    f"autotune: chunk {plan['chunk']}, {_threads(plan['threads'])} "
+                    f"({best['s_per_sample'] * 1e3:.3g} ms per sample; tried " + ", ".join(
+                        f"{t['chunk']} x {_threads(t['threads'])}: "
+                        f"{t['s_per_sample'] * 1e3:.3g} ms" for t in plan["trials"]) + ")")
             self._tuned[key] = plan
-            split.drop(plan["threads"])
-            if key in self._cache_keys:
+            if key in self._cache_keys and len(plan["trials"]) > before:
                 self.cache.update(self._cache_keys[key], tuning=plan)
-        tuning.update(plan)
+        tuning.update({k: v for k, v in plan.items() if k != "threads_done"})
         tuning["chunk_cap"] = self.chunk_cap(feeds)
         for n in _split_sizes(self.samples - first, plan["chunk"]) if first < self.samples \
                 else []:
@@ -1288,57 +1289,80 @@ class Runner:
             yield n, run(plan["threads"], n, level, first)
             first += n
 
-    def _trial(self, split, run, level, feeds, trials: list):
-        """Time real samples, in sample order, each counting toward N (yields (n, outputs)).
+    def _trial(self, split, run, level, feeds, plan: dict):
+        """Time real samples, in sample order, each counting toward N (yields (n, outputs)),
+        and record them in ``plan`` (``trials``: ``{"chunk", "threads", "s_per_sample"}``
+        per size tried; ``next``: the size still to try, None when done).
 
         First the intra-op thread count, when none was given and the CPU has several
         cores: the default and 1, two runs of one sample each (a session made for the
         trial runs the unperturbed output once first, untimed). Then, on the faster,
         chunks of 2, 4, 8, ... samples (up to what fits in ``max_memory``), two runs
         each (the faster one counts: the first run at a size grows onnxruntime's arena,
-        and the machine may be busy), as long as each size is at least ``GAIN`` (5 %)
-        faster per sample than the best before it and samples remain. Appends
-        ``{"chunk", "threads", "s_per_sample"}`` per size tried to ``trials``.
+        and the machine may be busy; a size that two runs of could never fit in N gets
+        one), as long as each size is at least ``GAIN`` (5 %) faster per sample than the
+        best before it. When this input's samples run out first, the next input of the
+        shape goes on from there.
         """
-        import time
-
         cap = min(self.samples, self.chunk_cap(feeds))
+        trials = plan["trials"]
         first = 0
 
         def timed(t, c, times):
             nonlocal first
             per = []
             for _ in range(times):
-                start = time.perf_counter()
-                out = run(t, c, level, first)
-                per.append((time.perf_counter() - start) / c)
+                out, seconds = self._timed_run(run, t, c, level, first)
+                per.append(seconds / c)
                 first += c
                 yield c, out
             # The faster run: the slower one grew the arena or met another process.
             trials.append({"chunk": c, "threads": t, "s_per_sample": round(min(per), 6)})
 
-        options = [self.threads]
-        if self.threads is None and (os.cpu_count() or 1) > 1 and \
-                self._provider_of(split) == "cpu":
-            options.append(1)
-        for t in options:
-            if first + 2 > self.samples:
-                break
-            if t not in split.suffix:  # a fresh session: its first run is not timed
-                run(t, 1, 0.0, 0)
-            yield from timed(t, 1, 2)
-        threads = min(trials, key=lambda r: r["s_per_sample"])["threads"]
-        best = min(r["s_per_sample"] for r in trials) if trials else None
-        c = 2
-        while c <= cap and first + 2 * c <= self.samples:
-            yield from timed(threads, c, 2)
-            per = trials[-1]["s_per_sample"]
-            if best is not None and per > (1 - GAIN) * best:
-                break  # no clear gain: larger chunks would cost memory for nothing
-            best = per if best is None else min(best, per)
-            c *= 2
-        if not trials:  # too few samples for two runs: one run of one sample
-            yield from timed(self.threads, 1, 1)
+        if not plan["threads_done"]:
+            options = [self.threads]
+            if self.threads is None and (os.cpu_count() or 1) > 1 and \
+                    self._provider_of(split) == "cpu":
+                options.append(1)
+            tried = {t["threads"] for t in trials}
+            for t in options:
+                if t in tried:
+                    continue
+                if first + 2 > self.samples:
+                    return  # the next input goes on
+                if t not in split.suffix:  # a fresh session: its first run is not timed
+                    run(t, 1, 0.0, 0)
+                yield from timed(t, 1, 2)
+            plan["threads"] = min(trials, key=lambda r: r["s_per_sample"])["threads"]
+            plan["threads_done"] = True
+            plan["next"] = 2 if 2 <= cap else None
+            if not trials:  # N = 1 cannot happen (N >= 2); kept for safety
+                plan["next"] = None
+        threads = plan["threads"]
+        while plan["next"] is not None:
+            c = plan["next"]
+            left = self.samples - first
+            if 2 * c <= left:
+                times = 2
+            elif 2 * c > self.samples and c <= left:
+                times = 1  # two runs of it never fit in N: one run decides
+            else:
+                return  # not enough samples left here: the next input goes on
+            best = min(t["s_per_sample"] for t in trials if t["threads"] == threads)
+            yield from timed(threads, c, times)
+            if trials[-1]["s_per_sample"] > (1 - GAIN) * best:
+                plan["next"] = None  # no clear gain: larger chunks cost memory for nothing
+            else:
+                plan["next"] = 2 * c if 2 * c <= cap else None
+
+    @staticmethod
+    def _timed_run(run, threads, n, level, first):
+        """``(outputs, wall seconds)`` of one run of samples first .. first+n-1."""
+        import time
+
+        start = time.perf_counter()
+        out = run(threads, n, level, first)
+        return out, time.perf_counter() - start
 
     def _provider_of(self, split) -> str:
         session = next(iter(split.suffix.values()))
@@ -1565,6 +1589,35 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
 
 
 GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
+
+
+def _cached_plan(tuning, threads, samples: int) -> dict | None:
+    """The autotune plan stored in a cache entry, checked field by field (None: not
+    usable, measured again): a finished one (``how`` "cached"; its chunk never above
+    this run's N) or an unfinished one that goes on measuring."""
+    if not isinstance(tuning, dict):
+        return None
+    ok_threads = {None, 1} | ({threads} if threads else set())
+    trials = tuning.get("trials", [])
+    if not isinstance(trials, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("chunk"), int) and t["chunk"] >= 1 and
+            t.get("threads") in ok_threads and isinstance(t.get("s_per_sample"), (int, float))
+            for t in trials):
+        return None
+    chunk, how = tuning.get("chunk"), tuning.get("how")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1 or \
+            tuning.get("threads") not in ok_threads:
+        return None
+    if how == "measuring":
+        nxt = tuning.get("next")
+        if not trials or not (nxt is None or (isinstance(nxt, int) and nxt >= 1)):
+            return None
+        return {"chunk": chunk, "threads": tuning["threads"], "how": "measuring",
+                "trials": trials, "next": nxt, "threads_done": True}
+    if how not in ("measured", "cached"):
+        return None
+    return {"chunk": min(chunk, samples), "threads": tuning["threads"], "how": "cached",
+            "trials": trials}
 
 
 def _choose(trials: list) -> dict:
