@@ -354,3 +354,20 @@ def test_a_busy_cpu_picks_one_thread(toy, x8, sample_cost):
     assert tune["how"] == "measured" and (tune["chunk"], tune["threads"]) == (1, 1)
     assert [(t["chunk"], t["threads"]) for t in tune["trials"]] == [(1, None), (1, 1), (2, 1)]
     assert res["chunks"] == [1, 1, 1, 1, 2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("kind,dtype", [("normal", np.float32), ("uniform", np.float32),
+                                        ("normal", np.float16), ("normal", np.float64)])
+def test_banks_drawn_on_every_core_are_the_same_numbers(monkeypatch, kind, dtype):
+    from tfue_onnx.graph import builder
+
+    draw = builder.Draw("tfue/bank/1", "r1", kind, np.dtype(dtype), 1)
+    monkeypatch.setattr(builder, "PARALLEL_DRAWS", 1 << 40)
+    serial = builder.item_draws(draw, 7, (3, 5, 4), 2, 6)
+    monkeypatch.setattr(builder, "PARALLEL_DRAWS", 1)
+    monkeypatch.setattr(builder.os, "cpu_count", lambda: 3)
+    parallel = builder.item_draws(draw, 7, (3, 5, 4), 2, 6)
+    assert parallel.dtype == dtype and parallel.shape == (6, 3, 5, 4)
+    np.testing.assert_array_equal(parallel, serial)
+    # Row k is sample first + k: the same as drawing it alone.
+    np.testing.assert_array_equal(builder.item_draws(draw, 7, (3, 5, 4), 5, 1)[0], serial[3])

@@ -42,7 +42,7 @@ PYEOF
 echo "== bench_run.py on CUDA (results in $OUT)"
 LEFT=$(( LIMIT - ($(date +%s) - START) ))
 timeout "$LEFT" "$PY" tools/bench_run.py --only "${ONLY:-det,sr,start}" --provider cuda \
-    --tfue-args "--provider cuda" --md "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" "$@"
+    "--tfue-args=--provider cuda" --md "$OUT/gpu_bench.md" --json "$OUT/gpu_bench.json" "$@"
 RC=$?
 if [ "$RC" -ne 0 ]; then echo "gpu_check: bench_run.py exited $RC" >&2; exit "$RC"; fi
 

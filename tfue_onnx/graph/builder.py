@@ -11,6 +11,7 @@ perturbation of 0 gives exactly ``y`` and a variance of exactly 0.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import onnx
@@ -27,6 +28,7 @@ SAMPLING = ("fed", "graph")
 SAMPLING_NOTE = ("fed: numpy PCG64 draws seeded by SeedSequence([seed, node, sample]), made for "
                  "one batch item and repeated over the location's batch axis (see 'draws'); "
                  "sample k is the same in any chunk, strategy, input order or batch position")
+PARALLEL_DRAWS = 1 << 20  # from this many values a bank is drawn on every core
 BANK_CACHE_BYTES = 256 * 1024**2  # drawn banks kept for the next input of the same shape
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
@@ -102,15 +104,31 @@ def item_draws(draw: Draw, seed: int, shape, first: int, count: int) -> np.ndarr
     dtype = np.dtype(draw.dtype)
     gen_dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
     out = np.empty((count, *shape), dtype)
-    for row, k in enumerate(range(first, first + count)):
+
+    def fill(row):
         rng = np.random.default_rng(np.random.SeedSequence(
-            [int(seed) % 2**64, draw.index, k]))
+            [int(seed) % 2**64, draw.index, first + row]))
         if draw.kind == "normal":
-            out[row] = rng.standard_normal(shape, dtype=gen_dtype)
+            if gen_dtype == dtype and shape:  # straight into the bank, no copy
+                rng.standard_normal(dtype=gen_dtype, out=out[row])
+            else:
+                out[row] = rng.standard_normal(shape, dtype=gen_dtype)
         else:
             u = rng.random(shape, dtype=gen_dtype)
             # float16 rounds values near 1 up to 1.0: keep u in [0, 1).
             out[row] = np.minimum(u.astype(dtype), np.nextafter(dtype.type(1), dtype.type(0)))
+
+    workers = min(count, os.cpu_count() or 1)
+    if workers > 1 and out.size >= PARALLEL_DRAWS:
+        # Each sample has its own generator and numpy fills arrays without the GIL:
+        # samples are drawn side by side, the same numbers as one by one.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, range(count)))
+    else:
+        for row in range(count):
+            fill(row)
     return out
 
 
