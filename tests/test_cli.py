@@ -262,7 +262,7 @@ def test_max_memory_sets_the_chunks(cli, setup):
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert s["autotune"]["chunk_cap"] == 4 and sum(s["chunks"]) == 10
-    assert max(s["chunks"]) <= 4 and s["chunks"][:4] == [1, 1, 1, 1]
+    assert max(s["chunks"]) <= 4 and s["chunks"][:4] == [1, 1, 2, 2]
     assert max(t["chunk"] for t in s["autotune"]["trials"]) <= 4
     r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 10, "--strategy",
             "shared-prefix", "--max-memory", "8K", "--out", out, "--json", "--force")

@@ -86,9 +86,9 @@ def test_any_chunk_size_gives_the_same_floats(toy, inputs, strategy, name):
                              strategy=strategy, keep_samples=True)(inputs[0])
             for chunk in (None, 1, 3)}  # None: one chunk of 8
     assert runs[3].metadata["chunks"] == [3, 3, 2] and runs[3].metadata["strategy"] == strategy
-    # None: one chunk of 8, or for looped-suffix the runs its trial timed (one sample
-    # twice at the default thread count, twice on one thread, then chunks of 2 twice).
-    assert runs[None].metadata["chunks"] == ([1, 1, 1, 1, 2, 2] if strategy == "looped-suffix"
+    # None: one chunk of 8, or for looped-suffix the runs its trial timed (chunks of 1
+    # and 2 twice each at the default thread count, then 1 twice on one thread).
+    assert runs[None].metadata["chunks"] == ([1, 1, 2, 2, 1, 1] if strategy == "looped-suffix"
                                              else [8])
     for chunk in (1, 3):
         _same(runs[chunk], runs[None])

@@ -14,16 +14,17 @@ def test_result_shapes_and_metadata(toy, x8):
     m = res.metadata
     assert (m["method"], m["at"], m["sigma"], m["samples"], m["seed"]) == ("noise", "r1", 0.2, 6, 7)
     assert m["strategy"] == "looped-suffix" and m["provider"] in ("cpu", "cuda")
-    # The first input measured thread counts on its own samples (two runs of one sample
-    # each); chunks of 2 need 4 more samples than are left: the next input goes on.
+    # The first input measured chunks of 1 and 2 (two runs each) on its own samples at
+    # the default thread count; one thread is the next input's to measure.
     tune = m["autotune"]
-    assert tune["how"] == "measuring" and tune["next"] == 2 and sum(m["chunks"]) == 6
-    assert [(t["chunk"], t["threads"]) for t in tune["trials"]] == [(1, None), (1, 1)]
-    assert m["chunks"] == [1, 1, 1, 1, 1, 1]
+    assert tune["how"] == "measuring" and tune["next"] == [1, 1] and m["chunks"] == [1, 1, 2, 2]
+    assert [(t["chunk"], t["threads"]) for t in tune["trials"]] == [(1, None), (2, None)]
     assert tune["chunk"] == 1 and all(t["s_per_sample"] > 0 for t in tune["trials"])
-    again = est(x8).metadata["autotune"]
-    assert again["how"] == "measured" and again["next"] is None
-    assert [t["chunk"] for t in again["trials"]] == [1, 1, 2]
+    again = est(x8).metadata
+    assert again["autotune"]["how"] == "measured" and again["autotune"]["next"] is None
+    assert [(t["chunk"], t["threads"]) for t in again["autotune"]["trials"]] == [
+        (1, None), (2, None), (1, 1), (2, 1)]
+    assert again["chunks"] == [1, 1, 2, 2]
     plain = ort.InferenceSession(toy("plain"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(res.output, plain.run(None, {"x": x8})[0], rtol=1e-5, atol=1e-6)
 

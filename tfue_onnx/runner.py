@@ -1258,8 +1258,7 @@ class Runner:
         if plan is None and self.chunk is not None:
             plan = {"chunk": self.chunk, "threads": self.threads, "how": "given"}
         if plan is None:
-            plan = {"chunk": 1, "threads": self.threads, "how": "measuring", "trials": [],
-                    "next": None, "threads_done": False}
+            plan = {"chunk": 1, "threads": self.threads, "how": "measuring", "trials": []}
         yield 0, run(plan["threads"], 1, 0.0, 0)
         first = 0
         if plan["how"] == "measuring":
@@ -1281,7 +1280,7 @@ class Runner:
             self._tuned[key] = plan
             if key in self._cache_keys and len(plan["trials"]) > before:
                 self.cache.update(self._cache_keys[key], tuning=plan)
-        tuning.update({k: v for k, v in plan.items() if k != "threads_done"})
+        tuning.update(plan)
         tuning["chunk_cap"] = self.chunk_cap(feeds)
         for n in _split_sizes(self.samples - first, plan["chunk"]) if first < self.samples \
                 else []:
@@ -1292,17 +1291,18 @@ class Runner:
     def _trial(self, split, run, level, feeds, plan: dict):
         """Time real samples, in sample order, each counting toward N (yields (n, outputs)),
         and record them in ``plan`` (``trials``: ``{"chunk", "threads", "s_per_sample"}``
-        per size tried; ``next``: the size still to try, None when done).
+        per size tried; ``next``: ``[threads, chunk]`` still to try, None when done;
+        ``left``: thread counts not scanned yet).
 
-        First the intra-op thread count, when none was given and the CPU has several
-        cores: the default and 1, two runs of one sample each (a session made for the
-        trial runs the unperturbed output once first, untimed). Then, on the faster,
-        chunks of 2, 4, 8, ... samples (up to what fits in ``max_memory``), two runs
-        each (the faster one counts: the first run at a size grows onnxruntime's arena,
-        and the machine may be busy; a size that two runs of could never fit in N gets
-        one), as long as each size is at least ``GAIN`` (5 %) faster per sample than the
-        best before it. When this input's samples run out first, the next input of the
-        shape goes on from there.
+        For each intra-op thread count (the default, and 1 on a multi-core CPU when
+        none was given; a session made for the trial runs the unperturbed output once
+        first, untimed): chunks of 1, 2, 4, ... samples (up to what fits in
+        ``max_memory``), two runs each (the faster one counts: the first run at a size
+        grows onnxruntime's arena, and the machine may be busy; a size two runs of which
+        could never fit in N gets one), as long as each size is at least ``GAIN`` (5 %)
+        faster per sample than the best before it at that thread count and within
+        ``FAR_BEHIND`` (1.5x) of the best of all. When this input's samples run out
+        first, the next input of the shape goes on.
         """
         cap = min(self.samples, self.chunk_cap(feeds))
         trials = plan["trials"]
@@ -1319,28 +1319,14 @@ class Runner:
             # The faster run: the slower one grew the arena or met another process.
             trials.append({"chunk": c, "threads": t, "s_per_sample": round(min(per), 6)})
 
-        if not plan["threads_done"]:
+        if plan.get("left") is None:  # a new plan: which thread counts to scan
             options = [self.threads]
             if self.threads is None and (os.cpu_count() or 1) > 1 and \
                     self._provider_of(split) == "cpu":
                 options.append(1)
-            tried = {t["threads"] for t in trials}
-            for t in options:
-                if t in tried:
-                    continue
-                if first + 2 > self.samples:
-                    return  # the next input goes on
-                if t not in split.suffix:  # a fresh session: its first run is not timed
-                    run(t, 1, 0.0, 0)
-                yield from timed(t, 1, 2)
-            plan["threads"] = min(trials, key=lambda r: r["s_per_sample"])["threads"]
-            plan["threads_done"] = True
-            plan["next"] = 2 if 2 <= cap else None
-            if not trials:  # N = 1 cannot happen (N >= 2); kept for safety
-                plan["next"] = None
-        threads = plan["threads"]
+            plan["next"], plan["left"] = [options[0], 1], options[1:]
         while plan["next"] is not None:
-            c = plan["next"]
+            t, c = plan["next"]
             left = self.samples - first
             if 2 * c <= left:
                 times = 2
@@ -1348,12 +1334,20 @@ class Runner:
                 times = 1  # two runs of it never fit in N: one run decides
             else:
                 return  # not enough samples left here: the next input goes on
-            best = min(t["s_per_sample"] for t in trials if t["threads"] == threads)
-            yield from timed(threads, c, times)
-            if trials[-1]["s_per_sample"] > (1 - GAIN) * best:
-                plan["next"] = None  # no clear gain: larger chunks cost memory for nothing
+            if t not in split.suffix:  # a fresh session: its first run is not timed
+                run(t, 1, 0.0, 0)
+            best = min((r["s_per_sample"] for r in trials if r["threads"] == t), default=None)
+            yield from timed(t, c, times)
+            now = trials[-1]["s_per_sample"]
+            gained = best is None or now <= (1 - GAIN) * best
+            # Another thread count is scanned on only while it can compete.
+            behind = now > FAR_BEHIND * min(r["s_per_sample"] for r in trials)
+            if gained and not behind and 2 * c <= cap:
+                plan["next"] = [t, 2 * c]
+            elif plan["left"]:  # no clear gain: larger chunks cost memory for nothing
+                plan["next"] = [plan["left"].pop(0), 1]
             else:
-                plan["next"] = 2 * c if 2 * c <= cap else None
+                plan["next"] = None
 
     @staticmethod
     def _timed_run(run, threads, n, level, first):
@@ -1589,6 +1583,7 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
 
 
 GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
+FAR_BEHIND = 1.5  # a thread count this much slower than the best so far is not scanned on
 
 
 def _cached_plan(tuning, threads, samples: int) -> dict | None:
@@ -1609,11 +1604,14 @@ def _cached_plan(tuning, threads, samples: int) -> dict | None:
             tuning.get("threads") not in ok_threads:
         return None
     if how == "measuring":
-        nxt = tuning.get("next")
-        if not trials or not (nxt is None or (isinstance(nxt, int) and nxt >= 1)):
+        nxt, left = tuning.get("next"), tuning.get("left")
+        if not trials or not isinstance(left, list) or any(t not in ok_threads for t in left) \
+                or not (nxt is None or (isinstance(nxt, list) and len(nxt) == 2 and
+                                        nxt[0] in ok_threads and isinstance(nxt[1], int)
+                                        and not isinstance(nxt[1], bool) and nxt[1] >= 1)):
             return None
         return {"chunk": chunk, "threads": tuning["threads"], "how": "measuring",
-                "trials": trials, "next": nxt, "threads_done": True}
+                "trials": trials, "next": nxt, "left": list(left)}
     if how not in ("measured", "cached"):
         return None
     return {"chunk": min(chunk, samples), "threads": tuning["threads"], "how": "cached",

@@ -398,6 +398,30 @@ def _boundary(graph: gs.Graph, suffix: set, info: ModelInfo) -> list:
     return found
 
 
+# Ops with multidirectional (numpy) broadcasting of every input (opset >= 7).
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where",
+                 "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or",
+                 "Xor", "Mod", "BitShift"}
+
+
+def _broadcasts(node: gs.Node, t: gs.Variable, top: set, made: set, locations: set,
+                info: ModelInfo) -> bool:
+    """Whether ``node`` (of the suffix) reads ``t`` (crossing the cut untiled) beside an
+    input that holds every slot, of the same known rank: it then broadcasts ``t`` over
+    the slots itself, and ``t`` need not be tiled for it."""
+    if node.op not in _BROADCASTING or id(node) not in top:
+        return False
+
+    def rank(v):
+        known = info.tensor_infos.get(v.name)
+        return None if known is None or known.shape is None else len(known.shape)
+
+    r = rank(t)
+    return r is not None and any(
+        v is not t and (id(v) in made or v.name in locations) and rank(v) == r
+        for v in node.inputs)
+
+
 def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling,
            split: bool = False):
     if info.opset < MIN_OPSET:  # the Runner gives such models a converted copy when it can
@@ -463,7 +487,11 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
                     continue
                 known = info.tensor_infos.get(t.name)
                 t.dtype = t.dtype or (np.dtype(known.dtype) if known is not None else None)
-                t.shape = None  # its producer is gone; onnxruntime takes the fed shape
+                # Its rank (and fixed sizes) as inferred in the model: onnxruntime's layout
+                # optimisations (e.g. NCHWc convolutions) need the rank of what it is fed.
+                t.shape = None if known is None or known.shape is None else [
+                    d if isinstance(d, int) and d > 0 else f"{b.prefix}cut{len(cut)}_{a}"
+                    for a, d in enumerate(known.shape)]
                 t.inputs.clear()
                 graph.inputs.append(t)
                 cut.append(t.name)
@@ -471,15 +499,30 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
         real_inputs = {i.name for i in info.inputs}
         crossing, suffix = [i for i in graph.inputs if i.name in real_inputs], None
     tiled = {}
+    locations = set(_location_tensors(info, spec))
+    top = {id(n) for n in graph.nodes}
+    made = set() if suffix is None else \
+        {id(o) for n in graph.nodes if id(n) in suffix for o in n.outputs}
     for t in crossing:
         consumers = [n for n in t.outputs if suffix is None or id(n) in suffix]  # snapshot
-        # Repeats [n+1, 1, ..., 1] of the tensor's rank, whatever it is.
+        slots = n1
+        if suffix is not None and t.name not in locations and all(
+                _broadcasts(n, t, top, made, locations, info) for n in consumers):
+            # A skip connection read only by broadcasting ops beside tensors of the suffix
+            # (which hold every slot): at a batch of one, [1, ...] broadcasts over the
+            # slots and needs no copy per slot; larger batches are tiled as usual.
+            batch = b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
+                         {"axis": 0}, dtype=np.int64)
+            slots = b.op("Where", [b.op("Greater", [batch, b.ints("one", [1])],
+                                        dtype=np.bool_), n1, b.ints("one", [1])],
+                         dtype=np.int64)
+        # Repeats [slots, 1, ..., 1] of the tensor's rank, whatever it is.
         rank_minus_1 = b.op("Sub", [b.op("Shape", [b.op("Shape", [t], dtype=np.int64)],
                                          dtype=np.int64), b.ints("one", [1])], dtype=np.int64)
         ones = b.op("ConstantOfShape", [rank_minus_1],
                     {"value": gs.Constant(b.name("one"), np.array([1], np.int64))},
                     dtype=np.int64)
-        reps = b.op("Concat", [n1, ones], {"axis": 0}, dtype=np.int64)
+        reps = b.op("Concat", [slots, ones], {"axis": 0}, dtype=np.int64)
         x_t = b.op("Tile", [t, reps], dtype=t.dtype)
         for node in consumers:
             for i, inp in enumerate(node.inputs):
