@@ -246,11 +246,16 @@ def test_banks_are_drawn_once_per_shape(monkeypatch, tmp_path, toy, inputs):
     assert sum("failed verification" in n or "fails running" in n for n in tb.notes) == 3
     assert any(n.startswith("strategy looped-suffix: onnxruntime fails running") for n in tb.notes)
     assert calls == [((4, 1, 8, 8), 0, 4)]
-    monkeypatch.setattr(builder, "BANK_CACHE_BYTES", 100)  # too big to keep: per chunk
+    # Banks are kept up to an eighth of max_memory: 8 x 256 float32 draws = 8 KiB
+    # need 64 KiB; with 32 KiB they are drawn per chunk.
     calls.clear()
-    est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0)
+    est = Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0, max_memory=32 * 1024)
     est(inputs[0])
     assert [c[1:] for c in calls][-3:] == [(0, 3), (3, 3), (6, 2)]
+    calls.clear()
+    Estimator(toy(), SPECS["dropout"], samples=8, chunk=3, seed=0,
+              max_memory=64 * 1024)(inputs[0])
+    assert [c[1:] for c in calls] == [(0, 8)]
 
 
 def test_draw_bank_rows_depend_on_the_index_only():

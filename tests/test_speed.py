@@ -376,3 +376,14 @@ def test_banks_drawn_on_every_core_are_the_same_numbers(monkeypatch, kind, dtype
     np.testing.assert_array_equal(parallel, serial)
     # Row k is sample first + k: the same as drawing it alone.
     np.testing.assert_array_equal(builder.item_draws(draw, 7, (3, 5, 4), 5, 1)[0], serial[3])
+
+
+def test_large_weights_get_no_second_session(toy, x8, monkeypatch):
+    import tfue_onnx.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "SPARE_SESSION_BYTES", 0)  # every model is "large"
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=8, seed=0)
+    tune = est(x8).metadata["autotune"]
+    assert {t["threads"] for t in tune["trials"]} == {None}
+    [(ug, split, _)] = [b for b in est._built.values() if b is not None]
+    assert list(split.suffix) == [None]  # one suffix session only

@@ -97,6 +97,7 @@ class _Split:
     prefix: object
     make_suffix: object  # callable(threads) -> session
     suffix: dict = dataclasses.field(default_factory=dict)
+    spare: bool = True  # whether a second suffix session (another thread count) may be made
 
     def suffix_for(self, threads=None):
         if threads not in self.suffix:
@@ -567,7 +568,7 @@ class Runner:
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples or isinstance(spec, SAMPLED), self.classes,
                                   axes=self._graph_axes)
-                ug.bank_cache = self._banks
+                ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
             except graphs.StrategyUnavailable as exc:
                 reason = str(exc)
                 if self._unconverted and name != "loop" and self.info is self.original:
@@ -603,6 +604,11 @@ class Runner:
 
         split = _Split(prefix, make)
         split.suffix_for(self.threads)
+        # A second suffix session (another thread count, tried by the autotuner) holds
+        # its own packed copy of the weights: only for models whose copy is small.
+        from .session import packed_bytes
+
+        split.spare = packed_bytes(ug.model) <= SPARE_SESSION_BYTES
         return split, provider
 
     def _drop_session(self, name) -> None:
@@ -1119,7 +1125,7 @@ class Runner:
                 prefix=(onnx.ModelProto.FromString(stored["prefix"])
                         if "prefix" in stored else None))
             ug.samples = self.samples  # N is an input of the graph, not part of it
-            ug.bank_cache = self._banks
+            ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
             spatial = SpatialAxes.from_json(fields["spatial_axes"])
             shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
             axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
@@ -1295,8 +1301,8 @@ class Runner:
         ``left``: thread counts not scanned yet).
 
         For each intra-op thread count (the default, and 1 on a multi-core CPU when
-        none was given; a session made for the trial runs the unperturbed output once
-        first, untimed): chunks of 1, 2, 4, ... samples (up to what fits in
+        none was given and the weights' packed copy is at most ``SPARE_SESSION_BYTES``;
+        a session made for the trial runs the unperturbed output once first, untimed): chunks of 1, 2, 4, ... samples (up to what fits in
         ``max_memory``), two runs each (the faster one counts: the first run at a size
         grows onnxruntime's arena, and the machine may be busy; a size two runs of which
         could never fit in N gets one), as long as each size is at least ``GAIN`` (5 %)
@@ -1321,7 +1327,7 @@ class Runner:
 
         if plan.get("left") is None:  # a new plan: which thread counts to scan
             options = [self.threads]
-            if self.threads is None and (os.cpu_count() or 1) > 1 and \
+            if self.threads is None and (os.cpu_count() or 1) > 1 and split.spare and \
                     self._provider_of(split) == "cpu":
                 options.append(1)
             plan["next"], plan["left"] = [options[0], 1], options[1:]
@@ -1583,6 +1589,7 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
 
 
 GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
+SPARE_SESSION_BYTES = 256 * 1024**2  # larger packed weights: one thread count, not measured
 FAR_BEHIND = 1.5  # a thread count this much slower than the best so far is not scanned on
 
 

@@ -165,6 +165,9 @@ class UncertaintyGraph:
     # Drawn banks, kept for the next input of the same shape; graphs built for one
     # runner may share one dict (every strategy draws the same banks).
     bank_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # Bytes of drawn banks kept across inputs (None: BANK_CACHE_BYTES); the runner sets
+    # an eighth of its max_memory.
+    bank_limit: int | None = dataclasses.field(default=None, repr=False, compare=False)
     # looped-suffix: ``model`` is the suffix; ``prefix`` (the model cut at ``cut``) runs
     # once per input and its outputs, the tensors named in ``cut``, are fed to it.
     prefix: onnx.ModelProto | None = dataclasses.field(default=None, repr=False)
@@ -213,7 +216,8 @@ class UncertaintyGraph:
         (see :func:`draw_bank`; ``batch_axis``: the axis of the batch items, or None).
 
         The draws of all N samples for one item (or the whole tensor, without
-        ``batch_axis``) are made once per shape and kept (up to BANK_CACHE_BYTES in
+        ``batch_axis``) are made once per shape and kept (up to ``bank_limit`` bytes,
+        default BANK_CACHE_BYTES, in
         all, oldest dropped first), so inputs of one shape share the cost of drawing;
         a larger bank is drawn chunk by chunk.
         """
@@ -221,11 +225,12 @@ class UncertaintyGraph:
         item = _item_shape(shape, batch_axis)
         key = (self.seed, self.samples, draw.index, draw.kind, np.dtype(draw.dtype).str, item)
         size = self.samples * int(np.prod(item, dtype=np.int64)) * np.dtype(draw.dtype).itemsize
-        if first + count > self.samples or size > BANK_CACHE_BYTES:
+        limit = BANK_CACHE_BYTES if self.bank_limit is None else self.bank_limit
+        if first + count > self.samples or size > limit:
             return draw_bank(draw, self.seed, shape, first, count, batch_axis)
         cache = self.bank_cache
         if key not in cache:
-            while cache and sum(b.nbytes for b in cache.values()) + size > BANK_CACHE_BYTES:
+            while cache and sum(b.nbytes for b in cache.values()) + size > limit:
                 del cache[next(iter(cache))]
             cache[key] = item_draws(draw, self.seed, item, 0, self.samples)
         return broadcast_items(cache[key][first:first + count], shape, batch_axis)
