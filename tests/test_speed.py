@@ -387,3 +387,12 @@ def test_large_weights_get_no_second_session(toy, x8, monkeypatch):
     assert {t["threads"] for t in tune["trials"]} == {None}
     [(ug, split, _)] = [b for b in est._built.values() if b is not None]
     assert list(split.suffix) == [None]  # one suffix session only
+
+
+def test_export_after_asking_for_looped_suffix_writes_a_one_graph_strategy(toy, x8, tmp_path):
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=4, seed=0, strategy="looped-suffix")
+    assert est(x8).metadata["strategy"] == "looped-suffix"
+    est.export(tmp_path / "u.onnx", example=x8)
+    out = toys.run_plain(onnx.load(str(tmp_path / "u.onnx")), {"x": x8})
+    assert set(out) == {"y", "y.mean", "y.variance"} and float(out["y.variance"].mean()) > 0
+    assert any(n.startswith("export: looped-suffix runs as two graphs") for n in est.notes)

@@ -1512,8 +1512,13 @@ class Runner:
         if key in self._standalone:
             return self._standalone[key]
         reference = self.reference(feeds)
-        # One graph only: looped-suffix runs as two (the fed graph's own choice aside).
-        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES]
+        # One graph only: looped-suffix runs as two; a run asked to use it exports the
+        # one-graph strategies in their order instead.
+        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES] or \
+            list(graphs.GRAPH_STRATEGIES)
+        if self._strategies() == ["looped-suffix"]:
+            self.notes.append("export: looped-suffix runs as two graphs; the file holds one "
+                              "(the first of " + ", ".join(names) + " that verifies)")
         if self._verified.get(key) in names:  # the strategy the fed graph verified goes first
             names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
         failures = []
