@@ -396,3 +396,15 @@ def test_export_after_asking_for_looped_suffix_writes_a_one_graph_strategy(toy, 
     out = toys.run_plain(onnx.load(str(tmp_path / "u.onnx")), {"x": x8})
     assert set(out) == {"y", "y.mean", "y.variance"} and float(out["y.variance"].mean()) > 0
     assert any(n.startswith("export: looped-suffix runs as two graphs") for n in est.notes)
+
+
+def test_other_tfue_code_misses_the_cache(toy, x8, monkeypatch):
+    from tfue_onnx import cache as cache_module
+
+    digest = cache_module.code_digest()
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    calls = _spy_verify(monkeypatch)
+    Estimator(toy(), Noise(0.2, at="r1"), samples=6)(x8)
+    monkeypatch.setattr(cache_module, "_CODE", ["another build of tfue"])
+    Estimator(toy(), Noise(0.2, at="r1"), samples=6)(x8)
+    assert calls == ["looped-suffix"] * 2

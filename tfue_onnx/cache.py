@@ -4,9 +4,9 @@ A gray-box run pays fixed costs before its first sample: building the uncertaint
 graph, verifying it against the original model (reference runs, probes of the
 output axes and of the locations' shapes) and measuring which chunk size and thread
 count sample fastest (``Runner`` autotuning). All of it depends only on (model
-bytes, method, location, N, input signature, provider, tfue, onnxruntime and CPU
-count), so it is kept on disk under a key made of those, and a second process (or
-a later input shape already seen) starts from it.
+bytes, method, location, input signature, provider, options, tfue's source code,
+onnxruntime and CPU count), so it is kept on disk under a key made of those, and a
+second process (or a later input shape already seen) starts from it.
 
 An entry is a JSON file, plus the verified graphs as ``.onnx`` files whose SHA-256
 is in the JSON. An entry is used only when it parses, names the same key, holds
@@ -49,6 +49,26 @@ def model_digest(model) -> str | None:
         return hashlib.sha256(model.SerializeToString()).hexdigest()
     except Exception:
         return None
+
+
+_CODE = []
+
+
+def code_digest() -> str:
+    """SHA-256 (hex) of tfue's own source files: an entry made by other code (a newer
+    or older tfue, even at the same version number) is never read."""
+    if not _CODE:
+        root = os.path.dirname(os.path.abspath(__file__))
+        h = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+        _CODE.append(h.hexdigest())
+    return _CODE[0]
 
 
 def make_key(parts: dict) -> str:

@@ -1038,7 +1038,7 @@ class Runner:
         cached: black-box methods, a cache turned off, a model too large to hash)."""
         if not self.cache.enabled or not isinstance(self.spec, SAMPLED):
             return None
-        from .cache import FORMAT, make_key, model_digest
+        from .cache import FORMAT, code_digest, make_key, model_digest
         from .external import data_files
 
         if not hasattr(self, "_digest"):
@@ -1059,7 +1059,8 @@ class Runner:
         from . import __version__
 
         return make_key({
-            "format": FORMAT, "tfue": __version__, "onnxruntime": onnxruntime.__version__,
+            "format": FORMAT, "tfue": __version__, "code": code_digest(),
+            "onnxruntime": onnxruntime.__version__,
             "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
             "location": self.location, "signature": repr(_signature(feeds)), "provider": self.provider_request,
             "strategy": self.strategy_request, "keep_samples": self.keep_samples,
