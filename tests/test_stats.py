@@ -29,3 +29,25 @@ def test_stable_with_large_offset():
     for k in range(0, 10, 3):
         rs.add_samples(x[k:k + 3])
     assert rs.variance == np.var(np.arange(10.0))
+
+
+def test_add_each_is_welford_exactly_however_split():
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((9, 3, 5)).astype(np.float32)
+    count, mean, m2 = 0, None, None
+    for x in xs:  # the textbook update, in float64
+        x = x.astype(np.float64)
+        if count == 0:
+            count, mean, m2 = 1, x.copy(), np.zeros_like(x)
+            continue
+        count += 1
+        d = x - mean
+        mean += d / count
+        m2 += d * (x - mean)
+    for split in (1, 4, 9):
+        r = RunningStats()
+        for k in range(0, 9, split):
+            r.add_each(xs[k:k + split])
+        np.testing.assert_array_equal(r.mean, mean)
+        np.testing.assert_array_equal(r.variance, m2 / count)
+    np.testing.assert_allclose(r.variance, xs.astype(np.float64).var(axis=0), rtol=1e-12)

@@ -39,15 +39,23 @@ class RunningStats:
         The same samples in the same order give bit-identical statistics however
         they are split into calls, unlike chunk statistics merged with Chan's update.
         """
+        buffers = None
         for x in samples:
-            x = np.asarray(x, dtype=np.float64)
             if self.count == 0:
+                x = np.asarray(x, dtype=np.float64)
                 self.count, self.mean, self._m2 = 1, x.copy(), np.zeros_like(x)
                 continue
+            if buffers is None:  # the same arithmetic as below, without new arrays
+                buffers = [np.empty_like(self.mean) for _ in range(3)]
+            x64, delta, step = buffers
+            np.copyto(x64, x)
             self.count += 1
-            delta = x - self.mean
-            self.mean += delta / self.count
-            self._m2 += delta * (x - self.mean)
+            np.subtract(x64, self.mean, out=delta)
+            np.divide(delta, self.count, out=step)
+            self.mean += step
+            np.subtract(x64, self.mean, out=step)
+            step *= delta
+            self._m2 += step
 
     def add_samples(self, samples) -> None:
         """Merge samples stacked along axis 0."""
