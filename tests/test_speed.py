@@ -121,9 +121,11 @@ def test_given_chunk_and_threads_skip_the_trial(toy, x8):
     res = Estimator(toy(), Noise(0.2, at="r1"), samples=9, seed=4, chunk=4, threads=1)(x8)
     assert res.metadata["chunks"] == [4, 4, 1]
     assert res.metadata["autotune"]["how"] == "given" and res.metadata["autotune"]["threads"] == 1
-    for bad in (0, 1.5, "2", True):
-        with pytest.raises(TfueError, match="threads must be an integer >= 1"):
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(TfueError, match="threads must be an integer from 1 to"):
             Estimator(toy(), Noise(0.2, at="r1"), threads=bad)
+    with pytest.raises(TfueError, match=f"threads 512 is more than the {os.cpu_count()} CPUs"):
+        Estimator(toy(), Noise(0.2, at="r1"), threads=512)
     with pytest.raises(TfueError, match="cache must be True, False or a folder"):
         Estimator(toy(), Noise(0.2, at="r1"), cache=3)
 
@@ -212,7 +214,8 @@ def test_cache_off_and_unwritable(toy, x8, monkeypatch, own_cache, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated-graph", "edited-graph", "other-key",
-                                    "wrong-types", "bad-tuning"])
+                                    "wrong-types", "bad-tuning", "level", "shapes", "batch-axes",
+                                    "draw-kind", "stats-outputs"])
 def test_a_damaged_entry_is_ignored_and_replaced(toy, x8, monkeypatch, own_cache, damage):
     calls = _spy_verify(monkeypatch)
     path = toy()
@@ -220,6 +223,7 @@ def test_a_damaged_entry_is_ignored_and_replaced(toy, x8, monkeypatch, own_cache
     [entry] = [own_cache / f for f in os.listdir(own_cache) if f.endswith(".json")]
     graph = entry.with_name(entry.name.replace(".json", ".model.onnx"))
     data = json.loads(entry.read_text())
+    fields = data["fields"]
     if damage == "garbage":
         entry.write_bytes(b"\x00{not json")
     elif damage == "truncated-graph":
@@ -228,27 +232,56 @@ def test_a_damaged_entry_is_ignored_and_replaced(toy, x8, monkeypatch, own_cache
         m = onnx.load(str(graph))
         m.graph.node[0].name = "edited"
         graph.write_bytes(m.SerializeToString())
-    elif damage == "other-key":
-        data["key"] = "0" * 40
-        entry.write_text(json.dumps(data))
-    elif damage == "wrong-types":
-        data["fields"]["shapes"] = "[1, 4, 8, 8]"
-        entry.write_text(json.dumps(data))
-    else:  # a tuning entry with a chunk that is not a count: measured again, not trusted
-        data["fields"]["tuning"] = {"chunk": "lots", "threads": None}
+    else:  # the JSON edited by hand, its types kept where they are plausible
+        if damage == "other-key":
+            data["key"] = "0" * 40
+        elif damage == "wrong-types":
+            fields["shapes"] = "[1, 4, 8, 8]"
+        elif damage == "bad-tuning":
+            fields["tuning"] = {"chunk": "lots", "threads": None}
+        elif damage == "level":
+            [name] = fields["graph"]["level_inputs"]
+            fields["graph"]["level_inputs"][name][0] = 5.0
+        elif damage == "shapes":
+            fields["shapes"] = {}
+        elif damage == "batch-axes":
+            fields["batch_axes"] = {"r1": 1}
+        elif damage == "draw-kind":
+            fields["graph"]["draws"][0][2] = "uniform"
+        else:
+            fields["graph"]["stats_outputs"] = ["zz"]
         entry.write_text(json.dumps(data))
     est = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)
     res = est(x8)
     np.testing.assert_array_equal(res.variance, first.variance)
-    if damage == "bad-tuning":
-        assert calls == ["looped-suffix"] and res.metadata["autotune"]["how"] == "measuring"
-        assert len(res.metadata["autotune"]["trials"]) == 2  # from the start again
-    else:
-        assert calls == ["looped-suffix"] * 2  # verified again
-        assert not any("verified by an earlier run" in n for n in est.notes)
+    assert calls == ["looped-suffix"] * 2  # verified again
+    assert not any("verified by an earlier run" in n for n in est.notes)
     # ... and the entry is whole again: a third runner uses it.
     Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
-    assert len(calls) == (1 if damage == "bad-tuning" else 2)
+    assert len(calls) == 2
+
+
+def test_a_sealed_entry_that_fails_is_verified_afresh(toy, x8, monkeypatch, own_cache):
+    """Even an entry whose seal matches (made by a fault in tfue, say) cannot break a
+    run: the run that fails on it verifies afresh and overwrites it."""
+    from tfue_onnx.cache import _seal
+
+    calls = _spy_verify(monkeypatch)
+    path = toy()
+    first = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    [entry] = [own_cache / f for f in os.listdir(own_cache) if f.endswith(".json")]
+    data = json.loads(entry.read_text())
+    data["fields"]["graph"]["stats_outputs"] = ["zz"]  # a KeyError when sampling
+    data["seal"] = _seal(data)
+    entry.write_text(json.dumps(data))
+    est = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)
+    res = est(x8)
+    np.testing.assert_array_equal(res.variance, first.variance)
+    assert calls == ["looped-suffix"] * 2
+    assert any(n.startswith("cache: the entry for this input shape failed (KeyError")
+               for n in est.notes)
+    Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    assert len(calls) == 2  # the entry was rewritten whole
 
 
 def test_a_changed_model_file_misses_the_cache(toy, x8, monkeypatch, tmp_path):
@@ -285,6 +318,11 @@ def test_cli_no_cache_writes_nothing(cli, toy, x8, tmp_path, own_cache):
     assert not own_cache.exists()
     r = cli(*args, "--out", tmp_path / "o2", "-v")
     assert r.exit_code == 0 and own_cache.exists()
+    for bad in (0, 99999):
+        r = cli(*args, "--out", tmp_path / "o4", "--threads", bad)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and "threads" in lines[0], r.stderr
+    assert not (tmp_path / "o4").exists()
     r = cli(*args, "--out", tmp_path / "o3", "-v", "--threads", 1, "--chunk", 3)
     s = json.loads(r.stdout)
     assert s["chunks"] == [3, 3] and s["autotune"] == {"chunk": 3, "threads": 1, "how": "given",
@@ -408,3 +446,18 @@ def test_other_tfue_code_misses_the_cache(toy, x8, monkeypatch):
     monkeypatch.setattr(cache_module, "_CODE", ["another build of tfue"])
     Estimator(toy(), Noise(0.2, at="r1"), samples=6)(x8)
     assert calls == ["looped-suffix"] * 2
+
+
+def test_each_input_says_how_it_ran(cli, toy, tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.random((1, 3, 8, 8), dtype=np.float32))
+    np.save(tmp_path / "b.npy", rng.random((1, 3, 6, 10), dtype=np.float32))
+    r = cli("run", toy(), str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--method", "noise",
+            "--at", "r1", "-n", 5, "--json", "-v", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    items = json.loads(r.stdout)["inputs"]
+    assert [sum(i["chunks"]) for i in items] == [5, 5]
+    assert all(i["autotune"]["how"] == "measuring" for i in items)
+    # Five samples are too few to finish measuring: -v says so, per shape.
+    notes = [ln for ln in r.stderr.splitlines() if "autotune: still measuring" in ln]
+    assert len(notes) == 2 and "x[1, 3, 8, 8]" in notes[0] and "x[1, 3, 6, 10]" in notes[1]

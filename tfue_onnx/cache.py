@@ -9,10 +9,14 @@ onnxruntime and CPU count), so it is kept on disk under a key made of those, and
 second process (or a later input shape already seen) starts from it.
 
 An entry is a JSON file, plus the verified graphs as ``.onnx`` files whose SHA-256
-is in the JSON. An entry is used only when it parses, names the same key, holds
-the fields the runner needs with the right types, and its graph files have the
-recorded hashes; anything else (a corrupt, truncated, stale or edited entry) is
-ignored and overwritten by the next run, never trusted.
+is in the JSON, and a seal (the SHA-256 of the JSON's content). An entry is used
+only when it parses, names the same key, matches its seal, holds the fields the
+runner needs with the right types, and its graph files have the recorded hashes;
+anything else (a corrupt, truncated, stale or edited entry) is ignored and
+overwritten by the next run, never trusted. A run that still fails on an entry
+verifies afresh (``Runner``). Entries are never removed: delete the folder to
+clear it (an entry holds the graphs without their weights, which stay in the
+model's files).
 
 The folder is ``$TFUE_CACHE_DIR`` when set, else the platform's user cache folder
 (``platformdirs.user_cache_dir("tfue-onnx")``, e.g. ``~/.cache/tfue-onnx`` on Linux).
@@ -26,7 +30,7 @@ import json
 import os
 
 ENV = "TFUE_CACHE_DIR"
-FORMAT = 1  # bumped when the entry layout changes: older entries are ignored
+FORMAT = 2  # bumped when the entry layout changes: older entries are ignored
 MAX_GRAPH_BYTES = 256 * 1024**2  # larger graphs are rebuilt, not stored
 
 
@@ -111,7 +115,7 @@ class DiskCache:
             with open(self._path(key, ".json"), encoding="utf-8") as f:
                 entry = json.load(f)
             if not isinstance(entry, dict) or entry.get("format") != FORMAT or \
-                    entry.get("key") != key:
+                    entry.get("key") != key or entry.get("seal") != _seal(entry):
                 return None
             fields = entry.get("fields")
             if not isinstance(fields, dict) or any(
@@ -163,13 +167,23 @@ class DiskCache:
 
         try:
             entry = {"format": FORMAT, "key": key, "fields": fields, "graphs": digests}
-            text = json.dumps(entry, indent=1, default=_jsonable).encode()
+            entry = json.loads(json.dumps(entry, default=_jsonable))  # as it will be read
+            entry["seal"] = _seal(entry)
+            text = json.dumps(entry, indent=1).encode()
             atomic_write_bytes(self._path(key, ".json"), text)
             self.problem = None
             return True
         except (OSError, TypeError, ValueError) as exc:
             self.problem = f"{type(exc).__name__}: {exc}"
             return False
+
+
+def _seal(entry: dict) -> str:
+    """SHA-256 of an entry's content (format, key, fields, graph digests) in canonical
+    JSON: an entry changed by hand or by a fault on disk no longer matches its seal.
+    (Not a protection against someone who recomputes it: the cache is the user's.)"""
+    content = {k: entry.get(k) for k in ("format", "key", "fields", "graphs")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _jsonable(value):

@@ -168,7 +168,7 @@ def perturbation_options(f):
                      help="Verify the graph and measure the chunk size afresh, ignoring and "
                           "not writing tfue's cache ($TFUE_CACHE_DIR, else the user cache "
                           "folder)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
+        click.option("--threads", type=int, default=None,
                      help="onnxruntime intra-op threads (default: measured, the default "
                           "count or 1, whichever samples faster)."),
         click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

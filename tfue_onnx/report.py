@@ -303,6 +303,11 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
             meta = result.metadata
             prepare_out_dir(out_dir)
             item = write_result(out_dir, _stem(path), result, path, compress)
+            # How this input ran (the run's top-level fields are the last input's).
+            item["chunks"] = meta.get("chunks")
+            tune = meta.get("autotune")
+            if tune:
+                item["autotune"] = {k: tune.get(k) for k in ("chunk", "threads", "how")}
             sampling += t1 - t0
             writing += time.perf_counter() - t1
             found = non_finite(result)

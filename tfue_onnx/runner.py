@@ -372,6 +372,8 @@ class Runner:
         self._tuned = {}  # input signature -> {"chunk", "threads", "trials"} (looped-suffix)
         self._axes_known = {}  # input signature -> axes.SpatialAxes read from the cache
         self._cache_keys = {}  # input signature -> disk cache key
+        self._from_disk = set()  # input signatures whose graph came from the disk cache
+        self._skip_disk = set()  # input signatures whose disk entry failed: not read again
         seed = check_seed(seed)
         self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
@@ -941,8 +943,9 @@ class Runner:
         cache_key = self._cache_key(feeds)
         if cache_key is not None:
             self._cache_keys[key] = cache_key
-            hit = self._from_cache(cache_key, feeds)
+            hit = None if key in self._skip_disk else self._from_cache(cache_key, feeds)
             if hit is not None:
+                self._from_disk.add(key)
                 return hit
         reference = self.reference(feeds)
         found = self.spatial_axes(feeds, reference)
@@ -1206,6 +1209,30 @@ class Runner:
                 raise TfueError(f"--method {self.spec.method} has no level",
                                 "levels are for noise and dropout")
             level = float(self.spec.with_level(level).level)  # validates the level
+        key = _signature(feeds)
+        try:
+            return self._sampled(feeds, level)
+        except Exception as exc:
+            if key not in self._from_disk:
+                raise
+            # What the cache held for this shape failed: forget it, verify afresh.
+            self._forget(key)
+            self.notes.append(f"cache: the entry for this input shape failed "
+                              f"({type(exc).__name__}: {str(exc)[:120]}); verified afresh")
+            return self._sampled(feeds, level)
+
+    def _forget(self, key) -> None:
+        """Drop what the disk cache gave for input signature ``key``; it is not read
+        again in this run (the fresh verification overwrites it)."""
+        strategy = self._verified.pop(key, None)
+        if strategy is not None:
+            self._built.pop(strategy, None)
+        for d in (self._shapes, self._batch_axes, self._axes_known, self._tuned):
+            d.pop(key, None)
+        self._from_disk.discard(key)
+        self._skip_disk.add(key)
+
+    def _sampled(self, feeds, level) -> Result:
         ug, sess, provider = self._select(feeds)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
         tuning = None
@@ -1284,6 +1311,14 @@ class Runner:
                     f"({best['s_per_sample'] * 1e3:.3g} ms per sample; tried " + ", ".join(
                         f"{t['chunk']} x {_threads(t['threads'])}: "
                         f"{t['s_per_sample'] * 1e3:.3g} ms" for t in plan["trials"]) + ")")
+            if plan["next"] is not None:
+                self.notes.append(
+                    "autotune: still measuring for input shape " + _shapes_text(feeds)
+                    + " (tried " + ", ".join(
+                        f"{t['chunk']} x {_threads(t['threads'])}: "
+                        f"{t['s_per_sample'] * 1e3:.3g} ms" for t in plan["trials"][before:])
+                    + f"; chunk {plan['next'][1]} x {_threads(plan['next'][0])} next); the "
+                    "next input of this shape goes on")
             self._tuned[key] = plan
             if key in self._cache_keys and len(plan["trials"]) > before:
                 self.cache.update(self._cache_keys[key], tuning=plan)
@@ -1639,6 +1674,10 @@ def _choose(trials: list) -> dict:
     return min(near, key=lambda t: (t["chunk"], t["s_per_sample"]))
 
 
+def _shapes_text(feeds) -> str:
+    return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+
+
 def _threads(threads) -> str:
     return "default threads" if threads is None else f"{threads} thread" + (
         "s" if threads > 1 else "")
@@ -1648,9 +1687,14 @@ def _check_threads(threads) -> int | None:
     """Validate an intra-op thread count (None: onnxruntime's default, or measured)."""
     if threads is None:
         return None
+    cpus = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise TfueError(f"threads must be an integer >= 1, got {threads!r}",
-                        "give threads=1, or None to let tfue measure")
+        raise TfueError(f"threads must be an integer from 1 to {cpus} (the CPUs here), got "
+                        f"{threads!r}", "give --threads 1, or leave it out to let tfue measure")
+    if threads > cpus:
+        raise TfueError(f"threads {threads} is more than the {cpus} CPUs of this machine "
+                        "(more threads than CPUs only wait for each other)",
+                        f"give --threads {cpus} or less, or leave it out to let tfue measure")
     return int(threads)
 
 
