@@ -271,14 +271,14 @@ def test_a_sealed_entry_that_fails_is_verified_afresh(toy, x8, monkeypatch, own_
     first = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
     [entry] = [own_cache / f for f in os.listdir(own_cache) if f.endswith(".json")]
     data = json.loads(entry.read_text())
-    data["fields"]["graph"]["stats_outputs"] = ["zz"]  # a KeyError when sampling
+    data["fields"]["shapes"] = {"r1": [1, 5, 8, 8]}  # banks of the wrong size
     data["seal"] = _seal(data)
     entry.write_text(json.dumps(data))
     est = Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)
     res = est(x8)
     np.testing.assert_array_equal(res.variance, first.variance)
     assert calls == ["looped-suffix"] * 2
-    assert any(n.startswith("cache: the entry for this input shape failed (KeyError")
+    assert any(n.startswith("cache: the entry for this input shape failed (TfueError")
                for n in est.notes)
     Estimator(path, Noise(0.2, at="r1"), samples=6, seed=1)(x8)
     assert len(calls) == 2  # the entry was rewritten whole
@@ -461,3 +461,58 @@ def test_each_input_says_how_it_ran(cli, toy, tmp_path):
     # Five samples are too few to finish measuring: -v says so, per shape.
     notes = [ln for ln in r.stderr.splitlines() if "autotune: still measuring" in ln]
     assert len(notes) == 2 and "x[1, 3, 8, 8]" in notes[0] and "x[1, 3, 6, 10]" in notes[1]
+
+
+@pytest.mark.parametrize("edit", ["level", "draw-kind", "outputs"])
+def test_a_resealed_entry_that_contradicts_the_run_is_not_used(toy, x8, monkeypatch,
+                                                                 own_cache, edit):
+    from tfue_onnx.cache import _seal
+
+    calls = _spy_verify(monkeypatch)
+    first = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    [entry] = [own_cache / f for f in os.listdir(own_cache) if f.endswith(".json")]
+    data = json.loads(entry.read_text())
+    g = data["fields"]["graph"]
+    if edit == "level":
+        [name] = g["level_inputs"]
+        g["level_inputs"][name][0] = 0.5
+    elif edit == "draw-kind":
+        g["draws"][0][2] = "uniform"
+    else:
+        g["stats_outputs"] = []
+    data["seal"] = _seal(data)
+    entry.write_text(json.dumps(data))
+    res = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    assert calls == ["looped-suffix"] * 2
+    np.testing.assert_array_equal(res.variance, first.variance)
+
+
+def test_graphs_too_large_to_store_are_built_again_but_not_verified(toy, x8, monkeypatch,
+                                                                     own_cache):
+    from tfue_onnx import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MAX_GRAPH_BYTES", 0)
+    calls = _spy_verify(monkeypatch)
+    first = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=1)(x8)
+    assert [f.split(".", 1)[1] for f in os.listdir(own_cache)] == ["json"]
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=1)
+    res = est(x8)
+    assert calls == ["looped-suffix"]
+    assert any("verified by an earlier run" in n for n in est.notes)
+    np.testing.assert_array_equal(res.variance, first.variance)
+
+
+def test_the_cache_folder_is_trimmed_least_recently_used_first(tmp_path):
+    import time
+
+    cache = DiskCache(str(tmp_path / "c"))
+    for k in ("a", "b", "c"):
+        assert cache.store(k, {"k": k}, {"model": bytes(1000)})
+        time.sleep(0.01)
+    cache.load("a", {})  # used again: now the most recent
+    before = sorted(os.listdir(tmp_path / "c"))
+    size = sum(os.path.getsize(tmp_path / "c" / f) for f in before)
+    removed = cache.trim(limit=size - 1)
+    assert removed > 0 and cache.load("b", {}) is None  # the least recently used went
+    assert cache.load("a", {}) is not None and cache.load("c", {}) is not None
+    assert cache.trim(limit=10**9) == 0

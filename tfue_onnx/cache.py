@@ -14,9 +14,11 @@ only when it parses, names the same key, matches its seal, holds the fields the
 runner needs with the right types, and its graph files have the recorded hashes;
 anything else (a corrupt, truncated, stale or edited entry) is ignored and
 overwritten by the next run, never trusted. A run that still fails on an entry
-verifies afresh (``Runner``). Entries are never removed: delete the folder to
-clear it (an entry holds the graphs without their weights, which stay in the
-model's files).
+verifies afresh (``Runner``). An entry's graphs hold no weights kept in initializers
+of 64 KiB or more (those stay in the model's files) but do hold weights stored in
+``Constant`` nodes or small initializers (paddle2onnx exports: about twice the model
+per entry); graphs over ``MAX_GRAPH_BYTES`` are not stored (rebuilt next time), and
+the folder is trimmed to ``MAX_CACHE_BYTES``, least recently used entries first.
 
 The folder is ``$TFUE_CACHE_DIR`` when set, else the platform's user cache folder
 (``platformdirs.user_cache_dir("tfue-onnx")``, e.g. ``~/.cache/tfue-onnx`` on Linux).
@@ -31,7 +33,8 @@ import os
 
 ENV = "TFUE_CACHE_DIR"
 FORMAT = 2  # bumped when the entry layout changes: older entries are ignored
-MAX_GRAPH_BYTES = 256 * 1024**2  # larger graphs are rebuilt, not stored
+MAX_GRAPH_BYTES = 64 * 1024**2  # larger graphs are rebuilt, not stored
+MAX_CACHE_BYTES = 512 * 1024**2  # beyond it the least recently used entries are removed
 
 
 def cache_dir() -> str:
@@ -128,6 +131,10 @@ class DiskCache:
                 if hashlib.sha256(data).hexdigest() != digest:
                     return None
                 graphs[name] = data
+            try:  # used now: the last to be removed when the folder is trimmed
+                os.utime(self._path(key, ".json"))
+            except OSError:
+                pass
             return fields, graphs
         except (OSError, ValueError, TypeError, AttributeError):
             return None
@@ -150,8 +157,46 @@ class DiskCache:
         except OSError as exc:
             self.problem = f"{type(exc).__name__}: {exc}"
             return False
-        return self._write(key, fields, {k: hashlib.sha256(v).hexdigest()
-                                         for k, v in graphs.items()})
+        written = self._write(key, fields, {k: hashlib.sha256(v).hexdigest()
+                                            for k, v in graphs.items()})
+        if written:
+            self.trim(keep=key)
+        return written
+
+    def trim(self, limit: int | None = None, keep: str | None = None) -> int:
+        """Remove the least recently used entries (by their JSON's time) until the
+        folder holds at most ``limit`` bytes (default ``MAX_CACHE_BYTES``); entry
+        ``keep`` stays. Returns the bytes removed; never raises."""
+        limit = MAX_CACHE_BYTES if limit is None else limit
+        try:
+            files = {}
+            for name in os.listdir(self.folder):
+                path = os.path.join(self.folder, name)
+                if os.path.isfile(path):
+                    files.setdefault(name.split(".", 1)[0], []).append(path)
+            total = sum(os.path.getsize(p) for paths in files.values() for p in paths)
+            if total <= limit:
+                return 0
+
+            def used(k):
+                try:
+                    return os.path.getmtime(self._path(k, ".json"))
+                except OSError:
+                    return 0.0  # no JSON: a leftover, removed first
+            removed = 0
+            for k in sorted((k for k in files if k != keep), key=used):
+                if total - removed <= limit:
+                    break
+                for p in files[k]:
+                    try:
+                        size = os.path.getsize(p)
+                        os.remove(p)
+                        removed += size
+                    except OSError:
+                        pass
+            return removed
+        except OSError:
+            return 0
 
     def update(self, key: str, **fields) -> bool:
         """Add ``fields`` to the entry for ``key`` (its graph files kept as they are);

@@ -681,9 +681,12 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for sweep.jsonl (resumable), sweep.csv/json, best.json, plots.")
 @click.option("--force", is_flag=True, help="Start over in a folder holding another sweep.")
+@click.option("--no-cache", is_flag=True,
+              help="Verify every graph and measure afresh, ignoring and not writing tfue's "
+                   "cache.")
 def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, samples, seed,
           metric, layout, provider, pad, targets, sr_scale, target_scale, channel_order, scale,
-          norm_mean, norm_std, resize, block_sigma, bootstrap, out_dir, force):
+          norm_mean, norm_std, resize, block_sigma, bootstrap, out_dir, force, no_cache):
     """Where and how strongly to perturb: evaluate locations x levels on (input, target) pairs.
 
     Stopped sweeps resume: run the same command again.
@@ -721,7 +724,8 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
                            rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
                            metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
                            provider=provider, progress=progress, block_sigma=block_sigma,
-                           force=force, pad=pad, layout=layout, bootstrap=bootstrap)
+                           force=force, pad=pad, layout=layout, bootstrap=bootstrap,
+                           cache=not no_cache)
     from .sweep import format_best
 
     click.echo(format_best(result))

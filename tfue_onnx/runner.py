@@ -1098,10 +1098,7 @@ class Runner:
     def _from_cache(self, cache_key, feeds):
         """The verified (graph, session, provider) kept on disk for ``feeds``'
         signature, or None (no entry, or one that does not hold up: see cache.py)."""
-        import onnx
-
         from .axes import SpatialAxes
-        from .graph.builder import Draw, UncertaintyGraph
 
         found = self.cache.load(cache_key, {"strategy": str, "provider": str, "graph": dict,
                                             "shapes": dict, "batch_axes": dict,
@@ -1111,34 +1108,72 @@ class Runner:
         fields, stored = found
         try:
             g = fields["graph"]
-            if fields["strategy"] not in self._strategies() or "model" not in stored or \
-                    (fields["strategy"] == "looped-suffix") != ("prefix" in stored):
+            if fields["strategy"] not in self._strategies():
                 return None
-            ug = UncertaintyGraph(
-                model=onnx.ModelProto.FromString(stored["model"]), strategy=fields["strategy"],
-                stats_outputs=list(g["stats_outputs"]), samples_input=g["samples_input"],
-                level_inputs={k: np.asarray(v, dtype=np.dtype(t))
-                              for k, (v, t) in g["level_inputs"].items()},
-                locations=list(g["locations"]), samples=int(g["samples"]), seed=self.seed,
-                keep_samples=bool(g["keep_samples"]),
-                classes={k: (tuple(v) if isinstance(v, list) else int(v))
-                         for k, v in g["classes"]},
-                sampling=g["sampling"],
-                draws=[Draw(a, b, c, np.dtype(d), int(e)) for a, b, c, d, e in g["draws"]],
-                relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
-                prefix=(onnx.ModelProto.FromString(stored["prefix"])
-                        if "prefix" in stored else None))
-            ug.samples = self.samples  # N is an input of the graph, not part of it
-            ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
+            if "model" not in stored:  # too large to store: built again, not verified again
+                built = self._candidate(fields["strategy"])
+                if built is None:
+                    return None
+                ug, sess, provider = built
+            elif (fields["strategy"] == "looped-suffix") != ("prefix" in stored):
+                return None
+            else:
+                ug, sess, provider = self._stored_graph(fields["strategy"], g, stored)
+            if not self._plausible(ug):
+                return None
             spatial = SpatialAxes.from_json(fields["spatial_axes"])
             shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
             axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
-            sess, provider = self._sessions(ug)
         except Exception:  # anything amiss in an entry makes it a miss, never an error
             return None
         if provider != fields["provider"]:
             return None
-        key = _signature(feeds)
+        return self._built_from_cache(_signature(feeds), ug, sess, provider, fields, spatial,
+                                      shapes, axes)
+
+    def _stored_graph(self, strategy: str, g: dict, stored: dict):
+        """(graph, session, provider) of the graphs an entry stored, its fields ``g``."""
+        import onnx
+
+        from .graph.builder import Draw, UncertaintyGraph
+
+        ug = UncertaintyGraph(
+            model=onnx.ModelProto.FromString(stored["model"]), strategy=strategy,
+            stats_outputs=list(g["stats_outputs"]), samples_input=g["samples_input"],
+            level_inputs={k: np.asarray(v, dtype=np.dtype(t))
+                          for k, (v, t) in g["level_inputs"].items()},
+            locations=list(g["locations"]), samples=int(g["samples"]), seed=self.seed,
+            keep_samples=bool(g["keep_samples"]),
+            classes={k: (tuple(v) if isinstance(v, list) else int(v))
+                     for k, v in g["classes"]},
+            sampling=g["sampling"],
+            draws=[Draw(a, b, c, np.dtype(d), int(e)) for a, b, c, d, e in g["draws"]],
+            relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
+            prefix=(onnx.ModelProto.FromString(stored["prefix"])
+                    if "prefix" in stored else None))
+        ug.samples = self.samples  # N is an input of the graph, not part of it
+        ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
+        return (ug, *self._sessions(ug))
+
+    def _plausible(self, ug) -> bool:
+        """Cheap checks of a graph read from the cache against this run's own spec: the
+        levels, the kind and place of the draws, the outputs (a defence against a fault
+        the seal cannot see; the seal guards against edits)."""
+        names = {o.name for o in self.info.outputs}
+        if not ug.stats_outputs or not set(ug.stats_outputs) <= names:
+            return False
+        if isinstance(self.spec, (Noise, Dropout)):
+            want = "normal" if isinstance(self.spec, Noise) else "uniform"
+            if any(d.kind != want or d.location != self.location for d in ug.draws) or \
+                    len(ug.draws) != 1:
+                return False
+            if any(float(v) != float(np.asarray(self.spec.level, dtype=v.dtype))
+                   for v in ug.level_inputs.values()) or len(ug.level_inputs) != 1:
+                return False
+        return True
+
+    def _built_from_cache(self, key, ug, sess, provider, fields, spatial, shapes, axes):
+        """Record a graph read from the cache for input signature ``key``."""
         self._built[ug.strategy] = (ug, sess, provider)
         self._verified[key] = ug.strategy
         if ug.draws:

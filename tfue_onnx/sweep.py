@@ -84,11 +84,13 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
           rates=None, samples: int = 8, seed: int = 0, metric: str = "pixel_l1",
           out_dir: str | None = None, sigma_mode: str = "absolute", provider: str = "auto",
           progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False,
-          pad=None, layout: str = "auto", bootstrap: int = metrics.BOOTSTRAP) -> dict:
+          pad=None, layout: str = "auto", bootstrap: int = metrics.BOOTSTRAP,
+          cache=True) -> dict:
     """Evaluate every (method, location, level); return the points and the best one.
 
     ``progress`` is called as progress(done, total, point) after each point.
-    ``pad`` (pixels per side, or ``"auto"``) and ``layout`` are the Estimator's.
+    ``pad`` (pixels per side, or ``"auto"``), ``layout`` and ``cache`` (the disk cache:
+    True, False or a folder) are the Estimator's.
     Every point's table carries bootstrap intervals (``bootstrap`` resamples of
     the images, seeded by ``seed``); the best point lists the points whose
     interval overlaps its own ("not separated" from it). The sampling-free
@@ -134,7 +136,7 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
             spec = Noise(todo[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
                 Dropout(todo[0], at=cand.name)
             est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
-                            pad=pad, layout=layout)
+                            pad=pad, layout=layout, cache=cache)
             for level in todo:
                 result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma,
                                   bootstrap=bootstrap, bootstrap_seed=seed,
