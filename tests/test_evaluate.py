@@ -133,12 +133,13 @@ def test_sr_pairs_and_npz_pairs(tmp_path):
         make_pairs(info, [tmp_path / "hr.png"])
 
 
-def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
+def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path, own_cache):
     out = tmp_path / "sweep"
     args = ["sweep", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
             "--methods", "noise", "--at", "0.25,0.5", "-n", 4, *NORM, "--out", out]
-    r = cli(*args, "--sigmas", "0.1")
+    r = cli(*args, "--sigmas", "0.1", "--no-cache")
     assert r.exit_code == 0, r.output
+    assert not own_cache.exists()  # --no-cache: nothing written
     lines = r.stderr.splitlines()  # two points, with progress lines and intervals
     assert len(lines) == 2 and all(re.match(r"\[\d/2\] noise at .* level 0.1: pixel_l1 = "
                                             r"-?\d\.\d{4} \[-?\d\.\d{4}, -?\d\.\d{4}\]$", ln)
@@ -146,6 +147,7 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path):
     # A second run with one more level finishes only the new points.
     r = cli(*args, "--sigmas", "0.1,0.5")
     assert r.exit_code == 0, r.output
+    assert len([f for f in os.listdir(own_cache) if f.endswith(".json")]) == 2  # 2 locations
     progress = [ln for ln in r.stderr.splitlines() if ln.startswith("[")]
     assert len(progress) == 2 and all("level 0.5" in ln for ln in progress)
     assert progress[-1].startswith("[4/4]")
