@@ -505,14 +505,44 @@ def test_graphs_too_large_to_store_are_built_again_but_not_verified(toy, x8, mon
 def test_the_cache_folder_is_trimmed_least_recently_used_first(tmp_path):
     import time
 
-    cache = DiskCache(str(tmp_path / "c"))
-    for k in ("a", "b", "c"):
+    from tfue_onnx.cache import make_key
+
+    folder = tmp_path / "c"
+    cache = DiskCache(str(folder))
+    a, b, c = (make_key({"k": k}) for k in "abc")
+    for k in (a, b, c):
         assert cache.store(k, {"k": k}, {"model": bytes(1000)})
         time.sleep(0.01)
-    cache.load("a", {})  # used again: now the most recent
-    before = sorted(os.listdir(tmp_path / "c"))
-    size = sum(os.path.getsize(tmp_path / "c" / f) for f in before)
+    cache.load(a, {})  # used again: now the most recent
+    # Files that are not tfue's entries are never touched, however old.
+    (folder / "my_thesis.txt").write_bytes(bytes(5000))
+    (folder / ".tfue-x.tmp").write_bytes(bytes(10))  # another process's write under way
+    (folder / "notes").mkdir()
+    for name in ("my_thesis.txt", ".tfue-x.tmp"):
+        os.utime(folder / name, (0, 0))
+    ours = [f for f in os.listdir(folder) if f.startswith((a, b, c))]
+    size = sum(os.path.getsize(folder / f) for f in ours)
     removed = cache.trim(limit=size - 1)
-    assert removed > 0 and cache.load("b", {}) is None  # the least recently used went
-    assert cache.load("a", {}) is not None and cache.load("c", {}) is not None
-    assert cache.trim(limit=10**9) == 0
+    assert removed > 0 and cache.load(b, {}) is None  # the least recently used went
+    assert cache.load(a, {}) is not None and cache.load(c, {}) is not None
+    assert (folder / "my_thesis.txt").stat().st_size == 5000
+    assert (folder / ".tfue-x.tmp").exists() and (folder / "notes").is_dir()
+    assert cache.trim(limit=0, keep=a) > 0 and cache.load(a, {}) is not None
+    assert sorted(os.listdir(folder)) == sorted([".tfue-x.tmp", "my_thesis.txt", "notes",
+                                                 f"{a}.json", f"{a}.model.onnx"])
+
+
+def test_update_of_an_entry_trimmed_meanwhile_is_no_error(tmp_path, monkeypatch):
+    from tfue_onnx import cache as cache_module
+
+    cache = DiskCache(str(tmp_path / "c"))
+    key = cache_module.make_key({"k": 1})
+    assert cache.store(key, {"a": 1})
+    real = cache.load
+
+    def load_then_vanish(k, required):
+        found = real(k, required)
+        os.remove(os.path.join(cache.folder, f"{k}.json"))  # trimmed by another process
+        return found
+    monkeypatch.setattr(cache, "load", load_then_vanish)
+    assert cache.update(key, tuning={"chunk": 2}) is False

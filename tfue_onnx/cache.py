@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 ENV = "TFUE_CACHE_DIR"
 FORMAT = 2  # bumped when the entry layout changes: older entries are ignored
@@ -59,6 +60,8 @@ def model_digest(model) -> str | None:
 
 
 _CODE = []
+# The files of an entry: <key>.json and <key>.<graph>.onnx (make_key: 40 hex digits).
+_ENTRY_FILE = re.compile(r"([0-9a-f]{40})\.(?:json|[a-z]+\.onnx)")
 
 
 def code_digest() -> str:
@@ -172,8 +175,10 @@ class DiskCache:
             files = {}
             for name in os.listdir(self.folder):
                 path = os.path.join(self.folder, name)
-                if os.path.isfile(path):
-                    files.setdefault(name.split(".", 1)[0], []).append(path)
+                match = _ENTRY_FILE.fullmatch(name)
+                # Only tfue's own entries: anything else in the folder is left alone.
+                if match and os.path.isfile(path):
+                    files.setdefault(match.group(1), []).append(path)
             total = sum(os.path.getsize(p) for paths in files.values() for p in paths)
             if total <= limit:
                 return 0
@@ -203,9 +208,13 @@ class DiskCache:
         False when there is no valid entry or it could not be written."""
         if self.load(key, {}) is None:
             return False
-        with open(self._path(key, ".json"), encoding="utf-8") as f:
-            entry = json.load(f)
-        return self._write(key, {**entry["fields"], **fields}, entry.get("graphs") or {})
+        try:  # another process may have trimmed it since
+            with open(self._path(key, ".json"), encoding="utf-8") as f:
+                entry = json.load(f)
+            old, digests = dict(entry["fields"]), dict(entry.get("graphs") or {})
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+        return self._write(key, {**old, **fields}, digests)
 
     def _write(self, key: str, fields: dict, digests: dict) -> bool:
         from .io import atomic_write_bytes

@@ -167,7 +167,7 @@ def perturbation_options(f):
         click.option("--no-cache", is_flag=True,
                      help="Verify the graph and measure the chunk size afresh, ignoring and "
                           "not writing tfue's cache ($TFUE_CACHE_DIR, else the user cache "
-                          "folder)."),
+                          "folder); export always verifies and never uses it."),
         click.option("--threads", type=int, default=None,
                      help="onnxruntime intra-op threads (default: measured, the default "
                           "count or 1, whichever samples faster)."),

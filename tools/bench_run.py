@@ -61,9 +61,10 @@ from tfue_onnx.model import inspect_model  # noqa: E402
 
 PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "page", "text")
 DET_DEPTHS = ("0.3", "0.6", "0.85")
-# Depth 0.9 of the SR model is /Resize_output_0, the upsampled input on the global skip
-# (its suffix is one Add and a Clip); "up" is the wide late tensor (128 x H x W) of issue 11.
-SR_AT = "middle=0.5,late=0.9,up=/up/Conv_output_0"
+# The SR rows of BENCHMARKS.md: middle, and the late 128-channel tensor before the pixel
+# shuffle (depth 0.9 is /Resize_output_0, the upsampled input on the global skip: a suffix
+# of one Add and a Clip, which says little about sampling).
+SR_AT = "middle=0.5,late=/up/Conv_output_0"
 BATCHES = (1, 4, 8, 32)
 SR_PATH = os.path.join(ROOT, "models", "srresnet_x2.onnx")
 NAIVE = os.path.join(TOOLS, "naive_noise.py")
