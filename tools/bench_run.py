@@ -11,8 +11,8 @@ and the per-repeat ratios.
 - inputs: 6 scikit-image pictures (astronaut, coffee, chelsea, rocket, page, text;
   grey ones stacked to RGB), resized with PIL to 640 x 640 (PP-OCRv4 det) and
   128 x 128 (models/srresnet_x2.onnx), written as PNG into a temporary folder;
-- rows: det at depths 0.3, 0.6, 0.85; SR at 0.5 (middle), 0.9 (late; on this model the
-  upsampled input of the global skip) and /up/Conv_output_0 (the wide late tensor), N = 32;
+- rows: det at depths 0.3, 0.6, 0.85; SR at 0.5 (middle) and /up/Conv_output_0 (late: the
+  wide 128-channel tensor before the pixel shuffle), N = 32 (``--sr-at`` for others);
 - tfue: ``tfue run MODEL DIR --method noise --at D -n N --seed 1 -o OUT --json``
   (+ ``--tfue-args``) in a subprocess, process start included, fresh OUT each time;
   what its JSON summary says it chose (strategy, chunks, autotune ...) is reported;
