@@ -514,22 +514,46 @@ def test_the_cache_folder_is_trimmed_least_recently_used_first(tmp_path):
         assert cache.store(k, {"k": k}, {"model": bytes(1000)})
         time.sleep(0.01)
     cache.load(a, {})  # used again: now the most recent
-    # Files that are not tfue's entries are never touched, however old.
+    # Files that are not whole tfue entries are never touched, however old or named: a
+    # hex-named JSON that is not a tfue entry, graph files without their JSON (a store
+    # under way, or one that failed: the next store of the key overwrites them).
+    import hashlib
+
+    hex_json = hashlib.sha1(b"run 17").hexdigest() + ".json"
+    hex_onnx = hashlib.sha1(b"w").hexdigest() + ".best.onnx"
+    under_way = make_key({"k": "d"}) + ".model.onnx"
+    left_over = make_key({"k": "e"}) + ".model.onnx"
     (folder / "my_thesis.txt").write_bytes(bytes(5000))
+    (folder / hex_json).write_text('{"accuracy": 0.93}')
+    (folder / hex_onnx).write_bytes(b"user model")
     (folder / ".tfue-x.tmp").write_bytes(bytes(10))  # another process's write under way
+    (folder / under_way).write_bytes(bytes(10))
+    (folder / left_over).write_bytes(bytes(10))
     (folder / "notes").mkdir()
-    for name in ("my_thesis.txt", ".tfue-x.tmp"):
+    for name in ("my_thesis.txt", ".tfue-x.tmp", hex_json, hex_onnx, left_over):
         os.utime(folder / name, (0, 0))
     ours = [f for f in os.listdir(folder) if f.startswith((a, b, c))]
     size = sum(os.path.getsize(folder / f) for f in ours)
     removed = cache.trim(limit=size - 1)
     assert removed > 0 and cache.load(b, {}) is None  # the least recently used went
     assert cache.load(a, {}) is not None and cache.load(c, {}) is not None
-    assert (folder / "my_thesis.txt").stat().st_size == 5000
-    assert (folder / ".tfue-x.tmp").exists() and (folder / "notes").is_dir()
     assert cache.trim(limit=0, keep=a) > 0 and cache.load(a, {}) is not None
-    assert sorted(os.listdir(folder)) == sorted([".tfue-x.tmp", "my_thesis.txt", "notes",
-                                                 f"{a}.json", f"{a}.model.onnx"])
+    assert sorted(os.listdir(folder)) == sorted([
+        ".tfue-x.tmp", "my_thesis.txt", "notes", hex_json, hex_onnx, under_way, left_over,
+        f"{a}.json", f"{a}.model.onnx"])
+    assert (folder / "my_thesis.txt").stat().st_size == 5000
+    assert (folder / hex_json).read_text() == '{"accuracy": 0.93}'
+
+
+def test_a_fifo_in_the_cache_is_a_miss_not_a_hang(tmp_path):
+    from tfue_onnx.cache import make_key
+
+    cache = DiskCache(str(tmp_path / "c"))
+    key = make_key({"k": 1})
+    assert cache.store(key, {"a": 1}, {"model": b"abc"})
+    os.remove(tmp_path / "c" / f"{key}.model.onnx")
+    os.mkfifo(tmp_path / "c" / f"{key}.model.onnx")
+    assert cache.load(key, {}) is None
 
 
 def test_update_of_an_entry_trimmed_meanwhile_is_no_error(tmp_path, monkeypatch):

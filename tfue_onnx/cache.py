@@ -18,7 +18,9 @@ verifies afresh (``Runner``). An entry's graphs hold no weights kept in initiali
 of 64 KiB or more (those stay in the model's files) but do hold weights stored in
 ``Constant`` nodes or small initializers (paddle2onnx exports: about twice the model
 per entry); graphs over ``MAX_GRAPH_BYTES`` are not stored (rebuilt next time), and
-the folder is trimmed to ``MAX_CACHE_BYTES``, least recently used entries first.
+tfue's entries are trimmed to ``MAX_CACHE_BYTES``, least recently used first; only
+whole entries (a JSON that is a tfue entry naming its key, and its graph files) are
+ever removed, so other files in the folder, whatever their names, stay.
 
 The folder is ``$TFUE_CACHE_DIR`` when set, else the platform's user cache folder
 (``platformdirs.user_cache_dir("tfue-onnx")``, e.g. ``~/.cache/tfue-onnx`` on Linux).
@@ -118,6 +120,8 @@ class DiskCache:
         if not self.enabled:
             return None
         try:
+            if not os.path.isfile(self._path(key, ".json")):
+                return None  # missing, or not a regular file (a FIFO would block)
             with open(self._path(key, ".json"), encoding="utf-8") as f:
                 entry = json.load(f)
             if not isinstance(entry, dict) or entry.get("format") != FORMAT or \
@@ -129,6 +133,8 @@ class DiskCache:
                 return None
             graphs = {}
             for name, digest in (entry.get("graphs") or {}).items():
+                if not os.path.isfile(self._path(key, f".{name}.onnx")):
+                    return None
                 with open(self._path(key, f".{name}.onnx"), "rb") as f:
                     data = f.read()
                 if hashlib.sha256(data).hexdigest() != digest:
@@ -176,23 +182,23 @@ class DiskCache:
             for name in os.listdir(self.folder):
                 path = os.path.join(self.folder, name)
                 match = _ENTRY_FILE.fullmatch(name)
-                # Only tfue's own entries: anything else in the folder is left alone.
-                if match and os.path.isfile(path):
+                if match and os.path.isfile(path) and not os.path.islink(path):
                     files.setdefault(match.group(1), []).append(path)
-            total = sum(os.path.getsize(p) for paths in files.values() for p in paths)
+            # Only tfue's own entries go: a key whose JSON is a tfue entry naming that
+            # key. Anything else is left alone, whatever its name.
+            owned = {}
+            for k, paths in files.items():
+                kind = self._owned(k, paths)
+                if kind is not None:
+                    owned[k] = (kind, paths)
+            total = sum(os.path.getsize(p) for _, paths in owned.values() for p in paths)
             if total <= limit:
                 return 0
-
-            def used(k):
-                try:
-                    return os.path.getmtime(self._path(k, ".json"))
-                except OSError:
-                    return 0.0  # no JSON: a leftover, removed first
             removed = 0
-            for k in sorted((k for k in files if k != keep), key=used):
+            for k in sorted((k for k in owned if k != keep), key=lambda k: owned[k][0]):
                 if total - removed <= limit:
                     break
-                for p in files[k]:
+                for p in owned[k][1]:
                     try:
                         size = os.path.getsize(p)
                         os.remove(p)
@@ -202,6 +208,25 @@ class DiskCache:
             return removed
         except OSError:
             return 0
+
+    def _owned(self, key: str, paths: list):
+        """When entry ``key`` was last used (its JSON's time), or None when its files
+        are not a whole tfue entry."""
+        json_path = self._path(key, ".json")
+        if json_path not in paths:
+            # Graph files without their JSON: a store under way (it writes the graphs
+            # first), the leftover of one that failed (the next store of that key
+            # overwrites it), or not tfue's at all: left alone.
+            return None
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or \
+                not isinstance(entry.get("format"), int):
+            return None
+        return os.path.getmtime(json_path)
 
     def update(self, key: str, **fields) -> bool:
         """Add ``fields`` to the entry for ``key`` (its graph files kept as they are);
