@@ -463,7 +463,7 @@ def test_each_input_says_how_it_ran(cli, toy, tmp_path):
     assert len(notes) == 2 and "x[1, 3, 8, 8]" in notes[0] and "x[1, 3, 6, 10]" in notes[1]
 
 
-@pytest.mark.parametrize("edit", ["level", "draw-kind", "outputs"])
+@pytest.mark.parametrize("edit", ["level", "draw-kind", "draw-index", "outputs", "batch-axis"])
 def test_a_resealed_entry_that_contradicts_the_run_is_not_used(toy, x8, monkeypatch,
                                                                  own_cache, edit):
     from tfue_onnx.cache import _seal
@@ -478,6 +478,10 @@ def test_a_resealed_entry_that_contradicts_the_run_is_not_used(toy, x8, monkeypa
         g["level_inputs"][name][0] = 0.5
     elif edit == "draw-kind":
         g["draws"][0][2] = "uniform"
+    elif edit == "draw-index":
+        g["draws"][0][4] = 7
+    elif edit == "batch-axis":
+        data["fields"]["batch_axes"] = {"r1": 1}
     else:
         g["stats_outputs"] = []
     data["seal"] = _seal(data)
@@ -570,3 +574,16 @@ def test_update_of_an_entry_trimmed_meanwhile_is_no_error(tmp_path, monkeypatch)
         return found
     monkeypatch.setattr(cache, "load", load_then_vanish)
     assert cache.update(key, tuning={"chunk": 2}) is False
+
+
+def test_a_batch_of_two_from_the_cache_keeps_its_batch_axis(toy, x8, monkeypatch):
+    calls = _spy_verify(monkeypatch)
+    x2 = np.concatenate([x8, x8[:, :, ::-1]])
+    first = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=2)(x2)
+    est = Estimator(toy(), Noise(0.2, at="r1"), samples=6, seed=2)
+    second = est(x2)
+    assert calls == ["looped-suffix"] and any("verified by an earlier run" in n
+                                              for n in est.notes)
+    assert second.metadata["draws"] == first.metadata["draws"]
+    assert "per batch item (axis 0" in second.metadata["draws"]["r1"]
+    np.testing.assert_array_equal(second.variance, first.variance)

@@ -1124,6 +1124,8 @@ class Runner:
             spatial = SpatialAxes.from_json(fields["spatial_axes"])
             shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
             axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
+            if not _plausible_axes(feeds, shapes, axes):
+                return None
         except Exception:  # anything amiss in an entry makes it a miss, never an error
             return None
         if provider != fields["provider"]:
@@ -1164,8 +1166,8 @@ class Runner:
             return False
         if isinstance(self.spec, (Noise, Dropout)):
             want = "normal" if isinstance(self.spec, Noise) else "uniform"
-            if any(d.kind != want or d.location != self.location for d in ug.draws) or \
-                    len(ug.draws) != 1:
+            if any(d.kind != want or d.location != self.location or d.index != 1
+                   for d in ug.draws) or len(ug.draws) != 1:
                 return False
             if any(float(v) != float(np.asarray(self.spec.level, dtype=v.dtype))
                    for v in ug.level_inputs.values()) or len(ug.level_inputs) != 1:
@@ -1707,6 +1709,20 @@ def _choose(trials: list) -> dict:
     fastest = min(t["s_per_sample"] for t in trials)
     near = [t for t in trials if t["s_per_sample"] <= (1 + GAIN) * fastest]
     return min(near, key=lambda t: (t["chunk"], t["s_per_sample"]))
+
+
+def _plausible_axes(feeds, shapes: dict, axes: dict) -> bool:
+    """Whether cached batch axes fit ``feeds``: none at a batch of one (the whole
+    tensor's draws are the item's), else an axis of the location of the batch's size."""
+    batch = {v.shape[0] for v in feeds.values() if v.ndim}
+    for loc, axis in axes.items():
+        if axis is None:
+            continue
+        shape = shapes.get(loc)
+        if batch == {1} or shape is None or not 0 <= axis < len(shape) or \
+                shape[axis] not in batch:
+            return False
+    return True
 
 
 def _shapes_text(feeds) -> str:
