@@ -182,6 +182,31 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path, own_c
     assert s["location"] == best["at"] and s["level"] == best["level"]
     assert s["at_auto"]["from"] == "sweep" and s["at_auto"]["value"] == best["value"]
     assert s["at_auto"]["interval"] == best["interval"]
+    # Asked for the method the sweep did not try: one line naming what to do.
+    r = cli("run", ppocr_det, ocr_pairs / "inputs" / "text00.png", "--method", "dropout",
+            "--at", "auto", "--sweep-result", out, *NORM, "--out", tmp_path / "run2")
+    assert r.exit_code == 2 and "has no point for dropout" in r.stderr
+    assert "sweep --methods dropout" in r.stderr
+
+
+def test_at_auto_takes_the_best_of_the_method_asked_for(cli, ppocr_det, ocr_pairs, tmp_path):
+    out = tmp_path / "sweep"
+    r = cli("sweep", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
+            "--methods", "noise,dropout", "--at", "0.25,0.5", "--sigmas", "0.1", "--rates",
+            "0.1", "-n", 4, *NORM, "--bootstrap", 0, "--out", out)
+    assert r.exit_code == 0, r.output
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    overall = json.loads((out / "best.json").read_text())
+    other = "dropout" if overall["method"] == "noise" else "noise"
+    mine = [p for p in points if p["method"] == other]
+    want = max(mine, key=lambda p: p["table"]["l1"]["pixel"])
+    r = cli("run", ppocr_det, ocr_pairs / "inputs" / "text00.png", "--method", other,
+            "--at", "auto", "--sweep-result", out, *NORM, "--out", tmp_path / "run", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["method"], s["location"], s["level"]) == (other, want["at"], want["level"])
+    assert s["at_auto"]["value"] == pytest.approx(want["table"]["l1"]["pixel"])
+    assert f"the best {other} pixel_l1" in r.stderr
 
 
 def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):

@@ -212,12 +212,9 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
         raise TfueError(f"--at auto chooses a location for noise or dropout, not {method}",
                         "drop --at auto")
     if sweep_result is not None:
-        best = load_best(sweep_result)
-        if best["method"] != method:
-            raise TfueError(f"the sweep's best point is for {best['method']}, not {method}",
-                            f"use --method {best['method']}, or another sweep result")
+        best = load_best(sweep_result, method)
         click.echo(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
-                   f"{sweep_result}: the best {best.get('metric')} "
+                   f"{sweep_result}: the best {method} {best.get('metric')} "
                    f"({_rounded(best.get('value'))}"
                    f"{_band(best.get('interval'))}) of that sweep", err=True)
         return best["at"], best["level"], {

@@ -281,8 +281,20 @@ def write_sweep(out_dir: str, summary: dict) -> list:
     return written
 
 
-def load_best(path: str) -> dict:
-    """The best point of a saved sweep (a sweep folder or its best.json)."""
+def load_best(path: str, method: str | None = None) -> dict:
+    """The best point of a saved sweep (a sweep folder or its best.json).
+
+    Args:
+        path: the folder ``tfue sweep`` wrote, or its best.json.
+        method: the best point of this method (``noise`` or ``dropout``), when the
+            sweep's overall best is of the other one: read from sweep.json beside it,
+            by the sweep's own metric.
+
+    Raises:
+        TfueError: the file is not a sweep result, or the sweep has no point of
+            ``method``.
+    """
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         path = os.path.join(path, "best.json")
     try:
@@ -293,7 +305,26 @@ def load_best(path: str) -> dict:
                         "pass the folder 'tfue sweep' wrote, or its best.json") from None
     if not isinstance(best, dict) or not {"method", "at", "level"} <= set(best):
         raise TfueError(f"'{path}' is not a sweep result", "pass best.json from 'tfue sweep'")
-    return best
+    if method is None or best["method"] == method:
+        return best
+    full = os.path.join(folder, "sweep.json")
+    try:
+        with open(full) as f:
+            summary = json.load(f)
+        points, metric = summary["points"], summary["metric"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TfueError(f"the sweep's best point is for {best['method']}, and its other "
+                        f"points cannot be read from '{full}' ({exc})",
+                        f"use --method {best['method']}, or the whole sweep folder") from None
+    mine = [p for p in points if p.get("method") == method]
+    if not mine:
+        raise TfueError(f"the sweep in '{folder}' has no point for {method}",
+                        f"use --method {best['method']}, or sweep --methods {method}")
+    top = mine[0]
+    for p in mine[1:]:
+        if better(metric, metric_value(p["table"], metric), metric_value(top["table"], metric)):
+            top = p
+    return _best(top, mine, metric, best.get("sigma_mode", "absolute"))
 
 
 def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.05,
