@@ -418,3 +418,17 @@ def test_run_compress_and_other_outputs_under_their_names(cli, tmp_path, x8):
         plain = sorted(f for f in z.files if "." not in f)
         assert plain == ["mean", "metadata", "output", "variance"]
         assert "r1.output" in z.files and not any(f.startswith("y.") for f in z.files)
+
+
+def test_inspect_and_export_print_what_the_user_gave(cli, toy, tmp_path):
+    """Issue 12: a float32 ratio printed as the user wrote it, no seed for methods that
+    draw nothing."""
+    r = cli("inspect", toy(opset=13, dropout_ratio=0.1))
+    assert r.exit_code == 0 and "ratio 0.1  input r1" in r.stdout
+    assert "0.10000000149" not in r.stdout
+    r = cli("export", toy(), "-o", tmp_path / "t.onnx", "--method", "transform")
+    assert r.exit_code == 0, r.output
+    assert "transform at input, N=8, strategy " in r.stdout and "seed" not in r.stdout
+    r = cli("export", toy(), "-o", tmp_path / "n.onnx", "--method", "noise", "--at", "r1",
+            "--seed", 4)
+    assert r.exit_code == 0 and ", seed 4, strategy " in r.stdout

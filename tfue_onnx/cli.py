@@ -90,7 +90,8 @@ def inspect(model, as_json, show_all):
                                                            " (MC-dropout needs some; "
                                                            "infer-dropout does not)"))
     for dr in d["dropouts"]:
-        click.echo(f"  {dr['name']}  ratio {dr['ratio']}  input {dr['input']}")
+        ratio = "computed" if dr["ratio"] is None else f"{dr['ratio']:.6g}"  # float32 as read
+        click.echo(f"  {dr['name']}  ratio {ratio}  input {dr['input']}")
 
 
 def _spread(items, k):
@@ -535,9 +536,9 @@ def export(models, out, verbose, example, force, **perturbation):
     ug = est.standalone_graph(feeds)  # the graph export wrote (cached)
     written = est.exported_files
     data = f" (weights in {written[1]} beside it)" if len(written) > 1 else ""
+    seed = f"seed {est.seed}, " if ug.sampling else ""  # transforms, ensembles draw nothing
     click.echo(f"wrote {path}{data}: {est.spec.method} at {est.location}, N={est.samples}, "
-               f"seed {est.seed}, strategy {ug.strategy}; outputs "
-               + ", ".join(est.exported_outputs))
+               f"{seed}strategy {ug.strategy}; outputs " + ", ".join(est.exported_outputs))
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------
