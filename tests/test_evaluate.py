@@ -556,3 +556,17 @@ def test_at_auto_on_a_fixed_non_square_input_uses_flips(tmp_path):
     pick = choose_by_agreement(str(tmp_path / "fixed.onnx"), "noise", [x], samples=4,
                                at_count=2, levels=(0.05, 0.1))
     assert pick["reference"] == "flips" and "infer-transformation's (flips)" in pick["reason"]
+
+
+def test_tolerability_of_an_all_zero_output_is_said_in_words():
+    from tfue_onnx.evaluate import tolerability_line
+    from tfue_onnx.metrics import tolerability
+
+    zero = np.zeros((1, 1, 4, 4), np.float32)
+    t = tolerability(zero + 0.01, zero)
+    assert t["relative_change"] == float("inf")
+    assert tolerability_line(t) == ("tolerability: mean |mean - output| = 0.01 (the output "
+                                    "is 0 everywhere: no relative change)")
+    t = tolerability(np.full(4, 1.02), np.ones(4))
+    assert tolerability_line(t) == ("tolerability: mean |mean - output| = 0.02 (2.00% of "
+                                    "mean |output|)")

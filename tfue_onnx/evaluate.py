@@ -354,10 +354,18 @@ def format_table(table: dict) -> str:
         lines.append("baseline: " + table["baseline"]["map"])
         lines += _versus_baseline(table)
     if "tolerability" in table:
-        t = table["tolerability"]
-        lines.append(f"tolerability: mean |mean - output| = {t['mean_abs_change']:.4g} "
-                     f"({100 * t['relative_change']:.2f}% of mean |output|)")
+        lines.append(tolerability_line(table["tolerability"]))
     return "\n".join(lines)
+
+
+def tolerability_line(t: dict) -> str:
+    """One line for ``metrics.tolerability``'s dict: the mean absolute change of the mean
+    output and its share of the output's mean magnitude (in words when the output is 0
+    everywhere, where that share is undefined)."""
+    rel = t["relative_change"]
+    share = (f"{100 * rel:.2f}% of mean |output|" if np.isfinite(rel) else
+             "the output is 0 everywhere: no relative change")
+    return f"tolerability: mean |mean - output| = {t['mean_abs_change']:.4g} ({share})"
 
 
 def _versus_baseline(table: dict) -> list:
