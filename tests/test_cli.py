@@ -432,3 +432,28 @@ def test_inspect_and_export_print_what_the_user_gave(cli, toy, tmp_path):
     r = cli("export", toy(), "-o", tmp_path / "n.onnx", "--method", "noise", "--at", "r1",
             "--seed", 4)
     assert r.exit_code == 0 and ", seed 4, strategy " in r.stdout
+
+
+def test_two_onnxruntime_builds_are_named_with_the_fix(cli, toy, monkeypatch):
+    """Issue 12: plain onnxruntime beside onnxruntime-gpu overwrite each other's files."""
+    from importlib import metadata
+
+    from tfue_onnx.session import conflicting_onnxruntimes
+
+    installed = {"onnxruntime": "1.20.0", "onnxruntime-gpu": "1.31.1"}
+
+    def version(name):
+        if name in installed:
+            return installed[name]
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", version)
+    assert conflicting_onnxruntimes() == ["onnxruntime 1.20.0", "onnxruntime-gpu 1.31.1"]
+    r = cli("inspect", toy())
+    assert r.exit_code == 0
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert "onnxruntime 1.20.0 and onnxruntime-gpu 1.31.1 are installed together" in line
+    assert line.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && "
+                         "pip install onnxruntime-gpu")
+    del installed["onnxruntime"]
+    assert conflicting_onnxruntimes() == []
+    assert "warning:" not in cli("inspect", toy()).stderr

@@ -37,10 +37,26 @@ class _Group(click.Group):
     """Turns TfueError into one line and exit 2, wherever it is raised."""
 
     def invoke(self, ctx):
+        _warn_about_onnxruntimes()  # (--help and --version exit before this)
         try:
             return super().invoke(ctx)
         except TfueError as exc:
             _fail(exc)
+
+
+def _warn_about_onnxruntimes() -> None:
+    """One line on stderr when several onnxruntime builds share one install (they
+    overwrite each other's files), with the commands that fix it."""
+    from .session import conflicting_onnxruntimes
+
+    both = conflicting_onnxruntimes()
+    if both:
+        names = " ".join(b.split()[0] for b in both)
+        keep = "onnxruntime-gpu" if any(b.startswith("onnxruntime-gpu") for b in both) \
+            else both[0].split()[0]
+        click.echo(f"warning: {' and '.join(both)} are installed together and overwrite "
+                   f"each other's files (onnxruntime may fail or lose its providers); fix: "
+                   f"pip uninstall -y {names} && pip install {keep}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

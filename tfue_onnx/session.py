@@ -25,6 +25,31 @@ def _ort():
     return onnxruntime
 
 
+# Distributions that all install the Python package `onnxruntime` into one folder.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
+                     "onnxruntime-openvino", "onnxruntime-silicon")
+
+
+def conflicting_onnxruntimes() -> list:
+    """The onnxruntime distributions installed side by side (empty when at most one).
+
+    Each of them installs the package ``onnxruntime``; with two, the files of one
+    overwrite the other's and imports or providers break in ways that do not name the
+    cause (installing tfue where plain ``onnxruntime`` already was adds
+    ``onnxruntime-gpu`` on Linux x86-64 and Windows). Read from the installed
+    metadata; nothing is imported.
+    """
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found if len(found) > 1 else []
+
+
 # Session option that stops onnxruntime from packing the weights of MatMul, Gemm, Conv,
 # LSTM ... into a layout of its own at session creation: a packed copy lives in the
 # session's anonymous memory (as large as the weights), beside the weights themselves.
