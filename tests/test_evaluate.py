@@ -187,6 +187,16 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path, own_c
             "--at", "auto", "--sweep-result", out, *NORM, "--out", tmp_path / "run2")
     assert r.exit_code == 2 and "has no point for dropout" in r.stderr
     assert "sweep --methods dropout" in r.stderr
+    # The same folder with a smaller grid: only its points count, the others stay apart.
+    r = cli(*args, "--sigmas", "0.5")
+    assert r.exit_code == 0, r.output
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("[")]  # all done
+    small = json.loads((out / "sweep.json").read_text())
+    assert {p["level"] for p in small["points"]} == {0.5} and len(small["points"]) == 2
+    assert small["points_of_other_grids"] == 2 and "2 finished point(s) of another grid" \
+        in r.stdout
+    assert json.loads((out / "best.json").read_text())["level"] == 0.5
+    assert len((out / "sweep.jsonl").read_text().splitlines()) == 5  # nothing lost
 
 
 def test_at_auto_takes_the_best_of_the_method_asked_for(cli, ppocr_det, ocr_pairs, tmp_path):

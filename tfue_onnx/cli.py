@@ -743,6 +743,9 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     from .sweep import format_best
 
     click.echo(format_best(result))
+    if result.get("points_of_other_grids"):
+        click.echo(f"({result['points_of_other_grids']} finished point(s) of another grid in "
+                   f"{out_dir}/sweep.jsonl are kept apart: not in this summary or its best)")
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
 
 

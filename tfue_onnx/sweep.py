@@ -124,10 +124,14 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
         config["pad"] = pad
     done = _resume(out_dir, config, force)
     loaded = [p.load() for p in pairs]  # the calibration set is read once
-    points = list(done.values())
+    # Points of this grid only: those of another grid run into the same folder stay in
+    # sweep.jsonl, apart (neither counted nor candidates for the best).
+    wanted = {(m, c.name, float(lv)) for m in methods for c in locations for lv in grids[m]}
+    points = [p for k, p in done.items() if k in wanted]
+    apart = len(done) - len(points)
     total = sum(len(grids[m]) for m in methods) * len(locations)
-    finished = len(done)
-    baseline = next((p["baseline"] for p in points if p.get("baseline")), None)
+    finished = len(points)
+    baseline = next((p["baseline"] for p in done.values() if p.get("baseline")), None)
     for method in methods:
         for cand in locations:
             todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
@@ -168,6 +172,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
             best = p
     summary = {"config": config, "metric": metric, "points": points,
                "best": None if best is None else _best(best, points, metric, sigma_mode)}
+    if apart:
+        summary["points_of_other_grids"] = apart
     if baseline is not None:
         summary["baseline"] = baseline
     if out_dir is not None:
