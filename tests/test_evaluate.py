@@ -580,3 +580,14 @@ def test_tolerability_of_an_all_zero_output_is_said_in_words():
     t = tolerability(np.full(4, 1.02), np.ones(4))
     assert tolerability_line(t) == ("tolerability: mean |mean - output| = 0.02 (2.00% of "
                                     "mean |output|)")
+
+
+def test_evaluate_checks_image_options_before_any_work(cli, ppocr_det, ocr_pairs, tmp_path):
+    """Issue 12: a --std of the wrong length is one line and exit 2, before progress."""
+    out = tmp_path / "ev"
+    r = cli("evaluate", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
+            "--method", "noise", "-n", 2, "--std", "0.5,0.5", "--out", out)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: --std has 2 values") and "Hint:" in lines[0]
+    assert not out.exists()

@@ -647,6 +647,8 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     est = _estimator(models, auto_feeds=auto_feeds, **perturbation)
     pairs = pairs_for(est.info)
     _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
+    if pairs:  # image options and the graph checked on the first pair before any work
+        est.prepare(pairs[0].load()[0])
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
         try:
