@@ -457,3 +457,12 @@ def test_two_onnxruntime_builds_are_named_with_the_fix(cli, toy, monkeypatch):
     del installed["onnxruntime"]
     assert conflicting_onnxruntimes() == []
     assert "warning:" not in cli("inspect", toy()).stderr
+
+
+def test_eta_text():
+    from tfue_onnx.cli import _eta
+
+    assert _eta(10.0, 2, 3) == " (ETA 15s)"
+    assert _eta(60.0, 1, 2) == " (ETA 2m00s)"
+    assert _eta(3600.0, 1, 2) == " (ETA 2h00m)"
+    assert _eta(5.0, 1, 0) == "" and _eta(0.0, 0, 4) == ""

@@ -142,8 +142,10 @@ def test_sweep_resumes_and_picks_best(cli, ppocr_det, ocr_pairs, tmp_path, own_c
     assert not own_cache.exists()  # --no-cache: nothing written
     lines = r.stderr.splitlines()  # two points, with progress lines and intervals
     assert len(lines) == 2 and all(re.match(r"\[\d/2\] noise at .* level 0.1: pixel_l1 = "
-                                            r"-?\d\.\d{4} \[-?\d\.\d{4}, -?\d\.\d{4}\]$", ln)
+                                            r"-?\d\.\d{4} \[-?\d\.\d{4}, -?\d\.\d{4}\]"
+                                            r"( \(ETA \d+s\))?$", ln)
                                    for ln in lines), lines
+    assert "(ETA " in lines[0] and "ETA" not in lines[1]  # the last point has none
     # A second run with one more level finishes only the new points.
     r = cli(*args, "--sigmas", "0.1,0.5")
     assert r.exit_code == 0, r.output

@@ -407,6 +407,17 @@ def _lines(items, label="sampling"):
         yield item
 
 
+def _eta(elapsed: float, done: int, left: int) -> str:
+    """" (ETA 1m05s)": the time ``left`` more steps take at the pace of the ``done`` ones
+    (empty when nothing is left or nothing was timed)."""
+    if left <= 0 or done <= 0:
+        return ""
+    rest = int(round(elapsed / done * left))
+    text = f"{rest // 3600}h{rest % 3600 // 60:02d}m" if rest >= 3600 else \
+        f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+    return f" (ETA {text})"
+
+
 def _progress_for_stderr():
     return _progress if sys.stderr.isatty() else _lines
 
@@ -725,13 +736,21 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
         pad = _auto_pad(model, layout)
     pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
                    norm_mean, norm_std, resize)
+    clock = {}
+
     def progress(done, total, point):
         from .sweep import metric_interval, metric_value
+        now = time.perf_counter()
+        clock.setdefault("start", (started, done - 1))  # points resumed are not timed
+        t0, before = clock["start"]
         iv = metric_interval(point["table"], metric)
         band = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and None not in iv else ""
         click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
                    f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
-                   f"{metric_value(point['table'], metric):.4f}{band}", err=True)
+                   f"{metric_value(point['table'], metric):.4f}{band}"
+                   + _eta(now - t0, done - before, total - done), err=True)
+
+    started = time.perf_counter()
 
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
