@@ -228,6 +228,10 @@ def test_at_auto_without_a_sweep(cli, toy, tmp_path, x8):
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stderr.splitlines() if "--at auto picked" in ln)
     assert "agrees best with infer-transformation's (d4)" in line and "<= 10%" in line
+    # One progress line per location tried, the last without an ETA.
+    steps = [ln for ln in r.stderr.splitlines() if ln.startswith("tfue: --at auto [")]
+    assert steps and steps[-1].startswith(f"tfue: --at auto [{len(steps)}/{len(steps)}] ")
+    assert all("(ETA " in ln for ln in steps[:-1]) and "ETA" not in steps[-1]
     assert "that agreement is weak" in line  # a random toy: nothing agrees
     s = json.loads(r.stdout)
     assert s["location"] in ("c1", "r1", "c2") and 0 < s["level"] <= 0.5  # intermediate

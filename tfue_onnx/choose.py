@@ -94,7 +94,8 @@ def reference_maps(model, feeds_list, transforms: str = REFERENCE, provider: str
 def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
                         at_count: int = 8, levels=None, samples: int = 8, seed: int = 0,
                         sigma_mode: str = "absolute", provider: str = "auto", pad=None,
-                        layout: str = "auto", transforms: str = REFERENCE) -> dict:
+                        layout: str = "auto", transforms: str = REFERENCE,
+                        progress=None) -> dict:
     """Pick (location, level) for ``method`` without targets, by agreement with
     infer-transformation.
 
@@ -119,6 +120,8 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
         seed: the sampling seed (the choice is deterministic for it).
         sigma_mode, provider, pad, layout: as for ``Estimator`` / ``Noise``.
         transforms: the infer-transformation set of the reference map.
+        progress: called as ``progress(done, total, text)`` after each location (``total``
+            locations; ``text`` says what it measured), for a progress line.
 
     Returns:
         A dict with ``at``, ``index``, ``depth``, ``level`` and ``reason`` (what was
@@ -168,7 +171,8 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
     info = inspect_model(model) if isinstance(model, (str, os.PathLike)) else ModelInfo(model)
     levels = sorted(float(lv) for lv in (levels or LEVELS))
     points = []
-    for cand in interior_locations(info, at_count):
+    where = interior_locations(info, at_count)
+    for k, cand in enumerate(where, 1):
         spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
             Dropout(levels[0], at=cand.name)
         est = Estimator(model, spec, samples=samples, seed=seed, provider=provider, pad=pad,
@@ -188,6 +192,11 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
                            "agreement": float(np.mean(scores)) if scores else float("nan"),
                            "mean_variance": float(np.mean([np.mean(r.variance)
                                                            for r in results]))})
+        if progress is not None:
+            mine = [p for p in points if p["at"] == cand.name]
+            progress(k, len(where), f"{cand.name} (depth {cand.depth:.2f}): " + (
+                f"{len(mine)} level(s) up to {mine[-1]['level']:g} within the tolerance"
+                if mine else "no level within the tolerance"))
     scored = [p for p in points if p["agreement"] == p["agreement"]]
     if not scored:
         raise TfueError(f"no location and level keeps the mean output within {tolerance:.0%} "

@@ -237,9 +237,15 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
         return best["at"], best["level"], {
             "from": "sweep", "sweep_result": os.path.abspath(sweep_result),
             **{k: best.get(k) for k in ("at", "level", "metric", "value", "interval")}}
+    started = time.perf_counter()
+
+    def progress(done, total, text):  # the choice takes minutes on large models
+        click.echo(f"tfue: --at auto [{done}/{total}] {text}"
+                   + _eta(time.perf_counter() - started, done, total - done), err=True)
+
     pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
                                sigma_mode=sigma_mode, seed=0 if seed is None else seed,
-                               pad=pad, layout=layout)
+                               pad=pad, layout=layout, progress=progress)
     click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
     return pick["at"], pick["level"], {"from": "agreement" if "agreement" in pick else
