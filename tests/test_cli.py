@@ -466,3 +466,18 @@ def test_eta_text():
     assert _eta(60.0, 1, 2) == " (ETA 2m00s)"
     assert _eta(3600.0, 1, 2) == " (ETA 2h00m)"
     assert _eta(5.0, 1, 0) == "" and _eta(0.0, 0, 4) == ""
+
+
+def test_quiet_leaves_stderr_to_warnings_and_errors(cli, setup, toy, tmp_path):
+    """Issue 12: --quiet: no progress or information lines."""
+    model, npy, out = setup
+    r = cli("run", model, npy, "--method", "noise", "--at", "auto", "-n", 4, "--out", out,
+            "--quiet")
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    assert "summary:" in r.stdout
+    r = cli("run", model, npy, "--method", "noise", "--at", "auto", "-n", 4, "--out",
+            tmp_path / "loud")
+    assert "--at auto picked" in r.stderr and "sampling [1/1]" in r.stderr
+    line = _one_error_line(cli("run", model, npy, "--method", "noise", "--sigma", -1, "-q",
+                               "--out", tmp_path / "bad"))
+    assert "sigma" in line

@@ -193,6 +193,7 @@ def perturbation_options(f):
         click.option("--verbose", "-v", is_flag=True,
                      help="Say which strategies were tried and why."),
         pad_option,
+        quiet_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -230,7 +231,7 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
                         "drop --at auto")
     if sweep_result is not None:
         best = load_best(sweep_result, method)
-        click.echo(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
+        _say(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
                    f"{sweep_result}: the best {method} {best.get('metric')} "
                    f"({_rounded(best.get('value'))}"
                    f"{_band(best.get('interval'))}) of that sweep", err=True)
@@ -240,13 +241,13 @@ def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feed
     started = time.perf_counter()
 
     def progress(done, total, text):  # the choice takes minutes on large models
-        click.echo(f"tfue: --at auto [{done}/{total}] {text}"
+        _say(f"tfue: --at auto [{done}/{total}] {text}"
                    + _eta(time.perf_counter() - started, done, total - done), err=True)
 
     pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
                                sigma_mode=sigma_mode, seed=0 if seed is None else seed,
                                pad=pad, layout=layout, progress=progress)
-    click.echo(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
+    _say(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
                f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
     return pick["at"], pick["level"], {"from": "agreement" if "agreement" in pick else
                                        "tolerability", **{k: v for k, v in pick.items()
@@ -286,7 +287,7 @@ def _models(paths, method) -> tuple:
         infos, notes = collect_members(paths)
         for note in notes:
             click.echo(f"tfue: {note}", err=True)
-        click.echo(f"tfue: ensemble of {len(infos)} member(s): "
+        _say(f"tfue: ensemble of {len(infos)} member(s): "
                    + ", ".join(m.path for m in infos), err=True)
         return infos[0].path, infos[1:], notes
     files = [f for f, _ in model_files(paths)]
@@ -344,7 +345,7 @@ def _auto_pad(model, layout) -> int:
     from .model import inspect_model
 
     pad, how = resolve_pad(inspect_model(model), "auto", layout)
-    click.echo(f"tfue: --pad auto chose {pad}: {how}", err=True)
+    _say(f"tfue: --pad auto chose {pad}: {how}", err=True)
     return pad
 
 
@@ -409,8 +410,27 @@ def _lines(items, label="sampling"):
     """Progress where there is no terminal (logs, CI): one line per item on stderr."""
     items = list(items)
     for k, item in enumerate(items, 1):
-        click.echo(f"tfue: {label} [{k}/{len(items)}] {_item_name(item)}", err=True)
+        _say(f"tfue: {label} [{k}/{len(items)}] {_item_name(item)}", err=True)
         yield item
+
+
+_QUIET = [False]  # --quiet of the command running (set by its option's callback)
+
+
+def _say(text: str, err: bool = True, warning: bool = False) -> None:
+    """A progress or information line on stderr; --quiet keeps only warnings."""
+    if warning or not _QUIET[0]:
+        click.echo(text, err=err)
+
+
+def _set_quiet(ctx, param, value):
+    _QUIET[0] = bool(value)
+    return value
+
+
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=_set_quiet,
+    help="No progress or information lines on stderr (warnings and errors still).")
 
 
 def _eta(elapsed: float, done: int, left: int) -> str:
@@ -425,6 +445,8 @@ def _eta(elapsed: float, done: int, left: int) -> str:
 
 
 def _progress_for_stderr():
+    if _QUIET[0]:
+        return None
     return _progress if sys.stderr.isatty() else _lines
 
 
@@ -493,7 +515,8 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     progress = _progress_for_stderr()
     try:
         summary = run_inputs(est, files, out_dir, options, progress=progress,
-                             note=lambda line: click.echo(f"tfue: {line}", err=True),
+                             note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
+                                 "warning")),
                              compress=compress, started=_STARTED)
     finally:
         _notes(est, verbose)
@@ -691,6 +714,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 
 
 @main.command()
+@quiet_option
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--methods", default="noise,dropout", show_default=True,
@@ -751,7 +775,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
         t0, before = clock["start"]
         iv = metric_interval(point["table"], metric)
         band = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and None not in iv else ""
-        click.echo(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
+        _say(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
                    f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
                    f"{metric_value(point['table'], metric):.4f}{band}"
                    + _eta(now - t0, done - before, total - done), err=True)
