@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -481,3 +482,25 @@ def test_quiet_leaves_stderr_to_warnings_and_errors(cli, setup, toy, tmp_path):
     line = _one_error_line(cli("run", model, npy, "--method", "noise", "--sigma", -1, "-q",
                                "--out", tmp_path / "bad"))
     assert "sigma" in line
+
+
+def test_long_inputs_show_their_samples(cli, setup, monkeypatch):
+    """Issue 12: progress within one input's N samples, when there is no terminal."""
+    import tfue_onnx.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "SAMPLES_EVERY", 0.0)  # every run of samples
+    model, npy, out = setup
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 6, "--chunk", 2,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "samples" in ln]
+    # After each run of 2 but the last (6/6 is the input's own line's business).
+    assert [ln.split(" (ETA ")[0] for ln in lines] == [
+        f"tfue: sampling img.npy: {k}/6 samples" for k in (2, 4)]
+    assert all(re.search(r" \(ETA \d+s\)$", ln) for ln in lines), lines
+    from tfue_onnx import Estimator, Noise
+
+    seen = []
+    Estimator(model, Noise(0.2, at="r1"), samples=5, chunk=2)(
+        np.load(npy)[None], progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]

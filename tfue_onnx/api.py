@@ -68,8 +68,8 @@ class Estimator(Runner):
     a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.
     """
 
-    def __call__(self, inputs, level: float | None = None) -> Result:
-        return self.run(inputs, level=level)
+    def __call__(self, inputs, level: float | None = None, progress=None) -> Result:
+        return self.run(inputs, level=level, progress=progress)
 
     def export(self, path, example=None, force: bool = False) -> str:
         """Write the verified uncertainty graph with N fixed to ``path``.

@@ -444,6 +444,24 @@ def _eta(elapsed: float, done: int, left: int) -> str:
     return f" (ETA {text})"
 
 
+SAMPLES_EVERY = 10.0  # seconds between the progress lines of one input's samples
+
+
+def _samples_said(path):
+    """A ``progress(done, total)`` for one input's samples: a line on stderr at most
+    every SAMPLES_EVERY seconds (long inputs show they are alive), with an ETA."""
+    start = time.perf_counter()
+    last = [start]
+
+    def say(done, total):
+        now = time.perf_counter()
+        if done < total and now - last[0] >= SAMPLES_EVERY:
+            last[0] = now
+            _say(f"tfue: sampling {_item_name(path)}: {done}/{total} samples"
+                 + _eta(now - start, done, total - done))
+    return say
+
+
 def _progress_for_stderr():
     if _QUIET[0]:
         return None
@@ -517,7 +535,8 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
         summary = run_inputs(est, files, out_dir, options, progress=progress,
                              note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
                                  "warning")),
-                             compress=compress, started=_STARTED)
+                             compress=compress, started=_STARTED,
+                             sample_progress=None if progress is not _lines else _samples_said)
     finally:
         _notes(est, verbose)
     if as_json:

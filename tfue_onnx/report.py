@@ -235,7 +235,8 @@ def _check_kept_samples(estimator, feeds) -> None:
 
 
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
-               compress: bool = False, started: float | None = None) -> dict:
+               compress: bool = False, started: float | None = None,
+               sample_progress=None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -254,6 +255,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         compress: deflate the .npz files (``--compress``).
         started: ``time.perf_counter()`` when the caller started (default: now), for
             ``timing.startup_s``.
+        sample_progress: ``sample_progress(path)`` gives the ``progress(done, total)``
+            callback for that input's samples (or None), for long inputs.
 
     Returns:
         The run summary (also written to ``out_dir``/summary.json); its ``timing``
@@ -298,7 +301,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
             t0 = time.perf_counter()
             if startup is None:
                 startup = t0 - started
-            result = estimator(feeds)
+            result = estimator(feeds, progress=sample_progress(path)) if sample_progress \
+                else estimator(feeds)
             t1 = time.perf_counter()
             meta = result.metadata
             prepare_out_dir(out_dir)

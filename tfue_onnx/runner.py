@@ -1232,12 +1232,15 @@ class Runner:
         chunk = chunk or min(self.samples, DEFAULT_CHUNK)
         return _split_sizes(self.samples, chunk)
 
-    def run(self, feeds, level: float | None = None) -> Result:
+    def run(self, feeds, level: float | None = None, progress=None) -> Result:
         """Sample the perturbed model on ``feeds`` (an array or dict of arrays).
 
         ``level`` overrides the spec's sigma or rate for this run (every
-        perturbed location at once), without rebuilding the graph.
+        perturbed location at once), without rebuilding the graph. ``progress`` is
+        called as ``progress(done, total)`` after each run of samples (``total`` = N),
+        for long inputs.
         """
+        self._progress = progress
         feeds = self.check_feeds(feeds)
         if isinstance(self.spec, Entropy):
             return self._run_entropy(feeds)
@@ -1275,12 +1278,12 @@ class Runner:
         tuning = None
         if ug.prefix is not None:
             chunks, tuning = [], {}
-            results = self._statistics(ug, self._split_outputs(ug, sess, feeds, provider,
-                                                                level, chunks, tuning))
+            runs = self._split_outputs(ug, sess, feeds, provider, level, chunks, tuning)
         else:
             chunks = self.chunk_sizes(feeds)
-            results = self._statistics(ug, self._chunk_outputs(ug, sess, feeds, provider,
-                                                                level, chunks))
+            runs = self._chunk_outputs(ug, sess, feeds, provider, level, chunks)
+        results = self._statistics(ug, _counted(runs, self.samples,
+                                                getattr(self, "_progress", None)))
         meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
                 "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
         if tuning:
@@ -1709,6 +1712,17 @@ def _choose(trials: list) -> dict:
     fastest = min(t["s_per_sample"] for t in trials)
     near = [t for t in trials if t["s_per_sample"] <= (1 + GAIN) * fastest]
     return min(near, key=lambda t: (t["chunk"], t["s_per_sample"]))
+
+
+def _counted(runs, total: int, progress):
+    """``runs`` ((samples, outputs) pairs) passed on, calling ``progress(done, total)``
+    after each run that made samples (the samples merged so far)."""
+    done = 0
+    for n, out in runs:
+        yield n, out
+        done += n
+        if progress is not None and n:
+            progress(done, total)
 
 
 def _plausible_axes(feeds, shapes: dict, axes: dict) -> bool:
