@@ -73,8 +73,9 @@ def test_evaluate_cli(cli, ppocr_det, ocr_pairs, tmp_path):
                                                    ["l2", "method"], ["l2", "baseline"]]
     assert float(csv[1].split(",")[2]) == pytest.approx(table["l1"]["pixel"], rel=1e-5)
     from PIL import Image
-    with Image.open(out / "text00.eval.png") as im:
-        assert im.size == (3 * 128 + 8, 64)
+    with Image.open(out / "text00.eval.png") as im:  # three labelled panels side by side
+        assert im.size[0] > 2 * im.size[1]
+    assert m["images"][0]["picture_map"] == [64, 128]  # H x W as the output has them
     # Existing results are not overwritten.
     r = cli("evaluate", ppocr_det, ocr_pairs / "inputs", "--targets", ocr_pairs / "targets",
             "--method", "noise", *NORM, "--out", out)
@@ -329,9 +330,8 @@ def test_evaluate_reads_the_runs_own_image_axes(tmp_path):
         v, e = r.variance[0].mean(-1), np.abs(r.output - target)[0].mean(-1)  # 12 x 10
         per.append(metrics.pearson(v, e))
     assert res["table"]["l1"]["pixel"] == pytest.approx(np.mean(per), rel=1e-6)
-    from PIL import Image
-    with Image.open(tmp_path / "p0.eval.png") as im:
-        assert im.size == (3 * 10 + 8, 12)  # three H x W panels
+    assert (tmp_path / "p0.eval.png").stat().st_size > 5000
+    assert res["images"][0]["picture_map"] == [12, 10]  # the H x W axes of an NHWC output
     maps = metrics.image_maps(np.zeros((2, 6, 5, 8)), hw_axes=(1, 2))
     assert len(maps) == 2 and maps[0].shape == (6, 5)
 
@@ -411,9 +411,8 @@ def test_evaluate_entropy_on_a_segmenter_and_a_classifier(tmp_path):
         assert r.entropy.shape == (1, 10, 12)
         per.append(metrics.pearson(r.entropy[0], np.abs(r.output - target)[0].mean(0)))
     assert res["table"]["l1"]["pixel"] == pytest.approx(np.mean(per), rel=1e-6)
-    from PIL import Image
-    with Image.open(tmp_path / "p0.eval.png") as im:
-        assert im.size == (3 * 12 + 8, 10)
+    assert (tmp_path / "p0.eval.png").stat().st_size > 5000
+    assert res["images"][0]["picture_map"] == [10, 12]  # the entropy map's H x W
     # A classifier's entropy is one number per input: only the correlation over inputs.
     cls = toys.classifier_net(tmp_path / "cls.onnx")
     pairs = _npz_pairs(cls, tmp_path / "cls_pairs",
@@ -597,3 +596,18 @@ def test_evaluate_checks_image_options_before_any_work(cli, ppocr_det, ocr_pairs
     assert r.exit_code == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: --std has 2 values") and "Hint:" in lines[0]
     assert not out.exists()
+
+
+def test_output_image_draws_an_image_as_an_image():
+    """Issue 12: eval's output panel is the output drawn as an image, not false colour."""
+    from tfue_onnx.evaluate import output_image
+
+    rgb = np.random.default_rng(0).random((1, 3, 6, 5)).astype(np.float32)
+    img = output_image(rgb, (2, 3))
+    assert img.shape == (6, 5, 3)
+    np.testing.assert_allclose(img, rgb[0].transpose(1, 2, 0), rtol=1e-6)
+    nhwc = np.moveaxis(rgb, 1, -1)
+    np.testing.assert_allclose(output_image(nhwc, (1, 2)), img, rtol=1e-6)
+    grey = output_image(rgb[:, :1] * 40 - 7, (2, 3))  # outside [0, 1]: stretched
+    assert grey.shape == (6, 5) and grey.min() == 0 and grey.max() == 1
+    assert output_image(np.zeros((1, 10)), False) is None

@@ -17,8 +17,8 @@ import numpy as np
 from . import metrics
 from .errors import TfueError
 from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
-                 collect_inputs, colorize, image_to_input, load_input, open_image, save_json,
-                 save_png, spatial_map)
+                 collect_inputs, image_to_input, load_input, open_image, save_json,
+                 spatial_map)
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -238,13 +238,16 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
                     "baseline row for it (use --block-grid for blocks)"))
             per_image.append(item)
         if out_dir is not None and pictures:
-            picture = side_by_side(res.output, err, unc, axes, res.uncertainty_axes)
-            if picture is not None:
-                path = os.path.join(out_dir, f"{pair.name}.eval.png")
-                save_png(path, picture)
+            path = os.path.join(out_dir, f"{pair.name}.eval.png")
+            what = "entropy (nats)" if res.variance is None else "variance (output units²)"
+            shape = eval_picture(path, res.output, err, unc, axes, res.uncertainty_axes, what,
+                                 f"{pair.name}: {(meta or {}).get('method')} at "
+                                 f"{(meta or {}).get('at')}")
+            if shape is not None:
                 written.append(path)
                 for item in per_image[first:]:
                     item["picture"] = path
+                    item["picture_map"] = list(shape)  # [H, W] of the maps drawn
     if bootstrap_seed is None:
         bootstrap_seed = (meta or {}).get("seed")
         bootstrap_seed = 0 if bootstrap_seed is None else int(bootstrap_seed)
@@ -289,17 +292,61 @@ def crop_target(target: np.ndarray, output: np.ndarray):
     return target[index], target.shape
 
 
-def side_by_side(output, error, uncertainty, axes=None, u_axes="same") -> np.ndarray | None:
-    """Output, error and uncertainty maps as one RGB picture (each on its own scale);
-    ``axes``: the (h, w) axes as ``report.map_axes`` gives them (None: guessed);
-    ``u_axes``: the uncertainty's when they differ (an entropy map)."""
-    maps = [spatial_map(output, axes), spatial_map(error, axes),
+def output_image(output, axes=None) -> np.ndarray | None:
+    """Batch item 0 of an image-like output as a picture: [H, W, 3] for 3 channels,
+    [H, W] grey otherwise (the channel mean), in [0, 1] (clipped when the values lie
+    about in [0, 1], else stretched from min to max); None without a map.
+
+    Args:
+        output: the output array (rank 3 [B, H, W] or 4, NCHW or NHWC, or other).
+        axes: its (h, w) axes (``report.map_axes``); None: guessed; False: none.
+    """
+    out = np.asarray(output, dtype=np.float64)
+    if axes is None or axes is False or out.ndim not in (3, 4):
+        img = spatial_map(out, axes)
+        if img is None:
+            return None
+    else:
+        h, w = axes
+        other = [a for a in range(out.ndim) if a not in (h, w)]
+        item = np.moveaxis(out, other + [h, w], list(range(out.ndim)))[0]
+        img = np.moveaxis(item, 0, -1) if item.ndim == 3 and item.shape[0] == 3 else \
+            item.mean(axis=0) if item.ndim == 3 else item
+    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    if lo < -0.05 or hi > 1.05:  # not in [0, 1]: stretched
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.clip(img, 0, 1)
+
+
+def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
+                 what: str = "variance (output units²)",
+                 title: str | None = None) -> tuple | None:
+    """``NAME.eval.png``: the output drawn as an image, the L1 error map and the
+    uncertainty map, each with a title and a colour bar with its units. Returns the
+    maps' (H, W), or None (nothing written) when the output has no image axes or the
+    maps differ in size.
+
+    Args:
+        path: the .png file.
+        output, error, uncertainty: arrays shaped like the output (the uncertainty
+            without the class axis for an entropy map).
+        axes, u_axes: the (h, w) axes as ``report.map_axes`` gives them (None:
+            guessed; ``u_axes`` "same": the output's).
+        what: the uncertainty's name and units, for its colour bar.
+        title: the figure's title.
+    """
+    from .plots import panels
+
+    maps = [spatial_map(error, axes),
             spatial_map(uncertainty, axes if u_axes == "same" else u_axes)]
-    if any(m is None for m in maps) or len({m.shape for m in maps}) > 1:
+    picture = output_image(output, axes)
+    if picture is None or any(m is None for m in maps) or \
+            len({picture.shape[:2], maps[0].shape, maps[1].shape}) > 1:
         return None
-    gap = np.full((maps[0].shape[0], 4, 3), 255, np.uint8)
-    parts = [colorize(maps[0] - maps[0].min()), gap, colorize(maps[1]), gap, colorize(maps[2])]
-    return np.concatenate(parts, axis=1)
+    panels(path, [[("image", picture, ""), ("map", maps[0], "|output - target| (output units)"),
+                   ("map", maps[1], what)]],
+           ["output", "error (L1, channel mean)", "uncertainty (channel mean)"], title)
+    return maps[0].shape
 
 
 SHOWN = ("pixel", "block", "mean", "ause", "aurg")  # the text table's columns
@@ -415,4 +462,4 @@ def write_evaluation(out_dir: str, result: dict) -> list:
 
 __all__ = ["Pair", "make_pairs", "evaluate", "crop_target", "format_table", "table_csv",
            "write_evaluation",
-           "side_by_side"]
+           "eval_picture", "output_image"]

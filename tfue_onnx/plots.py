@@ -48,3 +48,52 @@ def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None)
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def panels(path: str, rows: list, titles: list, title: str | None = None) -> None:
+    """A labelled grid of pictures written to ``path`` (PNG, atomically).
+
+    Args:
+        path: the .png file.
+        rows: one list per row of ``(kind, array, label)``: kind ``"image"`` (an
+            [H, W, 3] array in [0, 1], or [H, W] grey, drawn as it is) or ``"map"`` (an
+            [H, W] float map, false-coloured with a colour bar whose label is
+            ``label``, e.g. the map's units); ``None`` leaves a cell empty.
+        titles: the column titles.
+        title: the figure's title.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    ncols = len(titles)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.2 * ncols, 3.0 * len(rows)),
+                             dpi=100, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=10)
+            cell = row[c] if c < len(row) else None
+            if cell is None:
+                ax.axis("off")
+                continue
+            kind, arr, label = cell
+            if kind == "image":
+                arr = np.clip(np.asarray(arr, dtype=np.float64), 0, 1)
+                ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1,
+                          interpolation="nearest")
+            else:
+                im = ax.imshow(np.asarray(arr, dtype=np.float64), cmap="magma",
+                               interpolation="nearest")
+                bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+                bar.set_label(label, fontsize=8)
+                bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
