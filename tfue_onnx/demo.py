@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .io import ImageOptions, colorize, save_json, save_png, spatial_map
+from .io import ImageOptions, save_json, spatial_map
 from .report import run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
@@ -64,7 +64,7 @@ def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "aut
         folder = prepare_out_dir(os.path.join(out_dir, name))
         summaries[name] = run_inputs(est, images, folder, ImageOptions(), progress=progress)
     overview = os.path.join(out_dir, "overview.png")
-    save_png(overview, _overview(out_dir, images))
+    _overview(overview, out_dir, images)
     summary = {"model": model, "images": images, "overview": overview,
                "runs": {name: {k: s[k] for k in ("method", "location", "level", "samples",
                                                   "seed", "strategy", "provider")} |
@@ -74,25 +74,27 @@ def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "aut
     return summary
 
 
-def _overview(out_dir: str, images: list) -> np.ndarray:
-    """One row per image: input (x2, nearest) | output | d4 variance | dropout variance."""
+def _overview(path: str, out_dir: str, images: list) -> None:
+    """``overview.png``: one row per image: the input (enlarged x2, nearest) | the
+    output | the d4 variance | the dropout variance, titled, the variances with colour
+    bars (output units², each map on its own scale)."""
     from PIL import Image
 
+    from .plots import panels
+
     rows = []
-    for path in images:
-        stem = os.path.splitext(os.path.basename(path))[0]
+    for p in images:
+        stem = os.path.splitext(os.path.basename(p))[0]
         with np.load(os.path.join(out_dir, "transform", stem + ".npz")) as z:
             out, var_t = z["output"][0], z["variance"]
         with np.load(os.path.join(out_dir, "dropout", stem + ".npz")) as z:
             var_d = z["variance"]
         h, w = out.shape[1:]
-        with Image.open(path) as im:
-            lr = np.asarray(im.convert("RGB").resize((w, h), Image.NEAREST))
-        sr = np.clip(out.transpose(1, 2, 0) * 255, 0, 255).astype(np.uint8)
-        gap = np.full((h, 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([lr, gap, sr, gap, colorize(spatial_map(var_t)), gap,
-                                    colorize(spatial_map(var_d))], axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
-            for r in rows]
-    return np.concatenate(rows, axis=0)
+        with Image.open(p) as im:
+            lr = np.asarray(im.convert("RGB").resize((w, h), Image.NEAREST)) / 255.0
+        rows.append([("image", lr, ""), ("image", out.transpose(1, 2, 0), ""),
+                     ("map", spatial_map(var_t), "variance (output units²)"),
+                     ("map", spatial_map(var_d), "variance (output units²)")])
+    panels(path, rows, ["input (x2, nearest)", "output (x2 SR)", "infer-transformation (d4)",
+                        f"infer-dropout (p = {DEMO_DROPOUT['rate']:g})"],
+           "tfue demo: uncertainty maps of the bundled x2 SR model")
