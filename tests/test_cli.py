@@ -504,3 +504,44 @@ def test_long_inputs_show_their_samples(cli, setup, monkeypatch):
     Estimator(model, Noise(0.2, at="r1"), samples=5, chunk=2)(
         np.load(npy)[None], progress=lambda done, total: seen.append((done, total)))
     assert seen == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_a_result_reads_back_as_it_was_run(cli, setup, tmp_path):
+    """Issue 12: NAME.npz read back (metadata is JSON inside the file) by a public helper."""
+    from onnx import TensorProto, helper
+
+    from tfue_onnx import Estimator, Noise, TfueError, read_result
+
+    model, npy, out = setup
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 6, "--seed", 3,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    back = read_result(out / "img.npz")
+    run = Estimator(model, Noise(0.1, at="r1"), samples=6, seed=3)(np.load(npy)[None])
+    for key in ("output", "mean", "variance"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(run, key))
+    assert back.metadata["seed"] == 3 and back.metadata["input"].endswith("img.npy")
+    assert back.image_axes == (2, 3)
+    # Two outputs, one with dots in its name: each comes back under its own name.
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y.a"]),
+         helper.make_node("Tanh", ["r"], ["z"])], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 4, 4])],
+        [helper.make_tensor_value_info("y.a", TensorProto.FLOAT, ["b", 3, 4, 4]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 3, 4, 4])])
+    import onnx
+
+    path = tmp_path / "two.onnx"
+    two = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    two.ir_version = 8
+    onnx.save(two, path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((1, 3, 4, 4), dtype=np.float32))
+    r = cli("run", path, tmp_path / "x.npy", "--method", "noise", "--at", "r", "-n", 4,
+            "--out", tmp_path / "two")
+    assert r.exit_code == 0, r.output
+    back = read_result(tmp_path / "two" / "x.npz")
+    assert list(back.outputs) == ["y.a", "z"] and back.primary == "y.a"
+    assert back.outputs["z"].variance.shape == (1, 3, 4, 4)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(TfueError, match="is not a result tfue wrote"):
+        read_result(tmp_path / "bad.npz")

@@ -21,9 +21,12 @@ def __getattr__(name):
     if name in ("inspect_model", "load_model", "ModelInfo"):
         from . import model
         return getattr(model, name)
+    if name == "read_result":
+        from . import report
+        return report.read_result
     raise AttributeError(f"module 'tfue_onnx' has no attribute {name!r}")
 
 
 __all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Transform", "Ensemble", "Entropy",
            "Estimator", "Result", "export",
-           "inspect_model", "load_model", "ModelInfo"]
+           "inspect_model", "load_model", "ModelInfo", "read_result"]

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .io import ImageOptions, save_json, spatial_map
-from .report import run_inputs
+from .report import read_result, run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
 DEMO_DROPOUT = {"at": "0.5", "rate": 0.05}
@@ -85,10 +85,9 @@ def _overview(path: str, out_dir: str, images: list) -> None:
     rows = []
     for p in images:
         stem = os.path.splitext(os.path.basename(p))[0]
-        with np.load(os.path.join(out_dir, "transform", stem + ".npz")) as z:
-            out, var_t = z["output"][0], z["variance"]
-        with np.load(os.path.join(out_dir, "dropout", stem + ".npz")) as z:
-            var_d = z["variance"]
+        d4 = read_result(os.path.join(out_dir, "transform", stem + ".npz"))
+        drop = read_result(os.path.join(out_dir, "dropout", stem + ".npz"))
+        out, var_t, var_d = d4.output[0], d4.variance, drop.variance
         h, w = out.shape[1:]
         with Image.open(p) as im:
             lr = np.asarray(im.convert("RGB").resize((w, h), Image.NEAREST)) / 255.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -39,6 +40,48 @@ def result_arrays(result) -> dict:
             if value is not None:
                 arrays[key if name == primary else f"{name}.{key}"] = value
     return arrays
+
+
+def read_result(path):
+    """A result written by ``tfue run`` (``NAME.npz``) read back as a ``Result``.
+
+    Args:
+        path: the .npz file.
+
+    Returns:
+        runner.Result: ``.outputs`` (output name -> OutputStats: ``output``, ``mean``,
+        ``variance`` ... as stored, float arrays shaped like the model's output,
+        variance in squared output units) and ``.metadata`` (the run's settings: method,
+        location, level, N, seed, strategy, provider, ``primary``, ``input``, ...), so
+        ``.variance`` and ``.image_axes`` work as on the result of a run.
+
+    Raises:
+        TfueError: the file cannot be read or is not a tfue result.
+    """
+    from .errors import TfueError
+    from .runner import OutputStats, Result
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("metadata")))
+        primary = meta["primary"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TfueError(f"'{path}' is not a result tfue wrote ({type(exc).__name__}: {exc})",
+                        "give a NAME.npz from 'tfue run'") from None
+    fields = {}
+    for key, value in arrays.items():
+        name, _, part = key.rpartition(".")
+        if not name or part not in ARRAY_KEYS:  # a plain key: the primary output's
+            name, part = primary, key
+        fields.setdefault(name, {})[part] = value
+    if any("output" not in f for f in fields.values()):
+        raise TfueError(f"'{path}' is not a result tfue wrote (an output is missing)",
+                        "give a NAME.npz from 'tfue run'")
+    outputs = {primary: None}  # the primary output first, as in the run
+    outputs.update({name: OutputStats(**f) for name, f in fields.items()})
+    outputs[primary] = OutputStats(**fields[primary])
+    return Result(outputs, meta)
 
 
 def write_result(out_dir: str, stem: str, result, source: str, compress: bool = False) -> dict:
