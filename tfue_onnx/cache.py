@@ -120,16 +120,11 @@ class DiskCache:
         if not self.enabled:
             return None
         try:
-            if not os.path.isfile(self._path(key, ".json")):
-                return None  # missing, or not a regular file (a FIFO would block)
-            with open(self._path(key, ".json"), encoding="utf-8") as f:
-                entry = json.load(f)
-            if not isinstance(entry, dict) or entry.get("format") != FORMAT or \
-                    entry.get("key") != key or entry.get("seal") != _seal(entry):
+            entry = self._sealed(key)
+            if entry is None:
                 return None
-            fields = entry.get("fields")
-            if not isinstance(fields, dict) or any(
-                    not isinstance(fields.get(k), t) for k, t in required.items()):
+            fields = entry["fields"]
+            if any(not isinstance(fields.get(k), t) for k, t in required.items()):
                 return None
             graphs = {}
             for name, digest in (entry.get("graphs") or {}).items():
@@ -209,6 +204,32 @@ class DiskCache:
         except OSError:
             return 0
 
+    def _entry(self, key: str) -> dict | None:
+        """The JSON of entry ``key`` when it is a tfue entry (of any format) naming that
+        key; None when it is missing, not a regular file (a FIFO would block), does not
+        parse, or is someone else's."""
+        path = self._path(key, ".json")
+        try:
+            if not os.path.isfile(path):
+                return None
+            with open(path, encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or \
+                not isinstance(entry.get("format"), int):
+            return None
+        return entry
+
+    def _sealed(self, key: str) -> dict | None:
+        """The JSON of entry ``key`` when it is of this FORMAT, matches its seal and
+        holds a dict of fields; else None."""
+        entry = self._entry(key)
+        if entry is None or entry["format"] != FORMAT or entry.get("seal") != _seal(entry) \
+                or not isinstance(entry.get("fields"), dict):
+            return None
+        return entry
+
     def _owned(self, key: str, paths: list):
         """When entry ``key`` was last used (its JSON's time), or None when its files
         are not a whole tfue entry."""
@@ -218,28 +239,18 @@ class DiskCache:
             # first), the leftover of one that failed (the next store of that key
             # overwrites it), or not tfue's at all: left alone.
             return None
-        try:
-            with open(json_path, encoding="utf-8") as f:
-                entry = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if not isinstance(entry, dict) or entry.get("key") != key or \
-                not isinstance(entry.get("format"), int):
-            return None
-        return os.path.getmtime(json_path)
+        return None if self._entry(key) is None else os.path.getmtime(json_path)
 
     def update(self, key: str, **fields) -> bool:
-        """Add ``fields`` to the entry for ``key`` (its graph files kept as they are);
-        False when there is no valid entry or it could not be written."""
-        if self.load(key, {}) is None:
+        """Add ``fields`` to the entry for ``key`` (its graph files and their recorded
+        hashes kept as they are: ``load`` checks them); False when there is no valid
+        entry (another process may have trimmed it) or it could not be written."""
+        if not self.enabled:
             return False
-        try:  # another process may have trimmed it since
-            with open(self._path(key, ".json"), encoding="utf-8") as f:
-                entry = json.load(f)
-            old, digests = dict(entry["fields"]), dict(entry.get("graphs") or {})
-        except (OSError, ValueError, TypeError, KeyError):
+        entry = self._sealed(key)
+        if entry is None:
             return False
-        return self._write(key, {**old, **fields}, digests)
+        return self._write(key, {**entry["fields"], **fields}, dict(entry.get("graphs") or {}))
 
     def _write(self, key: str, fields: dict, digests: dict) -> bool:
         from .io import atomic_write_bytes
