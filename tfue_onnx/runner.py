@@ -570,7 +570,7 @@ class Runner:
                 ug = graphs.build(self.info, spec, name, self.samples, self.seed,
                                   self.keep_samples or isinstance(spec, SAMPLED), self.classes,
                                   axes=self._graph_axes)
-                ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
+                self._share_banks(ug)
             except graphs.StrategyUnavailable as exc:
                 reason = str(exc)
                 if self._unconverted and name != "loop" and self.info is self.original:
@@ -591,6 +591,11 @@ class Runner:
             built = self._built[name] = (built[0], *self._sessions(built[0]))
         return built
 
+    def _share_banks(self, ug) -> None:
+        """Let ``ug`` draw from the banks every graph of this runner shares, kept up to
+        an eighth of ``max_memory``."""
+        ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
+
     def _sessions(self, ug):
         """``(session, provider)`` for ``ug``; for looped-suffix a :class:`_Split`
         (the prefix's session and the suffix's, made per thread count when asked)."""
@@ -598,14 +603,8 @@ class Runner:
             return create_session(ug.model, self.provider_request, threads=self.threads)
         suffix, provider = create_session(ug.model, self.provider_request, threads=self.threads)
         prefix, _ = create_session(ug.prefix, self.provider_request, threads=self.threads)
-        made = {self.threads: suffix}
-
-        def make(threads):
-            return made.pop(threads, None) or create_session(
-                ug.model, self.provider_request, threads=threads)[0]
-
-        split = _Split(prefix, make)
-        split.suffix_for(self.threads)
+        split = _Split(prefix, lambda threads: create_session(
+            ug.model, self.provider_request, threads=threads)[0], {self.threads: suffix})
         # A second suffix session (another thread count, tried by the autotuner) holds
         # its own packed copy of the weights: only for models whose copy is small.
         from .session import packed_bytes
@@ -1065,7 +1064,8 @@ class Runner:
             "format": FORMAT, "tfue": __version__, "code": code_digest(),
             "onnxruntime": onnxruntime.__version__,
             "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
-            "location": self.location, "signature": repr(_signature(feeds)), "provider": self.provider_request,
+            "location": self.location, "signature": repr(_signature(feeds)),
+            "provider": self.provider_request,
             "strategy": self.strategy_request, "keep_samples": self.keep_samples,
             "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
             "threads": self.threads, "max_memory": self.max_memory, "chunk": self.chunk,
@@ -1154,7 +1154,7 @@ class Runner:
             prefix=(onnx.ModelProto.FromString(stored["prefix"])
                     if "prefix" in stored else None))
         ug.samples = self.samples  # N is an input of the graph, not part of it
-        ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
+        self._share_banks(ug)
         return (ug, *self._sessions(ug))
 
     def _plausible(self, ug) -> bool:
@@ -1240,7 +1240,6 @@ class Runner:
         called as ``progress(done, total)`` after each run of samples (``total`` = N),
         for long inputs.
         """
-        self._progress = progress
         feeds = self.check_feeds(feeds)
         if isinstance(self.spec, Entropy):
             return self._run_entropy(feeds)
@@ -1251,7 +1250,7 @@ class Runner:
             level = float(self.spec.with_level(level).level)  # validates the level
         key = _signature(feeds)
         try:
-            return self._sampled(feeds, level)
+            return self._sampled(feeds, level, progress)
         except Exception as exc:
             if key not in self._from_disk:
                 raise
@@ -1259,7 +1258,7 @@ class Runner:
             self._forget(key)
             self.notes.append(f"cache: the entry for this input shape failed "
                               f"({type(exc).__name__}: {str(exc)[:120]}); verified afresh")
-            return self._sampled(feeds, level)
+            return self._sampled(feeds, level, progress)
 
     def _forget(self, key) -> None:
         """Drop what the disk cache gave for input signature ``key``; it is not read
@@ -1272,7 +1271,7 @@ class Runner:
         self._from_disk.discard(key)
         self._skip_disk.add(key)
 
-    def _sampled(self, feeds, level) -> Result:
+    def _sampled(self, feeds, level, progress=None) -> Result:
         ug, sess, provider = self._select(feeds)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
         tuning = None
@@ -1282,8 +1281,7 @@ class Runner:
         else:
             chunks = self.chunk_sizes(feeds)
             runs = self._chunk_outputs(ug, sess, feeds, provider, level, chunks)
-        results = self._statistics(ug, _counted(runs, self.samples,
-                                                getattr(self, "_progress", None)))
+        results = self._statistics(ug, _counted(runs, self.samples, progress))
         meta = {**self.describe(), "chunks": chunks, "strategy": ug.strategy,
                 "provider": provider, "spatial_axes": self.spatial_axes(feeds).metadata()}
         if tuning:
@@ -1378,10 +1376,11 @@ class Runner:
 
         For each intra-op thread count (the default, and 1 on a multi-core CPU when
         none was given and the weights' packed copy is at most ``SPARE_SESSION_BYTES``;
-        a session made for the trial runs the unperturbed output once first, untimed): chunks of 1, 2, 4, ... samples (up to what fits in
-        ``max_memory``), two runs each (the faster one counts: the first run at a size
-        grows onnxruntime's arena, and the machine may be busy; a size two runs of which
-        could never fit in N gets one), as long as each size is at least ``GAIN`` (5 %)
+        a session made for the trial runs the unperturbed output once first, untimed):
+        chunks of 1, 2, 4, ... samples (up to what fits in ``max_memory``), two runs
+        each (the faster one counts: the first run at a size grows onnxruntime's arena,
+        and the machine may be busy; a size two runs of which could never fit in N gets
+        one), as long as each size is at least ``GAIN`` (5 %)
         faster per sample than the best before it at that thread count and within
         ``FAR_BEHIND`` (1.5x) of the best of all. When this input's samples run out
         first, the next input of the shape goes on.
