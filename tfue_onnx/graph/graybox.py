@@ -338,21 +338,7 @@ def _cut(graph: gs.Graph, info: ModelInfo, spec) -> list:
         if id(out) not in made_in_suffix and all(out is not t for t in starts):
             name = info.output_names.get(out.name, out.name)
             raise StrategyUnavailable(f"output '{name}' does not depend on the location")
-    dynamic = info.dynamic_tensors
-    crossing, seen = [], set()
-    for node in graph.nodes:
-        if id(node) not in suffix:
-            continue
-        # A condition or trip count is one value for the whole batch: it crosses untiled,
-        # as do scalars (the same for every slot, since the prefix runs unperturbed).
-        control = {"If": 1, "Loop": 2}.get(node.op, 0)
-        for t in _reads(node)[control:] if control else _reads(node):
-            if t.shape is not None and len(t.shape) == 0:
-                continue
-            if isinstance(t, gs.Variable) and id(t) not in made_in_suffix and \
-                    t.name in dynamic and id(t) not in seen:
-                seen.add(id(t))
-                crossing.append(t)
+    crossing = _boundary(graph, suffix, info, tiled_only=True)
     if all(t.name in {i.name for i in info.inputs} for t in crossing):
         raise StrategyUnavailable("the location reads the model input directly: nothing to "
                                   "share (the batched strategy is the same)")
@@ -381,16 +367,23 @@ def looped_suffix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: 
                   sampling=sampling, split=True)
 
 
-def _boundary(graph: gs.Graph, suffix: set, info: ModelInfo) -> list:
-    """Every input-dependent tensor the suffix nodes read but do not make (tiled or not:
-    the location, skip connections, shapes computed from the input), in graph order."""
+def _boundary(graph: gs.Graph, suffix, info: ModelInfo, tiled_only: bool = False) -> list:
+    """Every input-dependent tensor the suffix nodes (ids in ``suffix``) read but do not
+    make, in graph order: the location, skip connections, shapes computed from the
+    input. ``tiled_only``: only those that cross tiled, without what is one value for
+    the whole batch (an If's condition, a Loop's trip count and condition, scalars: the
+    same for every slot, since the prefix runs unperturbed)."""
     made = {id(t) for n in graph.nodes if id(n) in suffix for t in n.outputs}
     dynamic = info.dynamic_tensors
     found, seen = [], set()
     for node in graph.nodes:
         if id(node) not in suffix:
             continue
-        for t in _reads(node):
+        reads = _reads(node)
+        if tiled_only:
+            reads = [t for t in reads[{"If": 1, "Loop": 2}.get(node.op, 0):]
+                     if t.shape is None or len(t.shape) > 0]
+        for t in reads:
             if isinstance(t, gs.Variable) and id(t) not in made and t.name in dynamic and \
                     id(t) not in seen:
                 seen.add(id(t))
