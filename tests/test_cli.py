@@ -545,3 +545,14 @@ def test_a_result_reads_back_as_it_was_run(cli, setup, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(TfueError, match="is not a result tfue wrote"):
         read_result(tmp_path / "bad.npz")
+
+
+def test_a_result_without_its_primary_output_is_refused(tmp_path):
+    import json as json_module
+
+    from tfue_onnx import TfueError, read_result
+
+    np.savez(tmp_path / "r.npz", **{"z.output": np.zeros(3)},
+             metadata=np.array(json_module.dumps({"primary": "y"})))
+    with pytest.raises(TfueError, match="an output is missing"):
+        read_result(tmp_path / "r.npz")

@@ -75,12 +75,11 @@ def read_result(path):
         if not name or part not in ARRAY_KEYS:  # a plain key: the primary output's
             name, part = primary, key
         fields.setdefault(name, {})[part] = value
-    if any("output" not in f for f in fields.values()):
+    if primary not in fields or any("output" not in f for f in fields.values()):
         raise TfueError(f"'{path}' is not a result tfue wrote (an output is missing)",
                         "give a NAME.npz from 'tfue run'")
-    outputs = {primary: None}  # the primary output first, as in the run
+    outputs = {primary: OutputStats(**fields.pop(primary))}  # first, as in the run
     outputs.update({name: OutputStats(**f) for name, f in fields.items()})
-    outputs[primary] = OutputStats(**fields[primary])
     return Result(outputs, meta)
 
 
@@ -344,8 +343,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
             t0 = time.perf_counter()
             if startup is None:
                 startup = t0 - started
-            result = estimator(feeds, progress=sample_progress(path)) if sample_progress \
-                else estimator(feeds)
+            progress_of = sample_progress(path) if sample_progress else None
+            result = estimator(feeds, progress=progress_of)
             t1 = time.perf_counter()
             meta = result.metadata
             prepare_out_dir(out_dir)
