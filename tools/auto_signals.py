@@ -20,7 +20,6 @@ divided by the sweep's pick (from W/NAME.json) evaluated the same way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,7 +27,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from auto_vs_sweep import CHOICE_INPUTS, one_thread, per_image_correlation, setups  # noqa: E402
+from auto_vs_sweep import (CHOICE_INPUTS, per_image_correlation, setups,  # noqa: E402
+                           study_arguments)
 
 TOLERANCE = 0.05
 
@@ -90,12 +90,7 @@ def rules(points) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/tfue-auto")
-    ap.add_argument("--models", default="srresnet,upconv7,ppocr")
-    ap.add_argument("--out", default=None, help="also write the table (markdown) here")
-    args = ap.parse_args(argv)
-    one_thread()
+    args = study_arguments(argv, __doc__.splitlines()[0])
     from tfue_onnx import Dropout, Estimator, Noise
     from tfue_onnx.choose import reference_maps
     from tfue_onnx.model import inspect_model

@@ -202,13 +202,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(argv, description: str):
+    """The options the --at auto studies share (--work, --models, --out), parsed; every
+    onnxruntime session of the process then runs on one thread."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--work", default="/tmp/tfue-auto")
     ap.add_argument("--models", default="srresnet,upconv7,ppocr")
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = ap.parse_args(argv)
     one_thread()
+    return args
+
+
+def main(argv=None):
+    args = study_arguments(argv, __doc__.splitlines()[0])
     os.makedirs(args.work, exist_ok=True)
     makers = setups(args.work)
     results = {}
