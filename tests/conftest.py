@@ -32,12 +32,12 @@ def sample_cost(monkeypatch):
     """The autotuner's timings, made deterministic: every run costs ``cost(threads, n)``
     seconds per sample (default: 1 ms whatever the chunk and thread count, so the
     trial keeps the default threads and chunk 1). ``sample_cost(fn)`` sets another."""
-    from tfue_onnx.runner import Runner
+    from tfue_onnx.runner import Estimator
 
     def use(cost):
         def timed(run, threads, n, level, first):
             return run(threads, n, level, first), cost(threads, n) * n
-        monkeypatch.setattr(Runner, "_timed_run", staticmethod(timed))
+        monkeypatch.setattr(Estimator, "_timed_run", staticmethod(timed))
 
     use(lambda threads, n: 1e-3)
     return use

@@ -19,7 +19,7 @@ from tfue_onnx import Dropout, Noise, TfueError, Transform
 from tfue_onnx import graph as graphs
 from tfue_onnx.model import ModelInfo, toposorted
 from tfue_onnx.perturb import Ensemble, Entropy
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(7)
@@ -177,7 +177,7 @@ def _check_level_zero(info, spec, strategy, x, samples=3):
     """Build ``spec`` with ``strategy``; level 0 must give the model's outputs exactly."""
     ref = _run(info.model, {"x": x})
     if strategy == "looped-suffix":  # two graphs: the runner drives them
-        r = Runner(info.model, spec, samples=samples, seed=1, strategy=strategy, provider="cpu")
+        r = Estimator(info.model, spec, samples=samples, seed=1, strategy=strategy, provider="cpu")
         res = r.run({"x": x}, level=0.0)
         assert res.metadata["strategy"] == strategy
         for name, value in ref.items():
@@ -263,7 +263,7 @@ def test_noise_before_an_if_reaches_through_its_branches(strategy, x):
     Monte-Carlo reference; a perturbation that missed the branches would give 0."""
     model = if_model("value")
     ref = _suffix_reference(model, "r1", x, 0.3, 200, np.random.default_rng(3))
-    r = Runner(model, Noise(0.3, at="r1"), samples=200, seed=5, strategy=strategy,
+    r = Estimator(model, Noise(0.3, at="r1"), samples=200, seed=5, strategy=strategy,
                provider="cpu").run({"x": x})
     got = r.outputs["y"].variance
     assert r.metadata["strategy"] == strategy
@@ -281,7 +281,7 @@ def test_loop_and_scan_bodies_reading_outer_tensors(build, x):
     for strategy in ("shared-prefix", "batched"):
         for at in ("r1", out):
             _check_level_zero(info, Noise(0.3, at=at), strategy, x)
-    r = Runner(info.model, Noise(0.3, at="r1"), samples=4, seed=0, provider="cpu")
+    r = Estimator(info.model, Noise(0.3, at="r1"), samples=4, seed=0, provider="cpu")
     assert float(r.run({"x": x}).outputs["y"].variance.mean()) > 1e-4
 
 
@@ -316,7 +316,7 @@ def test_contrib_ops_are_typed_by_onnxruntime(op, x):
     assert info.resolve_location("0.5").name in ("g", "r")
     for strategy in graphs.STRATEGIES:
         _check_level_zero(info, Noise(0.3, at="g"), strategy, x)
-    r = Runner(model, Dropout(0.3, at="r"), samples=4, seed=0, provider="cpu")
+    r = Estimator(model, Dropout(0.3, at="r"), samples=4, seed=0, provider="cpu")
     assert float(r.run({"x": x}).outputs["y"].variance.mean()) > 0
 
 
@@ -492,10 +492,10 @@ def res_shape(runner, x):
 ])
 def test_class_axis_follows_the_opset(opset, axis, kw, expected, x):
     model = softmax_model(opset, axis, **kw)
-    r = Runner(model, Entropy(), provider="cpu") if expected is not None else None
+    r = Estimator(model, Entropy(), provider="cpu") if expected is not None else None
     if expected is None:
         with pytest.raises(TfueError, match="class probabilities") as e:
-            Runner(model, Entropy(), provider="cpu")
+            Estimator(model, Entropy(), provider="cpu")
         if kw.get("op") != "LogSoftmax":
             assert f"opset {opset}" in e.value.message and "--classify" in e.value.hint
         return
@@ -514,7 +514,7 @@ def test_opset11_softmax_over_several_axes_is_one_distribution(x):
     """Before opset 13 Softmax(axis=1) on [N, K, H, W] is one distribution over K*H*W:
     entropy, BALD and the winning-class variance are over those axes together."""
     model = softmax_model(11, 1)
-    r = Runner(model, Noise(0.5, at="logits"), samples=6, seed=0, keep_samples=True,
+    r = Estimator(model, Noise(0.5, at="logits"), samples=6, seed=0, keep_samples=True,
                provider="cpu")
     assert r.classes == {"probs": (1, 2, 3)}
     res = r.run({"x": x})
@@ -532,7 +532,7 @@ def test_opset11_softmax_over_several_axes_is_one_distribution(x):
     np.testing.assert_allclose(out.class_variance, var, rtol=1e-3, atol=1e-9)
     assert res.metadata["classes"]["outputs"] == {"probs": (1, 2, 3)}
     # Asked for explicitly, the classes are axis 1 (the user's word).
-    r = Runner(model, Entropy(), classify=True, class_axis=1, provider="cpu")
+    r = Estimator(model, Entropy(), classify=True, class_axis=1, provider="cpu")
     p = _run(model, {"x": x})["probs"]
     np.testing.assert_allclose(r.run({"x": x}).outputs["probs"].entropy, _entropy(p, 1),
                                rtol=1e-4, atol=1e-6)
@@ -540,7 +540,7 @@ def test_opset11_softmax_over_several_axes_is_one_distribution(x):
 
 def test_opset11_softmax_moved_after_is_noted_not_classified(x):
     model = softmax_model(11, 1, transpose=[0, 2, 3, 1])
-    r = Runner(model, Noise(0.2, at="logits"), samples=3, seed=0, provider="cpu")
+    r = Estimator(model, Noise(0.2, at="logits"), samples=3, seed=0, provider="cpu")
     assert r.classes == {}
     assert any("normalises over all axes from 1 on" in n for n in r.notes)
     res = r.run({"x": x})
@@ -561,7 +561,7 @@ def logits_model(opset=13):
 def test_softmax_option_keeps_the_user_locations(opset, x):
     model = logits_model(opset)
     user = ModelInfo(model)
-    r = Runner(model, Noise(0.5, at="logits"), softmax=True, samples=6, seed=0,
+    r = Estimator(model, Noise(0.5, at="logits"), softmax=True, samples=6, seed=0,
                keep_samples=True, provider="cpu")
     assert r.location == "logits"
     assert [(c.index, c.depth) for c in r.info.candidates] == \
@@ -580,7 +580,7 @@ def test_softmax_option_keeps_the_user_locations(opset, x):
     np.testing.assert_allclose(samples.sum(2), 1, rtol=1e-5)
     assert float(res.outputs["logits"].variance.mean()) > 1e-6
     # A location inside the user's graph is the same tensor with or without --softmax.
-    r2 = Runner(model, Noise(0.5, at="0.5"), softmax=True, samples=3, seed=0, provider="cpu")
+    r2 = Estimator(model, Noise(0.5, at="0.5"), softmax=True, samples=3, seed=0, provider="cpu")
     assert r2.location == user.resolve_location("0.5").name
 
 

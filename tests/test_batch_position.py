@@ -19,7 +19,6 @@ from test_reproducibility import _draws, two_dropout_net
 from tfue_onnx import Dropout, Estimator, MCDropout, Noise
 from tfue_onnx import graph as graphs
 from tfue_onnx.graph import builder
-from tfue_onnx.runner import Runner
 
 SPECS = {
     "noise": Noise(0.3, at="r1"),
@@ -212,7 +211,7 @@ def test_a_batch_of_one_needs_no_second_probe_run(toy, items, monkeypatch):
     shared = Estimator(toy(), Dropout(0.3, at="r1"), samples=3, seed=0, strategy="shared-prefix")
     runs.clear()
     monkeypatch.setattr(shared, "_probe_shapes", lambda ug, feeds: runs.append(
-        feeds["x"].shape) or Runner._probe_shapes(shared, ug, feeds))
+        feeds["x"].shape) or Estimator._probe_shapes(shared, ug, feeds))
     shared(items[0])
     assert runs == [(1, 3, 8, 8)]
     shared(np.concatenate(items))

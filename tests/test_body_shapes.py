@@ -23,7 +23,7 @@ from tfue_onnx import graph as graphs
 from tfue_onnx.graph.builder import Draw, draw_bank, keep_ranks
 from tfue_onnx.model import ModelInfo
 from tfue_onnx.perturb import Dropout, Ensemble
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(11)
@@ -181,7 +181,7 @@ def test_every_location_and_strategy_matches_the_reference(case, shaped):
             want = np.stack([run_plain(cut, {"x": x, at: t + sigma * e.reshape(t.shape)})["y"]
                              for e in eps])
             for strategy in ("shared-prefix", "batched", "loop"):
-                res = Runner(model, Noise(sigma, at=at), samples=n, seed=seed, strategy=strategy,
+                res = Estimator(model, Noise(sigma, at=at), samples=n, seed=seed, strategy=strategy,
                              provider="cpu", keep_samples=True).run({"x": x})
                 assert res.metadata["strategy"] == strategy, (at, strategy)
                 y = res.outputs["y"]
@@ -202,7 +202,7 @@ def test_dropout_and_exported_graph_on_unshaped_bodies(build, opset, locations):
     for at in locations[:2]:  # st0 is 0 * mo: dropout leaves it unchanged
         variances = []
         for strategy in ("shared-prefix", "batched", "loop"):
-            res = Runner(model, Dropout(0.3, at=at), samples=4, seed=2, strategy=strategy,
+            res = Estimator(model, Dropout(0.3, at=at), samples=4, seed=2, strategy=strategy,
                          provider="cpu").run({"x": x})
             assert res.metadata["strategy"] == strategy
             np.testing.assert_array_equal(res.outputs["y"].output, ref)
@@ -225,10 +225,10 @@ def test_transforms_and_ensembles_on_unshaped_bodies(build, opset, locations):
     x = _x(1, seed=5, width=4)  # square: the 90° family applies
     ya, yb = run_plain(a, {"x": x})["y"], run_plain(b, {"x": x})["y"]
     for strategy in ("batched", "loop"):
-        res = Runner(a, Transform(), strategy=strategy, provider="cpu").run({"x": x})
+        res = Estimator(a, Transform(), strategy=strategy, provider="cpu").run({"x": x})
         assert res.metadata["strategy"] == strategy
         np.testing.assert_allclose(res.outputs["y"].output, ya, rtol=1e-6, atol=1e-6)
-    res = Runner(a, Ensemble([b]), provider="cpu").run({"x": x})
+    res = Estimator(a, Ensemble([b]), provider="cpu").run({"x": x})
     want = np.stack([ya, yb])
     np.testing.assert_allclose(res.outputs["y"].mean, want.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(res.outputs["y"].variance, want.var(0), rtol=1e-4, atol=1e-6)

@@ -22,7 +22,7 @@ from tfue_onnx.convert import convert, restore_names
 from tfue_onnx.graph.builder import Draw, draw_bank
 from tfue_onnx.model import ModelInfo
 from tfue_onnx.perturb import Dropout
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(5)
@@ -128,7 +128,7 @@ def test_every_location_resolves_on_the_copy_and_runs_shared_prefix(name):
         cut = cut_at(model, at, t.shape)
         want = np.stack([run_plain(cut, {"x": X, at: t + sigma * e.reshape(t.shape)})["y"]
                          for e in eps])
-        res = Runner(model, Noise(sigma, at=at), samples=n, seed=seed, strategy="shared-prefix",
+        res = Estimator(model, Noise(sigma, at=at), samples=n, seed=seed, strategy="shared-prefix",
                      provider="cpu", keep_samples=True).run({"x": X})
         assert res.metadata["strategy"] == "shared-prefix", at
         assert res.metadata["converted_opset"] == [info.opset, 13]
@@ -154,7 +154,7 @@ def test_restore_names_maps_the_converters_names_back():
     assert "u" in [i for n in raw.graph.node if n.op_type == "Relu" for i in n.input]
     np.testing.assert_allclose(run_plain(raw, {"x": X})["y"], run_plain(model, {"x": X})["y"], rtol=1e-6)
     for strategy in ("shared-prefix", "batched"):
-        res = Runner(model, Dropout(0.3, at="u"), samples=4, seed=1, strategy=strategy,
+        res = Estimator(model, Dropout(0.3, at="u"), samples=4, seed=1, strategy=strategy,
                      provider="cpu").run({"x": X})
         assert res.metadata["strategy"] == strategy and res.metadata["at"] == "u"
         assert float(res.outputs["y"].variance.mean()) > 1e-6
@@ -167,7 +167,7 @@ def test_an_unusable_copy_gives_the_real_reason_for_a_refused_strategy(monkeypat
 
     monkeypatch.setattr(convert_module, "restore_names", lambda original, converted: {})
     with pytest.raises(Exception) as err:
-        Runner(upsample(8), Dropout(0.3, at="u"), samples=2, seed=0, strategy="batched",
+        Estimator(upsample(8), Dropout(0.3, at="u"), samples=2, seed=0, strategy="batched",
                provider="cpu").run({"x": X})
     assert ("needs opset >= 10 (dynamic Slice); the model has opset 8, and the copy converted "
             "to opset 13 has no tensor 'u' (onnx.version_converter replaced it)") in str(err.value)

@@ -21,7 +21,6 @@ from tfue_onnx import external
 from tfue_onnx import graph as graphs
 from tfue_onnx.model import inspect_model, load_model
 from tfue_onnx.perturb import Ensemble, Transform
-from tfue_onnx.runner import Runner
 
 BIG = 1024  # the table is BIG x BIG float32: 4 MiB of weights
 
@@ -164,7 +163,7 @@ def test_noise_at_an_inner_tensor_matches_the_inline_model(tmp_path, x6, opset, 
     path, inline, weight_bytes = ext_net(tmp_path, opset=opset)
     results = []
     for p in (path, inline):
-        r = Runner(p, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy, chunk=2)
+        r = Estimator(p, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy, chunk=2)
         results.append(r.run(x6))
         ug = r.uncertainty_graph(x6)
         assert ug.strategy == strategy
@@ -175,7 +174,7 @@ def test_noise_at_an_inner_tensor_matches_the_inline_model(tmp_path, x6, opset, 
     np.testing.assert_array_equal(ext.variance, ref.variance)
     assert float(ext.variance.mean()) > 1e-5
     # The graph tfue built (and serialised for onnxruntime) holds no weights.
-    ug = Runner(path, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy).uncertainty_graph(x6)
+    ug = Estimator(path, Noise(0.2, at="r1"), samples=5, seed=7, strategy=strategy).uncertainty_graph(x6)
     assert len(ug.model.SerializeToString()) < weight_bytes / 50
     assert _largest_inline_tensor(ug.model) < 1024
     models = [ug.model] + ([ug.prefix] if ug.prefix is not None else [])
@@ -186,12 +185,12 @@ def test_noise_at_an_inner_tensor_matches_the_inline_model(tmp_path, x6, opset, 
 @pytest.mark.parametrize("spec", [Dropout(0.3, at="c1"), MCDropout(), MCDropout(rate=0.5)])
 def test_dropout_and_mc_dropout_match_the_inline_model(tmp_path, x6, spec):
     path, inline, weight_bytes = ext_net(tmp_path, dropout=0.25, opset=13)
-    ext, ref = (Runner(p, spec, samples=6, seed=3).run(x6) for p in (path, inline))
+    ext, ref = (Estimator(p, spec, samples=6, seed=3).run(x6) for p in (path, inline))
     np.testing.assert_allclose(ext.output, _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ext.mean, ref.mean)
     np.testing.assert_array_equal(ext.variance, ref.variance)
     assert float(ext.variance.mean()) > 1e-6
-    ug = Runner(path, spec, samples=6, seed=3).uncertainty_graph(x6)
+    ug = Estimator(path, spec, samples=6, seed=3).uncertainty_graph(x6)
     assert len(ug.model.SerializeToString()) < weight_bytes / 50
     if isinstance(spec, MCDropout):  # without --rate: the node's ratio, read from the file
         assert [float(v) for v in ug.level_inputs.values()] == \
@@ -202,14 +201,14 @@ def test_dropout_and_mc_dropout_match_the_inline_model(tmp_path, x6, spec):
 def test_transform_matches_numpy(tmp_path, strategy):
     path, inline, weight_bytes = ext_net(tmp_path)
     x = np.random.default_rng(2).random((1, 3, 6, 6), dtype=np.float32)
-    res = Runner(path, Transform("flips"), strategy=strategy).run(x)
+    res = Estimator(path, Transform("flips"), strategy=strategy).run(x)
     # Independent: run the plain model on each flipped input and flip the output back.
     flips = [(), (3,), (2,), (2, 3)]
     ys = [np.flip(_plain(inline, {"x": np.flip(x, axes).copy()})["y"], axes) for axes in flips]
     ys = np.stack(ys)
     np.testing.assert_allclose(res.mean, ys.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.variance, ys.var(0), rtol=1e-4, atol=1e-9)
-    ug = Runner(path, Transform("flips"), strategy=strategy).uncertainty_graph(x)
+    ug = Estimator(path, Transform("flips"), strategy=strategy).uncertainty_graph(x)
     assert len(ug.model.SerializeToString()) < weight_bytes / 50
 
 
@@ -217,7 +216,7 @@ def test_ensemble_of_external_models_in_different_folders(tmp_path, x6):
     a, a_inline, weight_bytes = ext_net(tmp_path / "a", seed=0)
     b, b_inline, _ = ext_net(tmp_path / "deep" / "b", name="other", seed=1, layout="subfolder")
     before = _digests(tmp_path)
-    r = Runner(a, Ensemble((b,)))
+    r = Estimator(a, Ensemble((b,)))
     res = r.run(x6)
     ys = np.stack([_plain(p, {"x": x6})["y"] for p in (a_inline, b_inline)])
     np.testing.assert_allclose(res.output, ys[0], rtol=1e-5, atol=1e-6)
@@ -474,20 +473,20 @@ def test_older_onnxruntime_gets_the_weights_inline(tmp_path, x6, monkeypatch):
     from tfue_onnx import session
 
     path, inline, weight_bytes = ext_net(tmp_path, dropout=0.25)
-    want = Runner(path, Noise(0.2, at="r1"), samples=4, seed=5).run(x6)
+    want = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=5).run(x6)
     monkeypatch.setattr(session, "folder_option_supported", lambda: False)
     model = load_model(path)
     full = external.inlined(model)
     assert not external.has_external_data(full) and full.ByteSize() > weight_bytes
     assert external.has_external_data(model)  # the loaded model itself is unchanged
-    got = Runner(path, Noise(0.2, at="r1"), samples=4, seed=5).run(x6)
+    got = Estimator(path, Noise(0.2, at="r1"), samples=4, seed=5).run(x6)
     np.testing.assert_array_equal(got.variance, want.variance)
     np.testing.assert_allclose(got.output, _plain(inline, {"x": x6})["y"], rtol=1e-5, atol=1e-6)
 
 
 def test_softmax_appended_to_an_external_model(tmp_path, x6):
     path, inline, weight_bytes = ext_net(tmp_path)
-    ext, ref = (Runner(p, Noise(0.2, at="c2"), samples=4, seed=2, softmax=True, class_axis=1)
+    ext, ref = (Estimator(p, Noise(0.2, at="c2"), samples=4, seed=2, softmax=True, class_axis=1)
                 .run(x6) for p in (path, inline))
     y = _plain(inline, {"x": x6})["y"]
     np.testing.assert_allclose(ext.output, np.exp(y) / np.exp(y).sum(1, keepdims=True),
@@ -513,8 +512,8 @@ def test_no_session_ever_gets_the_weights(tmp_path, x6, monkeypatch):
         (Dropout(0.2, at="c2"), "auto"), (MCDropout(), "auto"), (Transform("flips"), "auto"),
         (Ensemble((other,)), "auto")]
     for spec, strategy in specs:
-        Runner(path, spec, strategy=strategy, seed=0).run(x6)
-    Runner(path, Noise(0.2, at="r1"), softmax=True, seed=0).run(x6)
+        Estimator(path, spec, strategy=strategy, seed=0).run(x6)
+    Estimator(path, Noise(0.2, at="r1"), softmax=True, seed=0).run(x6)
     Estimator(path, Noise(0.2, at="r1"), seed=0).export(tmp_path / "u.onnx", example=x6)
     blobs = [s for s in sources if isinstance(s, bytes)]
     assert len(blobs) >= len(specs) + 1

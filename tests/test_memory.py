@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tfue_onnx import Noise, Dropout
 from tfue_onnx import session as sessions
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 
 KEY = sessions.NO_PREPACK_KEY
 
@@ -81,7 +81,7 @@ def _prepacks_options(so) -> bool:
 def test_only_the_sampling_session_prepacks(tmp_path, external, opset):
     path = mlp(tmp_path / "m.onnx", opset=opset, external=external)
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
-    r = Runner(path, Noise(0.0, at="t0"), samples=4, seed=3, strategy="shared-prefix")
+    r = Estimator(path, Noise(0.0, at="t0"), samples=4, seed=3, strategy="shared-prefix")
     res = r.run(x)
     # sigma 0: every sample is the plain model's output
     np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-5, atol=1e-6)
@@ -95,7 +95,7 @@ def test_only_the_sampling_session_prepacks(tmp_path, external, opset):
 def test_dropout_at_the_input_reference_does_not_prepack(tmp_path):
     path = mlp(tmp_path / "m.onnx", external=True)
     x = np.random.default_rng(2).standard_normal((1, 64)).astype(np.float32)
-    r = Runner(path, Dropout(0.0, at="input"), samples=3, seed=1)
+    r = Estimator(path, Dropout(0.0, at="input"), samples=3, seed=1)
     res = r.run(x)
     np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-5, atol=1e-6)
     assert not _prepacks(r._reference[0])
@@ -122,7 +122,7 @@ def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
     import tfue_onnx.runner as runner_module
 
     made = _spy_on_prepack(monkeypatch, runner_module)
-    r = Runner(path, Noise(0.1, at="t1"), samples=4, seed=5)
+    r = Estimator(path, Noise(0.1, at="t1"), samples=4, seed=5)
     ug = r.standalone_graph(x)  # what 'tfue export' writes
     assert ug.sampling == "graph"
     assert made and not any(made)  # reference and verification: nothing packed
@@ -201,7 +201,7 @@ def test_inline_model_numbers_and_small_graphs(tmp_path, strategy):
 
     path, values = mixed_inits_net(tmp_path / "m.onnx")
     x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
-    r = Runner(path, Noise(0.0, at="h"), samples=3, seed=2, strategy=strategy)
+    r = Estimator(path, Noise(0.0, at="h"), samples=3, seed=2, strategy=strategy)
     res = r.run(x)
     np.testing.assert_allclose(res.mean, _plain(path, x), rtol=1e-4, atol=1e-5)
     ug, sess, _ = r._built[strategy]
@@ -277,8 +277,8 @@ def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, mon
     from tfue_onnx.verify import Verdict
 
     path = mlp(tmp_path / "m.onnx", external=True)
-    r = Runner(path, Noise(0.0, at="t0"), samples=3, seed=1)
-    real = Runner._verify
+    r = Estimator(path, Noise(0.0, at="t0"), samples=3, seed=1)
+    real = Estimator._verify
     seen, dropped = [], []
 
     def verify(self, ug, sess, feeds, reference):
@@ -288,7 +288,7 @@ def test_a_strategy_that_fails_verification_lets_go_of_its_session(tmp_path, mon
             return Verdict(False, "made to fail")
         return real(self, ug, sess, feeds, reference)
 
-    monkeypatch.setattr(Runner, "_verify", verify)
+    monkeypatch.setattr(Estimator, "_verify", verify)
     x1 = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     np.testing.assert_allclose(r.run(x1).mean, _plain(path, x1), rtol=1e-5, atol=1e-6)
     gc.collect()

@@ -9,9 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tfue_onnx import Noise, TfueError, Transform
 from tfue_onnx import graph as graphs
-from tfue_onnx.api import Estimator
+
 from tfue_onnx.model import ModelInfo
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(3)
@@ -185,7 +185,7 @@ def test_ensemble_of_models_listing_an_output_twice(kind, x):
     w1 = numpy_helper.to_array(member.graph.initializer[0]) * 1.2
     member.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1, "w1"))
     ys = [_ort(m, {"x": x})[1]["y"] for m in (model, member)]
-    runner = Runner(model, Ensemble((member,)), provider="cpu")
+    runner = Estimator(model, Ensemble((member,)), provider="cpu")
     r = runner.run({"x": x})
     np.testing.assert_allclose(r.outputs["y"].mean, np.mean(ys, 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.outputs["y"].variance, np.var(ys, 0), rtol=1e-4, atol=1e-7)
@@ -214,7 +214,7 @@ def test_verification_checks_the_runners_own_reduction(x, monkeypatch):
     """The graph's head may be right while the runner's reduction of the samples is
     wrong: verification checks what the user gets, so a wrong mean never passes."""
     model = dup_model("plain")
-    real = Runner._statistics
+    real = Estimator._statistics
 
     def doubled(self, ug, chunks):
         results = real(self, ug, chunks)
@@ -223,7 +223,7 @@ def test_verification_checks_the_runners_own_reduction(x, monkeypatch):
                 r.mean = r.mean + r.output
         return results
 
-    monkeypatch.setattr(Runner, "_statistics", doubled)
+    monkeypatch.setattr(Estimator, "_statistics", doubled)
     with pytest.raises(TfueError, match="no uncertainty graph passed verification.*"
                                         "sample mean of 'y' differs"):
         Estimator(model, Noise(0.3, at="a"), samples=3, seed=0, provider="cpu")({"x": x})
@@ -266,7 +266,7 @@ def test_scalar_location_runs_in_the_loop_strategy(kind, x):
         with pytest.raises(graphs.StrategyUnavailable, match="location 's' is a scalar"):
             graphs.build(ModelInfo(model), Noise(0.3, at="s"), strategy, samples=3)
         with pytest.raises(TfueError) as e:
-            Runner(model, Noise(0.3, at="s"), samples=3, seed=0, strategy=strategy,
+            Estimator(model, Noise(0.3, at="s"), samples=3, seed=0, strategy=strategy,
                    provider="cpu").run({"x": x})
         assert e.value.message == (f"no sampling strategy applies to this model: {strategy}: "
                                    "location 's' is a scalar (rank 0): it has no batch axis "

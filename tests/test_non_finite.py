@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tfue_onnx.report import non_finite
-from tfue_onnx.runner import OutputStats, Result
+from tfue_onnx.results import OutputStats, Result
 
 
 def log_net(path, opset=13, conv=False):

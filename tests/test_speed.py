@@ -14,7 +14,7 @@ from tfue_onnx import Dropout, Estimator, MCDropout, Noise, TfueError
 from tfue_onnx import graph as graphs
 from tfue_onnx.cache import DiskCache
 from tfue_onnx.model import inspect_model
-from tfue_onnx.runner import Runner, _peak_bytes
+from tfue_onnx.runner import _peak_bytes
 
 
 def _plain(path, x):
@@ -160,12 +160,12 @@ def test_peak_bytes_follow_the_live_tensors(tmp_path):
 # --- the disk cache -----------------------------------------------------------------------
 def _spy_verify(monkeypatch):
     calls = []
-    real = Runner._verify
+    real = Estimator._verify
 
     def verify(self, ug, sess, feeds, reference):
         calls.append(ug.strategy)
         return real(self, ug, sess, feeds, reference)
-    monkeypatch.setattr(Runner, "_verify", verify)
+    monkeypatch.setattr(Estimator, "_verify", verify)
     return calls
 
 

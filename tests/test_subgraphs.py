@@ -19,7 +19,7 @@ from tfue_onnx import Noise, Transform
 from tfue_onnx import graph as graphs
 from tfue_onnx.model import ModelInfo
 from tfue_onnx.perturb import Ensemble
-from tfue_onnx.runner import Runner
+from tfue_onnx.runner import Estimator
 from tfue_onnx.transforms import ELEMENTS
 
 
@@ -193,7 +193,7 @@ def test_loop_strategy_on_control_flow(name, at):
     np.testing.assert_allclose(zero["y.mean"], ref, rtol=1e-5, atol=1e-5)
     assert float(zero["y.variance"].max()) < 1e-10
 
-    runs = {s: Runner(model, Noise(0.3, at=at), samples=6, seed=4, strategy=s, provider="cpu",
+    runs = {s: Estimator(model, Noise(0.3, at=at), samples=6, seed=4, strategy=s, provider="cpu",
                       keep_samples=True).run({"x": x}) for s in ("loop", "batched")}
     assert runs["loop"].metadata["strategy"] == "loop"
     loop_y, batched_y = runs["loop"].outputs["y"], runs["batched"].outputs["y"]
@@ -248,7 +248,7 @@ def test_ensemble_of_control_flow_members_matches_numpy(name):
     np.testing.assert_allclose(out["y"], ya, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out["y.mean"], want.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["y.variance"], want.var(0), rtol=1e-4, atol=1e-6)
-    res = Runner(a, Ensemble([b]), provider="cpu").run({"x": x})
+    res = Estimator(a, Ensemble([b]), provider="cpu").run({"x": x})
     np.testing.assert_allclose(res.outputs["y"].variance, want.var(0), rtol=1e-4, atol=1e-6)
 
 
@@ -292,9 +292,9 @@ def test_loop_strategy_on_an_opset9_model(name):
     model.opset_import[0].version = 9
     onnx.checker.check_model(model)
     x = _x((1, 3, 6, 6), seed=6)
-    loop = Runner(model, Noise(0.3, at="r1"), samples=5, seed=3, strategy="loop",
+    loop = Estimator(model, Noise(0.3, at="r1"), samples=5, seed=3, strategy="loop",
                   provider="cpu").run({"x": x})
-    tiled = Runner(model, Noise(0.3, at="r1"), samples=5, seed=3, provider="cpu").run({"x": x})
+    tiled = Estimator(model, Noise(0.3, at="r1"), samples=5, seed=3, provider="cpu").run({"x": x})
     assert loop.metadata["strategy"] == "loop" and "converted_opset" not in loop.metadata
     assert tiled.metadata["converted_opset"] == [9, 13]
     np.testing.assert_array_equal(loop.outputs["y"].output, _run(model, {"x": x})["y"])

@@ -3,7 +3,7 @@
 A gray-box run pays fixed costs before its first sample: building the uncertainty
 graph, verifying it against the original model (reference runs, probes of the
 output axes and of the locations' shapes) and measuring which chunk size and thread
-count sample fastest (``Runner`` autotuning). All of it depends only on (model
+count sample fastest (``Estimator`` autotuning). All of it depends only on (model
 bytes, method, location, input signature, provider, options, tfue's source code,
 onnxruntime and CPU count), so it is kept on disk under a key made of those, and a
 second process (or a later input shape already seen) starts from it.
@@ -14,7 +14,7 @@ only when it parses, names the same key, matches its seal, holds the fields the
 runner needs with the right types, and its graph files have the recorded hashes;
 anything else (a corrupt, truncated, stale or edited entry) is ignored and
 overwritten by the next run, never trusted. A run that still fails on an entry
-verifies afresh (``Runner``). An entry's graphs hold no weights kept in initializers
+verifies afresh (``Estimator``). An entry's graphs hold no weights kept in initializers
 of 64 KiB or more (those stay in the model's files) but do hold weights stored in
 ``Constant`` nodes or small initializers (paddle2onnx exports: about twice the model
 per entry); graphs over ``MAX_GRAPH_BYTES`` are not stored (rebuilt next time), and

@@ -84,7 +84,7 @@ def reference_maps(model, feeds_list, transforms: str = REFERENCE, provider: str
     Raises:
         TfueError: the model cannot run the transformed inputs (the caller falls back).
     """
-    from .api import Estimator
+    from .runner import Estimator
     from .perturb import Transform
 
     est = Estimator(model, Transform(transforms), provider=provider, pad=pad, layout=layout)
@@ -135,7 +135,7 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
         TfueError: a bad ``method`` or ``tolerance``, no inputs, or no location and
             level within ``tolerance``.
     """
-    from .api import Estimator
+    from .runner import Estimator
     from .model import ModelInfo, inspect_model
     from .perturb import Dropout, Noise
 

@@ -311,7 +311,7 @@ def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strat
     """
     import dataclasses
 
-    from .api import Estimator
+    from .runner import Estimator
     from .perturb import check_seed
 
     check_seed(seed)
@@ -595,12 +595,12 @@ def export(models, out, verbose, example, force, **perturbation):
 
     def auto_feeds(model):
         from .model import inspect_model
-        from .runner import Runner
+        from .runner import Estimator
 
         info = inspect_model(model)
         if example:
             return [load_input(collect_inputs([example])[0], info.inputs)]
-        return [Runner.synthetic_input(info)]
+        return [Estimator.synthetic_input(info)]
 
     est = _estimator(list(models), auto_feeds=auto_feeds, **perturbation)
     feeds = load_input(collect_inputs([example])[0], est.info.inputs) if example else None

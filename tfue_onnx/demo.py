@@ -49,7 +49,7 @@ def planned(out_dir: str) -> list:
 def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "auto",
              progress=None) -> dict:
     """Run the demo into ``out_dir`` (which must be writable); return its summary."""
-    from .api import Estimator
+    from .runner import Estimator
     from .io import prepare_out_dir
     from .perturb import Dropout, Transform
 

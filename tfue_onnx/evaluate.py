@@ -299,7 +299,7 @@ def output_image(output, axes=None) -> np.ndarray | None:
 
     Args:
         output: the output array (rank 3 [B, H, W] or 4, NCHW or NHWC, or other).
-        axes: its (h, w) axes (``report.map_axes``); None: guessed; False: none.
+        axes: its (h, w) axes (``results.map_axes``); None: guessed; False: none.
     """
     out = np.asarray(output, dtype=np.float64)
     if axes is None or axes is False or out.ndim not in (3, 4):
@@ -330,7 +330,7 @@ def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
         path: the .png file.
         output, error, uncertainty: arrays shaped like the output (the uncertainty
             without the class axis for an entropy map).
-        axes, u_axes: the (h, w) axes as ``report.map_axes`` gives them (None:
+        axes, u_axes: the (h, w) axes as ``results.map_axes`` gives them (None:
             guessed; ``u_axes`` "same": the output's).
         what: the uncertainty's name and units, for its colour bar.
         title: the figure's title.

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import __version__
 from .io import colorize, load_input, save_json, save_npz, save_png, spatial_map
+from .results import map_axes
 
 
 def _stem(path: str) -> str:
@@ -49,7 +50,7 @@ def read_result(path):
         path: the .npz file.
 
     Returns:
-        runner.Result: ``.outputs`` (output name -> OutputStats: ``output``, ``mean``,
+        results.Result: ``.outputs`` (output name -> OutputStats: ``output``, ``mean``,
         ``variance`` ... as stored, float arrays shaped like the model's output,
         variance in squared output units) and ``.metadata`` (the run's settings: method,
         location, level, N, seed, strategy, provider, ``primary``, ``input``, ...), so
@@ -59,7 +60,7 @@ def read_result(path):
         TfueError: the file cannot be read or is not a tfue result.
     """
     from .errors import TfueError
-    from .runner import OutputStats, Result
+    from .results import OutputStats, Result
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -106,27 +107,6 @@ def write_result(out_dir: str, stem: str, result, source: str, compress: bool = 
         written.append(png)
         item["heatmap_max"] = float(m.max())
     return item
-
-
-def map_axes(result, kind: str = "variance"):
-    """The (h, w) axes of the primary output's ``kind`` map (variance, entropy) from
-    the result's metadata; False when it has none; None when not recorded (guess).
-
-    The entropy map has the class axis reduced away, so the axes after it move down.
-    """
-    found = result.metadata.get("spatial_axes")
-    if found is None:
-        return None
-    hw = found.get(result.primary)
-    if hw is None:
-        return False
-    if kind == "entropy":
-        c = result.metadata.get("classes", {}).get("outputs", {}).get(result.primary)
-        cs = [] if c is None else [c] if np.ndim(c) == 0 else list(c)
-        if not cs or any(k in hw for k in cs):
-            return False
-        hw = [k - sum(k > a for a in cs) for k in hw]
-    return tuple(hw)
 
 
 def _means(s) -> dict:
@@ -288,7 +268,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     variance is exactly 0 everywhere at a level above 0 gets a line in ``notes``.
 
     Args:
-        estimator: the Estimator (or Runner) to run.
+        estimator: the Estimator to run.
         files: input files (images, .npy, .npz).
         out_dir: the output folder (created when needed).
         options: ImageOptions for reading images.

@@ -1,6 +1,6 @@
 """Run an uncertainty graph: strategies, verification, chunks, streaming statistics.
 
-A :class:`Runner` owns one model and one perturbation spec. It builds the
+An :class:`Estimator` owns one model and one perturbation spec. It builds the
 uncertainty graph for the fastest strategy that passes verification, creates
 its session once, and for each input runs the samples in chunks, merging the
 per-chunk mean and variance (computed in the graph) with Chan's update.
@@ -14,16 +14,23 @@ import re
 import secrets
 
 import numpy as np
+import onnx
 
 from . import graph as graphs
 from .errors import TfueError
+from .external import save_model, writes_data_file
+from .io import check_new_file
 from .model import ModelInfo, load_model
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_max_memory, check_samples, check_seed)
 from .session import create_session
 from .stats import RunningStats, entropy, winning_class_variance
+from .results import OutputStats, Result
 from .verify import (Verdict, check_chunk_independence, check_identity, check_statistics,
                      check_unperturbed_slot, result_outputs)
+
+EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
+                        "run of a session draws anew, a fresh session repeats the same sequence")
 
 DEFAULT_CHUNK = 8
 MAX_AUTO_CHUNK = 64
@@ -108,85 +115,6 @@ class _Split:
         """Let go of the suffix sessions of other thread counts than ``keep``."""
         for t in [t for t in self.suffix if t != keep]:
             del self.suffix[t]
-
-
-@dataclasses.dataclass
-class OutputStats:
-    """Prediction and uncertainty of one model output."""
-
-    output: np.ndarray  # the unperturbed output
-    mean: np.ndarray | None = None  # sample mean (None for non-float outputs)
-    variance: np.ndarray | None = None  # per-element population variance
-    samples: np.ndarray | None = None  # [N, ...] when asked for
-    # Class probabilities only (maps over pixels for dense outputs):
-    entropy: np.ndarray | None = None  # predictive entropy of the mean (nats)
-    mutual_information: np.ndarray | None = None  # BALD: entropy - mean sample entropy
-    class_variance: np.ndarray | None = None  # variance of the winning class
-
-    @property
-    def uncertainty(self):
-        """The map to look at: the variance, or the entropy for --method entropy."""
-        return self.variance if self.variance is not None else self.entropy
-
-
-@dataclasses.dataclass
-class Result:
-    """What one run returns: per-output statistics and how they were made."""
-
-    outputs: dict  # output name -> OutputStats
-    metadata: dict
-
-    @property
-    def primary(self) -> str:
-        """Name of the first output that has statistics."""
-        for name, s in self.outputs.items():
-            if s.uncertainty is not None:
-                return name
-        return next(iter(self.outputs))
-
-    @property
-    def output(self) -> np.ndarray:
-        return self.outputs[self.primary].output
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.outputs[self.primary].mean
-
-    @property
-    def variance(self) -> np.ndarray:
-        return self.outputs[self.primary].variance
-
-    @property
-    def samples(self):
-        return self.outputs[self.primary].samples
-
-    @property
-    def entropy(self):
-        return self.outputs[self.primary].entropy
-
-    @property
-    def mutual_information(self):
-        return self.outputs[self.primary].mutual_information
-
-    @property
-    def uncertainty(self):
-        return self.outputs[self.primary].uncertainty
-
-    @property
-    def image_axes(self):
-        """The primary output's (height, width) axes as the run found them (a tuple),
-        False when it has none (not an image), None when not recorded (guess); for
-        ``metrics.table(..., hw_axes=)``."""
-        from .report import map_axes
-
-        return map_axes(self)
-
-    @property
-    def uncertainty_axes(self):
-        """The same for ``uncertainty`` (the entropy map has lost the class axis)."""
-        from .report import map_axes
-
-        return map_axes(self, "variance" if self.variance is not None else "entropy")
 
 
 def check_chunk(chunk) -> int | None:
@@ -309,8 +237,45 @@ def _moved_axis(node, axis: int, before, after):
     return hits[0] if len(hits) == 1 else None
 
 
-class Runner:
-    """Uncertainty for one model and one perturbation spec.
+class Estimator:
+    """Training-free uncertainty for one ONNX model and one perturbation.
+
+    Args:
+        model: path to an .onnx file (external data is read too) or a ModelProto.
+        spec: ``Noise(sigma, at, mode)``, ``Dropout(rate, at)`` or ``MCDropout(rate, nodes)``.
+        samples: N, the number of perturbed samples (>= 2).
+        chunk: samples per session run (None: automatic); statistics merge across chunks.
+            Automatic with looped-suffix: the first input of each shape times real samples
+            at chunks 1, 4, 16, ... (up to ``max_memory``) and two thread counts, and the
+            rest run at the fastest (``metadata["autotune"]``); with the other strategies,
+            as many samples as fit in ``max_memory``.
+        seed: makes runs reproducible (None: a random seed, recorded in results). A
+            result depends on the input, spec, N and seed only: sample k's draws come
+            from (seed, k), whatever the chunks, the strategy or the inputs run before.
+        provider: ``auto`` (CUDA when it really loads, else CPU), ``cpu`` or ``cuda``.
+        strategy: ``auto`` (the first that passes verification, in the order
+            ``looped-suffix``, ``shared-prefix``, ``batched``, ``loop``) or one of them.
+            looped-suffix (gray box) runs the model up to the location once per input and
+            the rest once more for the unperturbed output, then per chunk of samples.
+        keep_samples: also return the samples, shape [N, ...].
+        softmax, classify, class_axis: class probabilities (below).
+        max_memory: bytes the samples of one run may take; sets the chunk size when
+            ``chunk`` is None (estimated from the model's tensor sizes at the input).
+        io_binding: keep the inputs on the device across chunks (default: on CUDA).
+        pad: reflect-pad the image input by this many pixels on each side of H and W
+            before the model (valid-convolution models, whose output loses a border),
+            or ``"auto"`` to find the border from the output size (``metadata["pad"]``,
+            ``metadata["pad_found"]``). The Pad is part of the model every graph is
+            built from and verified against, so an export pads its input too.
+            None: no padding.
+        layout: auto, NCHW or NHWC: where H and W are in a 4-D input (for ``pad``).
+        cache: keep verified graphs and measured chunk choices on disk (tfue_onnx/cache.py)
+            so that a later process starts without verifying or measuring again: True
+            (``$TFUE_CACHE_DIR``, else the user cache folder), a folder, or False.
+        threads: onnxruntime intra-op threads (None: measured with the chunk size).
+
+    Calling the estimator on an array (or a dict of arrays by input name) returns
+    a :class:`Result` with ``.output``, ``.mean``, ``.variance`` and ``.metadata``.
 
     ``model`` is a path or a ModelProto; ``spec`` a Noise, Dropout, MCDropout,
     Transform, Ensemble or Entropy. ``strategy`` is ``auto`` (fastest that
@@ -1522,6 +1487,66 @@ class Runner:
         return Result(results, {**self.describe(), "strategy": "single run",
                                 "provider": provider,
                                 "spatial_axes": self.spatial_axes(feeds, out).metadata()})
+
+    def __call__(self, inputs, level: float | None = None, progress=None) -> Result:
+        return self.run(inputs, level=level, progress=progress)
+
+    def export(self, path, example=None, force: bool = False) -> str:
+        """Write the verified uncertainty graph with N fixed to ``path``.
+
+        The file runs in plain onnxruntime (no tfue needed) and returns, for each
+        float output ``y``: ``y``, ``y.mean`` and ``y.variance``. ``example`` is
+        the input verification runs on (default: a synthetic one). Gray-box draws
+        happen in the graph (a file has no bank to be fed): each session run draws
+        new samples, and a fresh session repeats the same sequence of runs; the
+        estimator's own results (fed draws) are not reproduced sample for sample.
+
+        A model whose weights are in external data is written with its weights
+        copied into ``path + '.data'`` beside it (never serialised into one proto);
+        both files appear only when complete.
+
+        After it, ``exported_files`` lists the paths written (``[path]``, or ``[path,
+        path + '.data']``) and ``exported_outputs`` the file's output names.
+
+        Raises:
+            TfueError: ``path`` (or its .data) exists without ``force``, or is the
+                input model or one of its data files; the model fails on the
+                synthetic example (the hint asks for ``example``).
+        """
+        path = os.fspath(path)
+        if self.path and os.path.abspath(path) == os.path.abspath(self.path):
+            raise TfueError(f"refusing to overwrite the input model '{path}'",
+                            "give another output path with -o")
+        check_new_file(path, force)
+        if writes_data_file(self.info.model):  # fail before the graph is built
+            check_new_file(path + ".data", force)
+        # A file has no bank to be fed: its draws are made in the graph (seeded
+        # RandomNormalLike / RandomUniformLike).
+        try:
+            ug = self.standalone_graph(example)
+        except TfueError as exc:
+            if example is None and exc.message.startswith("the model failed on input"):
+                # The synthetic input (free sizes 64) is what the model refused.
+                raise TfueError(exc.message + " (a synthetic example input)",
+                                "verify on a real input: --example FILE on the command line, "
+                                "example= in Python") from exc
+            raise
+        # N and the levels become plain constants: the file has the model's own inputs.
+        model = ug.frozen()
+        props = {"tfue.method": self.spec.method, "tfue.location": self.location,
+                 "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
+                 "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy}
+        if ug.sampling is not None:
+            props["tfue.sampling"] = EXPORT_SAMPLING_NOTE
+        if self.conversion:
+            props["tfue.converted_opset"] = "%d->%d" % tuple(self.conversion)
+        if self.pad:  # the file reflect-pads its input itself
+            props["tfue.pad"] = str(self.pad)
+        onnx.helper.set_model_props(model, props)
+        self.exported_files = save_model(model, path, force=force)
+        self.exported_outputs = [o.name for o in model.graph.output]
+        return path
+
 
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""

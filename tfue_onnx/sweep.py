@@ -96,7 +96,7 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     interval overlaps its own ("not separated" from it). The sampling-free
     baseline (``metrics.gradient_energy``) is scored once, in ``baseline``.
     """
-    from .api import Estimator
+    from .runner import Estimator
     from .model import inspect_model
     from .perturb import Dropout, Noise
 
@@ -341,7 +341,7 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     locations, the strongest level whose mean output moves by at most ``tolerance``
     (relative); of those, the one with the largest mean variance. ``pad`` and
     ``layout`` are the Estimator's (``--pad``)."""
-    from .api import Estimator
+    from .runner import Estimator
     from .model import inspect_model
     from .perturb import Dropout, Noise
 

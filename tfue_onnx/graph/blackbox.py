@@ -119,7 +119,7 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         TfueError: the model has no image input, or rotations cannot be undone on
             one of its outputs. StrategyUnavailable: the strategy cannot apply.
     """
-    if info.opset < MIN_OPSET:  # the Runner converts a copy first; this is for direct callers
+    if info.opset < MIN_OPSET:  # the Estimator converts a copy first; this is for direct callers
         raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
                         f"with steps); the model has opset {info.opset}",
                         "convert it with onnx.version_converter: " + conversion_command(info.path))
@@ -336,7 +336,7 @@ def member_infos(info: ModelInfo, members) -> list:
     Raises:
         TfueError: a member cannot be read, or which of its inputs/outputs differs how.
 
-    Members keep their own opsets here; ``ensemble`` (and the Runner, once, with
+    Members keep their own opsets here; ``ensemble`` (and the Estimator, once, with
     a note) bring them to the newest (see :func:`ensemble_opset`).
     """
     return [_check_member(info, m, k) for k, m in enumerate(members, start=1)]

@@ -53,7 +53,7 @@ class Draw:
     The bank has shape ``[n, size]``: row k holds sample k's draws for ``location``
     (a tensor of the original model) at the real input, flattened (``size`` elements):
     the draws of one batch item repeated over the location's batch axis, when the
-    runner found one (``Runner.batch_axes``), else draws for the whole tensor.
+    runner found one (``Estimator.batch_axes``), else draws for the whole tensor.
     """
 
     input: str  # the graph input that takes the bank

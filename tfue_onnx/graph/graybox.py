@@ -417,7 +417,7 @@ def _broadcasts(node: gs.Node, t: gs.Variable, top: set, made: set, locations: s
 
 def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling,
            split: bool = False):
-    if info.opset < MIN_OPSET:  # the Runner gives such models a converted copy when it can
+    if info.opset < MIN_OPSET:  # the Estimator gives such models a converted copy when it can
         raise StrategyUnavailable(f"needs opset >= {MIN_OPSET} (dynamic Slice); the model has "
                                   f"opset {info.opset}")
     for inp in info.inputs:

@@ -1,0 +1,107 @@
+"""What a run returns: :class:`OutputStats` per model output and a :class:`Result`.
+
+Plain data (numpy arrays and a JSON-able metadata dict); written by report.py,
+read back by ``report.read_result``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class OutputStats:
+    """Prediction and uncertainty of one model output."""
+
+    output: np.ndarray  # the unperturbed output
+    mean: np.ndarray | None = None  # sample mean (None for non-float outputs)
+    variance: np.ndarray | None = None  # per-element population variance
+    samples: np.ndarray | None = None  # [N, ...] when asked for
+    # Class probabilities only (maps over pixels for dense outputs):
+    entropy: np.ndarray | None = None  # predictive entropy of the mean (nats)
+    mutual_information: np.ndarray | None = None  # BALD: entropy - mean sample entropy
+    class_variance: np.ndarray | None = None  # variance of the winning class
+
+    @property
+    def uncertainty(self):
+        """The map to look at: the variance, or the entropy for --method entropy."""
+        return self.variance if self.variance is not None else self.entropy
+
+
+@dataclasses.dataclass
+class Result:
+    """What one run returns: per-output statistics and how they were made."""
+
+    outputs: dict  # output name -> OutputStats
+    metadata: dict
+
+    @property
+    def primary(self) -> str:
+        """Name of the first output that has statistics."""
+        for name, s in self.outputs.items():
+            if s.uncertainty is not None:
+                return name
+        return next(iter(self.outputs))
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.outputs[self.primary].output
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.outputs[self.primary].mean
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.outputs[self.primary].variance
+
+    @property
+    def samples(self):
+        return self.outputs[self.primary].samples
+
+    @property
+    def entropy(self):
+        return self.outputs[self.primary].entropy
+
+    @property
+    def mutual_information(self):
+        return self.outputs[self.primary].mutual_information
+
+    @property
+    def uncertainty(self):
+        return self.outputs[self.primary].uncertainty
+
+    @property
+    def image_axes(self):
+        """The primary output's (height, width) axes as the run found them (a tuple),
+        False when it has none (not an image), None when not recorded (guess); for
+        ``metrics.table(..., hw_axes=)``."""
+        return map_axes(self)
+
+    @property
+    def uncertainty_axes(self):
+        """The same for ``uncertainty`` (the entropy map has lost the class axis)."""
+        return map_axes(self, "variance" if self.variance is not None else "entropy")
+
+
+def map_axes(result, kind: str = "variance"):
+    """The (h, w) axes of the primary output's ``kind`` map (variance, entropy) from
+    the result's metadata; False when it has none; None when not recorded (guess).
+
+    The entropy map has the class axis reduced away, so the axes after it move down.
+    """
+    found = result.metadata.get("spatial_axes")
+    if found is None:
+        return None
+    hw = found.get(result.primary)
+    if hw is None:
+        return False
+    if kind == "entropy":
+        c = result.metadata.get("classes", {}).get("outputs", {}).get(result.primary)
+        cs = [] if c is None else [c] if np.ndim(c) == 0 else list(c)
+        if not cs or any(k in hw for k in cs):
+            return False
+        hw = [k - sum(k > a for a in cs) for k in hw]
+    return tuple(hw)
