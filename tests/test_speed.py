@@ -14,7 +14,7 @@ from tfue_onnx import Dropout, Estimator, MCDropout, Noise, TfueError
 from tfue_onnx import graph as graphs
 from tfue_onnx.cache import DiskCache
 from tfue_onnx.model import inspect_model
-from tfue_onnx.runner import _peak_bytes
+from tfue_onnx.memory import peak_bytes as _peak_bytes
 
 
 def _plain(path, x):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import secrets
 
 import numpy as np
@@ -23,7 +22,11 @@ from .io import check_new_file
 from .model import ModelInfo, load_model
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_max_memory, check_samples, check_seed)
-from .session import create_session
+from .classes import find_classes
+from .feeds import check_feeds, check_inputs_fit, signature, synthetic_input
+from .memory import (DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, MAX_AUTO_CHUNK, check_chunk, peak_bytes,
+                     split_sizes)
+from .session import (create_session, device_feeds, ort_message, run_bound, run_session)
 from .stats import RunningStats, entropy, winning_class_variance
 from .results import OutputStats, Result
 from .verify import (Verdict, check_chunk_independence, check_identity, check_statistics,
@@ -31,69 +34,6 @@ from .verify import (Verdict, check_chunk_independence, check_identity, check_st
 
 EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
                         "run of a session draws anew, a fresh session repeats the same sequence")
-
-DEFAULT_CHUNK = 8
-MAX_AUTO_CHUNK = 64
-DEFAULT_MAX_MEMORY = 2 * 1024**3
-
-
-def _peak_bytes(model, feeds) -> int:
-    """Peak bytes of the tensors alive at once while ``model`` runs on ``feeds``.
-
-    Shape inference sizes every tensor at the real input shape; walking the nodes in
-    order, a tensor lives from the node that makes it to the last node that reads it
-    (graph outputs to the end), and the peak of the live total is the estimate
-    (weights are not counted: they do not grow with the samples). Tensors shape
-    inference cannot size count as nothing, so this is an estimate, not a bound.
-    Without shape inference, the inputs' bytes.
-    """
-    import onnx
-
-    from .model import node_inputs
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for vi in m.graph.input:
-        if vi.name in feeds:
-            dims = vi.type.tensor_type.shape.dim
-            for d, size in zip(dims, feeds[vi.name].shape):
-                d.Clear()
-                d.dim_value = int(size)
-    fed = sum(int(v.nbytes) for v in feeds.values())
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
-        return fed
-    size = {k: int(v.nbytes) for k, v in feeds.items()}
-    for vi in list(m.graph.value_info) + list(m.graph.output):
-        tt = vi.type.tensor_type
-        dims = [d.dim_value for d in tt.shape.dim]
-        if not tt.HasField("shape") or any(d <= 0 for d in dims):
-            continue
-        try:
-            item = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
-        except Exception:
-            item = 4
-        size[vi.name] = int(np.prod(dims, dtype=np.int64)) * item
-    nodes = list(m.graph.node)
-    last = {}
-    for k, node in enumerate(nodes):
-        for name in node_inputs(node):
-            last[name] = k
-    for o in m.graph.output:
-        last[o.name] = len(nodes)
-    live = dict((k, v) for k, v in size.items() if k in feeds)
-    total = peak = sum(live.values())
-    for k, node in enumerate(nodes):
-        for o in node.output:
-            if o in size and o not in live:
-                live[o] = size[o]
-                total += size[o]
-        peak = max(peak, total)
-        for name in set(node_inputs(node)) | set(node.output):
-            if name in live and last.get(name, -1) <= k:
-                total -= live.pop(name)
-    return max(peak, fed)
 
 
 @dataclasses.dataclass
@@ -117,124 +57,7 @@ class _Split:
             del self.suffix[t]
 
 
-def check_chunk(chunk) -> int | None:
-    """Validate a chunk size (None = automatic)."""
-    if chunk is None:
-        return None
-    try:
-        c = int(chunk)
-    except (TypeError, ValueError):
-        raise TfueError(f"chunk must be an integer, got {chunk!r}", "give --chunk 8") from None
-    if c < 1 or c != chunk:
-        raise TfueError(f"chunk must be an integer >= 1, got {chunk}", "give --chunk 8")
-    return c
-
-
-def _onnx_dtype(info_dtype: str):
-    try:
-        return np.dtype(info_dtype)
-    except TypeError:
-        return None
-
-
 # Ops that pass a tensor's values through with the same axes.
-_SAME_AXES = ("Identity", "Cast", "Dropout")
-
-
-def _softmax_axis(info: ModelInfo, name: str):
-    """The class axis of output ``name`` when it holds per-position class probabilities.
-
-    Follows the output back through ops that keep or move axes (Identity, Cast,
-    Transpose, Squeeze/Unsqueeze/Reshape/Flatten where the axis can be traced) to a
-    Softmax. Before opset 13 ``Softmax(axis=k)`` normalises over all axes from k on
-    (the input is coerced to 2-D): the classes are per position only when that is
-    one axis (k is the last axis, or the axes after k have size 1); otherwise the
-    output is ONE distribution over the flattened axes k.. (a tuple of axes), whose
-    entropy has one value per batch item, not a map.
-
-    Returns:
-        (axis, note): the class axis in the output (an int; a tuple of axes for a
-        pre-13 Softmax over several axes; None when it is not class probabilities),
-        and a note saying why a Softmax output was not taken as probabilities (None
-        otherwise).
-    """
-    producers = {o: n for n in info.graph.node for o in n.output}
-    shapes = info.tensor_infos
-    path = []  # ops between the Softmax and the output, output side first
-    node = producers.get(name)
-    while node is not None and node.op_type in _SAME_AXES + (
-            "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        path.append(node)
-        node = producers.get(node.input[0])
-    if node is None or node.op_type != "Softmax":  # LogSoftmax outputs are not probabilities
-        return None, None
-    # The Softmax's shape: its input's, its output's, or the model output's when only
-    # shape-keeping ops lie between them.
-    known = [shapes.get(node.input[0]), shapes.get(node.output[0])]
-    if all(step.op_type in _SAME_AXES for step in path):
-        known.append(shapes.get(name))
-    src_shape = next((t.shape for t in known if t is not None and t.shape is not None), None)
-    rank = len(src_shape) if src_shape is not None else None
-    axis = next((a.i for a in node.attribute if a.name == "axis"),
-                1 if info.opset < 13 else -1)
-    if axis < 0:
-        if rank is None:
-            return None, None
-        axis += rank
-    if info.opset < 13:
-        trailing = None if rank is None else src_shape[axis + 1:]
-        if trailing is None:
-            return None, (f"output '{name}' comes from Softmax(axis={axis}) at opset "
-                          f"{info.opset}, which normalises over all axes from {axis} on, "
-                          "and its rank is unknown: it is not treated as class probabilities "
-                          "(use --classify --class-axis K to override)")
-        if any(d != 1 for d in trailing):
-            # One distribution over all the flattened axes (opset < 13 semantics): the
-            # classes are those axes together, as long as nothing moves them after.
-            if any(step.op_type not in _SAME_AXES for step in path):
-                return None, (f"output '{name}' comes from Softmax(axis={axis}) at opset "
-                              f"{info.opset}, which normalises over all axes from {axis} on, "
-                              "and is reshaped after: it is not treated as class "
-                              "probabilities (use --classify --class-axis K to override)")
-            return tuple(range(axis, rank)), None
-    tensor = node.output[0]
-    for step in reversed(path):
-        axis = _moved_axis(step, axis, shapes.get(tensor), shapes.get(step.output[0]))
-        if axis is None:
-            return None, None
-        tensor = step.output[0]
-    return axis, None
-
-
-def _moved_axis(node, axis: int, before, after):
-    """Where axis ``axis`` of ``node``'s input is in its output; None when unknown."""
-    op = node.op_type
-    if op in _SAME_AXES:
-        return axis
-    if op == "Transpose":
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        if perm is None:
-            rank = len(before.shape) if before is not None and before.shape is not None else None
-            return None if rank is None else rank - 1 - axis
-        return perm.index(axis) if axis in perm else None
-    if before is None or after is None or before.shape is None or after.shape is None:
-        # Shapes unknown: a reshape is taken to keep the class axis where it is, as long
-        # as the output (when its rank is known) has that axis.
-        rank = None if after is None or after.shape is None else len(after.shape)
-        return axis if rank is None or axis < rank else None
-    src, dst = list(before.shape), list(after.shape)
-    if src == dst:
-        return axis
-    # Axes dropped or added around the class axis: the class axis is the one with the
-    # same size whose leading dims (size-1 ones aside) are the same.
-    def lead(shape, k):
-        return [d for d in shape[:k] if d != 1]
-
-    size = src[axis]
-    if not isinstance(size, int) or size == 1:
-        return None
-    hits = [k for k, d in enumerate(dst) if d == size and lead(dst, k) == lead(src, axis)]
-    return hits[0] if len(hits) == 1 else None
 
 
 class Estimator:
@@ -315,7 +138,7 @@ class Estimator:
             self.info = ModelInfo(model)
         self.spec = spec
         self._pad_model(pad, layout)
-        self.classes = self._find_classes(softmax, classify, class_axis)
+        self.classes, self._class_notes = find_classes(self.info, softmax, classify, class_axis)
         if softmax:
             self.info = graphs.with_softmax(self.info, self.classes)
         self.softmax = softmax
@@ -366,7 +189,7 @@ class Estimator:
         self.original = self.info  # the user's model: what every graph is verified against
         self.conversion = None  # (from, to) opsets when a converted copy is used
         self._unconverted = None  # why an old-opset model runs without its converted copy
-        _check_inputs_fit(self.info, spec)
+        check_inputs_fit(self.info, spec)
         self._convert_old_opset()
         self.location = self._resolve_location()
         if isinstance(spec, Ensemble):
@@ -391,34 +214,6 @@ class Estimator:
         self._pad_input = pad_axes(self.info, layout)
         if self.pad:
             self.info = with_pad(self.info, self.pad, layout)
-
-    def _find_classes(self, softmax: bool, classify, class_axis: int) -> dict:
-        """Outputs holding class probabilities (name -> class axis); see the class
-        docstring. Auto-detection follows the opset's Softmax semantics and notes the
-        outputs it leaves out (``self._class_notes``)."""
-        self._class_notes = []
-        floats = [o for o in self.info.outputs if o.dtype in ("float32", "float64", "float16")]
-
-        def axis_of(o):
-            rank = len(o.shape) if o.shape is not None else None
-            axis = class_axis + rank if (class_axis < 0 and rank) else class_axis
-            if rank is not None and not 0 <= axis < rank:
-                raise TfueError(f"class axis {class_axis} does not exist in output '{o.name}' "
-                                f"of rank {rank}", "give --class-axis within the output's rank")
-            return axis
-
-        if softmax or classify is True:
-            return {o.name: axis_of(o) for o in floats}
-        if classify is False:
-            return {}
-        found = {}
-        for o in floats:
-            axis, note = _softmax_axis(self.info, o.name)
-            if axis is not None:
-                found[o.name] = axis
-            elif note:
-                self._class_notes.append(note)
-        return found
 
     def _resolve_location(self) -> str:
         if hasattr(self.spec, "at"):  # named as in the user's graph (not the softmaxed one)
@@ -624,102 +419,13 @@ class Estimator:
         return self._reference
 
     # --- inputs ------------------------------------------------------------------
-    def check_feeds(self, feeds) -> dict:
-        """Validate inputs against the model's signature; returns arrays to feed."""
-        if not isinstance(feeds, dict):
-            if len(self.info.inputs) != 1:
-                raise TfueError(f"the model has {len(self.info.inputs)} inputs; pass a dict "
-                                "of arrays by input name",
-                                "inputs: " + ", ".join(i.name for i in self.info.inputs))
-            feeds = {self.info.inputs[0].name: feeds}
-        out = {}
-        for inp in self.info.inputs:
-            if inp.name not in feeds:
-                raise TfueError(f"missing input '{inp.name}'",
-                                "the model's inputs are: "
-                                + ", ".join(i.name for i in self.info.inputs))
-            arr = np.asarray(feeds[inp.name])
-            want = _onnx_dtype(inp.dtype)
-            if want is not None and arr.dtype != want:
-                if arr.dtype.kind == "f" and want.kind == "f":
-                    arr = arr.astype(want)
-                else:
-                    raise TfueError(f"input '{inp.name}' has dtype {arr.dtype}, the model "
-                                    f"expects {want}",
-                                    f"convert it, e.g. array.astype('{want}')")
-            if inp.shape is not None:
-                if arr.ndim != len(inp.shape):
-                    raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the model "
-                                    f"expects rank {len(inp.shape)} {_fmt_shape(inp.shape)}",
-                                    "add or remove axes (a batch axis first)")
-                for axis, (got, dim) in enumerate(zip(arr.shape, inp.shape)):
-                    if isinstance(dim, int) and dim > 0 and got != dim:
-                        raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
-                                        f"model expects {_fmt_shape(inp.shape)} (axis {axis} "
-                                        f"must be {dim})",
-                                        "resize the input to the model's size")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-                raise TfueError(f"input '{inp.name}' contains {bad} NaN or infinite values",
-                                "clean the input (e.g. np.nan_to_num) before running")
-            if self.pad and self._pad_input[0] == inp.name:
-                for axis in self._pad_input[1]:
-                    if 2 * self.pad >= arr.shape[axis]:
-                        raise TfueError(f"--pad {self.pad} needs an image more than twice as "
-                                        f"large: input '{inp.name}' has size {arr.shape[axis]} "
-                                        f"on axis {axis}",
-                                        "use a smaller --pad (reflect padding mirrors the "
-                                        "image's own pixels)")
-            out[inp.name] = np.ascontiguousarray(arr)
-        extra = set(feeds) - set(out)
-        if extra:
-            raise TfueError(f"unknown input(s) {', '.join(sorted(map(repr, extra)))}",
-                            "the model's inputs are: " + ", ".join(out))
-        return out
 
     # --- running -----------------------------------------------------------------
-    @staticmethod
-    def _run(sess, feeds):
-        try:
-            values = sess.run(None, feeds)
-        except Exception as exc:
-            raise _model_failed({k: v.shape for k, v in feeds.items()
-                                 if not k.startswith("tfue")}, exc) from exc
-        return dict(zip([o.name for o in sess.get_outputs()], values))
-
-    @staticmethod
-    def _run_bound(sess, device_feeds: dict, extra: dict) -> dict:
-        """Run with IO binding: the model inputs are OrtValues already on the device
-        (bound once for every chunk); the small extra feeds and the statistics go
-        through the host."""
-        binding = sess.io_binding()
-        for name, value in device_feeds.items():
-            binding.bind_ortvalue_input(name, value)
-        for name, value in extra.items():
-            binding.bind_cpu_input(name, value)
-        names = [o.name for o in sess.get_outputs()]
-        for name in names:
-            binding.bind_output(name, "cpu")
-        try:
-            sess.run_with_iobinding(binding)
-        except Exception as exc:
-            raise _model_failed({k: v.shape() for k, v in device_feeds.items()}, exc) from exc
-        return dict(zip(names, binding.copy_outputs_to_cpu()))
-
-    def _device_feeds(self, feeds, provider):
-        """The inputs as device OrtValues when IO binding is on (default: on CUDA)."""
-        use = self.io_binding if self.io_binding is not None else provider == "cuda"
-        if not use:
-            return None
-        import onnxruntime as ort
-
-        device = "cuda" if provider == "cuda" else "cpu"
-        return {k: ort.OrtValue.ortvalue_from_numpy(v, device, 0) for k, v in feeds.items()}
 
     def reference(self, feeds) -> dict:
         """The original model's outputs on ``feeds``."""
         sess, _ = self.reference_session()
-        return self._run(sess, feeds)
+        return run_session(sess, feeds)
 
     def location_shapes(self, ug, feeds) -> dict | None:
         """Location name -> its shape at ``feeds`` for the banks of ``ug`` (a ``fed``
@@ -727,7 +433,7 @@ class Estimator:
         signature; None when ``ug`` has no draws."""
         if not ug.draws:
             return None
-        key = _signature(feeds)
+        key = signature(feeds)
         if key not in self._shapes:
             self._shapes[key] = self._probe_shapes(ug, feeds)
         return self._shapes[key]
@@ -739,7 +445,7 @@ class Estimator:
             if self._probe is None:
                 self._probe = create_session(graphs.location_probe(self.info, ug.draws),
                                              self.provider_request, prepack=False)[0]
-            shapes.update({k: v.shape for k, v in self._run(self._probe, feeds).items()})
+            shapes.update({k: v.shape for k, v in run_session(self._probe, feeds).items()})
         return shapes
 
     def batch_axes(self, ug, feeds) -> dict | None:
@@ -755,7 +461,7 @@ class Estimator:
         """
         if not ug.draws:
             return None
-        key = _signature(feeds)
+        key = signature(feeds)
         if key not in self._batch_axes:
             shapes = self.location_shapes(ug, feeds)
             axes, why = self._find_batch_axes(ug, feeds, shapes)
@@ -804,11 +510,10 @@ class Estimator:
                             f"{tuple(alt_shapes[loc])} at batch 1)")
         return axes, why
 
-
     def _cut_values(self, split, feeds) -> dict:
         """looped-suffix: what the suffix reads, from one run of the prefix on ``feeds``
         (the tensors crossing the cut, and the model inputs the suffix reads itself)."""
-        values = self._run(split.prefix, feeds)
+        values = run_session(split.prefix, feeds)
         wanted = {i.name for i in split.suffix_for(self.threads).get_inputs()}
         return {k: v for k, v in {**feeds, **values}.items() if k in wanted}
 
@@ -817,19 +522,19 @@ class Estimator:
         ``run(threads, n, level, first) -> outputs`` for samples first .. first+n-1
         (level None: the spec's; 0.0: the unperturbed output)."""
         base = self._cut_values(split, feeds)
-        key = _signature(feeds)
+        key = signature(feeds)
         if ug.draws and key not in self._shapes and all(d.location in base for d in ug.draws):
             # The locations cross the cut: their shapes are the prefix's (no probe run).
             self._shapes[key] = {d.location: base[d.location].shape for d in ug.draws}
-        device = self._device_feeds(base, provider)
+        device = device_feeds(base, provider, self.io_binding)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
 
         def run(threads, n, level, first):
             extra = ug.feeds(samples=n, level=level, first=first, shapes=shapes,
                              batch_axes=axes)
             session = split.suffix_for(threads)
-            return (self._run(session, {**base, **extra}) if device is None else
-                    self._run_bound(session, device, extra))
+            return (run_session(session, {**base, **extra}) if device is None else
+                    run_bound(session, device, extra))
         return run
 
     def _verify_split(self, ug, split, feeds, reference) -> Verdict:
@@ -850,14 +555,14 @@ class Estimator:
         if ug.prefix is not None:
             return self._verify_split(ug, sess, feeds, reference)
         if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
-            out = self._run(sess, {**feeds, **ug.feeds()})
+            out = run_session(sess, {**feeds, **ug.feeds()})
             verdict = check_unperturbed_slot(out, reference)
             if verdict.ok and isinstance(self.spec, Transform):
                 expected = self._transform_statistics(feeds, ug.stats_outputs)
                 verdict = check_statistics(out, expected, "transformed runs of the original")
             return verdict
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
-        out = self._run(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes,
+        out = run_session(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes,
                                                    batch_axes=axes)})
         verdict = check_identity(out, reference, ug.stats_outputs)
         if verdict.ok and ug.keep_samples:
@@ -867,7 +572,7 @@ class Estimator:
             verdict = check_identity(result_outputs(self._statistics(ug, [(2, out)])),
                                      reference, ug.stats_outputs)
         if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
-            on = self._run(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes,
+            on = run_session(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes,
                                                       batch_axes=axes)})
             verdict = check_unperturbed_slot(on, reference)
         return verdict
@@ -901,7 +606,7 @@ class Estimator:
 
     def _select(self, feeds):
         """The verified (graph, session, provider) for this input signature."""
-        key = _signature(feeds)
+        key = signature(feeds)
         if key in self._verified:
             return self._built[self._verified[key]]
         cache_key = self._cache_key(feeds)
@@ -1029,7 +734,7 @@ class Estimator:
             "format": FORMAT, "tfue": __version__, "code": code_digest(),
             "onnxruntime": onnxruntime.__version__,
             "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
-            "location": self.location, "signature": repr(_signature(feeds)),
+            "location": self.location, "signature": repr(signature(feeds)),
             "provider": self.provider_request,
             "strategy": self.strategy_request, "keep_samples": self.keep_samples,
             "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
@@ -1095,7 +800,7 @@ class Estimator:
             return None
         if provider != fields["provider"]:
             return None
-        return self._built_from_cache(_signature(feeds), ug, sess, provider, fields, spatial,
+        return self._built_from_cache(signature(feeds), ug, sess, provider, fields, spatial,
                                       shapes, axes)
 
     def _stored_graph(self, strategy: str, g: dict, stored: dict):
@@ -1160,7 +865,7 @@ class Estimator:
         """Which axes of each output carry the image's height and width at ``feeds``'
         shapes (an axes.SpatialAxes, cached per input shape); ``outputs`` are the
         original model's outputs on ``feeds`` when already computed."""
-        known = self._axes_known.get(_signature(feeds))
+        known = self._axes_known.get(signature(feeds))
         if known is not None:
             return known
         if self._axes_probe is None:
@@ -1175,9 +880,9 @@ class Estimator:
         :func:`_peak_bytes`: shape inference at the real input shape, each tensor alive
         from its producer to its last reader). A chunk of c samples is planned as c
         times this (onnxruntime's own arena comes on top: see BENCHMARKS.md)."""
-        key = _signature(feeds)
+        key = signature(feeds)
         if key not in self._sample_bytes:
-            self._sample_bytes[key] = _peak_bytes(self.info.model, feeds)
+            self._sample_bytes[key] = peak_bytes(self.info.model, feeds)
         return self._sample_bytes[key]
 
     def chunk_cap(self, feeds) -> int:
@@ -1195,7 +900,7 @@ class Estimator:
         if chunk is None and feeds is not None:
             chunk = min(MAX_AUTO_CHUNK, self.chunk_cap(feeds))
         chunk = chunk or min(self.samples, DEFAULT_CHUNK)
-        return _split_sizes(self.samples, chunk)
+        return split_sizes(self.samples, chunk)
 
     def run(self, feeds, level: float | None = None, progress=None) -> Result:
         """Sample the perturbed model on ``feeds`` (an array or dict of arrays).
@@ -1213,7 +918,7 @@ class Estimator:
                 raise TfueError(f"--method {self.spec.method} has no level",
                                 "levels are for noise and dropout")
             level = float(self.spec.with_level(level).level)  # validates the level
-        key = _signature(feeds)
+        key = signature(feeds)
         try:
             return self._sampled(feeds, level, progress)
         except Exception as exc:
@@ -1270,7 +975,7 @@ class Estimator:
 
     def _chunk_outputs(self, ug, sess, feeds, provider, level, chunks):
         """One graph per chunk (shared-prefix, batched, loop): (n, outputs) per chunk."""
-        device_feeds = self._device_feeds(feeds, provider)
+        on_device = device_feeds(feeds, provider, self.io_binding)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
         first_sample = 0
         for n in chunks:
@@ -1278,8 +983,8 @@ class Estimator:
             extra = ug.feeds(samples=n, level=level, first=first_sample, shapes=shapes,
                              batch_axes=axes)
             first_sample += n
-            yield n, (self._run(sess, {**feeds, **extra}) if device_feeds is None else
-                      self._run_bound(sess, device_feeds, extra))
+            yield n, (run_session(sess, {**feeds, **extra}) if on_device is None else
+                      run_bound(sess, on_device, extra))
 
     def _split_outputs(self, ug, split, feeds, provider, level, chunks: list, tuning: dict):
         """looped-suffix: the prefix once, the unperturbed output once (0, outputs), then
@@ -1290,7 +995,7 @@ class Estimator:
         shape). Fills ``chunks`` with the runs made and ``tuning`` with what was chosen
         and measured."""
         run = self._suffix_runner(ug, split, feeds, provider)
-        key = _signature(feeds)
+        key = signature(feeds)
         plan = self._tuned.get(key)
         if plan is None and self.chunk is not None:
             plan = {"chunk": self.chunk, "threads": self.threads, "how": "given"}
@@ -1327,7 +1032,7 @@ class Estimator:
                 self.cache.update(self._cache_keys[key], tuning=plan)
         tuning.update(plan)
         tuning["chunk_cap"] = self.chunk_cap(feeds)
-        for n in _split_sizes(self.samples - first, plan["chunk"]) if first < self.samples \
+        for n in split_sizes(self.samples - first, plan["chunk"]) if first < self.samples \
                 else []:
             chunks.append(n)
             yield n, run(plan["threads"], n, level, first)
@@ -1476,7 +1181,7 @@ class Estimator:
 
     def _run_entropy(self, feeds) -> Result:
         sess, provider = self.reference_session()
-        out = self._run(sess, feeds)
+        out = run_session(sess, feeds)
         results = {}
         for o in self.info.outputs:
             y = out[o.name]
@@ -1547,7 +1252,6 @@ class Estimator:
         self.exported_outputs = [o.name for o in model.graph.output]
         return path
 
-
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""
         spec = self.spec.describe()
@@ -1608,7 +1312,7 @@ class Estimator:
         if not isinstance(self.spec, SAMPLED):
             ug, _, _ = self._select(feeds)
             return ug
-        key = _signature(feeds)
+        key = signature(feeds)
         if key in self._standalone:
             return self._standalone[key]
         reference = self.reference(feeds)
@@ -1649,30 +1353,15 @@ class Estimator:
                         "against the original model (" + "; ".join(failures) + ")",
                         "export with another location (--at) or --strategy loop")
 
+    def check_feeds(self, feeds) -> dict:
+        """``feeds`` validated for this model (feeds.check_feeds, with the ``pad`` check)."""
+        return check_feeds(self.info, feeds, self.pad, self._pad_input)
+
+    synthetic_input = staticmethod(synthetic_input)
+
     def example_input(self, size: int = 64) -> dict:
         """A synthetic input: free dims become 1 (batch) or ``size``; values N(0, 1)."""
         return self.synthetic_input(self.info, size)
-
-    @staticmethod
-    def synthetic_input(info: ModelInfo, size: int = 64) -> dict:
-        """A synthetic input for ``info``'s model (see example_input)."""
-        rng = np.random.default_rng(0)
-        feeds = {}
-        for inp in info.inputs:
-            if inp.shape is None:
-                raise TfueError(f"input '{inp.name}' has no known shape to make an example from",
-                                "pass an example input (--example FILE)")
-            shape = [d if isinstance(d, int) and d > 0 else (1 if axis == 0 else size)
-                     for axis, d in enumerate(inp.shape)]
-            dtype = _onnx_dtype(inp.dtype) or np.float32
-            if dtype.kind == "f":
-                feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-            else:
-                feeds[inp.name] = np.zeros(shape, dtype)
-        return feeds
-
-
-_FLOATS = ("float32", "float64", "float16")
 
 
 def _spread(ug, location: str) -> str:
@@ -1804,38 +1493,6 @@ def _disk_cache(cache):
                     "e.g. cache=False to measure and verify afresh")
 
 
-def _split_sizes(total: int, chunk: int) -> list:
-    """``total`` samples in runs of ``chunk`` (the last one smaller)."""
-    sizes = [chunk] * (total // chunk)
-    if total % chunk:
-        sizes.append(total % chunk)
-    return sizes
-
-
-def _signature(feeds: dict) -> tuple:
-    """An input signature (names, shapes, dtypes): what graphs, probes, draws and
-    verifications are cached by."""
-    return tuple((k, v.shape, v.dtype.str) for k, v in sorted(feeds.items()))
-
-
-def _check_inputs_fit(info: ModelInfo, spec) -> None:
-    """Refuse up front a method the model's inputs do not fit (before any work)."""
-    if not isinstance(spec, Transform):
-        return
-    inputs = info.inputs
-    if len(inputs) == 1 and inputs[0].dtype in _FLOATS and inputs[0].shape is not None \
-            and len(inputs[0].shape) in (3, 4):
-        return
-    listed = ", ".join(f"{i.name} {i.dtype} " + ("[rank unknown]" if i.shape is None else
-                                                 "[" + ", ".join(map(str, i.shape)) + "]")
-                       for i in inputs)
-    raise TfueError("infer-transformation needs one image input (float, [N,C,H,W]/[N,H,W,C]/"
-                    f"[N,H,W]); this model has {len(inputs)} input"
-                    f"{'' if len(inputs) == 1 else 's'}: {listed}",
-                    "use a gray-box method instead: --method noise or --method dropout "
-                    "(perturbs an inner tensor, any input type)")
-
-
 def _check_arguments(model, spec) -> None:
     """Refuse a model or spec of the wrong type early, naming the argument."""
     import onnx
@@ -1848,23 +1505,3 @@ def _check_arguments(model, spec) -> None:
                         f"{type(spec).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
 
 
-def _model_failed(shapes: dict, exc) -> TfueError:
-    """The error for onnxruntime failing on inputs of ``shapes`` (name -> shape)."""
-    named = ", ".join(f"{k}{tuple(v)}" for k, v in shapes.items())
-    return TfueError(f"the model failed on input {named}: {ort_message(exc)}",
-                     "check the input size and layout the model expects "
-                     "(for images: --resize HxW)")
-
-
-def ort_message(exc) -> str:
-    """onnxruntime's error, without its source paths and C++ signatures."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"/onnxruntime_src/\S+:\d+ ", "", text)
-    text = re.sub(r"(?:[\w:]+ )?onnxruntime::[\w:<>]+\([^)]*\)\s*", "", text)
-    text = re.sub(r"(Status Message: ).*? was false\.\s*", r"\1", text)
-    return text[:240]
-
-
-def _fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) + "]"

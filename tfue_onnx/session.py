@@ -9,6 +9,7 @@ itself after creating it, and the run reports what really ran.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 from .errors import TfueError
@@ -238,3 +239,67 @@ def _new_session(ort, source, providers, folder=None, prepack=True, threads=None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TfueError(f"onnxruntime cannot load the model: {first}",
                         "check that the model runs in plain onnxruntime") from exc
+
+
+def run_session(sess, feeds: dict) -> dict:
+    """Run ``sess`` on ``feeds``: output name -> array.
+
+    Raises:
+        TfueError: onnxruntime failed (its message cleaned, the input shapes named;
+            the original exception is the cause).
+    """
+    try:
+        values = sess.run(None, feeds)
+    except Exception as exc:
+        raise model_failed({k: v.shape for k, v in feeds.items()
+                             if not k.startswith("tfue")}, exc) from exc
+    return dict(zip([o.name for o in sess.get_outputs()], values))
+
+
+def run_bound(sess, device_feeds: dict, extra: dict) -> dict:
+    """Run with IO binding: the model inputs are OrtValues already on the device
+    (bound once for every chunk); the small extra feeds and the statistics go
+    through the host."""
+    binding = sess.io_binding()
+    for name, value in device_feeds.items():
+        binding.bind_ortvalue_input(name, value)
+    for name, value in extra.items():
+        binding.bind_cpu_input(name, value)
+    names = [o.name for o in sess.get_outputs()]
+    for name in names:
+        binding.bind_output(name, "cpu")
+    try:
+        sess.run_with_iobinding(binding)
+    except Exception as exc:
+        raise model_failed({k: v.shape() for k, v in device_feeds.items()}, exc) from exc
+    return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+
+def device_feeds(feeds: dict, provider: str, io_binding: bool | None = None):
+    """``feeds`` as OrtValues on ``provider``'s device when IO binding is on
+    (``io_binding`` None: on CUDA only), else None (feed numpy arrays)."""
+    use = io_binding if io_binding is not None else provider == "cuda"
+    if not use:
+        return None
+    ort = _ort()
+
+    device = "cuda" if provider == "cuda" else "cpu"
+    return {k: ort.OrtValue.ortvalue_from_numpy(v, device, 0) for k, v in feeds.items()}
+
+
+def model_failed(shapes: dict, exc) -> TfueError:
+    """The error for onnxruntime failing on inputs of ``shapes`` (name -> shape)."""
+    named = ", ".join(f"{k}{tuple(v)}" for k, v in shapes.items())
+    return TfueError(f"the model failed on input {named}: {ort_message(exc)}",
+                     "check the input size and layout the model expects "
+                     "(for images: --resize HxW)")
+
+
+def ort_message(exc) -> str:
+    """onnxruntime's error, without its source paths and C++ signatures."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ ", "", text)
+    text = re.sub(r"(?:[\w:]+ )?onnxruntime::[\w:<>]+\([^)]*\)\s*", "", text)
+    text = re.sub(r"(Status Message: ).*? was false\.\s*", r"\1", text)
+    return text[:240]
