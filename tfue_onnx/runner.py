@@ -1130,7 +1130,6 @@ class Estimator:
         kept = {name: [] for name in ug.stats_outputs}
         mean_entropy = {name: 0.0 for name in self.classes}
         first = None
-        sampled = isinstance(self.spec, SAMPLED)
         # NaN/Inf (a model that overflows under the perturbation) are the user's to
         # see: they are counted and warned about (report.non_finite), not numpy's.
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -1140,44 +1139,50 @@ class Estimator:
                 if n == 0:  # the unperturbed run alone (looped-suffix): no samples
                     continue
                 for name in ug.stats_outputs:
-                    names = graphs.output_names(name)
-                    if sampled:
-                        # Sample by sample, in sample order: the same floats whatever the
-                        # chunks. Statistics of the change from y, as the graph's head does.
-                        samples = out[names["samples"]]
-                        stats[name].add_each(samples - first[name][None])
-                        if name in self.classes:
-                            for p in samples:
-                                mean_entropy[name] += entropy(p, self.classes[name])
-                    else:
-                        stats[name].add_chunk(n, out[names["mean"]], out[names["variance"]])
-                        if name in self.classes:
-                            mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
-                    if self.keep_samples:
-                        kept[name].append(out[names["samples"]])
+                    self._add_run(stats[name], kept[name], mean_entropy, name, n, out, first)
             results = {}
             for o in self.info.outputs:
-                if o.name in results:  # listed again: the same tensor, the same statistics
-                    continue
-                y = first[o.name]
-                if o.name not in stats:
-                    results[o.name] = OutputStats(output=y)
-                    continue
-                s = stats[o.name]
-                mean = s.mean + y if sampled else s.mean  # back from the change to the output
-                r = OutputStats(output=y, mean=mean.astype(y.dtype),
-                                variance=s.variance.astype(y.dtype),
-                                samples=np.concatenate(kept[o.name]) if self.keep_samples else None)
-                if o.name in self.classes:
-                    axis = self.classes[o.name]
-                    h = entropy(mean, axis)
-                    r.entropy = h.astype(y.dtype)
-                    r.mutual_information = np.maximum(h - mean_entropy[o.name] / s.count,
-                                                      0).astype(y.dtype)
-                    r.class_variance = winning_class_variance(mean, s.variance,
-                                                              axis).astype(y.dtype)
-                results[o.name] = r
+                if o.name not in results:  # listed again: the same tensor, the same statistics
+                    results[o.name] = self._output_stats(o.name, first[o.name], stats.get(o.name),
+                                                         kept.get(o.name), mean_entropy)
         return results
+
+    def _add_run(self, stats, kept: list, mean_entropy: dict, name: str, n: int, out: dict,
+                 first: dict) -> None:
+        """Merge one run's ``n`` samples of output ``name`` into ``stats`` (and ``kept``,
+        ``mean_entropy``)."""
+        names = graphs.output_names(name)
+        if isinstance(self.spec, SAMPLED):
+            # Sample by sample, in sample order: the same floats whatever the chunks.
+            # Statistics of the change from y, as the graph's head does.
+            samples = out[names["samples"]]
+            stats.add_each(samples - first[name][None])
+            if name in self.classes:
+                for p in samples:
+                    mean_entropy[name] += entropy(p, self.classes[name])
+        else:
+            stats.add_chunk(n, out[names["mean"]], out[names["variance"]])
+            if name in self.classes:
+                mean_entropy[name] += out[names["mean_entropy"]].astype(np.float64) * n
+        if self.keep_samples:
+            kept.append(out[names["samples"]])
+
+    def _output_stats(self, name: str, y, s, kept, mean_entropy: dict) -> OutputStats:
+        """Output ``name``'s statistics from its unperturbed value ``y`` and merged runs
+        ``s`` (None: no statistics), in ``y``'s dtype."""
+        if s is None:
+            return OutputStats(output=y)
+        mean = s.mean + y if isinstance(self.spec, SAMPLED) else s.mean  # back from the change
+        r = OutputStats(output=y, mean=mean.astype(y.dtype), variance=s.variance.astype(y.dtype),
+                        samples=np.concatenate(kept) if self.keep_samples else None)
+        if name in self.classes:
+            axis = self.classes[name]
+            h = entropy(mean, axis)
+            r.entropy = h.astype(y.dtype)
+            r.mutual_information = np.maximum(h - mean_entropy[name] / s.count,
+                                              0).astype(y.dtype)
+            r.class_variance = winning_class_variance(mean, s.variance, axis).astype(y.dtype)
+        return r
 
     def _run_entropy(self, feeds) -> Result:
         sess, provider = self.reference_session()
