@@ -526,7 +526,7 @@ def test_export_holds_at_most_two_sessions_of_the_weights(tmp_path, x6, monkeypa
     """Each onnxruntime session maps the weights: export verifies its in-graph-sampling
     graph one session at a time, beside the original model's, and makes no graph with
     fed draws (nor its location probe)."""
-    import tfue_onnx.runner as runner_module
+    import tfue_onnx.selection as runner_module
 
     path, inline, _ = ext_net(tmp_path / "m")
     made = []

@@ -119,7 +119,7 @@ def _spy_on_prepack(monkeypatch, module) -> list:
 def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
     path = mlp(tmp_path / "m.onnx", external=True)
     x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
-    import tfue_onnx.runner as runner_module
+    import tfue_onnx.selection as runner_module
 
     made = _spy_on_prepack(monkeypatch, runner_module)
     r = Estimator(path, Noise(0.1, at="t1"), samples=4, seed=5)

@@ -330,7 +330,7 @@ def test_cli_no_cache_writes_nothing(cli, toy, x8, tmp_path, own_cache):
 
 
 def test_the_smallest_chunk_within_five_percent_of_the_fastest_wins():
-    from tfue_onnx.runner import _choose
+    from tfue_onnx.autotune import choose_trial as _choose
 
     trials = [{"chunk": 1, "threads": None, "s_per_sample": 0.0100},
               {"chunk": 1, "threads": 1, "s_per_sample": 0.0130},
@@ -417,7 +417,7 @@ def test_banks_drawn_on_every_core_are_the_same_numbers(monkeypatch, kind, dtype
 
 
 def test_large_weights_get_no_second_session(toy, x8, monkeypatch):
-    import tfue_onnx.runner as runner_module
+    import tfue_onnx.selection as runner_module
 
     monkeypatch.setattr(runner_module, "SPARE_SESSION_BYTES", 0)  # every model is "large"
     est = Estimator(toy(), Noise(0.2, at="r1"), samples=8, seed=0)

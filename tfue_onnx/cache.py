@@ -34,6 +34,13 @@ import json
 import os
 import re
 
+import numpy as np
+
+from .autotune import cached_plan
+from .errors import TfueError
+from .feeds import signature
+from .perturb import SAMPLED, Dropout, Noise
+
 ENV = "TFUE_CACHE_DIR"
 FORMAT = 2  # bumped when the entry layout changes: older entries are ignored
 MAX_GRAPH_BYTES = 64 * 1024**2  # larger graphs are rebuilt, not stored
@@ -286,3 +293,207 @@ def _jsonable(value):
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def plausible_axes(feeds, shapes: dict, axes: dict) -> bool:
+    """Whether cached batch axes fit ``feeds``: none at a batch of one (the whole
+    tensor's draws are the item's), else an axis of the location of the batch's size."""
+    batch = {v.shape[0] for v in feeds.values() if v.ndim}
+    for loc, axis in axes.items():
+        if axis is None:
+            continue
+        shape = shapes.get(loc)
+        if batch == {1} or shape is None or not 0 <= axis < len(shape) or \
+                shape[axis] not in batch:
+            return False
+    return True
+
+
+def disk_cache(cache):
+    """A cache.DiskCache from ``cache``: True (the default folder), False/None (off),
+    a folder path, or a DiskCache."""
+    from .cache import DiskCache
+
+    if isinstance(cache, DiskCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return DiskCache(os.fspath(cache))
+    if cache is True:
+        return DiskCache()
+    if cache is False or cache is None:
+        return DiskCache(enabled=False)
+    raise TfueError(f"cache must be True, False or a folder, got {cache!r}",
+                    "e.g. cache=False to measure and verify afresh")
+
+
+class CachedSelection:
+    """What an Estimator keeps in and reads from the disk cache (mixed into Estimator):
+    the verified graph of an input signature, its locations' shapes and batch axes, the
+    output axes and the autotune plan; an entry that does not hold up is a miss."""
+
+    def _cache_key(self, feeds) -> str | None:
+        """The disk-cache key of a gray-box run on ``feeds``' signature (None: not
+        cached: black-box methods, a cache turned off, a model too large to hash)."""
+        if not self.cache.enabled or not isinstance(self.spec, SAMPLED):
+            return None
+        from .cache import FORMAT, code_digest, make_key, model_digest
+        from .external import data_files
+
+        if not hasattr(self, "_digest"):
+            digest = model_digest(self.original.model)
+            files = []
+            for path in sorted(data_files(self.original.model)):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    digest = None
+                    break
+                files.append([path, st.st_size, st.st_mtime_ns])
+            self._digest = None if digest is None else [digest, files]
+        if self._digest is None:
+            return None
+        import onnxruntime
+
+        from . import __version__
+
+        return make_key({
+            "format": FORMAT, "tfue": __version__, "code": code_digest(),
+            "onnxruntime": onnxruntime.__version__,
+            "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
+            "location": self.location, "signature": repr(signature(feeds)),
+            "provider": self.provider_request,
+            "strategy": self.strategy_request, "keep_samples": self.keep_samples,
+            "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
+            "threads": self.threads, "max_memory": self.max_memory, "chunk": self.chunk,
+            "io_binding": self.io_binding})
+
+    def _to_cache(self, cache_key, feeds, ug, provider, verdict) -> None:
+        """Keep the verified graph of ``feeds``' signature and what its runs need."""
+        shapes = self.location_shapes(ug, feeds) or {}
+        axes = self.batch_axes(ug, feeds) or {}
+        fields = {
+            "strategy": ug.strategy, "provider": provider, "max_error": verdict.max_error,
+            "graph": {
+                "stats_outputs": ug.stats_outputs, "samples_input": ug.samples_input,
+                "level_inputs": {k: [float(v), np.asarray(v).dtype.str]
+                                 for k, v in ug.level_inputs.items()},
+                "locations": list(ug.locations), "samples": ug.samples,
+                "keep_samples": ug.keep_samples,
+                "classes": [[k, v] for k, v in ug.classes.items()], "sampling": ug.sampling,
+                "draws": [[d.input, d.location, d.kind, np.dtype(d.dtype).str, d.index]
+                          for d in ug.draws],
+                "relative_axes": ug.relative_axes, "cut": ug.cut},
+            "shapes": {k: [int(d) for d in v] for k, v in shapes.items()},
+            "batch_axes": axes, "spatial_axes": self.spatial_axes(feeds).to_json()}
+        graphs = {"model": ug.model.SerializeToString()}
+        if ug.prefix is not None:
+            graphs["prefix"] = ug.prefix.SerializeToString()
+        if not self.cache.store(cache_key, fields, graphs):
+            self.notes.append(f"cache: not written ({self.cache.problem})")
+
+    def _from_cache(self, cache_key, feeds):
+        """The verified (graph, session, provider) kept on disk for ``feeds``'
+        signature, or None (no entry, or one that does not hold up: see cache.py)."""
+        from .axes import SpatialAxes
+
+        found = self.cache.load(cache_key, {"strategy": str, "provider": str, "graph": dict,
+                                            "shapes": dict, "batch_axes": dict,
+                                            "spatial_axes": dict})
+        if found is None:
+            return None
+        fields, stored = found
+        try:
+            g = fields["graph"]
+            if fields["strategy"] not in self._strategies():
+                return None
+            if "model" not in stored:  # too large to store: built again, not verified again
+                built = self._candidate(fields["strategy"])
+                if built is None:
+                    return None
+                ug, sess, provider = built
+            elif (fields["strategy"] == "looped-suffix") != ("prefix" in stored):
+                return None
+            else:
+                ug, sess, provider = self._stored_graph(fields["strategy"], g, stored)
+            if not self._plausible(ug):
+                return None
+            spatial = SpatialAxes.from_json(fields["spatial_axes"])
+            shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
+            axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
+            if not plausible_axes(feeds, shapes, axes):
+                return None
+        except Exception:  # anything amiss in an entry makes it a miss, never an error
+            return None
+        if provider != fields["provider"]:
+            return None
+        return self._built_from_cache(signature(feeds), ug, sess, provider, fields, spatial,
+                                      shapes, axes)
+
+    def _stored_graph(self, strategy: str, g: dict, stored: dict):
+        """(graph, session, provider) of the graphs an entry stored, its fields ``g``."""
+        import onnx
+
+        from .graph.builder import Draw, UncertaintyGraph
+
+        ug = UncertaintyGraph(
+            model=onnx.ModelProto.FromString(stored["model"]), strategy=strategy,
+            stats_outputs=list(g["stats_outputs"]), samples_input=g["samples_input"],
+            level_inputs={k: np.asarray(v, dtype=np.dtype(t))
+                          for k, (v, t) in g["level_inputs"].items()},
+            locations=list(g["locations"]), samples=int(g["samples"]), seed=self.seed,
+            keep_samples=bool(g["keep_samples"]),
+            classes={k: (tuple(v) if isinstance(v, list) else int(v))
+                     for k, v in g["classes"]},
+            sampling=g["sampling"],
+            draws=[Draw(a, b, c, np.dtype(d), int(e)) for a, b, c, d, e in g["draws"]],
+            relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
+            prefix=(onnx.ModelProto.FromString(stored["prefix"])
+                    if "prefix" in stored else None))
+        ug.samples = self.samples  # N is an input of the graph, not part of it
+        self._share_banks(ug)
+        return (ug, *self._sessions(ug))
+
+    def _plausible(self, ug) -> bool:
+        """Cheap checks of a graph read from the cache against this run's own spec: the
+        levels, the kind and place of the draws, the outputs (a defence against a fault
+        the seal cannot see; the seal guards against edits)."""
+        names = {o.name for o in self.info.outputs}
+        if not ug.stats_outputs or not set(ug.stats_outputs) <= names:
+            return False
+        if isinstance(self.spec, (Noise, Dropout)):
+            want = "normal" if isinstance(self.spec, Noise) else "uniform"
+            if any(d.kind != want or d.location != self.location or d.index != 1
+                   for d in ug.draws) or len(ug.draws) != 1:
+                return False
+            if any(float(v) != float(np.asarray(self.spec.level, dtype=v.dtype))
+                   for v in ug.level_inputs.values()) or len(ug.level_inputs) != 1:
+                return False
+        return True
+
+    def _built_from_cache(self, key, ug, sess, provider, fields, spatial, shapes, axes):
+        """Record a graph read from the cache for input signature ``key``."""
+        self._built[ug.strategy] = (ug, sess, provider)
+        self._verified[key] = ug.strategy
+        if ug.draws:
+            self._shapes[key], self._batch_axes[key] = shapes, axes
+        self._axes_known[key] = spatial
+        tuning = fields.get("tuning")
+        plan = cached_plan(tuning, self.threads, self.samples) if self.chunk is None else None
+        if plan is not None:
+            self._tuned[key] = plan
+        self.notes.append(f"strategy {ug.strategy}: verified by an earlier run on this model "
+                          f"and input shape (max |error| at level 0 = "
+                          f"{float(fields.get('max_error', 0)):.2g}; cache "
+                          f"{self.cache.folder}; --no-cache to verify again)")
+        return ug, sess, provider
+
+    def _forget(self, key) -> None:
+        """Drop what the disk cache gave for input signature ``key``; it is not read
+        again in this run (the fresh verification overwrites it)."""
+        strategy = self._verified.pop(key, None)
+        if strategy is not None:
+            self._built.pop(strategy, None)
+        for d in (self._shapes, self._batch_axes, self._axes_known, self._tuned):
+            d.pop(key, None)
+        self._from_disk.discard(key)
+        self._skip_disk.add(key)

@@ -22,45 +22,25 @@ from .io import check_new_file
 from .model import ModelInfo, load_model
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_max_memory, check_samples, check_seed)
+from .autotune import Autotune, check_threads, choose_trial, shapes_text, threads_text
+from .cache import CachedSelection, disk_cache
 from .classes import find_classes
 from .feeds import check_feeds, check_inputs_fit, signature, synthetic_input
 from .memory import (DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, MAX_AUTO_CHUNK, check_chunk, peak_bytes,
                      split_sizes)
-from .session import (create_session, device_feeds, ort_message, run_bound, run_session)
-from .stats import RunningStats, entropy, winning_class_variance
 from .results import OutputStats, Result
-from .verify import (Verdict, check_chunk_independence, check_identity, check_statistics,
-                     check_unperturbed_slot, result_outputs)
+from .selection import StrategySelection, spread_text
+from .session import device_feeds, run_bound, run_session
+from .stats import RunningStats, entropy, winning_class_variance
 
 EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
                         "run of a session draws anew, a fresh session repeats the same sequence")
 
 
-@dataclasses.dataclass
-class _Split:
-    """The looped-suffix strategy's sessions: the prefix, and the suffix per intra-op
-    thread count (None: onnxruntime's default), made when first asked for."""
-
-    prefix: object
-    make_suffix: object  # callable(threads) -> session
-    suffix: dict = dataclasses.field(default_factory=dict)
-    spare: bool = True  # whether a second suffix session (another thread count) may be made
-
-    def suffix_for(self, threads=None):
-        if threads not in self.suffix:
-            self.suffix[threads] = self.make_suffix(threads)
-        return self.suffix[threads]
-
-    def drop(self, keep) -> None:
-        """Let go of the suffix sessions of other thread counts than ``keep``."""
-        for t in [t for t in self.suffix if t != keep]:
-            del self.suffix[t]
-
-
 # Ops that pass a tensor's values through with the same axes.
 
 
-class Estimator:
+class Estimator(StrategySelection, CachedSelection, Autotune):
     """Training-free uncertainty for one ONNX model and one perturbation.
 
     Args:
@@ -154,8 +134,8 @@ class Estimator:
         self.chunk = check_chunk(chunk)
         self.max_memory = check_max_memory(max_memory)
         self.io_binding = io_binding
-        self.threads = _check_threads(threads)
-        self.cache = _disk_cache(cache)
+        self.threads = check_threads(threads)
+        self.cache = disk_cache(cache)
         self._sample_bytes = {}
         self._tuned = {}  # input signature -> {"chunk", "threads", "trials"} (looped-suffix)
         self._axes_known = {}  # input signature -> axes.SpatialAxes read from the cache
@@ -307,573 +287,13 @@ class Estimator:
             self.info = aligned[0]
         self._members = aligned[1:]
 
-    def _strategies(self):
-        if isinstance(self.spec, Ensemble):
-            return ["batched"]
-        if self.strategy_request != "auto":
-            return [self.strategy_request]
-        return list(graphs.STRATEGIES)
-
-    def _candidate(self, name):
-        """(graph, session, provider) of strategy ``name``, built on first use; None when
-        the strategy cannot apply or onnxruntime rejects its graph (noted)."""
-        if name not in self._built:
-            self._built[name] = None
-            spec = self.spec
-            if isinstance(spec, Ensemble):  # members already loaded and checked
-                spec = Ensemble(tuple(self._members))
-            # A TfueError from building is tfue's own judgement (a bad argument, a model
-            # the method does not fit): it propagates unchanged, with its hint.
-            try:
-                # Gray-box samples come back to be merged one by one in sample order
-                # (run()): the result must not depend on the chunk size.
-                ug = graphs.build(self.info, spec, name, self.samples, self.seed,
-                                  self.keep_samples or isinstance(spec, SAMPLED), self.classes,
-                                  axes=self._graph_axes)
-                self._share_banks(ug)
-            except graphs.StrategyUnavailable as exc:
-                reason = str(exc)
-                if self._unconverted and name != "loop" and self.info is self.original:
-                    reason += f", and {self._unconverted}"  # why the copy does not help
-                self._unavailable[name] = reason
-                self.notes.append(f"strategy {name}: not available ({reason})")
-                return None
-            try:
-                self._built[name] = (ug, *self._sessions(ug))
-            except TfueError as exc:
-                if self.provider_request == "cuda" and "--provider cuda" in exc.message:
-                    raise
-                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
-                self._rejected[name] = reason
-                self.notes.append(f"strategy {name}: onnxruntime rejects its graph ({reason})")
-        built = self._built[name]
-        if built is not None and built[1] is None:  # session dropped after a failed check
-            built = self._built[name] = (built[0], *self._sessions(built[0]))
-        return built
-
-    def _share_banks(self, ug) -> None:
-        """Let ``ug`` draw from the banks every graph of this runner shares, kept up to
-        an eighth of ``max_memory``."""
-        ug.bank_cache, ug.bank_limit = self._banks, self.max_memory // 8
-
-    def _sessions(self, ug):
-        """``(session, provider)`` for ``ug``; for looped-suffix a :class:`_Split`
-        (the prefix's session and the suffix's, made per thread count when asked)."""
-        if ug.prefix is None:
-            return create_session(ug.model, self.provider_request, threads=self.threads)
-        suffix, provider = create_session(ug.model, self.provider_request, threads=self.threads)
-        prefix, _ = create_session(ug.prefix, self.provider_request, threads=self.threads)
-        split = _Split(prefix, lambda threads: create_session(
-            ug.model, self.provider_request, threads=threads)[0], {self.threads: suffix})
-        # A second suffix session (another thread count, tried by the autotuner) holds
-        # its own packed copy of the weights: only for models whose copy is small.
-        from .session import packed_bytes
-
-        split.spare = packed_bytes(ug.model) <= SPARE_SESSION_BYTES
-        return split, provider
-
-    def _drop_session(self, name) -> None:
-        """Let go of a strategy's session (its packed weights) after it failed on an
-        input signature; it is made again if another signature reaches it."""
-        if self._built.get(name) is not None:
-            self._built[name] = (self._built[name][0], None, None)
-
-    def _rotates(self) -> bool:
-        return isinstance(self.spec, Transform) and any(e.swaps_axes for e in self.spec.elements)
-
-    def _rotation_failure(self, feeds):
-        """The error for a model that cannot run the input rotated by 90°, or None when
-        that is not what went wrong: the input is square, or the original model runs
-        the rotated input (then the failure lies elsewhere)."""
-        from .graph.blackbox import spatial_axes
-        from .transforms import usable_sets
-
-        if not self._rotates():
-            return None
-        (h, w), _ = spatial_axes(self.info, self.spec.layout)
-        name, x = next(iter(feeds.items()))
-        if x.shape[h] == x.shape[w]:
-            return None
-        try:
-            self.reference({name: np.ascontiguousarray(np.swapaxes(x, h, w))})
-        except TfueError as exc:
-            return TfueError(f"the model does not accept the input rotated by 90° "
-                             f"({x.shape[h]}x{x.shape[w]} becomes {x.shape[w]}x{x.shape[h]}): "
-                             f"{exc.message}",
-                             "use one of the sets " + ", ".join(usable_sets(square=False)) +
-                             ", or a square input")
-        return None
-
-    def reference_session(self):
-        """The original model's session (used for verification)."""
-        if self._reference is None:
-            from .external import keeps_inline_weights_in_file
-
-            # A session of the path would copy the inline weights; the loaded proto
-            # points at them in the file, and onnxruntime maps them from there.
-            model = self.original.model
-            source = model if (self.softmax or self.pad or not self.path or
-                               keeps_inline_weights_in_file(model)) else self.path
-            # Runs once per input signature: no packed copy of the weights.
-            self._reference = create_session(source, self.provider_request, prepack=False)
-        return self._reference
 
     # --- inputs ------------------------------------------------------------------
 
     # --- running -----------------------------------------------------------------
 
-    def reference(self, feeds) -> dict:
-        """The original model's outputs on ``feeds``."""
-        sess, _ = self.reference_session()
-        return run_session(sess, feeds)
-
-    def location_shapes(self, ug, feeds) -> dict | None:
-        """Location name -> its shape at ``feeds`` for the banks of ``ug`` (a ``fed``
-        graph), from one run of the model cut down to its locations per input
-        signature; None when ``ug`` has no draws."""
-        if not ug.draws:
-            return None
-        key = signature(feeds)
-        if key not in self._shapes:
-            self._shapes[key] = self._probe_shapes(ug, feeds)
-        return self._shapes[key]
-
-    def _probe_shapes(self, ug, feeds) -> dict:
-        """Location name -> shape at ``feeds`` (the inputs' own, else the probe's)."""
-        shapes = {d.location: feeds[d.location].shape for d in ug.draws if d.location in feeds}
-        if len(shapes) < len({d.location for d in ug.draws}):
-            if self._probe is None:
-                self._probe = create_session(graphs.location_probe(self.info, ug.draws),
-                                             self.provider_request, prepack=False)[0]
-            shapes.update({k: v.shape for k, v in run_session(self._probe, feeds).items()})
-        return shapes
-
-    def batch_axes(self, ug, feeds) -> dict | None:
-        """Location name -> the axis of its tensor that holds the batch items (each item
-        then gets the draws it gets alone), or None where none was found (draws for the
-        whole tensor: an item's draws depend on its position in the batch).
-
-        The batch B is the inputs' common axis-0 size; a location's batch axis is the
-        one axis of size B that becomes 1 when the model runs on the batch's first item
-        alone, every other axis staying the same. At B = 1 no axis is needed (None): the
-        whole tensor's draws are then the one item's, whatever its batch axis. Cached
-        per input signature; None when ``ug`` has no draws.
-        """
-        if not ug.draws:
-            return None
-        key = signature(feeds)
-        if key not in self._batch_axes:
-            shapes = self.location_shapes(ug, feeds)
-            axes, why = self._find_batch_axes(ug, feeds, shapes)
-            self._batch_axes[key] = axes
-            batch = next(iter(feeds.values())).shape[:1]
-            for loc, axis in axes.items():
-                if axis is None and batch != (1,):
-                    self.notes.append(f"draws at '{loc}' are made for the whole tensor "
-                                      f"{tuple(shapes[loc])}: {why.get(loc)}, so a result "
-                                      "depends on the input's position in the batch")
-                elif axis is not None and self._relative() and \
-                        axis != ug.relative_axes.get(loc, 0):
-                    self.notes.append(f"relative noise at '{loc}' scales by "
-                                      f"{_spread(ug, loc)}, but the batch is its axis "
-                                      f"{axis}: an item's sigma depends on the other items")
-        return self._batch_axes[key]
-
-    def _relative(self) -> bool:
-        return isinstance(self.spec, Noise) and self.spec.mode == "relative"
-
-    def _find_batch_axes(self, ug, feeds, shapes) -> tuple:
-        """(location -> batch axis or None, location -> why None); see batch_axes."""
-        locations = list(dict.fromkeys(d.location for d in ug.draws))
-        sizes = {v.shape[0] if v.ndim else None for v in feeds.values()}
-        if len(sizes) != 1 or None in sizes:
-            return ({loc: None for loc in locations},
-                    {loc: "the inputs have no common batch axis 0" for loc in locations})
-        batch = sizes.pop()
-        if batch == 1:  # one item: its draws are the whole tensor's, on any axis
-            return {loc: None for loc in locations}, {}
-        fixed = [i.name for i in self.info.inputs
-                 if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
-        if fixed:
-            return ({loc: None for loc in locations},
-                    {loc: f"input '{fixed[0]}' has a fixed batch size" for loc in locations})
-        try:
-            alt_shapes = self._probe_shapes(ug, {k: v[:1] for k, v in feeds.items()})
-        except TfueError:
-            return ({loc: None for loc in locations},
-                    {loc: "the model does not run at batch size 1" for loc in locations})
-        axes, why = {}, {}
-        for loc in locations:
-            axes[loc] = _batch_axis(tuple(shapes[loc]), tuple(alt_shapes[loc]), batch, 1)
-            if axes[loc] is None:
-                why[loc] = (f"no axis of it follows the batch size (shape "
-                            f"{tuple(alt_shapes[loc])} at batch 1)")
-        return axes, why
-
-    def _cut_values(self, split, feeds) -> dict:
-        """looped-suffix: what the suffix reads, from one run of the prefix on ``feeds``
-        (the tensors crossing the cut, and the model inputs the suffix reads itself)."""
-        values = run_session(split.prefix, feeds)
-        wanted = {i.name for i in split.suffix_for(self.threads).get_inputs()}
-        return {k: v for k, v in {**feeds, **values}.items() if k in wanted}
-
-    def _suffix_runner(self, ug, split, feeds, provider):
-        """looped-suffix: the prefix run once on ``feeds``; returns
-        ``run(threads, n, level, first) -> outputs`` for samples first .. first+n-1
-        (level None: the spec's; 0.0: the unperturbed output)."""
-        base = self._cut_values(split, feeds)
-        key = signature(feeds)
-        if ug.draws and key not in self._shapes and all(d.location in base for d in ug.draws):
-            # The locations cross the cut: their shapes are the prefix's (no probe run).
-            self._shapes[key] = {d.location: base[d.location].shape for d in ug.draws}
-        device = device_feeds(base, provider, self.io_binding)
-        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
-
-        def run(threads, n, level, first):
-            extra = ug.feeds(samples=n, level=level, first=first, shapes=shapes,
-                             batch_axes=axes)
-            session = split.suffix_for(threads)
-            return (run_session(session, {**base, **extra}) if device is None else
-                    run_bound(session, device, extra))
-        return run
-
-    def _verify_split(self, ug, split, feeds, reference) -> Verdict:
-        """looped-suffix: level 0 gives the original (the unperturbed run and two
-        samples, reduced as run() reduces them), and with the perturbation on a
-        sample does not depend on the chunk it runs in (sample 1 in a chunk of 2 equals
-        sample 1 alone: the slots do not mix, so the batch axis is outermost)."""
-        run = self._suffix_runner(ug, split, feeds, "cpu")
-        zero, two = run(self.threads, 1, 0.0, 0), run(self.threads, 2, 0.0, 0)
-        verdict = check_identity(result_outputs(self._statistics(ug, [(0, zero), (2, two)])),
-                                 reference, ug.stats_outputs)
-        if not verdict.ok:
-            return verdict
-        together, alone = run(self.threads, 2, None, 0), run(self.threads, 1, None, 1)
-        return check_chunk_independence(together, alone, ug.stats_outputs)
-
-    def _verify(self, ug, sess, feeds, reference) -> Verdict:
-        if ug.prefix is not None:
-            return self._verify_split(ug, sess, feeds, reference)
-        if not ug.level_inputs:  # transforms, ensembles: the unperturbed output must hold
-            out = run_session(sess, {**feeds, **ug.feeds()})
-            verdict = check_unperturbed_slot(out, reference)
-            if verdict.ok and isinstance(self.spec, Transform):
-                expected = self._transform_statistics(feeds, ug.stats_outputs)
-                verdict = check_statistics(out, expected, "transformed runs of the original")
-            return verdict
-        shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
-        out = run_session(sess, {**feeds, **ug.feeds(samples=2, level=0.0, shapes=shapes,
-                                                   batch_axes=axes)})
-        verdict = check_identity(out, reference, ug.stats_outputs)
-        if verdict.ok and ug.keep_samples:
-            # What run() gives the user is its own reduction of the samples, not the
-            # graph's head (which a file exported without samples returns): check it
-            # too, on the same run.
-            verdict = check_identity(result_outputs(self._statistics(ug, [(2, out)])),
-                                     reference, ug.stats_outputs)
-        if verdict.ok and ug.strategy in ("shared-prefix", "batched"):
-            on = run_session(sess, {**feeds, **ug.feeds(samples=2, shapes=shapes,
-                                                      batch_axes=axes)})
-            verdict = check_unperturbed_slot(on, reference)
-        return verdict
-
-    def _transform_statistics(self, feeds, outputs) -> dict:
-        """What infer-transformation must give on ``feeds``, from the original model
-        alone: per output with statistics, (mean, variance) over the transforms of
-        the model run on each transformed input, turned back on the output's image
-        axes (as found for the graph; outputs without them are taken as they come).
-        ``outputs``: the names of the outputs with statistics.
-        """
-        from .graph.blackbox import spatial_axes
-
-        in_axes, _ = spatial_axes(self.info, self.spec.layout)
-        name = self.info.inputs[0].name
-        axes = self._graph_axes
-        runs = []
-        for e in self.spec.elements:
-            x = np.ascontiguousarray(e.forward(feeds[name], in_axes))
-            runs.append(self.reference({**feeds, name: x}))
-        expected = {}
-        for out in outputs:
-            oaxes = axes.outputs.get(out) if axes is not None else None
-            ys = [r[out] if oaxes is None else e.inverse(r[out], oaxes)
-                  for e, r in zip(self.spec.elements, runs)]
-            if len({y.shape for y in ys}) != 1:
-                continue  # samples that cannot be stacked: the graph failed already
-            stack = np.stack(ys).astype(np.float64)
-            expected[out] = (stack.mean(axis=0), stack.var(axis=0))
-        return expected
-
-    def _select(self, feeds):
-        """The verified (graph, session, provider) for this input signature."""
-        key = signature(feeds)
-        if key in self._verified:
-            return self._built[self._verified[key]]
-        cache_key = self._cache_key(feeds)
-        if cache_key is not None:
-            self._cache_keys[key] = cache_key
-            hit = None if key in self._skip_disk else self._from_cache(cache_key, feeds)
-            if hit is not None:
-                self._from_disk.add(key)
-                return hit
-        reference = self.reference(feeds)
-        found = self.spatial_axes(feeds, reference)
-        if isinstance(self.spec, Transform):
-            from .graph.builder import stats_outputs
-
-            found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
-            built = self._graph_axes
-            if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
-                # Graphs built for other axes would undo the transforms on the wrong ones.
-                self._built, self._rejected, self._verified = {}, {}, {}
-                self._unavailable = {}
-                self._graph_axes = found
-                self.notes.append(f"transforms undone on output axes {found.metadata()} "
-                                  f"(found by {found.how})" + "".join(
-                                      f"; output '{n}' follows the image on axes that are not "
-                                      "a certain (height, width) pair: left as it comes"
-                                      for n in sorted(found.unresolved)))
-        failures = []  # (strategy, why): onnxruntime's refusals and failed verifications
-        verified_wrong = False
-        # Fastest first; a strategy's graph and session are made only when reached.
-        for name in self._strategies():
-            candidate = self._candidate(name)
-            if candidate is None:
-                if name in self._rejected:
-                    failures.append(f"{name}: onnxruntime rejects the graph: "
-                                    f"{self._rejected[name]}")
-                continue
-            ug, sess, provider = candidate
-            try:
-                verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:  # onnxruntime failed running it: no verdict on numbers
-                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
-                failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
-                self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
-                                  f"({reason})")
-                self._drop_session(name)
-                candidate = sess = None  # gone before the next strategy's session is made
-                continue
-            if verdict.ok:
-                what = "at level 0" if ug.level_inputs else "of the unperturbed output"
-                self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
-                                  f"{verdict.max_error:.2g}) on {provider}")
-                self._verified[key] = name
-                if cache_key is not None:
-                    self._to_cache(cache_key, feeds, ug, provider, verdict)
-                return ug, sess, provider
-            failures.append(f"{ug.strategy}: {verdict.reason}")
-            verified_wrong = True
-            self._drop_session(name)
-            candidate = sess = None
-            self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
-        if self.conversion and isinstance(self.spec, SAMPLED):
-            # A converter fault must not cost the user the model: the loop strategy
-            # runs at the model's own opset.
-            self.notes.append(f"model: no graph of the copy converted to opset "
-                              f"{self.conversion[1]} passed; back to the original model")
-            self._unconverted = (f"no graph of the copy converted to opset "
-                                 f"{self.conversion[1]} passed" +
-                                 (f" ({'; '.join(failures)})" if failures else ""))
-            self.info, self.conversion = self.original, None
-            self._built, self._rejected, self._verified = {}, {}, {}
-            self._unavailable = {}
-            return self._select(feeds)
-        rotation = self._rotation_failure(feeds)
-        if rotation is not None:
-            raise rotation
-        if not failures:  # no strategy applies at all: each one's reason, nothing else
-            raise TfueError("no sampling strategy applies to this model: " + "; ".join(
-                f"{name}: {self._unavailable[name]}" for name in self._strategies()
-                if name in self._unavailable),
-                "try --strategy auto (the strategies in turn); --verbose shows details"
-                if self._strategies() != list(graphs.STRATEGIES) and
-                not isinstance(self.spec, Ensemble) else "run with --verbose for details")
-        hint = ("try another location (--at) or --strategy loop; --verbose shows details"
-                if isinstance(self.spec, SAMPLED) else
-                "check that the model gives the same output when run twice on this input; "
-                "--verbose shows details" if verified_wrong else
-                "the original model runs this input, so this is tfue's limit for the model; "
-                "--verbose shows details")
-        built = ""
-        if self.conversion:
-            built = f" (built from the copy converted from opset {self.conversion[0]} to " \
-                    f"{self.conversion[1]})"
-            hint = "re-export the model at opset >= 10; " + hint
-        what = (f"no uncertainty graph{built} passed verification against the original model"
-                if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
-        raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
     # --- the disk cache ------------------------------------------------------------
-    def _cache_key(self, feeds) -> str | None:
-        """The disk-cache key of a gray-box run on ``feeds``' signature (None: not
-        cached: black-box methods, a cache turned off, a model too large to hash)."""
-        if not self.cache.enabled or not isinstance(self.spec, SAMPLED):
-            return None
-        from .cache import FORMAT, code_digest, make_key, model_digest
-        from .external import data_files
-
-        if not hasattr(self, "_digest"):
-            digest = model_digest(self.original.model)
-            files = []
-            for path in sorted(data_files(self.original.model)):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    digest = None
-                    break
-                files.append([path, st.st_size, st.st_mtime_ns])
-            self._digest = None if digest is None else [digest, files]
-        if self._digest is None:
-            return None
-        import onnxruntime
-
-        from . import __version__
-
-        return make_key({
-            "format": FORMAT, "tfue": __version__, "code": code_digest(),
-            "onnxruntime": onnxruntime.__version__,
-            "cpus": os.cpu_count(), "model": self._digest, "spec": self.spec.describe(),
-            "location": self.location, "signature": repr(signature(feeds)),
-            "provider": self.provider_request,
-            "strategy": self.strategy_request, "keep_samples": self.keep_samples,
-            "classes": self.classes, "softmax": self.softmax, "pad": self.pad,
-            "threads": self.threads, "max_memory": self.max_memory, "chunk": self.chunk,
-            "io_binding": self.io_binding})
-
-    def _to_cache(self, cache_key, feeds, ug, provider, verdict) -> None:
-        """Keep the verified graph of ``feeds``' signature and what its runs need."""
-        shapes = self.location_shapes(ug, feeds) or {}
-        axes = self.batch_axes(ug, feeds) or {}
-        fields = {
-            "strategy": ug.strategy, "provider": provider, "max_error": verdict.max_error,
-            "graph": {
-                "stats_outputs": ug.stats_outputs, "samples_input": ug.samples_input,
-                "level_inputs": {k: [float(v), np.asarray(v).dtype.str]
-                                 for k, v in ug.level_inputs.items()},
-                "locations": list(ug.locations), "samples": ug.samples,
-                "keep_samples": ug.keep_samples,
-                "classes": [[k, v] for k, v in ug.classes.items()], "sampling": ug.sampling,
-                "draws": [[d.input, d.location, d.kind, np.dtype(d.dtype).str, d.index]
-                          for d in ug.draws],
-                "relative_axes": ug.relative_axes, "cut": ug.cut},
-            "shapes": {k: [int(d) for d in v] for k, v in shapes.items()},
-            "batch_axes": axes, "spatial_axes": self.spatial_axes(feeds).to_json()}
-        graphs = {"model": ug.model.SerializeToString()}
-        if ug.prefix is not None:
-            graphs["prefix"] = ug.prefix.SerializeToString()
-        if not self.cache.store(cache_key, fields, graphs):
-            self.notes.append(f"cache: not written ({self.cache.problem})")
-
-    def _from_cache(self, cache_key, feeds):
-        """The verified (graph, session, provider) kept on disk for ``feeds``'
-        signature, or None (no entry, or one that does not hold up: see cache.py)."""
-        from .axes import SpatialAxes
-
-        found = self.cache.load(cache_key, {"strategy": str, "provider": str, "graph": dict,
-                                            "shapes": dict, "batch_axes": dict,
-                                            "spatial_axes": dict})
-        if found is None:
-            return None
-        fields, stored = found
-        try:
-            g = fields["graph"]
-            if fields["strategy"] not in self._strategies():
-                return None
-            if "model" not in stored:  # too large to store: built again, not verified again
-                built = self._candidate(fields["strategy"])
-                if built is None:
-                    return None
-                ug, sess, provider = built
-            elif (fields["strategy"] == "looped-suffix") != ("prefix" in stored):
-                return None
-            else:
-                ug, sess, provider = self._stored_graph(fields["strategy"], g, stored)
-            if not self._plausible(ug):
-                return None
-            spatial = SpatialAxes.from_json(fields["spatial_axes"])
-            shapes = {k: tuple(int(d) for d in v) for k, v in fields["shapes"].items()}
-            axes = {k: (None if v is None else int(v)) for k, v in fields["batch_axes"].items()}
-            if not _plausible_axes(feeds, shapes, axes):
-                return None
-        except Exception:  # anything amiss in an entry makes it a miss, never an error
-            return None
-        if provider != fields["provider"]:
-            return None
-        return self._built_from_cache(signature(feeds), ug, sess, provider, fields, spatial,
-                                      shapes, axes)
-
-    def _stored_graph(self, strategy: str, g: dict, stored: dict):
-        """(graph, session, provider) of the graphs an entry stored, its fields ``g``."""
-        import onnx
-
-        from .graph.builder import Draw, UncertaintyGraph
-
-        ug = UncertaintyGraph(
-            model=onnx.ModelProto.FromString(stored["model"]), strategy=strategy,
-            stats_outputs=list(g["stats_outputs"]), samples_input=g["samples_input"],
-            level_inputs={k: np.asarray(v, dtype=np.dtype(t))
-                          for k, (v, t) in g["level_inputs"].items()},
-            locations=list(g["locations"]), samples=int(g["samples"]), seed=self.seed,
-            keep_samples=bool(g["keep_samples"]),
-            classes={k: (tuple(v) if isinstance(v, list) else int(v))
-                     for k, v in g["classes"]},
-            sampling=g["sampling"],
-            draws=[Draw(a, b, c, np.dtype(d), int(e)) for a, b, c, d, e in g["draws"]],
-            relative_axes=dict(g["relative_axes"]), cut=list(g["cut"]),
-            prefix=(onnx.ModelProto.FromString(stored["prefix"])
-                    if "prefix" in stored else None))
-        ug.samples = self.samples  # N is an input of the graph, not part of it
-        self._share_banks(ug)
-        return (ug, *self._sessions(ug))
-
-    def _plausible(self, ug) -> bool:
-        """Cheap checks of a graph read from the cache against this run's own spec: the
-        levels, the kind and place of the draws, the outputs (a defence against a fault
-        the seal cannot see; the seal guards against edits)."""
-        names = {o.name for o in self.info.outputs}
-        if not ug.stats_outputs or not set(ug.stats_outputs) <= names:
-            return False
-        if isinstance(self.spec, (Noise, Dropout)):
-            want = "normal" if isinstance(self.spec, Noise) else "uniform"
-            if any(d.kind != want or d.location != self.location or d.index != 1
-                   for d in ug.draws) or len(ug.draws) != 1:
-                return False
-            if any(float(v) != float(np.asarray(self.spec.level, dtype=v.dtype))
-                   for v in ug.level_inputs.values()) or len(ug.level_inputs) != 1:
-                return False
-        return True
-
-    def _built_from_cache(self, key, ug, sess, provider, fields, spatial, shapes, axes):
-        """Record a graph read from the cache for input signature ``key``."""
-        self._built[ug.strategy] = (ug, sess, provider)
-        self._verified[key] = ug.strategy
-        if ug.draws:
-            self._shapes[key], self._batch_axes[key] = shapes, axes
-        self._axes_known[key] = spatial
-        tuning = fields.get("tuning")
-        plan = _cached_plan(tuning, self.threads, self.samples) if self.chunk is None else None
-        if plan is not None:
-            self._tuned[key] = plan
-        self.notes.append(f"strategy {ug.strategy}: verified by an earlier run on this model "
-                          f"and input shape (max |error| at level 0 = "
-                          f"{float(fields.get('max_error', 0)):.2g}; cache "
-                          f"{self.cache.folder}; --no-cache to verify again)")
-        return ug, sess, provider
-
-    def spatial_axes(self, feeds, outputs=None):
-        """Which axes of each output carry the image's height and width at ``feeds``'
-        shapes (an axes.SpatialAxes, cached per input shape); ``outputs`` are the
-        original model's outputs on ``feeds`` when already computed."""
-        known = self._axes_known.get(signature(feeds))
-        if known is not None:
-            return known
-        if self._axes_probe is None:
-            from .axes import AxesProbe
-
-            self._axes_probe = AxesProbe(self.info, self.reference,
-                                         getattr(self.spec, "layout", "auto"))
-        return self._axes_probe(feeds, outputs)
 
     def sample_bytes(self, feeds) -> int:
         """Peak bytes of the model's live tensors for one sample of ``feeds`` (see
@@ -930,17 +350,6 @@ class Estimator:
                               f"({type(exc).__name__}: {str(exc)[:120]}); verified afresh")
             return self._sampled(feeds, level, progress)
 
-    def _forget(self, key) -> None:
-        """Drop what the disk cache gave for input signature ``key``; it is not read
-        again in this run (the fresh verification overwrites it)."""
-        strategy = self._verified.pop(key, None)
-        if strategy is not None:
-            self._built.pop(strategy, None)
-        for d in (self._shapes, self._batch_axes, self._axes_known, self._tuned):
-            d.pop(key, None)
-        self._from_disk.discard(key)
-        self._skip_disk.add(key)
-
     def _sampled(self, feeds, level, progress=None) -> Result:
         ug, sess, provider = self._select(feeds)
         shapes, axes = self.location_shapes(ug, feeds), self.batch_axes(ug, feeds)
@@ -961,7 +370,7 @@ class Estimator:
         if axes:
             one = next(iter(feeds.values())).shape[:1] == (1,)
             meta["draws"] = {loc: f"per batch item (axis {a} of {list(shapes[loc])})" + (
-                             f"; relative sigma from {_spread(ug, loc)}, not per item"
+                             f"; relative sigma from {spread_text(ug, loc)}, not per item"
                              if self._relative() and a != ug.relative_axes.get(loc, 0)
                              else "")
                              if a is not None else f"per batch item (a batch of 1, "
@@ -1009,23 +418,23 @@ class Estimator:
                 chunks.append(n)
                 first += n
                 yield n, out
-            best = _choose(plan["trials"])
+            best = choose_trial(plan["trials"])
             plan.update(chunk=best["chunk"], threads=best["threads"])
             if plan["next"] is None:
                 plan["how"] = "measured"
                 split.drop(plan["threads"])
                 self.notes.append(
-                    f"autotune: chunk {plan['chunk']}, {_threads(plan['threads'])} "
+                    f"autotune: chunk {plan['chunk']}, {threads_text(plan['threads'])} "
                     f"({best['s_per_sample'] * 1e3:.3g} ms per sample; tried " + ", ".join(
-                        f"{t['chunk']} x {_threads(t['threads'])}: "
+                        f"{t['chunk']} x {threads_text(t['threads'])}: "
                         f"{t['s_per_sample'] * 1e3:.3g} ms" for t in plan["trials"]) + ")")
             if plan["next"] is not None:
                 self.notes.append(
-                    "autotune: still measuring for input shape " + _shapes_text(feeds)
+                    "autotune: still measuring for input shape " + shapes_text(feeds)
                     + " (tried " + ", ".join(
-                        f"{t['chunk']} x {_threads(t['threads'])}: "
+                        f"{t['chunk']} x {threads_text(t['threads'])}: "
                         f"{t['s_per_sample'] * 1e3:.3g} ms" for t in plan["trials"][before:])
-                    + f"; chunk {plan['next'][1]} x {_threads(plan['next'][0])} next); the "
+                    + f"; chunk {plan['next'][1]} x {threads_text(plan['next'][0])} next); the "
                     "next input of this shape goes on")
             self._tuned[key] = plan
             if key in self._cache_keys and len(plan["trials"]) > before:
@@ -1037,81 +446,6 @@ class Estimator:
             chunks.append(n)
             yield n, run(plan["threads"], n, level, first)
             first += n
-
-    def _trial(self, split, run, level, feeds, plan: dict):
-        """Time real samples, in sample order, each counting toward N (yields (n, outputs)),
-        and record them in ``plan`` (``trials``: ``{"chunk", "threads", "s_per_sample"}``
-        per size tried; ``next``: ``[threads, chunk]`` still to try, None when done;
-        ``left``: thread counts not scanned yet).
-
-        For each intra-op thread count (the default, and 1 on a multi-core CPU when
-        none was given and the weights' packed copy is at most ``SPARE_SESSION_BYTES``;
-        a session made for the trial runs the unperturbed output once first, untimed):
-        chunks of 1, 2, 4, ... samples (up to what fits in ``max_memory``), two runs
-        each (the faster one counts: the first run at a size grows onnxruntime's arena,
-        and the machine may be busy; a size two runs of which could never fit in N gets
-        one), as long as each size is at least ``GAIN`` (5 %)
-        faster per sample than the best before it at that thread count and within
-        ``FAR_BEHIND`` (1.5x) of the best of all. When this input's samples run out
-        first, the next input of the shape goes on.
-        """
-        cap = min(self.samples, self.chunk_cap(feeds))
-        trials = plan["trials"]
-        first = 0
-
-        def timed(t, c, times):
-            nonlocal first
-            per = []
-            for _ in range(times):
-                out, seconds = self._timed_run(run, t, c, level, first)
-                per.append(seconds / c)
-                first += c
-                yield c, out
-            # The faster run: the slower one grew the arena or met another process.
-            trials.append({"chunk": c, "threads": t, "s_per_sample": round(min(per), 6)})
-
-        if plan.get("left") is None:  # a new plan: which thread counts to scan
-            options = [self.threads]
-            if self.threads is None and (os.cpu_count() or 1) > 1 and split.spare and \
-                    self._provider_of(split) == "cpu":
-                options.append(1)
-            plan["next"], plan["left"] = [options[0], 1], options[1:]
-        while plan["next"] is not None:
-            t, c = plan["next"]
-            left = self.samples - first
-            if 2 * c <= left:
-                times = 2
-            elif 2 * c > self.samples and c <= left:
-                times = 1  # two runs of it never fit in N: one run decides
-            else:
-                return  # not enough samples left here: the next input goes on
-            if t not in split.suffix:  # a fresh session: its first run is not timed
-                run(t, 1, 0.0, 0)
-            best = min((r["s_per_sample"] for r in trials if r["threads"] == t), default=None)
-            yield from timed(t, c, times)
-            now = trials[-1]["s_per_sample"]
-            gained = best is None or now <= (1 - GAIN) * best
-            # Another thread count is scanned on only while it can compete.
-            behind = now > FAR_BEHIND * min(r["s_per_sample"] for r in trials)
-            if gained and not behind and 2 * c <= cap:
-                plan["next"] = [t, 2 * c]
-            elif plan["left"]:  # no clear gain: larger chunks cost memory for nothing
-                plan["next"] = [plan["left"].pop(0), 1]
-            else:
-                plan["next"] = None
-
-    @staticmethod
-    def _timed_run(run, threads, n, level, first):
-        """``(outputs, wall seconds)`` of one run of samples first .. first+n-1."""
-        import time
-
-        start = time.perf_counter()
-        out = run(threads, n, level, first)
-        return out, time.perf_counter() - start
-
-    def _provider_of(self, split) -> str:
-        session = next(iter(split.suffix.values()))
-        return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def _statistics(self, ug, chunk_outputs) -> dict:
         """Merge the runs of ``ug`` into each output's statistics.
@@ -1279,85 +613,6 @@ class Estimator:
                 meta["pad_found"] = self.pad_found
         return meta
 
-    def prepare(self, feeds) -> None:
-        """Build and verify the graph for ``feeds``' shapes now (a no-op for entropy), so
-        a model that cannot run them fails before any work is reported."""
-        if not isinstance(self.spec, Entropy):
-            self._select(self.check_feeds(feeds))
-
-    def uncertainty_graph(self, feeds=None):
-        """The verified uncertainty graph (verified on ``feeds`` or a synthetic input)."""
-        feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
-        ug, _, _ = self._select(feeds)
-        return ug
-
-    def standalone_graph(self, feeds=None):
-        """The verified uncertainty graph with its sampling inside (seeded
-        RandomNormalLike / RandomUniformLike), for a file that runs without tfue.
-
-        Gray-box graphs with in-graph sampling are built and verified at level 0 here,
-        fastest strategy first (the one already verified for ``feeds``' shapes, if
-        any), one session at a time: no graph with fed draws and no location probe is
-        made, so a model with large external weights holds at most two sessions.
-        Black-box graphs have nothing random: the verified one is returned. The result
-        is cached per input signature. Its draws come from onnxruntime's generator,
-        whose state lives in the session: each run of a session draws anew, and a
-        fresh session repeats the same sequence of runs.
-
-        Args:
-            feeds: the input to verify on (default: a synthetic one).
-
-        Returns:
-            A graph.UncertaintyGraph with ``sampling == "graph"`` (gray box).
-
-        Raises:
-            TfueError: no strategy's in-graph variant passes verification.
-        """
-        feeds = self.check_feeds(feeds if feeds is not None else self.example_input())
-        if not isinstance(self.spec, SAMPLED):
-            ug, _, _ = self._select(feeds)
-            return ug
-        key = signature(feeds)
-        if key in self._standalone:
-            return self._standalone[key]
-        reference = self.reference(feeds)
-        # One graph only: looped-suffix runs as two; a run asked to use it exports the
-        # one-graph strategies in their order instead.
-        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES] or \
-            list(graphs.GRAPH_STRATEGIES)
-        if self._strategies() == ["looped-suffix"]:
-            self.notes.append("export: looped-suffix runs as two graphs; the file holds one "
-                              "(the first of " + ", ".join(names) + " that verifies)")
-        if self._verified.get(key) in names:  # the strategy the fed graph verified goes first
-            names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
-        failures = []
-        for name in names:
-            try:
-                ug = graphs.build(self.info, self.spec, name, self.samples, self.seed,
-                                  self.keep_samples, self.classes, sampling="graph")
-            except graphs.StrategyUnavailable as exc:
-                self.notes.append(f"export, strategy {name}: not available ({exc})")
-                continue
-            try:
-                # Only verified here, never sampled: no packed copy of the weights.
-                sess, _ = create_session(ug.model, self.provider_request, prepack=False)
-                verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:
-                verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None
-                                  else exc.message)
-            finally:
-                sess = None  # one session at a time (large external weights)
-            if verdict.ok:
-                self.notes.append(f"export: strategy {name} with in-graph sampling verified "
-                                  f"(max |error| at level 0 = {verdict.max_error:.2g})")
-                self._standalone[key] = ug
-                return ug
-            failures.append(f"{name}: {verdict.reason}")
-            self.notes.append(f"export, strategy {name}: failed verification ({verdict.reason})")
-        raise TfueError("no uncertainty graph with in-graph sampling passed verification "
-                        "against the original model (" + "; ".join(failures) + ")",
-                        "export with another location (--at) or --strategy loop")
-
     def check_feeds(self, feeds) -> dict:
         """``feeds`` validated for this model (feeds.check_feeds, with the ``pad`` check)."""
         return check_feeds(self.info, feeds, self.pad, self._pad_input)
@@ -1369,69 +624,6 @@ class Estimator:
         return self.synthetic_input(self.info, size)
 
 
-def _spread(ug, location: str) -> str:
-    """What relative noise at ``location`` scales by, in words."""
-    axis = ug.relative_axes.get(location, 0)
-    return "the whole tensor's spread" if axis is None else \
-        f"the spread of each index of its axis {axis}"
-
-
-def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
-    """The one axis where a tensor of ``shape`` at batch ``batch`` has ``alt`` at batch
-    ``other`` (sizes ``batch`` and ``other``), every other axis the same; else None."""
-    if len(shape) != len(alt):
-        return None
-    moved = [a for a, (s, t) in enumerate(zip(shape, alt)) if s != t]
-    if len(moved) == 1 and shape[moved[0]] == batch and alt[moved[0]] == other:
-        return moved[0]
-    return None
-
-
-GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
-SPARE_SESSION_BYTES = 256 * 1024**2  # larger packed weights: one thread count, not measured
-FAR_BEHIND = 1.5  # a thread count this much slower than the best so far is not scanned on
-
-
-def _cached_plan(tuning, threads, samples: int) -> dict | None:
-    """The autotune plan stored in a cache entry, checked field by field (None: not
-    usable, measured again): a finished one (``how`` "cached"; its chunk never above
-    this run's N) or an unfinished one that goes on measuring."""
-    if not isinstance(tuning, dict):
-        return None
-    ok_threads = {None, 1} | ({threads} if threads else set())
-    trials = tuning.get("trials", [])
-    if not isinstance(trials, list) or not all(
-            isinstance(t, dict) and isinstance(t.get("chunk"), int) and t["chunk"] >= 1 and
-            t.get("threads") in ok_threads and isinstance(t.get("s_per_sample"), (int, float))
-            for t in trials):
-        return None
-    chunk, how = tuning.get("chunk"), tuning.get("how")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1 or \
-            tuning.get("threads") not in ok_threads:
-        return None
-    if how == "measuring":
-        nxt, left = tuning.get("next"), tuning.get("left")
-        if not trials or not isinstance(left, list) or any(t not in ok_threads for t in left) \
-                or not (nxt is None or (isinstance(nxt, list) and len(nxt) == 2 and
-                                        nxt[0] in ok_threads and isinstance(nxt[1], int)
-                                        and not isinstance(nxt[1], bool) and nxt[1] >= 1)):
-            return None
-        return {"chunk": chunk, "threads": tuning["threads"], "how": "measuring",
-                "trials": trials, "next": nxt, "left": list(left)}
-    if how not in ("measured", "cached"):
-        return None
-    return {"chunk": min(chunk, samples), "threads": tuning["threads"], "how": "cached",
-            "trials": trials}
-
-
-def _choose(trials: list) -> dict:
-    """The trial to keep: the smallest chunk within ``GAIN`` of the fastest per sample
-    (memory grows with the chunk; times within a few percent are noise on a busy CPU)."""
-    fastest = min(t["s_per_sample"] for t in trials)
-    near = [t for t in trials if t["s_per_sample"] <= (1 + GAIN) * fastest]
-    return min(near, key=lambda t: (t["chunk"], t["s_per_sample"]))
-
-
 def _counted(runs, total: int, progress):
     """``runs`` ((samples, outputs) pairs) passed on, calling ``progress(done, total)``
     after each run that made samples (the samples merged so far)."""
@@ -1441,61 +633,6 @@ def _counted(runs, total: int, progress):
         done += n
         if progress is not None and n:
             progress(done, total)
-
-
-def _plausible_axes(feeds, shapes: dict, axes: dict) -> bool:
-    """Whether cached batch axes fit ``feeds``: none at a batch of one (the whole
-    tensor's draws are the item's), else an axis of the location of the batch's size."""
-    batch = {v.shape[0] for v in feeds.values() if v.ndim}
-    for loc, axis in axes.items():
-        if axis is None:
-            continue
-        shape = shapes.get(loc)
-        if batch == {1} or shape is None or not 0 <= axis < len(shape) or \
-                shape[axis] not in batch:
-            return False
-    return True
-
-
-def _shapes_text(feeds) -> str:
-    return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-
-
-def _threads(threads) -> str:
-    return "default threads" if threads is None else f"{threads} thread" + (
-        "s" if threads > 1 else "")
-
-
-def _check_threads(threads) -> int | None:
-    """Validate an intra-op thread count (None: onnxruntime's default, or measured)."""
-    if threads is None:
-        return None
-    cpus = os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise TfueError(f"threads must be an integer from 1 to {cpus} (the CPUs here), got "
-                        f"{threads!r}", "give --threads 1, or leave it out to let tfue measure")
-    if threads > cpus:
-        raise TfueError(f"threads {threads} is more than the {cpus} CPUs of this machine "
-                        "(more threads than CPUs only wait for each other)",
-                        f"give --threads {cpus} or less, or leave it out to let tfue measure")
-    return int(threads)
-
-
-def _disk_cache(cache):
-    """A cache.DiskCache from ``cache``: True (the default folder), False/None (off),
-    a folder path, or a DiskCache."""
-    from .cache import DiskCache
-
-    if isinstance(cache, DiskCache):
-        return cache
-    if isinstance(cache, (str, os.PathLike)):
-        return DiskCache(os.fspath(cache))
-    if cache is True:
-        return DiskCache()
-    if cache is False or cache is None:
-        return DiskCache(enabled=False)
-    raise TfueError(f"cache must be True, False or a folder, got {cache!r}",
-                    "e.g. cache=False to measure and verify afresh")
 
 
 def _check_arguments(model, spec) -> None:
