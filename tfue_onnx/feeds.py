@@ -43,30 +43,7 @@ def check_feeds(info: ModelInfo, feeds, pad: int | None = None, pad_input=None) 
             raise TfueError(f"missing input '{inp.name}'",
                             "the model's inputs are: "
                             + ", ".join(i.name for i in info.inputs))
-        arr = np.asarray(feeds[inp.name])
-        want = onnx_dtype(inp.dtype)
-        if want is not None and arr.dtype != want:
-            if arr.dtype.kind == "f" and want.kind == "f":
-                arr = arr.astype(want)
-            else:
-                raise TfueError(f"input '{inp.name}' has dtype {arr.dtype}, the model "
-                                f"expects {want}",
-                                f"convert it, e.g. array.astype('{want}')")
-        if inp.shape is not None:
-            if arr.ndim != len(inp.shape):
-                raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the model "
-                                f"expects rank {len(inp.shape)} {fmt_shape(inp.shape)}",
-                                "add or remove axes (a batch axis first)")
-            for axis, (got, dim) in enumerate(zip(arr.shape, inp.shape)):
-                if isinstance(dim, int) and dim > 0 and got != dim:
-                    raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
-                                    f"model expects {fmt_shape(inp.shape)} (axis {axis} "
-                                    f"must be {dim})",
-                                    "resize the input to the model's size")
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise TfueError(f"input '{inp.name}' contains {bad} NaN or infinite values",
-                            "clean the input (e.g. np.nan_to_num) before running")
+        arr = _checked(inp, np.asarray(feeds[inp.name]))
         if pad and pad_input[0] == inp.name:
             for axis in pad_input[1]:
                 if 2 * pad >= arr.shape[axis]:
@@ -81,6 +58,35 @@ def check_feeds(info: ModelInfo, feeds, pad: int | None = None, pad_input=None) 
         raise TfueError(f"unknown input(s) {', '.join(sorted(map(repr, extra)))}",
                         "the model's inputs are: " + ", ".join(out))
     return out
+
+
+def _checked(inp, arr: np.ndarray) -> np.ndarray:
+    """``arr`` checked against model input ``inp`` (dtype, rank, fixed sizes, finite
+    values); a float array of another float dtype is cast to the model's."""
+    want = onnx_dtype(inp.dtype)
+    if want is not None and arr.dtype != want:
+        if arr.dtype.kind == "f" and want.kind == "f":
+            arr = arr.astype(want)
+        else:
+            raise TfueError(f"input '{inp.name}' has dtype {arr.dtype}, the model "
+                            f"expects {want}",
+                            f"convert it, e.g. array.astype('{want}')")
+    if inp.shape is not None:
+        if arr.ndim != len(inp.shape):
+            raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the model "
+                            f"expects rank {len(inp.shape)} {fmt_shape(inp.shape)}",
+                            "add or remove axes (a batch axis first)")
+        for axis, (got, dim) in enumerate(zip(arr.shape, inp.shape)):
+            if isinstance(dim, int) and dim > 0 and got != dim:
+                raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
+                                f"model expects {fmt_shape(inp.shape)} (axis {axis} "
+                                f"must be {dim})",
+                                "resize the input to the model's size")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise TfueError(f"input '{inp.name}' contains {bad} NaN or infinite values",
+                        "clean the input (e.g. np.nan_to_num) before running")
+    return arr
 
 
 def synthetic_input(info: ModelInfo, size: int = 64) -> dict:

@@ -365,7 +365,8 @@ class StrategySelection:
         return expected
 
     def _select(self, feeds):
-        """The verified (graph, session, provider) for this input signature."""
+        """The verified (graph, session, provider) for this input signature: from this
+        run, from the disk cache, or the first strategy, fastest first, that passes."""
         key = signature(feeds)
         if key in self._verified:
             return self._built[self._verified[key]]
@@ -377,73 +378,92 @@ class StrategySelection:
                 self._from_disk.add(key)
                 return hit
         reference = self.reference(feeds)
-        found = self.spatial_axes(feeds, reference)
         if isinstance(self.spec, Transform):
-            from .graph.builder import stats_outputs
-
-            found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
-            built = self._graph_axes
-            if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
-                # Graphs built for other axes would undo the transforms on the wrong ones.
-                self._built, self._rejected, self._verified = {}, {}, {}
-                self._unavailable = {}
-                self._graph_axes = found
-                self.notes.append(f"transforms undone on output axes {found.metadata()} "
-                                  f"(found by {found.how})" + "".join(
-                                      f"; output '{n}' follows the image on axes that are not "
-                                      "a certain (height, width) pair: left as it comes"
-                                      for n in sorted(found.unresolved)))
-        failures = []  # (strategy, why): onnxruntime's refusals and failed verifications
+            self._transforms_axes(self.spatial_axes(feeds, reference))
+        else:
+            self.spatial_axes(feeds, reference)
+        failures = []  # "strategy: why": onnxruntime's refusals and failed verifications
         verified_wrong = False
         # Fastest first; a strategy's graph and session are made only when reached.
         for name in self._strategies():
-            candidate = self._candidate(name)
-            if candidate is None:
-                if name in self._rejected:
-                    failures.append(f"{name}: onnxruntime rejects the graph: "
-                                    f"{self._rejected[name]}")
-                continue
-            ug, sess, provider = candidate
-            try:
-                verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:  # onnxruntime failed running it: no verdict on numbers
-                reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
-                failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
-                self.notes.append(f"strategy {name}: onnxruntime fails running its graph "
-                                  f"({reason})")
-                self._drop_session(name)
-                candidate = sess = None  # gone before the next strategy's session is made
-                continue
-            if verdict.ok:
-                what = "at level 0" if ug.level_inputs else "of the unperturbed output"
-                self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
-                                  f"{verdict.max_error:.2g}) on {provider}")
+            found, verdict = self._try(name, feeds, reference, failures)
+            verified_wrong = verified_wrong or (verdict is not None and not verdict.ok)
+            if found is not None:
                 self._verified[key] = name
                 if cache_key is not None:
-                    self._to_cache(cache_key, feeds, ug, provider, verdict)
-                return ug, sess, provider
-            failures.append(f"{ug.strategy}: {verdict.reason}")
-            verified_wrong = True
-            self._drop_session(name)
-            candidate = sess = None
-            self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+                    self._to_cache(cache_key, feeds, found[0], found[2], verdict)
+                return found
         if self.conversion and isinstance(self.spec, SAMPLED):
-            # A converter fault must not cost the user the model: the loop strategy
-            # runs at the model's own opset.
-            self.notes.append(f"model: no graph of the copy converted to opset "
-                              f"{self.conversion[1]} passed; back to the original model")
-            self._unconverted = (f"no graph of the copy converted to opset "
-                                 f"{self.conversion[1]} passed" +
-                                 (f" ({'; '.join(failures)})" if failures else ""))
-            self.info, self.conversion = self.original, None
+            return self._back_to_original(feeds, failures)
+        raise self._no_strategy(feeds, failures, verified_wrong)
+
+    def _transforms_axes(self, found) -> None:
+        """Infer-transformation undoes the transforms on the output axes ``found``
+        (axes.SpatialAxes): graphs built for other axes are dropped and built again."""
+        from .graph.builder import stats_outputs
+
+        found.check_rotations(self.spec.elements, [o.name for o in stats_outputs(self.info)])
+        built = self._graph_axes
+        if built is None or (found.outputs, found.ranks) != (built.outputs, built.ranks):
+            # Graphs built for other axes would undo the transforms on the wrong ones.
             self._built, self._rejected, self._verified = {}, {}, {}
             self._unavailable = {}
-            return self._select(feeds)
+            self._graph_axes = found
+            self.notes.append(f"transforms undone on output axes {found.metadata()} "
+                              f"(found by {found.how})" + "".join(
+                                  f"; output '{n}' follows the image on axes that are not "
+                                  "a certain (height, width) pair: left as it comes"
+                                  for n in sorted(found.unresolved)))
+
+    def _try(self, name: str, feeds, reference, failures: list):
+        """Build and verify strategy ``name`` on ``feeds``: ``((graph, session,
+        provider), verdict)`` when it passes; ``(None, verdict)`` when not (None: no
+        verdict, onnxruntime refused or failed; the reason appended to ``failures`` and
+        the notes; its session let go)."""
+        candidate = self._candidate(name)
+        if candidate is None:
+            if name in self._rejected:
+                failures.append(f"{name}: onnxruntime rejects the graph: {self._rejected[name]}")
+            return None, None
+        ug, sess, provider = candidate
+        try:
+            verdict = self._verify(ug, sess, feeds, reference)
+        except TfueError as exc:  # onnxruntime failed running it: no verdict on numbers
+            reason = ort_message(exc.__cause__) if exc.__cause__ is not None else exc.message
+            failures.append(f"{name}: onnxruntime fails running the graph: {reason}")
+            self.notes.append(f"strategy {name}: onnxruntime fails running its graph ({reason})")
+            self._drop_session(name)
+            return None, None
+        if verdict.ok:
+            what = "at level 0" if ug.level_inputs else "of the unperturbed output"
+            self.notes.append(f"strategy {ug.strategy}: verified (max |error| {what} = "
+                              f"{verdict.max_error:.2g}) on {provider}")
+            return (ug, sess, provider), verdict
+        failures.append(f"{ug.strategy}: {verdict.reason}")
+        self._drop_session(name)
+        self.notes.append(f"strategy {ug.strategy}: failed verification ({verdict.reason})")
+        return None, verdict
+
+    def _back_to_original(self, feeds, failures: list):
+        """No graph of the converted copy passed: a converter fault must not cost the
+        user the model, so select again on the model at its own opset (the loop)."""
+        self.notes.append(f"model: no graph of the copy converted to opset "
+                          f"{self.conversion[1]} passed; back to the original model")
+        self._unconverted = (f"no graph of the copy converted to opset "
+                             f"{self.conversion[1]} passed" +
+                             (f" ({'; '.join(failures)})" if failures else ""))
+        self.info, self.conversion = self.original, None
+        self._built, self._rejected, self._verified = {}, {}, {}
+        self._unavailable = {}
+        return self._select(feeds)
+
+    def _no_strategy(self, feeds, failures: list, verified_wrong: bool) -> TfueError:
+        """The error when no strategy passed: why each failed, and what to try."""
         rotation = self._rotation_failure(feeds)
         if rotation is not None:
-            raise rotation
+            return rotation
         if not failures:  # no strategy applies at all: each one's reason, nothing else
-            raise TfueError("no sampling strategy applies to this model: " + "; ".join(
+            return TfueError("no sampling strategy applies to this model: " + "; ".join(
                 f"{name}: {self._unavailable[name]}" for name in self._strategies()
                 if name in self._unavailable),
                 "try --strategy auto (the strategies in turn); --verbose shows details"
@@ -462,7 +482,7 @@ class StrategySelection:
             hint = "re-export the model at opset >= 10; " + hint
         what = (f"no uncertainty graph{built} passed verification against the original model"
                 if verified_wrong else f"onnxruntime cannot run the uncertainty graph{built}")
-        raise TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
+        return TfueError(f"{what} (" + "; ".join(failures) + ")", hint)
 
     def spatial_axes(self, feeds, outputs=None):
         """Which axes of each output carry the image's height and width at ``feeds``'
@@ -514,32 +534,11 @@ class StrategySelection:
         if key in self._standalone:
             return self._standalone[key]
         reference = self.reference(feeds)
-        # One graph only: looped-suffix runs as two; a run asked to use it exports the
-        # one-graph strategies in their order instead.
-        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES] or \
-            list(graphs.GRAPH_STRATEGIES)
-        if self._strategies() == ["looped-suffix"]:
-            self.notes.append("export: looped-suffix runs as two graphs; the file holds one "
-                              "(the first of " + ", ".join(names) + " that verifies)")
-        if self._verified.get(key) in names:  # the strategy the fed graph verified goes first
-            names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
         failures = []
-        for name in names:
-            try:
-                ug = graphs.build(self.info, self.spec, name, self.samples, self.seed,
-                                  self.keep_samples, self.classes, sampling="graph")
-            except graphs.StrategyUnavailable as exc:
-                self.notes.append(f"export, strategy {name}: not available ({exc})")
+        for name in self._standalone_order(key):
+            ug, verdict = self._standalone_candidate(name, feeds, reference)
+            if verdict is None:
                 continue
-            try:
-                # Only verified here, never sampled: no packed copy of the weights.
-                sess, _ = create_session(ug.model, self.provider_request, prepack=False)
-                verdict = self._verify(ug, sess, feeds, reference)
-            except TfueError as exc:
-                verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None
-                                  else exc.message)
-            finally:
-                sess = None  # one session at a time (large external weights)
             if verdict.ok:
                 self.notes.append(f"export: strategy {name} with in-graph sampling verified "
                                   f"(max |error| at level 0 = {verdict.max_error:.2g})")
@@ -550,6 +549,38 @@ class StrategySelection:
         raise TfueError("no uncertainty graph with in-graph sampling passed verification "
                         "against the original model (" + "; ".join(failures) + ")",
                         "export with another location (--at) or --strategy loop")
+
+    def _standalone_order(self, key) -> list:
+        """The one-graph strategies to export, the one verified for ``key`` first (a run
+        asked to use looped-suffix, which runs as two graphs, exports the others)."""
+        names = [n for n in self._strategies() if n in graphs.GRAPH_STRATEGIES] or \
+            list(graphs.GRAPH_STRATEGIES)
+        if self._strategies() == ["looped-suffix"]:
+            self.notes.append("export: looped-suffix runs as two graphs; the file holds one "
+                              "(the first of " + ", ".join(names) + " that verifies)")
+        if self._verified.get(key) in names:
+            names = [self._verified[key]] + [n for n in names if n != self._verified[key]]
+        return names
+
+    def _standalone_candidate(self, name: str, feeds, reference):
+        """(graph with in-graph sampling, its verdict at level 0) for strategy ``name``;
+        verdict None when the strategy is not available (noted)."""
+        try:
+            ug = graphs.build(self.info, self.spec, name, self.samples, self.seed,
+                              self.keep_samples, self.classes, sampling="graph")
+        except graphs.StrategyUnavailable as exc:
+            self.notes.append(f"export, strategy {name}: not available ({exc})")
+            return None, None
+        try:
+            # Only verified here, never sampled: no packed copy of the weights.
+            sess, _ = create_session(ug.model, self.provider_request, prepack=False)
+            verdict = self._verify(ug, sess, feeds, reference)
+        except TfueError as exc:
+            verdict = Verdict(False, ort_message(exc.__cause__) if exc.__cause__ is not None
+                              else exc.message)
+        finally:
+            sess = None  # one session at a time (large external weights)
+        return ug, verdict
 
     def prepare(self, feeds) -> None:
         """Build and verify the graph for ``feeds``' shapes now (a no-op for entropy), so
