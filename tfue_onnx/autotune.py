@@ -121,10 +121,7 @@ class Autotune:
             trials.append({"chunk": c, "threads": t, "s_per_sample": round(min(per), 6)})
 
         if plan.get("left") is None:  # a new plan: which thread counts to scan
-            options = [self.threads]
-            if self.threads is None and (os.cpu_count() or 1) > 1 and split.spare and \
-                    self._provider_of(split) == "cpu":
-                options.append(1)
+            options = self._thread_options(split)
             plan["next"], plan["left"] = [options[0], 1], options[1:]
         while plan["next"] is not None:
             t, c = plan["next"]
@@ -149,6 +146,15 @@ class Autotune:
                 plan["next"] = [plan["left"].pop(0), 1]
             else:
                 plan["next"] = None
+
+    def _thread_options(self, split) -> list:
+        """The intra-op thread counts to scan: the given one, or the default and, on a
+        multi-core CPU whose packed weights allow a second session, 1."""
+        options = [self.threads]
+        if self.threads is None and (os.cpu_count() or 1) > 1 and split.spare and \
+                self._provider_of(split) == "cpu":
+            options.append(1)
+        return options
 
     @staticmethod
     def _timed_run(run, threads, n, level, first):

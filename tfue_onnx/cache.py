@@ -331,6 +331,14 @@ class CachedSelection:
     the verified graph of an input signature, its locations' shapes and batch axes, the
     output axes and the autotune plan; an entry that does not hold up is a miss."""
 
+    def _start_cache(self, cache) -> None:
+        """``cache``: True (the default folder), False/None (off), a folder or a DiskCache."""
+        self.cache = disk_cache(cache)
+        self._axes_known = {}  # input signature -> axes.SpatialAxes read from the cache
+        self._cache_keys = {}  # input signature -> disk cache key
+        self._from_disk = set()  # input signatures whose graph came from the disk cache
+        self._skip_disk = set()  # input signatures whose disk entry failed: not read again
+
     def _cache_key(self, feeds) -> str | None:
         """The disk-cache key of a gray-box run on ``feeds``' signature (None: not
         cached: black-box methods, a cache turned off, a model too large to hash)."""

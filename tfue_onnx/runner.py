@@ -23,7 +23,7 @@ from .model import ModelInfo, load_model
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_max_memory, check_samples, check_seed)
 from .autotune import Autotune, check_threads, choose_trial, shapes_text, threads_text
-from .cache import CachedSelection, disk_cache
+from .cache import CachedSelection
 from .classes import find_classes
 from .feeds import check_feeds, check_inputs_fit, signature, synthetic_input
 from .memory import (DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, MAX_AUTO_CHUNK, check_chunk, peak_bytes,
@@ -122,26 +122,14 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         if softmax:
             self.info = graphs.with_softmax(self.info, self.classes)
         self.softmax = softmax
-        if isinstance(spec, SAMPLED):
-            self.samples = check_samples(8 if samples is None else samples)
-        else:
-            if samples is not None:
-                raise TfueError(f"--samples does not apply to --method {spec.method}",
-                                "N is the number of transforms or members" if not
-                                isinstance(spec, Entropy) else "entropy needs one run")
-            self.samples = (len(spec.elements) if isinstance(spec, Transform) else
-                            len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
+        self.samples = _sample_count(spec, samples)
         self.chunk = check_chunk(chunk)
         self.max_memory = check_max_memory(max_memory)
         self.io_binding = io_binding
         self.threads = check_threads(threads)
-        self.cache = disk_cache(cache)
-        self._sample_bytes = {}
+        self._sample_bytes = {}  # input signature -> memory.peak_bytes of one sample
         self._tuned = {}  # input signature -> {"chunk", "threads", "trials"} (looped-suffix)
-        self._axes_known = {}  # input signature -> axes.SpatialAxes read from the cache
-        self._cache_keys = {}  # input signature -> disk cache key
-        self._from_disk = set()  # input signatures whose graph came from the disk cache
-        self._skip_disk = set()  # input signatures whose disk entry failed: not read again
+        self._start_cache(cache)
         seed = check_seed(seed)
         self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
@@ -152,20 +140,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         self.keep_samples = keep_samples
         # What happened on the way (classes left out, strategies tried, why they failed).
         self.notes = list(self._class_notes)
-        self._reference = None  # (session, provider) of the original model
-        # strategy -> (UncertaintyGraph, session, provider), or None; session and provider
-        # None after the strategy failed (made again when reached)
-        self._built = {}
-        self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
-        self._unavailable = {}  # strategy -> why it cannot be built for this model
-        self._verified = {}  # input signature -> strategy that passed verification
-        self._probe = None  # session of graph.location_probe: the banks' shapes
-        self._shapes = {}  # input signature -> {location: shape at that input}
-        self._batch_axes = {}  # input signature -> {location: its batch axis or None}
-        self._banks = {}  # drawn banks, shared by every strategy's graph
-        self._standalone = {}  # input signature -> verified graph with in-graph sampling
-        self._axes_probe = None  # axes.AxesProbe, made on first use
-        self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
+        self._start_selection()
         self.original = self.info  # the user's model: what every graph is verified against
         self.conversion = None  # (from, to) opsets when a converted copy is used
         self._unconverted = None  # why an old-opset model runs without its converted copy
@@ -633,6 +608,19 @@ def _counted(runs, total: int, progress):
         done += n
         if progress is not None and n:
             progress(done, total)
+
+
+def _sample_count(spec, samples) -> int:
+    """N: ``samples`` for the sampled methods (default 8); the transforms or members
+    for the others, which take no ``samples``."""
+    if isinstance(spec, SAMPLED):
+        return check_samples(8 if samples is None else samples)
+    if samples is not None:
+        raise TfueError(f"--samples does not apply to --method {spec.method}",
+                        "N is the number of transforms or members" if not
+                        isinstance(spec, Entropy) else "entropy needs one run")
+    return (len(spec.elements) if isinstance(spec, Transform) else
+            len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
 
 
 def _check_arguments(model, spec) -> None:

@@ -71,6 +71,23 @@ def _batch_axis(shape: tuple, alt: tuple, batch: int, other: int) -> int | None:
 class StrategySelection:
     """Build, verify and keep the strategy for each input signature (mixed into Estimator)."""
 
+    def _start_selection(self) -> None:
+        """The state kept across inputs (made empty by Estimator.__init__)."""
+        self._reference = None  # (session, provider) of the original model
+        # strategy -> (UncertaintyGraph, session, provider), or None; session and provider
+        # None after the strategy failed (made again when reached)
+        self._built = {}
+        self._rejected = {}  # strategy -> onnxruntime's reason for refusing its graph
+        self._unavailable = {}  # strategy -> why it cannot be built for this model
+        self._verified = {}  # input signature -> strategy that passed verification
+        self._probe = None  # session of graph.location_probe: the banks' shapes
+        self._shapes = {}  # input signature -> {location: shape at that input}
+        self._batch_axes = {}  # input signature -> {location: its batch axis or None}
+        self._banks = {}  # drawn banks, shared by every strategy's graph
+        self._standalone = {}  # input signature -> verified graph with in-graph sampling
+        self._axes_probe = None  # axes.AxesProbe, made on first use
+        self._graph_axes = None  # the axes.SpatialAxes the transform graphs undo on
+
     def _strategies(self):
         if isinstance(self.spec, Ensemble):
             return ["batched"]
