@@ -22,7 +22,16 @@ __all__ = ["check_new_file", "check_out_dir", "prepare_out_dir", "cleanup_out_di
 
 
 def check_new_file(path: str, force: bool) -> None:
-    """Raise unless ``path`` can be written: it must not exist (or ``force``)."""
+    """Raise unless ``path`` can be written: it must not exist (or ``force``).
+
+    Args:
+        path: the file to be written.
+        force: an existing file may be overwritten.
+
+    Raises:
+        TfueError: ``path`` is a folder; it exists and ``force`` is False (the hint
+            names ``--force``); its folder does not exist or is not writable.
+    """
     if os.path.isdir(path):
         raise TfueError(f"'{path}' is a folder", "give a file path")
     if os.path.exists(path) and not force:
@@ -41,6 +50,9 @@ def check_out_dir(path: str) -> str:
 
     The folder must be a folder if it exists; otherwise the nearest existing
     folder above it must be writable (and no file may sit on the way).
+
+    Returns:
+        ``path`` (as a str).
 
     Raises:
         TfueError: ``path`` is a file, lies under a file, or cannot be created.
@@ -64,7 +76,11 @@ def check_out_dir(path: str) -> str:
 
 
 def prepare_out_dir(path: str) -> str:
-    """Create the output folder if needed and prove it is writable.
+    """Create the output folder if needed and prove it is writable (a probe file is
+    made and removed again).
+
+    Returns:
+        ``path`` (as a str).
 
     Raises:
         TfueError: ``path`` is a file or cannot be written.
@@ -84,7 +100,10 @@ def prepare_out_dir(path: str) -> str:
 @contextlib.contextmanager
 def cleanup_out_dir(path: str):
     """Within this block, folders made for ``path`` are removed again on an error if
-    nothing was written in them, so a refused run leaves no empty output folder."""
+    nothing was written in them, so a refused run leaves no empty output folder.
+
+    Yields ``path``; the error is raised again after the clean-up.
+    """
     made, above = [], os.path.abspath(os.fspath(path))
     while not os.path.exists(above):
         made.append(above)
@@ -99,13 +118,19 @@ def cleanup_out_dir(path: str):
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    """Write ``data`` (bytes) to ``path`` via a temporary file and a rename
+    (:func:`atomic_write`); raises OSError as the file system does."""
     atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write(path: str, write) -> None:
     """Call ``write(file)`` on a temporary binary file beside ``path``, then rename it
-    to ``path``: a reader never sees a half-written file, and a failure leaves none."""
+    to ``path``: a reader never sees a half-written file, and a failure leaves none.
+
+    The file gets the ordinary permissions (0666 less the umask). Whatever ``write``
+    raises (or OSError from the file system) is raised again after the temporary
+    file is removed; an existing ``path`` is then left as it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".tmp", dir=folder)
     try:
@@ -134,6 +159,9 @@ def save_npz(path: str, arrays: dict, metadata: dict, compress: bool = False) ->
         metadata: JSON-able dict, stored as a 0-d string array ``metadata``.
         compress: zip-deflate the arrays (``numpy.savez_compressed``): smaller files,
             about 50x slower to write for float maps; off by default (``--compress``).
+
+    Raises:
+        OSError: the file cannot be written (nothing is left half-written).
     """
     save = np.savez_compressed if compress else np.savez
     meta = np.array(json.dumps(metadata, default=str))
@@ -141,7 +169,9 @@ def save_npz(path: str, arrays: dict, metadata: dict, compress: bool = False) ->
 
 
 def plain_json(obj):
-    """``obj`` with NaN and infinities as None, so the JSON is standard."""
+    """``obj`` with NaN and infinities as None, so the JSON is standard: dicts, lists
+    and tuples are walked (tuples become lists), numpy scalars and arrays become
+    Python numbers and lists; anything else is returned as it is."""
     if isinstance(obj, float):
         return obj if obj == obj and abs(obj) != float("inf") else None
     if isinstance(obj, dict):
@@ -156,6 +186,7 @@ def plain_json(obj):
 
 
 def save_json(path: str, obj) -> None:
-    """Write ``obj`` as indented, standard JSON (NaN as null) atomically."""
+    """Write ``obj`` as indented, standard JSON (NaN as null, see :func:`plain_json`;
+    what JSON cannot hold as ``str``) atomically, with a final newline."""
     atomic_write_bytes(path, (json.dumps(plain_json(obj), indent=2, default=str) + "\n")
                        .encode())

@@ -34,7 +34,8 @@ IMAGE_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's 16-bit 
 
 
 def save_png(path: str, rgb: np.ndarray) -> None:
-    """Write an HxWx3 uint8 image atomically."""
+    """Write an image (uint8, [H, W, 3] RGB or [H, W] gray) as a PNG file atomically
+    (``files.atomic_write_bytes``); raises OSError as the file system does."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -86,6 +87,13 @@ def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
 
     ``vmax`` defaults to the 99.5th percentile (the maximum if that is 0), so a
     few extreme pixels do not flatten the rest of the map to one colour.
+
+    Args:
+        m: [H, W], any real dtype, in the map's own units (NaN reads as 0).
+        vmax: the value drawn yellow (values above are clipped); 0 or less: all dark.
+
+    Returns:
+        uint8 [H, W, 3] RGB.
     """
     m = np.nan_to_num(np.asarray(m, dtype=np.float64))
     if vmax is None:
@@ -102,7 +110,21 @@ def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
 # --- reading --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:
-    """How an image file becomes a model input."""
+    """How an image file becomes a model input (``tfue run``'s image options).
+
+    Attributes:
+        layout: auto, NCHW or NHWC (``layout.image_layout``).
+        channel_order: rgb or bgr.
+        scale: pixel values (0..255) are multiplied by this first; for 16-bit images
+            (Pillow modes I;16 / I) the default 1/255 becomes 1/65535 (the same range).
+        mean, std: per-channel numbers (one per channel or one for all) in scaled
+            units, applied as ``(x - mean) / std``; None: not applied.
+        resize: (height, width) in pixels; None: the input's fixed size, else the image's.
+
+    Raises:
+        TfueError: (on construction) an unknown layout or channel order, a zero or
+            non-finite scale, a mean/std that is empty or not finite, a std with a 0.
+    """
 
     layout: str = "auto"  # auto, NCHW or NHWC
     channel_order: str = "rgb"  # rgb or bgr
@@ -138,7 +160,18 @@ class ImageOptions:
 
 
 def collect_inputs(paths) -> list:
-    """Expand folders into their input files (sorted); check every path exists."""
+    """Expand folders into their input files (sorted); check every path exists.
+
+    Args:
+        paths: files and folders (str or path-like), in order.
+
+    Returns:
+        The input files (images IMAGE_EXTS, arrays ARRAY_EXTS) as str paths.
+
+    Raises:
+        TfueError: a path does not exist or is no input; a folder has no input files;
+            nothing given; two inputs share a name stem (their results would collide).
+    """
     files = []
     for p in paths:
         p = os.fspath(p)
@@ -267,7 +300,11 @@ def load_input(path: str, inputs: list, options: ImageOptions = ImageOptions()) 
 
 
 def open_image(path: str):
-    """Open an image file with Pillow (loaded), or raise a TfueError."""
+    """Open an image file with Pillow, fully loaded (the file is closed again).
+
+    Raises:
+        TfueError: Pillow cannot read it as an image.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -352,37 +389,30 @@ def _model_inputs(model) -> list:
 
 
 def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
-    """A Pillow image as a 1-image batch laid out, sized and scaled for input ``inp``."""
+    """A Pillow image as a 1-image batch laid out, sized and scaled for input ``inp``.
+
+    Args:
+        im: a loaded Pillow image (any mode but 32-bit float ``F``).
+        inp: the model's image input (TensorInfo, declared 4-D shape).
+        options: layout, channel order, scale, mean/std and size (:class:`ImageOptions`).
+
+    Returns:
+        float32 ``[1, C, H, W]`` (NCHW) or ``[1, H, W, C]`` (NHWC), C-contiguous, in
+        ``scale`` units then ``(x - mean) / std``; H, W from ``options.resize``, else the
+        input's fixed size, else the image's (bilinear resize).
+
+    Raises:
+        TfueError: the input's layout cannot be told; ``mean``/``std`` of the wrong
+            length; a 32-bit float image, or 16-bit values beyond 65535.
+    """
     from PIL import Image
 
     layout = image_layout(inp, options.layout)
     shape = inp.shape
     channels = shape[1] if layout == "NCHW" else shape[3]
     h_dim, w_dim = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    for name, values in (("--mean", options.mean), ("--std", options.std)):
-        n = np.size(values)
-        if values is not None and n not in (1, channels):
-            raise TfueError(f"{name} has {n} values, but input '{inp.name}' takes images with "
-                            f"{channels} channel(s)",
-                            f"give one value per channel ({channels}) or one for all")
-    scale = options.scale
-    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
-        raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' is a 32-bit float "
-                        "image, whose value range tfue cannot tell",
-                        "save it as a .npy array with the values the model expects")
-    if im.mode in IMAGE_16BIT_MODES:
-        # Pillow would clip 16-bit values to 255 when converting to L or RGB.
-        gray = np.asarray(im, dtype=np.float32)
-        if gray.size and float(gray.max()) > 65535:
-            raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' holds "
-                            f"{im.mode}-mode values up to {gray.max():g}, beyond 16 bits",
-                            "save it as a .npy array with the values the model expects")
-        if scale == 1 / 255:
-            scale = 1 / 65535
-        im = Image.fromarray(gray)  # mode F: resized without losing the 16 bits
-    else:
-        im = im.convert("L" if channels == 1 else "RGB")
-    arr_channels = 1 if channels == 1 else 3
+    _check_norm_lengths(options, channels, inp.name)
+    im, scale = _pixels(im, channels, options.scale)
     size = options.resize
     if size is None and isinstance(h_dim, int) and h_dim > 0 \
             and isinstance(w_dim, int) and w_dim > 0:
@@ -392,7 +422,7 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.shape[-1] != arr_channels:  # a 16-bit gray image for an RGB model
+    if arr.shape[-1] != (1 if channels == 1 else 3):  # a 16-bit gray image for an RGB model
         arr = np.repeat(arr, 3, axis=-1)
     if options.channel_order == "bgr" and arr.shape[-1] == 3:
         arr = arr[..., ::-1]
@@ -405,3 +435,33 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     if layout == "NCHW":
         arr = arr.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_norm_lengths(options: ImageOptions, channels, name: str) -> None:
+    """Refuse a ``mean``/``std`` that has neither one value nor one per channel."""
+    for flag, values in (("--mean", options.mean), ("--std", options.std)):
+        n = np.size(values)
+        if values is not None and n not in (1, channels):
+            raise TfueError(f"{flag} has {n} values, but input '{name}' takes images with "
+                            f"{channels} channel(s)",
+                            f"give one value per channel ({channels}) or one for all")
+
+
+def _pixels(im, channels, scale: float):
+    """(image in mode L, RGB or F, scale): 16-bit gray images keep their 16 bits (mode
+    F, and the default scale 1/255 becomes 1/65535); others are converted to the
+    model's channels (1: L, else RGB)."""
+    from PIL import Image
+
+    what = getattr(im, "filename", "") or "the image"
+    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
+        raise TfueError(f"'{what}' is a 32-bit float image, whose value range tfue cannot tell",
+                        "save it as a .npy array with the values the model expects")
+    if im.mode not in IMAGE_16BIT_MODES:
+        return im.convert("L" if channels == 1 else "RGB"), scale
+    # Pillow would clip 16-bit values to 255 when converting to L or RGB.
+    gray = np.asarray(im, dtype=np.float32)
+    if gray.size and float(gray.max()) > 65535:
+        raise TfueError(f"'{what}' holds {im.mode}-mode values up to {gray.max():g}, beyond "
+                        "16 bits", "save it as a .npy array with the values the model expects")
+    return Image.fromarray(gray), (1 / 65535 if scale == 1 / 255 else scale)
