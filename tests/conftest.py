@@ -108,12 +108,12 @@ DET_STD = "0.229,0.224,0.225"
 @pytest.fixture(scope="session")
 def text_array(text_image, ppocr_det):
     """The text image preprocessed as the detector expects, [1, 3, 96, 256]."""
-    from tfue_onnx.io import ImageOptions, load_image
+    from tfue_onnx.io import ImageOptions, read_image
     from tfue_onnx.model import inspect_model
 
     info = inspect_model(ppocr_det)
     opts = ImageOptions(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    return load_image(text_image, info.inputs[0], opts)
+    return read_image(text_image, info.inputs[0], opts)
 
 
 @pytest.fixture(scope="session")

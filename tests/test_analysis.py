@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tfue_onnx import Dropout, Noise, TfueError, Transform
 from tfue_onnx import graph as graphs
+from tfue_onnx.axes import find_axes
 from tfue_onnx.model import ModelInfo, toposorted
 from tfue_onnx.perturb import Ensemble, Entropy
 from tfue_onnx.runner import Estimator
@@ -297,7 +298,7 @@ def test_loop_value_matches_numpy(x):
 
 def test_transform_flips_on_an_if_model(x):
     info = ModelInfo(if_model("value"))
-    ug = graphs.build(info, Transform("flips"), "batched")
+    ug = graphs.build(info, Transform("flips"), "batched", axes=find_axes(info))
     out = _run(ug.model, {"x": x})
     np.testing.assert_allclose(out["y"], _run(info.model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
     assert out["y.variance"].shape == (1, 2, 8, 8) and float(out["y.variance"].max()) > 0
@@ -420,7 +421,7 @@ def test_transforms_and_ensembles_keep_the_model_names(kind, x, tmp_path):
     info = ModelInfo(model)
     ref = _run(model, {"x": x})
     for spec in (Transform("flips"), Ensemble((ModelInfo(NAME_MODELS[kind]()),))):
-        ug = graphs.build(info, spec, "batched", sampling="graph")
+        ug = graphs.build(info, spec, "batched", sampling="graph", axes=find_axes(info))
         inputs, outputs = _signature(ug.model)
         assert inputs == ["x"]
         assert set(o.name for o in model.graph.output) <= set(outputs)
@@ -428,7 +429,7 @@ def test_transforms_and_ensembles_keep_the_model_names(kind, x, tmp_path):
         for name, value in ref.items():
             np.testing.assert_allclose(out[name], value, rtol=1e-5, atol=1e-6)
     if kind == "passthrough":  # flipping the input and flipping back is the input
-        ug = graphs.build(info, Transform("flips"), "batched")
+        ug = graphs.build(info, Transform("flips"), "batched", axes=find_axes(info))
         assert float(np.abs(_run(ug.model, {"x": x})["x.variance"]).max()) == 0
 
 

@@ -395,12 +395,19 @@ def test_entropy_heatmap_is_h_by_w(cli, models, tmp_path, name):
         assert im.size == (20, 24)  # (w, h)
 
 
-def test_build_without_axes_probes_itself(models):
-    """graphs.build called directly (no runner) finds the axes on a synthetic input."""
+def test_build_with_found_axes(models):
+    """graphs.build called directly (no runner) with axes.find_axes on a synthetic input;
+    without axes it refuses (the rewrite stage runs no model)."""
     from tfue_onnx import graph as graphs
+    from tfue_onnx.axes import find_axes
 
     path = models("nchw_to_nhwc")
-    ug = graphs.build(ModelInfo(onnx.load(path), path), Transform("d4"), "batched")
+    info = ModelInfo(onnx.load(path), path)
+    with pytest.raises(ValueError, match="find_axes"):
+        graphs.build(info, Transform("d4"), "batched")
+    found = find_axes(info)
+    assert found.metadata() == {"probs": [1, 2]}
+    ug = graphs.build(info, Transform("d4"), "batched", axes=found)
     sess = ort.InferenceSession(ug.model.SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     x = _input("nchw_to_nhwc")

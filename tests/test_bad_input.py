@@ -20,7 +20,7 @@ from PIL import Image
 import toys
 from tfue_onnx import Estimator, Noise
 from tfue_onnx.errors import TfueError
-from tfue_onnx.io import ImageOptions, load_image
+from tfue_onnx.io import ImageOptions, read_image
 from tfue_onnx.model import inspect_model
 from tfue_onnx.perturb import MAX_SAMPLES, Ensemble
 
@@ -217,18 +217,18 @@ def test_16bit_png_is_read_with_its_range(tmp_path, channels):
         assert im.mode.startswith("I")  # Pillow reads it as 16-bit
     model = toys.conv_net(tmp_path / "m.onnx", channels=channels)
     inp = inspect_model(str(tmp_path / "m.onnx")).inputs[0]
-    arr = load_image(str(tmp_path / "deep.png"), inp)
+    arr = read_image(str(tmp_path / "deep.png"), inp)
     expected = raw.astype(np.float64) / 65535
     assert arr.shape == (1, channels, 10, 12) and model is not None
     for c in range(channels):
         np.testing.assert_allclose(arr[0, c], expected, atol=1e-6)
     assert (arr >= 0.999).mean() < 0.01  # not saturated as 8-bit reading did
     # An explicit scale applies to the raw 16-bit values; mean/std after it.
-    arr = load_image(str(tmp_path / "deep.png"), inp,
+    arr = read_image(str(tmp_path / "deep.png"), inp,
                      ImageOptions(scale=1.0, mean=(100.0,), std=(2.0,)))
     np.testing.assert_allclose(arr[0, 0], (raw - 100.0) / 2, rtol=1e-6)
     # Resized without losing the 16 bits.
-    arr = load_image(str(tmp_path / "deep.png"), inp, ImageOptions(resize=(5, 6)))
+    arr = read_image(str(tmp_path / "deep.png"), inp, ImageOptions(resize=(5, 6)))
     assert arr.shape == (1, channels, 5, 6) and 0 <= arr.min() and arr.max() <= 1
     steps = arr * 255  # 8-bit reading would leave whole steps of 1/255
     assert np.abs(steps - np.round(steps)).max() > 0.1
@@ -242,7 +242,7 @@ def test_float_tiff_is_refused_not_clipped(tmp_path):
     toys.conv_net(tmp_path / "m.onnx")
     inp = inspect_model(str(tmp_path / "m.onnx")).inputs[0]
     with pytest.raises(TfueError, match="f.tiff' is a 32-bit float image"):
-        load_image(str(tmp_path / "f.tiff"), inp)
+        read_image(str(tmp_path / "f.tiff"), inp)
 
 
 def test_16bit_png_through_the_cli_matches_numpy(cli, tmp_path):

@@ -129,7 +129,7 @@ def test_export_verifies_without_prepacking(tmp_path, monkeypatch):
 
 
 def test_axes_probe_does_not_prepack(monkeypatch, tmp_path):
-    from tfue_onnx.graph import blackbox
+    from tfue_onnx.axes import find_axes
     from tfue_onnx.model import ModelInfo, load_model
     import tfue_onnx.session as session_module
 
@@ -138,7 +138,7 @@ def test_axes_probe_does_not_prepack(monkeypatch, tmp_path):
 
     p = str(tmp_path / "c.onnx")
     conv_net(p)
-    blackbox.find_axes(ModelInfo(load_model(p), p))
+    find_axes(ModelInfo(load_model(p), p))
     assert made == [False]
 
 

@@ -167,6 +167,23 @@ def test_pad_needs_an_image_input(tmp_path):
             Estimator(str(tmp_path / "mlp.onnx"), Noise(0.1, at="y"), pad=pad)
 
 
+def test_pad_of_an_unclear_layout_needs_layout(tmp_path):
+    """2 channels: the layout of [n, 2, h, w] cannot be told (layout.image_input finds no
+    image input) until it is given, and --pad auto then finds the border on it."""
+    from tfue_onnx.border import resolve_pad
+    from tfue_onnx.graph.pad import pad_axes
+    from tfue_onnx.model import inspect_model
+
+    info = inspect_model(valid_net(tmp_path / "two.onnx", channels=2))
+    with pytest.raises(TfueError, match="the model has none") as err:
+        pad_axes(info)
+    assert "--layout NCHW or NHWC" in err.value.hint
+    assert pad_axes(info, "NCHW") == ("x", (2, 3))
+    assert pad_axes(info, "NHWC") == ("x", (1, 2))
+    border, how = resolve_pad(info, "auto", "NCHW")
+    assert border == 2 and "border 2 per side" in how
+
+
 def test_pad_auto_refuses_a_fixed_size(tmp_path):
     path = tmp_path / "fixed.onnx"
     model = onnx.load(valid_net(tmp_path / "v.onnx"))

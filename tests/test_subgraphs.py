@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from test_analysis import _conv, _model, _run, _vi, _w, if_model, loop_model, scan_model
 from tfue_onnx import Noise, Transform
 from tfue_onnx import graph as graphs
+from tfue_onnx.axes import find_axes
 from tfue_onnx.model import ModelInfo
 from tfue_onnx.perturb import Ensemble
 from tfue_onnx.runner import Estimator
@@ -120,7 +121,7 @@ def test_d4_on_control_flow_matches_numpy(name, shape, strategy):
     model = MODELS[name]()
     info = ModelInfo(model)
     x = _x(shape)
-    ug = graphs.build(info, Transform("d4"), strategy, keep_samples=True)
+    ug = graphs.build(info, Transform("d4"), strategy, keep_samples=True, axes=find_axes(info))
     before = len(_control_flow(model))
     copies = _control_flow(ug.model)
     assert len(copies) >= 2 * before  # the model's control flow is copied, not refused
@@ -155,7 +156,7 @@ def test_exported_d4_graph_runs_in_plain_onnxruntime(name, tmp_path):
     model = MODELS[name]()
     info = ModelInfo(model)
     x = _x((1, 3, 4, 6), seed=1)
-    ug = graphs.build(info, Transform("d4"), "batched")
+    ug = graphs.build(info, Transform("d4"), "batched", axes=find_axes(info))
     path = tmp_path / "unc.onnx"
     onnx.save(ug.frozen(), str(path))
     onnx.checker.check_model(str(path))

@@ -24,9 +24,13 @@ def __getattr__(name):
     if name == "read_result":
         from . import report
         return report.read_result
+    if name == "load_image":
+        from . import io
+        return io.load_image
     raise AttributeError(f"module 'tfue_onnx' has no attribute {name!r}")
 
 
 __all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Transform", "Ensemble", "Entropy",
            "Estimator", "Result", "export",
-           "inspect_model", "load_model", "ModelInfo", "read_result"]
+           "inspect_model", "load_model", "ModelInfo", "read_result",
+           "load_image"]

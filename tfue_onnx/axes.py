@@ -20,6 +20,10 @@ original model:
   right for the width). Along the output's real height axis the centre of mass of
   the change moves from start to end; along other axes it stays put.
 
+``find_axes`` probes a model on a synthetic input. This module runs models (it
+comes after ``session`` in the pipeline); the rewrite stage (``graph/``) takes the
+axes it finds as an argument and never probes itself.
+
 Each output ends up as ``(h, w)``, as ``None`` with no image axis (class scores),
 or *unresolved* (some axis follows the image but no (h, w) pair is certain). Only
 ``(h, w)`` outputs are inverse-transformed, and only they get heatmaps.
@@ -32,7 +36,7 @@ import dataclasses
 import numpy as np
 
 from .errors import TfueError
-from .io import image_layout
+from .layout import image_input
 
 GROW = 32  # the probe grows an axis by this much first (keeps multiples of 32)
 MULTIPLES = (2, 3, 4, 8)
@@ -160,27 +164,6 @@ def _common_affine(out_sizes, in_sizes) -> bool:
     return any(abs(a - 1 / s) <= 0.15 / s for s in STRIDES)
 
 
-def image_input(info, layout: str = "auto"):
-    """The model's image input and its (h, w) axes, or (None, None).
-
-    An image input is the only input, float, of rank 3 ``[N, H, W]`` or 4 (layout
-    from ``io.image_layout``: given, or guessed from 1 or 3 channels).
-    """
-    if len(info.inputs) != 1:
-        return None, None
-    inp = info.inputs[0]
-    if inp.shape is None or inp.dtype not in ("float32", "float64", "float16"):
-        return None, None
-    if len(inp.shape) == 3:
-        return inp, (1, 2)
-    if len(inp.shape) != 4:
-        return None, None
-    try:
-        return inp, ((2, 3) if image_layout(inp, layout) == "NCHW" else (1, 2))
-    except TfueError:
-        return None, None
-
-
 def _free(dim) -> bool:
     return not (isinstance(dim, int) and dim > 0)
 
@@ -198,6 +181,38 @@ def _plausible(n_out: int, n_in: int) -> bool:
     if any(n_out in (n_in // s, -(-n_in // s)) for s in STRIDES) and n_out > 1:
         return True
     return n_in - VALID_SHRINK <= n_out < n_in and n_out > 1
+
+
+def find_axes(info, layout: str = "auto") -> SpatialAxes:
+    """The outputs' image axes, probed on a synthetic input of the model.
+
+    The input is standard normal noise (seed 0) of the input's fixed sizes, 64 for a
+    free height or width and 1 for a free batch; the model runs on CPU without
+    prepacking (once at that size, up to twice more at grown sizes).
+
+    Args:
+        info: the model (ModelInfo); its first input is the one probed.
+        layout: auto, NCHW or NHWC: how to read a 4-D image input.
+
+    Returns:
+        SpatialAxes (see :class:`AxesProbe`); every output ``None`` without an image input.
+
+    Raises:
+        TfueError: onnxruntime cannot load the model.
+    """
+    from .session import create_session
+
+    sess, _ = create_session(info.model, "cpu", prepack=False)
+    names = [o.name for o in info.outputs]
+
+    def run(feeds):
+        return dict(zip(names, sess.run(names, feeds)))
+
+    inp = info.inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else 64)
+             for k, d in enumerate(inp.shape or ())]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.dtype(inp.dtype))
+    return AxesProbe(info, run, layout)({inp.name: x})
 
 
 class AxesProbe:

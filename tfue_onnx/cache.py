@@ -156,7 +156,7 @@ class DiskCache:
         when it could not be written; never raises for that."""
         if not self.enabled:
             return False
-        from .io import atomic_write_bytes
+        from .files import atomic_write_bytes
 
         graphs = {k: v for k, v in (graphs or {}).items() if v is not None}
         if sum(len(v) for v in graphs.values()) > MAX_GRAPH_BYTES:
@@ -260,7 +260,7 @@ class DiskCache:
         return self._write(key, {**entry["fields"], **fields}, dict(entry.get("graphs") or {}))
 
     def _write(self, key: str, fields: dict, digests: dict) -> bool:
-        from .io import atomic_write_bytes
+        from .files import atomic_write_bytes
 
         try:
             entry = {"format": FORMAT, "key": key, "fields": fields, "graphs": digests}

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
+from .layout import evenly_spaced
 
 REFERENCE = "d4"  # the infer-transformation set whose variance map is the reference
 LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # the sweep's grid (sweep.NOISE_LEVELS)
@@ -45,12 +46,8 @@ def interior_locations(info, at_count: int = 8) -> list:
     if int(at_count) < 1:
         raise TfueError(f"at_count must be >= 1, got {at_count}", "e.g. at_count=8")
     interior = [c for c in info.candidates if 0.0 < c.depth < 1.0] or list(info.candidates)
-    n, k = len(interior), int(at_count)
-    if n <= k:
-        return interior
     # Evenly spaced, keeping off both ends of the interior (as choose_by_tolerability).
-    picks = sorted({round((i + 1) * (n - 1) / (k + 1)) for i in range(k)})
-    return [interior[i] for i in picks]
+    return evenly_spaced(interior, int(at_count), ends=False)
 
 
 def per_image_agreement(variance, reference, hw_axes=None) -> float:

@@ -111,8 +111,8 @@ def inspect(model, as_json, show_all):
 
 
 def _spread(items, k):
-    idx = sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})
-    return [items[i] for i in idx]
+    from .layout import evenly_spaced
+    return evenly_spaced(items, k)
 
 
 # --- shared perturbation options ------------------------------------------------------------
@@ -540,7 +540,7 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
     finally:
         _notes(est, verbose)
     if as_json:
-        from .io import plain_json
+        from .files import plain_json
 
         click.echo(json.dumps(plain_json(summary), indent=2, default=str))
         _exit_for(summary)
@@ -685,7 +685,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, write_evaluation
-    from .io import cleanup_out_dir, prepare_out_dir
+    from .files import cleanup_out_dir, prepare_out_dir
 
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     from .metrics import check_blocks, check_bootstrap
@@ -720,7 +720,7 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
     for note in result.get("notes", ()):
         click.echo(f"tfue: {note}", err=True)
     if as_json:
-        from .io import plain_json
+        from .files import plain_json
         click.echo(json.dumps(plain_json(result), indent=2, default=str))
         return
     m = result["metadata"]
@@ -767,7 +767,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     Stopped sweeps resume: run the same command again.
     """
-    from .io import cleanup_out_dir, prepare_out_dir
+    from .files import cleanup_out_dir, prepare_out_dir
     from .model import inspect_model
     from .sweep import check_metric, sweep as run_sweep
 

@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from .io import ImageOptions, save_json, spatial_map
+from .files import save_json
+from .io import ImageOptions, spatial_map
 from .report import read_result, run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
@@ -50,7 +51,7 @@ def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "aut
              progress=None) -> dict:
     """Run the demo into ``out_dir`` (which must be writable); return its summary."""
     from .runner import Estimator
-    from .io import prepare_out_dir
+    from .files import prepare_out_dir
     from .perturb import Dropout, Transform
 
     model, images = bundled_model(), sample_images()

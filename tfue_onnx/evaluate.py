@@ -16,9 +16,10 @@ import numpy as np
 
 from . import metrics
 from .errors import TfueError
-from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
-                 collect_inputs, image_to_input, load_input, open_image, save_json,
-                 spatial_map)
+from .files import atomic_write_bytes, save_json
+from .io import (IMAGE_EXTS, ImageOptions, check_image_options, collect_inputs, image_to_input,
+                 load_input, npz_feeds, open_image, read_npy, read_npz, spatial_map)
+from .layout import declared_layout, with_batch
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -37,10 +38,7 @@ class Pair:
 
 def _target_array(arr: np.ndarray, output) -> np.ndarray:
     """Lay out a target (H x W or H x W x C image, or an array) like ``output``."""
-    rank = len(output.shape) if output.shape is not None else arr.ndim
-    if arr.ndim == rank - 1:
-        arr = arr[None]
-    return arr
+    return with_batch(arr, output.shape)
 
 
 def _image_target(im, output, scale: float) -> np.ndarray:
@@ -50,7 +48,7 @@ def _image_target(im, output, scale: float) -> np.ndarray:
     if shape is None:  # undeclared: NCHW, the image's own channels
         shape = [1, 1 if im.mode in ("L", "I", "I;16", "F") else 3, None, None]
     rank = len(shape)
-    nhwc = rank == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    nhwc = declared_layout(shape) == "NHWC"
     channels = (shape[-1] if nhwc else shape[1]) if rank == 4 else 1
     arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), np.float32) * np.float32(scale)
     if arr.ndim == 2:
@@ -62,7 +60,7 @@ def _image_target(im, output, scale: float) -> np.ndarray:
 
 def _read_target(path: str, output, scale: float) -> np.ndarray:
     if path.lower().endswith(".npy"):
-        return _target_array(np.load(path, allow_pickle=False), output)
+        return _target_array(read_npy(path), output)
     return _image_target(open_image(path), output, scale)
 
 
@@ -98,21 +96,11 @@ def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions()
 
 def _npz_loader(path, info, output):
     def load():
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(path)
         if "target" not in arrays:
             raise TfueError(f"'{path}' holds no 'target' array", "save it beside the inputs")
         target = arrays.pop("target")
-        names = [i.name for i in info.inputs]
-        if len(arrays) == 1 and len(names) == 1:
-            arrays = {names[0]: next(iter(arrays.values()))}
-        missing = [n for n in names if n not in arrays]
-        if missing:
-            raise TfueError(f"'{path}' lacks the input array(s) {missing}",
-                            "name them after the model's inputs")
-        feeds = {i.name: arrays[i.name][None] if i.shape is not None and
-                 arrays[i.name].ndim == len(i.shape) - 1 else arrays[i.name] for i in info.inputs}
-        return feeds, _target_array(target, output)
+        return npz_feeds(arrays, info.inputs, path), _target_array(target, output)
     return load
 
 

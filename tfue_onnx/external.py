@@ -335,7 +335,7 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     Raises:
         TfueError: the data file exists (without ``force``) or is one the model reads.
     """
-    from .io import atomic_write_bytes, check_new_file
+    from .files import atomic_write_bytes, check_new_file
 
     path = os.fspath(path)
     tensors = external_tensors(model)

@@ -1,172 +1,41 @@
-"""Reading inputs (images, .npy, .npz, folders) and writing results atomically.
+"""Reading inputs (images, .npy, .npz, folders) and writing pictures (report stage).
 
-Every file is written to a temporary name in its folder and renamed into place,
-so a crash never leaves a half-written file, and nothing that exists is
-overwritten unless the caller says ``force``.
+Inputs become feed dicts the way ``tfue run`` reads them (:func:`load_input`; the
+public :func:`load_image` for one image); pictures are colourised maps written
+atomically. The writing helpers themselves (atomic writes, output folders, JSON,
+npz) live in ``files.py`` and are re-exported here for older imports; layouts and
+the batch axis come from ``layout.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
-import json
 import os
-import tempfile
 
 import numpy as np
 
 from .errors import TfueError
+from .files import (atomic_write, atomic_write_bytes, check_new_file, check_out_dir,
+                    cleanup_out_dir, plain_json, prepare_out_dir, save_json, save_npz)
+from .layout import LAYOUTS, array_layout, image_layout, with_batch
+
+__all__ = ["IMAGE_EXTS", "ARRAY_EXTS", "LAYOUTS", "ImageOptions", "collect_inputs",
+           "check_image_options", "read_npy", "read_npz", "npz_feeds", "load_input",
+           "load_image", "read_image", "open_image", "image_to_input", "spatial_map",
+           "colorize", "save_png",
+           # files.py, re-exported for older imports (new code imports files.py):
+           "atomic_write", "atomic_write_bytes", "check_new_file", "check_out_dir",
+           "cleanup_out_dir", "plain_json", "prepare_out_dir", "save_json", "save_npz"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_EXTS = (".npy", ".npz")
-LAYOUTS = ("auto", "NCHW", "NHWC")
 IMAGE_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's 16-bit gray modes
 
 
-# --- writing --------------------------------------------------------------------------
-def check_new_file(path: str, force: bool) -> None:
-    """Raise unless ``path`` can be written: it must not exist (or ``force``)."""
-    if os.path.isdir(path):
-        raise TfueError(f"'{path}' is a folder", "give a file path")
-    if os.path.exists(path) and not force:
-        raise TfueError(f"'{path}' already exists and would be overwritten",
-                        "pass --force to overwrite it, or choose another output path")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise TfueError(f"the folder '{parent}' does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise TfueError(f"the folder '{parent}' is not writable",
-                        "choose an output path in a folder you can write to")
-
-
-def check_out_dir(path: str) -> str:
-    """Check, without creating anything, that ``path`` can become the output folder.
-
-    The folder must be a folder if it exists; otherwise the nearest existing
-    folder above it must be writable (and no file may sit on the way).
-
-    Raises:
-        TfueError: ``path`` is a file, lies under a file, or cannot be created.
-    """
-    path = os.fspath(path)
-    if not path.strip():
-        raise TfueError("the output folder is an empty name", "give a folder with --out")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise TfueError(f"output path '{path}' is a file, not a folder",
-                        "give a folder with --out")
-    above = os.path.abspath(path)
-    while not os.path.exists(above):
-        above = os.path.dirname(above)
-    if not os.path.isdir(above):
-        raise TfueError(f"output folder '{path}' cannot be created: '{above}' is a file",
-                        "give a folder with --out")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise TfueError(f"output folder '{path}' is not writable ('{above}' is read-only)",
-                        "choose a folder you can write to with --out")
-    return path
-
-
-def prepare_out_dir(path: str) -> str:
-    """Create the output folder if needed and prove it is writable.
-
-    Raises:
-        TfueError: ``path`` is a file or cannot be written.
-    """
-    path = check_out_dir(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise TfueError(f"output folder '{path}' is not writable ({exc.strerror})",
-                        "choose a folder you can write to with --out") from None
-    return path
-
-
-@contextlib.contextmanager
-def cleanup_out_dir(path: str):
-    """Within this block, folders made for ``path`` are removed again on an error if
-    nothing was written in them, so a refused run leaves no empty output folder."""
-    made, above = [], os.path.abspath(os.fspath(path))
-    while not os.path.exists(above):
-        made.append(above)
-        above = os.path.dirname(above)
-    try:
-        yield path
-    except BaseException:
-        for folder in made:  # deepest first
-            if os.path.isdir(folder) and not os.listdir(folder):
-                os.rmdir(folder)
-        raise
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary binary file beside ``path``, then rename it
-    to ``path``: a reader never sees a half-written file, and a failure leaves none."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_npz(path: str, arrays: dict, metadata: dict, compress: bool = False) -> None:
-    """Write arrays and a JSON metadata string to ``path`` (.npz) atomically.
-
-    Args:
-        path: the .npz file.
-        arrays: name -> array, each stored once as it is.
-        metadata: JSON-able dict, stored as a 0-d string array ``metadata``.
-        compress: zip-deflate the arrays (``numpy.savez_compressed``): smaller files,
-            about 50x slower to write for float maps; off by default (``--compress``).
-    """
-    save = np.savez_compressed if compress else np.savez
-    meta = np.array(json.dumps(metadata, default=str))
-    atomic_write(path, lambda f: save(f, **arrays, metadata=meta))
-
-
-def plain_json(obj):
-    """``obj`` with NaN and infinities as None, so the JSON is standard."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain_json(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return plain_json(obj.item())
-    if isinstance(obj, np.ndarray):
-        return plain_json(obj.tolist())
-    return obj
-
-
-def save_json(path: str, obj) -> None:
-    """Write ``obj`` as indented, standard JSON (NaN as null) atomically."""
-    atomic_write_bytes(path, (json.dumps(plain_json(obj), indent=2, default=str) + "\n")
-                       .encode())
-
-
 def save_png(path: str, rgb: np.ndarray) -> None:
-    """Write an HxWx3 uint8 image atomically."""
+    """Write an image (uint8, [H, W, 3] RGB or [H, W] gray) as a PNG file atomically
+    (``files.atomic_write_bytes``); raises OSError as the file system does."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -187,7 +56,8 @@ def spatial_map(arr: np.ndarray, axes=None) -> np.ndarray | None:
         axes: the output's (h, w) axes as found by ``axes.AxesProbe`` (recorded in a
             result's ``metadata["spatial_axes"]``); ``False``: the output has none
             (no map). None: guess from the shape (rank 4 is NCHW unless the last
-            axis is small (<= 4) and axis 1 is not; rank 3 is [B, H, W]).
+            axis is small (<= 4) and axis 1 is not: ``layout.array_layout``; rank 3
+            is [B, H, W]).
 
     Returns:
         A float64 array [H, W], or None when there is no map (or it is 1 pixel wide).
@@ -202,7 +72,7 @@ def spatial_map(arr: np.ndarray, axes=None) -> np.ndarray | None:
         if h > w:
             m = m.T
     elif a.ndim == 4:
-        if a.shape[-1] <= 4 < a.shape[1]:
+        if array_layout(a.shape) == "NHWC":
             a = a.transpose(0, 3, 1, 2)
         m = a.mean(axis=(0, 1))
     elif a.ndim == 3:
@@ -217,6 +87,13 @@ def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
 
     ``vmax`` defaults to the 99.5th percentile (the maximum if that is 0), so a
     few extreme pixels do not flatten the rest of the map to one colour.
+
+    Args:
+        m: [H, W], any real dtype, in the map's own units (NaN reads as 0).
+        vmax: the value drawn yellow (values above are clipped); 0 or less: all dark.
+
+    Returns:
+        uint8 [H, W, 3] RGB.
     """
     m = np.nan_to_num(np.asarray(m, dtype=np.float64))
     if vmax is None:
@@ -233,7 +110,21 @@ def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
 # --- reading --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:
-    """How an image file becomes a model input."""
+    """How an image file becomes a model input (``tfue run``'s image options).
+
+    Attributes:
+        layout: auto, NCHW or NHWC (``layout.image_layout``).
+        channel_order: rgb or bgr.
+        scale: pixel values (0..255) are multiplied by this first; for 16-bit images
+            (Pillow modes I;16 / I) the default 1/255 becomes 1/65535 (the same range).
+        mean, std: per-channel numbers (one per channel or one for all) in scaled
+            units, applied as ``(x - mean) / std``; None: not applied.
+        resize: (height, width) in pixels; None: the input's fixed size, else the image's.
+
+    Raises:
+        TfueError: (on construction) an unknown layout or channel order, a zero or
+            non-finite scale, a mean/std that is empty or not finite, a std with a 0.
+    """
 
     layout: str = "auto"  # auto, NCHW or NHWC
     channel_order: str = "rgb"  # rgb or bgr
@@ -269,7 +160,18 @@ class ImageOptions:
 
 
 def collect_inputs(paths) -> list:
-    """Expand folders into their input files (sorted); check every path exists."""
+    """Expand folders into their input files (sorted); check every path exists.
+
+    Args:
+        paths: files and folders (str or path-like), in order.
+
+    Returns:
+        The input files (images IMAGE_EXTS, arrays ARRAY_EXTS) as str paths.
+
+    Raises:
+        TfueError: a path does not exist or is no input; a folder has no input files;
+            nothing given; two inputs share a name stem (their results would collide).
+    """
     files = []
     for p in paths:
         p = os.fspath(p)
@@ -321,64 +223,88 @@ def check_image_options(files, options: "ImageOptions") -> None:
                         "normalise arrays before saving them, or pass image files")
 
 
-def _with_batch(arr: np.ndarray, inp) -> np.ndarray:
-    if inp.shape is not None and arr.ndim == len(inp.shape) - 1:
-        return arr[None]
-    return arr
+def read_npy(path: str) -> np.ndarray:
+    """The array of a .npy file (no pickles).
+
+    Raises:
+        TfueError: the file cannot be read as a .npy array.
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise TfueError(f"cannot read '{path}' as a .npy array ({exc})",
+                        "save it with numpy.save") from None
+
+
+def read_npz(path: str) -> dict:
+    """name -> array of a .npz archive, all read into memory (no pickles).
+
+    Raises:
+        TfueError: the file cannot be read as an .npz archive.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise TfueError(f"cannot read '{path}' as an .npz archive ({exc})",
+                        "save it with numpy.savez") from None
+
+
+def npz_feeds(arrays: dict, inputs: list, path: str) -> dict:
+    """The feed dict for a model with ``inputs`` (TensorInfo list) from the arrays of
+    an .npz file: each array named after its input (one array feeds a one-input model
+    whatever its name); a batch axis of 1 is added to an array one axis short of its
+    input's declared rank (``layout.with_batch``). Arrays not named after an input
+    are ignored (``evaluate`` keeps its ``target`` beside the inputs).
+
+    Raises:
+        TfueError: an input has no array.
+    """
+    names = [i.name for i in inputs]
+    if len(arrays) == 1 and len(inputs) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    if any(n not in arrays for n in names):
+        raise TfueError(f"'{path}' has arrays {sorted(arrays)}, which do not match the model's "
+                        f"inputs {names}", "name the arrays after the model's inputs")
+    return {i.name: with_batch(arrays[i.name], i.shape) for i in inputs}
 
 
 def load_input(path: str, inputs: list, options: ImageOptions = ImageOptions()) -> dict:
-    """Read one input file into a feed dict for a model with ``inputs`` (TensorInfo list)."""
+    """Read one input file into a feed dict, as ``tfue run`` does.
+
+    Args:
+        path: an image (IMAGE_EXTS), a .npy array (for a one-input model) or an .npz
+            archive (one array per input name, see :func:`npz_feeds`).
+        inputs: the model's inputs (``ModelInfo.inputs``, TensorInfo list).
+        options: how images become inputs (:class:`ImageOptions`); arrays are fed as
+            they are, with a batch axis of 1 added when one axis short.
+
+    Returns:
+        input name -> array (images: float32, see :func:`image_to_input`).
+
+    Raises:
+        TfueError: the file cannot be read, or does not fit the model's inputs.
+    """
     low = path.lower()
     if low.endswith(".npy"):
         if len(inputs) != 1:
             raise TfueError(f"'{path}' holds one array but the model has {len(inputs)} inputs",
                             "use an .npz with one array per input name")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise TfueError(f"cannot read '{path}' as a .npy array ({exc})",
-                            "save it with numpy.save") from None
-        return {inputs[0].name: _with_batch(arr, inputs[0])}
+        return {inputs[0].name: with_batch(read_npy(path), inputs[0].shape)}
     if low.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:
-            raise TfueError(f"cannot read '{path}' as an .npz archive ({exc})",
-                            "save it with numpy.savez") from None
-        names = [i.name for i in inputs]
-        if all(n in arrays for n in names):
-            return {i.name: _with_batch(arrays[i.name], i) for i in inputs}
-        if len(arrays) == 1 and len(inputs) == 1:
-            return {inputs[0].name: _with_batch(next(iter(arrays.values())), inputs[0])}
-        raise TfueError(f"'{path}' has arrays {sorted(arrays)}, which do not match the model's "
-                        f"inputs {names}", "name the arrays after the model's inputs")
+        return npz_feeds(read_npz(path), inputs, path)
     if len(inputs) != 1:
         raise TfueError(f"the model has {len(inputs)} inputs, so an image alone cannot feed it",
                         "use an .npz with one array per input name")
-    return {inputs[0].name: load_image(path, inputs[0], options)}
-
-
-def image_layout(inp, layout: str = "auto") -> str:
-    """The layout (NCHW or NHWC) of a 4-D image input."""
-    shape = inp.shape
-    if shape is None or len(shape) != 4:
-        raise TfueError(f"input '{inp.name}' has shape {shape}, not a 4-D image batch",
-                        "feed a .npy/.npz array instead of an image")
-    if layout != "auto":
-        return layout
-    c_first, c_last = shape[1] in (1, 3), shape[3] in (1, 3)
-    if c_first and not c_last:
-        return "NCHW"
-    if c_last and not c_first:
-        return "NHWC"
-    raise TfueError(f"cannot tell whether input '{inp.name}' {list(shape)} is NCHW or NHWC",
-                    "pass --layout NCHW or --layout NHWC")
+    return {inputs[0].name: read_image(path, inputs[0], options)}
 
 
 def open_image(path: str):
-    """Open an image file with Pillow (loaded), or raise a TfueError."""
+    """Open an image file with Pillow, fully loaded (the file is closed again).
+
+    Raises:
+        TfueError: Pillow cannot read it as an image.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -390,43 +316,103 @@ def open_image(path: str):
                         "give a PNG or JPEG file") from None
 
 
-def load_image(path: str, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
-    """Read an image file as a 1-image batch laid out for input ``inp``."""
+def read_image(path: str, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """Read an image file as a 1-image batch laid out for input ``inp`` (TensorInfo):
+    :func:`image_to_input` of the opened file (the worker behind :func:`load_image`)."""
     return image_to_input(open_image(path), inp, options)
 
 
+def load_image(path, model, *, layout: str = "auto", channel_order: str = "rgb",
+               scale: float = 1 / 255, mean=None, std=None, resize=None) -> np.ndarray:
+    """Load an image file as the input array of ``model``, exactly as ``tfue run`` does.
+
+    The image is converted to the model's channels (1: gray, 3: RGB; a 16-bit gray
+    image keeps its 16 bits), resized with Pillow's bilinear filter to ``resize`` or
+    else to the input's fixed height and width (free ones take the image's size),
+    optionally reordered to BGR, multiplied by ``scale``, then ``(x - mean) / std``
+    per channel, laid out NCHW or NHWC and given a batch axis of 1. The same code
+    reads the images of ``tfue run`` (``load_input``), so ``Estimator(...)`` on this
+    array gives the result ``tfue run`` writes for the file.
+
+    Args:
+        path: an image file (.png, .jpg, .bmp, .tif, .webp, ...).
+        model: the model whose (single) input the image feeds: an ``Estimator`` (its
+            own, possibly padded, model: the one ``tfue run`` reads for), a
+            ``ModelInfo``, an ``onnx.ModelProto``, or the path of an .onnx file.
+        layout: auto (from where the input's 1 or 3 channels are), NCHW or NHWC
+            (``--layout``).
+        channel_order: rgb or bgr (``--channel-order``).
+        scale: the pixel values (0..255; 0..65535 for 16-bit images, whose default
+            scale becomes 1/65535) are multiplied by this first (``--scale``).
+        mean, std: per-channel numbers (one per channel, or one for all), in the
+            scaled units; None: not applied (``--mean``, ``--std``).
+        resize: (height, width) in pixels, or None: the input's fixed size if it has
+            one, else the image's own (``--resize``).
+
+    Returns:
+        A C-contiguous float32 array ``[1, C, H, W]`` (NCHW) or ``[1, H, W, C]``
+        (NHWC), C being 1 or 3 as the input declares; values in ``scale`` units.
+
+    Raises:
+        TfueError: the file is not an image (or a 32-bit float one); the model has
+            not exactly one input, or its input is not a 4-D image batch whose layout
+            can be told; a bad option (unknown layout or channel order, zero or
+            non-finite scale, ``mean``/``std`` of the wrong length or with a zero std).
+    """
+    if not os.fspath(path).lower().endswith(IMAGE_EXTS):
+        raise TfueError(f"'{path}' is not an image file ({', '.join(IMAGE_EXTS)})",
+                        "read arrays with numpy.load")
+    options = ImageOptions(layout=layout, channel_order=channel_order, scale=scale,
+                           mean=mean, std=std, resize=resize)
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        raise TfueError(f"the model has {len(inputs)} inputs, so an image alone cannot feed it",
+                        "build the feed dict yourself, one array per input name")
+    return load_input(os.fspath(path), inputs, options)[inputs[0].name]
+
+
+def _model_inputs(model) -> list:
+    """The inputs (TensorInfo list) of an Estimator, ModelInfo, ModelProto or .onnx path."""
+    from .model import ModelInfo, inspect_model
+
+    info = getattr(model, "info", model)
+    if isinstance(info, ModelInfo):
+        return info.inputs
+    if isinstance(info, (str, os.PathLike)):
+        return inspect_model(os.fspath(info)).inputs
+    import onnx
+
+    if isinstance(info, onnx.ModelProto):
+        return ModelInfo(info).inputs
+    raise TfueError(f"model must be an Estimator, ModelInfo, onnx.ModelProto or .onnx path, "
+                    f"got {type(model).__name__}", "pass the Estimator you will run")
+
+
 def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarray:
-    """A Pillow image as a 1-image batch laid out, sized and scaled for input ``inp``."""
+    """A Pillow image as a 1-image batch laid out, sized and scaled for input ``inp``.
+
+    Args:
+        im: a loaded Pillow image (any mode but 32-bit float ``F``).
+        inp: the model's image input (TensorInfo, declared 4-D shape).
+        options: layout, channel order, scale, mean/std and size (:class:`ImageOptions`).
+
+    Returns:
+        float32 ``[1, C, H, W]`` (NCHW) or ``[1, H, W, C]`` (NHWC), C-contiguous, in
+        ``scale`` units then ``(x - mean) / std``; H, W from ``options.resize``, else the
+        input's fixed size, else the image's (bilinear resize).
+
+    Raises:
+        TfueError: the input's layout cannot be told; ``mean``/``std`` of the wrong
+            length; a 32-bit float image, or 16-bit values beyond 65535.
+    """
     from PIL import Image
 
     layout = image_layout(inp, options.layout)
     shape = inp.shape
     channels = shape[1] if layout == "NCHW" else shape[3]
     h_dim, w_dim = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    for name, values in (("--mean", options.mean), ("--std", options.std)):
-        n = np.size(values)
-        if values is not None and n not in (1, channels):
-            raise TfueError(f"{name} has {n} values, but input '{inp.name}' takes images with "
-                            f"{channels} channel(s)",
-                            f"give one value per channel ({channels}) or one for all")
-    scale = options.scale
-    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
-        raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' is a 32-bit float "
-                        "image, whose value range tfue cannot tell",
-                        "save it as a .npy array with the values the model expects")
-    if im.mode in IMAGE_16BIT_MODES:
-        # Pillow would clip 16-bit values to 255 when converting to L or RGB.
-        gray = np.asarray(im, dtype=np.float32)
-        if gray.size and float(gray.max()) > 65535:
-            raise TfueError(f"'{getattr(im, 'filename', '') or 'the image'}' holds "
-                            f"{im.mode}-mode values up to {gray.max():g}, beyond 16 bits",
-                            "save it as a .npy array with the values the model expects")
-        if scale == 1 / 255:
-            scale = 1 / 65535
-        im = Image.fromarray(gray)  # mode F: resized without losing the 16 bits
-    else:
-        im = im.convert("L" if channels == 1 else "RGB")
-    arr_channels = 1 if channels == 1 else 3
+    _check_norm_lengths(options, channels, inp.name)
+    im, scale = _pixels(im, channels, options.scale)
     size = options.resize
     if size is None and isinstance(h_dim, int) and h_dim > 0 \
             and isinstance(w_dim, int) and w_dim > 0:
@@ -436,7 +422,7 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.shape[-1] != arr_channels:  # a 16-bit gray image for an RGB model
+    if arr.shape[-1] != (1 if channels == 1 else 3):  # a 16-bit gray image for an RGB model
         arr = np.repeat(arr, 3, axis=-1)
     if options.channel_order == "bgr" and arr.shape[-1] == 3:
         arr = arr[..., ::-1]
@@ -449,3 +435,33 @@ def image_to_input(im, inp, options: ImageOptions = ImageOptions()) -> np.ndarra
     if layout == "NCHW":
         arr = arr.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_norm_lengths(options: ImageOptions, channels, name: str) -> None:
+    """Refuse a ``mean``/``std`` that has neither one value nor one per channel."""
+    for flag, values in (("--mean", options.mean), ("--std", options.std)):
+        n = np.size(values)
+        if values is not None and n not in (1, channels):
+            raise TfueError(f"{flag} has {n} values, but input '{name}' takes images with "
+                            f"{channels} channel(s)",
+                            f"give one value per channel ({channels}) or one for all")
+
+
+def _pixels(im, channels, scale: float):
+    """(image in mode L, RGB or F, scale): 16-bit gray images keep their 16 bits (mode
+    F, and the default scale 1/255 becomes 1/65535); others are converted to the
+    model's channels (1: L, else RGB)."""
+    from PIL import Image
+
+    what = getattr(im, "filename", "") or "the image"
+    if im.mode == "F":  # Pillow would clip the floats to 0..255 when converting
+        raise TfueError(f"'{what}' is a 32-bit float image, whose value range tfue cannot tell",
+                        "save it as a .npy array with the values the model expects")
+    if im.mode not in IMAGE_16BIT_MODES:
+        return im.convert("L" if channels == 1 else "RGB"), scale
+    # Pillow would clip 16-bit values to 255 when converting to L or RGB.
+    gray = np.asarray(im, dtype=np.float32)
+    if gray.size and float(gray.max()) > 65535:
+        raise TfueError(f"'{what}' holds {im.mode}-mode values up to {gray.max():g}, beyond "
+                        "16 bits", "save it as a .npy array with the values the model expects")
+    return Image.fromarray(gray), (1 / 65535 if scale == 1 / 255 else scale)

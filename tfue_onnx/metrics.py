@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from .errors import TfueError
+from .layout import array_layout
 from .segment import DEFAULT_SIGMA, grid_blocks, lcm_blocks
 
 ERRORS = ("l1", "l2")
@@ -116,7 +117,7 @@ def image_maps(arr, hw_axes=None) -> list:
         a = a.reshape((a.shape[0], -1) + a.shape[-2:])  # [B, C, H, W]
         return list(a.mean(axis=1))
     if a.ndim == 4:
-        if a.shape[-1] <= 4 < a.shape[1]:
+        if array_layout(a.shape) == "NHWC":
             a = a.transpose(0, 3, 1, 2)
         return list(a.mean(axis=1))
     if a.ndim == 3:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from .io import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def _pyplot():

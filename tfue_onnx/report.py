@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from . import __version__
-from .io import colorize, load_input, save_json, save_npz, save_png, spatial_map
+from .files import save_json, save_npz
+from .io import colorize, load_input, save_png, spatial_map
 from .results import map_axes
 
 
@@ -292,7 +293,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     """
     import time
 
-    from .io import cleanup_out_dir, prepare_out_dir
+    from .files import cleanup_out_dir, prepare_out_dir
 
     started = time.perf_counter() if started is None else started
     note = note or (lambda line: None)

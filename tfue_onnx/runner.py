@@ -18,7 +18,7 @@ import onnx
 from . import graph as graphs
 from .errors import TfueError
 from .external import save_model, writes_data_file
-from .io import check_new_file
+from .files import check_new_file
 from .model import ModelInfo, load_model
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_max_memory, check_samples, check_seed)

@@ -21,7 +21,8 @@ import numpy as np
 from . import metrics
 from .errors import TfueError
 from .evaluate import evaluate
-from .io import atomic_write_bytes, save_json
+from .files import atomic_write_bytes, save_json
+from .layout import evenly_spaced
 
 NOISE_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DROPOUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -67,9 +68,7 @@ def sweep_locations(info, at=None, at_count=None) -> list:
     if at_count is not None:
         if int(at_count) < 1:
             raise TfueError(f"--at-count must be >= 1, got {at_count}", "e.g. --at-count 8")
-        k = min(int(at_count), len(cands))
-        idx = sorted({round(i * (len(cands) - 1) / max(k - 1, 1)) for i in range(k)})
-        return [cands[i] for i in idx]
+        return evenly_spaced(cands, int(at_count))
     if at in (None, "all"):
         return list(cands) if at == "all" else sweep_locations(info, at_count=8)
     items = at if isinstance(at, (list, tuple)) else [a.strip() for a in str(at).split(",")]
@@ -353,9 +352,7 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     # Intermediate locations only: the paper finds them usually best, and noise at
     # the input or the output is not what --at auto is for.
     interior = [c for c in info.candidates if 0.0 < c.depth < 1.0] or info.candidates
-    k = min(int(at_count), len(interior))
-    picks = sorted({round((i + 1) * (len(interior) - 1) / (k + 1)) for i in range(k)})
-    for cand in [interior[i] for i in picks]:
+    for cand in evenly_spaced(interior, int(at_count), ends=False):
         spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
             Dropout(levels[0], at=cand.name)
         est = Estimator(model, spec, samples=samples, seed=seed, provider=provider, pad=pad,

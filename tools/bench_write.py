@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfue_onnx.io import save_npz  # noqa: E402
+from tfue_onnx.files import save_npz  # noqa: E402
 
 
 def main(argv=None):

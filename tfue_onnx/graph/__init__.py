@@ -57,8 +57,9 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     ``fed`` (graph inputs the runner fills from the seed and the sample index, see
     ``UncertaintyGraph.feeds``: reproducible across chunks, strategies and inputs)
     or ``graph`` (seeded RandomNormalLike / RandomUniformLike, for a standalone
-    export). ``axes`` (an axes.SpatialAxes of the model's own outputs) says on which
-    output axes transforms are undone (None: probed on a synthetic input). Raises
+    export). ``axes`` (an axes.SpatialAxes of the model's own outputs, e.g. from
+    ``axes.find_axes``) says on which output axes transforms are undone; required
+    for a Transform (ValueError without it: this stage runs no model). Raises
     StrategyUnavailable when the strategy cannot apply to this model, and TfueError
     for bad arguments.
     """
@@ -90,9 +91,8 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
         iso = isolate_outputs(info)
     inner_classes = {t: axis for name, axis in classes.items() for t in iso.names(name)}
     if isinstance(spec, Transform):
-        if axes is None:
-            axes = blackbox.find_axes(info, spec.layout)
-        axes = axes.renamed({t: name for name in axes.outputs for t in iso.names(name)})
+        if axes is not None:
+            axes = axes.renamed({t: name for name in axes.outputs for t in iso.names(name)})
         model, locations = blackbox.transforms(iso.info, spec, strategy, keep_samples,
                                                inner_classes, axes)
         samples_input, levels, samples = None, {}, len(spec.elements)

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from ..convert import MIN_OPSET, conversion_command
 from ..errors import TfueError
-from ..io import image_layout
+from ..layout import image_axes
 from ..model import ModelInfo, load_model
 from ..transforms import ELEMENTS, usable_sets
 from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
@@ -44,10 +44,7 @@ def spatial_axes(info: ModelInfo, layout: str):
         raise TfueError(f"input '{inp.name}' has shape {inp.shape}: infer-transformation needs "
                         "an image batch [N, C, H, W], [N, H, W, C] or [N, H, W]",
                         "use a gray-box method (noise, dropout)")
-    if len(inp.shape) == 3:
-        axes = (1, 2)
-    else:
-        axes = (2, 3) if image_layout(inp, layout) == "NCHW" else (1, 2)
+    axes = image_axes(inp, layout)
     return axes, (inp.shape[axes[0]], inp.shape[axes[1]])
 
 
@@ -79,25 +76,6 @@ def _inverse(b: Builder, y, element, axes, rank, dtype):
     return y
 
 
-def find_axes(info: ModelInfo, layout: str = "auto"):
-    """The outputs' image axes (axes.SpatialAxes), probed on a synthetic input: the
-    input's fixed sizes, 64 for free height and width, 1 for a free batch."""
-    from ..axes import AxesProbe
-    from ..session import create_session
-
-    sess, _ = create_session(info.model, "cpu", prepack=False)  # runs once or twice
-    names = [o.name for o in info.outputs]
-
-    def run(feeds):
-        return dict(zip(names, sess.run(names, feeds)))
-
-    inp = info.inputs[0]
-    shape = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else 64)
-             for k, d in enumerate(inp.shape)]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.dtype(inp.dtype))
-    return AxesProbe(info, run, layout)({inp.name: x})
-
-
 def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict,
                out_axes=None):
     """The sampling graph of infer-transformation (see the module docstring).
@@ -109,8 +87,9 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
         keep_samples: also return the stacked samples.
         classes: outputs holding class probabilities -> class axis.
         out_axes: an axes.SpatialAxes saying which axes of each output carry the
-            image; each transform is undone on those axes only, and not at all on
-            outputs without them. None: probed here on a synthetic input.
+            image (``axes.find_axes`` or the runner's probe); each transform is undone
+            on those axes only, and not at all on outputs without them. Required: the
+            rewrite stage runs no model.
 
     Returns:
         (ModelProto, the transform names).
@@ -118,6 +97,7 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
     Raises:
         TfueError: the model has no image input, or rotations cannot be undone on
             one of its outputs. StrategyUnavailable: the strategy cannot apply.
+            ValueError: ``out_axes`` is None.
     """
     if info.opset < MIN_OPSET:  # the Estimator converts a copy first; this is for direct callers
         raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
@@ -132,7 +112,8 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                         f"height and width) cannot run: {', '.join(spec.names)}",
                         "use one of the sets " + ", ".join(usable_sets(square=False)))
     if out_axes is None:
-        out_axes = find_axes(info, spec.layout)
+        raise ValueError("transforms() needs the outputs' image axes: pass "
+                         "out_axes=tfue_onnx.axes.find_axes(info, layout)")
     out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
     batch_fixed = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     identity = ELEMENTS["identity"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..axes import image_input
 from ..errors import TfueError
+from ..layout import image_input
 from ..model import ModelInfo
 from .builder import Builder, finish, prefix_for
 
