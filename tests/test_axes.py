@@ -314,7 +314,7 @@ def test_rotations_refused_on_a_sequence_output(models):
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)  # square
     with pytest.raises(TfueError, match=r"output 'y' changes with the image's size, but tfue "
                                         r"cannot tell which of its axes carry .*rot90.*Hint: "
-                                        r"use --transforms flips"):
+                                        r"use transforms=.flips."):
         Estimator(path, Transform("d4"))(x)
 
 
