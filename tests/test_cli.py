@@ -270,11 +270,11 @@ def test_max_memory_sets_the_chunks(cli, setup):
     assert json.loads(r.stdout)["chunks"] == [4, 4, 2]
     line = _one_error_line(cli("run", model, npy, "--method", "noise", "--max-memory", "lots",
                                "--out", out))
-    assert "--max-memory must be a size like 512M or 2G, got 'lots'" in line
+    assert "--max-memory must be a size like 512M or 2G (at least 1 byte), got 'lots'" in line
 
 
 def test_ensemble_folder_of_models_vs_folder_of_inputs(cli, toy, tmp_path, x8):
-    from tfue_onnx.cli import _is_model
+    from tfue_onnx.api import is_model as _is_model
     members, mixed = tmp_path / "members", tmp_path / "mixed"
     members.mkdir()
     mixed.mkdir()
