@@ -556,3 +556,91 @@ def test_a_result_without_its_primary_output_is_refused(tmp_path):
              metadata=np.array(json_module.dumps({"primary": "y"})))
     with pytest.raises(TfueError, match="an output is missing"):
         read_result(tmp_path / "r.npz")
+
+
+def test_option_groups_are_declared_once_and_shared():
+    """run, export, evaluate and sweep take one declaration of each shared option: the
+    same choices, defaults and help (sweep's --seed default included)."""
+    from tfue_onnx import cli as cli_module
+    from tfue_onnx.names import LAYOUTS, STRATEGIES
+    from tfue_onnx.session import PROVIDERS
+
+    commands = {n: cli_module.main.commands[n] for n in ("run", "export", "evaluate", "sweep")}
+
+    def option(cmd, name):
+        return next(p for p in cmd.params if p.name == name)
+
+    for name in ("layout", "pad", "provider", "strategy", "chunk", "max_memory", "threads",
+                 "no_cache", "io_binding", "seed", "sigma_mode", "force"):
+        seen = {(repr(getattr(option(c, name), "type", None)), option(c, name).default,
+                 option(c, name).help) for c in commands.values()}
+        assert len(seen) == 1, (name, seen)
+    assert option(commands["sweep"], "seed").default is None
+    for name in ("channel_order", "scale", "norm_mean", "norm_std", "resize"):
+        assert len({option(commands[c], name).help for c in ("run", "evaluate", "sweep")}) == 1
+    assert tuple(option(commands["run"], "layout").type.choices) == LAYOUTS
+    assert tuple(option(commands["run"], "provider").type.choices) == PROVIDERS
+    assert tuple(option(commands["run"], "strategy").type.choices) == ("auto",) + STRATEGIES
+
+
+def test_io_binding_and_max_memory_reach_the_estimator(cli, setup, monkeypatch):
+    from tfue_onnx import runner
+
+    made = []
+    real = runner.Estimator.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(kwargs)
+        real(self, *args, **kwargs)
+    monkeypatch.setattr(runner.Estimator, "__init__", spy)
+    model, npy, out = setup
+    for flag, expected in (("--io-binding", True), ("--no-io-binding", False), (None, None)):
+        args = ["run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--max-memory",
+                "1M", "--out", out, "--force"] + ([flag] if flag else [])
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        assert made[-1]["io_binding"] is expected and made[-1]["max_memory"] == 1024**2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--transforms", "hflip"], "--transforms does not apply to --method noise"),
+    (["--at", "auto", "--tolerance", "0"], "tolerance must be > 0, got 0.0"),
+    (["--chunk", "0"], "chunk must be an integer >= 1, got 0"),
+    (["--threads", "-2"], "threads must be an integer >= 1, got -2"),
+    (["--at", "r1", "--sweep-result", "x"], "--sweep-result is used with --at auto"),
+    (["--max-memory", "2Q"], "--max-memory must be a size like 512M or 2G"),
+])
+def test_option_values_are_checked_before_any_work(cli, setup, monkeypatch, args, message):
+    from tfue_onnx import runner
+
+    def never(*a, **k):
+        raise AssertionError("an Estimator was built before the options were checked")
+    monkeypatch.setattr(runner.Estimator, "__init__", never)
+    model, npy, out = setup
+    line = _one_error_line(cli("run", model, npy, "--method", "noise", *args, "--out", out))
+    assert message in line and not os.path.exists(out)
+
+
+def test_evaluate_checks_the_target_scale_up_front(cli, setup, tmp_path):
+    model, npy, out = setup
+    line = _one_error_line(cli("evaluate", model, npy, "--method", "noise", "--targets",
+                               tmp_path, "--target-scale", "0", "--out", out))
+    assert "--target-scale must be a finite, non-zero number, got 0.0" in line
+
+
+def test_sweep_without_a_seed_draws_one_and_resumes_with_it(cli, setup, tmp_path, x8):
+    model, _, _ = setup
+    target = np.random.default_rng(1).random((1, 2, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "p.npz", x=x8, target=target)
+    out = tmp_path / "sw"
+    args = ["sweep", model, tmp_path / "p.npz", "--at", "r1", "--sigmas", "0.1", "--methods",
+            "noise", "-n", 4, "--bootstrap", 0, "--out", out]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    seed = json.loads((out / "sweep.json").read_text())["config"]["seed"]
+    assert isinstance(seed, int)
+    r = cli(*args, "--sigmas", "0.1,0.2")  # the same sweep, one level more: resumed
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["config"]["seed"] == seed and len(summary["points"]) == 2
+    assert r.stderr.count("[2/2]") == 1 and "[1/2]" not in r.stderr  # the first was kept

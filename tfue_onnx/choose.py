@@ -135,8 +135,24 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
         TfueError: a bad ``method`` or ``tolerance``, no inputs, or no location and
             level within ``tolerance``.
     """
-    from .model import ModelInfo, inspect_model
+    feeds_list = _checked(method, tolerance, feeds_list)
+    refs, runs, transforms, why_not = _reference(model, feeds_list, transforms, provider, pad,
+                                                 layout)
+    run = dict(model=model, method=method, feeds_list=feeds_list, seed=seed, pad=pad,
+               sigma_mode=sigma_mode, provider=provider, layout=layout, tolerance=tolerance)
+    if why_not:
+        from .sweep import choose_by_tolerability
 
+        pick = choose_by_tolerability(at_count=at_count, levels=levels, **run)
+        pick["reason"] = f"no reference map ({why_not}); fell back to: {pick['reason']}"
+        return pick
+    levels = sorted(float(lv) for lv in (levels or LEVELS))
+    points, runs = _measure_all(run, refs, levels, samples, at_count, progress, runs)
+    return _pick(points, method, transforms, runs, tolerance, samples, len(feeds_list))
+
+
+def _checked(method: str, tolerance, feeds_list) -> list:
+    """``feeds_list`` as a list, after checking the method, tolerance and inputs."""
     if method not in ("noise", "dropout"):
         raise ArgumentError(f"--at auto chooses a location for noise or dropout, not {method!r}",
                             "use --method noise or --method dropout")
@@ -145,33 +161,27 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
     feeds_list = list(feeds_list)
     if not feeds_list:
         raise ArgumentError("--at auto needs at least one input to choose on", "give inputs")
-    refs, runs, transforms, why_not = _reference(model, feeds_list, transforms, provider, pad,
-                                                 layout)
-    if why_not:
-        from .sweep import choose_by_tolerability
+    return feeds_list
 
-        pick = choose_by_tolerability(model, method, feeds_list, tolerance=tolerance,
-                                      at_count=at_count, levels=levels, seed=seed,
-                                      sigma_mode=sigma_mode, provider=provider, pad=pad,
-                                      layout=layout)
-        pick["reason"] = f"no reference map ({why_not}); fell back to: {pick['reason']}"
-        return pick
+
+def _measure_all(run: dict, refs, levels, samples, at_count, progress, runs) -> tuple:
+    """(points, runs): every interior location's points (``_measure_location``), with the
+    model runs spent added to ``runs``; ``progress`` told after each location."""
+    from .model import ModelInfo, inspect_model
+
+    model = run["model"]
     info = inspect_model(model) if isinstance(model, (str, os.PathLike)) else ModelInfo(model)
-    levels = sorted(float(lv) for lv in (levels or LEVELS))
-    points = []
-    where = interior_locations(info, at_count)
-    run = dict(model=model, method=method, feeds_list=feeds_list, refs=refs, levels=levels,
-               samples=samples, seed=seed, sigma_mode=sigma_mode, provider=provider, pad=pad,
-               layout=layout, tolerance=tolerance)
+    points, where = [], interior_locations(info, at_count)
+    n_inputs = len(run["feeds_list"])
     for k, cand in enumerate(where, 1):
-        mine = _measure_location(cand, **run)
+        mine = _measure_location(cand, refs=refs, levels=levels, samples=samples, **run)
         points += mine
-        runs += samples * len(feeds_list) * (len(mine) + (len(mine) < len(levels)))
+        runs += samples * n_inputs * (len(mine) + (len(mine) < len(levels)))
         if progress is not None:
             progress(k, len(where), f"{cand.name} (depth {cand.depth:.2f}): " + (
                 f"{len(mine)} level(s) up to {mine[-1]['level']:g} within the tolerance"
                 if mine else "no level within the tolerance"))
-    return _pick(points, method, transforms, runs, tolerance, samples, len(feeds_list))
+    return points, runs
 
 
 def _reference(model, feeds_list, transforms, provider, pad, layout) -> tuple:

@@ -275,9 +275,9 @@ PERTURBATION_OPTIONS = OptionGroup(
     _opt("--samples", "-n", type=int, default=None,
          help="Number of perturbed samples N (2 to 100000; default 8). Transforms and "
               "ensembles take N from their list."),
-    _opt("--transforms", default="d4", show_default=True,
-         help="For transform: d4, rot, flips, hflip, rot180, or a list such as "
-              "identity,hflip,rot90."),
+    _opt("--transforms", default=None,
+         help="For transform: d4 (the default), rot, flips, hflip, rot180, or a list such "
+              "as identity,hflip,rot90."),
     _opt("--softmax", is_flag=True,
          help="The outputs are logits: apply a softmax over --class-axis first."),
     _opt("--classify/--no-classify", default=None,
@@ -374,6 +374,9 @@ def _check_perturbation(p: dict) -> None:
         check_samples(p["samples"])
     if p["at"] != "auto" and p["sweep_result"] is not None:
         raise ArgumentError("--sweep-result is used with --at auto", "add --at auto")
+    if p["at"] == "auto" and not p["tolerance"] > 0:
+        raise ArgumentError(f"tolerance must be > 0, got {p['tolerance']}",
+                            "e.g. --tolerance 0.05")
     make_spec(p["method"], at=None if p["at"] == "auto" else p["at"], sigma=p["sigma"],
               rate=p["rate"], sigma_mode=p["sigma_mode"], transforms=p["transforms"],
               members=("member",) if p["method"] == "ensemble" else ())
@@ -646,10 +649,16 @@ def _pairs(info, inputs, pairs: dict, options):
 
 
 def _check_pairs(pairs: dict, grid=None) -> None:
+    """PAIR_OPTIONS' values checked before any work."""
+    import math
+
     from .metrics import check_blocks, check_bootstrap
 
     check_bootstrap(pairs["bootstrap"])
     check_blocks(pairs["block_sigma"], grid)
+    if not (math.isfinite(pairs["target_scale"]) and pairs["target_scale"] != 0):
+        raise ArgumentError(f"--target-scale must be a finite, non-zero number, got "
+                            f"{pairs['target_scale']}", "e.g. --target-scale 0.00392156 (1/255)")
 
 
 def _refuse_existing(paths, force):

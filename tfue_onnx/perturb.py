@@ -367,12 +367,13 @@ SPECS = SAMPLED + (Transform, Ensemble, Entropy)
 
 
 def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=(),
-              transforms="d4", layout="auto", members=()):
+              transforms=None, layout="auto", members=()):
     """Build a spec from CLI-style arguments (``method`` as the CLI names it, one of
     ``names.METHODS``; None for an argument the user did not give).
 
     For ``mc-dropout``, ``at`` (like ``--at``) names the Dropout nodes, comma-separated,
-    as ``nodes`` does. Defaults: sigma 0.1, rate 0.1, at "0.5" (the middle of the graph).
+    as ``nodes`` does. Defaults: sigma 0.1, rate 0.1, at "0.5" (the middle of the graph),
+    transforms "d4".
 
     Raises:
         ArgumentError (a ValueError): an unknown method, an argument the method does not
@@ -381,12 +382,15 @@ def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute"
     if method not in METHODS:
         raise ArgumentError(f"unknown method {method!r}",
                             "use noise, dropout, mc-dropout, transform, ensemble or entropy")
+    if method != "transform" and transforms is not None:
+        raise ArgumentError(f"--transforms does not apply to --method {method}",
+                            "drop it; it is for --method transform")
     if method in ("transform", "ensemble", "entropy"):
         for flag, value in (("--sigma", sigma), ("--rate", rate), ("--at", at)):
             if value is not None:
                 raise ArgumentError(f"{flag} does not apply to --method {method}",
                                     "drop it; it is for noise and dropout")
-        return Transform(transforms, layout) if method == "transform" else \
+        return Transform(transforms or "d4", layout) if method == "transform" else \
             Ensemble(tuple(members)) if method == "ensemble" else Entropy()
     wrong = ("--rate", rate) if method == "noise" else ("--sigma", sigma)
     if wrong[1] is not None:

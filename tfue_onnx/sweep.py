@@ -91,22 +91,17 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     Args:
         model: the model's path.
         pairs: ``evaluate.Pair`` objects (``evaluate.make_pairs``).
-        methods: some of ``noise``, ``dropout``.
-        at, at_count: the locations (``sweep_locations``).
-        sigmas, rates: the noise and dropout levels (default NOISE_LEVELS, DROPOUT_LEVELS).
-        samples: N per point. seed: the sampling and bootstrap seed; None: the seed of the
-            sweep being resumed in ``out_dir``, else a random one (recorded in the config).
-        metric: what "best" means (``METRICS``).
-        out_dir: the folder of sweep.jsonl (resumable), sweep.csv/json, best.json; None:
-            nothing written.
-        progress: ``progress(done, total, point)`` after each point.
+        methods: some of ``noise``, ``dropout``; at, at_count: see ``sweep_locations``.
+        sigmas, rates: the levels (default NOISE_LEVELS, DROPOUT_LEVELS); samples: N.
+        seed: the sampling and bootstrap seed; None: that of the sweep resumed in
+            ``out_dir``, else a random one (recorded in the config).
+        metric: what "best" means (``METRICS``); progress: ``progress(done, total, point)``.
+        out_dir: the folder of sweep.jsonl (resumable), sweep.csv/json, best.json, or None.
         pad (pixels per side, or ``"auto"``), layout, provider, cache and ``runtime``
             (threads, chunk, max_memory, io_binding, strategy): the Estimator's.
 
-    Every point's table carries bootstrap intervals (``bootstrap`` resamples of the images,
-    seeded by ``seed``); the best point lists the points whose interval overlaps its own
-    ("not separated" from it). The sampling-free baseline (``metrics.gradient_energy``) is
-    scored once, in ``baseline``.
+    Points carry bootstrap intervals (``bootstrap`` resamples, seeded by ``seed``); the best
+    lists the points its interval overlaps; the baseline (``metrics.gradient_energy``) once.
 
     Returns:
         A dict: ``config``, ``metric``, ``points`` (each with ``method``, ``at``, ``index``,
@@ -121,20 +116,13 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
 
     check_metric(metric)
     metrics.check_blocks(block_sigma, None)
-    bootstrap = metrics.check_bootstrap(bootstrap)
-    info = inspect_model(model)
+    bootstrap, info = metrics.check_bootstrap(bootstrap), inspect_model(model)
     locations = sweep_locations(info, at, at_count)
     grids = _grids(methods, sigmas, rates, sigma_mode)
     if pad == "auto":  # detected once for every point
-        from .border import resolve_pad
-
-        pad = resolve_pad(info, pad, layout)[0]
-    config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
-              "samples": samples, "seed": _sweep_seed(seed, out_dir), "sigma_mode": sigma_mode,
-              "block_sigma": float(block_sigma), "bootstrap": int(bootstrap),
-              "metrics_version": METRICS_VERSION}
-    if pad is not None:
-        config["pad"] = pad
+        pad = _auto_pad(info, layout)
+    config = _config(model, pairs, samples, _sweep_seed(seed, out_dir), sigma_mode,
+                     block_sigma, bootstrap, pad)
     done = _resume(out_dir, config, force)
     # Points of this grid only: those of another grid run into the same folder stay in
     # sweep.jsonl, apart (neither counted nor candidates for the best).
@@ -142,18 +130,32 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     points = [p for k, p in done.items() if k in wanted]
     plan = {"model": model, "pairs": pairs, "loaded": [p.load() for p in pairs],
             "config": config, "out_dir": out_dir, "block_sigma": block_sigma,
-            "bootstrap": bootstrap, "progress": progress,
-            "total": sum(len(grids[m]) for m in methods) * len(locations),
-            "estimator": dict(provider=provider, pad=pad, layout=layout, cache=cache,
-                              **runtime)}
+            "bootstrap": bootstrap, "progress": progress, "total": len(wanted),
+            "estimator": dict(provider=provider, pad=pad, layout=layout, cache=cache, **runtime)}
     baseline = next((p["baseline"] for p in done.values() if p.get("baseline")), None)
-    for method in methods:
-        for cand in locations:
-            todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
-            if todo:
-                baseline = _sweep_location(plan, method, cand, todo, points, baseline)
-    return _summary(plan, points, metric, sigma_mode, len(done) - len(
-        [k for k in done if k in wanted]), baseline)
+    for method, cand in ((m, c) for m in methods for c in locations):
+        todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
+        if todo:
+            baseline = _sweep_location(plan, method, cand, todo, points, baseline)
+    apart = sum(1 for k in done if k not in wanted)
+    return _summary(plan, points, metric, sigma_mode, apart, baseline)
+
+
+def _auto_pad(info, layout) -> int:
+    from .border import resolve_pad
+
+    return resolve_pad(info, "auto", layout)[0]
+
+
+def _config(model, pairs, samples, seed, sigma_mode, block_sigma, bootstrap, pad) -> dict:
+    """What a sweep's points depend on: a folder resumes only a sweep with the same."""
+    config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
+              "samples": samples, "seed": seed, "sigma_mode": sigma_mode,
+              "block_sigma": float(block_sigma), "bootstrap": int(bootstrap),
+              "metrics_version": METRICS_VERSION}
+    if pad is not None:
+        config["pad"] = pad
+    return config
 
 
 def _grids(methods, sigmas, rates, sigma_mode) -> dict:

@@ -62,7 +62,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     if strategy not in STRATEGIES:
         raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     if sampling not in SAMPLING:
-        raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
+        raise RuntimeError(f"tfue internal: unknown sampling {sampling!r} (not {SAMPLING})")
     names = {o.name for o in info.outputs}
     for o in info.outputs:
         for key in OUTPUT_KEYS:
