@@ -644,3 +644,44 @@ def test_sweep_without_a_seed_draws_one_and_resumes_with_it(cli, setup, tmp_path
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["config"]["seed"] == seed and len(summary["points"]) == 2
     assert r.stderr.count("[2/2]") == 1 and "[1/2]" not in r.stderr  # the first was kept
+
+
+def test_run_levels_runs_every_level_with_one_graph(cli, setup, monkeypatch):
+    """--levels: each input at every level, into OUT/level-L/ (names do not collide); the
+    results equal separate runs at each level, and the graph is built once."""
+    from tfue_onnx import graph as graphs
+
+    model, npy, out = setup
+    built = []
+    real = graphs.build
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("strategy", args[2] if len(args) > 2 else None))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(graphs, "build", counting)
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--seed", 0,
+            "--strategy", "batched", "--levels", "0.05,0.2", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert built == ["batched"]  # one graph for both levels
+    runs = json.loads(r.stdout)["levels"]
+    assert [s["level"] for s in runs] == [0.05, 0.2]
+    assert sorted(os.listdir(out)) == ["level-0.05", "level-0.2"]
+    for level in ("0.05", "0.2"):
+        single = out.parent / f"single-{level}"
+        r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--seed", 0,
+                "--strategy", "batched", "--sigma", level, "--out", single)
+        assert r.exit_code == 0, r.output
+        np.testing.assert_array_equal(np.load(out / f"level-{level}" / "img.npz")["variance"],
+                                      np.load(single / "img.npz")["variance"])
+    low, high = (float(np.load(out / f"level-{v}" / "img.npz")["variance"].mean())
+                 for v in ("0.05", "0.2"))
+    assert 0 < low < high
+    for args, message in ((["--levels", "0.1,-1"], "sigma must be >= 0, got -1"),
+                          (["--levels", "0.1", "--sigma", "0.1"], "give --levels or one"),
+                          (["--levels", "0.1,0.1"], "--levels 0.1,0.1 repeats a level")):
+        line = _one_error_line(cli("run", model, npy, "--method", "noise", *args, "--out",
+                                   out.parent / "refused"))
+        assert message in line
+    line = _one_error_line(cli("run", model, npy, "--method", "transform", "--levels", "0.1",
+                               "--out", out.parent / "refused"))
+    assert "--levels applies to noise, dropout and mc-dropout, not transform" in line

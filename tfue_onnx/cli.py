@@ -506,24 +506,29 @@ def _parse_size(text):
               help="Deflate the .npz files: smaller, but far slower to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @OUTPUT_OPTIONS
-def run(model, inputs, out_dir, save_samples, compress, as_json, force, **values):
+@click.option("--levels", default=None,
+              help="Several levels (noise sigmas, dropout rates), comma-separated: every "
+                   "input runs at each with one graph; results go to OUT/level-L/ per level.")
+def run(model, inputs, out_dir, save_samples, compress, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
     from .io import check_image_options, check_out_dir, collect_inputs
-    from .report import planned_files, run_inputs
+    from .report import planned_files
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    levels = _run_levels(p, levels)
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
     check_image_options(files, options)
     # Everything that can be checked before the long work is checked first.
-    _refuse_existing(planned_files(out_dir, files), force)
+    for folder in _level_folders(out_dir, levels).values():
+        _refuse_existing(planned_files(folder, files), force)
 
     def auto_feeds(model):
         from .io import load_input
@@ -534,22 +539,83 @@ def run(model, inputs, out_dir, save_samples, compress, as_json, force, **values
 
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
-    progress = _progress_for_stderr()
     try:
-        summary = run_inputs(est, files, out_dir, options, progress=progress,
-                             note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
-                                 "warning")),
-                             compress=compress, started=_STARTED,
-                             sample_progress=None if progress is not _lines else _samples_said)
+        summaries = {level: _run_one_level(est, level, files, folder, options, compress,
+                                           started=_STARTED if k == 0 else None)
+                     for k, (level, folder) in enumerate(_level_folders(out_dir,
+                                                                        levels).items())}
     finally:
         _notes(est, verbose)
     if as_json:
         from .io import plain_json
 
-        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+        shown = summaries[None] if levels is None else {"levels": list(summaries.values())}
+        click.echo(json.dumps(plain_json(shown), indent=2, default=str))
     else:
-        _say_run(summary, out_dir)
-    _exit_for(summary)
+        for level, summary in summaries.items():
+            _say_run(summary, _level_folders(out_dir, levels)[level])
+    for summary in summaries.values():
+        _exit_for(summary)
+
+
+def _run_levels(p: dict, text):
+    """--levels as a tuple of floats (None without it), each checked as the method's level
+    before any work."""
+    from .perturb import make_spec
+
+    if text is None:
+        return None
+    if p["method"] not in ("noise", "dropout", "mc-dropout"):
+        raise ArgumentError(f"--levels applies to noise, dropout and mc-dropout, not "
+                            f"{p['method']}", "drop --levels")
+    if p["sigma"] is not None or p["rate"] is not None:
+        raise ArgumentError("give --levels or one --sigma/--rate, not both",
+                            "list every level in --levels")
+    levels = _parse_floats("--levels", text)
+    for level in levels:
+        key = "sigma" if p["method"] == "noise" else "rate"
+        make_spec(p["method"], sigma_mode=p["sigma_mode"], **{key: level})
+    if len(set(levels)) < len(levels):
+        raise ArgumentError(f"--levels {text} repeats a level", "list each level once")
+    return levels
+
+
+def _level_folders(out_dir: str, levels) -> dict:
+    """{level: folder}: OUT itself without --levels ({None: OUT}), else OUT/level-L each
+    (L as written by %g, so 0.05 -> level-0.05)."""
+    if levels is None:
+        return {None: out_dir}
+    return {level: os.path.join(out_dir, f"level-{level:g}") for level in levels}
+
+
+class _AtLevel:
+    """The estimator called at one level (``est(x, level=L)``): every level runs on the one
+    graph the estimator built; everything else is the estimator's."""
+
+    def __init__(self, est, level):
+        self._est, self._level = est, level
+
+    def __call__(self, feeds, **kw):
+        return self._est(feeds, level=self._level, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._est, name)
+
+
+def _run_one_level(est, level, files, out_dir, options, compress, started=None) -> dict:
+    """``report.run_inputs`` at ``level`` (None: the spec's own) into ``out_dir``; the
+    start-up time counts from ``started`` (None: now, for the levels after the first)."""
+    from .report import run_inputs
+
+    progress = _progress_for_stderr()
+    if level is not None:
+        _say(f"tfue: level {level:g} -> {out_dir}")
+    return run_inputs(est if level is None else _AtLevel(est, level), files, out_dir, options,
+                      progress=progress,
+                      note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
+                          "warning")),
+                      compress=compress, started=started,
+                      sample_progress=None if progress is not _lines else _samples_said)
 
 
 def _split_members(model, inputs, method):
