@@ -168,11 +168,15 @@ def parse_nodes(nodes) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
-    """infer-noise: add N(0, sigma^2) to the tensor at ``at``.
+    """infer-noise (Mi et al., AAAI 2022): add N(0, sigma^2) to the tensor at ``at``.
 
-    ``mode='relative'`` scales sigma by the tensor's own standard deviation
-    (computed in the graph, over the whole tensor), so levels compare across
-    locations.
+    ``at``: a tensor name, a candidate index, "input", or a depth in [0, 1] as text or
+    number ("0.5": the middle of the graph; resolved by ``ModelInfo.resolve_location``).
+    ``mode='relative'`` scales sigma by the tensor's own standard deviation (computed in
+    the graph, over the whole tensor), so levels compare across locations.
+
+    Raises:
+        ArgumentError (a ValueError): sigma not a finite number >= 0, an unknown mode.
     """
 
     sigma: float = 0.1
@@ -193,6 +197,7 @@ class Noise:
 
     @property
     def level(self) -> float:
+        """The noise std, in the tensor's own units (relative mode: in its stds)."""
         return self.sigma
 
     def with_level(self, level: float) -> "Noise":
@@ -200,15 +205,20 @@ class Noise:
         return dataclasses.replace(self, sigma=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "noise", "at": str(self.at), "sigma": self.sigma,
                 "sigma_mode": self.mode, "level": self.sigma}
 
 
 @dataclasses.dataclass(frozen=True)
 class Dropout:
-    """infer-dropout: drop elements of the tensor at ``at`` with probability ``rate``.
+    """infer-dropout (Mi et al., AAAI 2022): drop elements of the tensor at ``at`` with
+    probability ``rate`` (``at`` as for Noise).
 
     Kept elements are scaled by 1 / (1 - rate), as in training-time dropout.
+
+    Raises:
+        ArgumentError (a ValueError): rate not in [0, 1).
     """
 
     rate: float = 0.1
@@ -221,6 +231,7 @@ class Dropout:
 
     @property
     def level(self) -> float:
+        """The dropout probability, in [0, 1)."""
         return self.rate
 
     def with_level(self, level: float) -> "Dropout":
@@ -228,6 +239,7 @@ class Dropout:
         return dataclasses.replace(self, rate=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "dropout", "at": str(self.at), "rate": self.rate,
                 "level": self.rate}
 
@@ -256,6 +268,7 @@ class MCDropout:
 
     @property
     def level(self) -> float | None:
+        """The rate every activated node uses; None: each keeps its own ratio."""
         return self.rate
 
     def with_level(self, level: float) -> "MCDropout":
@@ -263,6 +276,7 @@ class MCDropout:
         return dataclasses.replace(self, rate=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "mc-dropout", "at": ",".join(self.nodes) or "all",
                 "rate": self.rate, "level": self.rate}
 
@@ -294,9 +308,11 @@ class Transform:
 
     @property
     def names(self) -> list:
+        """The transform elements' names, in order (the first is usually identity)."""
         return [e.name for e in self.elements]
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "transform", "at": "input", "transforms": self.names,
                 "level": None}
 
@@ -359,6 +375,7 @@ class Entropy:
     level = None
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "entropy", "at": "output", "level": None}
 
 
