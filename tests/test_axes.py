@@ -314,7 +314,7 @@ def test_rotations_refused_on_a_sequence_output(models):
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)  # square
     with pytest.raises(TfueError, match=r"output 'y' changes with the image's size, but tfue "
                                         r"cannot tell which of its axes carry .*rot90.*Hint: "
-                                        r"use --transforms flips"):
+                                        r"use transforms=.flips."):
         Estimator(path, Transform("d4"))(x)
 
 
@@ -327,7 +327,7 @@ def test_rotations_refused_when_the_output_is_not_square(tmp_path):
                   [("y", F, ["N", 2, "Ho", "W"])])
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     with pytest.raises(TfueError, match=r"output 'y' is 8x16 on axes \(2, 3\) for an input of "
-                                        r"16x16.*Hint: use --transforms flips"):
+                                        r"16x16.*Hint: use transforms=.flips."):
         Estimator(path, Transform("rot"))(x)
     res = Estimator(path, Transform("flips"))(x)
     assert res.metadata["inverted_axes"] == {"y": [2, 3]}

@@ -195,7 +195,7 @@ def test_entropy_and_bald_on_a_toy_classifier(tmp_path, x8):
 def test_softmax_flag_for_logits(tmp_path, x8):
     logits_model = toys.classifier_net(tmp_path / "l.onnx", softmax=False)
     with pytest.raises(TfueError, match="no output of the model holds class probabilities.*"
-                                        "--softmax"):
+                                        "softmax=True"):
         Estimator(logits_model, Entropy())
     logits = _plain(logits_model, x8)
     probs = np.exp(logits - logits.max(1, keepdims=True))

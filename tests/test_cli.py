@@ -270,11 +270,11 @@ def test_max_memory_sets_the_chunks(cli, setup):
     assert json.loads(r.stdout)["chunks"] == [4, 4, 2]
     line = _one_error_line(cli("run", model, npy, "--method", "noise", "--max-memory", "lots",
                                "--out", out))
-    assert "--max-memory must be a size like 512M or 2G, got 'lots'" in line
+    assert "--max-memory must be a size like 512M or 2G (at least 1 byte), got 'lots'" in line
 
 
 def test_ensemble_folder_of_models_vs_folder_of_inputs(cli, toy, tmp_path, x8):
-    from tfue_onnx.cli import _is_model
+    from tfue_onnx.api import is_model as _is_model
     members, mixed = tmp_path / "members", tmp_path / "mixed"
     members.mkdir()
     mixed.mkdir()
@@ -556,3 +556,132 @@ def test_a_result_without_its_primary_output_is_refused(tmp_path):
              metadata=np.array(json_module.dumps({"primary": "y"})))
     with pytest.raises(TfueError, match="an output is missing"):
         read_result(tmp_path / "r.npz")
+
+
+def test_option_groups_are_declared_once_and_shared():
+    """run, export, evaluate and sweep take one declaration of each shared option: the
+    same choices, defaults and help (sweep's --seed default included)."""
+    from tfue_onnx import cli as cli_module
+    from tfue_onnx.names import LAYOUTS, STRATEGIES
+    from tfue_onnx.session import PROVIDERS
+
+    commands = {n: cli_module.main.commands[n] for n in ("run", "export", "evaluate", "sweep")}
+
+    def option(cmd, name):
+        return next(p for p in cmd.params if p.name == name)
+
+    for name in ("layout", "pad", "provider", "strategy", "chunk", "max_memory", "threads",
+                 "no_cache", "io_binding", "seed", "sigma_mode", "force"):
+        seen = {(repr(getattr(option(c, name), "type", None)), option(c, name).default,
+                 option(c, name).help) for c in commands.values()}
+        assert len(seen) == 1, (name, seen)
+    assert option(commands["sweep"], "seed").default is None
+    for name in ("channel_order", "scale", "norm_mean", "norm_std", "resize"):
+        assert len({option(commands[c], name).help for c in ("run", "evaluate", "sweep")}) == 1
+    assert tuple(option(commands["run"], "layout").type.choices) == LAYOUTS
+    assert tuple(option(commands["run"], "provider").type.choices) == PROVIDERS
+    assert tuple(option(commands["run"], "strategy").type.choices) == ("auto",) + STRATEGIES
+
+
+def test_io_binding_and_max_memory_reach_the_estimator(cli, setup, monkeypatch):
+    from tfue_onnx import runner
+
+    made = []
+    real = runner.Estimator.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(kwargs)
+        real(self, *args, **kwargs)
+    monkeypatch.setattr(runner.Estimator, "__init__", spy)
+    model, npy, out = setup
+    for flag, expected in (("--io-binding", True), ("--no-io-binding", False), (None, None)):
+        args = ["run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--max-memory",
+                "1M", "--out", out, "--force"] + ([flag] if flag else [])
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        assert made[-1]["io_binding"] is expected and made[-1]["max_memory"] == 1024**2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--transforms", "hflip"], "--transforms does not apply to --method noise"),
+    (["--at", "auto", "--tolerance", "0"], "tolerance must be > 0, got 0.0"),
+    (["--chunk", "0"], "chunk must be an integer >= 1, got 0"),
+    (["--threads", "-2"], "threads must be an integer >= 1, got -2"),
+    (["--at", "r1", "--sweep-result", "x"], "--sweep-result is used with --at auto"),
+    (["--max-memory", "2Q"], "--max-memory must be a size like 512M or 2G"),
+])
+def test_option_values_are_checked_before_any_work(cli, setup, monkeypatch, args, message):
+    from tfue_onnx import runner
+
+    def never(*a, **k):
+        raise AssertionError("an Estimator was built before the options were checked")
+    monkeypatch.setattr(runner.Estimator, "__init__", never)
+    model, npy, out = setup
+    line = _one_error_line(cli("run", model, npy, "--method", "noise", *args, "--out", out))
+    assert message in line and not os.path.exists(out)
+
+
+def test_evaluate_checks_the_target_scale_up_front(cli, setup, tmp_path):
+    model, npy, out = setup
+    line = _one_error_line(cli("evaluate", model, npy, "--method", "noise", "--targets",
+                               tmp_path, "--target-scale", "0", "--out", out))
+    assert "--target-scale must be a finite, non-zero number, got 0.0" in line
+
+
+def test_sweep_without_a_seed_draws_one_and_resumes_with_it(cli, setup, tmp_path, x8):
+    model, _, _ = setup
+    target = np.random.default_rng(1).random((1, 2, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "p.npz", x=x8, target=target)
+    out = tmp_path / "sw"
+    args = ["sweep", model, tmp_path / "p.npz", "--at", "r1", "--sigmas", "0.1", "--methods",
+            "noise", "-n", 4, "--bootstrap", 0, "--out", out]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    seed = json.loads((out / "sweep.json").read_text())["config"]["seed"]
+    assert isinstance(seed, int)
+    r = cli(*args, "--sigmas", "0.1,0.2")  # the same sweep, one level more: resumed
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["config"]["seed"] == seed and len(summary["points"]) == 2
+    assert r.stderr.count("[2/2]") == 1 and "[1/2]" not in r.stderr  # the first was kept
+
+
+def test_run_levels_runs_every_level_with_one_graph(cli, setup, monkeypatch):
+    """--levels: each input at every level, into OUT/level-L/ (names do not collide); the
+    results equal separate runs at each level, and the graph is built once."""
+    from tfue_onnx import graph as graphs
+
+    model, npy, out = setup
+    built = []
+    real = graphs.build
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("strategy", args[2] if len(args) > 2 else None))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(graphs, "build", counting)
+    r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--seed", 0,
+            "--strategy", "batched", "--levels", "0.05,0.2", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert built == ["batched"]  # one graph for both levels
+    runs = json.loads(r.stdout)["levels"]
+    assert [s["level"] for s in runs] == [0.05, 0.2]
+    assert sorted(os.listdir(out)) == ["level-0.05", "level-0.2"]
+    for level in ("0.05", "0.2"):
+        single = out.parent / f"single-{level}"
+        r = cli("run", model, npy, "--method", "noise", "--at", "r1", "-n", 4, "--seed", 0,
+                "--strategy", "batched", "--sigma", level, "--out", single)
+        assert r.exit_code == 0, r.output
+        np.testing.assert_array_equal(np.load(out / f"level-{level}" / "img.npz")["variance"],
+                                      np.load(single / "img.npz")["variance"])
+    low, high = (float(np.load(out / f"level-{v}" / "img.npz")["variance"].mean())
+                 for v in ("0.05", "0.2"))
+    assert 0 < low < high
+    for args, message in ((["--levels", "0.1,-1"], "sigma must be >= 0, got -1"),
+                          (["--levels", "0.1", "--sigma", "0.1"], "give --levels or one"),
+                          (["--levels", "0.1,0.1"], "--levels 0.1,0.1 repeats a level")):
+        line = _one_error_line(cli("run", model, npy, "--method", "noise", *args, "--out",
+                                   out.parent / "refused"))
+        assert message in line
+    line = _one_error_line(cli("run", model, npy, "--method", "transform", "--levels", "0.1",
+                               "--out", out.parent / "refused"))
+    assert "--levels applies to noise, dropout and mc-dropout, not transform" in line

@@ -220,3 +220,63 @@ def test_internal_faults_are_not_user_errors(toy, x8, monkeypatch, cli, tmp_path
     with pytest.raises(KeyError):  # a traceback, not "error: ... Hint:" and exit 2
         cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--at", "r1", "-o",
             tmp_path / "out")
+
+
+def test_internal_sampling_fault_is_a_runtime_error(toy):
+    """What only tfue passes (the sampling mode) is tfue's fault, not the user's."""
+    from tfue_onnx.model import inspect_model
+
+    with pytest.raises(RuntimeError, match="tfue internal: unknown sampling") as err:
+        graphs.build(inspect_model(toy()), Noise(0.1, at="r1"), sampling="carrier pigeon")
+    assert not isinstance(err.value, TfueError)
+
+
+def test_one_message_two_faces():
+    """Messages name options once, as the CLI spells them; str() reads them as Python's
+    arguments through errors.PYTHON_NAMES, cli_text() as written."""
+    from tfue_onnx.errors import ArgumentError, python_face
+
+    exc = TfueError("'out/x.npz' already exists and would be overwritten",
+                    "pass --force to overwrite, or choose another --out folder")
+    assert exc.cli_text() == ("'out/x.npz' already exists and would be overwritten. Hint: pass "
+                              "--force to overwrite, or choose another --out folder")
+    assert str(exc) == ("'out/x.npz' already exists and would be overwritten. Hint: pass "
+                        "force=True to overwrite, or choose another out_dir folder")
+    assert exc.hint.startswith("pass --force")  # the attributes keep the text as written
+    cases = {
+        "give --samples 8": "give samples=8",
+        "e.g. --max-memory 2G": "e.g. max_memory='2G'",
+        "e.g. --mean 0.485,0.456,0.406": "e.g. mean=(0.485, 0.456, 0.406)",
+        "give --sigma as a number >= 0, e.g. 0.1": "give sigma as a number >= 0, e.g. 0.1",
+        "drop --at auto, or use --method noise": "drop at='auto', or use Noise(...)",
+        "use --no-cache or -o out.onnx": "use cache=False or path out.onnx",
+        "use --example x.npy": "use example x.npy",
+        "--pad 4 needs an image": "pad=4 needs an image",
+        "use --sweep-result, --tolerance 0.1.": "use sweep_result, tolerance=0.1.",
+        "re-run with --unknown-option 3": "re-run with --unknown-option 3",  # not in the table
+        "a--force inside a word": "a--force inside a word",
+    }
+    for cli, python in cases.items():
+        assert python_face(cli) == python, cli
+    assert issubclass(ArgumentError, TfueError) and issubclass(ArgumentError, ValueError)
+
+
+def test_each_face_reads_its_own_spelling(cli, toy, tmp_path, x8):
+    from tfue_onnx.io import check_new_file
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(TfueError) as err:  # Python: the argument
+        check_new_file(str(path), force=False)
+    assert "force=True" in str(err.value) and "--force" not in str(err.value)
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("export", toy(), "--method", "noise", "--at", "r1", "-o", path)
+    assert r.exit_code == 2 and "--force" in r.stderr and "force=True" not in r.stderr
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--sigma", "-1", "-o",
+            tmp_path / "o")
+    assert r.stderr.strip() == ("error: sigma must be >= 0, got -1. Hint: give --sigma as a "
+                                "number >= 0, e.g. 0.1")
+    with pytest.raises(ValueError) as err:
+        Noise(-1)
+    assert str(err.value) == "sigma must be >= 0, got -1. Hint: give sigma as a number >= 0, " \
+                             "e.g. 0.1"

@@ -141,7 +141,7 @@ def test_pad_auto_on_a_same_size_model_pads_nothing(toy, x8):
 @pytest.mark.parametrize("pad", [-1, 1.5, "seven"])
 def test_bad_pad_values(tmp_path, pad):
     path = valid_net(tmp_path / "v.onnx")
-    with pytest.raises(TfueError, match="--pad must be"):
+    with pytest.raises(TfueError, match="pad must be"):
         Estimator(path, Noise(0.1, at="r1"), pad=pad)
 
 
@@ -149,7 +149,7 @@ def test_bad_pad_values(tmp_path, pad):
 def test_pad_at_least_half_the_image_is_refused(tmp_path, size):
     path = valid_net(tmp_path / "v.onnx")
     x = np.zeros((1, 3) + size, np.float32)
-    with pytest.raises(TfueError, match=r"--pad 4 needs an image more than twice as large"):
+    with pytest.raises(TfueError, match=r"pad=4 needs an image more than twice as large"):
         Estimator(path, Noise(0.1, at="r1"), pad=4)(x)
 
 
@@ -163,7 +163,7 @@ def test_pad_needs_an_image_input(tmp_path):
     model.ir_version = 7
     onnx.save(model, str(tmp_path / "mlp.onnx"))
     for pad in (3, "auto"):
-        with pytest.raises(TfueError, match="--pad pads an image input, and the model has none"):
+        with pytest.raises(TfueError, match="pad pads an image input, and the model has none"):
             Estimator(str(tmp_path / "mlp.onnx"), Noise(0.1, at="y"), pad=pad)
 
 
@@ -310,5 +310,5 @@ def test_pad_with_an_ensemble_is_refused(tmp_path):
 
     a = valid_net(tmp_path / "a.onnx", seed=0)
     b = valid_net(tmp_path / "b.onnx", seed=1)
-    with pytest.raises(TfueError, match="--pad is not supported with --method ensemble"):
+    with pytest.raises(TfueError, match=r"pad is not supported with Ensemble\(...\)"):
         Estimator(a, Ensemble((b,)), pad=2)

@@ -25,7 +25,7 @@ def test_good_specs():
     assert Noise(0.1).with_level(0.5).sigma == 0.5
     assert make_spec("dropout", at="3", rate=0.2) == Dropout(0.2, at="3")
     assert make_spec("mc-dropout", nodes=("a",)).nodes == ("a",)
-    with pytest.raises(TfueError, match="--sigma applies to noise"):
+    with pytest.raises(TfueError, match="sigma does not apply to Dropout"):
         make_spec("dropout", sigma=0.1)
     with pytest.raises(TfueError, match="unknown sigma mode"):
         Noise(0.1, mode="percent")

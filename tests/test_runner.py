@@ -95,7 +95,7 @@ def test_provider_is_reported_honestly(toy, x8):
         assert cuda_loads and res.metadata["provider"] == "cuda"
     except TfueError as exc:
         assert not cuda_loads
-        assert "--provider cuda was asked for" in str(exc) and "Hint:" in str(exc)
+        assert "provider='cuda' was asked for" in str(exc) and "Hint:" in str(exc)
     res = Estimator(toy(), Noise(0.1, at="r1"), samples=2, provider="cpu")(x8)
     assert res.metadata["provider"] == "cpu"
 
@@ -140,7 +140,7 @@ def test_chunk_size_from_the_memory_budget(toy, x8):
     assert res.metadata["chunks"] == [6, 6, 6, 2]
     assert Estimator(toy(), Noise(0.2, at="r1"), samples=20, chunk=5).chunk_sizes(
         {"x": x8}) == [5, 5, 5, 5]
-    with pytest.raises(TfueError, match="max_memory must be a positive"):
+    with pytest.raises(TfueError, match="max_memory must be a size like 512M or 2G"):
         Estimator(toy(), Noise(0.2, at="r1"), max_memory=0)
 
 

@@ -9,18 +9,22 @@ Heavy modules (onnxruntime, onnx-graphsurgeon) load only when used.
 
 __version__ = "0.1.0"
 
-from .errors import TfueError  # noqa: E402
-from .perturb import Dropout, Ensemble, Entropy, MCDropout, Noise, Transform  # noqa: E402
+from .errors import ArgumentError, TfueError  # noqa: E402
+from .perturb import (Dropout, Ensemble, Entropy, MCDropout, Noise, Transform,  # noqa: E402
+                      parse_bytes)
 
 
 def __getattr__(name):
     # Lazy: importing tfue_onnx (and `tfue --help`) must not load onnxruntime.
-    if name in ("Estimator", "Result", "export"):
+    if name in ("Estimator", "Result", "export", "ensemble_from_paths", "split_models"):
         from . import api
         return getattr(api, name)
     if name in ("inspect_model", "load_model", "ModelInfo"):
         from . import model
         return getattr(model, name)
+    if name == "choose_location":
+        from . import choose
+        return choose.choose_location
     if name == "read_result":
         from . import report
         return report.read_result
@@ -30,7 +34,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'tfue_onnx' has no attribute {name!r}")
 
 
-__all__ = ["TfueError", "Noise", "Dropout", "MCDropout", "Transform", "Ensemble", "Entropy",
+__all__ = ["TfueError", "ArgumentError", "parse_bytes", "choose_location",
+           "ensemble_from_paths", "split_models", "Noise", "Dropout", "MCDropout", "Transform", "Ensemble", "Entropy",
            "Estimator", "Result", "export",
            "inspect_model", "load_model", "ModelInfo", "read_result",
            "load_image"]

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from . import metrics
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .layout import evenly_spaced
 
 REFERENCE = "d4"  # the infer-transformation set whose variance map is the reference
@@ -44,7 +44,7 @@ def interior_locations(info, at_count: int = 8) -> list:
     output it only adds the noise. All candidates when none is interior.
     """
     if int(at_count) < 1:
-        raise TfueError(f"at_count must be >= 1, got {at_count}", "e.g. at_count=8")
+        raise ArgumentError(f"at_count must be >= 1, got {at_count}", "e.g. --at-count 8")
     interior = [c for c in info.candidates if 0.0 < c.depth < 1.0] or list(info.candidates)
     # Evenly spaced, keeping off both ends of the interior (as choose_by_tolerability).
     return evenly_spaced(interior, int(at_count), ends=False)
@@ -132,20 +132,60 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
         TfueError: a bad ``method`` or ``tolerance``, no inputs, or no location and
             level within ``tolerance``.
     """
-    from .runner import Estimator
-    from .model import ModelInfo, inspect_model
-    from .perturb import Dropout, Noise
+    feeds_list = _checked(method, tolerance, feeds_list)
+    refs, runs, transforms, why_not = _reference(model, feeds_list, transforms, provider, pad,
+                                                 layout)
+    run = dict(model=model, method=method, feeds_list=feeds_list, seed=seed, pad=pad,
+               sigma_mode=sigma_mode, provider=provider, layout=layout, tolerance=tolerance)
+    if why_not:
+        from .sweep import choose_by_tolerability
 
+        pick = choose_by_tolerability(at_count=at_count, levels=levels, **run)
+        pick["reason"] = f"no reference map ({why_not}); fell back to: {pick['reason']}"
+        return pick
+    levels = sorted(float(lv) for lv in (levels or LEVELS))
+    points, runs = _measure_all(run, refs, levels, samples, at_count, progress, runs)
+    return _pick(points, method, transforms, runs, tolerance, samples, len(feeds_list))
+
+
+def _checked(method: str, tolerance, feeds_list) -> list:
+    """``feeds_list`` as a list, after checking the method, tolerance and inputs."""
     if method not in ("noise", "dropout"):
-        raise TfueError(f"--at auto chooses a location for noise or dropout, not {method!r}",
-                        "use --method noise or --method dropout")
+        raise ArgumentError(f"--at auto chooses a location for noise or dropout, not {method!r}",
+                            "use --method noise or --method dropout")
     if not tolerance > 0:
-        raise TfueError(f"tolerance must be > 0, got {tolerance}", "e.g. --tolerance 0.05")
+        raise ArgumentError(f"tolerance must be > 0, got {tolerance}", "e.g. --tolerance 0.05")
     feeds_list = list(feeds_list)
     if not feeds_list:
-        raise TfueError("--at auto needs at least one input to choose on", "give inputs")
-    refs, why_not = None, ""
-    # d4 first; a fixed non-square input cannot be rotated by 90 degrees, but flips run.
+        raise ArgumentError("--at auto needs at least one input to choose on", "give inputs")
+    return feeds_list
+
+
+def _measure_all(run: dict, refs, levels, samples, at_count, progress, runs) -> tuple:
+    """(points, runs): every interior location's points (``_measure_location``), with the
+    model runs spent added to ``runs``; ``progress`` told after each location."""
+    from .model import ModelInfo, inspect_model
+
+    model = run["model"]
+    info = inspect_model(model) if isinstance(model, (str, os.PathLike)) else ModelInfo(model)
+    points, where = [], interior_locations(info, at_count)
+    n_inputs = len(run["feeds_list"])
+    for k, cand in enumerate(where, 1):
+        mine = _measure_location(cand, refs=refs, levels=levels, samples=samples, **run)
+        points += mine
+        runs += samples * n_inputs * (len(mine) + (len(mine) < len(levels)))
+        if progress is not None:
+            progress(k, len(where), f"{cand.name} (depth {cand.depth:.2f}): " + (
+                f"{len(mine)} level(s) up to {mine[-1]['level']:g} within the tolerance"
+                if mine else "no level within the tolerance"))
+    return points, runs
+
+
+def _reference(model, feeds_list, transforms, provider, pad, layout) -> tuple:
+    """(maps, runs, transforms, why_not): the reference variance maps, trying ``transforms``
+    then flips then hflip (a fixed non-square input cannot be rotated by 90 degrees, but
+    flips run); ``why_not`` says why there is none (then the maps are None)."""
+    refs, runs, why_not = None, 0, ""
     for tried in dict.fromkeys((transforms, "flips", "hflip")):
         try:
             refs, runs = reference_maps(model, feeds_list, tried, provider, pad, layout)
@@ -154,46 +194,41 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
             continue
         usable = any(float(np.max(r)) > 0 for r in refs)
         why_not = "" if usable else f"its {tried} variance is zero everywhere"
-        transforms = tried
-        break
-    if why_not:
-        from .sweep import choose_by_tolerability
+        return refs, runs, tried, why_not
+    return refs, runs, transforms, why_not
 
-        pick = choose_by_tolerability(model, method, feeds_list, tolerance=tolerance,
-                                      at_count=at_count, levels=levels, seed=seed,
-                                      sigma_mode=sigma_mode, provider=provider, pad=pad,
-                                      layout=layout)
-        pick["reason"] = f"no reference map ({why_not}); fell back to: {pick['reason']}"
-        return pick
-    info = inspect_model(model) if isinstance(model, (str, os.PathLike)) else ModelInfo(model)
-    levels = sorted(float(lv) for lv in (levels or LEVELS))
+
+def _measure_location(cand, model, method, feeds_list, refs, levels, samples, seed,
+                      sigma_mode, provider, pad, layout, tolerance) -> list:
+    """The points of one candidate location: its levels in ascending order, until one moves
+    the mean output by more than ``tolerance`` (that one is not a point)."""
+    from .perturb import Dropout, Noise
+    from .runner import Estimator
+
+    spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
+        Dropout(levels[0], at=cand.name)
+    est = Estimator(model, spec, samples=samples, seed=seed, provider=provider, pad=pad,
+                    layout=layout)
     points = []
-    where = interior_locations(info, at_count)
-    for k, cand in enumerate(where, 1):
-        spec = Noise(levels[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
-            Dropout(levels[0], at=cand.name)
-        est = Estimator(model, spec, samples=samples, seed=seed, provider=provider, pad=pad,
-                        layout=layout)
-        for level in levels:
-            results = [est(f, level=level) for f in feeds_list]
-            runs += samples * len(feeds_list)
-            rel = float(np.mean([metrics.tolerability(r.mean, r.output)["relative_change"]
-                                 for r in results]))
-            if rel > tolerance:
-                break
-            scores = [per_image_agreement(r.variance, ref, r.image_axes)
-                      for r, ref in zip(results, refs)]
-            scores = [s for s in scores if s == s]
-            points.append({"at": cand.name, "index": cand.index, "depth": cand.depth,
-                           "level": level, "relative_change": rel,
-                           "agreement": float(np.mean(scores)) if scores else float("nan"),
-                           "mean_variance": float(np.mean([np.mean(r.variance)
-                                                           for r in results]))})
-        if progress is not None:
-            mine = [p for p in points if p["at"] == cand.name]
-            progress(k, len(where), f"{cand.name} (depth {cand.depth:.2f}): " + (
-                f"{len(mine)} level(s) up to {mine[-1]['level']:g} within the tolerance"
-                if mine else "no level within the tolerance"))
+    for level in levels:
+        results = [est(f, level=level) for f in feeds_list]
+        rel = float(np.mean([metrics.tolerability(r.mean, r.output)["relative_change"]
+                             for r in results]))
+        if rel > tolerance:
+            break
+        scores = [per_image_agreement(r.variance, ref, r.image_axes)
+                  for r, ref in zip(results, refs)]
+        scores = [s for s in scores if s == s]
+        points.append({"at": cand.name, "index": cand.index, "depth": cand.depth,
+                       "level": level, "relative_change": rel,
+                       "agreement": float(np.mean(scores)) if scores else float("nan"),
+                       "mean_variance": float(np.mean([np.mean(r.variance)
+                                                       for r in results]))})
+    return points
+
+
+def _pick(points, method, transforms, runs, tolerance, samples, n_inputs) -> dict:
+    """The best-agreeing point (the lowest level on ties), with the reason said."""
     scored = [p for p in points if p["agreement"] == p["agreement"]]
     if not scored:
         raise TfueError(f"no location and level keeps the mean output within {tolerance:.0%} "
@@ -203,7 +238,7 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
     pick = dict(best, method=method, reference=transforms, sample_runs=runs, points=points)
     pick["reason"] = (
         f"of {len(scored)} (location, level) points at {len({p['at'] for p in points})} "
-        f"interior locations (N={samples} on {len(feeds_list)} input(s), mean output moving "
+        f"interior locations (N={samples} on {n_inputs} input(s), mean output moving "
         f"<= {tolerance:.0%}), its variance map agrees best with infer-transformation's "
         f"({transforms}): per-image correlation {best['agreement']:.3f} (mean output moves "
         f"{best['relative_change']:.2%})")
@@ -213,5 +248,78 @@ def choose_by_agreement(model, method: str, feeds_list, tolerance: float = 0.05,
     return pick
 
 
-__all__ = ["choose_by_agreement", "interior_locations", "per_image_agreement",
-           "reference_maps", "REFERENCE", "LEVELS"]
+def _said(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _from_sweep(sweep_result, method: str) -> tuple:
+    """(at, level, report) of the best ``method`` point of a saved sweep."""
+    from .sweep import load_best
+
+    best = load_best(sweep_result, method)
+    iv = best.get("interval")
+    band = f", 95% interval {iv[0]:.4f} to {iv[1]:.4f}" if iv and None not in iv else ""
+    report = {"from": "sweep", "sweep_result": os.path.abspath(sweep_result),
+              **{k: best.get(k) for k in ("at", "level", "metric", "value", "interval")}}
+    report["reason"] = (f"the best {method} {best.get('metric')} ({_said(best.get('value'))}"
+                        f"{band}) of the sweep in {sweep_result}")
+    return best["at"], best["level"], report
+
+
+def choose_location(model, method: str, inputs=None, sweep_result=None,
+                    tolerance: float = 0.05, seed: int = 0, sigma_mode: str = "absolute",
+                    provider: str = "auto", pad=None, layout: str = "auto",
+                    progress=None) -> tuple:
+    """Where and how strongly to perturb ``model`` for ``method`` (what ``--at auto`` does).
+
+    With ``sweep_result`` (a ``tfue sweep`` folder or its best.json): the best point of the
+    *requested* method in that sweep (``sweep.load_best``). Without: chosen on ``inputs``
+    without targets by agreement with infer-transformation (``choose_by_agreement``, which
+    falls back to the strongest tolerable level, ``sweep.choose_by_tolerability``, when the
+    model cannot run transformed inputs).
+
+    Args:
+        model: path or ModelProto.
+        method: ``noise`` or ``dropout`` (``names.AUTO_METHODS``).
+        inputs: a few inputs (dicts by input name, or arrays), e.g. 4; unused with
+            ``sweep_result``.
+        sweep_result: a sweep folder or best.json path, or None.
+        tolerance: the largest relative move of the mean output a level may cause (> 0).
+        seed: the sampling seed (None: 0; the choice is deterministic for it).
+        sigma_mode, provider, pad, layout: as for ``Estimator`` / ``Noise``.
+        progress: ``progress(done, total, text)`` after each location tried (without a
+            sweep), for a progress line with an ETA; None: silent.
+
+    Returns:
+        (at, level, report): the location (tensor name), the level (noise sigma or
+        dropout rate; a float) and a dict saying what was measured: ``from``
+        ("sweep", "agreement" or "tolerability"), ``reason`` (one sentence), and the
+        measured numbers (``choose_by_agreement``'s keys without ``points``, or the
+        sweep's ``metric``, ``value``, ``interval``, ``sweep_result``).
+
+    Raises:
+        ArgumentError (a ValueError): a method other than noise or dropout, a bad
+            tolerance, no inputs without a sweep result.
+        TfueError: the sweep result cannot be read or has no point of ``method``; no
+            location and level is within ``tolerance``.
+    """
+    from .names import AUTO_METHODS
+
+    if method not in AUTO_METHODS:
+        raise ArgumentError(f"--at auto chooses a location for noise or dropout, not {method}",
+                            "drop --at auto, or use --method noise or --method dropout")
+    if sweep_result is not None:
+        return _from_sweep(sweep_result, method)
+    if not inputs:
+        raise ArgumentError("--at auto without --sweep-result needs inputs to choose on",
+                            "give a few inputs, or a --sweep-result")
+    pick = choose_by_agreement(model, method, list(inputs), tolerance=tolerance,
+                               sigma_mode=sigma_mode, seed=0 if seed is None else seed,
+                               provider=provider, pad=pad, layout=layout, progress=progress)
+    report = {"from": "agreement" if "agreement" in pick else "tolerability",
+              **{k: v for k, v in pick.items() if k != "points"}}
+    return pick["at"], pick["level"], report
+
+
+__all__ = ["choose_location", "choose_by_agreement", "interior_locations",
+           "per_image_agreement", "reference_maps", "REFERENCE", "LEVELS"]

@@ -19,14 +19,16 @@ import time
 
 import click
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
+from .names import CHANNEL_ORDERS, LAYOUTS, METHODS, SIGMA_MODES, STRATEGIES
+from .session import PROVIDERS
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 3
 
 
 def _fail(exc: TfueError):
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {exc.cli_text()}", err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -112,280 +114,8 @@ def inspect(model, as_json, show_all):
 
 def _spread(items, k):
     from .layout import evenly_spaced
+
     return evenly_spaced(items, k)
-
-
-# --- shared perturbation options ------------------------------------------------------------
-METHODS = ["noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy"]
-
-
-def _pad_value(ctx, param, value):
-    if value is None or value.strip().lower() == "auto":
-        return None if value is None else "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise TfueError(f"--pad must be a number of pixels or auto, got {value!r}",
-                        "e.g. --pad 7, or --pad auto to detect the border") from None
-
-
-# Declared once; run, export and evaluate take it with the perturbation options, sweep
-# with its own.
-pad_option = click.option(
-    "--pad", default=None, callback=_pad_value,
-    help="Reflect-pad the image input by P pixels on each side of H and W first (inside "
-         "the model, so export bakes it in), for valid-convolution models whose output "
-         "loses a border; 'auto' finds the border from the output size.")
-
-
-def perturbation_options(f):
-    """Options that choose the perturbation, shared by run and export."""
-    opts = [
-        click.option("--method", type=click.Choice(METHODS), required=True,
-                     help="noise / dropout (gray box), transform (black box), mc-dropout, "
-                          "ensemble (baselines), entropy (classification baseline)."),
-        click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto",
-                     show_default=True, help="Layout of the image input (spatial axes)."),
-        click.option("--at", "at", default=None,
-                     help="Location: tensor name, candidate index, 'input', or a depth like 0.5 "
-                          "(default 0.5). For mc-dropout: comma-separated Dropout node names "
-                          "(default all)."),
-        click.option("--sweep-result", type=click.Path(), default=None,
-                     help="With --at auto: a 'tfue sweep' folder (or its best.json) to take "
-                          "the location and level from."),
-        click.option("--tolerance", type=float, default=0.05, show_default=True,
-                     help="With --at auto and no sweep: how far (relative) the mean output "
-                          "may move."),
-        click.option("--sigma", type=float, default=None, help="Noise std (default 0.1)."),
-        click.option("--sigma-mode", type=click.Choice(["absolute", "relative"]),
-                     default="absolute", show_default=True,
-                     help="relative: sigma times the tensor's own std."),
-        click.option("--rate", type=float, default=None,
-                     help="Dropout rate p in [0, 1) (default 0.1; mc-dropout: each node's own)."),
-        click.option("--samples", "-n", type=int, default=None,
-                     help="Number of perturbed samples N (2 to 100000; default 8). Transforms "
-                          "and ensembles take N from their list."),
-        click.option("--transforms", default="d4", show_default=True,
-                     help="For transform: d4, rot, flips, hflip, rot180, or a list such as "
-                          "identity,hflip,rot90."),
-        click.option("--softmax", is_flag=True,
-                     help="The outputs are logits: apply a softmax over --class-axis first."),
-        click.option("--classify/--no-classify", default=None,
-                     help="Treat every float output as class probabilities (default: those "
-                          "made by a Softmax)."),
-        click.option("--class-axis", type=int, default=1, show_default=True,
-                     help="The class axis of probability outputs."),
-        click.option("--seed", type=int, default=None,
-                     help="Random seed, an integer from 0 to 2**63-1 (default: random, "
-                          "recorded)."),
-        click.option("--strategy", type=click.Choice(["auto", "looped-suffix", "shared-prefix",
-                                                      "batched", "loop"]),
-                     default="auto", show_default=True, help="Sampling strategy."),
-        click.option("--no-cache", is_flag=True,
-                     help="Verify the graph and measure the chunk size afresh, ignoring and "
-                          "not writing tfue's cache ($TFUE_CACHE_DIR, else the user cache "
-                          "folder); export always verifies and never uses it."),
-        click.option("--threads", type=int, default=None,
-                     help="onnxruntime intra-op threads (default: measured, the default "
-                          "count or 1, whichever samples faster)."),
-        click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     show_default=True, help="Execution provider."),
-        click.option("--verbose", "-v", is_flag=True,
-                     help="Say which strategies were tried and why."),
-        pad_option,
-        quiet_option,
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _spec(method, at, sigma, sigma_mode, rate, transforms="d4", layout="auto", members=()):
-    from .perturb import make_spec
-
-    nodes = ()
-    if method == "mc-dropout" and at:
-        nodes = tuple(n.strip() for n in at.split(",") if n.strip())
-        at = None
-    return make_spec(method, at=at, sigma=sigma, rate=rate, sigma_mode=sigma_mode, nodes=nodes,
-                     transforms=transforms, layout=layout, members=members)
-
-
-def _rounded(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _band(interval) -> str:
-    return f", 95% interval {interval[0]:.4f} to {interval[1]:.4f}" \
-        if interval and None not in interval else ""
-
-
-def _auto_location(model, method, sigma_mode, sweep_result, tolerance, auto_feeds, seed,
-                   pad=None, layout="auto"):
-    """(location, level) for --at auto, said on stderr with the reason."""
-    from .choose import choose_by_agreement
-    from .sweep import load_best
-
-    if method not in ("noise", "dropout"):
-        raise TfueError(f"--at auto chooses a location for noise or dropout, not {method}",
-                        "drop --at auto")
-    if sweep_result is not None:
-        best = load_best(sweep_result, method)
-        _say(f"tfue: --at auto picked {best['at']} at level {best['level']:g} from "
-                   f"{sweep_result}: the best {method} {best.get('metric')} "
-                   f"({_rounded(best.get('value'))}"
-                   f"{_band(best.get('interval'))}) of that sweep", err=True)
-        return best["at"], best["level"], {
-            "from": "sweep", "sweep_result": os.path.abspath(sweep_result),
-            **{k: best.get(k) for k in ("at", "level", "metric", "value", "interval")}}
-    started = time.perf_counter()
-
-    def progress(done, total, text):  # the choice takes minutes on large models
-        _say(f"tfue: --at auto [{done}/{total}] {text}"
-                   + _eta(time.perf_counter() - started, done, total - done), err=True)
-
-    pick = choose_by_agreement(model, method, auto_feeds(model), tolerance=tolerance,
-                               sigma_mode=sigma_mode, seed=0 if seed is None else seed,
-                               pad=pad, layout=layout, progress=progress)
-    _say(f"tfue: --at auto picked {pick['at']} (index {pick['index']}, depth "
-               f"{pick['depth']:.2f}) at level {pick['level']:g}: {pick['reason']}", err=True)
-    return pick["at"], pick["level"], {"from": "agreement" if "agreement" in pick else
-                                       "tolerability", **{k: v for k, v in pick.items()
-                                                          if k != "points"}}
-
-
-def _split_members(model, inputs, method):
-    """(models, inputs): with --method ensemble, .onnx files among INPUTS are members."""
-    if method != "ensemble":
-        return [model], list(inputs)
-    models = [model] + [p for p in inputs if _is_model(p)]
-    inputs = [p for p in inputs if not _is_model(p)]
-    if not inputs:
-        raise TfueError("no inputs given besides the ensemble's models",
-                        "add image files, .npy/.npz arrays or a folder of them")
-    return models, inputs
-
-
-def _is_model(path) -> bool:
-    """An .onnx file, or a folder of models (holding .onnx files and no input files)."""
-    from .io import ARRAY_EXTS, IMAGE_EXTS
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        names = [f.lower() for f in os.listdir(path)]
-        return any(f.endswith(".onnx") for f in names) and \
-            not any(f.endswith(IMAGE_EXTS + ARRAY_EXTS) for f in names)
-    return path.lower().endswith(".onnx")
-
-
-def _models(paths, method) -> tuple:
-    """(model, members, notes): the model file, the other ensemble members (ModelInfos) and
-    what was counted once or skipped; folders are expanded, the member list said on stderr."""
-    from .graph.blackbox import collect_members, model_files
-
-    if method == "ensemble":
-        infos, notes = collect_members(paths)
-        for note in notes:
-            click.echo(f"tfue: {note}", err=True)
-        _say(f"tfue: ensemble of {len(infos)} member(s): "
-                   + ", ".join(m.path for m in infos), err=True)
-        return infos[0].path, infos[1:], notes
-    files = [f for f, _ in model_files(paths)]
-    if len(files) > 1:
-        raise TfueError(f"{len(files)} models given ({', '.join(files)}), but only "
-                        "--method ensemble takes several",
-                        "give one model, or use --method ensemble")
-    return files[0], [], []
-
-
-def _estimator(models, method, at, sigma, sigma_mode, rate, samples, seed, strategy, provider,
-               transforms, layout, softmax, classify, class_axis, sweep_result=None,
-               tolerance=0.05, auto_feeds=None, pad=None, no_cache=False, threads=None, **kw):
-    """The Estimator the options describe; ``models`` are the model (and ensemble members).
-
-    ``--at auto`` is resolved here, from a sweep result or without targets on
-    ``auto_feeds(model)`` (``choose.choose_by_agreement``: the point whose variance agrees
-    best with infer-transformation's), and what was picked and why goes to stderr. With
-    ``--method ensemble`` folders are expanded into members (each file once,
-    non-members skipped) and the member list goes to stderr.
-    """
-    import dataclasses
-
-    from .runner import Estimator
-    from .perturb import check_seed
-
-    check_seed(seed)
-    model, members, member_notes = _models(models, method)
-    if pad == "auto":  # detected once, said once
-        pad = _auto_pad(model, layout)
-    auto = None
-    if at == "auto":
-        at, level, auto = _auto_location(model, method, sigma_mode, sweep_result, tolerance,
-                                         auto_feeds, seed, pad, layout)
-        if method == "noise" and sigma is None:
-            sigma = level
-        if method == "dropout" and rate is None:
-            rate = level
-    elif sweep_result is not None:
-        raise TfueError("--sweep-result is used with --at auto", "add --at auto")
-    spec = _spec(method, at, sigma, sigma_mode, rate, transforms, layout, members)
-    if member_notes:
-        spec = dataclasses.replace(spec, notes=tuple(member_notes))
-    est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
-                    strategy=strategy, softmax=softmax,
-                    classify="auto" if classify is None else classify, class_axis=class_axis,
-                    pad=pad, layout=layout, cache=not no_cache, threads=threads, **kw)
-    est.auto_choice = auto  # what --at auto measured, for summary.json / metrics.json
-    return est
-
-
-def _auto_pad(model, layout) -> int:
-    """--pad auto: the border found from the output size, said on stderr."""
-    from .border import resolve_pad
-    from .model import inspect_model
-
-    pad, how = resolve_pad(inspect_model(model), "auto", layout)
-    _say(f"tfue: --pad auto chose {pad}: {how}", err=True)
-    return pad
-
-
-def _parse_floats(name, text):
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise TfueError(f"{name} must be comma-separated numbers, got {text!r}",
-                        f"e.g. {name} 0.485,0.456,0.406") from None
-
-
-def _parse_bytes(text) -> int:
-    """'512M', '2G', '1.5G' or a plain number of bytes (finite, at least 1 byte)."""
-    import math
-
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    t = str(text).strip().upper().rstrip("B")
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        value = -1
-    if not (math.isfinite(value) and value >= 1):
-        raise TfueError(f"--max-memory must be a size like 512M or 2G, got {text!r}",
-                        "e.g. --max-memory 2G")
-    return int(value)
-
-
-def _parse_size(text):
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise TfueError(f"--resize must look like HxW, got {text!r}", "e.g. --resize 640x640") \
-            from None
-    return (h, w)
 
 
 def _item_name(item) -> str:
@@ -426,11 +156,6 @@ def _say(text: str, err: bool = True, warning: bool = False) -> None:
 def _set_quiet(ctx, param, value):
     _QUIET[0] = bool(value)
     return value
-
-
-quiet_option = click.option(
-    "--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=_set_quiet,
-    help="No progress or information lines on stderr (warnings and errors still).")
 
 
 def _eta(elapsed: float, done: int, left: int) -> str:
@@ -474,53 +199,338 @@ def _notes(est, verbose):
             click.echo(f"tfue: {note}", err=True)
 
 
+# --- option groups: declared once, shared by run, export, evaluate and sweep ----------------
+def _pad_value(ctx, param, value):
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise ArgumentError(f"--pad must be a number of pixels or auto, got {value!r}",
+                            "e.g. --pad 7, or --pad auto to detect the border") from None
+
+
+def _opt(*decls, **attrs) -> tuple:
+    """One option's click declaration, kept as data so groups can share it."""
+    return decls, attrs
+
+
+class OptionGroup:
+    """Options declared once and shared by commands, in the style of Polygraphy's
+    ``tools/args`` groups: the group adds its options to a command (as a decorator), and
+    ``take`` hands the parsed values to the function that builds the library object."""
+
+    def __init__(self, *options):
+        self.options = options
+
+    def __call__(self, f):
+        for decls, attrs in reversed(self.options):
+            f = click.option(*decls, **attrs)(f)
+        return f
+
+    @property
+    def names(self) -> list:
+        """The keyword names click gives this group's values."""
+        return [click.Option(list(decls), **attrs).name for decls, attrs in self.options]
+
+    def take(self, values: dict) -> dict:
+        """Pop this group's parsed values out of a command's keyword arguments."""
+        return {n: values.pop(n) for n in self.names if n in values}
+
+
+SEED = _opt("--seed", type=int, default=None,
+            help="Random seed, an integer from 0 to 2**63-1 (default: random, recorded; "
+                 "sweep: the seed of the sweep it resumes).")
+SIGMA_MODE = _opt("--sigma-mode", type=click.Choice(SIGMA_MODES), default="absolute",
+                  show_default=True, help="relative: sigma times the tensor's own std.")
+QUIET = _opt("--quiet", "-q", is_flag=True, expose_value=False, is_eager=True,
+             callback=_set_quiet,
+             help="No progress or information lines on stderr (warnings and errors still).")
+quiet_option = click.option(*QUIET[0], **QUIET[1])
+
+MODEL_OPTIONS = OptionGroup(
+    _opt("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+         help="Layout of the image input (spatial axes)."),
+    _opt("--pad", default=None, callback=_pad_value,
+         help="Reflect-pad the image input by P pixels on each side of H and W first (inside "
+              "the model, so export bakes it in), for valid-convolution models whose output "
+              "loses a border; 'auto' finds the border from the output size."))
+
+PERTURBATION_OPTIONS = OptionGroup(
+    _opt("--method", type=click.Choice(METHODS), required=True,
+         help="noise / dropout (gray box), transform (black box), mc-dropout, "
+              "ensemble (baselines), entropy (classification baseline)."),
+    _opt("--at", "at", default=None,
+         help="Location: tensor name, candidate index, 'input', a depth like 0.5 (default "
+              "0.5), or auto. For mc-dropout: comma-separated Dropout node names (default "
+              "all)."),
+    _opt("--sweep-result", type=click.Path(), default=None,
+         help="With --at auto: a 'tfue sweep' folder (or its best.json) to take the "
+              "location and level of the method's best point from."),
+    _opt("--tolerance", type=float, default=0.05, show_default=True,
+         help="With --at auto and no sweep: how far (relative) the mean output may move."),
+    _opt("--sigma", type=float, default=None, help="Noise std (default 0.1)."),
+    SIGMA_MODE,
+    _opt("--rate", type=float, default=None,
+         help="Dropout rate p in [0, 1) (default 0.1; mc-dropout: each node's own)."),
+    _opt("--samples", "-n", type=int, default=None,
+         help="Number of perturbed samples N (2 to 100000; default 8). Transforms and "
+              "ensembles take N from their list."),
+    _opt("--transforms", default=None,
+         help="For transform: d4 (the default), rot, flips, hflip, rot180, or a list such "
+              "as identity,hflip,rot90."),
+    _opt("--softmax", is_flag=True,
+         help="The outputs are logits: apply a softmax over --class-axis first."),
+    _opt("--classify/--no-classify", default=None,
+         help="Treat every float output as class probabilities (default: those made by a "
+              "Softmax)."),
+    _opt("--class-axis", type=int, default=1, show_default=True,
+         help="The class axis of probability outputs."),
+    SEED)
+
+RUNTIME_OPTIONS = OptionGroup(
+    _opt("--strategy", type=click.Choice(("auto",) + STRATEGIES), default="auto",
+         show_default=True, help="Sampling strategy."),
+    _opt("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+         help="Execution provider."),
+    _opt("--chunk", type=int, default=None,
+         help="Samples per session run (default: measured on the first input, within "
+              "--max-memory)."),
+    _opt("--max-memory", default="2G", show_default=True,
+         help="Memory the samples of one run may take (e.g. 512M, 2G); sets the chunk."),
+    _opt("--threads", type=int, default=None,
+         help="onnxruntime intra-op threads (default: measured, the default count or 1, "
+              "whichever samples faster)."),
+    _opt("--no-cache", is_flag=True,
+         help="Verify the graph and measure the chunk size afresh, ignoring and not writing "
+              "tfue's cache ($TFUE_CACHE_DIR, else the user cache folder); export always "
+              "verifies and never uses it."),
+    _opt("--io-binding/--no-io-binding", default=None,
+         help="Keep the inputs on the device across chunks (default: on with CUDA)."),
+    _opt("--verbose", "-v", is_flag=True, help="Say which strategies were tried and why."))
+
+IMAGE_OPTIONS = OptionGroup(
+    _opt("--channel-order", type=click.Choice(CHANNEL_ORDERS), default="rgb",
+         show_default=True, help="Channel order the model expects."),
+    _opt("--scale", type=float, default=1 / 255, show_default="1/255",
+         help="Pixel values are multiplied by this first (16-bit images: the default "
+              "becomes 1/65535)."),
+    _opt("--mean", "norm_mean", default=None,
+         help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."),
+    _opt("--std", "norm_std", default=None, help="Per-channel std to divide by."),
+    _opt("--resize", default=None,
+         help="Resize images to HxW (default: the model's fixed size, else unchanged)."))
+
+PAIR_OPTIONS = OptionGroup(
+    _opt("--targets", type=click.Path(), default=None,
+         help="Folder of targets named after the inputs (.npy or images)."),
+    _opt("--sr-scale", type=int, default=None,
+         help="Super-resolution: INPUTS are high-resolution images; the input is each "
+              "downscaled by S (bicubic), the target the image."),
+    _opt("--target-scale", type=float, default=1 / 255, show_default="1/255",
+         help="Target images' pixel values are multiplied by this."),
+    _opt("--block-sigma", type=float, default=2.0, show_default=True,
+         help="Smoothing scale of the local-center-of-mass blocks (pixels); block "
+              "correlation depends on it: compare at one scale."),
+    _opt("--bootstrap", type=int, default=1000, show_default=True,
+         help="Resamples of the images for the 95% intervals of every metric (seeded by the "
+              "run's seed); 0 for none, else at least 100."))
+
+OUTPUT_OPTIONS = OptionGroup(
+    _opt("--force", is_flag=True,
+         help="Overwrite existing result files (sweep: start over in a folder holding "
+              "another sweep)."),
+    QUIET)
+
+
+# --- building the library objects from the groups' values -----------------------------------
+def _runtime(values: dict) -> tuple:
+    """(Estimator keyword arguments, --verbose) from RUNTIME_OPTIONS' values, each checked
+    up front."""
+    from .perturb import check_count, parse_bytes
+
+    return {"provider": values["provider"], "strategy": values["strategy"],
+            "chunk": check_count("chunk", values["chunk"]),
+            "threads": check_count("threads", values["threads"]),
+            "max_memory": parse_bytes(values["max_memory"], "max_memory"),
+            "cache": not values["no_cache"], "io_binding": values["io_binding"]}, values["verbose"]
+
+
+def _image_options(layout: str, values: dict):
+    """The io.ImageOptions that IMAGE_OPTIONS' values (and --layout) describe."""
+    from .io import ImageOptions
+
+    return ImageOptions(layout=layout, channel_order=values["channel_order"],
+                        scale=values["scale"], mean=_parse_floats("--mean", values["norm_mean"]),
+                        std=_parse_floats("--std", values["norm_std"]),
+                        resize=_parse_size(values["resize"]))
+
+
+def _check_perturbation(p: dict) -> None:
+    """Every perturbation value checked before any work (--at auto may take minutes)."""
+    from .perturb import check_samples, check_seed, make_spec
+
+    check_seed(p["seed"])
+    if p["samples"] is not None:
+        check_samples(p["samples"])
+    if p["at"] != "auto" and p["sweep_result"] is not None:
+        raise ArgumentError("--sweep-result is used with --at auto", "add --at auto")
+    if p["at"] == "auto" and not p["tolerance"] > 0:
+        raise ArgumentError(f"tolerance must be > 0, got {p['tolerance']}",
+                            "e.g. --tolerance 0.05")
+    make_spec(p["method"], at=None if p["at"] == "auto" else p["at"], sigma=p["sigma"],
+              rate=p["rate"], sigma_mode=p["sigma_mode"], transforms=p["transforms"],
+              members=("member",) if p["method"] == "ensemble" else ())
+
+
+def _auto_location(model, p: dict, pad, layout, provider, auto_feeds) -> tuple:
+    """(at, level, report) for --at auto (``choose.choose_location``), said on stderr."""
+    from .choose import choose_location
+
+    started = time.perf_counter()
+
+    def progress(done, total, text):  # the choice takes minutes on large models
+        _say(f"tfue: --at auto [{done}/{total}] {text}"
+             + _eta(time.perf_counter() - started, done, total - done))
+
+    inputs = None if p["sweep_result"] is not None else auto_feeds(model)
+    at, level, report = choose_location(
+        model, p["method"], inputs, sweep_result=p["sweep_result"], tolerance=p["tolerance"],
+        seed=p["seed"], sigma_mode=p["sigma_mode"], provider=provider, pad=pad, layout=layout,
+        progress=progress)
+    where = "" if report["from"] == "sweep" else \
+        f" (index {report['index']}, depth {report['depth']:.2f})"
+    _say(f"tfue: --at auto picked {at}{where} at level {level:g}: {report['reason']}")
+    return at, level, report
+
+
+def _models(paths, method) -> tuple:
+    """(model, members, notes): the model file, the ensemble's other members (ModelInfos)
+    and what was counted once or skipped (``api.ensemble_from_paths``), said on stderr."""
+    from .graph.blackbox import model_files
+
+    if method == "ensemble":
+        from .api import ensemble_from_paths
+
+        model, spec = ensemble_from_paths(paths)
+        for note in spec.notes:
+            click.echo(f"tfue: {note}", err=True)
+        _say(f"tfue: ensemble of {len(spec.members) + 1} member(s): "
+             + ", ".join([model] + [m.path for m in spec.members]))
+        return model, spec.members, list(spec.notes)
+    files = [f for f, _ in model_files(paths)]
+    if len(files) > 1:
+        raise ArgumentError(f"{len(files)} models given ({', '.join(files)}), but only "
+                            "--method ensemble takes several",
+                            "give one model, or use --method ensemble")
+    return files[0], [], []
+
+
+def _estimator(models, p: dict, where: dict, runtime: dict, auto_feeds=None, **kw):
+    """The Estimator the option groups describe; ``models`` the model (and ensemble members),
+    ``p`` PERTURBATION_OPTIONS' values, ``where`` MODEL_OPTIONS', ``runtime`` ``_runtime``'s.
+
+    ``--at auto`` is resolved by ``choose.choose_location`` (from a sweep result, or on
+    ``auto_feeds(model)``), ``--pad auto`` by ``border.resolve_pad``; both are said on stderr.
+    """
+    import dataclasses
+
+    from .perturb import make_spec
+    from .runner import Estimator
+
+    _check_perturbation(p)
+    model, members, member_notes = _models(models, p["method"])
+    pad, layout = where["pad"], where["layout"]
+    if pad == "auto":  # detected once, said once
+        pad = _auto_pad(model, layout)
+    at, sigma, rate, auto = p["at"], p["sigma"], p["rate"], None
+    if at == "auto":
+        at, level, auto = _auto_location(model, p, pad, layout, runtime["provider"], auto_feeds)
+        sigma = level if p["method"] == "noise" and sigma is None else sigma
+        rate = level if p["method"] == "dropout" and rate is None else rate
+    spec = make_spec(p["method"], at=at, sigma=sigma, rate=rate, sigma_mode=p["sigma_mode"],
+                     transforms=p["transforms"], layout=layout, members=members)
+    if member_notes:
+        spec = dataclasses.replace(spec, notes=tuple(member_notes))
+    est = Estimator(model, spec, samples=p["samples"], seed=p["seed"], softmax=p["softmax"],
+                    classify="auto" if p["classify"] is None else p["classify"],
+                    class_axis=p["class_axis"], pad=pad, layout=layout, **runtime, **kw)
+    est.auto_choice = auto  # what --at auto measured, for summary.json / metrics.json
+    return est
+
+
+def _auto_pad(model, layout) -> int:
+    """--pad auto: the border found from the output size, said on stderr."""
+    from .border import resolve_pad
+    from .model import inspect_model
+
+    pad, how = resolve_pad(inspect_model(model), "auto", layout)
+    _say(f"tfue: --pad auto chose {pad}: {how}", err=True)
+    return pad
+
+
+def _parse_floats(name, text):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ArgumentError(f"{name} must be comma-separated numbers, got {text!r}",
+                            f"e.g. {name} 0.485,0.456,0.406") from None
+
+
+def _parse_size(text):
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise ArgumentError(f"--resize must look like HxW, got {text!r}",
+                            "e.g. --resize 640x640") from None
+    return (h, w)
+
+
 # --- run --------------------------------------------------------------------------------
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@perturbation_options
+@PERTURBATION_OPTIONS
+@MODEL_OPTIONS
+@RUNTIME_OPTIONS
+@IMAGE_OPTIONS
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
-@click.option("--chunk", type=int, default=None,
-              help="Samples per session run (default: measured on the first input, within "
-                   "--max-memory).")
-@click.option("--max-memory", default="2G", show_default=True,
-              help="Memory the samples of one run may take (e.g. 512M, 2G); sets the chunk.")
-@click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
-              show_default=True, help="Channel order the model expects.")
-@click.option("--scale", type=float, default=1 / 255, show_default="1/255",
-              help="Pixel values are multiplied by this first (16-bit images: the default "
-                   "becomes 1/65535).")
-@click.option("--mean", "norm_mean", default=None, help="Per-channel mean to subtract, e.g. "
-                                                        "0.485,0.456,0.406.")
-@click.option("--std", "norm_std", default=None, help="Per-channel std to divide by.")
-@click.option("--resize", default=None,
-              help="Resize images to HxW (default: the model's fixed size, else unchanged).")
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
 @click.option("--compress", is_flag=True,
               help="Deflate the .npz files: smaller, but far slower to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-@click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_mean, norm_std,
-        resize, save_samples, compress, as_json, force, verbose, **perturbation):
+@OUTPUT_OPTIONS
+@click.option("--levels", default=None,
+              help="Several levels (noise sigmas, dropout rates), comma-separated: every "
+                   "input runs at each with one graph; results go to OUT/level-L/ per level.")
+def run(model, inputs, out_dir, save_samples, compress, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
-    from .io import ImageOptions, check_image_options, check_out_dir, collect_inputs
-    from .report import planned_files, run_inputs
+    from .io import check_image_options, check_out_dir, collect_inputs
+    from .report import planned_files
 
-    max_memory = _parse_bytes(max_memory)
+    p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
+    options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    levels = _run_levels(p, levels)
     check_out_dir(out_dir)
-    models, inputs = _split_members(model, inputs, perturbation["method"])
-    options = ImageOptions(layout=perturbation["layout"], channel_order=channel_order,
-                           scale=scale, mean=_parse_floats("--mean", norm_mean),
-                           std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
+    models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
     check_image_options(files, options)
     # Everything that can be checked before the long work is checked first.
-    _refuse_existing(planned_files(out_dir, files), force)
+    for folder in _level_folders(out_dir, levels).values():
+        _refuse_existing(planned_files(folder, files), force)
+
     def auto_feeds(model):
         from .io import load_input
         from .model import inspect_model
@@ -528,23 +538,100 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
         inputs_of = inspect_model(model).inputs
         return [load_input(f, inputs_of, options) for f in files[:4]]
 
-    est = _estimator(models, chunk=chunk, keep_samples=save_samples, auto_feeds=auto_feeds,
-                     max_memory=max_memory, **perturbation)
-    progress = _progress_for_stderr()
+    est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
+                     keep_samples=save_samples)
     try:
-        summary = run_inputs(est, files, out_dir, options, progress=progress,
-                             note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
-                                 "warning")),
-                             compress=compress, started=_STARTED,
-                             sample_progress=None if progress is not _lines else _samples_said)
+        summaries = {level: _run_one_level(est, level, files, folder, options, compress,
+                                           started=_STARTED if k == 0 else None)
+                     for k, (level, folder) in enumerate(_level_folders(out_dir,
+                                                                        levels).items())}
     finally:
         _notes(est, verbose)
     if as_json:
         from .files import plain_json
 
-        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+        shown = summaries[None] if levels is None else {"levels": list(summaries.values())}
+        click.echo(json.dumps(plain_json(shown), indent=2, default=str))
+    else:
+        for level, summary in summaries.items():
+            _say_run(summary, _level_folders(out_dir, levels)[level])
+    for summary in summaries.values():
         _exit_for(summary)
-        return
+
+
+def _run_levels(p: dict, text):
+    """--levels as a tuple of floats (None without it), each checked as the method's level
+    before any work."""
+    from .perturb import make_spec
+
+    if text is None:
+        return None
+    if p["method"] not in ("noise", "dropout", "mc-dropout"):
+        raise ArgumentError(f"--levels applies to noise, dropout and mc-dropout, not "
+                            f"{p['method']}", "drop --levels")
+    if p["sigma"] is not None or p["rate"] is not None:
+        raise ArgumentError("give --levels or one --sigma/--rate, not both",
+                            "list every level in --levels")
+    levels = _parse_floats("--levels", text)
+    for level in levels:
+        key = "sigma" if p["method"] == "noise" else "rate"
+        make_spec(p["method"], sigma_mode=p["sigma_mode"], **{key: level})
+    if len(set(levels)) < len(levels):
+        raise ArgumentError(f"--levels {text} repeats a level", "list each level once")
+    return levels
+
+
+def _level_folders(out_dir: str, levels) -> dict:
+    """{level: folder}: OUT itself without --levels ({None: OUT}), else OUT/level-L each
+    (L as written by %g, so 0.05 -> level-0.05)."""
+    if levels is None:
+        return {None: out_dir}
+    return {level: os.path.join(out_dir, f"level-{level:g}") for level in levels}
+
+
+class _AtLevel:
+    """The estimator called at one level (``est(x, level=L)``): every level runs on the one
+    graph the estimator built; everything else is the estimator's."""
+
+    def __init__(self, est, level):
+        self._est, self._level = est, level
+
+    def __call__(self, feeds, **kw):
+        return self._est(feeds, level=self._level, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._est, name)
+
+
+def _run_one_level(est, level, files, out_dir, options, compress, started=None) -> dict:
+    """``report.run_inputs`` at ``level`` (None: the spec's own) into ``out_dir``; the
+    start-up time counts from ``started`` (None: now, for the levels after the first)."""
+    from .report import run_inputs
+
+    progress = _progress_for_stderr()
+    if level is not None:
+        _say(f"tfue: level {level:g} -> {out_dir}")
+    return run_inputs(est if level is None else _AtLevel(est, level), files, out_dir, options,
+                      progress=progress,
+                      note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
+                          "warning")),
+                      compress=compress, started=started,
+                      sample_progress=None if progress is not _lines else _samples_said)
+
+
+def _split_members(model, inputs, method):
+    """(models, inputs): with --method ensemble, model files among INPUTS are members
+    (``api.split_models``)."""
+    if method != "ensemble":
+        return [model], list(inputs)
+    from .api import split_models
+
+    models, inputs = split_models(inputs)
+    return [model] + models, inputs
+
+
+def _say_run(summary: dict, out_dir: str) -> None:
+    """What ``tfue run`` did, on stdout: the method, one line per input, the time taken."""
     level = "" if summary.get("level") is None else f" (level {summary['level']})"
     click.echo(f"{summary['method']} at {summary['location']}{level}, "
                f"N={summary['samples']}, seed {summary['seed']}, strategy "
@@ -563,7 +650,6 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
         click.echo(f"time: start-up {t['startup_s']:.2f} s, sampling {t['sampling_s']:.2f} s"
                    f"{chunk}, writing {t['writing_s']:.2f} s")
     click.echo(f"summary: {os.path.join(out_dir, 'summary.json')}")
-    _exit_for(summary)
 
 
 def _exit_for(summary):
@@ -577,20 +663,24 @@ def _exit_for(summary):
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the uncertainty model (.onnx).")
-@perturbation_options
+@PERTURBATION_OPTIONS
+@MODEL_OPTIONS
+@RUNTIME_OPTIONS
 @click.option("--example", type=click.Path(exists=False), default=None,
               help="An input (.npy/.npz) to verify on (default: a synthetic one).")
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def export(models, out, verbose, example, force, **perturbation):
+@OUTPUT_OPTIONS
+def export(models, out, example, force, **values):
     """Write MODEL's uncertainty graph (N fixed) as a standalone ONNX model.
 
     With --method ensemble, give every member model.
     """
     from .io import check_new_file, collect_inputs, load_input
 
-    if perturbation["method"] == "entropy":
-        raise TfueError("--method entropy has nothing to export: it is one plain run",
-                        "compute the entropy of the model's output directly")
+    p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
+    if p["method"] == "entropy":
+        raise ArgumentError("--method entropy has nothing to export: it is one plain run",
+                            "compute the entropy of the model's output directly")
     check_new_file(out, force)
 
     def auto_feeds(model):
@@ -602,7 +692,7 @@ def export(models, out, verbose, example, force, **perturbation):
             return [load_input(collect_inputs([example])[0], info.inputs)]
         return [Estimator.synthetic_input(info)]
 
-    est = _estimator(list(models), auto_feeds=auto_feeds, **perturbation)
+    est = _estimator(list(models), p, where, runtime, auto_feeds=auto_feeds)
     feeds = load_input(collect_inputs([example])[0], est.info.inputs) if example else None
     try:
         path = est.export(out, example=feeds, force=force)
@@ -617,45 +707,25 @@ def export(models, out, verbose, example, force, **perturbation):
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------
-def pair_options(f):
-    """Where the (input, target) pairs come from, and how images are read."""
-    opts = [
-        click.option("--targets", type=click.Path(), default=None,
-                     help="Folder of targets named after the inputs (.npy or images)."),
-        click.option("--sr-scale", type=int, default=None,
-                     help="Super-resolution: INPUTS are high-resolution images; the input is "
-                          "each downscaled by S (bicubic), the target the image."),
-        click.option("--target-scale", type=float, default=1 / 255, show_default="1/255",
-                     help="Target images' pixel values are multiplied by this."),
-        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb",
-                     show_default=True),
-        click.option("--scale", type=float, default=1 / 255, show_default="1/255",
-                     help="Input pixel values are multiplied by this first."),
-        click.option("--mean", "norm_mean", default=None, help="Per-channel input mean."),
-        click.option("--std", "norm_std", default=None, help="Per-channel input std."),
-        click.option("--resize", default=None, help="Resize input images to HxW."),
-        click.option("--block-sigma", type=float, default=2.0, show_default=True,
-                     help="Smoothing scale of the local-center-of-mass blocks (pixels); "
-                          "block correlation depends on it: compare at one scale."),
-        click.option("--bootstrap", type=int, default=1000, show_default=True,
-                     help="Resamples of the images for the 95% intervals of every metric "
-                          "(seeded by the run's seed); 0 for none, else at least 100."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
-           norm_mean, norm_std, resize):
+def _pairs(info, inputs, pairs: dict, options):
+    """The (input, target) pairs PAIR_OPTIONS' values name (``evaluate.make_pairs``)."""
     from .evaluate import make_pairs
-    from .io import ImageOptions
 
-    options = ImageOptions(layout=layout, channel_order=channel_order, scale=scale,
-                           mean=_parse_floats("--mean", norm_mean),
-                           std=_parse_floats("--std", norm_std), resize=_parse_size(resize))
-    return make_pairs(info, inputs, targets=targets, sr_scale=sr_scale, options=options,
-                      target_scale=target_scale)
+    return make_pairs(info, inputs, targets=pairs["targets"], sr_scale=pairs["sr_scale"],
+                      options=options, target_scale=pairs["target_scale"])
+
+
+def _check_pairs(pairs: dict, grid=None) -> None:
+    """PAIR_OPTIONS' values checked before any work."""
+    import math
+
+    from .metrics import check_blocks, check_bootstrap
+
+    check_bootstrap(pairs["bootstrap"])
+    check_blocks(pairs["block_sigma"], grid)
+    if not (math.isfinite(pairs["target_scale"]) and pairs["target_scale"] != 0):
+        raise ArgumentError(f"--target-scale must be a finite, non-zero number, got "
+                            f"{pairs['target_scale']}", "e.g. --target-scale 0.00392156 (1/255)")
 
 
 def _refuse_existing(paths, force):
@@ -671,52 +741,58 @@ def _refuse_existing(paths, force):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@perturbation_options
-@pair_options
+@PERTURBATION_OPTIONS
+@MODEL_OPTIONS
+@RUNTIME_OPTIONS
+@IMAGE_OPTIONS
+@PAIR_OPTIONS
 @click.option("--block-grid", type=int, default=None,
               help="Use square blocks N px on a side instead of the local center of mass.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for metrics.json, metrics.csv and NAME.eval.png pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
-@click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale, target_scale,
-             channel_order, scale, norm_mean, norm_std, resize, block_sigma, block_grid,
-             bootstrap, **perturbation):
+@OUTPUT_OPTIONS
+def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
-    from .evaluate import format_table, write_evaluation
+    from .evaluate import write_evaluation
     from .files import cleanup_out_dir, prepare_out_dir
 
+    p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
+    options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    pair_values = PAIR_OPTIONS.take(values)
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
-    from .metrics import check_blocks, check_bootstrap
-
-    check_bootstrap(bootstrap)
-    check_blocks(block_sigma, block_grid)
-    models, inputs = _split_members(model, inputs, perturbation["method"])
-
-    def pairs_for(info):
-        return _pairs(info, inputs, targets, sr_scale, target_scale, perturbation["layout"],
-                      channel_order, scale, norm_mean, norm_std, resize)
+    _check_pairs(pair_values, block_grid)
+    models, inputs = _split_members(model, inputs, p["method"])
 
     def auto_feeds(first):  # --at auto without a sweep: the first pairs' inputs
         from .model import inspect_model
 
-        return [p.load()[0] for p in pairs_for(inspect_model(first))[:4]]
+        return [q.load()[0] for q in _pairs(inspect_model(first), inputs, pair_values,
+                                            options)[:4]]
 
-    est = _estimator(models, auto_feeds=auto_feeds, **perturbation)
-    pairs = pairs_for(est.info)
-    _refuse_existing([os.path.join(out_dir, f"{p.name}.eval.png") for p in pairs], force)
+    est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds)
+    pairs = _pairs(est.info, inputs, pair_values, options)
+    _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
     if pairs:  # image options and the graph checked on the first pair before any work
         est.prepare(pairs[0].load()[0])
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
         try:
-            result = run_evaluation(est, pairs, out_dir=out_dir, sigma=block_sigma,
+            result = run_evaluation(est, pairs, out_dir=out_dir, sigma=pair_values["block_sigma"],
                                     grid=block_grid, progress=_progress_for_stderr(),
-                                    bootstrap=bootstrap)
+                                    bootstrap=pair_values["bootstrap"])
         finally:
             _notes(est, verbose)
         files = write_evaluation(out_dir, result)
+    _say_evaluation(result, files, out_dir, as_json)
+
+
+def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> None:
+    """What ``tfue evaluate`` found: notes on stderr; the table (or JSON) on stdout."""
+    from .evaluate import format_table
+
     for note in result.get("notes", ()):
         click.echo(f"tfue: {note}", err=True)
     if as_json:
@@ -733,7 +809,6 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 
 
 @main.command()
-@quiet_option
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--methods", default="noise,dropout", show_default=True,
@@ -743,80 +818,75 @@ def evaluate(model, inputs, out_dir, as_json, force, verbose, targets, sr_scale,
 @click.option("--at-count", type=int, default=None, help="K evenly spaced locations.")
 @click.option("--sigmas", default=None, help="Noise levels (default 0.01,0.02,0.05,0.1,0.2,0.5).")
 @click.option("--rates", default=None, help="Dropout rates (default 0.01,0.02,0.05,0.1,0.2,0.5).")
-@click.option("--sigma-mode", type=click.Choice(["absolute", "relative"]), default="absolute",
-              show_default=True)
+@click.option(*SIGMA_MODE[0], **SIGMA_MODE[1])
 @click.option("--samples", "-n", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(*SEED[0], **SEED[1])
 @click.option("--metric", default="pixel_l1", show_default=True,
               help="What 'best' means: {pixel,block,mean,pixel_pooled,block_pooled,"
                    "pixel_spearman,ause,aurg}_{l1,l2}.")
-@click.option("--layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@pad_option
-@pair_options
+@MODEL_OPTIONS
+@RUNTIME_OPTIONS
+@IMAGE_OPTIONS
+@PAIR_OPTIONS
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for sweep.jsonl (resumable), sweep.csv/json, best.json, plots.")
-@click.option("--force", is_flag=True, help="Start over in a folder holding another sweep.")
-@click.option("--no-cache", is_flag=True,
-              help="Verify every graph and measure afresh, ignoring and not writing tfue's "
-                   "cache.")
+@OUTPUT_OPTIONS
 def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, samples, seed,
-          metric, layout, provider, pad, targets, sr_scale, target_scale, channel_order, scale,
-          norm_mean, norm_std, resize, block_sigma, bootstrap, out_dir, force, no_cache):
+          metric, out_dir, force, **values):
     """Where and how strongly to perturb: evaluate locations x levels on (input, target) pairs.
 
     Stopped sweeps resume: run the same command again.
     """
     from .files import cleanup_out_dir, prepare_out_dir
     from .model import inspect_model
-    from .sweep import check_metric, sweep as run_sweep
+    from .perturb import check_samples, check_seed
+    from .sweep import check_metric, format_best, sweep as run_sweep
 
-    from .perturb import check_seed
-
+    where, (runtime, _) = MODEL_OPTIONS.take(values), _runtime(RUNTIME_OPTIONS.take(values))
+    options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    pair_values = PAIR_OPTIONS.take(values)
     check_metric(metric)
     check_seed(seed)
-    from .metrics import check_blocks, check_bootstrap
-
-    check_bootstrap(bootstrap)
-    check_blocks(block_sigma, None)
+    check_samples(samples)
+    _check_pairs(pair_values)
+    sigmas, rates = _parse_floats("--sigmas", sigmas), _parse_floats("--rates", rates)
     model = _models([model], "sweep")[0]
-    info = inspect_model(model)
-    if pad == "auto":
-        pad = _auto_pad(model, layout)
-    pairs = _pairs(info, inputs, targets, sr_scale, target_scale, layout, channel_order, scale,
-                   norm_mean, norm_std, resize)
-    clock = {}
-
-    def progress(done, total, point):
-        from .sweep import metric_interval, metric_value
-        now = time.perf_counter()
-        clock.setdefault("start", (started, done - 1))  # points resumed are not timed
-        t0, before = clock["start"]
-        iv = metric_interval(point["table"], metric)
-        band = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and None not in iv else ""
-        _say(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
-                   f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
-                   f"{metric_value(point['table'], metric):.4f}{band}"
-                   + _eta(now - t0, done - before, total - done), err=True)
-
-    started = time.perf_counter()
-
+    pad = _auto_pad(model, where["layout"]) if where["pad"] == "auto" else where["pad"]
+    pairs = _pairs(inspect_model(model), inputs, pair_values, options)
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
         result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")],
-                           at=at, at_count=at_count, sigmas=_parse_floats("--sigmas", sigmas),
-                           rates=_parse_floats("--rates", rates), samples=samples, seed=seed,
-                           metric=metric, out_dir=out_dir, sigma_mode=sigma_mode,
-                           provider=provider, progress=progress, block_sigma=block_sigma,
-                           force=force, pad=pad, layout=layout, bootstrap=bootstrap,
-                           cache=not no_cache)
-    from .sweep import format_best
-
+                           at=at, at_count=at_count, sigmas=sigmas, rates=rates,
+                           samples=samples, seed=seed, metric=metric, out_dir=out_dir,
+                           sigma_mode=sigma_mode, progress=_sweep_progress(metric),
+                           block_sigma=pair_values["block_sigma"], force=force, pad=pad,
+                           layout=where["layout"], bootstrap=pair_values["bootstrap"],
+                           **runtime)
     click.echo(format_best(result))
     if result.get("points_of_other_grids"):
         click.echo(f"({result['points_of_other_grids']} finished point(s) of another grid in "
                    f"{out_dir}/sweep.jsonl are kept apart: not in this summary or its best)")
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
+
+
+def _sweep_progress(metric: str):
+    """A sweep's ``progress(done, total, point)``: a line per point with its metric, its
+    interval and an ETA (points resumed from an earlier run are not timed)."""
+    started, clock = time.perf_counter(), {}
+
+    def progress(done, total, point):
+        from .sweep import metric_interval, metric_value
+
+        now = time.perf_counter()
+        clock.setdefault("start", (started, done - 1))
+        t0, before = clock["start"]
+        iv = metric_interval(point["table"], metric)
+        band = f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and None not in iv else ""
+        _say(f"[{done}/{total}] {point['method']} at {point['at']} (depth "
+             f"{point['depth']:.2f}) level {point['level']:g}: {metric} = "
+             f"{metric_value(point['table'], metric):.4f}{band}"
+             + _eta(now - t0, done - before, total - done), err=True)
+    return progress
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -826,8 +896,9 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 @click.option("--samples", "-n", type=int, default=8, show_default=True,
               help="Samples for infer-dropout.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an earlier demo's files.")
+@quiet_option
 def demo(out_dir, samples, seed, provider, force):
     """Uncertainty maps for the bundled super-resolution model and sample images."""
     from .demo import DEMO_DROPOUT, bundled_model, planned, run_demo, sample_images

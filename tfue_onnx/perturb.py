@@ -10,27 +10,30 @@ import dataclasses
 import math
 import os
 
-from .errors import TfueError
-
-SIGMA_MODES = ("absolute", "relative")
+from .errors import ArgumentError
+from .names import LAYOUTS, METHODS, SIGMA_MODES
 
 
 def _check_number(name: str, value, hint: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise TfueError(f"{name} must be a number, got {value!r}", hint) from None
+        raise ArgumentError(f"{name} must be a number, got {value!r}", hint) from None
     if math.isnan(value) or math.isinf(value):
-        raise TfueError(f"{name} must be a finite number, got {value}", hint)
+        raise ArgumentError(f"{name} must be a finite number, got {value}", hint)
     return value
 
 
 def check_rate(name: str, rate) -> float:
-    """Validate a dropout rate: a number in [0, 1)."""
-    hint = f"give {name} in [0, 1), e.g. 0.1"
+    """Validate a dropout rate: a number in [0, 1), returned as a float.
+
+    Raises:
+        ArgumentError (a ValueError): ``rate`` is not a finite number in [0, 1).
+    """
+    hint = f"give --{name} in [0, 1), e.g. 0.1"
     rate = _check_number(name, rate, hint)
     if not 0.0 <= rate < 1.0:
-        raise TfueError(f"{name} must be in [0, 1), got {rate:g}", hint)
+        raise ArgumentError(f"{name} must be in [0, 1), got {rate:g}", hint)
     return rate
 
 
@@ -48,15 +51,16 @@ def check_seed(seed) -> int | None:
     """Validate a seed: None (pick one at random) or an integer in [0, 2**63 - 1].
 
     Raises:
-        TfueError: ``seed`` is not an integer, or is outside that range.
+        ArgumentError (a ValueError): ``seed`` is not an integer, or is outside that range.
     """
     hint = f"give --seed as an integer from 0 to {MAX_SEED} (2**63 - 1), e.g. 0"
     if seed is None:
         return None
     if not _is_integer(seed):
-        raise TfueError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})", hint)
+        raise ArgumentError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})",
+                            hint)
     if not 0 <= int(seed) <= MAX_SEED:
-        raise TfueError(f"seed must be in [0, 2**63 - 1], got {seed}", hint)
+        raise ArgumentError(f"seed must be in [0, 2**63 - 1], got {seed}", hint)
     return int(seed)
 
 
@@ -64,46 +68,115 @@ def check_samples(samples) -> int:
     """Validate N, the number of perturbed samples: an integer in [2, MAX_SAMPLES].
 
     Raises:
-        TfueError: ``samples`` is not an integer, below 2 or above MAX_SAMPLES.
+        ArgumentError (a ValueError): ``samples`` is not an integer, below 2 or above
+            MAX_SAMPLES.
     """
     hint = "give --samples N with 2 <= N <= 100000, e.g. 8"
     if not _is_integer(samples):
-        raise TfueError(f"samples must be an integer, got {samples!r} "
+        raise ArgumentError(f"samples must be an integer, got {samples!r} "
                         f"({type(samples).__name__})", hint)
     if samples < 2:
-        raise TfueError(f"samples must be an integer >= 2, got {samples}",
+        raise ArgumentError(f"samples must be an integer >= 2, got {samples}",
                         "variance needs at least 2 samples; give --samples 8")
     if samples > MAX_SAMPLES:
-        raise TfueError(f"samples N = {samples} is above the limit of {MAX_SAMPLES}: the run "
+        raise ArgumentError(f"samples N = {samples} is above the limit of {MAX_SAMPLES}: the run "
                         "would take about N times one model run per input",
                         "tens to hundreds of samples settle the variance; give e.g. "
                         "--samples 64")
     return int(samples)
 
 
-def check_max_memory(value) -> int:
-    """Validate a memory budget in bytes: a finite number >= 1 (returned as an int).
+BYTE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}  # binary: 1K = 1024 B
+
+
+def parse_bytes(value, name: str = "max_memory") -> int:
+    """A memory size in bytes, from a number of bytes or a text like ``"512M"``, ``"2G"``,
+    ``"1.5G"``, ``"64KB"`` (units K, M, G, T are powers of 1024; case and a trailing B are
+    ignored). ``name`` is the argument named in the error.
+
+    Returns:
+        The size as an int, at least 1 (byte).
 
     Raises:
-        TfueError: ``value`` is not such a number.
+        ArgumentError (a ValueError): not such a size (negative, zero, NaN, inf, a bool,
+            an unknown unit).
     """
-    hint = "e.g. --max-memory 2G (or max_memory=2 * 1024**3)"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TfueError(f"max_memory must be a number of bytes, got {value!r}", hint)
-    if not (math.isfinite(value) and value >= 1):
-        raise TfueError(f"max_memory must be a positive, finite number of bytes (>= 1), got "
-                        f"{value!r}",
-                        hint)
+    flag = "--" + name.replace("_", "-")
+    hint = f"e.g. {flag} 2G (or 512M, or a number of bytes)"
+    if isinstance(value, str):
+        text = value.strip().upper()
+        text = text[:-1] if text.endswith("B") and text[-2:-1] in BYTE_UNITS else text
+        try:
+            number = float(text[:-1]) * BYTE_UNITS[text[-1]] if text and text[-1] in BYTE_UNITS \
+                else float(text)
+        except ValueError:
+            number = float("nan")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentError(f"{flag} must be a size like 512M or 2G, or a number of bytes, "
+                            f"got {value!r}", hint)
+    else:
+        number = value
+    if not (math.isfinite(number) and number >= 1):
+        raise ArgumentError(f"{flag} must be a size like 512M or 2G (at least 1 byte), got "
+                            f"{value!r}", hint)
+    return int(number)
+
+
+def check_max_memory(value) -> int:
+    """Validate a memory budget: bytes (a number >= 1) or a size text like "2G"
+    (``parse_bytes``); returned in bytes as an int.
+
+    Raises:
+        ArgumentError (a ValueError): ``value`` is not such a size.
+    """
+    return parse_bytes(value, "max_memory")
+
+
+def check_count(name: str, value) -> int | None:
+    """Validate an optional count such as a chunk size or a thread count: None (chosen
+    automatically) or an integer >= 1.
+
+    Raises:
+        ArgumentError (a ValueError): ``value`` is not such an integer.
+    """
+    if value is None:
+        return None
+    if not _is_integer(value) or value < 1:
+        raise ArgumentError(f"{name} must be an integer >= 1, got {value!r}",
+                            f"give --{name} 4, or leave it out to have it chosen")
     return int(value)
+
+
+def parse_nodes(nodes) -> tuple:
+    """MC-dropout node names from a comma-separated text ("a,b") or a sequence of names;
+    blanks dropped, order kept. Empty (None, "", ()): all Dropout nodes.
+
+    Raises:
+        ArgumentError (a ValueError): a name that is not a string.
+    """
+    if nodes is None:
+        return ()
+    if isinstance(nodes, str):
+        nodes = nodes.split(",")
+    names = tuple(nodes)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ArgumentError(f"Dropout node names must be strings, got {bad[0]!r}",
+                            "give --at as comma-separated Dropout node names, e.g. --at d1,d2")
+    return tuple(n.strip() for n in names if n.strip())
 
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
-    """infer-noise: add N(0, sigma^2) to the tensor at ``at``.
+    """infer-noise (Mi et al., AAAI 2022): add N(0, sigma^2) to the tensor at ``at``.
 
-    ``mode='relative'`` scales sigma by the tensor's own standard deviation
-    (computed in the graph, over the whole tensor), so levels compare across
-    locations.
+    ``at``: a tensor name, a candidate index, "input", or a depth in [0, 1] as text or
+    number ("0.5": the middle of the graph; resolved by ``ModelInfo.resolve_location``).
+    ``mode='relative'`` scales sigma by the tensor's own standard deviation (computed in
+    the graph, over the whole tensor), so levels compare across locations.
+
+    Raises:
+        ArgumentError (a ValueError): sigma not a finite number >= 0, an unknown mode.
     """
 
     sigma: float = 0.1
@@ -115,15 +188,16 @@ class Noise:
     def __post_init__(self):
         sigma = _check_number("sigma", self.sigma, "give --sigma as a number >= 0, e.g. 0.1")
         if sigma < 0:
-            raise TfueError(f"sigma must be >= 0, got {sigma:g}",
-                            "give --sigma as a number >= 0, e.g. 0.1")
+            raise ArgumentError(f"sigma must be >= 0, got {sigma:g}",
+                                "give --sigma as a number >= 0, e.g. 0.1")
         if self.mode not in SIGMA_MODES:
-            raise TfueError(f"unknown sigma mode {self.mode!r}",
-                            "use 'absolute' or 'relative'")
+            raise ArgumentError(f"unknown sigma mode {self.mode!r}",
+                                "use --sigma-mode absolute or --sigma-mode relative")
         object.__setattr__(self, "sigma", sigma)
 
     @property
     def level(self) -> float:
+        """The noise std, in the tensor's own units (relative mode: in its stds)."""
         return self.sigma
 
     def with_level(self, level: float) -> "Noise":
@@ -131,15 +205,20 @@ class Noise:
         return dataclasses.replace(self, sigma=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "noise", "at": str(self.at), "sigma": self.sigma,
                 "sigma_mode": self.mode, "level": self.sigma}
 
 
 @dataclasses.dataclass(frozen=True)
 class Dropout:
-    """infer-dropout: drop elements of the tensor at ``at`` with probability ``rate``.
+    """infer-dropout (Mi et al., AAAI 2022): drop elements of the tensor at ``at`` with
+    probability ``rate`` (``at`` as for Noise).
 
     Kept elements are scaled by 1 / (1 - rate), as in training-time dropout.
+
+    Raises:
+        ArgumentError (a ValueError): rate not in [0, 1).
     """
 
     rate: float = 0.1
@@ -152,6 +231,7 @@ class Dropout:
 
     @property
     def level(self) -> float:
+        """The dropout probability, in [0, 1)."""
         return self.rate
 
     def with_level(self, level: float) -> "Dropout":
@@ -159,6 +239,7 @@ class Dropout:
         return dataclasses.replace(self, rate=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "dropout", "at": str(self.at), "rate": self.rate,
                 "level": self.rate}
 
@@ -167,8 +248,12 @@ class Dropout:
 class MCDropout:
     """MC-dropout: switch on the model's own Dropout nodes at inference.
 
-    ``nodes`` names the Dropout nodes to activate (empty: all). ``rate`` overrides
-    their own ratios (None: each keeps its own).
+    ``nodes`` names the Dropout nodes to activate: a sequence of names or one
+    comma-separated text ("d1,d2", as ``--at`` takes them; ``parse_nodes``); empty: all.
+    ``rate`` overrides their own ratios (None: each keeps its own).
+
+    Raises:
+        ArgumentError (a ValueError): a rate outside [0, 1), a node name not a string.
     """
 
     rate: float | None = None
@@ -179,10 +264,11 @@ class MCDropout:
     def __post_init__(self):
         if self.rate is not None:
             object.__setattr__(self, "rate", check_rate("rate", self.rate))
-        object.__setattr__(self, "nodes", tuple(self.nodes or ()))
+        object.__setattr__(self, "nodes", parse_nodes(self.nodes))
 
     @property
     def level(self) -> float | None:
+        """The rate every activated node uses; None: each keeps its own ratio."""
         return self.rate
 
     def with_level(self, level: float) -> "MCDropout":
@@ -190,6 +276,7 @@ class MCDropout:
         return dataclasses.replace(self, rate=level)
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "mc-dropout", "at": ",".join(self.nodes) or "all",
                 "rate": self.rate, "level": self.rate}
 
@@ -213,16 +300,19 @@ class Transform:
     def __post_init__(self):
         from .transforms import parse_transforms
 
-        if self.layout not in ("auto", "NCHW", "NHWC"):
-            raise TfueError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
+        if self.layout not in LAYOUTS:
+            raise ArgumentError(f"unknown layout {self.layout!r}",
+                                "use --layout auto, --layout NCHW or --layout NHWC")
         elements = tuple(parse_transforms(self.transforms))
         object.__setattr__(self, "elements", elements)
 
     @property
     def names(self) -> list:
+        """The transform elements' names, in order (the first is usually identity)."""
         return [e.name for e in self.elements]
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "transform", "at": "input", "transforms": self.names,
                 "level": None}
 
@@ -249,12 +339,12 @@ class Ensemble:
     def __post_init__(self):
         if isinstance(self.members, (str, bytes, os.PathLike)) or \
                 not hasattr(self.members, "__iter__"):
-            raise TfueError(f"Ensemble members must be a list of models, got "
+            raise ArgumentError(f"Ensemble members must be a list of models, got "
                             f"{type(self.members).__name__}",
                             "pass Ensemble(['m1.onnx', 'm2.onnx']): the models beside member 0")
         members = tuple(self.members)
         if len(members) < 1:
-            raise TfueError(f"an ensemble needs at least 2 models, got {len(members) + 1}",
+            raise ArgumentError(f"an ensemble needs at least 2 models, got {len(members) + 1}",
                             "pass several .onnx files (or a folder of them)")
         object.__setattr__(self, "members", members)
 
@@ -285,6 +375,7 @@ class Entropy:
     level = None
 
     def describe(self) -> dict:
+        """The spec as plain data (method, at, level, ...), recorded in results."""
         return {"method": "entropy", "at": "output", "level": None}
 
 
@@ -293,30 +384,38 @@ SPECS = SAMPLED + (Transform, Ensemble, Entropy)
 
 
 def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute", nodes=(),
-              transforms="d4", layout="auto", members=()):
-    """Build a spec from CLI-style arguments (``method`` as the CLI names it)."""
+              transforms=None, layout="auto", members=()):
+    """Build a spec from CLI-style arguments (``method`` as the CLI names it, one of
+    ``names.METHODS``; None for an argument the user did not give).
+
+    For ``mc-dropout``, ``at`` (like ``--at``) names the Dropout nodes, comma-separated,
+    as ``nodes`` does. Defaults: sigma 0.1, rate 0.1, at "0.5" (the middle of the graph),
+    transforms "d4".
+
+    Raises:
+        ArgumentError (a ValueError): an unknown method, an argument the method does not
+            take (e.g. sigma for dropout), or a bad value (see the specs).
+    """
+    if method not in METHODS:
+        raise ArgumentError(f"unknown method {method!r}",
+                            "use noise, dropout, mc-dropout, transform, ensemble or entropy")
+    if method != "transform" and transforms is not None:
+        raise ArgumentError(f"--transforms does not apply to --method {method}",
+                            "drop it; it is for --method transform")
     if method in ("transform", "ensemble", "entropy"):
         for flag, value in (("--sigma", sigma), ("--rate", rate), ("--at", at)):
             if value is not None:
-                raise TfueError(f"{flag} does not apply to --method {method}",
-                                "drop it; it is for noise and dropout")
-        if method == "transform":
-            return Transform(transforms, layout)
-        if method == "ensemble":
-            return Ensemble(tuple(members))
-        return Entropy()
+                raise ArgumentError(f"{flag} does not apply to --method {method}",
+                                    "drop it; it is for noise and dropout")
+        return Transform(transforms or "d4", layout) if method == "transform" else \
+            Ensemble(tuple(members)) if method == "ensemble" else Entropy()
+    wrong = ("--rate", rate) if method == "noise" else ("--sigma", sigma)
+    if wrong[1] is not None:
+        raise ArgumentError(f"{wrong[0]} does not apply to --method {method}",
+                            "use --sigma" if method == "noise" else "use --rate")
     if method == "noise":
-        if rate is not None:
-            raise TfueError("--rate applies to dropout methods, not noise", "use --sigma")
         return Noise(sigma=0.1 if sigma is None else sigma, at="0.5" if at is None else at,
                      mode=sigma_mode)
     if method == "dropout":
-        if sigma is not None:
-            raise TfueError("--sigma applies to noise, not dropout", "use --rate")
         return Dropout(rate=0.1 if rate is None else rate, at="0.5" if at is None else at)
-    if method == "mc-dropout":
-        if sigma is not None:
-            raise TfueError("--sigma applies to noise, not mc-dropout", "use --rate")
-        return MCDropout(rate=rate, nodes=tuple(nodes))
-    raise TfueError(f"unknown method {method!r}",
-                    "use noise, dropout, mc-dropout, transform, ensemble or entropy")
+    return MCDropout(rate=rate, nodes=parse_nodes(nodes) + parse_nodes(at))

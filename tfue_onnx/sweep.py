@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from . import metrics
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .evaluate import evaluate
 from .files import atomic_write_bytes, save_json
 from .layout import evenly_spaced
@@ -33,7 +33,7 @@ METRICS_VERSION = 3  # per-image correlations, Poggi AUSE, L2 own order: older s
 def check_metric(metric: str) -> str:
     """Validate a metric name such as pixel_l1 or ause_l2."""
     if metric not in METRICS:
-        raise TfueError(f"unknown metric {metric!r}", "use one of " + ", ".join(METRICS))
+        raise ArgumentError(f"unknown metric {metric!r}", "use one of " + ", ".join(METRICS))
     return metric
 
 
@@ -63,11 +63,11 @@ def sweep_locations(info, at=None, at_count=None) -> list:
     spaced ones (default 8)."""
     cands = info.candidates
     if at_count is not None and at is not None:
-        raise TfueError("give --at or --at-count, not both",
+        raise ArgumentError("give --at or --at-count, not both",
                         "--at lists the locations; --at-count K spaces K of them evenly")
     if at_count is not None:
         if int(at_count) < 1:
-            raise TfueError(f"--at-count must be >= 1, got {at_count}", "e.g. --at-count 8")
+            raise ArgumentError(f"--at-count must be >= 1, got {at_count}", "e.g. --at-count 8")
         return evenly_spaced(cands, int(at_count))
     if at in (None, "all"):
         return list(cands) if at == "all" else sweep_locations(info, at_count=8)
@@ -80,103 +80,170 @@ def _point_key(p: dict) -> tuple:
 
 
 def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, sigmas=None,
-          rates=None, samples: int = 8, seed: int = 0, metric: str = "pixel_l1",
+          rates=None, samples: int = 8, seed: int | None = None, metric: str = "pixel_l1",
           out_dir: str | None = None, sigma_mode: str = "absolute", provider: str = "auto",
           progress=None, block_sigma=metrics.DEFAULT_SIGMA, force: bool = False,
           pad=None, layout: str = "auto", bootstrap: int = metrics.BOOTSTRAP,
-          cache=True) -> dict:
-    """Evaluate every (method, location, level); return the points and the best one.
+          cache=True, **runtime) -> dict:
+    """Evaluate every (method, location, level) on (input, target) pairs (the paper's Fig. 4).
 
-    ``progress`` is called as progress(done, total, point) after each point.
-    ``pad`` (pixels per side, or ``"auto"``), ``layout`` and ``cache`` (the disk cache:
-    True, False or a folder) are the Estimator's.
-    Every point's table carries bootstrap intervals (``bootstrap`` resamples of
-    the images, seeded by ``seed``); the best point lists the points whose
-    interval overlaps its own ("not separated" from it). The sampling-free
-    baseline (``metrics.gradient_energy``) is scored once, in ``baseline``.
+    Args:
+        model: the model's path.
+        pairs: ``evaluate.Pair`` objects (``evaluate.make_pairs``).
+        methods: some of ``noise``, ``dropout``; at, at_count: see ``sweep_locations``.
+        sigmas, rates: the levels (default NOISE_LEVELS, DROPOUT_LEVELS); samples: N.
+        seed: the sampling and bootstrap seed; None: that of the sweep resumed in
+            ``out_dir``, else a random one (recorded in the config).
+        metric: what "best" means (``METRICS``); progress: ``progress(done, total, point)``.
+        out_dir: the folder of sweep.jsonl (resumable), sweep.csv/json, best.json, or None.
+        pad (pixels per side, or ``"auto"``), layout, provider, cache and ``runtime``
+            (threads, chunk, max_memory, io_binding, strategy): the Estimator's.
+
+    Points carry bootstrap intervals (``bootstrap`` resamples, seeded by ``seed``); the best
+    lists the points its interval overlaps; the baseline (``metrics.gradient_energy``) once.
+
+    Returns:
+        A dict: ``config``, ``metric``, ``points`` (each with ``method``, ``at``, ``index``,
+        ``depth``, ``level``, ``table``), ``best`` (None without points), and
+        ``points_of_other_grids`` / ``baseline`` when there are any.
+
+    Raises:
+        ArgumentError (a ValueError): a bad metric, method, level, bootstrap or block scale.
+        TfueError: ``out_dir`` holds a sweep with other settings (without ``force``).
     """
-    from .runner import Estimator
     from .model import inspect_model
-    from .perturb import Dropout, Noise
 
     check_metric(metric)
     metrics.check_blocks(block_sigma, None)
-    bootstrap = metrics.check_bootstrap(bootstrap)
-    info = inspect_model(model)
+    bootstrap, info = metrics.check_bootstrap(bootstrap), inspect_model(model)
     locations = sweep_locations(info, at, at_count)
-    grids = {"noise": tuple(sigmas or NOISE_LEVELS), "dropout": tuple(rates or DROPOUT_LEVELS)}
-    for m in methods:
-        if m not in grids:
-            raise TfueError(f"sweep covers noise and dropout, not {m!r}",
-                            "use --methods noise,dropout")
-        for lv in grids[m]:  # every level checked before any sampling
-            Noise(lv, mode=sigma_mode) if m == "noise" else Dropout(lv)
+    grids = _grids(methods, sigmas, rates, sigma_mode)
     if pad == "auto":  # detected once for every point
-        from .border import resolve_pad
+        pad = _auto_pad(info, layout)
+    config = _config(model, pairs, samples, _sweep_seed(seed, out_dir), sigma_mode,
+                     block_sigma, bootstrap, pad)
+    done = _resume(out_dir, config, force)
+    # Points of this grid only: those of another grid run into the same folder stay in
+    # sweep.jsonl, apart (neither counted nor candidates for the best).
+    wanted = {(m, c.name, float(lv)) for m in methods for c in locations for lv in grids[m]}
+    points = [p for k, p in done.items() if k in wanted]
+    plan = {"model": model, "pairs": pairs, "loaded": [p.load() for p in pairs],
+            "config": config, "out_dir": out_dir, "block_sigma": block_sigma,
+            "bootstrap": bootstrap, "progress": progress, "total": len(wanted),
+            "estimator": dict(provider=provider, pad=pad, layout=layout, cache=cache, **runtime)}
+    baseline = next((p["baseline"] for p in done.values() if p.get("baseline")), None)
+    for method, cand in ((m, c) for m in methods for c in locations):
+        todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
+        if todo:
+            baseline = _sweep_location(plan, method, cand, todo, points, baseline)
+    apart = sum(1 for k in done if k not in wanted)
+    return _summary(plan, points, metric, sigma_mode, apart, baseline)
 
-        pad = resolve_pad(info, pad, layout)[0]
+
+def _auto_pad(info, layout) -> int:
+    from .border import resolve_pad
+
+    return resolve_pad(info, "auto", layout)[0]
+
+
+def _config(model, pairs, samples, seed, sigma_mode, block_sigma, bootstrap, pad) -> dict:
+    """What a sweep's points depend on: a folder resumes only a sweep with the same."""
     config = {"model": os.path.abspath(model), "inputs": [p.source for p in pairs],
               "samples": samples, "seed": seed, "sigma_mode": sigma_mode,
               "block_sigma": float(block_sigma), "bootstrap": int(bootstrap),
               "metrics_version": METRICS_VERSION}
     if pad is not None:
         config["pad"] = pad
-    done = _resume(out_dir, config, force)
-    loaded = [p.load() for p in pairs]  # the calibration set is read once
-    # Points of this grid only: those of another grid run into the same folder stay in
-    # sweep.jsonl, apart (neither counted nor candidates for the best).
-    wanted = {(m, c.name, float(lv)) for m in methods for c in locations for lv in grids[m]}
-    points = [p for k, p in done.items() if k in wanted]
-    apart = len(done) - len(points)
-    total = sum(len(grids[m]) for m in methods) * len(locations)
-    finished = len(points)
-    baseline = next((p["baseline"] for p in done.values() if p.get("baseline")), None)
-    for method in methods:
-        for cand in locations:
-            todo = [lv for lv in grids[method] if (method, cand.name, float(lv)) not in done]
-            if not todo:
-                continue
-            spec = Noise(todo[0], at=cand.name, mode=sigma_mode) if method == "noise" else \
-                Dropout(todo[0], at=cand.name)
-            est = Estimator(model, spec, samples=samples, seed=seed, provider=provider,
-                            pad=pad, layout=layout, cache=cache)
-            for level in todo:
-                result = evaluate(est, pairs, level=level, loaded=loaded, sigma=block_sigma,
-                                  bootstrap=bootstrap, bootstrap_seed=seed,
-                                  baseline=baseline is None)
-                table = result["table"]
-                if baseline is None and "baseline" in table:
-                    baseline = table.pop("baseline")
-                else:
-                    table.pop("baseline", None)
-                point = {"method": method, "at": cand.name, "index": cand.index,
-                         "depth": cand.depth, "op": cand.op, "level": float(level),
-                         "table": table,
-                         "mean_uncertainty": float(np.mean([i["mean_uncertainty"]
-                                                            for i in result["images"]]))}
-                if baseline is not None and not any(p.get("baseline") for p in points):
-                    point["baseline"] = baseline  # stored once, for a resumed sweep
-                points.append(point)
-                finished += 1
-                if out_dir is not None:
-                    if not os.path.exists(os.path.join(out_dir, "sweep.jsonl")):
-                        _append(out_dir, {"config": config})
-                    _append(out_dir, point)
-                if progress:
-                    progress(finished, total, point)
+    return config
+
+
+def _grids(methods, sigmas, rates, sigma_mode) -> dict:
+    """The levels per method, each checked (as a spec) before any sampling."""
+    from .perturb import Dropout, Noise
+
+    grids = {"noise": tuple(sigmas or NOISE_LEVELS), "dropout": tuple(rates or DROPOUT_LEVELS)}
+    for m in methods:
+        if m not in grids:
+            raise ArgumentError(f"sweep covers noise and dropout, not {m!r}",
+                                "use --methods noise,dropout")
+        for lv in grids[m]:
+            Noise(lv, mode=sigma_mode) if m == "noise" else Dropout(lv)
+    return grids
+
+
+def _sweep_seed(seed, out_dir) -> int:
+    """``seed`` checked; None: the seed of the sweep in ``out_dir`` (so running the same
+    command again resumes it), else a random one."""
+    import secrets
+
+    from .perturb import check_seed
+
+    seed = check_seed(seed)
+    if seed is not None:
+        return seed
+    path = None if out_dir is None else os.path.join(out_dir, "sweep.jsonl")
+    if path and os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.loads(f.readline()).get("config", {}).get("seed")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if isinstance(old, int):
+            return old
+    return secrets.randbelow(2**31)
+
+
+def _sweep_location(plan, method, cand, todo, points, baseline):
+    """Evaluate ``todo`` levels of ``method`` at ``cand`` with one session; append the
+    points (and to sweep.jsonl); return the baseline (scored with the first point)."""
+    from .perturb import Dropout, Noise
+    from .runner import Estimator
+
+    config, out_dir = plan["config"], plan["out_dir"]
+    spec = Noise(todo[0], at=cand.name, mode=config["sigma_mode"]) if method == "noise" else \
+        Dropout(todo[0], at=cand.name)
+    est = Estimator(plan["model"], spec, samples=config["samples"], seed=config["seed"],
+                    **plan["estimator"])
+    for level in todo:
+        result = evaluate(est, plan["pairs"], level=level, loaded=plan["loaded"],
+                          sigma=plan["block_sigma"], bootstrap=plan["bootstrap"],
+                          bootstrap_seed=config["seed"], baseline=baseline is None)
+        table = result["table"]
+        if baseline is None and "baseline" in table:
+            baseline = table.pop("baseline")
+        else:
+            table.pop("baseline", None)
+        point = {"method": method, "at": cand.name, "index": cand.index,
+                 "depth": cand.depth, "op": cand.op, "level": float(level), "table": table,
+                 "mean_uncertainty": float(np.mean([i["mean_uncertainty"]
+                                                    for i in result["images"]]))}
+        if baseline is not None and not any(p.get("baseline") for p in points):
+            point["baseline"] = baseline  # stored once, for a resumed sweep
+        points.append(point)
+        if out_dir is not None:
+            if not os.path.exists(os.path.join(out_dir, "sweep.jsonl")):
+                _append(out_dir, {"config": config})
+            _append(out_dir, point)
+        if plan["progress"]:
+            plan["progress"](len(points), plan["total"], point)
+    return baseline
+
+
+def _summary(plan, points, metric, sigma_mode, apart, baseline) -> dict:
+    """The sweep's summary (best point, kept-apart count, baseline), written when asked."""
     best = None
     for p in points:
         if best is None or better(metric, metric_value(p["table"], metric),
                                   metric_value(best["table"], metric)):
             best = p
-    summary = {"config": config, "metric": metric, "points": points,
+    summary = {"config": plan["config"], "metric": metric, "points": points,
                "best": None if best is None else _best(best, points, metric, sigma_mode)}
     if apart:
         summary["points_of_other_grids"] = apart
     if baseline is not None:
         summary["baseline"] = baseline
-    if out_dir is not None:
-        write_sweep(out_dir, summary)
+    if plan["out_dir"] is not None:
+        write_sweep(plan["out_dir"], summary)
     return summary
 
 
@@ -345,7 +412,7 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     from .perturb import Dropout, Noise
 
     if not tolerance > 0:
-        raise TfueError(f"tolerance must be > 0, got {tolerance}", "e.g. --tolerance 0.05")
+        raise ArgumentError(f"tolerance must be > 0, got {tolerance}", "e.g. --tolerance 0.05")
     info = inspect_model(model)
     levels = tuple(levels or (NOISE_LEVELS if method == "noise" else DROPOUT_LEVELS))
     tried = []

@@ -35,10 +35,7 @@ from .builder import (OUTPUT_KEYS, SAMPLING, SAMPLING_NOTE, Builder, Draw, Strat
                       UncertaintyGraph, isolate_outputs, keep_ranks, keep_versions, output_names,
                       prefix_for, restore_outputs, stats_outputs)
 
-# Strategies whose uncertainty graph is one model (what ``tfue export`` can write);
-# looped-suffix runs as two (a prefix once per input, the suffix per chunk).
-GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
-STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
+from ..names import GRAPH_STRATEGIES, STRATEGIES  # noqa: E402 (defined once, there)
 
 __all__ = ["build", "add_softmax", "with_softmax", "check_samples", "output_names",
            "location_probe", "STRATEGIES", "GRAPH_STRATEGIES", "SAMPLING", "SAMPLING_NOTE", "Draw",
@@ -66,7 +63,7 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
     if strategy not in STRATEGIES:
         raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     if sampling not in SAMPLING:
-        raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
+        raise RuntimeError(f"tfue internal: unknown sampling {sampling!r} (not {SAMPLING})")
     names = {o.name for o in info.outputs}
     for o in info.outputs:
         for key in OUTPUT_KEYS:

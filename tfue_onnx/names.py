@@ -1,0 +1,22 @@
+"""The names the library accepts for its choices, defined once (no imports: the CLI's
+click choice lists come from here without loading onnx or onnxruntime).
+
+Providers are ``session.PROVIDERS``; metrics ``sweep.METRICS``.
+"""
+
+# How the CLI names the perturbation methods (``perturb.make_spec`` takes them).
+METHODS = ("noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy")
+# Methods ``--at auto`` / ``choose.choose_location`` choose a location for.
+AUTO_METHODS = ("noise", "dropout")
+# Where an image input's channel axis is; auto guesses from the shape.
+LAYOUTS = ("auto", "NCHW", "NHWC")
+# Noise sigma: absolute, or relative to the tensor's own standard deviation.
+SIGMA_MODES = ("absolute", "relative")
+CHANNEL_ORDERS = ("rgb", "bgr")
+# Strategies whose uncertainty graph is one model (what export can write);
+# looped-suffix runs as two (a prefix once per input, the suffix per chunk).
+GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
+STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
+
+__all__ = ["METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
+           "GRAPH_STRATEGIES", "STRATEGIES"]
