@@ -59,8 +59,30 @@ BASELINE = (f"gradient energy of the output: the squared Gaussian gradient magni
 
 
 def higher_is_better(column: str) -> bool:
-    """Whether a larger value of ``column`` (e.g. 'pixel', 'ause') is better."""
+    """Whether a larger value of ``column`` (e.g. 'pixel', 'ause'; a metric name such as
+    'ause_l1' works too) is better: correlations and AURG rise with quality, AUSE (an
+    area between error curves, in error units) falls."""
+    if column.endswith(tuple("_" + kind for kind in ERRORS)):
+        column = column.rsplit("_", 1)[0]
     return column not in LOWER_IS_BETTER
+
+
+def metric_value(table: dict, metric: str) -> float:
+    """``metric`` (a column and an error kind, e.g. 'pixel_l1', 'ause_l2') read from a
+    metrics table (``summarize``/``table``): a float, NaN where it could not be computed.
+
+    Raises:
+        KeyError: the table has no such column or error kind.
+    """
+    col, kind = metric.rsplit("_", 1)
+    return table[kind][col]
+
+
+def metric_interval(table: dict, metric: str):
+    """The 95 % bootstrap interval ``[low, high]`` of ``metric`` (e.g. 'pixel_l1') in a
+    metrics table, or None when the table was made without bootstrap."""
+    col, kind = metric.rsplit("_", 1)
+    return interval(table, col, kind)
 
 
 def error_map(output, target, kind: str = "l1") -> np.ndarray:
