@@ -19,6 +19,7 @@ from .errors import TfueError
 from .io import (IMAGE_EXTS, ImageOptions, atomic_write_bytes, check_image_options,
                  collect_inputs, image_to_input, load_input, open_image, save_json,
                  spatial_map)
+from .plots import output_image  # public here too, as before
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -292,37 +293,12 @@ def crop_target(target: np.ndarray, output: np.ndarray):
     return target[index], target.shape
 
 
-def output_image(output, axes=None) -> np.ndarray | None:
-    """Batch item 0 of an image-like output as a picture: [H, W, 3] for 3 channels,
-    [H, W] grey otherwise (the channel mean), in [0, 1] (clipped when the values lie
-    about in [0, 1], else stretched from min to max); None without a map.
-
-    Args:
-        output: the output array (rank 3 [B, H, W] or 4, NCHW or NHWC, or other).
-        axes: its (h, w) axes (``results.map_axes``); None: guessed; False: none.
-    """
-    out = np.asarray(output, dtype=np.float64)
-    if axes is None or axes is False or out.ndim not in (3, 4):
-        img = spatial_map(out, axes)
-        if img is None:
-            return None
-    else:
-        h, w = axes
-        other = [a for a in range(out.ndim) if a not in (h, w)]
-        item = np.moveaxis(out, other + [h, w], list(range(out.ndim)))[0]
-        img = np.moveaxis(item, 0, -1) if item.ndim == 3 and item.shape[0] == 3 else \
-            item.mean(axis=0) if item.ndim == 3 else item
-    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-    if lo < -0.05 or hi > 1.05:  # not in [0, 1]: stretched
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-    return np.clip(img, 0, 1)
-
-
 def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
                  what: str = "variance (output units²)",
                  title: str | None = None) -> tuple | None:
-    """``NAME.eval.png``: the output drawn as an image, the L1 error map and the
-    uncertainty map, each with a title and a colour bar with its units. Returns the
+    """``NAME.eval.png``: the output drawn as an image (1 or 3 channels; other outputs as
+    their channel-mean map with a colour bar), the L1 error map and the uncertainty
+    map, each with a title and a colour bar with its units. Returns the
     maps' (H, W), or None (nothing written) when the output has no image axes or the
     maps differ in size.
 
@@ -335,15 +311,15 @@ def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
         what: the uncertainty's name and units, for its colour bar.
         title: the figure's title.
     """
-    from .plots import panels
+    from .plots import output_cell, panels
 
     maps = [spatial_map(error, axes),
             spatial_map(uncertainty, axes if u_axes == "same" else u_axes)]
-    picture = output_image(output, axes)
-    if picture is None or any(m is None for m in maps) or \
-            len({picture.shape[:2], maps[0].shape, maps[1].shape}) > 1:
+    shown = output_cell(output, axes)
+    if shown is None or any(m is None for m in maps) or \
+            len({np.shape(shown[1])[:2], maps[0].shape, maps[1].shape}) > 1:
         return None
-    panels(path, [[("image", picture, ""), ("map", maps[0], "|output - target| (output units)"),
+    panels(path, [[shown, ("map", maps[0], "|output - target| (output units)"),
                    ("map", maps[1], what)]],
            ["output", "error (L1, channel mean)", "uncertainty (channel mean)"], title)
     return maps[0].shape
