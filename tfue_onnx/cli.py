@@ -499,10 +499,13 @@ def _notes(est, verbose):
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
 @click.option("--compress", is_flag=True,
               help="Deflate the .npz files: smaller, but far slower to write.")
+@click.option("--shared-scale", is_flag=True, help="One colour range for every NAME.variance.png.")
+@click.option("--overlay", is_flag=True, help="Also write NAME.overlay.png (map over the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
 def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_mean, norm_std,
-        resize, save_samples, compress, as_json, force, verbose, **perturbation):
+        resize, save_samples, compress, shared_scale, overlay, as_json, force, verbose,
+        **perturbation):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -536,7 +539,8 @@ def run(model, inputs, out_dir, chunk, max_memory, channel_order, scale, norm_me
                              note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
                                  "warning")),
                              compress=compress, started=_STARTED,
-                             sample_progress=None if progress is not _lines else _samples_said)
+                             sample_progress=None if progress is not _lines else _samples_said,
+                             shared_scale=shared_scale, overlay=overlay)
     finally:
         _notes(est, verbose)
     if as_json:
