@@ -48,7 +48,26 @@ def planned(out_dir: str) -> list:
 
 def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "auto",
              progress=None) -> dict:
-    """Run the demo into ``out_dir`` (which must be writable); return its summary."""
+    """Run the demo into ``out_dir`` (which must be writable): infer-transformation (d4)
+    and infer-dropout on the bundled model and images, each run's files in
+    ``out_dir``/transform and ``out_dir``/dropout (``report.run_inputs``),
+    ``overview.png`` and ``summary.json``.
+
+    Args:
+        out_dir: the folder.
+        samples: N for infer-dropout (d4 has its own 8).
+        seed: the dropout masks' seed.
+        provider: "auto", "cpu" or "cuda".
+        progress: wraps each run's file list for display.
+
+    Returns:
+        The summary: {"model", "images", "overview" (paths), "runs": {"transform",
+        "dropout": method, location, level, samples, seed, strategy, provider, and
+        "mean_variance" (one float per image, squared output units)}}.
+
+    Raises:
+        TfueError: the folder cannot be written, or a run fails.
+    """
     from .runner import Estimator
     from .io import prepare_out_dir
     from .perturb import Dropout, Transform
