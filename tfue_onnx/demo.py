@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .io import ImageOptions, save_json, spatial_map
-from .report import read_result, run_inputs
+from .report import UNITS, read_result, run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
 DEMO_DROPOUT = {"at": "0.5", "rate": 0.05}
@@ -111,8 +111,8 @@ def _overview(path: str, out_dir: str, images: list) -> None:
         with Image.open(p) as im:
             lr = np.asarray(im.convert("RGB").resize((w, h), Image.NEAREST)) / 255.0
         rows.append([("image", lr, ""), ("image", out.transpose(1, 2, 0), ""),
-                     ("map", spatial_map(var_t), "variance (output units²)"),
-                     ("map", spatial_map(var_d), "variance (output units²)")])
+                     ("map", spatial_map(var_t), UNITS["variance"]),
+                     ("map", spatial_map(var_d), UNITS["variance"])])
     panels(path, rows, ["input (x2, nearest)", "output (x2 SR)", "infer-transformation (d4)",
                         f"infer-dropout (p = {DEMO_DROPOUT['rate']:g})"],
            "tfue demo: uncertainty maps of the bundled x2 SR model")
