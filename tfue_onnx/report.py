@@ -125,9 +125,10 @@ class Pictures:
     """How a run draws its pictures (``tfue run --shared-scale``, ``--overlay``).
 
     With ``shared_scale`` every map of the run is drawn on one colour range, the
-    minimum and maximum over all of them, so the maps are kept (one [H, W] float64
-    map, and the output's picture, per input) and drawn when the run ends
-    (``finish``); otherwise each is drawn at once on its own range.
+    minimum and maximum over all of them, so the pictures are drawn when the run ends
+    (``finish``): each map is read back from its NAME.npz then, and only the overlay's
+    background (uint8 [H, W, 3]) is held meanwhile. Otherwise each is drawn at once on
+    its own range.
     """
 
     def __init__(self, out_dir: str, shared_scale: bool = False, overlay: bool = False):
@@ -135,12 +136,14 @@ class Pictures:
         self.kept = []
 
     def add(self, item: dict, shown: dict) -> None:
-        """Draw ``shown`` (``picture_of``) now, or keep it for ``finish``; its files go
-        into ``item["files"]``."""
-        if self.shared_scale:
-            self.kept.append((item, shown))
-        else:
+        """Draw ``shown`` (``picture_of``) now, or keep what ``finish`` needs to draw it;
+        its files go into ``item["files"]`` (the first being its NAME.npz)."""
+        if not self.shared_scale:
             item["files"] += draw(self.out_dir, shown, overlay=self.overlay)
+            return
+        bg = shown["background"]
+        self.kept.append((item, shown["stem"], shown["range"], None if bg is None else
+                          np.round(bg * 255).astype(np.uint8)))
 
     def finish(self) -> dict:
         """Draw the kept pictures on the shared range; return the summary's
@@ -148,9 +151,11 @@ class Pictures:
         when no map had a finite value), "overlay": bool}."""
         if not self.shared_scale:
             return {"shared": False, "overlay": self.overlay}
-        ranges = [shown["range"] for _, shown in self.kept if shown["range"] is not None]
+        ranges = [r for _, _, r, _ in self.kept if r is not None]
         vrange = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
-        for item, shown in self.kept:
+        for item, stem, _, bg in self.kept:
+            shown = picture_of(read_result(item["files"][0]), stem)
+            shown["background"] = None if bg is None else bg / 255.0
             item["files"] += draw(self.out_dir, shown, vrange, self.overlay)
         self.kept = []
         return {"shared": True, "range": vrange, "overlay": self.overlay}
