@@ -57,8 +57,9 @@ def test_evaluate_cli(cli, ppocr_det, ocr_pairs, tmp_path):
             for col in ("mean", "block", "pixel", "pixel_spearman", "pixel_pooled",
                         "block_pooled"):
                 assert -1 <= row[col] <= 1
-            assert row["ause"] >= 0 and row["aurg"] == pytest.approx(
-                row["aurg"])  # a number, not NaN
+            # AUSE + AURG = (random - oracle) area >= 0: the oracle beats random.
+            assert row["ause"] >= 0 and np.isfinite(row["aurg"])
+            assert row["ause"] + row["aurg"] >= 0
         for col, (lo, hi) in table["intervals"][kind].items():
             assert lo <= table[kind][col] <= hi, col
         # The primary pixel number is the mean of the per-image ones stored beside.

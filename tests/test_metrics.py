@@ -116,15 +116,26 @@ def test_lcm_blocks_follow_the_bumps():
     assert labels.max() + 1 == len(np.unique(labels))
 
 
+def _maxima_per_block(labels, smooth):
+    """How many separate local maxima (8-connected groups of them: a plateau counts
+    once) of ``smooth`` each block of ``labels`` holds."""
+    peaks = smooth == ndimage.maximum_filter(smooth, size=3, mode="constant", cval=-1)
+    return [ndimage.label(peaks & (labels == lab), structure=np.ones((3, 3)))[1]
+            for lab in np.unique(labels)]
+
+
 def test_lcm_blocks_are_steepest_ascent_basins():
     rng = np.random.default_rng(0)
     img = ndimage.gaussian_filter(rng.random((64, 64)), 3)
     labels = lcm_blocks(img, sigma=1.5)
     smooth = ndimage.gaussian_filter(img - img.min(), 1.5, mode="nearest")
     # Every block holds exactly one local maximum of the smoothed image (or a plateau).
-    peaks = (smooth == ndimage.maximum_filter(smooth, size=3, mode="constant", cval=-1))
-    for lab in np.unique(labels):
-        assert peaks[labels == lab].any()
+    counts = _maxima_per_block(labels, smooth)
+    assert len(counts) > 3 and counts == [1] * len(counts)
+    # The check sees a block with two maxima: two blocks merged into one.
+    a = labels[np.nonzero(labels != labels[0, 0])][0]
+    merged = np.where(labels == a, labels[0, 0], labels)
+    assert 2 in _maxima_per_block(merged, smooth)
 
 
 def test_ause_by_hand_as_poggi():

@@ -505,12 +505,15 @@ def _parse_size(text):
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
 @click.option("--compress", is_flag=True,
               help="Deflate the .npz files: smaller, but far slower to write.")
+@click.option("--shared-scale", is_flag=True, help="One colour range for every NAME.variance.png.")
+@click.option("--overlay", is_flag=True, help="Also write NAME.overlay.png (map over the input).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @OUTPUT_OPTIONS
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
-def run(model, inputs, out_dir, save_samples, compress, as_json, force, levels, **values):
+def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, as_json, force,
+        levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -541,7 +544,8 @@ def run(model, inputs, out_dir, save_samples, compress, as_json, force, levels, 
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
     try:
-        summaries = {level: _run_one_level(est, level, files, folder, options, compress,
+        pictures = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay}
+        summaries = {level: _run_one_level(est, level, files, folder, options, pictures,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,
                                                                         levels).items())}
@@ -603,7 +607,7 @@ class _AtLevel:
         return getattr(self._est, name)
 
 
-def _run_one_level(est, level, files, out_dir, options, compress, started=None) -> dict:
+def _run_one_level(est, level, files, out_dir, options, pictures: dict, started=None) -> dict:
     """``report.run_inputs`` at ``level`` (None: the spec's own) into ``out_dir``; the
     start-up time counts from ``started`` (None: now, for the levels after the first)."""
     from .report import run_inputs
@@ -615,8 +619,9 @@ def _run_one_level(est, level, files, out_dir, options, compress, started=None) 
                       progress=progress,
                       note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
                           "warning")),
-                      compress=compress, started=started,
-                      sample_progress=None if progress is not _lines else _samples_said)
+                      started=started,
+                      sample_progress=None if progress is not _lines else _samples_said,
+                      **pictures)
 
 
 def _split_members(model, inputs, method):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .files import save_json
 from .io import ImageOptions, spatial_map
-from .report import read_result, run_inputs
+from .report import UNITS, read_result, run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
 DEMO_DROPOUT = {"at": "0.5", "rate": 0.05}
@@ -49,7 +49,26 @@ def planned(out_dir: str) -> list:
 
 def run_demo(out_dir: str, samples: int = 8, seed: int = 0, provider: str = "auto",
              progress=None) -> dict:
-    """Run the demo into ``out_dir`` (which must be writable); return its summary."""
+    """Run the demo into ``out_dir`` (which must be writable): infer-transformation (d4)
+    and infer-dropout on the bundled model and images, each run's files in
+    ``out_dir``/transform and ``out_dir``/dropout (``report.run_inputs``),
+    ``overview.png`` and ``summary.json``.
+
+    Args:
+        out_dir: the folder.
+        samples: N for infer-dropout (d4 has its own 8).
+        seed: the dropout masks' seed.
+        provider: "auto", "cpu" or "cuda".
+        progress: wraps each run's file list for display.
+
+    Returns:
+        The summary: {"model", "images", "overview" (paths), "runs": {"transform",
+        "dropout": method, location, level, samples, seed, strategy, provider, and
+        "mean_variance" (one float per image, squared output units)}}.
+
+    Raises:
+        TfueError: the folder cannot be written, or a run fails.
+    """
     from .runner import Estimator
     from .files import prepare_out_dir
     from .perturb import Dropout, Transform
@@ -93,8 +112,8 @@ def _overview(path: str, out_dir: str, images: list) -> None:
         with Image.open(p) as im:
             lr = np.asarray(im.convert("RGB").resize((w, h), Image.NEAREST)) / 255.0
         rows.append([("image", lr, ""), ("image", out.transpose(1, 2, 0), ""),
-                     ("map", spatial_map(var_t), "variance (output units²)"),
-                     ("map", spatial_map(var_d), "variance (output units²)")])
+                     ("map", spatial_map(var_t), UNITS["variance"]),
+                     ("map", spatial_map(var_d), UNITS["variance"])])
     panels(path, rows, ["input (x2, nearest)", "output (x2 SR)", "infer-transformation (d4)",
                         f"infer-dropout (p = {DEMO_DROPOUT['rate']:g})"],
            "tfue demo: uncertainty maps of the bundled x2 SR model")

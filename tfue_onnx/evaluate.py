@@ -20,6 +20,7 @@ from .files import atomic_write_bytes, save_json
 from .io import (IMAGE_EXTS, ImageOptions, check_image_options, collect_inputs, image_to_input,
                  load_input, npz_feeds, open_image, read_npy, read_npz, spatial_map)
 from .layout import declared_layout, with_batch
+from .plots import output_image  # public here too, as before
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -33,6 +34,7 @@ class Pair:
     _load: object  # () -> (feeds, target)
 
     def load(self):
+        """(feeds: input name -> array, target: array laid out like the output)."""
         return self._load()
 
 
@@ -66,7 +68,25 @@ def _read_target(path: str, output, scale: float) -> np.ndarray:
 
 def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions(),
                target_scale: float = 1 / 255) -> list:
-    """(input, target) pairs for ``info``'s model from one of the three sources."""
+    """(input, target) pairs for ``info``'s model from one of the three sources.
+
+    Args:
+        info: the model's ModelInfo (``model.inspect_model``).
+        inputs: files or folders (images, .npy, or .npz holding ``target``).
+        targets: a folder of targets named after the inputs (.npy, or images scaled
+            by ``target_scale``), or None.
+        sr_scale: super-resolution scale S: the input is each image downscaled by S
+            (bicubic), the target the image itself; or None.
+        options: ImageOptions for reading the inputs.
+        target_scale: image targets are multiplied by this (default 1/255: [0, 1]).
+
+    Returns:
+        list of ``Pair``; ``pair.load()`` gives (feeds: input name -> array, target:
+        float32 array laid out like the first float output, e.g. [1, C, H, W]).
+
+    Raises:
+        TfueError: an input has no target, a bad scale or option.
+    """
     files = collect_inputs(inputs)
     if sr_scale is None:  # with --sr-scale the inputs are images by construction
         check_image_options(files, options)
@@ -178,64 +198,25 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
         feeds, target = loaded[k] if loaded is not None else pair.load()
         res = estimator(feeds, level=level) if level is not None else estimator(feeds)
         meta = res.metadata
-        if getattr(estimator, "pad", None) is not None:
-            target, cropped = crop_target(target, res.output)
-            if cropped:
-                notes.setdefault("target_cropped", (
-                    f"--pad {estimator.pad} is smaller than the model's border: its output "
-                    f"{tuple(res.output.shape)} is smaller than the target "
-                    f"{tuple(cropped)}; the target's border was cropped (centered) to the "
-                    "output"))
-        unc = res.uncertainty
+        target = _crop_for_pad(estimator, target, res.output, notes)
         err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
         if not np.all(np.isfinite(target)):
             raise TfueError(f"the target of '{pair.source}' holds "
                             f"{int(np.size(target) - np.count_nonzero(np.isfinite(target)))} "
                             "NaN/Inf value(s)", "give finite targets (crop or fill the "
                             "invalid pixels)")
-        finite = bool(np.all(np.isfinite(res.output)) and np.all(np.isfinite(unc)))
-        axes = res.image_axes  # the run's own (h, w) axes; False: not an image
-        found = metrics.image_stats(unc, res.output, target, sigma, grid, baseline,
-                                    axes, res.uncertainty_axes) if finite else None
-        if not finite:  # the run says why (warnings); the metrics leave the image out
+        found = _result_stats(res, target, sigma, grid, baseline)
+        if found is None:  # the run says why (warnings); the metrics leave the image out
             notes.setdefault("non_finite", []).append(pair.name)
-            found = [{"method": {kind: {**{col: float("nan") for col in metrics.PER_IMAGE},
-                                        "mean_u": float(np.mean(unc)), "mean_e": float(
-                                            np.mean(metrics.error_map(res.output, target,
-                                                                      kind)))}
-                                 for kind in metrics.ERRORS}}]
+            found = _nan_stats(res, target)
         else:
             stats += found
         tol.append(metrics.tolerability(res.mean if res.mean is not None else res.output,
                                         res.output))
-        first = len(per_image)
-        for i, stats_i in enumerate(found):  # one entry per image of the result (its batch)
-            item = {"name": pair.name if len(found) == 1 else f"{pair.name}[{i}]",
-                    "input": pair.source}
-            # The means of its channel-mean maps are the image's means.
-            item.update(mean_uncertainty=stats_i["method"]["l1"]["mean_u"],
-                        mean_l1=stats_i["method"]["l1"]["mean_e"],
-                        mean_l2=stats_i["method"]["l2"]["mean_e"])
-            for kind in metrics.ERRORS:
-                for col in metrics.PER_IMAGE:
-                    item[f"{col}_{kind}"] = stats_i["method"][kind][col]
-            if stats_i.get("flat_output"):
-                notes.setdefault("flat_output", (
-                    "the output's channel mean is constant over the image (e.g. class "
-                    "probabilities summing to 1): no local-centre-of-mass blocks and no "
-                    "baseline row for it (use --block-grid for blocks)"))
-            per_image.append(item)
+        items = _image_items(pair, found, notes)
+        per_image += items
         if out_dir is not None and pictures:
-            path = os.path.join(out_dir, f"{pair.name}.eval.png")
-            what = "entropy (nats)" if res.variance is None else "variance (output units²)"
-            shape = eval_picture(path, res.output, err, unc, axes, res.uncertainty_axes, what,
-                                 f"{pair.name}: {(meta or {}).get('method')} at "
-                                 f"{(meta or {}).get('at')}")
-            if shape is not None:
-                written.append(path)
-                for item in per_image[first:]:
-                    item["picture"] = path
-                    item["picture_map"] = list(shape)  # [H, W] of the maps drawn
+            _eval_picture(out_dir, pair, res, err, items, written)
     if bootstrap_seed is None:
         bootstrap_seed = (meta or {}).get("seed")
         bootstrap_seed = 0 if bootstrap_seed is None else int(bootstrap_seed)
@@ -245,6 +226,80 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
     result = {"metadata": meta, "table": table, "images": per_image}
     if getattr(estimator, "auto_choice", None):
         result["at_auto"] = estimator.auto_choice  # how --at auto chose the location
+    return _with_notes(result, notes)
+
+
+def _crop_for_pad(estimator, target, output, notes: dict):
+    """The target cropped to the output under ``--pad`` (``crop_target``), with a note."""
+    if getattr(estimator, "pad", None) is None:
+        return target
+    target, cropped = crop_target(target, output)
+    if cropped:
+        notes.setdefault("target_cropped", (
+            f"--pad {estimator.pad} is smaller than the model's border: its output "
+            f"{tuple(output.shape)} is smaller than the target {tuple(cropped)}; the "
+            "target's border was cropped (centered) to the output"))
+    return target
+
+
+def _result_stats(res, target, sigma, grid, baseline):
+    """``metrics.image_stats`` of one result, or None when its output or uncertainty
+    holds NaN/Inf."""
+    unc = res.uncertainty
+    if not (np.all(np.isfinite(res.output)) and np.all(np.isfinite(unc))):
+        return None
+    return metrics.image_stats(unc, res.output, target, sigma, grid, baseline,
+                               res.image_axes, res.uncertainty_axes)
+
+
+def _nan_stats(res, target) -> list:
+    """The per-image entry of a result left out of the metrics: NaN columns, its means."""
+    return [{"method": {kind: {**{col: float("nan") for col in metrics.PER_IMAGE},
+                               "mean_u": float(np.mean(res.uncertainty)),
+                               "mean_e": float(np.mean(metrics.error_map(res.output, target,
+                                                                         kind)))}
+                        for kind in metrics.ERRORS}}]
+
+
+def _image_items(pair, found: list, notes: dict) -> list:
+    """One entry of ``images`` per image of the result (its batch)."""
+    items = []
+    for i, stats_i in enumerate(found):
+        item = {"name": pair.name if len(found) == 1 else f"{pair.name}[{i}]",
+                "input": pair.source}
+        # The means of its channel-mean maps are the image's means.
+        item.update(mean_uncertainty=stats_i["method"]["l1"]["mean_u"],
+                    mean_l1=stats_i["method"]["l1"]["mean_e"],
+                    mean_l2=stats_i["method"]["l2"]["mean_e"])
+        for kind in metrics.ERRORS:
+            for col in metrics.PER_IMAGE:
+                item[f"{col}_{kind}"] = stats_i["method"][kind][col]
+        if stats_i.get("flat_output"):
+            notes.setdefault("flat_output", (
+                "the output's channel mean is constant over the image (e.g. class "
+                "probabilities summing to 1): no local-centre-of-mass blocks and no "
+                "baseline row for it (use --block-grid for blocks)"))
+        items.append(item)
+    return items
+
+
+def _eval_picture(out_dir, pair, res, err, items, written) -> None:
+    """Write ``NAME.eval.png`` of one result; note it in its ``items`` and ``written``."""
+    meta = res.metadata or {}
+    path = os.path.join(out_dir, f"{pair.name}.eval.png")
+    what = "entropy (nats)" if res.variance is None else "variance (output units²)"
+    shape = eval_picture(path, res.output, err, res.uncertainty, res.image_axes,
+                         res.uncertainty_axes, what,
+                         f"{pair.name}: {meta.get('method')} at {meta.get('at')}")
+    if shape is not None:
+        written.append(path)
+        for item in items:
+            item["picture"] = path
+            item["picture_map"] = list(shape)  # [H, W] of the maps drawn
+
+
+def _with_notes(result: dict, notes: dict) -> dict:
+    """``result`` with its ``notes`` (a list of lines) when there are any."""
     if "non_finite" in notes:
         names = notes.pop("non_finite")
         notes["non_finite"] = (
@@ -280,37 +335,12 @@ def crop_target(target: np.ndarray, output: np.ndarray):
     return target[index], target.shape
 
 
-def output_image(output, axes=None) -> np.ndarray | None:
-    """Batch item 0 of an image-like output as a picture: [H, W, 3] for 3 channels,
-    [H, W] grey otherwise (the channel mean), in [0, 1] (clipped when the values lie
-    about in [0, 1], else stretched from min to max); None without a map.
-
-    Args:
-        output: the output array (rank 3 [B, H, W] or 4, NCHW or NHWC, or other).
-        axes: its (h, w) axes (``results.map_axes``); None: guessed; False: none.
-    """
-    out = np.asarray(output, dtype=np.float64)
-    if axes is None or axes is False or out.ndim not in (3, 4):
-        img = spatial_map(out, axes)
-        if img is None:
-            return None
-    else:
-        h, w = axes
-        other = [a for a in range(out.ndim) if a not in (h, w)]
-        item = np.moveaxis(out, other + [h, w], list(range(out.ndim)))[0]
-        img = np.moveaxis(item, 0, -1) if item.ndim == 3 and item.shape[0] == 3 else \
-            item.mean(axis=0) if item.ndim == 3 else item
-    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-    if lo < -0.05 or hi > 1.05:  # not in [0, 1]: stretched
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-    return np.clip(img, 0, 1)
-
-
 def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
                  what: str = "variance (output units²)",
                  title: str | None = None) -> tuple | None:
-    """``NAME.eval.png``: the output drawn as an image, the L1 error map and the
-    uncertainty map, each with a title and a colour bar with its units. Returns the
+    """``NAME.eval.png``: the output drawn as an image (1 or 3 channels; other outputs as
+    their channel-mean map with a colour bar), the L1 error map and the uncertainty
+    map, each with a title and a colour bar with its units. Returns the
     maps' (H, W), or None (nothing written) when the output has no image axes or the
     maps differ in size.
 
@@ -323,15 +353,15 @@ def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
         what: the uncertainty's name and units, for its colour bar.
         title: the figure's title.
     """
-    from .plots import panels
+    from .plots import output_cell, panels
 
     maps = [spatial_map(error, axes),
             spatial_map(uncertainty, axes if u_axes == "same" else u_axes)]
-    picture = output_image(output, axes)
-    if picture is None or any(m is None for m in maps) or \
-            len({picture.shape[:2], maps[0].shape, maps[1].shape}) > 1:
+    shown = output_cell(output, axes)
+    if shown is None or any(m is None for m in maps) or \
+            len({np.shape(shown[1])[:2], maps[0].shape, maps[1].shape}) > 1:
         return None
-    panels(path, [[("image", picture, ""), ("map", maps[0], "|output - target| (output units)"),
+    panels(path, [[shown, ("map", maps[0], "|output - target| (output units)"),
                    ("map", maps[1], what)]],
            ["output", "error (L1, channel mean)", "uncertainty (channel mean)"], title)
     return maps[0].shape
@@ -441,7 +471,9 @@ def table_csv(table: dict) -> str:
 
 
 def write_evaluation(out_dir: str, result: dict) -> list:
-    """Write metrics.json and metrics.csv into ``out_dir``; return their paths."""
+    """Write metrics.json (``result``, as ``evaluate`` returns it) and metrics.csv
+    (``table_csv``) into ``out_dir``, each atomically; return their paths (an OSError
+    when the folder cannot be written)."""
     js, csv = os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "metrics.csv")
     save_json(js, result)
     atomic_write_bytes(csv, table_csv(result["table"]).encode())

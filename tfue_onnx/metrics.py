@@ -60,8 +60,30 @@ BASELINE = (f"gradient energy of the output: the squared Gaussian gradient magni
 
 
 def higher_is_better(column: str) -> bool:
-    """Whether a larger value of ``column`` (e.g. 'pixel', 'ause') is better."""
+    """Whether a larger value of ``column`` (e.g. 'pixel', 'ause'; a metric name such as
+    'ause_l1' works too) is better: correlations and AURG rise with quality, AUSE (an
+    area between error curves, in error units) falls."""
+    if column.endswith(tuple("_" + kind for kind in ERRORS)):
+        column = column.rsplit("_", 1)[0]
     return column not in LOWER_IS_BETTER
+
+
+def metric_value(table: dict, metric: str) -> float:
+    """``metric`` (a column and an error kind, e.g. 'pixel_l1', 'ause_l2') read from a
+    metrics table (``summarize``/``table``): a float, NaN where it could not be computed.
+
+    Raises:
+        KeyError: the table has no such column or error kind.
+    """
+    col, kind = metric.rsplit("_", 1)
+    return table[kind][col]
+
+
+def metric_interval(table: dict, metric: str):
+    """The 95 % bootstrap interval ``[low, high]`` of ``metric`` (e.g. 'pixel_l1') in a
+    metrics table, or None when the table was made without bootstrap."""
+    col, kind = metric.rsplit("_", 1)
+    return interval(table, col, kind)
 
 
 def error_map(output, target, kind: str = "l1") -> np.ndarray:
@@ -396,25 +418,30 @@ def image_stats(uncertainty, output, target, sigma: float = DEFAULT_SIGMA,
         for kind in ERRORS:
             e = np.ravel(errors[kind][k])
             per_kind[kind] = (e, *_order_and_ranks(e))
-        if np.size(u) == 1 and np.size(o) > 1:
-            found.append({"method": _scalar_stats(np.ravel(u)[0], per_kind), "baseline": None})
-            continue
-        if np.shape(u) != np.shape(o):
-            raise TfueError(f"the uncertainty map is {np.shape(u)}, the output's {np.shape(o)}",
-                            "give an uncertainty shaped like the output")
-        # An output whose channel mean is constant (class probabilities) has no
-        # content to cut into blocks, and its edge map is rounding noise.
-        flat_o = is_image(o) and _flat(o, rel=rel)
-        labels = _blocks(o, sigma, grid) if is_image(o) and (grid is not None or not flat_o) \
-            else None
-        # Each error map is sorted once (above), for the method's map and the
-        # baseline's. (L1 and L2 maps of several channels rank pixels differently.)
-        base = gradient_energy(o) if baseline and labels is not None and not flat_o else None
-        found.append({"method": _map_stats(u, per_kind, labels, scale, rel),
-                      "baseline": None if base is None else
-                      _map_stats(base, per_kind, labels, scale, rel),
-                      "flat_output": bool(flat_o)})
+        found.append(_one_image_stats(u, o, per_kind, sigma, grid, baseline, scale, rel))
     return found
+
+
+def _one_image_stats(u, o, per_kind, sigma, grid, baseline, scale, rel) -> dict:
+    """``image_stats``'s entry for one image: uncertainty map ``u`` and output map ``o``
+    (H x W, or 1 x K), its errors ``per_kind`` (error kind -> (flat errors, order,
+    ranks))."""
+    if np.size(u) == 1 and np.size(o) > 1:
+        return {"method": _scalar_stats(np.ravel(u)[0], per_kind), "baseline": None}
+    if np.shape(u) != np.shape(o):
+        raise TfueError(f"the uncertainty map is {np.shape(u)}, the output's {np.shape(o)}",
+                        "give an uncertainty shaped like the output")
+    # An output whose channel mean is constant (class probabilities) has no
+    # content to cut into blocks, and its edge map is rounding noise.
+    flat_o = is_image(o) and _flat(o, rel=rel)
+    labels = _blocks(o, sigma, grid) if is_image(o) and (grid is not None or not flat_o) \
+        else None
+    # Each error map is sorted once (in image_stats), for the method's map and the
+    # baseline's. (L1 and L2 maps of several channels rank pixels differently.)
+    base = gradient_energy(o) if baseline and labels is not None and not flat_o else None
+    return {"method": _map_stats(u, per_kind, labels, scale, rel),
+            "baseline": None if base is None else _map_stats(base, per_kind, labels, scale, rel),
+            "flat_output": bool(flat_o)}
 
 
 def check_blocks(sigma, grid) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
 from .files import atomic_write_bytes
+from .io import spatial_map
 
 
 def _pyplot():
@@ -16,11 +19,20 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG (atomically) and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None) -> None:
     """Metric against location depth, one line per level (the paper's Figure 4), with
     the 95 % bootstrap band of each line where the points carry intervals, and the
     sampling-free baseline's value (``baseline``: its table) as a dashed line."""
-    from .sweep import metric_interval, metric_value
+    from .metrics import metric_interval, metric_value
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -43,30 +55,33 @@ def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None)
     ax.set_title(f"infer-{method}: {metric} by location")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(plt, fig, path)
 
 
-def panels(path: str, rows: list, titles: list, title: str | None = None) -> None:
-    """A labelled grid of pictures written to ``path`` (PNG, atomically).
+
+
+def panels(path: str, rows: list, titles: list, title: str | None = None,
+           cell: tuple = (3.2, 3.0)) -> None:
+    """A labelled grid of pictures written to ``path`` (PNG, atomically), one matplotlib
+    figure, closed after saving.
 
     Args:
         path: the .png file.
-        rows: one list per row of ``(kind, array, label)``: kind ``"image"`` (an
-            [H, W, 3] array in [0, 1], or [H, W] grey, drawn as it is) or ``"map"`` (an
-            [H, W] float map, false-coloured with a colour bar whose label is
-            ``label``, e.g. the map's units); ``None`` leaves a cell empty.
+        rows: one list per row of cells ``(kind, array, label)`` or ``(kind, array,
+            label, (vmin, vmax))``; ``None`` leaves a cell empty. Kinds: ``"image"``
+            (an [H, W, 3] array in [0, 1], or [H, W] grey, drawn as it is); ``"map"``
+            (an [H, W] float map, false-coloured (magma) with a colour bar whose label
+            is ``label``, e.g. the map's units); ``"overlay"`` (``array`` is
+            ``(image, map)`` of one H x W: the map alpha-blended over the image, with
+            its colour bar). The range is the colour bar's (None: the map's own min
+            and max).
         titles: the column titles.
         title: the figure's title.
+        cell: (width, height) of one cell in inches (100 pixels each).
     """
-    import numpy as np
-
     plt = _pyplot()
     ncols = len(titles)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.2 * ncols, 3.0 * len(rows)),
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell[0] * ncols, cell[1] * len(rows)),
                              dpi=100, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(ncols):
@@ -75,25 +90,123 @@ def panels(path: str, rows: list, titles: list, title: str | None = None) -> Non
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=10)
-            cell = row[c] if c < len(row) else None
-            if cell is None:
+            cell_ = row[c] if c < len(row) else None
+            if cell_ is None:
                 ax.axis("off")
-                continue
-            kind, arr, label = cell
-            if kind == "image":
-                arr = np.clip(np.asarray(arr, dtype=np.float64), 0, 1)
-                ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1,
-                          interpolation="nearest")
             else:
-                im = ax.imshow(np.asarray(arr, dtype=np.float64), cmap="magma",
-                               interpolation="nearest")
-                bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-                bar.set_label(label, fontsize=8)
-                bar.ax.tick_params(labelsize=7)
+                _draw_cell(fig, ax, *cell_)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(plt, fig, path)
+
+
+OVERLAY_ALPHA = 0.6  # opacity of the map over the input in NAME.overlay.png
+
+
+def _draw_cell(fig, ax, kind: str, arr, label: str, vrange=None) -> None:
+    """One cell of ``panels``."""
+    if kind == "image":
+        _draw_image(ax, arr)
+        return
+    alpha = None
+    if kind == "overlay":
+        _draw_image(ax, arr[0])
+        arr, alpha = arr[1], OVERLAY_ALPHA
+    vmin, vmax = (None, None) if vrange is None else vrange
+    im = ax.imshow(np.asarray(arr, dtype=np.float64), cmap="magma", vmin=vmin, vmax=vmax,
+                   alpha=alpha, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.solids.set_alpha(1)  # the bar shows the colours themselves, not blended
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def _draw_image(ax, arr) -> None:
+    arr = np.clip(np.asarray(arr, dtype=np.float64), 0, 1)
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+
+
+def _hw_axes(shape: tuple, axes):
+    """The (h, w) axes of an output of ``shape``: ``axes`` as given (``results.map_axes``),
+    or guessed as ``io.spatial_map`` does (None for False, or a rank it cannot read)."""
+    if axes is False:
+        return None
+    if axes is not None:
+        return tuple(int(a) % len(shape) for a in axes)
+    if len(shape) == 4:
+        return (1, 2) if shape[-1] <= 4 < shape[1] else (2, 3)
+    return (1, 2) if len(shape) == 3 else None
+
+
+def output_image(output, axes=None) -> np.ndarray | None:
+    """Batch item 0 of an output that is an image, as a picture: float64 [H, W, 3] for 3
+    channels, [H, W] grey for 1 (or none), in [0, 1] (clipped when the values lie about
+    in [0, 1], else stretched from min to max). None when the output is no image: no
+    (h, w) axes, or another number of channels (draw its channel mean as a map instead:
+    ``output_cell``).
+
+    Args:
+        output: the output array, e.g. [B, C, H, W], [B, H, W, C] or [B, H, W].
+        axes: its (h, w) axes (``results.map_axes``); None: guessed; False: none.
+    """
+    out = np.asarray(output, dtype=np.float64)
+    hw = _hw_axes(out.shape, axes)
+    if hw is None or min(out.shape[hw[0]], out.shape[hw[1]]) < 2:
+        return None
+    other = [a for a in range(out.ndim) if a not in hw]
+    item = np.moveaxis(out, other + list(hw), list(range(out.ndim)))
+    item = item.reshape((-1,) + item.shape[-2:]) if other else item[None]
+    batch = other[:1] if other and other[0] < min(hw) else []  # none when H or W is axis 0
+    per_item = int(np.prod([out.shape[a] for a in other if a not in batch], dtype=np.int64))
+    item = item[:per_item]  # batch item 0: its channels (1 when it has none)
+    if len(item) not in (1, 3):
+        return None
+    img = item[0] if len(item) == 1 else np.moveaxis(item, 0, -1)
+    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    if lo < -0.05 or hi > 1.05:  # not in [0, 1]: stretched
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.clip(img, 0, 1)
+
+
+def output_cell(output, axes=None, units: str = "output units"):
+    """A ``panels`` cell showing an output: the picture (``output_image``) when it is an
+    image of 1 or 3 channels, else its channel-mean map false-coloured with a colour bar
+    (``units``); None when the output has no map."""
+    picture = output_image(output, axes)
+    if picture is not None:
+        return ("image", picture, "")
+    m = spatial_map(output, axes)
+    return None if m is None else ("map", m, f"output, channel mean ({units})")
+
+
+def _cell_inches(shape: tuple) -> tuple:
+    """(width, height) in inches of a cell showing an H x W map: about 1 inch (100 px)
+    per 100 pixels, at least 3.2 inches wide and at most 7."""
+    h, w = shape
+    width = min(max(w / 100, 3.2), 7.0)
+    return (width + 0.9, max(width * h / w, 1.2) + 0.6)  # colour bar and titles
+
+
+def map_picture(path: str, m: np.ndarray, label: str, title: str, output=None,
+                vrange=None) -> None:
+    """``NAME.variance.png`` / ``NAME.entropy.png``: the output (``output``: a ``panels``
+    cell from ``output_cell``, or None) beside the uncertainty map ``m`` ([H, W] float)
+    with a colour bar labelled ``label`` (its units), under ``title``.
+
+    Args:
+        vrange: the colour bar's (vmin, vmax), shared across a run; None: the map's own
+            minimum and maximum.
+    """
+    cells = ([output] if output is not None else []) + [("map", m, label, vrange)]
+    titles = (["output"] if output is not None else []) + [label.split(",")[0]]
+    panels(path, [cells], titles, title, cell=_cell_inches(np.shape(m)))
+
+
+def overlay_picture(path: str, background: np.ndarray, m: np.ndarray, label: str,
+                    title: str, vrange=None) -> None:
+    """``NAME.overlay.png``: the map ``m`` ([H, W]) alpha-blended (``OVERLAY_ALPHA``) over
+    ``background`` (the input as a picture: [H, W, 3] or [H, W] in [0, 1], the map's
+    size), with a colour bar labelled ``label``; ``vrange`` as in ``map_picture``."""
+    panels(path, [[("overlay", (background, m), label, vrange)]],
+           [f"{label.split(',')[0]} over the input"], title, cell=_cell_inches(np.shape(m)))

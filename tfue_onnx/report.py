@@ -9,7 +9,7 @@ import numpy as np
 
 from . import __version__
 from .files import save_json, save_npz
-from .io import colorize, load_input, save_png, spatial_map
+from .io import IMAGE_EXTS, load_input, spatial_map
 from .results import map_axes
 
 
@@ -22,7 +22,7 @@ def planned_files(out_dir: str, files) -> list:
     planned = [os.path.join(out_dir, "summary.json")]
     for f in files:
         planned += [os.path.join(out_dir, _stem(f) + suffix) for suffix in
-                    (".npz", ".variance.png", ".entropy.png")]
+                    (".npz", ".variance.png", ".entropy.png", ".overlay.png")]
     return planned
 
 
@@ -85,29 +85,186 @@ def read_result(path):
     return Result(outputs, meta)
 
 
-def write_result(out_dir: str, stem: str, result, source: str, compress: bool = False) -> dict:
-    """Write ``stem``.npz (and a heatmap when the output is a map); return a summary.
-    ``compress``: deflate the .npz (smaller, much slower to write)."""
+def write_result(out_dir: str, stem: str, result, source: str, compress: bool = False,
+                 pictures=None, feeds=None) -> dict:
+    """Write ``stem``.npz and its uncertainty picture; return the input's summary (its
+    ``files``, mean variance ..., and when the output has a map ``heatmap_shape``
+    [H, W], ``heatmap_range`` [min, max] and ``heatmap_max``).
+
+    Args:
+        out_dir, stem: where, and the input's name.
+        result: the run's Result; source: the input file.
+        compress: deflate the .npz (smaller, much slower to write).
+        pictures: a ``Pictures`` (a run's colour scale and overlay); None: the picture
+            is drawn now on its own scale, without overlay.
+        feeds: the model inputs, for an overlay when ``source`` is not an image.
+    """
     meta = {**result.metadata, "input": source, "primary": result.primary,
             "tfue_version": __version__}
     npz = os.path.join(out_dir, stem + ".npz")
     save_npz(npz, result_arrays(result), meta, compress)
-    written = [npz]
-    item = {"input": source, "files": written, **_means(result.outputs[result.primary]),
+    item = {"input": source, "files": [npz], **_means(result.outputs[result.primary]),
             "max_variance": None if result.variance is None else float(np.max(result.variance)),
             "outputs": {name: {"shape": list(s.output.shape), **_means(s)}
                         for name, s in result.outputs.items()}}
-    kind = "variance" if result.variance is not None else "entropy"
     if "spatial_axes" in meta:
         item["spatial_axes"] = meta["spatial_axes"]
-    m = spatial_map(result.uncertainty, map_axes(result, kind)) \
-        if result.uncertainty is not None else None
-    if m is not None:
-        png = os.path.join(out_dir, f"{stem}.{kind}.png")
-        save_png(png, colorize(m))
-        written.append(png)
-        item["heatmap_max"] = float(m.max())
+    overlay = pictures is not None and pictures.overlay
+    shown = picture_of(result, stem, feeds if overlay else None, source if overlay else None)
+    if shown is not None:
+        m = shown["map"]
+        item.update(heatmap_max=float(np.nanmax(m)) if np.isfinite(m).any() else None,
+                    heatmap_shape=list(m.shape), heatmap_range=shown["range"])
+        if pictures is None:
+            item["files"] += draw(out_dir, shown)
+        else:
+            pictures.add(item, shown)
     return item
+
+
+class Pictures:
+    """How a run draws its pictures (``tfue run --shared-scale``, ``--overlay``).
+
+    With ``shared_scale`` every map of the run is drawn on one colour range, the
+    minimum and maximum over all of them, so the pictures are drawn when the run ends
+    (``finish``): each map is read back from its NAME.npz then, and only the overlay's
+    background (uint8 [H, W, 3]) is held meanwhile. Otherwise each is drawn at once on
+    its own range.
+    """
+
+    def __init__(self, out_dir: str, shared_scale: bool = False, overlay: bool = False):
+        self.out_dir, self.shared_scale, self.overlay = out_dir, shared_scale, overlay
+        self.kept = []
+
+    def add(self, item: dict, shown: dict) -> None:
+        """Draw ``shown`` (``picture_of``) now, or keep what ``finish`` needs to draw it;
+        its files go into ``item["files"]`` (the first being its NAME.npz)."""
+        if not self.shared_scale:
+            item["files"] += draw(self.out_dir, shown, overlay=self.overlay)
+            return
+        bg = shown["background"]
+        self.kept.append((item, shown["stem"], shown["range"], None if bg is None else
+                          np.round(bg * 255).astype(np.uint8)))
+
+    def finish(self) -> dict:
+        """Draw the kept pictures on the shared range; return the summary's
+        ``color_scale``: {"shared": bool, "range": [vmin, vmax] (shared only, None
+        when no map had a finite value), "overlay": bool}."""
+        if not self.shared_scale:
+            return {"shared": False, "overlay": self.overlay}
+        ranges = [r for _, _, r, _ in self.kept if r is not None]
+        vrange = [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None
+        for item, stem, _, bg in self.kept:
+            shown = picture_of(read_result(item["files"][0]), stem)
+            shown["background"] = None if bg is None else bg / 255.0
+            item["files"] += draw(self.out_dir, shown, vrange, self.overlay)
+        self.kept = []
+        return {"shared": True, "range": vrange, "overlay": self.overlay}
+
+
+UNITS = {"variance": "variance, (output units)²", "entropy": "entropy, nats"}
+
+
+def picture_of(result, stem: str, feeds=None, source: str | None = None) -> dict | None:
+    """What ``stem``.variance.png (or .entropy.png) shows of ``result``: None when the
+    primary output has no uncertainty map (no image axes, or a vector).
+
+    Args:
+        result: a run's Result.
+        stem: the input's name.
+        feeds: the model's inputs (name -> array), for the overlay's background when
+            ``source`` is not an image file; None: no overlay from them.
+        source: the input file.
+
+    Returns:
+        {"stem", "kind" ("variance" or "entropy"), "map" ([H, W] float64, the channel
+        mean of the uncertainty: squared output units, or nats), "range" ([min, max]
+        of its finite values, or None), "label" (name and units), "title" (output name,
+        method, location, level, N), "output" (a ``plots.panels`` cell, or None),
+        "background" ([H, W, 3] in [0, 1]: the input at the map's size, or None)}.
+    """
+    from .plots import output_cell
+
+    kind = "variance" if result.variance is not None else "entropy"
+    if result.uncertainty is None:
+        return None
+    m = spatial_map(result.uncertainty, map_axes(result, kind))
+    if m is None:
+        return None
+    finite = m[np.isfinite(m)]
+    out_axes = map_axes(result, "variance")
+    shown = output_cell(result.output, out_axes)
+    if shown is not None and np.shape(shown[1])[:2] != m.shape:
+        shown = None
+    return {"stem": stem, "kind": kind, "map": m, "label": UNITS[kind],
+            "range": [float(finite.min()), float(finite.max())] if finite.size else None,
+            "title": f"{stem}: {kind} of output '{result.primary}', "
+                     f"{_method_words(result.metadata)}",
+            "output": shown,
+            "background": None if feeds is None and source is None else
+            _background(source, feeds, m.shape)}
+
+
+def _method_words(meta: dict) -> str:
+    """'noise at r1, level 0.2, N = 8' from a run's metadata."""
+    words = str(meta.get("method"))
+    if meta.get("at") is not None:
+        words += f" at {meta['at']}"
+    if meta.get("level") is not None:
+        words += f", level {meta['level']:g}"
+    if meta.get("samples"):
+        words += f", N = {meta['samples']}"
+    return words
+
+
+def _background(source, feeds, shape) -> np.ndarray | None:
+    """The input as a picture of ``shape`` (H, W): the image file itself, else the first
+    model input when it is an image of 1 or 3 channels (``plots.output_image``);
+    [H, W, 3] float64 in [0, 1], or None."""
+    from PIL import Image
+
+    from .io import open_image
+    from .plots import output_image
+
+    if source is not None and source.lower().endswith(IMAGE_EXTS):
+        im = open_image(source).convert("RGB")
+    else:
+        arr = next(iter(feeds.values()), None) if feeds else None
+        pic = None if arr is None or np.asarray(arr).dtype.kind not in "fiu" else \
+            output_image(arr)
+        if pic is None:
+            return None
+        im = Image.fromarray(np.round(pic * 255).astype(np.uint8)).convert("RGB")
+    if im.size != (shape[1], shape[0]):
+        im = im.resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(im, dtype=np.float64) / 255.0
+
+
+def draw(out_dir: str, shown: dict, vrange=None, overlay: bool = False) -> list:
+    """Write ``NAME.<kind>.png`` (output | map with its colour bar; ``plots.map_picture``)
+    and, with ``overlay`` and a background, ``NAME.overlay.png``; return their paths.
+
+    Args:
+        out_dir: the folder.
+        shown: ``picture_of``'s dict.
+        vrange: the colour range shared by a run's pictures (vmin, vmax); None: the
+            map's own (the title says which).
+        overlay: also draw the map over the input.
+    """
+    from .plots import map_picture, overlay_picture
+
+    scale = "colour scale shared by the run" if vrange is not None else \
+        "colour scale of this image"
+    title = f"{shown['title']}\n{scale}"
+    rng = tuple(vrange) if vrange is not None else shown["range"]
+    png = os.path.join(out_dir, f"{shown['stem']}.{shown['kind']}.png")
+    map_picture(png, shown["map"], shown["label"], title, shown["output"], rng)
+    written = [png]
+    if overlay and shown["background"] is not None:
+        over = os.path.join(out_dir, f"{shown['stem']}.overlay.png")
+        overlay_picture(over, shown["background"], shown["map"], shown["label"], title, rng)
+        written.append(over)
+    return written
 
 
 def _means(s) -> dict:
@@ -259,7 +416,8 @@ def _check_kept_samples(estimator, feeds) -> None:
 
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
                compress: bool = False, started: float | None = None,
-               sample_progress=None) -> dict:
+               sample_progress=None, shared_scale: bool = False,
+               overlay: bool = False) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -280,86 +438,123 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
             ``timing.startup_s``.
         sample_progress: ``sample_progress(path)`` gives the ``progress(done, total)``
             callback for that input's samples (or None), for long inputs.
+        shared_scale: draw every NAME.variance.png on one colour range (``--shared-scale``;
+            the maps are drawn when the run ends); default: each on its own.
+        overlay: also write NAME.overlay.png, the map over the input (``--overlay``).
 
     Returns:
         The run summary (also written to ``out_dir``/summary.json); its ``timing``
         holds wall seconds: ``startup_s`` (from ``started`` to the first sample: loading,
         building and verifying the graph, or reading it from the cache), ``sampling_s``
         (the estimator's runs, the unperturbed output and any autotune trial
-        included), ``writing_s`` (result files and pictures) and ``total_s``.
+        included), ``writing_s`` (result files and pictures) and ``total_s``;
+        ``color_scale`` says how the pictures were scaled (``Pictures.finish``).
 
     Raises:
         TfueError: an input cannot be read or run, or the folder cannot be written.
     """
     import time
 
-    from .files import cleanup_out_dir, prepare_out_dir
+    from .files import cleanup_out_dir
 
     started = time.perf_counter() if started is None else started
     note = note or (lambda line: None)
-    # Every input is read and checked before the long work starts, so a bad one
-    # fails the run at once and no result of it is half-written.
-    # The inputs read here are kept for the run (up to KEEP_READ_BYTES): each is read once.
+    kept = _read_inputs(estimator, files, options, note)
+    run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay), compress)
+    with cleanup_out_dir(out_dir):
+        for k, path in enumerate(progress(files) if progress else files):
+            feeds = kept[k] if kept[k] is not None else \
+                load_input(path, estimator.info.inputs, options)
+            kept[k] = None
+            run.startup = time.perf_counter() - started if run.startup is None else run.startup
+            run.one(path, feeds, sample_progress(path) if sample_progress else None)
+        summary = run.summary(started)
+    save_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
+
+
+def _read_inputs(estimator, files, options, note) -> list:
+    """Read and check every input before the long work starts, so a bad one fails the
+    run at once and no result of it is half-written; prepare the estimator on the first
+    and say the time a large N takes. Returns the feeds of each file, kept for the run
+    up to KEEP_READ_BYTES in all (None beyond: read again when their turn comes)."""
     first, kept, held = None, [], 0
     for path in files:
         feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
         first = feeds if first is None else first
-        size = sum(int(np.asarray(v).nbytes) for v in feeds.values())
-        held += size
+        held += sum(int(np.asarray(v).nbytes) for v in feeds.values())
         kept.append(feeds if held <= KEEP_READ_BYTES else None)
     estimator.prepare(first)  # verified on the first input before any work is reported
     _check_kept_samples(estimator, first)
     estimate = _estimate(estimator, first, len(files))
     if estimate:
         note(estimate)
-    items, warnings, notes = [], [], []
-    meta = None
-    startup, sampling, writing = None, 0.0, 0.0
-    with cleanup_out_dir(out_dir):
-        iterator = progress(files) if progress else files
-        for k, path in enumerate(iterator):
-            feeds = kept[k] if kept[k] is not None else \
-                load_input(path, estimator.info.inputs, options)
-            kept[k] = None
-            t0 = time.perf_counter()
-            if startup is None:
-                startup = t0 - started
-            progress_of = sample_progress(path) if sample_progress else None
-            result = estimator(feeds, progress=progress_of)
-            t1 = time.perf_counter()
-            meta = result.metadata
-            prepare_out_dir(out_dir)
-            item = write_result(out_dir, _stem(path), result, path, compress)
-            # How this input ran (the run's top-level fields are the last input's).
-            item["chunks"] = meta.get("chunks")
-            tune = meta.get("autotune")
-            if tune:
-                item["autotune"] = {k: tune.get(k) for k in ("chunk", "threads", "how")}
-            sampling += t1 - t0
-            writing += time.perf_counter() - t1
-            found = non_finite(result)
-            if found:
-                item["non_finite"] = found
-                warnings.append(_non_finite_warning(path, found, result))
-                note("warning: " + warnings[-1])
-            elif _unchanged(result):
-                notes.append(f"{path}: the variance is exactly 0 everywhere: the "
-                             f"perturbation at {meta.get('at')} changes no output here (it "
-                             "may feed only a branch or state the outputs do not use); "
-                             "pick another location (--at)")
-                note("note: " + notes[-1])
-            items.append(item)
-    summary = {"tfue_version": __version__, **meta, "inputs": items}
-    summary.pop("input", None)
-    summary["location"] = summary.pop("at", None)
-    if getattr(estimator, "auto_choice", None):
-        summary["at_auto"] = estimator.auto_choice  # how --at auto chose the location
-    if warnings:
-        summary["warnings"] = warnings
-    if notes:
-        summary["notes"] = notes
-    summary["timing"] = {"startup_s": round(startup, 4), "sampling_s": round(sampling, 4),
-                         "writing_s": round(writing, 4),
-                         "total_s": round(time.perf_counter() - started, 4)}
-    save_json(os.path.join(out_dir, "summary.json"), summary)
-    return summary
+    return kept
+
+
+class _Run:
+    """The state of one ``run_inputs``: per-input items, warnings, notes and timing."""
+
+    def __init__(self, estimator, out_dir, note, pictures, compress):
+        self.estimator, self.out_dir, self.note = estimator, out_dir, note
+        self.pictures, self.compress = pictures, compress
+        self.items, self.warnings, self.notes, self.meta = [], [], [], None
+        self.startup, self.sampling, self.writing = None, 0.0, 0.0
+
+    def one(self, path: str, feeds: dict, progress_of) -> None:
+        """Run one input, write its files, and record what it says."""
+        import time
+
+        from .files import prepare_out_dir
+
+        t0 = time.perf_counter()
+        result = self.estimator(feeds, progress=progress_of)
+        t1 = time.perf_counter()
+        self.meta = meta = result.metadata
+        prepare_out_dir(self.out_dir)
+        item = write_result(self.out_dir, _stem(path), result, path, self.compress,
+                            self.pictures, feeds)
+        # How this input ran (the run's top-level fields are the last input's).
+        item["chunks"] = meta.get("chunks")
+        tune = meta.get("autotune")
+        if tune:
+            item["autotune"] = {k: tune.get(k) for k in ("chunk", "threads", "how")}
+        self.sampling += t1 - t0
+        self.writing += time.perf_counter() - t1
+        found = non_finite(result)
+        if found:
+            item["non_finite"] = found
+            self.warnings.append(_non_finite_warning(path, found, result))
+            self.note("warning: " + self.warnings[-1])
+        elif _unchanged(result):
+            self.notes.append(f"{path}: the variance is exactly 0 everywhere: the "
+                              f"perturbation at {meta.get('at')} changes no output here (it "
+                              "may feed only a branch or state the outputs do not use); "
+                              "pick another location (--at)")
+            self.note("note: " + self.notes[-1])
+        self.items.append(item)
+
+    def summary(self, started: float) -> dict:
+        """Draw the pictures kept for a shared scale; return the run summary: the last
+        input's settings, the inputs, how ``--at auto`` chose, warnings and notes, the
+        colour scale and the timing (wall seconds since ``started``)."""
+        import time
+
+        t0 = time.perf_counter()
+        color_scale = self.pictures.finish()
+        self.writing += time.perf_counter() - t0
+        summary = {"tfue_version": __version__, **self.meta, "inputs": self.items,
+                   "color_scale": color_scale}
+        summary.pop("input", None)
+        summary["location"] = summary.pop("at", None)
+        if getattr(self.estimator, "auto_choice", None):
+            summary["at_auto"] = self.estimator.auto_choice  # how --at auto chose
+        if self.warnings:
+            summary["warnings"] = self.warnings
+        if self.notes:
+            summary["notes"] = self.notes
+        summary["timing"] = {"startup_s": round(self.startup, 4),
+                             "sampling_s": round(self.sampling, 4),
+                             "writing_s": round(self.writing, 4),
+                             "total_s": round(time.perf_counter() - started, 4)}
+        return summary

@@ -19,8 +19,20 @@ DEFAULT_SIGMA = 2.0
 
 
 def lcm_blocks(image: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
-    """Label each pixel of a 2-D ``image`` with its block (0..K-1), by the local center
-    of mass at smoothing scale ``sigma`` (pixels)."""
+    """Label each pixel of a 2-D ``image`` with its block, by the local center of mass
+    at smoothing scale ``sigma`` (Aganj et al. 2018; see the module's text).
+
+    Args:
+        image: an [H, W] map (any real dtype; float64 inside; any units).
+        sigma: the Gaussian smoothing scale in pixels (> 0).
+
+    Returns:
+        int64 [H, W] labels 0..K-1, every label used: one block per local maximum
+        (plateau) of the smoothed image, its basin of steepest ascent.
+
+    Raises:
+        TfueError: ``image`` is not 2-D, or ``sigma`` is not > 0.
+    """
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise TfueError(f"blocks need a 2-D map, got shape {img.shape}", "reduce channels first")
@@ -62,7 +74,15 @@ def lcm_blocks(image: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
 
 
 def grid_blocks(shape, size: int) -> np.ndarray:
-    """Label pixels of a ``shape`` map by a fixed grid of ``size`` x ``size`` blocks."""
+    """Label the pixels of an (H, W) ``shape`` map by a fixed grid of ``size`` x ``size``
+    pixel blocks (the last row and column of blocks may be smaller).
+
+    Returns:
+        int64 [H, W] labels, row-major over the blocks (0..K-1).
+
+    Raises:
+        TfueError: ``size`` is below 1.
+    """
     if int(size) < 1:
         raise TfueError(f"grid block size must be >= 1, got {size}", "e.g. --block-grid 16")
     h, w = shape
@@ -72,7 +92,15 @@ def grid_blocks(shape, size: int) -> np.ndarray:
 
 
 def block_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Replace every pixel of ``values`` by the mean of its block."""
+    """Every pixel of ``values`` replaced by the mean of its block.
+
+    Args:
+        values: an [H, W] map (any units); labels: int [H, W] block labels >= 0
+            (``lcm_blocks``, ``grid_blocks``).
+
+    Returns:
+        float64 [H, W] in the units of ``values``.
+    """
     flat = labels.ravel()
     sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel())
     counts = np.bincount(flat)

@@ -23,6 +23,7 @@ from .errors import ArgumentError, TfueError
 from .evaluate import evaluate
 from .files import atomic_write_bytes, save_json
 from .layout import evenly_spaced
+from .metrics import metric_interval, metric_value
 
 NOISE_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DROPOUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -35,18 +36,6 @@ def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ArgumentError(f"unknown metric {metric!r}", "use one of " + ", ".join(METRICS))
     return metric
-
-
-def metric_value(table: dict, metric: str) -> float:
-    """Read ``metric`` (e.g. pixel_l1, ause_l2) from a metrics table."""
-    col, kind = metric.rsplit("_", 1)
-    return table[kind][col]
-
-
-def metric_interval(table: dict, metric: str):
-    """The bootstrap interval [low, high] of ``metric`` in a table, or None."""
-    col, kind = metric.rsplit("_", 1)
-    return metrics.interval(table, col, kind)
 
 
 def better(metric: str, a: float, b: float) -> bool:
