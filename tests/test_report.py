@@ -11,7 +11,7 @@ from tfue_onnx import __version__, report
 from tfue_onnx.errors import TfueError
 from tfue_onnx.perturb import Noise
 from tfue_onnx.results import OutputStats, Result
-from tfue_onnx.runner import Estimator
+from tfue_onnx import Estimator
 
 
 @pytest.fixture

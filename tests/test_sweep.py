@@ -12,7 +12,7 @@ from tfue_onnx.errors import TfueError
 from tfue_onnx.evaluate import evaluate, make_pairs
 from tfue_onnx.model import inspect_model
 from tfue_onnx.perturb import Dropout, Noise
-from tfue_onnx.runner import Estimator
+from tfue_onnx import Estimator
 
 GRID = dict(methods=("noise", "dropout"), at="r1,c2", sigmas=(0.05, 0.5), rates=(0.2,),
             samples=2, seed=0, bootstrap=0)
