@@ -51,12 +51,19 @@ def spatial_axes(info: ModelInfo, layout: str):
     return axes, (inp.shape[axes[0]], inp.shape[axes[1]])
 
 
+def _swap_hw(b: Builder, x, axes, rank: int, dtype):
+    """``x`` with its axes ``axes`` (h, w) swapped: a transpose of the image."""
+    h, w = axes
+    perm = list(range(rank))
+    perm[h], perm[w] = w, h
+    return b.op("Transpose", [x], {"perm": perm}, dtype=dtype)
+
+
 def _forward(b: Builder, x, element, axes, rank, dtype):
+    """``x`` transformed by the D4 ``element`` on its image axes (transpose, then flips)."""
     h, w = axes
     if element.transpose:
-        perm = list(range(rank))
-        perm[h], perm[w] = w, h
-        x = b.op("Transpose", [x], {"perm": perm}, dtype=dtype)
+        x = _swap_hw(b, x, axes, rank, dtype)
     if element.flip_h:
         x = b.flip(x, h, dtype)
     if element.flip_w:
@@ -65,6 +72,8 @@ def _forward(b: Builder, x, element, axes, rank, dtype):
 
 
 def _inverse(b: Builder, y, element, axes, rank, dtype):
+    """``y`` with ``element`` undone on its image ``axes`` (flips, then transpose);
+    ``y`` as it is when ``axes`` is None."""
     if axes is None:  # no identified image axes (class scores, sequences): nothing to undo
         return y
     h, w = axes
@@ -73,9 +82,7 @@ def _inverse(b: Builder, y, element, axes, rank, dtype):
     if element.flip_h:
         y = b.flip(y, h, dtype)
     if element.transpose:
-        perm = list(range(rank))
-        perm[h], perm[w] = w, h
-        y = b.op("Transpose", [y], {"perm": perm}, dtype=dtype)
+        y = _swap_hw(b, y, axes, rank, dtype)
     return y
 
 
@@ -100,10 +107,11 @@ def find_axes(info: ModelInfo, layout: str = "auto"):
 
 def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict,
                out_axes=None):
-    """The sampling graph of infer-transformation (see the module docstring).
+    """The sampling graph of infer-transformation (Mi et al., "Training-Free Uncertainty
+    Estimation"; see the module docstring).
 
     Args:
-        info: the model.
+        info: the model (one image input [N, C, H, W], [N, H, W, C] or [N, H, W]).
         spec: a perturb.Transform.
         strategy: batched or loop.
         keep_samples: also return the stacked samples.
@@ -113,60 +121,98 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
             outputs without them. None: probed here on a synthetic input.
 
     Returns:
-        (ModelProto, the transform names).
+        (ModelProto, the transform names). The graph returns each output unperturbed
+        under its own name and, per statistics output, the stack ``[T, *shape]`` of
+        its T transformed-and-undone samples (same dtype and units as the output).
 
     Raises:
-        TfueError: the model has no image input, or rotations cannot be undone on
-            one of its outputs. StrategyUnavailable: the strategy cannot apply.
+        TfueError: the model's opset is below MIN_OPSET, it has no image input, its
+            fixed non-square input cannot take 90° rotations, or rotations cannot be
+            undone on one of its outputs. StrategyUnavailable: batched on a fixed batch.
     """
+    axes, rank = _check_transformable(info, spec)
+    if out_axes is None:
+        out_axes = find_axes(info, spec.layout)
+    out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
+    groups = _transform_groups(info, spec, strategy)
+    graph = gs.import_onnx(info.model)
+    prefix = prefix_for(info.model)
+    b = Builder(graph, prefix, info.opset)
+    inp = info.inputs[0]
+    x = next(t for t in graph.inputs if t.name == inp.name)
+    consumers = list(x.outputs)
+    outputs = list(graph.outputs)
+    x_first, firsts, samples = _transformed_copies(graph, info, b, groups, x, axes, rank,
+                                                   out_axes)
+    for node in consumers:
+        for i, t in enumerate(node.inputs):
+            if t is x:
+                node.inputs[i] = x_first
+    # Graph outputs: the unperturbed output under its own name, and the stacks.
+    for o in outputs:
+        o.name = b.name("copy0_out")
+    graph.outputs = _transform_outputs(info, spec, b, firsts, samples)
+    model = finish(graph, info)
+    model = attach_stats(model, info, prefix, keep_samples, classes)
+    return model, spec.names
+
+
+def _check_transformable(info: ModelInfo, spec):
+    """The input's image axes (h, w) and rank, or the TfueError that refuses the model
+    (opset below MIN_OPSET, no image input, 90° rotations of a fixed non-square input)."""
     if info.opset < MIN_OPSET:  # the Estimator converts a copy first; this is for direct callers
         raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
                         f"with steps); the model has opset {info.opset}",
                         "convert it with onnx.version_converter: " + conversion_command(info.path))
     axes, (h, w) = spatial_axes(info, spec.layout)
-    inp = info.inputs[0]
-    rank = len(inp.shape)
     fixed = isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0
     if fixed and h != w and any(e.swaps_axes for e in spec.elements):
         raise TfueError(f"the model's input is fixed at {h}x{w}, so 90° rotations (which swap "
                         f"height and width) cannot run: {', '.join(spec.names)}",
                         "use one of the sets " + ", ".join(usable_sets(square=False)))
-    if out_axes is None:
-        out_axes = find_axes(info, spec.layout)
-    out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
-    batch_fixed = isinstance(inp.shape[0], int) and inp.shape[0] > 0
+    return axes, len(info.inputs[0].shape)
+
+
+def _transform_groups(info: ModelInfo, spec, strategy: str) -> list:
+    """The transforms that run together, identity's group first: batched, those that
+    keep the input's shape and those that swap its axes (two batches); loop, one each.
+    Raises StrategyUnavailable for batched on a fixed batch size."""
+    inp = info.inputs[0]
     identity = ELEMENTS["identity"]
     others = [e for e in spec.elements if e is not identity]
-    if strategy == "batched":
-        if batch_fixed:
-            raise StrategyUnavailable(f"input '{inp.name}' has a fixed batch size "
-                                      f"{inp.shape[0]}; transforms cannot share a batch")
-        groups = [[identity] + [e for e in others if not e.swaps_axes],
-                  [e for e in others if e.swaps_axes]]
-        groups = [g for g in groups if g]
-    else:
-        groups = [[identity]] + [[e] for e in others]
+    if strategy != "batched":
+        return [[identity]] + [[e] for e in others]
+    if isinstance(inp.shape[0], int) and inp.shape[0] > 0:
+        raise StrategyUnavailable(f"input '{inp.name}' has a fixed batch size "
+                                  f"{inp.shape[0]}; transforms cannot share a batch")
+    groups = [[identity] + [e for e in others if not e.swaps_axes],
+              [e for e in others if e.swaps_axes]]
+    return [g for g in groups if g]
 
-    graph = gs.import_onnx(info.model)
-    prefix = prefix_for(info.model)
-    b = Builder(graph, prefix, info.opset)
-    x = next(t for t in graph.inputs if t.name == inp.name)
-    dtype = np.dtype(inp.dtype)
+
+def _transformed_copies(graph: gs.Graph, info: ModelInfo, b: Builder, groups, x, axes,
+                        rank: int, out_axes):
+    """Run each group of transforms through a copy of the model (the model's own nodes
+    for the first group) and undo them on the outputs.
+
+    Returns ``(x_first, firsts, samples)``: the first group's input (to rewire the
+    model's own consumers of ``x`` to), output name -> identity's output, and
+    transform name -> {output name: its sample}.
+    """
+    dtype = np.dtype(info.inputs[0].dtype)
     original_nodes = list(graph.nodes)
-    consumers = list(x.outputs)
     outputs = list(graph.outputs)
-
-    samples = {}  # element name -> {output name: sample tensor}
-    firsts = {}
+    identity = ELEMENTS["identity"]
+    samples, firsts, x_first = {}, {}, None
     for gi, group in enumerate(groups):
         xs = [_forward(b, x, e, axes, rank, dtype) for e in group]
         x_g = b.op("Concat", xs, {"axis": 0}, dtype=dtype) if len(xs) > 1 else \
             b.op("Identity", xs, dtype=dtype)
-        if gi == 0:  # the model's own nodes serve the first group (rewired below)
+        if gi == 0:  # the model's own nodes serve the first group (rewired by the caller)
             x_first = x_g
             ys = outputs
         else:  # copies are made from the nodes as they still read x
-            mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{prefix}copy{gi}/")
+            mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{b.prefix}copy{gi}/")
             ys = [mapping[id(o)] for o in outputs]
         for o, y_g in zip(info.outputs, ys):
             odt = np.dtype(o.dtype) if o.dtype in ("float32", "float64", "float16") else None
@@ -177,14 +223,13 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                     firsts[o.name] = part
                 samples.setdefault(e.name, {})[o.name] = _inverse(
                     b, part, e, oaxes, out_axes.ranks.get(o.name, 0), odt)
+    return x_first, firsts, samples
 
-    for node in consumers:
-        for i, t in enumerate(node.inputs):
-            if t is x:
-                node.inputs[i] = x_first
-    # Graph outputs: the unperturbed output under its own name, and the stacks.
-    for o in outputs:
-        o.name = b.name("copy0_out")
+
+def _transform_outputs(info: ModelInfo, spec, b: Builder, firsts: dict,
+                       samples: dict) -> list:
+    """The graph outputs: each output unperturbed under its own name and, for each
+    statistics output, the stack of its samples in ``spec``'s order."""
     final = []
     stats = {o.name for o in stats_outputs(info)}
     for o in info.outputs:
@@ -193,12 +238,9 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                                           shape=list(o.shape) if o.shape else None)))
         if o.name in stats:
             final.append(b.stack([samples[e.name][o.name] for e in spec.elements],
-                                 out=gs.Variable(stacked_name(prefix, o.name),
+                                 out=gs.Variable(stacked_name(b.prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
-    graph.outputs = final
-    model = finish(graph, info)
-    model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, spec.names
+    return final
 
 
 def _tensor_difference(kind: str, k: int, ta, tc) -> str | None:
@@ -397,8 +439,14 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
                 model.opset_import.append(imp)
                 domains.add(imp.domain)
     model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, [info.path or "member 0"] + [m.path or f"member {k}"
-                                               for k, m in enumerate(others, start=1)]
+    return model, member_labels(info, others)
+
+
+def member_labels(info: ModelInfo, others) -> list:
+    """The members' names in results: their paths, or ``member k`` for a model given
+    in memory (member 0, ``info``, first)."""
+    return [info.path or "member 0"] + [m.path or f"member {k}"
+                                        for k, m in enumerate(others, start=1)]
 
 
 def model_files(paths) -> list:
