@@ -476,22 +476,20 @@ class ModelInfo:
     def resolve_location(self, at) -> Candidate:
         """Turn a location (name, index, 'input' or depth fraction) into a candidate.
 
-        ``at`` may be a tensor name, a candidate index (int or digits), ``"input"``
-        (the model's float input) or a depth fraction with a decimal point such as
-        ``"0.5"`` (the candidate of nearest depth).
+        ``at`` may be a Candidate, a tensor name, a candidate index (int or digits),
+        ``"input"`` (the model's float input) or a depth fraction in [0, 1] with a
+        decimal point such as ``"0.5"`` or a float (the candidate of nearest depth,
+        the lower index on a tie). A model made from another (``locations_from``)
+        resolves in that model's terms, its aliases mapped.
 
         Raises:
-            TfueError: for an unknown name, an index out of range, a depth outside
-                [0, 1] or one that falls among tensors of unknown type.
+            TfueError: for an unknown name, a tensor that reaches no output or is not a
+                float tensor depending on the input, 'input' with no or several float
+                inputs, an index out of range, a depth outside [0, 1] or one that falls
+                among tensors of unknown type.
         """
         if self.locations_from is not None:
-            inner = {v: k for k, v in self.aliases.items()}
-            if isinstance(at, Candidate):
-                at = at.name
-            if isinstance(at, str) and at in inner:
-                at = inner[at]
-            cand = self.locations_from.resolve_location(at)
-            return dataclasses.replace(cand, name=self.aliases.get(cand.name, cand.name))
+            return self._resolve_in_source(at)
         cands = self.candidates
         if not cands:
             raise TfueError("the model has no float tensor that depends on its input",
@@ -502,29 +500,10 @@ class ModelInfo:
         if isinstance(at, str) and at in by_name:
             return by_name[at]
         if at == "input":
-            float_inputs = [c for c in cands if c.op == "input"]
-            if len(float_inputs) == 1:
-                return float_inputs[0]
-            if not float_inputs:
-                raise TfueError("the model has no float input to perturb at 'input'",
-                                "pick an intermediate tensor (see 'tfue inspect')")
-            raise TfueError("the model has several float inputs, so 'input' is ambiguous",
-                            "name one: " + ", ".join(repr(c.name) for c in float_inputs))
+            return _the_float_input(cands)
         if isinstance(at, (int, np.integer)) or (isinstance(at, str) and at.strip().isdigit()):
-            idx = int(at)
-            if 0 <= idx < len(cands):
-                return cands[idx]
-            raise TfueError(f"location index {idx} is out of range: the model has "
-                            f"{len(cands)} candidate locations (0..{len(cands) - 1})",
-                            "list them with 'tfue inspect MODEL'")
-        frac = None
-        if isinstance(at, float):
-            frac = at
-        elif isinstance(at, str):
-            try:
-                frac = float(at) if "." in at else None
-            except ValueError:
-                frac = None
+            return _at_index(cands, int(at))
+        frac = _depth_fraction(at)
         if frac is not None:
             if not 0.0 <= frac <= 1.0 or frac != frac:
                 raise TfueError(f"location depth {at} is outside [0, 1]",
@@ -532,20 +511,33 @@ class ModelInfo:
             best = min(cands, key=lambda c: (abs(c.depth - frac), c.index))
             self._check_depth_known(at, frac, best)
             return best
-        name = str(at)
+        raise self._not_a_candidate(str(at), by_name)
+
+    def _resolve_in_source(self, at) -> Candidate:
+        """Resolve ``at`` in ``locations_from`` (the user's model), through the aliases."""
+        inner = {v: k for k, v in self.aliases.items()}
+        if isinstance(at, Candidate):
+            at = at.name
+        if isinstance(at, str) and at in inner:
+            at = inner[at]
+        cand = self.locations_from.resolve_location(at)
+        return dataclasses.replace(cand, name=self.aliases.get(cand.name, cand.name))
+
+    def _not_a_candidate(self, name: str, by_name: dict) -> TfueError:
+        """The error for a name that is no candidate: why (dead, not float, unknown)."""
         if name in self.dynamic_tensors and name not in self.live_tensors:
-            raise TfueError(f"tensor '{name}' reaches no output of the model (it feeds only "
-                            "unused outputs, or only the shape of a tensor): perturbing it "
-                            "changes nothing",
-                            "pick a candidate listed by 'tfue inspect MODEL'")
+            return TfueError(f"tensor '{name}' reaches no output of the model (it feeds only "
+                             "unused outputs, or only the shape of a tensor): perturbing it "
+                             "changes nothing",
+                             "pick a candidate listed by 'tfue inspect MODEL'")
         if name in self.tensor_infos or any(name in n.output for n in self.graph.node):
-            raise TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
-                            "that depends on the model input",
-                            "pick a candidate listed by 'tfue inspect MODEL'")
+            return TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
+                             "that depends on the model input",
+                             "pick a candidate listed by 'tfue inspect MODEL'")
         near = closest(name, by_name)
-        raise TfueError(f"unknown tensor '{name}'",
-                        f"closest names: {near}" if near else
-                        "list the candidate locations with 'tfue inspect MODEL'")
+        return TfueError(f"unknown tensor '{name}'",
+                         f"closest names: {near}" if near else
+                         "list the candidate locations with 'tfue inspect MODEL'")
 
     def _check_depth_known(self, at, frac: float, best: Candidate) -> None:
         """Refuse a depth whose neighbourhood is made of tensors of unknown type: the
@@ -575,6 +567,41 @@ class ModelInfo:
             "dropouts": [dataclasses.asdict(d) for d in self.dropouts],
             "untyped_tensors": list(self.untyped_tensors),
         }
+
+
+def _the_float_input(cands: list) -> Candidate:
+    """The one float input among ``cands`` (location 'input'); TfueError when there is
+    none or several."""
+    float_inputs = [c for c in cands if c.op == "input"]
+    if len(float_inputs) == 1:
+        return float_inputs[0]
+    if not float_inputs:
+        raise TfueError("the model has no float input to perturb at 'input'",
+                        "pick an intermediate tensor (see 'tfue inspect')")
+    raise TfueError("the model has several float inputs, so 'input' is ambiguous",
+                    "name one: " + ", ".join(repr(c.name) for c in float_inputs))
+
+
+def _at_index(cands: list, idx: int) -> Candidate:
+    """Candidate ``idx``; TfueError when it is out of range."""
+    if 0 <= idx < len(cands):
+        return cands[idx]
+    raise TfueError(f"location index {idx} is out of range: the model has "
+                    f"{len(cands)} candidate locations (0..{len(cands) - 1})",
+                    "list them with 'tfue inspect MODEL'")
+
+
+def _depth_fraction(at) -> float | None:
+    """``at`` as a depth fraction (a float, or a string with a decimal point that parses
+    as one), else None."""
+    if isinstance(at, float):
+        return at
+    if isinstance(at, str) and "." in at:
+        try:
+            return float(at)
+        except ValueError:
+            return None
+    return None
 
 
 def inspect_model(path) -> ModelInfo:
