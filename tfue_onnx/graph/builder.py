@@ -392,15 +392,40 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
 
     Returns:
         The Isolation of ``info``; with ``members``, a list of them, ``info``'s first.
+        A model that needs nothing isolated and is already sorted is used as it is.
     """
-    model = info.model
-    prefix = prefix or _free_prefix("tfue_io/", model, *(m.model for m in members))
-    g = model.graph
+    prefix = prefix or _free_prefix("tfue_io/", info.model, *(m.model for m in members))
+    plan, temp, constant, repeated = _output_plan(info, prefix)
+    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
+    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
+        same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
+        return same if members else same[0]
+    result = []
+    for m, order in zip((info, *members), orders):
+        isolated = ModelInfo(_isolated_copy(m.model, order, plan, prefix), m.path)
+        isolated.output_names = dict(temp)
+        # Same tensors (plus the copies of outputs): no second shape inference.
+        infos = dict(m.tensor_infos)
+        for name, orig in temp.items():
+            if orig in infos:
+                infos[name] = dataclasses.replace(infos[orig], name=name)
+        isolated.__dict__["tensor_infos"] = infos
+        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix,
+                                list(repeated)))
+    return result if members else result[0]
+
+
+def _output_plan(info: ModelInfo, prefix: str):
+    """What becomes of each graph output of ``info``'s model, by position: ``"keep"``,
+    ``"isolate"`` (an input, initializer or tensor read inside: an Identity copies it)
+    or ``"drop"`` (listed again, or not depending on the input). Returns ``(plan, temp,
+    constant, repeated)`` as in :class:`Isolation`."""
+    g = info.model.graph
     fixed = {i.name for i in g.input} | {i.name for i in g.initializer}
     read = {r for n in g.node for r in node_inputs(n)}
     dynamic = info.dynamic_tensors
     seen, temp, constant, repeated = set(), {}, [], []
-    plan = []  # per output position: "keep", "isolate" or "drop"
+    plan = []
     for k, out in enumerate(g.output):
         if out.name in seen:  # listed again: the first listing stands for it
             plan.append("drop")
@@ -414,43 +439,34 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
         else:
             plan.append("keep")
         seen.add(out.name)
-    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
-    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
-        same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
-        return same if members else same[0]
-    result = []
-    for m, order in zip((info, *members), orders):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(m.model)
-        if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
-            nodes = [copy.graph.node[k] for k in order]
-            nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
-            del copy.graph.node[:]
-            copy.graph.node.extend(nodes)
-        outputs = []
-        for k, (out, how) in enumerate(zip(m.model.graph.output, plan)):
-            if how == "drop":
-                continue
-            vi = onnx.ValueInfoProto()
-            vi.CopyFrom(out)
-            if how == "isolate":
-                vi.name = f"{prefix}out{k}/{out.name}"
-                copy.graph.node.append(onnx.helper.make_node(
-                    "Identity", [out.name], [vi.name], name=f"{prefix}isolate{k}"))
-            outputs.append(vi)
-        del copy.graph.output[:]
-        copy.graph.output.extend(outputs)
-        isolated = ModelInfo(copy, m.path)
-        isolated.output_names = dict(temp)
-        # Same tensors (plus the copies of outputs): no second shape inference.
-        infos = dict(m.tensor_infos)
-        for name, orig in temp.items():
-            if orig in infos:
-                infos[name] = dataclasses.replace(infos[orig], name=name)
-        isolated.__dict__["tensor_infos"] = infos
-        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix,
-                                list(repeated)))
-    return result if members else result[0]
+    return plan, temp, constant, repeated
+
+
+def _isolated_copy(model: onnx.ModelProto, order: list, plan: list,
+                   prefix: str) -> onnx.ModelProto:
+    """A copy of ``model`` with its nodes in ``order`` and its outputs as ``plan`` says
+    (an Identity ``{prefix}isolate{k}`` before each isolated output)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
+        nodes = [copy.graph.node[k] for k in order]
+        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
+        del copy.graph.node[:]
+        copy.graph.node.extend(nodes)
+    outputs = []
+    for k, (out, how) in enumerate(zip(model.graph.output, plan)):
+        if how == "drop":
+            continue
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(out)
+        if how == "isolate":
+            vi.name = f"{prefix}out{k}/{out.name}"
+            copy.graph.node.append(onnx.helper.make_node(
+                "Identity", [out.name], [vi.name], name=f"{prefix}isolate{k}"))
+        outputs.append(vi)
+    del copy.graph.output[:]
+    copy.graph.output.extend(outputs)
+    return copy
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -536,6 +552,15 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
     if iso.constant:
         _add_constant_outputs(g, iso)
     _drop_dead_nodes(g)
+    outputs = _in_model_order(g, iso)
+    del g.output[:]
+    g.output.extend(outputs)
+    return model
+
+
+def _in_model_order(g: onnx.GraphProto, iso: Isolation) -> list:
+    """``g``'s outputs in the model's order (statistics right after their output), a
+    name the model lists twice listed twice again; fresh ValueInfoProtos."""
     order = {}  # each name at its first listing
     for k, o in enumerate(iso.original.model.graph.output):
         order.setdefault(o.name, k)
@@ -549,9 +574,7 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
         again = onnx.ValueInfoProto()
         again.CopyFrom(outputs[at])
         outputs.insert(at + 1, again)
-    del g.output[:]
-    g.output.extend(outputs)
-    return model
+    return outputs
 
 
 def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
