@@ -319,7 +319,10 @@ def data_files(model: onnx.ModelProto) -> set:
 
 def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     """Write ``model`` to ``path`` atomically; external weights are copied into
-    ``path + '.data'`` beside it (the original data files are only read).
+    ``path + '.data'`` beside it (the original data files are only read), each tensor
+    at a 64 KiB-aligned offset (onnx external data: ``location``, ``offset``,
+    ``length``, relative to the model's folder). Weights that were inline in the
+    model's own file (:func:`read_leaving_weights`) go inline again.
 
     Both files are written under temporary names and renamed into place only when
     complete, so a failure leaves neither half-written.
@@ -341,34 +344,56 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     tensors = external_tensors(model)
     if tensors and not writes_data_file(model):
         # Weights that were inline in the model's own file go inline again, as they came.
-        if os.path.realpath(path) in data_files(model):
-            raise TfueError(f"refusing to overwrite '{path}': the model reads its weights "
-                            "from it", "give another output path with -o")
+        _refuse_own_files(model, [path])
         _write_inline_again(model, path)
         return [path]
     if not tensors:
         atomic_write_bytes(path, model.SerializeToString())
         return [path]
     data_path = path + ".data"
+    _refuse_own_files(model, [path, data_path])
+    check_new_file(data_path, force)
+    _write_with_data(model, path, data_path)
+    return [path, data_path]
+
+
+def _refuse_own_files(model: onnx.ModelProto, targets: list) -> None:
+    """Refuse (TfueError) to write over a file ``model`` reads its weights from."""
     sources = data_files(model)
-    for target in (path, data_path):
+    for target in targets:
         if os.path.realpath(target) in sources:
             raise TfueError(f"refusing to overwrite '{target}': the model reads its weights "
                             "from it", "give another output path with -o")
-    check_new_file(data_path, force)
+
+
+def _write_temp(folder: str, suffix: str, write) -> str:
+    """A new file in ``folder`` filled by ``write(binary file)``, with the permissions
+    of an ordinary new file (mkstemp makes 0600); its path. Removed if writing fails."""
+    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            write(dst)
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return tmp
+
+
+def _write_with_data(model: onnx.ModelProto, path: str, data_path: str) -> None:
+    """Write ``model`` to ``path`` and its external weights into ``data_path``, both
+    under temporary names renamed into place when complete (the data first: a model
+    whose rename fails takes its new data file with it)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     folder = os.path.dirname(os.path.abspath(path))
     tmp_data = tmp_model = None
     try:
-        fd, tmp_data = tempfile.mkstemp(prefix=".tfue-", suffix=".data.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as dst:
-            _copy_regions(external_tensors(out), os.path.basename(data_path), dst)
-        os.chmod(tmp_data, 0o666 & ~_umask())
-        fd, tmp_model = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as dst:
-            dst.write(out.SerializeToString())
-        os.chmod(tmp_model, 0o666 & ~_umask())
+        tmp_data = _write_temp(folder, ".data.tmp", lambda dst: _copy_regions(
+            external_tensors(out), os.path.basename(data_path), dst))
+        tmp_model = _write_temp(folder, ".onnx.tmp",
+                                lambda dst: dst.write(out.SerializeToString()))
         os.replace(tmp_data, data_path)
         tmp_data = None
         try:
@@ -381,7 +406,6 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
         for tmp in (tmp_data, tmp_model):
             if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
-    return [path, data_path]
 
 
 def writes_data_file(model: onnx.ModelProto) -> bool:
@@ -405,6 +429,20 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
     """Write ``model`` to ``path`` (atomically) with the weights that
     :func:`read_leaving_weights` left in a model file back in their ``raw_data``,
     streamed from that file: no proto and no bytes object holds them all."""
+    pieces = _inline_pieces(model)
+    tmp = _write_temp(os.path.dirname(os.path.abspath(path)), ".onnx.tmp",
+                      lambda dst: _write_pieces(pieces, dst))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _inline_pieces(model: onnx.ModelProto) -> list:
+    """The serialised ``model`` with its left-in-file weights inline again, as pieces:
+    bytes, or ``(file, offset, length)`` regions to copy from the model file."""
     out = onnx.ModelProto()
     out.CopyFrom(model)  # cheap: the weights are not in it
     regions = {}
@@ -432,25 +470,19 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
             index += g_number == _INITIALIZER
         size = sum(len(p) if isinstance(p, bytes) else p[2] for p in graph)
         pieces += [_encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)] + graph
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for piece in pieces:
-                if isinstance(piece, bytes):
-                    dst.write(piece)
-                    continue
-                src, offset, length = piece
-                with open(src, "rb") as f:
-                    _copy_bytes(f, offset, length, dst, TfueError(
-                        f"model file '{src}' ended early",
-                        "the model changed on disk while tfue ran"))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    return pieces
+
+
+def _write_pieces(pieces: list, dst) -> None:
+    """Write ``pieces`` (see :func:`_inline_pieces`) into the open file ``dst``."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            dst.write(piece)
+            continue
+        src, offset, length = piece
+        with open(src, "rb") as f:
+            _copy_bytes(f, offset, length, dst, TfueError(
+                f"model file '{src}' ended early", "the model changed on disk while tfue ran"))
 
 
 def _copy_bytes(src, offset: int, length: int, dst, short: TfueError) -> None:
