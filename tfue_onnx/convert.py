@@ -15,7 +15,7 @@ import dataclasses
 import onnx
 
 from .errors import TfueError
-from .model import ModelInfo
+from .model import ModelInfo, rename_tensor
 
 MIN_OPSET = 10  # dynamic Slice (starts/ends/axes/steps as inputs)
 TARGET_OPSET = 13
@@ -118,7 +118,7 @@ def restore_names(original: onnx.ModelProto, converted: onnx.ModelProto) -> dict
         if not found:
             return renames
         for old, new in found.items():
-            _rename_tensor(g, old, new)
+            rename_tensor(g, old, new)
         renames.update(found)
 
 
@@ -147,22 +147,6 @@ def _match_producer(og, g, t, strange):
     twins = [n for n in g.node if reads and [i for i in n.input if i][:1] == reads[:1]
              and len(n.output) > k and n.output[k] in strange]
     return twins[0].output[k] if len(twins) == 1 else None
-
-
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename ``old`` to ``new`` in ``graph`` and in what its subgraphs read of it."""
-    for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                if old not in {i.name for i in sub.input} | {o for n in sub.node
-                                                              for o in n.output}:
-                    _rename_tensor(sub, old, new)
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if vi.name == old:
-            vi.name = new
 
 
 def _converter_message(exc, source: int, target: int) -> str:

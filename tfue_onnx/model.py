@@ -95,6 +95,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
 
 
 def _subgraphs(node: onnx.NodeProto) -> list:
+    """The GraphProtos of ``node``'s attributes (If branches, Loop and Scan bodies)."""
     graphs = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -102,6 +103,26 @@ def _subgraphs(node: onnx.NodeProto) -> list:
         elif attr.type == onnx.AttributeProto.GRAPHS:
             graphs.extend(attr.graphs)
     return graphs
+
+
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` in ``graph``, in place: node inputs and outputs,
+    graph inputs, outputs, value_info and initializers, and the subgraphs that read it
+    from this scope (those that do not define a tensor of that name themselves)."""
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+        for sub in _subgraphs(n):
+            local = {i.name for i in sub.input} | {i.name for i in sub.initializer} | \
+                {o for sn in sub.node for o in sn.output}
+            if old not in local:
+                rename_tensor(sub, old, new)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
 
 
 def subgraph_reads(node: onnx.NodeProto) -> list[str]:

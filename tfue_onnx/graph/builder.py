@@ -18,7 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
-from ..model import FLOAT_TYPES, ModelInfo, node_inputs, topological_order, toposorted
+from ..model import (FLOAT_TYPES, ModelInfo, node_inputs, rename_tensor, topological_order,
+                     toposorted)
 
 # graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
 # library code never prints, and problems tfue cares about become TfueErrors.
@@ -469,27 +470,6 @@ def _isolated_copy(model: onnx.ModelProto, order: list, plan: list,
     return copy
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename tensor ``old`` to ``new`` in ``graph`` and the subgraphs that read it."""
-    for n in graph.node:
-        n.input[:] = [new if i == old else i for i in n.input]
-        n.output[:] = [new if o == old else o for o in n.output]
-        for attr in n.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-            for sub in subs:
-                local = {i.name for i in sub.input} | {i.name for i in sub.initializer} | \
-                    {o for sn in sub.node for o in sn.output}
-                if old not in local:
-                    _rename(sub, old, new)
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if vi.name == old:
-            vi.name = new
-    for init in graph.initializer:
-        if init.name == old:
-            init.name = new
-
-
 def _names_in(graph: onnx.GraphProto) -> set:
     names = {i.name for i in list(graph.input) + list(graph.initializer)}
     for n in graph.node:
@@ -537,7 +517,7 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
                     elif orig in done:
                         source = existing.get(orig + key, out)
                     else:  # statistics of a returned input: named as the model's
-                        _rename(g, temp + key, orig + key)
+                        rename_tensor(g, temp + key, orig + key)
                         break
                     vi = onnx.ValueInfoProto()
                     vi.CopyFrom(source)
@@ -545,9 +525,9 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
                     g.output[i].CopyFrom(vi)
         else:
             if orig in _names_in(g):
-                _rename(g, orig, f"{iso.prefix}inner/{orig}")
+                rename_tensor(g, orig, f"{iso.prefix}inner/{orig}")
             for key in keys:
-                _rename(g, temp + key, orig + key)
+                rename_tensor(g, temp + key, orig + key)
         done.add(orig)
     if iso.constant:
         _add_constant_outputs(g, iso)
@@ -598,7 +578,7 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
     taken = _names_in(g)
     for name in iso.constant:
         if name in taken:
-            _rename(g, name, f"{iso.prefix}inner/{name}")
+            rename_tensor(g, name, f"{iso.prefix}inner/{name}")
 
     def new(name):
         return name if (not name or name in inputs) else copied + name
