@@ -33,13 +33,19 @@ _ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16",
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """A named tensor with its element type and (possibly symbolic) shape."""
+    """A named tensor with its element type and (possibly symbolic) shape.
+
+    ``dtype`` is a numpy-style name ("float32", "int64", "bfloat16", ...); ``shape``
+    holds ints for fixed sizes and strings for symbolic ones ("?" unknown), or is None
+    when the rank is unknown.
+    """
 
     name: str
     dtype: str
     shape: tuple | None  # ints for fixed dims, strings for symbolic, None for unknown rank
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: name, dtype, shape as a list (or None)."""
         return {"name": self.name, "dtype": self.dtype,
                 "shape": None if self.shape is None else list(self.shape)}
 
@@ -47,7 +53,14 @@ class TensorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A tensor where a gray-box perturbation may be injected."""
+    """A tensor where a gray-box perturbation may be injected (Mi et al., "Training-Free
+    Uncertainty Estimation": infer-noise and infer-dropout act on an intermediate
+    tensor): a float tensor that depends on the input and reaches an output.
+
+    ``index`` is its position in :attr:`ModelInfo.candidates`; ``shape`` as in
+    :class:`TensorInfo`; ``depth`` in [0, 1] its position among the nodes that depend
+    on the input (inputs 0).
+    """
 
     index: int
     name: str
@@ -58,6 +71,7 @@ class Candidate:
     is_output: bool
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: every field, the shape as a list (or None)."""
         d = dataclasses.asdict(self)
         d["shape"] = None if self.shape is None else list(self.shape)
         return d
@@ -65,7 +79,9 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class DropoutInfo:
-    """An existing Dropout node of the model."""
+    """An existing Dropout node of the model (MC-dropout switches it on): its name (or
+    ``Dropout_K`` by position when unnamed), data input, first output and ratio in
+    [0, 1) (None when computed)."""
 
     name: str
     input: str
@@ -74,6 +90,7 @@ class DropoutInfo:
 
 
 def _elem_name(elem_type: int) -> str:
+    """The dtype name of an ONNX element type (TensorProto.DataType)."""
     if elem_type in FLOAT_TYPES:
         return FLOAT_TYPES[elem_type]
     try:
@@ -83,6 +100,7 @@ def _elem_name(elem_type: int) -> str:
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    """``vi`` as a TensorInfo (inference's "unk__N" sizes shown as "?")."""
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         shape = None
@@ -163,6 +181,15 @@ def toposorted(nodes) -> list:
     makes stay, in their given order, after the rest."""
     nodes = list(nodes)
     return [nodes[k] for k in topological_order(nodes)]
+
+
+def reorder_nodes(graph: onnx.GraphProto, order: list) -> None:
+    """Put ``graph``'s nodes in ``order`` (positions, e.g. :func:`topological_order`),
+    in place; a node reading a tensor made later confuses shape inference and
+    graphsurgeon alike."""
+    nodes = [onnx.NodeProto.FromString(graph.node[k].SerializeToString()) for k in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def topological_order(nodes) -> list[int]:
@@ -279,7 +306,12 @@ def load_model(path) -> onnx.ModelProto:
 
 
 class ModelInfo:
-    """What tfue needs to know about a model: signature, candidates, Dropout nodes."""
+    """What tfue needs to know about a model: signature, candidates, Dropout nodes.
+
+    Properties are computed once, on first use (shape inference runs on a sorted
+    copy; the model is never changed). :meth:`resolve_location` turns ``--at`` into a
+    :class:`Candidate`.
+    """
 
     def __init__(self, model: onnx.ModelProto, path: str | None = None,
                  locations_from: "ModelInfo | None" = None, aliases: dict | None = None):
@@ -306,6 +338,7 @@ class ModelInfo:
     # --- signature -------------------------------------------------------------
     @cached_property
     def initializer_names(self) -> set:
+        """Names of the graph's initializers (weights)."""
         return {i.name for i in self.graph.initializer}
 
     @cached_property
@@ -315,10 +348,12 @@ class ModelInfo:
 
     @cached_property
     def outputs(self) -> list[TensorInfo]:
+        """The graph outputs, in order (a name listed twice is listed twice)."""
         return [_value_info(o) for o in self.graph.output]
 
     @cached_property
     def opset(self) -> int:
+        """The default ONNX domain's opset (1 when the model imports none)."""
         for imp in self.model.opset_import:
             if imp.domain in ("", "ai.onnx"):
                 return imp.version
@@ -326,6 +361,7 @@ class ModelInfo:
 
     @property
     def ir_version(self) -> int:
+        """The model's IR version."""
         return self.model.ir_version
 
     @cached_property
@@ -338,10 +374,7 @@ class ModelInfo:
         if order != sorted(order):
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
-            nodes = [onnx.NodeProto.FromString(self.model.graph.node[k].SerializeToString())
-                     for k in order]
-            del model.graph.node[:]
-            model.graph.node.extend(nodes)
+            reorder_nodes(model.graph, order)
         try:
             return onnx.shape_inference.infer_shapes(model)
         except Exception:  # custom ops or broken models: work with what we have
@@ -416,13 +449,15 @@ class ModelInfo:
 
     @cached_property
     def _dynamic_nodes(self) -> list:
+        """Sorted nodes that read the input (not shape ops): what depths count."""
         dynamic = self.dynamic_tensors
         return [n for n in self.nodes
                 if n.op_type not in _SHAPE_OPS and any(i in dynamic for i in node_inputs(n))]
 
     @cached_property
     def depths(self) -> dict[str, float]:
-        """Depth in [0, 1] of every tensor that depends on the input (inputs 0)."""
+        """Depth in [0, 1] (4 decimals) of every tensor that depends on the input: its
+        producer's position among the nodes that read the input (inputs 0)."""
         nodes = self._dynamic_nodes
         span = max(len(nodes) - 1, 1)
         depths = {i.name: 0.0 for i in self.inputs}
@@ -464,7 +499,8 @@ class ModelInfo:
 
     @cached_property
     def dropouts(self) -> list[DropoutInfo]:
-        """Existing Dropout nodes, with their ratio where it is a constant."""
+        """Existing Dropout nodes, with their ratio where it is a constant (0.5, ONNX's
+        default, when neither attribute nor input gives one; None when computed)."""
         # Only the ratio inputs are read: the other weights may be gigabytes on disk.
         wanted = {n.input[1] for n in self.graph.node
                   if n.op_type == "Dropout" and len(n.input) > 1 and n.input[1]}
@@ -576,7 +612,9 @@ class ModelInfo:
 
     # --- summary -----------------------------------------------------------------
     def describe(self) -> dict:
-        """Everything ``tfue inspect`` shows, as plain data."""
+        """Everything ``tfue inspect`` shows, as plain data (JSON-ready): path, IR
+        version, opset, producer, inputs, outputs, candidates, Dropout nodes, untyped
+        tensors."""
         return {
             "path": self.path,
             "ir_version": self.ir_version,
@@ -626,5 +664,10 @@ def _depth_fraction(at) -> float | None:
 
 
 def inspect_model(path) -> ModelInfo:
-    """Load the model at ``path`` and return its :class:`ModelInfo`."""
+    """Load the model at ``path`` (external data left on disk, see :func:`load_model`)
+    and return its :class:`ModelInfo`.
+
+    Raises:
+        TfueError: as :func:`load_model` (missing file, not ONNX).
+    """
     return ModelInfo(load_model(path), os.fspath(path))

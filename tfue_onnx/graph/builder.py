@@ -18,8 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
-from ..model import (FLOAT_TYPES, ModelInfo, node_inputs, rename_tensor, topological_order,
-                     toposorted)
+from ..model import (FLOAT_TYPES, ModelInfo, node_inputs, rename_tensor, reorder_nodes,
+                     topological_order, toposorted)
 
 # graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
 # library code never prints, and problems tfue cares about become TfueErrors.
@@ -484,10 +484,7 @@ def _isolated_copy(model: onnx.ModelProto, order: list, plan: list,
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
-        nodes = [copy.graph.node[k] for k in order]
-        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
-        del copy.graph.node[:]
-        copy.graph.node.extend(nodes)
+        reorder_nodes(copy.graph, order)
     outputs = []
     for k, (out, how) in enumerate(zip(model.graph.output, plan)):
         if how == "drop":
