@@ -43,6 +43,8 @@ _MODEL_FILES: set = set()
 
 
 def _graph_tensors(graph: onnx.GraphProto):
+    """Every TensorProto of ``graph``: initializers, sparse ones' parts, attributes,
+    subgraphs' (recursively)."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -59,7 +61,8 @@ def _graph_tensors(graph: onnx.GraphProto):
 
 
 def external_tensors(model: onnx.ModelProto) -> list:
-    """Every TensorProto of ``model`` (subgraphs too) whose data lives in a file."""
+    """Every TensorProto of ``model`` (subgraphs too) whose data lives in a file
+    (``data_location`` EXTERNAL, onnx external data), in graph order."""
     return [t for t in _graph_tensors(model.graph)
             if t.data_location == onnx.TensorProto.EXTERNAL]
 
@@ -71,10 +74,12 @@ def has_external_data(model: onnx.ModelProto) -> bool:
 
 
 def _entries(tensor: onnx.TensorProto) -> dict:
+    """``tensor``'s external_data entries (location, offset, length, ...) as a dict."""
     return {e.key: e.value for e in tensor.external_data}
 
 
 def _set_entries(tensor: onnx.TensorProto, entries: dict) -> None:
+    """Replace ``tensor``'s external_data entries by ``entries`` (values as strings)."""
     del tensor.external_data[:]
     for key, value in entries.items():
         e = tensor.external_data.add()
@@ -82,7 +87,9 @@ def _set_entries(tensor: onnx.TensorProto, entries: dict) -> None:
 
 
 def region(tensor: onnx.TensorProto) -> tuple:
-    """``(path, offset, length)`` of an external tensor's bytes (path as stored)."""
+    """``(path, offset, length)`` of an external tensor's bytes (path as stored; offset
+    and length in bytes, per onnx's external data entries). Without a ``length`` entry:
+    to the end of the file, or -1 when there is no such file."""
     info = _entries(tensor)
     path = info.get("location", "")
     offset = int(info.get("offset", 0) or 0)
@@ -138,6 +145,7 @@ def anchor(model: onnx.ModelProto, base_dir: str, model_path: str) -> onnx.Model
 
 
 def _varint(buf, pos: int) -> tuple:
+    """The protobuf varint at ``buf[pos]``: ``(value, position after it)``."""
     shift = value = 0
     while True:
         byte = buf[pos]
@@ -149,6 +157,7 @@ def _varint(buf, pos: int) -> tuple:
 
 
 def _encode_varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf varint."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -186,8 +195,14 @@ def _fields(buf, start: int, end: int):
         raise ValueError("truncated message")
 
 
+def _key_length(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field ``number`` of ``size`` bytes."""
+    return _encode_varint(number << 3 | 2) + _encode_varint(size)
+
+
 def _delimited(number: int, payload) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + bytes(payload)
+    """Length-delimited field ``number`` holding ``payload``, encoded."""
+    return _key_length(number, len(payload)) + bytes(payload)
 
 
 # Field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
@@ -313,7 +328,8 @@ def session_source(model: onnx.ModelProto):
 
 
 def data_files(model: onnx.ModelProto) -> set:
-    """Real paths of the files holding ``model``'s external data."""
+    """Real paths of the files holding ``model``'s external data (empty set when it has
+    none)."""
     return {os.path.realpath(_entries(t).get("location", "")) for t in external_tensors(model)}
 
 
@@ -461,15 +477,14 @@ def _inline_pieces(model: onnx.ModelProto) -> list:
         for g_number, g_first, g_start, g_end in _fields(small, start, end):
             if g_number == _INITIALIZER and g_start is not None and index in regions:
                 src, offset, length = regions[index]
-                body = small[g_start:g_end] + _encode_varint(_RAW_DATA << 3 | 2) + \
-                    _encode_varint(length)
-                graph += [_encode_varint(_INITIALIZER << 3 | 2)
-                          + _encode_varint(len(body) + length) + body, (src, offset, length)]
+                body = small[g_start:g_end] + _key_length(_RAW_DATA, length)
+                graph += [_key_length(_INITIALIZER, len(body) + length) + body,
+                          (src, offset, length)]
             else:
                 graph.append(small[g_first:g_end])
             index += g_number == _INITIALIZER
         size = sum(len(p) if isinstance(p, bytes) else p[2] for p in graph)
-        pieces += [_encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)] + graph
+        pieces += [_key_length(_GRAPH, size)] + graph
     return pieces
 
 
@@ -532,6 +547,7 @@ def _copy_regions(tensors, location: str, dst) -> None:
 
 
 def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
