@@ -157,7 +157,9 @@ def _graybox_parts(iso, spec, strategy, samples, seed, keep_samples, classes,
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:
     """The model with a softmax over the class axis appended to each output in
-    ``outputs`` (name -> axis), for models that output logits. Names stay."""
+    ``outputs`` (name -> axis), for models that output logits. Names stay: each such
+    output becomes probabilities (same shape and dtype) under its own name; an output
+    that is a graph input or a constant is left as it is."""
     return _append_softmax(info, outputs)[0]
 
 
@@ -178,6 +180,8 @@ def with_softmax(info: ModelInfo, outputs: dict) -> ModelInfo:
 
 
 def _append_softmax(info: ModelInfo, outputs: dict):
+    """``(model, aliases)``: the softmaxed model (plain ops: Softmax before opset 13
+    flattens the trailing axes) and user output name -> the logits' new name."""
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix + "softmax/", info.opset)

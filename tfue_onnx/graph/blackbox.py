@@ -35,7 +35,14 @@ from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
 
 
 def spatial_axes(info: ModelInfo, layout: str):
-    """The input's spatial axes (h, w) and their sizes."""
+    """The input's spatial axes (h, w) and their sizes (ints, or strings when symbolic).
+
+    ``layout`` ("auto", "NCHW", "NHWC") decides a 4-D input (io.image_layout); a 3-D
+    input is [N, H, W].
+
+    Raises:
+        TfueError: the model has not exactly one input, or it is not of rank 3 or 4.
+    """
     if len(info.inputs) != 1:
         raise TfueError(f"infer-transformation needs a model with one image input; this one has "
                         f"{len(info.inputs)}", "use a gray-box method (noise, dropout)")
@@ -309,6 +316,7 @@ def member_names(main: ModelInfo, other: ModelInfo) -> dict:
 
 
 def _as_info(m, k: int) -> ModelInfo:
+    """Member ``k`` (a path, ModelProto or ModelInfo) as a ModelInfo; TfueError else."""
     if isinstance(m, ModelInfo):
         return m
     if isinstance(m, (str, bytes)) or hasattr(m, "__fspath__"):
@@ -385,7 +393,8 @@ def member_infos(info: ModelInfo, members) -> list:
 
 
 def member_notes(info: ModelInfo, others: list) -> list:
-    """One line per member whose names differ from member 0's (matched by position)."""
+    """One line per member of ``others`` whose tensor names differ from member 0's
+    (``info``; matched by position), naming each renamed input and output."""
     notes = []
     for k, m in enumerate(others, start=1):
         names = member_names(info, m)
@@ -398,10 +407,25 @@ def member_notes(info: ModelInfo, others: list) -> list:
 
 
 def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
-    """One graph holding every member; the samples are the members' outputs.
+    """One graph holding every member; the samples are the members' outputs (deep
+    ensembles, Lakshminarayanan et al.; member 0, ``info``, gives the unperturbed
+    output).
 
     Members whose inputs and outputs are named differently are wired by position
-    (see :func:`member_infos`).
+    (see :func:`member_infos`); older opsets are converted up to the newest member's
+    (onnx.version_converter, :func:`at_opset`).
+
+    Args:
+        info: member 0.
+        spec: a perturb.Ensemble (its ``members``: the other models).
+        keep_samples: also return ``y.samples`` ``[members, *shape]``.
+        classes: outputs holding class probabilities -> class axis.
+
+    Returns:
+        (ModelProto, the members' labels, member 0's first).
+
+    Raises:
+        TfueError: a member cannot be read, does not match, or cannot be converted.
     """
     others = member_infos(info, spec.members)
     opset = ensemble_opset(info, others)

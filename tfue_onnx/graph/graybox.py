@@ -55,6 +55,12 @@ from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, a
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0.
 
+    Noise ``t + sigma * eps`` and dropout ``t * keep / (1 - rate)`` (Mi et al.,
+    "Training-Free Uncertainty Estimation": infer-noise, infer-dropout; MC-dropout,
+    Gal & Ghahramani, switches on existing Dropout nodes the same way). Collects the
+    inputs it adds: ``level_inputs`` (scalar levels and their defaults) and, with
+    ``sampling="fed"``, ``bank_inputs`` (a :class:`Draw` each).
+
     With ``sampling="fed"``, ``read_bank(bank, like, dtype)`` turns a bank input into the
     draws for tensor ``like`` (the strategy decides how: all rows, or one row per
     Loop iteration).
@@ -62,6 +68,8 @@ class _Perturber:
 
     def __init__(self, b: Builder, seed: int, slot_mask=None, sampling: str = "graph",
                  read_bank=None, one_slot=None):
+        """Add to ``b``'s graph; Random* seeds derive from ``seed``. Raises TfueError for
+        an unknown ``sampling``."""
         if sampling not in SAMPLING:
             raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
         self.b = b
@@ -76,6 +84,7 @@ class _Perturber:
         self._random = 0
 
     def _level(self, hint: str, value: float, dtype) -> gs.Variable:
+        """A scalar level input of ``dtype`` (sigma or rate), ``value`` its default."""
         var = gs.Variable(self.b.name(hint), dtype=dtype, shape=[])
         self.level_inputs.append((var, np.asarray(value, dtype=dtype)))
         return var
@@ -138,7 +147,9 @@ class _Perturber:
         return _per_item_scaled(b, delta, t1, dtype)
 
     def dropped(self, t, dtype, rate_var, location: str):
-        """t * keep / (1 - rate), keep ~ Bernoulli(1 - rate), built from plain ops."""
+        """t * keep / (1 - rate), keep ~ Bernoulli(1 - rate), built from plain ops
+        (onnxruntime may remove a Dropout node): shaped like ``t``, of ``dtype``;
+        ``rate_var`` a scalar level input in [0, 1). Mi et al., infer-dropout."""
         b = self.b
         u = self._random_like(t, "uniform", dtype, location)
         # keep = not (u < rate): at rate 0 nothing is dropped, whatever u is.
@@ -155,7 +166,13 @@ class _Perturber:
               item_axis: int | None = None) -> gs.Variable:
         """Perturb ``t`` (the graph's copy of the model's tensor ``location``, of
         ``rank`` when known, its batch on ``item_axis`` when known); rewire its
-        consumers (or fill ``out``) with the result."""
+        consumers (or fill ``out``) with the result.
+
+        ``kind`` is "noise" (``level_var`` sigma; ``relative``: in units of the
+        item's standard deviation) or "dropout" (``level_var`` the rate). Returns the
+        perturbed tensor, shaped like ``t``, of ``dtype``; slot 0 unperturbed when
+        the perturber has a slot mask.
+        """
         b = self.b
         location = location or t.name
         consumers_before = {id(n) for n in t.outputs}
@@ -241,6 +258,9 @@ def symbolic_batch_axis(info: ModelInfo, name: str) -> int | None:
 
 
 def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Perturber):
+    """Replace the chosen Dropout nodes (all by default) by sampled dropout (MC-dropout);
+    their names. TfueError: no Dropout node, an unknown name, a computed ratio without
+    ``--rate``, or a node whose mask output is in use."""
     known = {d.name: d for d in info.dropouts}
     if not known:
         raise TfueError("the model has no Dropout node, so MC-dropout has nothing to switch on",
@@ -276,7 +296,25 @@ def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Pert
 
 def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
             sampling: str = "fed"):
-    """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed."""
+    """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed.
+
+    Args:
+        info: the model (opset >= MIN_OPSET, every input with a free batch axis 0).
+        spec: a perturb.Noise, Dropout or MCDropout.
+        samples: the default number of samples n (an input of the graph).
+        seed: seeds the draws (fed banks, or Random* seeds).
+        keep_samples: also return ``y.samples`` ``[n, *shape]``.
+        classes: outputs holding class probabilities -> class axis.
+        sampling: "fed" or "graph" (see the module docstring).
+
+    Returns:
+        ``(model, perturber, samples input name, locations)``; the model returns ``y``
+        (slot 0), ``y.mean`` and ``y.variance`` (squared units of ``y``) per float output.
+
+    Raises:
+        StrategyUnavailable: opset too old, an input with no free batch axis, a scalar
+            location. TfueError: an unknown location or Dropout node.
+    """
     return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False,
                   sampling=sampling)
 
@@ -284,12 +322,18 @@ def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, 
 def shared_prefix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool,
                   classes: dict, sampling: str = "fed"):
     """Compute everything upstream of the location once; tile only the tensors that
-    cross into the rest of the graph (the location and any skip connection)."""
+    cross into the rest of the graph (the location and any skip connection).
+
+    Args, returns and errors as :func:`batched`; also StrategyUnavailable when nothing
+    is downstream of the location, an output does not depend on it, or it reads the
+    model input directly (nothing to share).
+    """
     return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True,
                   sampling=sampling)
 
 
 def _location_tensors(info: ModelInfo, spec) -> list:
+    """Names of the tensors ``spec`` perturbs (the chosen Dropout nodes' inputs)."""
     if isinstance(spec, MCDropout):
         chosen = set(spec.nodes) or {d.name for d in info.dropouts}
         return [d.input for d in info.dropouts if d.name in chosen]
@@ -451,6 +495,7 @@ class _Slots:
     """
 
     def __init__(self, b: Builder, samples: gs.Variable, n1, split: bool):
+        """Slots of ``b``'s graph: ``samples`` the input n, ``n1`` the slot count."""
         self.b, self.samples, self.n1, self.split = b, samples, n1, split
 
     def mask(self, delta, like, dtype):
