@@ -615,7 +615,7 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
     def new(name):
         return name if (not name or name in inputs) else copied + name
 
-    for name in seen:
+    for name in sorted(seen):  # a set: sorted, so an export is the same file every run
         if name in inits:
             t = onnx.TensorProto()
             t.CopyFrom(inits[name])
