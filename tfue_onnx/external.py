@@ -391,10 +391,15 @@ def _write_temp(folder: str, suffix: str, write) -> str:
             write(dst)
         os.chmod(tmp, 0o666 & ~_umask())
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _discard(tmp)
         raise
     return tmp
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove the temporary file ``tmp`` if there is one (after a failed write)."""
+    if tmp is not None and os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _write_with_data(model: onnx.ModelProto, path: str, data_path: str) -> None:
@@ -420,8 +425,7 @@ def _write_with_data(model: onnx.ModelProto, path: str, data_path: str) -> None:
         tmp_model = None
     finally:
         for tmp in (tmp_data, tmp_model):
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
+            _discard(tmp)
 
 
 def writes_data_file(model: onnx.ModelProto) -> bool:
@@ -451,8 +455,7 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
     try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _discard(tmp)
         raise
 
 

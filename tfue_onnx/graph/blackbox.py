@@ -31,7 +31,7 @@ from ..io import image_layout
 from ..model import ModelInfo, load_model
 from ..transforms import ELEMENTS, usable_sets
 from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
-                      finish, prefix_for, stacked_name, stats_outputs)
+                      finish, prefix_for, rewire, stacked_name, stats_outputs)
 
 
 def spatial_axes(info: ModelInfo, layout: str):
@@ -151,10 +151,7 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
     outputs = list(graph.outputs)
     x_first, firsts, samples = _transformed_copies(graph, info, b, groups, x, axes, rank,
                                                    out_axes)
-    for node in consumers:
-        for i, t in enumerate(node.inputs):
-            if t is x:
-                node.inputs[i] = x_first
+    rewire(consumers, x, x_first)
     # Graph outputs: the unperturbed output under its own name, and the stacks.
     for o in outputs:
         o.name = b.name("copy0_out")

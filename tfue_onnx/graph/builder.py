@@ -663,18 +663,23 @@ def replace_tensor(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip=())
 
     ``skip`` holds ids of nodes that keep reading ``old``.
     """
-    for node in list(old.outputs):  # snapshot: rewiring edits old.outputs
-        if id(node) in skip:
-            continue
-        for i, t in enumerate(node.inputs):
-            if t is old:
-                node.inputs[i] = new
+    # A snapshot: rewiring edits old.outputs.
+    rewire([n for n in old.outputs if id(n) not in skip], old, new)
     for i, t in enumerate(graph.outputs):
         if t is old:
             # Keep the graph output's name: the inner tensor takes a new one.
             new_name, old.name = old.name, new.name
             new.name = new_name
             graph.outputs[i] = new
+
+
+def rewire(nodes, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make each of ``nodes`` read ``new`` wherever it reads ``old`` (in place; pass a
+    list, not ``old.outputs`` itself, which the rewiring edits)."""
+    for node in nodes:
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
 
 
 def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix=None):

@@ -50,7 +50,7 @@ from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
                       finish, float_dtype, keep_versions, output_names, prefix_for,
-                      prefixed_node, replace_tensor, stacked_name, stats_outputs)
+                      prefixed_node, replace_tensor, rewire, stacked_name, stats_outputs)
 
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0.
@@ -593,10 +593,7 @@ def _tile_crossing(graph: gs.Graph, info: ModelInfo, spec, b: Builder, n1, cross
                                         dtype=np.bool_), n1, b.ints("one", [1])],
                          dtype=np.int64)
         x_t = _tile_slots(b, t, slots)
-        for node in consumers:
-            for i, inp in enumerate(node.inputs):
-                if inp is t:
-                    node.inputs[i] = x_t
+        rewire(consumers, t, x_t)
         tiled[t.name] = x_t
     return tiled
 
