@@ -451,16 +451,21 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
                                  out=gs.Variable(stacked_name(prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
     graph.outputs = final
-    model = finish(graph, base)
-    # Members may use op domains (e.g. com.microsoft) that member 0 does not import.
+    model = _with_member_domains(finish(graph, base), others)
+    model = attach_stats(model, info, prefix, keep_samples, classes)
+    return model, member_labels(info, others)
+
+
+def _with_member_domains(model: onnx.ModelProto, others) -> onnx.ModelProto:
+    """``model`` importing the op domains (e.g. com.microsoft) that members use and
+    member 0 does not, in place."""
     domains = {imp.domain for imp in model.opset_import}
     for m in others:
         for imp in m.model.opset_import:
             if imp.domain not in domains:
                 model.opset_import.append(imp)
                 domains.add(imp.domain)
-    model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, member_labels(info, others)
+    return model
 
 
 def member_labels(info: ModelInfo, others) -> list:
