@@ -273,8 +273,14 @@ def read_leaving_weights(path: str) -> onnx.ModelProto | None:
 
 
 def read_tensor(tensor: onnx.TensorProto):
-    """The numpy value of ``tensor``, reading only its own bytes when it is external
-    (locations as anchored by :func:`anchor`, or relative to the working folder)."""
+    """The numpy value of ``tensor`` (its shape and dtype), reading only its own bytes
+    when it is external (locations as anchored by :func:`anchor`, or relative to the
+    working folder).
+
+    Raises:
+        TfueError: its data file ends before the tensor's last byte. OSError: the file
+            cannot be opened.
+    """
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return onnx.numpy_helper.to_array(tensor)
     inline = onnx.TensorProto()
@@ -300,7 +306,8 @@ def _load_into(tensor: onnx.TensorProto) -> None:
 
 def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every external tensor's data read into it (for an
-    onnxruntime that cannot be told where the weights are; costs their memory)."""
+    onnxruntime that cannot be told where the weights are; costs their memory).
+    TfueError when a data file ends early (see :func:`read_tensor`)."""
     full = onnx.ModelProto()
     full.CopyFrom(model)
     for t in external_tensors(full):

@@ -410,6 +410,10 @@ def looped_suffix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: 
     input, and samples in chunks of any size (1 included) without re-running the
     prefix. Returns ``(model, perturber, samples input, locations, cut)``, ``cut``
     the names of the computed tensors that cross (the prefix's outputs).
+
+    Raises:
+        StrategyUnavailable: ``sampling`` is not "fed" (two graphs cannot be one export
+            file), or as :func:`shared_prefix`.
     """
     if sampling != "fed":
         raise StrategyUnavailable("it runs as two graphs (prefix, then suffix per chunk); a "
