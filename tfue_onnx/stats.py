@@ -25,8 +25,13 @@ class RunningStats:
         self._m2 = None
 
     def add_chunk(self, count: int, mean, variance) -> None:
-        """Merge a chunk of ``count`` samples with the given mean and (population)
-        variance, arrays of the samples' shape; a chunk of ``count`` <= 0 is ignored."""
+        """Merge a chunk of samples (Chan et al.'s pairwise update, float64).
+
+        Args:
+            count: how many samples the chunk holds; <= 0: the chunk is ignored.
+            mean: their mean, an array of the samples' shape.
+            variance: their population variance (ddof=0), same shape.
+        """
         if count <= 0:
             return
         mean = np.asarray(mean, dtype=np.float64)

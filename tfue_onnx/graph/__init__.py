@@ -52,25 +52,34 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
           sampling: str = "fed", axes=None) -> UncertaintyGraph:
     """Build the uncertainty graph of ``info``'s model for ``spec`` with ``strategy``.
 
-    ``spec`` is a perturb.Noise / Dropout / MCDropout (gray box: Mi et al.,
-    "Training-Free Uncertainty Estimation", infer-noise and infer-dropout; MC-dropout,
-    Gal & Ghahramani), a Transform (infer-transformation) or an Ensemble (deep
-    ensembles). ``samples`` (int >= 1) is the default number of gray-box samples;
-    transforms and ensembles have one per transform or member. ``classes`` maps
-    outputs holding class probabilities to their class axis; they also get
-    ``.mean_entropy``. ``sampling`` says where gray-box draws come from: ``fed``
-    (graph inputs the runner fills from the seed and the sample index, see
-    ``UncertaintyGraph.feeds``: reproducible across chunks, strategies and inputs) or
-    ``graph`` (seeded RandomNormalLike / RandomUniformLike, for a standalone export).
-    ``axes`` (an axes.SpatialAxes of the model's own outputs) says on which output
-    axes transforms are undone (None: probed on a synthetic input).
+    Args:
+        info: the model (never changed).
+        spec: a perturb.Noise / Dropout / MCDropout (gray box: Mi et al., "Training-Free
+            Uncertainty Estimation", infer-noise and infer-dropout; MC-dropout, Gal &
+            Ghahramani), a Transform (infer-transformation) or an Ensemble.
+        strategy: one of STRATEGIES.
+        samples: the default number of gray-box samples (int >= 1); transforms and
+            ensembles have one per transform or member.
+        seed: seeds the gray-box draws.
+        keep_samples: also return ``y.samples`` ``[n, *shape]``.
+        classes: outputs holding class probabilities -> class axis; they also get
+            ``y.mean_entropy`` (nats).
+        sampling: where gray-box draws come from: ``fed`` (graph inputs the runner
+            fills from the seed and the sample index, see ``UncertaintyGraph.feeds``:
+            reproducible across chunks, strategies and inputs) or ``graph`` (seeded
+            RandomNormalLike / RandomUniformLike, for a standalone export).
+        axes: an axes.SpatialAxes of the model's own outputs: where transforms are
+            undone (None: probed on a synthetic input).
 
-    Returns the UncertaintyGraph: its model has the model's inputs (plus levels,
-    banks and the sample count for gray box) and, per float output ``y``, ``y``,
-    ``y.mean`` and ``y.variance`` (squared output units), ``y.samples`` when
-    ``keep_samples``. Raises StrategyUnavailable when the strategy cannot apply to
-    this model, and TfueError for bad arguments (unknown strategy or sampling, an
-    output already named ``y.mean`` and the like, an unknown location).
+    Returns:
+        The UncertaintyGraph: its model has the model's inputs (plus levels, banks and
+        the sample count for gray box) and, per float output ``y``, ``y``, ``y.mean``
+        and ``y.variance`` (squared output units), ``y.samples`` when asked.
+
+    Raises:
+        StrategyUnavailable: the strategy cannot apply to this model.
+        TfueError: an unknown strategy or sampling, an output already named like a
+            statistic (``y.mean``), an unknown location or Dropout node.
     """
     _check_arguments(info, strategy, sampling)
     classes = dict(classes or {})
