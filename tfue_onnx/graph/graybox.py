@@ -164,14 +164,25 @@ class _Perturber:
               relative=False, out: gs.Variable | None = None,
               location: str | None = None, rank: int | None = None,
               item_axis: int | None = None) -> gs.Variable:
-        """Perturb ``t`` (the graph's copy of the model's tensor ``location``, of
-        ``rank`` when known, its batch on ``item_axis`` when known); rewire its
-        consumers (or fill ``out``) with the result.
+        """Perturb ``t`` and rewire its consumers (or fill ``out``) with the result.
 
-        ``kind`` is "noise" (``level_var`` sigma; ``relative``: in units of the
-        item's standard deviation) or "dropout" (``level_var`` the rate). Returns the
-        perturbed tensor, shaped like ``t``, of ``dtype``; slot 0 unperturbed when
-        the perturber has a slot mask.
+        Args:
+            graph: the graph that holds ``t``.
+            t: the graph's copy of the model's tensor ``location`` (float ``dtype``).
+            kind: "noise" or "dropout".
+            level_var: the scalar level input: sigma (noise; in ``t``'s units, or with
+                ``relative`` in units of each item's standard deviation) or the rate.
+            dtype: ``t``'s numpy float dtype.
+            relative: noise relative to each batch item's spread.
+            out: the Variable to fill (MC-dropout keeps the Dropout's output); None:
+                a new one, and ``t``'s consumers read it instead.
+            location: the model's name of ``t`` (default ``t.name``), for the draws.
+            rank: ``t``'s rank when known.
+            item_axis: the axis holding ``t``'s batch items when known.
+
+        Returns:
+            The perturbed tensor, shaped like ``t``, of ``dtype``; slot 0 unperturbed
+            when the perturber has a slot mask.
         """
         b = self.b
         location = location or t.name
