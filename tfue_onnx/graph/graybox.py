@@ -52,6 +52,7 @@ from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, a
                       finish, float_dtype, keep_versions, output_names, prefix_for,
                       prefixed_node, replace_tensor, rewire, stacked_name, stats_outputs)
 
+
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0.
 
