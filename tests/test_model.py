@@ -88,3 +88,49 @@ def test_cli_inspect(cli, ppocr_cls):
     assert d["opset"] == 11 and len(d["candidates"]) == 235
     assert d["outputs"][0] == {"name": "save_infer_model/scale_0.tmp_1", "dtype": "float32",
                                "shape": [-1, 2]}
+
+
+def _renaming_model():
+    """x -> Relu -> a -> If(cond): then reads outer 'a', else makes its own 'a'."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    then_g = helper.make_graph([helper.make_node("Neg", ["a"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Abs", ["x"], ["a"]),
+                                helper.make_node("Neg", ["a"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("a", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array(True), "cond")])
+    return helper.make_model(graph)
+
+
+def test_rename_tensor_follows_outer_reads_and_leaves_a_shadowing_subgraph():
+    from tfue_onnx.model import rename_tensor
+
+    model = _renaming_model()
+    rename_tensor(model.graph, "a", "b")
+    g = model.graph
+    assert list(g.node[0].output) == ["b"] and [o.name for o in g.output] == ["y", "b"]
+    branches = {a.name: a.g for a in g.node[1].attribute}
+    then_g, else_g = branches["then_branch"], branches["else_branch"]
+    assert list(then_g.node[0].input) == ["b"]  # reads the outer tensor: renamed
+    assert list(else_g.node[0].output) == ["a"] and list(else_g.node[1].input) == ["a"]
+    rename_tensor(model.graph, "cond", "c")
+    assert [i.name for i in g.initializer] == ["c"] and list(g.node[1].input) == ["c"]
+
+
+def test_reorder_nodes_puts_nodes_in_the_given_order():
+    from tfue_onnx.model import reorder_nodes, topological_order
+
+    model = _renaming_model()
+    model.graph.node.reverse()  # the If now comes before the Relu it reads
+    order = topological_order(model.graph.node)
+    assert order == [1, 0]
+    reorder_nodes(model.graph, order)
+    assert [n.op_type for n in model.graph.node] == ["Relu", "If"]

@@ -302,3 +302,30 @@ def test_loop_strategy_on_an_opset9_model(name):
     np.testing.assert_allclose(loop.outputs["y"].variance, tiled.outputs["y"].variance,
                                rtol=1e-3, atol=1e-6)
     assert float(loop.outputs["y"].variance.mean()) > 1e-3
+
+
+def test_constant_outputs_are_copied_in_the_same_order_every_run():
+    """The nodes and weights copied beside the graph for an output that does not depend
+    on the input come out in one order whatever Python's string hashing: the same
+    model gives the same file on every run (an exported file is reproducible)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, sys; sys.path.insert(0, 'tests')\n"
+        "from test_subgraphs import constant_if_model\n"
+        "from tfue_onnx import Noise, graph as graphs\n"
+        "from tfue_onnx.model import ModelInfo\n"
+        "ug = graphs.build(ModelInfo(constant_if_model()), Noise(0.3, at='r1'), 'batched',\n"
+        "                  samples=2, sampling='graph')\n"
+        "print(hashlib.sha256(ug.model.SerializeToString()).hexdigest())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digests = set()
+    for seed in ("1", "2", "3"):
+        run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert run.returncode == 0, run.stderr[-2000:]
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1 and len(digests.pop()) == len(hashlib.sha256().hexdigest())

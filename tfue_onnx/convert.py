@@ -15,7 +15,7 @@ import dataclasses
 import onnx
 
 from .errors import TfueError
-from .model import ModelInfo
+from .model import ModelInfo, rename_tensor
 
 MIN_OPSET = 10  # dynamic Slice (starts/ends/axes/steps as inputs)
 TARGET_OPSET = 13
@@ -23,7 +23,8 @@ TARGET_OPSET = 13
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
-    """The outcome of converting a model: the converted copy, or why it failed."""
+    """The outcome of converting a model with onnx.version_converter: the converted
+    copy (``info``), or why it failed (``error``, one line; ``info`` None)."""
 
     source: int  # the model's own opset
     target: int  # the opset asked for
@@ -118,15 +119,18 @@ def restore_names(original: onnx.ModelProto, converted: onnx.ModelProto) -> dict
         if not found:
             return renames
         for old, new in found.items():
-            _rename_tensor(g, old, new)
+            rename_tensor(g, old, new)
         renames.update(found)
 
 
 def _by_output(graph: onnx.GraphProto) -> dict:
+    """Tensor name -> the node of ``graph`` that makes it."""
     return {o: n for n in graph.node for o in n.output if o}
 
 
 def _match_consumer(og, g, t, strange):
+    """The copy's name of the original's tensor ``t``, found through a consumer: the
+    copy's node making the same outputs reads a ``strange`` name at ``t``'s position."""
     converted = _by_output(g)
     for node in og.node:
         for k, name in enumerate(node.input):
@@ -139,6 +143,8 @@ def _match_consumer(og, g, t, strange):
 
 
 def _match_producer(og, g, t, strange):
+    """The copy's name of ``t``, found through its producer: the one node of the copy
+    reading the same first input and making a ``strange`` tensor at ``t``'s position."""
     producer = _by_output(og).get(t)
     if producer is None:
         return None
@@ -149,23 +155,8 @@ def _match_producer(og, g, t, strange):
     return twins[0].output[k] if len(twins) == 1 else None
 
 
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename ``old`` to ``new`` in ``graph`` and in what its subgraphs read of it."""
-    for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                if old not in {i.name for i in sub.input} | {o for n in sub.node
-                                                              for o in n.output}:
-                    _rename_tensor(sub, old, new)
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if vi.name == old:
-            vi.name = new
-
-
 def _converter_message(exc, source: int, target: int) -> str:
+    """onnx.version_converter's exception as one readable line (at most 200 chars)."""
     text = str(exc).strip() or type(exc).__name__
     # "convert.cc:101: convert_graph: Assertion `...` failed: Op '%s' has no registered
     # schema; cannot convert it from version %lld to %lld.ImageScaler813": the format's

@@ -43,6 +43,8 @@ _MODEL_FILES: set = set()
 
 
 def _graph_tensors(graph: onnx.GraphProto):
+    """Every TensorProto of ``graph``: initializers, sparse ones' parts, attributes,
+    subgraphs' (recursively)."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -59,7 +61,8 @@ def _graph_tensors(graph: onnx.GraphProto):
 
 
 def external_tensors(model: onnx.ModelProto) -> list:
-    """Every TensorProto of ``model`` (subgraphs too) whose data lives in a file."""
+    """Every TensorProto of ``model`` (subgraphs too) whose data lives in a file
+    (``data_location`` EXTERNAL, onnx external data), in graph order."""
     return [t for t in _graph_tensors(model.graph)
             if t.data_location == onnx.TensorProto.EXTERNAL]
 
@@ -71,10 +74,12 @@ def has_external_data(model: onnx.ModelProto) -> bool:
 
 
 def _entries(tensor: onnx.TensorProto) -> dict:
+    """``tensor``'s external_data entries (location, offset, length, ...) as a dict."""
     return {e.key: e.value for e in tensor.external_data}
 
 
 def _set_entries(tensor: onnx.TensorProto, entries: dict) -> None:
+    """Replace ``tensor``'s external_data entries by ``entries`` (values as strings)."""
     del tensor.external_data[:]
     for key, value in entries.items():
         e = tensor.external_data.add()
@@ -82,7 +87,9 @@ def _set_entries(tensor: onnx.TensorProto, entries: dict) -> None:
 
 
 def region(tensor: onnx.TensorProto) -> tuple:
-    """``(path, offset, length)`` of an external tensor's bytes (path as stored)."""
+    """``(path, offset, length)`` of an external tensor's bytes (path as stored; offset
+    and length in bytes, per onnx's external data entries). Without a ``length`` entry:
+    to the end of the file, or -1 when there is no such file."""
     info = _entries(tensor)
     path = info.get("location", "")
     offset = int(info.get("offset", 0) or 0)
@@ -138,6 +145,7 @@ def anchor(model: onnx.ModelProto, base_dir: str, model_path: str) -> onnx.Model
 
 
 def _varint(buf, pos: int) -> tuple:
+    """The protobuf varint at ``buf[pos]``: ``(value, position after it)``."""
     shift = value = 0
     while True:
         byte = buf[pos]
@@ -149,6 +157,7 @@ def _varint(buf, pos: int) -> tuple:
 
 
 def _encode_varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf varint."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -186,8 +195,14 @@ def _fields(buf, start: int, end: int):
         raise ValueError("truncated message")
 
 
+def _key_length(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field ``number`` of ``size`` bytes."""
+    return _encode_varint(number << 3 | 2) + _encode_varint(size)
+
+
 def _delimited(number: int, payload) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + bytes(payload)
+    """Length-delimited field ``number`` holding ``payload``, encoded."""
+    return _key_length(number, len(payload)) + bytes(payload)
 
 
 # Field numbers of onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
@@ -258,8 +273,14 @@ def read_leaving_weights(path: str) -> onnx.ModelProto | None:
 
 
 def read_tensor(tensor: onnx.TensorProto):
-    """The numpy value of ``tensor``, reading only its own bytes when it is external
-    (locations as anchored by :func:`anchor`, or relative to the working folder)."""
+    """The numpy value of ``tensor`` (its shape and dtype), reading only its own bytes
+    when it is external (locations as anchored by :func:`anchor`, or relative to the
+    working folder).
+
+    Raises:
+        TfueError: its data file ends before the tensor's last byte. OSError: the file
+            cannot be opened.
+    """
     if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return onnx.numpy_helper.to_array(tensor)
     inline = onnx.TensorProto()
@@ -285,7 +306,8 @@ def _load_into(tensor: onnx.TensorProto) -> None:
 
 def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every external tensor's data read into it (for an
-    onnxruntime that cannot be told where the weights are; costs their memory)."""
+    onnxruntime that cannot be told where the weights are; costs their memory).
+    TfueError when a data file ends early (see :func:`read_tensor`)."""
     full = onnx.ModelProto()
     full.CopyFrom(model)
     for t in external_tensors(full):
@@ -313,13 +335,17 @@ def session_source(model: onnx.ModelProto):
 
 
 def data_files(model: onnx.ModelProto) -> set:
-    """Real paths of the files holding ``model``'s external data."""
+    """Real paths of the files holding ``model``'s external data (empty set when it has
+    none)."""
     return {os.path.realpath(_entries(t).get("location", "")) for t in external_tensors(model)}
 
 
 def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     """Write ``model`` to ``path`` atomically; external weights are copied into
-    ``path + '.data'`` beside it (the original data files are only read).
+    ``path + '.data'`` beside it (the original data files are only read), each tensor
+    at a 64 KiB-aligned offset (onnx external data: ``location``, ``offset``,
+    ``length``, relative to the model's folder). Weights that were inline in the
+    model's own file (:func:`read_leaving_weights`) go inline again.
 
     Both files are written under temporary names and renamed into place only when
     complete, so a failure leaves neither half-written.
@@ -341,34 +367,61 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
     tensors = external_tensors(model)
     if tensors and not writes_data_file(model):
         # Weights that were inline in the model's own file go inline again, as they came.
-        if os.path.realpath(path) in data_files(model):
-            raise TfueError(f"refusing to overwrite '{path}': the model reads its weights "
-                            "from it", "give another output path with -o")
+        _refuse_own_files(model, [path])
         _write_inline_again(model, path)
         return [path]
     if not tensors:
         atomic_write_bytes(path, model.SerializeToString())
         return [path]
     data_path = path + ".data"
+    _refuse_own_files(model, [path, data_path])
+    check_new_file(data_path, force)
+    _write_with_data(model, path, data_path)
+    return [path, data_path]
+
+
+def _refuse_own_files(model: onnx.ModelProto, targets: list) -> None:
+    """Refuse (TfueError) to write over a file ``model`` reads its weights from."""
     sources = data_files(model)
-    for target in (path, data_path):
+    for target in targets:
         if os.path.realpath(target) in sources:
             raise TfueError(f"refusing to overwrite '{target}': the model reads its weights "
                             "from it", "give another output path with -o")
-    check_new_file(data_path, force)
+
+
+def _write_temp(folder: str, suffix: str, write) -> str:
+    """A new file in ``folder`` filled by ``write(binary file)``, with the permissions
+    of an ordinary new file (mkstemp makes 0600); its path. Removed if writing fails."""
+    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            write(dst)
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        _discard(tmp)
+        raise
+    return tmp
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove the temporary file ``tmp`` if there is one (after a failed write)."""
+    if tmp is not None and os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def _write_with_data(model: onnx.ModelProto, path: str, data_path: str) -> None:
+    """Write ``model`` to ``path`` and its external weights into ``data_path``, both
+    under temporary names renamed into place when complete (the data first: a model
+    whose rename fails takes its new data file with it)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     folder = os.path.dirname(os.path.abspath(path))
     tmp_data = tmp_model = None
     try:
-        fd, tmp_data = tempfile.mkstemp(prefix=".tfue-", suffix=".data.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as dst:
-            _copy_regions(external_tensors(out), os.path.basename(data_path), dst)
-        os.chmod(tmp_data, 0o666 & ~_umask())
-        fd, tmp_model = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as dst:
-            dst.write(out.SerializeToString())
-        os.chmod(tmp_model, 0o666 & ~_umask())
+        tmp_data = _write_temp(folder, ".data.tmp", lambda dst: _copy_regions(
+            external_tensors(out), os.path.basename(data_path), dst))
+        tmp_model = _write_temp(folder, ".onnx.tmp",
+                                lambda dst: dst.write(out.SerializeToString()))
         os.replace(tmp_data, data_path)
         tmp_data = None
         try:
@@ -379,9 +432,7 @@ def save_model(model: onnx.ModelProto, path: str, force: bool = False) -> list:
         tmp_model = None
     finally:
         for tmp in (tmp_data, tmp_model):
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
-    return [path, data_path]
+            _discard(tmp)
 
 
 def writes_data_file(model: onnx.ModelProto) -> bool:
@@ -405,6 +456,19 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
     """Write ``model`` to ``path`` (atomically) with the weights that
     :func:`read_leaving_weights` left in a model file back in their ``raw_data``,
     streamed from that file: no proto and no bytes object holds them all."""
+    pieces = _inline_pieces(model)
+    tmp = _write_temp(os.path.dirname(os.path.abspath(path)), ".onnx.tmp",
+                      lambda dst: _write_pieces(pieces, dst))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _inline_pieces(model: onnx.ModelProto) -> list:
+    """The serialised ``model`` with its left-in-file weights inline again, as pieces:
+    bytes, or ``(file, offset, length)`` regions to copy from the model file."""
     out = onnx.ModelProto()
     out.CopyFrom(model)  # cheap: the weights are not in it
     regions = {}
@@ -423,34 +487,27 @@ def _write_inline_again(model: onnx.ModelProto, path: str) -> None:
         for g_number, g_first, g_start, g_end in _fields(small, start, end):
             if g_number == _INITIALIZER and g_start is not None and index in regions:
                 src, offset, length = regions[index]
-                body = small[g_start:g_end] + _encode_varint(_RAW_DATA << 3 | 2) + \
-                    _encode_varint(length)
-                graph += [_encode_varint(_INITIALIZER << 3 | 2)
-                          + _encode_varint(len(body) + length) + body, (src, offset, length)]
+                body = small[g_start:g_end] + _key_length(_RAW_DATA, length)
+                graph += [_key_length(_INITIALIZER, len(body) + length) + body,
+                          (src, offset, length)]
             else:
                 graph.append(small[g_first:g_end])
             index += g_number == _INITIALIZER
         size = sum(len(p) if isinstance(p, bytes) else p[2] for p in graph)
-        pieces += [_encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)] + graph
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tfue-", suffix=".onnx.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for piece in pieces:
-                if isinstance(piece, bytes):
-                    dst.write(piece)
-                    continue
-                src, offset, length = piece
-                with open(src, "rb") as f:
-                    _copy_bytes(f, offset, length, dst, TfueError(
-                        f"model file '{src}' ended early",
-                        "the model changed on disk while tfue ran"))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        pieces += [_key_length(_GRAPH, size)] + graph
+    return pieces
+
+
+def _write_pieces(pieces: list, dst) -> None:
+    """Write ``pieces`` (see :func:`_inline_pieces`) into the open file ``dst``."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            dst.write(piece)
+            continue
+        src, offset, length = piece
+        with open(src, "rb") as f:
+            _copy_bytes(f, offset, length, dst, TfueError(
+                f"model file '{src}' ended early", "the model changed on disk while tfue ran"))
 
 
 def _copy_bytes(src, offset: int, length: int, dst, short: TfueError) -> None:
@@ -500,6 +557,7 @@ def _copy_regions(tensors, location: str, dst) -> None:
 
 
 def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

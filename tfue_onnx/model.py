@@ -33,13 +33,19 @@ _ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16",
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """A named tensor with its element type and (possibly symbolic) shape."""
+    """A named tensor with its element type and (possibly symbolic) shape.
+
+    ``dtype`` is a numpy-style name ("float32", "int64", "bfloat16", ...); ``shape``
+    holds ints for fixed sizes and strings for symbolic ones ("?" unknown), or is None
+    when the rank is unknown.
+    """
 
     name: str
     dtype: str
     shape: tuple | None  # ints for fixed dims, strings for symbolic, None for unknown rank
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: name, dtype, shape as a list (or None)."""
         return {"name": self.name, "dtype": self.dtype,
                 "shape": None if self.shape is None else list(self.shape)}
 
@@ -47,7 +53,14 @@ class TensorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A tensor where a gray-box perturbation may be injected."""
+    """A tensor where a gray-box perturbation may be injected (Mi et al., "Training-Free
+    Uncertainty Estimation": infer-noise and infer-dropout act on an intermediate
+    tensor): a float tensor that depends on the input and reaches an output.
+
+    ``index`` is its position in :attr:`ModelInfo.candidates`; ``shape`` as in
+    :class:`TensorInfo`; ``depth`` in [0, 1] its position among the nodes that depend
+    on the input (inputs 0).
+    """
 
     index: int
     name: str
@@ -58,6 +71,7 @@ class Candidate:
     is_output: bool
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: every field, the shape as a list (or None)."""
         d = dataclasses.asdict(self)
         d["shape"] = None if self.shape is None else list(self.shape)
         return d
@@ -65,7 +79,9 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class DropoutInfo:
-    """An existing Dropout node of the model."""
+    """An existing Dropout node of the model (MC-dropout switches it on): its name (or
+    ``Dropout_K`` by position when unnamed), data input, first output and ratio in
+    [0, 1) (None when computed)."""
 
     name: str
     input: str
@@ -74,6 +90,7 @@ class DropoutInfo:
 
 
 def _elem_name(elem_type: int) -> str:
+    """The dtype name of an ONNX element type (TensorProto.DataType)."""
     if elem_type in FLOAT_TYPES:
         return FLOAT_TYPES[elem_type]
     try:
@@ -83,6 +100,7 @@ def _elem_name(elem_type: int) -> str:
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    """``vi`` as a TensorInfo (inference's "unk__N" sizes shown as "?")."""
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         shape = None
@@ -95,6 +113,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
 
 
 def _subgraphs(node: onnx.NodeProto) -> list:
+    """The GraphProtos of ``node``'s attributes (If branches, Loop and Scan bodies)."""
     graphs = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -102,6 +121,26 @@ def _subgraphs(node: onnx.NodeProto) -> list:
         elif attr.type == onnx.AttributeProto.GRAPHS:
             graphs.extend(attr.graphs)
     return graphs
+
+
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` in ``graph``, in place: node inputs and outputs,
+    graph inputs, outputs, value_info and initializers, and the subgraphs that read it
+    from this scope (those that do not define a tensor of that name themselves)."""
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+        for sub in _subgraphs(n):
+            local = {i.name for i in sub.input} | {i.name for i in sub.initializer} | \
+                {o for sn in sub.node for o in sn.output}
+            if old not in local:
+                rename_tensor(sub, old, new)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
 
 
 def subgraph_reads(node: onnx.NodeProto) -> list[str]:
@@ -142,6 +181,15 @@ def toposorted(nodes) -> list:
     makes stay, in their given order, after the rest."""
     nodes = list(nodes)
     return [nodes[k] for k in topological_order(nodes)]
+
+
+def reorder_nodes(graph: onnx.GraphProto, order: list) -> None:
+    """Put ``graph``'s nodes in ``order`` (positions, e.g. :func:`topological_order`),
+    in place; a node reading a tensor made later confuses shape inference and
+    graphsurgeon alike."""
+    nodes = [onnx.NodeProto.FromString(graph.node[k].SerializeToString()) for k in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def topological_order(nodes) -> list[int]:
@@ -258,7 +306,12 @@ def load_model(path) -> onnx.ModelProto:
 
 
 class ModelInfo:
-    """What tfue needs to know about a model: signature, candidates, Dropout nodes."""
+    """What tfue needs to know about a model: signature, candidates, Dropout nodes.
+
+    Properties are computed once, on first use (shape inference runs on a sorted
+    copy; the model is never changed). :meth:`resolve_location` turns ``--at`` into a
+    :class:`Candidate`.
+    """
 
     def __init__(self, model: onnx.ModelProto, path: str | None = None,
                  locations_from: "ModelInfo | None" = None, aliases: dict | None = None):
@@ -285,6 +338,7 @@ class ModelInfo:
     # --- signature -------------------------------------------------------------
     @cached_property
     def initializer_names(self) -> set:
+        """Names of the graph's initializers (weights)."""
         return {i.name for i in self.graph.initializer}
 
     @cached_property
@@ -294,10 +348,12 @@ class ModelInfo:
 
     @cached_property
     def outputs(self) -> list[TensorInfo]:
+        """The graph outputs, in order (a name listed twice is listed twice)."""
         return [_value_info(o) for o in self.graph.output]
 
     @cached_property
     def opset(self) -> int:
+        """The default ONNX domain's opset (1 when the model imports none)."""
         for imp in self.model.opset_import:
             if imp.domain in ("", "ai.onnx"):
                 return imp.version
@@ -305,6 +361,7 @@ class ModelInfo:
 
     @property
     def ir_version(self) -> int:
+        """The model's IR version."""
         return self.model.ir_version
 
     @cached_property
@@ -317,10 +374,7 @@ class ModelInfo:
         if order != sorted(order):
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
-            nodes = [onnx.NodeProto.FromString(self.model.graph.node[k].SerializeToString())
-                     for k in order]
-            del model.graph.node[:]
-            model.graph.node.extend(nodes)
+            reorder_nodes(model.graph, order)
         try:
             return onnx.shape_inference.infer_shapes(model)
         except Exception:  # custom ops or broken models: work with what we have
@@ -395,13 +449,15 @@ class ModelInfo:
 
     @cached_property
     def _dynamic_nodes(self) -> list:
+        """Sorted nodes that read the input (not shape ops): what depths count."""
         dynamic = self.dynamic_tensors
         return [n for n in self.nodes
                 if n.op_type not in _SHAPE_OPS and any(i in dynamic for i in node_inputs(n))]
 
     @cached_property
     def depths(self) -> dict[str, float]:
-        """Depth in [0, 1] of every tensor that depends on the input (inputs 0)."""
+        """Depth in [0, 1] (4 decimals) of every tensor that depends on the input: its
+        producer's position among the nodes that read the input (inputs 0)."""
         nodes = self._dynamic_nodes
         span = max(len(nodes) - 1, 1)
         depths = {i.name: 0.0 for i in self.inputs}
@@ -443,7 +499,8 @@ class ModelInfo:
 
     @cached_property
     def dropouts(self) -> list[DropoutInfo]:
-        """Existing Dropout nodes, with their ratio where it is a constant."""
+        """Existing Dropout nodes, with their ratio where it is a constant (0.5, ONNX's
+        default, when neither attribute nor input gives one; None when computed)."""
         # Only the ratio inputs are read: the other weights may be gigabytes on disk.
         wanted = {n.input[1] for n in self.graph.node
                   if n.op_type == "Dropout" and len(n.input) > 1 and n.input[1]}
@@ -476,22 +533,20 @@ class ModelInfo:
     def resolve_location(self, at) -> Candidate:
         """Turn a location (name, index, 'input' or depth fraction) into a candidate.
 
-        ``at`` may be a tensor name, a candidate index (int or digits), ``"input"``
-        (the model's float input) or a depth fraction with a decimal point such as
-        ``"0.5"`` (the candidate of nearest depth).
+        ``at`` may be a Candidate, a tensor name, a candidate index (int or digits),
+        ``"input"`` (the model's float input) or a depth fraction in [0, 1] with a
+        decimal point such as ``"0.5"`` or a float (the candidate of nearest depth,
+        the lower index on a tie). A model made from another (``locations_from``)
+        resolves in that model's terms, its aliases mapped.
 
         Raises:
-            TfueError: for an unknown name, an index out of range, a depth outside
-                [0, 1] or one that falls among tensors of unknown type.
+            TfueError: for an unknown name, a tensor that reaches no output or is not a
+                float tensor depending on the input, 'input' with no or several float
+                inputs, an index out of range, a depth outside [0, 1] or one that falls
+                among tensors of unknown type.
         """
         if self.locations_from is not None:
-            inner = {v: k for k, v in self.aliases.items()}
-            if isinstance(at, Candidate):
-                at = at.name
-            if isinstance(at, str) and at in inner:
-                at = inner[at]
-            cand = self.locations_from.resolve_location(at)
-            return dataclasses.replace(cand, name=self.aliases.get(cand.name, cand.name))
+            return self._resolve_in_source(at)
         cands = self.candidates
         if not cands:
             raise TfueError("the model has no float tensor that depends on its input",
@@ -502,29 +557,10 @@ class ModelInfo:
         if isinstance(at, str) and at in by_name:
             return by_name[at]
         if at == "input":
-            float_inputs = [c for c in cands if c.op == "input"]
-            if len(float_inputs) == 1:
-                return float_inputs[0]
-            if not float_inputs:
-                raise TfueError("the model has no float input to perturb at 'input'",
-                                "pick an intermediate tensor (see 'tfue inspect')")
-            raise TfueError("the model has several float inputs, so 'input' is ambiguous",
-                            "name one: " + ", ".join(repr(c.name) for c in float_inputs))
+            return _the_float_input(cands)
         if isinstance(at, (int, np.integer)) or (isinstance(at, str) and at.strip().isdigit()):
-            idx = int(at)
-            if 0 <= idx < len(cands):
-                return cands[idx]
-            raise TfueError(f"location index {idx} is out of range: the model has "
-                            f"{len(cands)} candidate locations (0..{len(cands) - 1})",
-                            "list them with 'tfue inspect MODEL'")
-        frac = None
-        if isinstance(at, float):
-            frac = at
-        elif isinstance(at, str):
-            try:
-                frac = float(at) if "." in at else None
-            except ValueError:
-                frac = None
+            return _at_index(cands, int(at))
+        frac = _depth_fraction(at)
         if frac is not None:
             if not 0.0 <= frac <= 1.0 or frac != frac:
                 raise TfueError(f"location depth {at} is outside [0, 1]",
@@ -532,20 +568,33 @@ class ModelInfo:
             best = min(cands, key=lambda c: (abs(c.depth - frac), c.index))
             self._check_depth_known(at, frac, best)
             return best
-        name = str(at)
+        raise self._not_a_candidate(str(at), by_name)
+
+    def _resolve_in_source(self, at) -> Candidate:
+        """Resolve ``at`` in ``locations_from`` (the user's model), through the aliases."""
+        inner = {v: k for k, v in self.aliases.items()}
+        if isinstance(at, Candidate):
+            at = at.name
+        if isinstance(at, str) and at in inner:
+            at = inner[at]
+        cand = self.locations_from.resolve_location(at)
+        return dataclasses.replace(cand, name=self.aliases.get(cand.name, cand.name))
+
+    def _not_a_candidate(self, name: str, by_name: dict) -> TfueError:
+        """The error for a name that is no candidate: why (dead, not float, unknown)."""
         if name in self.dynamic_tensors and name not in self.live_tensors:
-            raise TfueError(f"tensor '{name}' reaches no output of the model (it feeds only "
-                            "unused outputs, or only the shape of a tensor): perturbing it "
-                            "changes nothing",
-                            "pick a candidate listed by 'tfue inspect MODEL'")
+            return TfueError(f"tensor '{name}' reaches no output of the model (it feeds only "
+                             "unused outputs, or only the shape of a tensor): perturbing it "
+                             "changes nothing",
+                             "pick a candidate listed by 'tfue inspect MODEL'")
         if name in self.tensor_infos or any(name in n.output for n in self.graph.node):
-            raise TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
-                            "that depends on the model input",
-                            "pick a candidate listed by 'tfue inspect MODEL'")
+            return TfueError(f"tensor '{name}' cannot be perturbed: it is not a float tensor "
+                             "that depends on the model input",
+                             "pick a candidate listed by 'tfue inspect MODEL'")
         near = closest(name, by_name)
-        raise TfueError(f"unknown tensor '{name}'",
-                        f"closest names: {near}" if near else
-                        "list the candidate locations with 'tfue inspect MODEL'")
+        return TfueError(f"unknown tensor '{name}'",
+                         f"closest names: {near}" if near else
+                         "list the candidate locations with 'tfue inspect MODEL'")
 
     def _check_depth_known(self, at, frac: float, best: Candidate) -> None:
         """Refuse a depth whose neighbourhood is made of tensors of unknown type: the
@@ -563,7 +612,9 @@ class ModelInfo:
 
     # --- summary -----------------------------------------------------------------
     def describe(self) -> dict:
-        """Everything ``tfue inspect`` shows, as plain data."""
+        """Everything ``tfue inspect`` shows, as plain data (JSON-ready): path, IR
+        version, opset, producer, inputs, outputs, candidates, Dropout nodes, untyped
+        tensors."""
         return {
             "path": self.path,
             "ir_version": self.ir_version,
@@ -577,6 +628,46 @@ class ModelInfo:
         }
 
 
+def _the_float_input(cands: list) -> Candidate:
+    """The one float input among ``cands`` (location 'input'); TfueError when there is
+    none or several."""
+    float_inputs = [c for c in cands if c.op == "input"]
+    if len(float_inputs) == 1:
+        return float_inputs[0]
+    if not float_inputs:
+        raise TfueError("the model has no float input to perturb at 'input'",
+                        "pick an intermediate tensor (see 'tfue inspect')")
+    raise TfueError("the model has several float inputs, so 'input' is ambiguous",
+                    "name one: " + ", ".join(repr(c.name) for c in float_inputs))
+
+
+def _at_index(cands: list, idx: int) -> Candidate:
+    """Candidate ``idx``; TfueError when it is out of range."""
+    if 0 <= idx < len(cands):
+        return cands[idx]
+    raise TfueError(f"location index {idx} is out of range: the model has "
+                    f"{len(cands)} candidate locations (0..{len(cands) - 1})",
+                    "list them with 'tfue inspect MODEL'")
+
+
+def _depth_fraction(at) -> float | None:
+    """``at`` as a depth fraction (a float, or a string with a decimal point that parses
+    as one), else None."""
+    if isinstance(at, float):
+        return at
+    if isinstance(at, str) and "." in at:
+        try:
+            return float(at)
+        except ValueError:
+            return None
+    return None
+
+
 def inspect_model(path) -> ModelInfo:
-    """Load the model at ``path`` and return its :class:`ModelInfo`."""
+    """Load the model at ``path`` (external data left on disk, see :func:`load_model`)
+    and return its :class:`ModelInfo`.
+
+    Raises:
+        TfueError: as :func:`load_model` (missing file, not ONNX).
+    """
     return ModelInfo(load_model(path), os.fspath(path))

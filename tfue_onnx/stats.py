@@ -11,15 +11,27 @@ import numpy as np
 
 
 class RunningStats:
-    """Mean and population variance (ddof=0) of samples seen in chunks."""
+    """Mean and population variance (ddof=0) of samples seen in chunks.
+
+    ``count`` is the number of samples merged; ``mean`` (float64, the samples' shape)
+    is None until the first one, and so is ``variance`` (float64, squared units of
+    the samples). Chan, Golub & LeVeque's pairwise update of Welford's algorithm.
+    """
 
     def __init__(self):
+        """Empty statistics: no sample seen yet."""
         self.count = 0
         self.mean = None
         self._m2 = None
 
     def add_chunk(self, count: int, mean, variance) -> None:
-        """Merge a chunk of ``count`` samples with the given mean and variance."""
+        """Merge a chunk of samples (Chan et al.'s pairwise update, float64).
+
+        Args:
+            count: how many samples the chunk holds; <= 0: the chunk is ignored.
+            mean: their mean, an array of the samples' shape.
+            variance: their population variance (ddof=0), same shape.
+        """
         if count <= 0:
             return
         mean = np.asarray(mean, dtype=np.float64)
@@ -58,13 +70,15 @@ class RunningStats:
             self._m2 += step
 
     def add_samples(self, samples) -> None:
-        """Merge samples stacked along axis 0."""
+        """Merge samples stacked along axis 0 (``[n, *shape]``, any float dtype) as one
+        chunk (computed in float64)."""
         samples = np.asarray(samples, dtype=np.float64)
         self.add_chunk(len(samples), samples.mean(axis=0), samples.var(axis=0))
 
     @property
     def variance(self):
-        """Population variance of all samples merged so far."""
+        """Population variance (float64, squared units of the samples) of all samples
+        merged so far; None before the first."""
         if self.count == 0:
             return None
         return self._m2 / self.count

@@ -17,7 +17,12 @@ from .errors import TfueError
 
 @dataclasses.dataclass(frozen=True)
 class D4:
-    """One element of the dihedral group: optional transpose, then flips."""
+    """One element of the dihedral group: optional transpose, then flips.
+
+    ``flip_h`` flips the first spatial axis (height), ``flip_w`` the second (width).
+    Mi et al., "Training-Free Uncertainty Estimation", infer-transformation (the
+    transformations whose inverse is exact).
+    """
 
     name: str
     transpose: bool
@@ -30,7 +35,8 @@ class D4:
         return self.transpose
 
     def forward(self, x: np.ndarray, axes=(-2, -1)) -> np.ndarray:
-        """Apply the transform to ``x`` on its spatial ``axes``."""
+        """Apply the transform to ``x`` (any dtype) on its spatial ``axes`` (h, w); a
+        view, shaped like ``x`` with h and w swapped when :attr:`swaps_axes`."""
         h, w = axes
         if self.transpose:
             x = np.swapaxes(x, h, w)
@@ -41,7 +47,8 @@ class D4:
         return x
 
     def inverse(self, y: np.ndarray, axes=(-2, -1)) -> np.ndarray:
-        """Undo the transform on ``y`` (flips first, then the transpose)."""
+        """Undo the transform on ``y`` (flips first, then the transpose) on its spatial
+        ``axes`` (h, w): ``inverse(forward(x)) == x``; a view of ``y``."""
         h, w = axes
         if self.flip_w:
             y = np.flip(y, w)
@@ -75,7 +82,13 @@ SETS = {
 
 
 def parse_transforms(text) -> list:
-    """A named set (d4, rot, flips, hflip, rot180) or a comma-separated list of elements."""
+    """The D4 elements of a named set (d4, rot, flips, hflip, rot180), a
+    comma-separated list of element names, or a list or tuple of them.
+
+    Raises:
+        TfueError: an unknown name, an element repeated, or fewer than 2 elements (one
+            transform gives no variance).
+    """
     if isinstance(text, (list, tuple)):
         names = list(text)
     elif text in SETS:
@@ -96,6 +109,7 @@ def parse_transforms(text) -> list:
 
 
 def usable_sets(square: bool) -> list:
-    """Named sets that fit an input: without 90° rotations when it is not square."""
+    """Names of the sets (of :data:`SETS`) that fit an input: those without 90°
+    rotations when it is not ``square`` (they swap height and width)."""
     return [name for name, members in SETS.items()
             if square or not any(ELEMENTS[m].swaps_axes for m in members)]

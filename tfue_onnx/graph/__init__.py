@@ -49,17 +49,61 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
           sampling: str = "fed", axes=None) -> UncertaintyGraph:
     """Build the uncertainty graph of ``info``'s model for ``spec`` with ``strategy``.
 
-    ``classes`` maps outputs holding class probabilities to their class axis; they
-    also get ``.mean_entropy``. ``sampling`` says where gray-box draws come from:
-    ``fed`` (graph inputs the runner fills from the seed and the sample index, see
-    ``UncertaintyGraph.feeds``: reproducible across chunks, strategies and inputs)
-    or ``graph`` (seeded RandomNormalLike / RandomUniformLike, for a standalone
-    export). ``axes`` (an axes.SpatialAxes of the model's own outputs, e.g. from
-    ``axes.find_axes``) says on which output axes transforms are undone; required
-    for a Transform (ValueError without it: this stage runs no model). Raises
-    StrategyUnavailable when the strategy cannot apply to this model, and TfueError
-    for bad arguments.
+    Args:
+        info: the model (never changed).
+        spec: a perturb.Noise / Dropout / MCDropout (gray box: Mi et al., "Training-Free
+            Uncertainty Estimation", infer-noise and infer-dropout; MC-dropout, Gal &
+            Ghahramani), a Transform (infer-transformation) or an Ensemble.
+        strategy: one of STRATEGIES.
+        samples: the default number of gray-box samples (int >= 1); transforms and
+            ensembles have one per transform or member.
+        seed: seeds the gray-box draws.
+        keep_samples: also return ``y.samples`` ``[n, *shape]``.
+        classes: outputs holding class probabilities -> class axis; they also get
+            ``y.mean_entropy`` (nats).
+        sampling: where gray-box draws come from: ``fed`` (graph inputs the runner
+            fills from the seed and the sample index, see ``UncertaintyGraph.feeds``:
+            reproducible across chunks, strategies and inputs) or ``graph`` (seeded
+            RandomNormalLike / RandomUniformLike, for a standalone export).
+        axes: an axes.SpatialAxes of the model's own outputs (e.g. from
+            ``axes.find_axes``): where transforms are undone; required for a Transform
+            (this stage runs no model).
+
+    Returns:
+        The UncertaintyGraph: its model has the model's inputs (plus levels, banks and
+        the sample count for gray box) and, per float output ``y``, ``y``, ``y.mean``
+        and ``y.variance`` (squared output units), ``y.samples`` when asked.
+
+    Raises:
+        StrategyUnavailable: the strategy cannot apply to this model.
+        ValueError: a Transform without ``axes``.
+        TfueError: an unknown strategy or sampling, an output already named like a
+            statistic (``y.mean``), an unknown location or Dropout node.
     """
+    _check_arguments(info, strategy, sampling)
+    classes = dict(classes or {})
+    if strategy in ("shared-prefix", "looped-suffix") and isinstance(spec, (Transform, Ensemble)):
+        raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
+    if getattr(spec, "at", None) is not None:  # locations refer to the user's graph
+        spec = dataclasses.replace(spec, at=info.resolve_location(spec.at).name)
+    spec, iso, members = _isolated(info, spec)
+    inner_classes = {t: axis for name, axis in classes.items() for t in iso.names(name)}
+    if isinstance(spec, (Transform, Ensemble)):
+        parts = _blackbox_parts(info, iso, spec, strategy, keep_samples, inner_classes, axes,
+                                members)
+    else:
+        parts = _graybox_parts(iso, spec, strategy, samples, seed, keep_samples,
+                               inner_classes, sampling)
+    parts["model"] = keep_ranks(restore_outputs(parts["model"], iso))
+    stats = list(dict.fromkeys(o.name for o in stats_outputs(info) if o.name not in iso.constant))
+    return UncertaintyGraph(strategy=strategy, stats_outputs=stats, seed=int(seed),
+                            keep_samples=keep_samples,
+                            classes={k: v for k, v in classes.items() if k in stats}, **parts)
+
+
+def _check_arguments(info: ModelInfo, strategy: str, sampling: str) -> None:
+    """Refuse (TfueError) an unknown strategy or sampling, and a model whose outputs
+    already use the names the statistics take."""
     if strategy not in STRATEGIES:
         raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     if sampling not in SAMPLING:
@@ -70,59 +114,59 @@ def build(info: ModelInfo, spec, strategy: str = "batched", samples: int = 8, se
             if f"{o.name}.{key}" in names:
                 raise TfueError(f"the model already has an output named '{o.name}.{key}'",
                                 "rename that output before using tfue")
-    classes = dict(classes or {})
-    draws, random = [], None  # random: how gray-box draws are made (None: nothing random)
-    relative_axes = {}
-    prefix_model, cut = None, []
-    if strategy in ("shared-prefix", "looped-suffix") and isinstance(spec, (Transform, Ensemble)):
-        raise StrategyUnavailable("black-box methods perturb the input: no prefix to share")
-    if getattr(spec, "at", None) is not None:  # locations refer to the user's graph
-        spec = dataclasses.replace(spec, at=info.resolve_location(spec.at).name)
-    if isinstance(spec, Ensemble):
-        from .blackbox import member_infos
 
-        members = member_infos(info, spec.members)  # checks the signatures
-        iso, *isolated = isolate_outputs(info, members)
-        spec = Ensemble(tuple(m.info for m in isolated))
-    else:
-        iso = isolate_outputs(info)
-    inner_classes = {t: axis for name, axis in classes.items() for t in iso.names(name)}
+
+def _isolated(info: ModelInfo, spec):
+    """``(spec, isolation, members)``: the model (and an ensemble's members, checked and
+    put in ``spec``) with every output a tensor of its own (builder.isolate_outputs)."""
+    if not isinstance(spec, Ensemble):
+        return spec, isolate_outputs(info), []
+    members = blackbox.member_infos(info, spec.members)  # checks the signatures
+    iso, *isolated = isolate_outputs(info, members)
+    return Ensemble(tuple(m.info for m in isolated)), iso, members
+
+
+def _blackbox_parts(info, iso, spec, strategy, keep_samples, classes, axes, members) -> dict:
+    """The UncertaintyGraph fields of a transform or ensemble graph (nothing random)."""
     if isinstance(spec, Transform):
         if axes is not None:
             axes = axes.renamed({t: name for name in axes.outputs for t in iso.names(name)})
         model, locations = blackbox.transforms(iso.info, spec, strategy, keep_samples,
-                                               inner_classes, axes)
-        samples_input, levels, samples = None, {}, len(spec.elements)
-    elif isinstance(spec, Ensemble):
+                                               classes, axes)
+        count = len(spec.elements)
+    else:
         if strategy != "batched":
             raise StrategyUnavailable("an ensemble runs every member once, in one graph")
-        model, locations = blackbox.ensemble(iso.info, spec, keep_samples, inner_classes)
-        locations = [info.path or "member 0"] + [m.path or f"member {k}" for k, m in
-                                                 enumerate(members, start=1)]
-        samples_input, levels, samples = None, {}, len(spec.members)
-    else:
-        samples = check_samples(samples)
-        model, perturber, samples_input, locations, *cut = graybox.BUILDERS[strategy](
-            iso.info, spec, samples, int(seed), keep_samples, inner_classes, sampling=sampling)
-        if cut:  # looped-suffix: the prefix computes what crosses into the suffix
-            cut = cut[0]
-            prefix_model = graybox.cut_model(iso.info, {n: None for n in cut})
-        relative_axes = dict(perturber.relative_axes)
-        levels = {v.name: val for v, val in perturber.level_inputs}
-        draws, random = [d for _, d in perturber.bank_inputs], sampling
-    model = keep_ranks(restore_outputs(model, iso))
-    stats = list(dict.fromkeys(o.name for o in stats_outputs(info) if o.name not in iso.constant))
-    return UncertaintyGraph(
-        model=model, strategy=strategy, stats_outputs=stats,
-        samples_input=samples_input, level_inputs=levels, locations=locations,
-        samples=samples, seed=int(seed), keep_samples=keep_samples,
-        classes={k: v for k, v in classes.items() if k in stats}, sampling=random, draws=draws,
-        relative_axes=relative_axes, prefix=prefix_model, cut=list(cut))
+        model, _ = blackbox.ensemble(iso.info, spec, keep_samples, classes)
+        locations, count = blackbox.member_labels(info, members), len(spec.members)
+    return dict(model=model, samples_input=None, level_inputs={}, locations=locations,
+                samples=count)
+
+
+def _graybox_parts(iso, spec, strategy, samples, seed, keep_samples, classes,
+                   sampling) -> dict:
+    """The UncertaintyGraph fields of a gray-box graph (noise, dropout, MC-dropout):
+    its levels, draws and, for looped-suffix, the prefix that computes the cut."""
+    samples = check_samples(samples)
+    model, perturber, samples_input, locations, *cut = graybox.BUILDERS[strategy](
+        iso.info, spec, samples, int(seed), keep_samples, classes, sampling=sampling)
+    prefix_model = None
+    if cut:  # looped-suffix: the prefix computes what crosses into the suffix
+        cut = cut[0]
+        prefix_model = graybox.cut_model(iso.info, {n: None for n in cut})
+    return dict(model=model, samples_input=samples_input,
+                level_inputs={v.name: val for v, val in perturber.level_inputs},
+                locations=locations, samples=samples,
+                draws=[d for _, d in perturber.bank_inputs], sampling=sampling,
+                relative_axes=dict(perturber.relative_axes), prefix=prefix_model,
+                cut=list(cut))
 
 
 def add_softmax(info: ModelInfo, outputs: dict) -> onnx.ModelProto:
     """The model with a softmax over the class axis appended to each output in
-    ``outputs`` (name -> axis), for models that output logits. Names stay."""
+    ``outputs`` (name -> axis), for models that output logits. Names stay: each such
+    output becomes probabilities (same shape and dtype) under its own name; an output
+    that is a graph input or a constant is left as it is."""
     return _append_softmax(info, outputs)[0]
 
 
@@ -143,6 +187,8 @@ def with_softmax(info: ModelInfo, outputs: dict) -> ModelInfo:
 
 
 def _append_softmax(info: ModelInfo, outputs: dict):
+    """``(model, aliases)``: the softmaxed model (plain ops: Softmax before opset 13
+    flattens the trailing axes) and user output name -> the logits' new name."""
     graph = gs.import_onnx(info.model)
     prefix = prefix_for(info.model)
     b = Builder(graph, prefix + "softmax/", info.opset)

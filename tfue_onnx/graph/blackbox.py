@@ -31,11 +31,18 @@ from ..layout import image_axes
 from ..model import ModelInfo, load_model
 from ..transforms import ELEMENTS, usable_sets
 from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
-                      finish, prefix_for, stacked_name, stats_outputs)
+                      finish, prefix_for, rewire, stacked_name, stats_outputs)
 
 
 def spatial_axes(info: ModelInfo, layout: str):
-    """The input's spatial axes (h, w) and their sizes."""
+    """The input's spatial axes (h, w) and their sizes (ints, or strings when symbolic).
+
+    ``layout`` ("auto", "NCHW", "NHWC") decides a 4-D input (io.image_layout); a 3-D
+    input is [N, H, W].
+
+    Raises:
+        TfueError: the model has not exactly one input, or it is not of rank 3 or 4.
+    """
     if len(info.inputs) != 1:
         raise TfueError(f"infer-transformation needs a model with one image input; this one has "
                         f"{len(info.inputs)}", "use a gray-box method (noise, dropout)")
@@ -48,12 +55,19 @@ def spatial_axes(info: ModelInfo, layout: str):
     return axes, (inp.shape[axes[0]], inp.shape[axes[1]])
 
 
+def _swap_hw(b: Builder, x, axes, rank: int, dtype):
+    """``x`` with its axes ``axes`` (h, w) swapped: a transpose of the image."""
+    h, w = axes
+    perm = list(range(rank))
+    perm[h], perm[w] = w, h
+    return b.op("Transpose", [x], {"perm": perm}, dtype=dtype)
+
+
 def _forward(b: Builder, x, element, axes, rank, dtype):
+    """``x`` transformed by the D4 ``element`` on its image axes (transpose, then flips)."""
     h, w = axes
     if element.transpose:
-        perm = list(range(rank))
-        perm[h], perm[w] = w, h
-        x = b.op("Transpose", [x], {"perm": perm}, dtype=dtype)
+        x = _swap_hw(b, x, axes, rank, dtype)
     if element.flip_h:
         x = b.flip(x, h, dtype)
     if element.flip_w:
@@ -62,6 +76,8 @@ def _forward(b: Builder, x, element, axes, rank, dtype):
 
 
 def _inverse(b: Builder, y, element, axes, rank, dtype):
+    """``y`` with ``element`` undone on its image ``axes`` (flips, then transpose);
+    ``y`` as it is when ``axes`` is None."""
     if axes is None:  # no identified image axes (class scores, sequences): nothing to undo
         return y
     h, w = axes
@@ -70,18 +86,17 @@ def _inverse(b: Builder, y, element, axes, rank, dtype):
     if element.flip_h:
         y = b.flip(y, h, dtype)
     if element.transpose:
-        perm = list(range(rank))
-        perm[h], perm[w] = w, h
-        y = b.op("Transpose", [y], {"perm": perm}, dtype=dtype)
+        y = _swap_hw(b, y, axes, rank, dtype)
     return y
 
 
 def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes: dict,
                out_axes=None):
-    """The sampling graph of infer-transformation (see the module docstring).
+    """The sampling graph of infer-transformation (Mi et al., "Training-Free Uncertainty
+    Estimation"; see the module docstring).
 
     Args:
-        info: the model.
+        info: the model (one image input [N, C, H, W], [N, H, W, C] or [N, H, W]).
         spec: a perturb.Transform.
         strategy: batched or loop.
         keep_samples: also return the stacked samples.
@@ -92,62 +107,97 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
             rewrite stage runs no model.
 
     Returns:
-        (ModelProto, the transform names).
+        (ModelProto, the transform names). The graph returns each output unperturbed
+        under its own name and, per statistics output, the stack ``[T, *shape]`` of
+        its T transformed-and-undone samples (same dtype and units as the output).
 
     Raises:
-        TfueError: the model has no image input, or rotations cannot be undone on
-            one of its outputs. StrategyUnavailable: the strategy cannot apply.
-            ValueError: ``out_axes`` is None.
+        TfueError: the model's opset is below MIN_OPSET, it has no image input, its
+            fixed non-square input cannot take 90° rotations, or rotations cannot be
+            undone on one of its outputs. StrategyUnavailable: batched on a fixed batch.
+        ValueError: ``out_axes`` is None.
     """
+    axes, rank = _check_transformable(info, spec)
+    if out_axes is None:
+        raise ValueError("transforms() needs the outputs' image axes: pass "
+                         "out_axes=tfue_onnx.axes.find_axes(info, layout)")
+    out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
+    groups = _transform_groups(info, spec, strategy)
+    graph = gs.import_onnx(info.model)
+    prefix = prefix_for(info.model)
+    b = Builder(graph, prefix, info.opset)
+    inp = info.inputs[0]
+    x = next(t for t in graph.inputs if t.name == inp.name)
+    consumers = list(x.outputs)
+    outputs = list(graph.outputs)
+    x_first, firsts, samples = _transformed_copies(graph, info, b, groups, x, axes, rank,
+                                                   out_axes)
+    rewire(consumers, x, x_first)
+    # Graph outputs: the unperturbed output under its own name, and the stacks.
+    for o in outputs:
+        o.name = b.name("copy0_out")
+    graph.outputs = _transform_outputs(info, spec, b, firsts, samples)
+    model = finish(graph, info)
+    model = attach_stats(model, info, prefix, keep_samples, classes)
+    return model, spec.names
+
+
+def _check_transformable(info: ModelInfo, spec):
+    """The input's image axes (h, w) and rank, or the TfueError that refuses the model
+    (opset below MIN_OPSET, no image input, 90° rotations of a fixed non-square input)."""
     if info.opset < MIN_OPSET:  # the Estimator converts a copy first; this is for direct callers
         raise TfueError(f"infer-transformation needs opset >= {MIN_OPSET} (flips are Slices "
                         f"with steps); the model has opset {info.opset}",
                         "convert it with onnx.version_converter: " + conversion_command(info.path))
     axes, (h, w) = spatial_axes(info, spec.layout)
-    inp = info.inputs[0]
-    rank = len(inp.shape)
     fixed = isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0
     if fixed and h != w and any(e.swaps_axes for e in spec.elements):
         raise TfueError(f"the model's input is fixed at {h}x{w}, so 90° rotations (which swap "
                         f"height and width) cannot run: {', '.join(spec.names)}",
                         "use one of the sets " + ", ".join(usable_sets(square=False)))
-    if out_axes is None:
-        raise ValueError("transforms() needs the outputs' image axes: pass "
-                         "out_axes=tfue_onnx.axes.find_axes(info, layout)")
-    out_axes.check_rotations(spec.elements, [o.name for o in stats_outputs(info)])
-    batch_fixed = isinstance(inp.shape[0], int) and inp.shape[0] > 0
+    return axes, len(info.inputs[0].shape)
+
+
+def _transform_groups(info: ModelInfo, spec, strategy: str) -> list:
+    """The transforms that run together, identity's group first: batched, those that
+    keep the input's shape and those that swap its axes (two batches); loop, one each.
+    Raises StrategyUnavailable for batched on a fixed batch size."""
+    inp = info.inputs[0]
     identity = ELEMENTS["identity"]
     others = [e for e in spec.elements if e is not identity]
-    if strategy == "batched":
-        if batch_fixed:
-            raise StrategyUnavailable(f"input '{inp.name}' has a fixed batch size "
-                                      f"{inp.shape[0]}; transforms cannot share a batch")
-        groups = [[identity] + [e for e in others if not e.swaps_axes],
-                  [e for e in others if e.swaps_axes]]
-        groups = [g for g in groups if g]
-    else:
-        groups = [[identity]] + [[e] for e in others]
+    if strategy != "batched":
+        return [[identity]] + [[e] for e in others]
+    if isinstance(inp.shape[0], int) and inp.shape[0] > 0:
+        raise StrategyUnavailable(f"input '{inp.name}' has a fixed batch size "
+                                  f"{inp.shape[0]}; transforms cannot share a batch")
+    groups = [[identity] + [e for e in others if not e.swaps_axes],
+              [e for e in others if e.swaps_axes]]
+    return [g for g in groups if g]
 
-    graph = gs.import_onnx(info.model)
-    prefix = prefix_for(info.model)
-    b = Builder(graph, prefix, info.opset)
-    x = next(t for t in graph.inputs if t.name == inp.name)
-    dtype = np.dtype(inp.dtype)
+
+def _transformed_copies(graph: gs.Graph, info: ModelInfo, b: Builder, groups, x, axes,
+                        rank: int, out_axes):
+    """Run each group of transforms through a copy of the model (the model's own nodes
+    for the first group) and undo them on the outputs.
+
+    Returns ``(x_first, firsts, samples)``: the first group's input (to rewire the
+    model's own consumers of ``x`` to), output name -> identity's output, and
+    transform name -> {output name: its sample}.
+    """
+    dtype = np.dtype(info.inputs[0].dtype)
     original_nodes = list(graph.nodes)
-    consumers = list(x.outputs)
     outputs = list(graph.outputs)
-
-    samples = {}  # element name -> {output name: sample tensor}
-    firsts = {}
+    identity = ELEMENTS["identity"]
+    samples, firsts, x_first = {}, {}, None
     for gi, group in enumerate(groups):
         xs = [_forward(b, x, e, axes, rank, dtype) for e in group]
         x_g = b.op("Concat", xs, {"axis": 0}, dtype=dtype) if len(xs) > 1 else \
             b.op("Identity", xs, dtype=dtype)
-        if gi == 0:  # the model's own nodes serve the first group (rewired below)
+        if gi == 0:  # the model's own nodes serve the first group (rewired by the caller)
             x_first = x_g
             ys = outputs
         else:  # copies are made from the nodes as they still read x
-            mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{prefix}copy{gi}/")
+            mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{b.prefix}copy{gi}/")
             ys = [mapping[id(o)] for o in outputs]
         for o, y_g in zip(info.outputs, ys):
             odt = np.dtype(o.dtype) if o.dtype in ("float32", "float64", "float16") else None
@@ -158,14 +208,13 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                     firsts[o.name] = part
                 samples.setdefault(e.name, {})[o.name] = _inverse(
                     b, part, e, oaxes, out_axes.ranks.get(o.name, 0), odt)
+    return x_first, firsts, samples
 
-    for node in consumers:
-        for i, t in enumerate(node.inputs):
-            if t is x:
-                node.inputs[i] = x_first
-    # Graph outputs: the unperturbed output under its own name, and the stacks.
-    for o in outputs:
-        o.name = b.name("copy0_out")
+
+def _transform_outputs(info: ModelInfo, spec, b: Builder, firsts: dict,
+                       samples: dict) -> list:
+    """The graph outputs: each output unperturbed under its own name and, for each
+    statistics output, the stack of its samples in ``spec``'s order."""
     final = []
     stats = {o.name for o in stats_outputs(info)}
     for o in info.outputs:
@@ -174,12 +223,9 @@ def transforms(info: ModelInfo, spec, strategy: str, keep_samples: bool, classes
                                           shape=list(o.shape) if o.shape else None)))
         if o.name in stats:
             final.append(b.stack([samples[e.name][o.name] for e in spec.elements],
-                                 out=gs.Variable(stacked_name(prefix, o.name),
+                                 out=gs.Variable(stacked_name(b.prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
-    graph.outputs = final
-    model = finish(graph, info)
-    model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, spec.names
+    return final
 
 
 def _tensor_difference(kind: str, k: int, ta, tc) -> str | None:
@@ -248,6 +294,7 @@ def member_names(main: ModelInfo, other: ModelInfo) -> dict:
 
 
 def _as_info(m, k: int) -> ModelInfo:
+    """Member ``k`` (a path, ModelProto or ModelInfo) as a ModelInfo; TfueError else."""
     if isinstance(m, ModelInfo):
         return m
     if isinstance(m, (str, bytes)) or hasattr(m, "__fspath__"):
@@ -324,7 +371,8 @@ def member_infos(info: ModelInfo, members) -> list:
 
 
 def member_notes(info: ModelInfo, others: list) -> list:
-    """One line per member whose names differ from member 0's (matched by position)."""
+    """One line per member of ``others`` whose tensor names differ from member 0's
+    (``info``; matched by position), naming each renamed input and output."""
     notes = []
     for k, m in enumerate(others, start=1):
         names = member_names(info, m)
@@ -337,10 +385,25 @@ def member_notes(info: ModelInfo, others: list) -> list:
 
 
 def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
-    """One graph holding every member; the samples are the members' outputs.
+    """One graph holding every member; the samples are the members' outputs (deep
+    ensembles, Lakshminarayanan et al.; member 0, ``info``, gives the unperturbed
+    output).
 
     Members whose inputs and outputs are named differently are wired by position
-    (see :func:`member_infos`).
+    (see :func:`member_infos`); older opsets are converted up to the newest member's
+    (onnx.version_converter, :func:`at_opset`).
+
+    Args:
+        info: member 0.
+        spec: a perturb.Ensemble (its ``members``: the other models).
+        keep_samples: also return ``y.samples`` ``[members, *shape]``.
+        classes: outputs holding class probabilities -> class axis.
+
+    Returns:
+        (ModelProto, the members' labels, member 0's first).
+
+    Raises:
+        TfueError: a member cannot be read, does not match, or cannot be converted.
     """
     others = member_infos(info, spec.members)
     opset = ensemble_opset(info, others)
@@ -369,17 +432,28 @@ def ensemble(info: ModelInfo, spec, keep_samples: bool, classes: dict):
                                  out=gs.Variable(stacked_name(prefix, o.name),
                                                  dtype=np.dtype(o.dtype))))
     graph.outputs = final
-    model = finish(graph, base)
-    # Members may use op domains (e.g. com.microsoft) that member 0 does not import.
+    model = _with_member_domains(finish(graph, base), others)
+    model = attach_stats(model, info, prefix, keep_samples, classes)
+    return model, member_labels(info, others)
+
+
+def _with_member_domains(model: onnx.ModelProto, others) -> onnx.ModelProto:
+    """``model`` importing the op domains (e.g. com.microsoft) that members use and
+    member 0 does not, in place."""
     domains = {imp.domain for imp in model.opset_import}
     for m in others:
         for imp in m.model.opset_import:
             if imp.domain not in domains:
                 model.opset_import.append(imp)
                 domains.add(imp.domain)
-    model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, [info.path or "member 0"] + [m.path or f"member {k}"
-                                               for k, m in enumerate(others, start=1)]
+    return model
+
+
+def member_labels(info: ModelInfo, others) -> list:
+    """The members' names in results: their paths, or ``member k`` for a model given
+    in memory (member 0, ``info``, first)."""
+    return [info.path or "member 0"] + [m.path or f"member {k}"
+                                        for k, m in enumerate(others, start=1)]
 
 
 def model_files(paths) -> list:

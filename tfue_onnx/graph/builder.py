@@ -18,7 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import TfueError
-from ..model import FLOAT_TYPES, ModelInfo, node_inputs, topological_order, toposorted
+from ..model import (FLOAT_TYPES, ModelInfo, node_inputs, rename_tensor, reorder_nodes,
+                     topological_order, toposorted)
 
 # graphsurgeon warns on stdout about models it reads (duplicate node names, ...);
 # library code never prints, and problems tfue cares about become TfueErrors.
@@ -36,11 +37,16 @@ OUTPUT_KEYS = ("mean", "variance", "samples", "mean_entropy")
 
 
 class StrategyUnavailable(Exception):
-    """A strategy cannot be built for this model; the message says why."""
+    """A strategy cannot be built for this model; the message says why (one line).
+
+    Not a TfueError: the Estimator catches it and tries the next strategy; a user
+    sees it only when no strategy is left.
+    """
 
 
 def output_names(name: str) -> dict:
-    """The uncertainty graph's output names for a model output ``name``."""
+    """The uncertainty graph's output names for a model output ``name``: ``{"output":
+    name, "mean": "name.mean", "variance": ..., "samples": ..., "mean_entropy": ...}``."""
     names = {"output": name}
     names.update({key: f"{name}.{key}" for key in OUTPUT_KEYS})
     return names
@@ -92,6 +98,7 @@ def draw_bank(draw: Draw, seed: int, shape, first: int, count: int,
 
 
 def _item_shape(shape: tuple, batch_axis: int | None) -> tuple:
+    """``shape`` without ``batch_axis``: the shape of one batch item's draws."""
     if batch_axis is None:
         return shape
     return shape[:batch_axis] + shape[batch_axis + 1:]
@@ -144,7 +151,16 @@ def broadcast_items(item: np.ndarray, shape, batch_axis: int | None) -> np.ndarr
 
 @dataclasses.dataclass
 class UncertaintyGraph:
-    """A built uncertainty graph and what the runner needs to drive it."""
+    """A built uncertainty graph and what the runner needs to drive it.
+
+    ``model`` returns, per float output ``y``, ``y`` (unperturbed), ``y.mean`` and
+    ``y.variance`` (squared units of ``y``) over the samples, ``y.samples``
+    ``[n, *shape]`` when ``keep_samples`` and ``y.mean_entropy`` (nats) for class
+    probabilities (``classes``). Gray box: ``samples_input`` (int64 ``[1]``),
+    ``level_inputs`` and, with ``sampling="fed"``, one bank input per ``draws``
+    entry are graph inputs (see :meth:`feeds`); None / empty for transforms and
+    ensembles, whose sample count is fixed (``samples``).
+    """
 
     model: onnx.ModelProto
     strategy: str
@@ -249,25 +265,36 @@ class UncertaintyGraph:
 
 
 class Builder:
-    """Thin helper that adds prefixed nodes to a graphsurgeon graph."""
+    """Thin helper that adds prefixed nodes to a graphsurgeon graph (the style of
+    onnx-graphsurgeon's examples: ``graph.layer``), as the model's ``opset`` wants.
+
+    Every tensor and node it makes is named ``{prefix}{hint}_{k}``, k counting up, so
+    the same calls in the same order give the same graph.
+    """
 
     def __init__(self, graph: gs.Graph, prefix: str, opset: int):
+        """Add to ``graph``; names under ``prefix`` (one the model does not use)."""
         self.graph = graph
         self.prefix = prefix
         self.opset = opset
         self._count = 0
 
     def name(self, hint: str) -> str:
+        """A fresh name: ``{prefix}{hint}_{k}``."""
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
 
     def const(self, hint: str, value) -> gs.Constant:
+        """A constant holding ``value`` (its own dtype and shape), freshly named."""
         return gs.Constant(self.name(hint), np.asarray(value))
 
     def ints(self, hint: str, values) -> gs.Constant:
+        """An int64 constant holding ``values`` (a list: 1-D; an int: a scalar)."""
         return self.const(hint, np.array(values, dtype=np.int64))
 
     def op(self, op_type: str, inputs, attrs=None, dtype=None, shape=None, out=None):
+        """Append an ``op_type`` node reading ``inputs``; return its one output: ``out``,
+        or a new Variable of ``dtype`` and ``shape`` (None: unknown)."""
         out = out if out is not None else gs.Variable(self.name(op_type.lower()), dtype=dtype,
                                                       shape=shape)
         node = gs.Node(op_type, name=self.name(op_type), attrs=attrs or {},
@@ -280,7 +307,8 @@ class Builder:
                         "Squeeze": 13}
 
     def with_axes(self, op_type, x, axes, attrs=None, dtype=None, out=None):
-        """An op taking ``axes`` as attribute or input, as the model's opset wants."""
+        """An op taking ``axes`` (ints, or None: its default) as attribute or input,
+        as the model's opset wants (ReduceMean, ReduceMax, ReduceSum, (Un)squeeze)."""
         attrs = dict(attrs or {})
         inputs = [x]
         if axes is not None:
@@ -291,10 +319,12 @@ class Builder:
         return self.op(op_type, inputs, attrs, dtype=dtype, out=out)
 
     def reduce_mean(self, x, axes=None, keepdims=1, dtype=None, out=None):
+        """The mean of ``x`` over ``axes`` (None: every axis), dims kept by default."""
         return self.with_axes("ReduceMean", x, axes, {"keepdims": keepdims}, dtype, out)
 
     def slice(self, x, starts, ends, axes, steps=None, dtype=None, out=None):
-        """Slice with starts/ends as tensors or int lists (opset >= 10)."""
+        """Slice with starts/ends as int64 tensors or int lists, axes (and steps) as
+        int lists (opset >= 10: dynamic Slice)."""
         def as_tensor(v, hint):
             return v if isinstance(v, gs.Tensor) else self.ints(hint, v)
         inputs = [x, as_tensor(starts, "starts"), as_tensor(ends, "ends"),
@@ -304,10 +334,12 @@ class Builder:
         return self.op("Slice", inputs, dtype=dtype, out=out)
 
     def flip(self, x, axis: int, dtype=None):
+        """``x`` reversed along ``axis``: a Slice with step -1 (opset >= 10)."""
         return self.slice(x, [-1], [INT64_MIN], [axis], steps=[-1], dtype=dtype)
 
     def split(self, x, parts: int, dtype=None) -> list:
-        """Split ``x`` into ``parts`` equal pieces along axis 0."""
+        """Split ``x`` into ``parts`` equal pieces along axis 0 (its size must divide);
+        the pieces, of ``dtype``."""
         outs = [gs.Variable(self.name("part"), dtype=dtype) for _ in range(parts)]
         attrs = {"axis": 0}
         if self.opset >= 18:
@@ -317,13 +349,14 @@ class Builder:
         return outs
 
     def stack(self, xs, dtype=None, out=None):
-        """Stack tensors along a new axis 0."""
+        """Stack tensors of one shape along a new axis 0: ``[len(xs), *shape]``."""
         parts = [self.with_axes("Unsqueeze", x, [0], dtype=dtype) for x in xs]
         return self.op("Concat", parts, {"axis": 0}, dtype=dtype, out=out)
 
 
 def prefix_for(*models: onnx.ModelProto) -> str:
-    """A name prefix no tensor or node of ``models`` uses: 'tfue/' or 'tfueK/'."""
+    """A name prefix no tensor or node of ``models`` (top-level graphs) starts with:
+    'tfue/', else 'tfue1/', 'tfue2/', ..."""
     names = set()
     for model in models:
         g = model.graph
@@ -361,7 +394,8 @@ class Isolation:
     repeated: list = dataclasses.field(default_factory=list)
 
     def names(self, name: str) -> list:
-        """The builders' names of the model's output ``name`` (one per listing)."""
+        """The builders' names of the model's output ``name`` (one per listing); empty
+        for an output that does not depend on the input."""
         temps = [t for t, o in self.temp.items() if o == name]
         if temps:
             return temps
@@ -369,6 +403,7 @@ class Isolation:
 
 
 def _free_prefix(base: str, *models: onnx.ModelProto) -> str:
+    """``base`` or ``base`` numbered, so no name of ``models`` (outputs too) starts with it."""
     used = set()
     for model in models:
         g = model.graph
@@ -392,15 +427,40 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
 
     Returns:
         The Isolation of ``info``; with ``members``, a list of them, ``info``'s first.
+        A model that needs nothing isolated and is already sorted is used as it is.
     """
-    model = info.model
-    prefix = prefix or _free_prefix("tfue_io/", model, *(m.model for m in members))
-    g = model.graph
+    prefix = prefix or _free_prefix("tfue_io/", info.model, *(m.model for m in members))
+    plan, temp, constant, repeated = _output_plan(info, prefix)
+    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
+    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
+        same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
+        return same if members else same[0]
+    result = []
+    for m, order in zip((info, *members), orders):
+        isolated = ModelInfo(_isolated_copy(m.model, order, plan, prefix), m.path)
+        isolated.output_names = dict(temp)
+        # Same tensors (plus the copies of outputs): no second shape inference.
+        infos = dict(m.tensor_infos)
+        for name, orig in temp.items():
+            if orig in infos:
+                infos[name] = dataclasses.replace(infos[orig], name=name)
+        isolated.__dict__["tensor_infos"] = infos
+        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix,
+                                list(repeated)))
+    return result if members else result[0]
+
+
+def _output_plan(info: ModelInfo, prefix: str):
+    """What becomes of each graph output of ``info``'s model, by position: ``"keep"``,
+    ``"isolate"`` (an input, initializer or tensor read inside: an Identity copies it)
+    or ``"drop"`` (listed again, or not depending on the input). Returns ``(plan, temp,
+    constant, repeated)`` as in :class:`Isolation`."""
+    g = info.model.graph
     fixed = {i.name for i in g.input} | {i.name for i in g.initializer}
     read = {r for n in g.node for r in node_inputs(n)}
     dynamic = info.dynamic_tensors
     seen, temp, constant, repeated = set(), {}, [], []
-    plan = []  # per output position: "keep", "isolate" or "drop"
+    plan = []
     for k, out in enumerate(g.output):
         if out.name in seen:  # listed again: the first listing stands for it
             plan.append("drop")
@@ -414,67 +474,35 @@ def isolate_outputs(info: ModelInfo, members=(), prefix: str | None = None) -> I
         else:
             plan.append("keep")
         seen.add(out.name)
-    orders = [topological_order(m.model.graph.node) for m in (info, *members)]
-    if all(p == "keep" for p in plan) and all(o == sorted(o) for o in orders):
-        same = [Isolation(m, m, {}, [], prefix) for m in (info, *members)]
-        return same if members else same[0]
-    result = []
-    for m, order in zip((info, *members), orders):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(m.model)
-        if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
-            nodes = [copy.graph.node[k] for k in order]
-            nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
-            del copy.graph.node[:]
-            copy.graph.node.extend(nodes)
-        outputs = []
-        for k, (out, how) in enumerate(zip(m.model.graph.output, plan)):
-            if how == "drop":
-                continue
-            vi = onnx.ValueInfoProto()
-            vi.CopyFrom(out)
-            if how == "isolate":
-                vi.name = f"{prefix}out{k}/{out.name}"
-                copy.graph.node.append(onnx.helper.make_node(
-                    "Identity", [out.name], [vi.name], name=f"{prefix}isolate{k}"))
-            outputs.append(vi)
-        del copy.graph.output[:]
-        copy.graph.output.extend(outputs)
-        isolated = ModelInfo(copy, m.path)
-        isolated.output_names = dict(temp)
-        # Same tensors (plus the copies of outputs): no second shape inference.
-        infos = dict(m.tensor_infos)
-        for name, orig in temp.items():
-            if orig in infos:
-                infos[name] = dataclasses.replace(infos[orig], name=name)
-        isolated.__dict__["tensor_infos"] = infos
-        result.append(Isolation(isolated, m, dict(temp), list(constant), prefix,
-                                list(repeated)))
-    return result if members else result[0]
+    return plan, temp, constant, repeated
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename tensor ``old`` to ``new`` in ``graph`` and the subgraphs that read it."""
-    for n in graph.node:
-        n.input[:] = [new if i == old else i for i in n.input]
-        n.output[:] = [new if o == old else o for o in n.output]
-        for attr in n.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-            for sub in subs:
-                local = {i.name for i in sub.input} | {i.name for i in sub.initializer} | \
-                    {o for sn in sub.node for o in sn.output}
-                if old not in local:
-                    _rename(sub, old, new)
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if vi.name == old:
-            vi.name = new
-    for init in graph.initializer:
-        if init.name == old:
-            init.name = new
+def _isolated_copy(model: onnx.ModelProto, order: list, plan: list,
+                   prefix: str) -> onnx.ModelProto:
+    """A copy of ``model`` with its nodes in ``order`` and its outputs as ``plan`` says
+    (an Identity ``{prefix}isolate{k}`` before each isolated output)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if order != sorted(order):  # graphsurgeon links tensors in the order it reads nodes
+        reorder_nodes(copy.graph, order)
+    outputs = []
+    for k, (out, how) in enumerate(zip(model.graph.output, plan)):
+        if how == "drop":
+            continue
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(out)
+        if how == "isolate":
+            vi.name = f"{prefix}out{k}/{out.name}"
+            copy.graph.node.append(onnx.helper.make_node(
+                "Identity", [out.name], [vi.name], name=f"{prefix}isolate{k}"))
+        outputs.append(vi)
+    del copy.graph.output[:]
+    copy.graph.output.extend(outputs)
+    return copy
 
 
 def _names_in(graph: onnx.GraphProto) -> set:
+    """Every tensor name ``graph`` defines or reads (subgraph reads included)."""
     names = {i.name for i in list(graph.input) + list(graph.initializer)}
     for n in graph.node:
         names.update(node_inputs(n))
@@ -521,7 +549,7 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
                     elif orig in done:
                         source = existing.get(orig + key, out)
                     else:  # statistics of a returned input: named as the model's
-                        _rename(g, temp + key, orig + key)
+                        rename_tensor(g, temp + key, orig + key)
                         break
                     vi = onnx.ValueInfoProto()
                     vi.CopyFrom(source)
@@ -529,13 +557,22 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
                     g.output[i].CopyFrom(vi)
         else:
             if orig in _names_in(g):
-                _rename(g, orig, f"{iso.prefix}inner/{orig}")
+                rename_tensor(g, orig, f"{iso.prefix}inner/{orig}")
             for key in keys:
-                _rename(g, temp + key, orig + key)
+                rename_tensor(g, temp + key, orig + key)
         done.add(orig)
     if iso.constant:
         _add_constant_outputs(g, iso)
     _drop_dead_nodes(g)
+    outputs = _in_model_order(g, iso)
+    del g.output[:]
+    g.output.extend(outputs)
+    return model
+
+
+def _in_model_order(g: onnx.GraphProto, iso: Isolation) -> list:
+    """``g``'s outputs in the model's order (statistics right after their output), a
+    name the model lists twice listed twice again; fresh ValueInfoProtos."""
     order = {}  # each name at its first listing
     for k, o in enumerate(iso.original.model.graph.output):
         order.setdefault(o.name, k)
@@ -549,9 +586,7 @@ def restore_outputs(model: onnx.ModelProto, iso: Isolation) -> onnx.ModelProto:
         again = onnx.ValueInfoProto()
         again.CopyFrom(outputs[at])
         outputs.insert(at + 1, again)
-    del g.output[:]
-    g.output.extend(outputs)
-    return model
+    return outputs
 
 
 def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
@@ -575,12 +610,12 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
     taken = _names_in(g)
     for name in iso.constant:
         if name in taken:
-            _rename(g, name, f"{iso.prefix}inner/{name}")
+            rename_tensor(g, name, f"{iso.prefix}inner/{name}")
 
     def new(name):
         return name if (not name or name in inputs) else copied + name
 
-    for name in seen:
+    for name in sorted(seen):  # a set: sorted, so an export is the same file every run
         if name in inits:
             t = onnx.TensorProto()
             t.CopyFrom(inits[name])
@@ -602,7 +637,11 @@ def _add_constant_outputs(g: onnx.GraphProto, iso: Isolation) -> None:
 
 
 def float_dtype(info: ModelInfo, name: str):
-    """The numpy dtype of a float tensor, or a TfueError saying why it is not one."""
+    """The numpy dtype (float16, float32 or float64) of tensor ``name`` of ``info``.
+
+    Raises:
+        TfueError: the tensor is not a float tensor of known type, or is bfloat16.
+    """
     dt = info.tensor_infos.get(name)
     if dt is None or dt.dtype not in FLOAT_TYPES.values():
         raise TfueError(f"tensor '{name}' is not a float tensor",
@@ -614,7 +653,8 @@ def float_dtype(info: ModelInfo, name: str):
 
 
 def stats_outputs(info: ModelInfo) -> list:
-    """The model outputs that get statistics: the float ones."""
+    """The model outputs that get statistics: the float ones (float16/32/64; bfloat16
+    and integer outputs are returned unperturbed only), as TensorInfos."""
     return [o for o in info.outputs if o.dtype in FLOAT_TYPES.values() and o.dtype != "bfloat16"]
 
 
@@ -623,18 +663,23 @@ def replace_tensor(graph: gs.Graph, old: gs.Variable, new: gs.Variable, skip=())
 
     ``skip`` holds ids of nodes that keep reading ``old``.
     """
-    for node in list(old.outputs):  # snapshot: rewiring edits old.outputs
-        if id(node) in skip:
-            continue
-        for i, t in enumerate(node.inputs):
-            if t is old:
-                node.inputs[i] = new
+    # A snapshot: rewiring edits old.outputs.
+    rewire([n for n in old.outputs if id(n) not in skip], old, new)
     for i, t in enumerate(graph.outputs):
         if t is old:
             # Keep the graph output's name: the inner tensor takes a new one.
             new_name, old.name = old.name, new.name
             new.name = new_name
             graph.outputs[i] = new
+
+
+def rewire(nodes, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make each of ``nodes`` read ``new`` wherever it reads ``old`` (in place; pass a
+    list, not ``old.outputs`` itself, which the rewiring edits)."""
+    for node in nodes:
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
 
 
 def clone_nodes(graph: gs.Graph, nodes, mapping: dict, prefix: str, const_prefix=None):
@@ -754,6 +799,7 @@ def prefixed_node(node: onnx.NodeProto, rename: dict, prefix: str) -> onnx.NodeP
 
 
 def _prefix_subgraphs(node: onnx.NodeProto, rename: dict, prefix: str) -> None:
+    """Prefix the scopes of ``node``'s subgraphs (see :func:`_prefix_scope`), in place."""
     for attr in node.attribute:
         subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
             list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
@@ -802,7 +848,8 @@ def renamed_constant(t: gs.Constant, name: str) -> gs.Constant:
 
 
 def entropy(b: Builder, p, axis, dtype):
-    """-sum(p log p) along ``axis`` (an int or a list of axes); 0 log 0 counts as 0."""
+    """-sum(p log p) in nats along ``axis`` (an int or a list of axes) of probabilities
+    ``p`` (float ``dtype``), axes removed; 0 log 0 counts as 0 (p clipped at tiny)."""
     tiny = b.const("tiny", np.array(np.finfo(dtype).tiny, dtype))
     logp = b.op("Log", [b.op("Max", [p, tiny], dtype=dtype)], dtype=dtype)
     plogp = b.op("Mul", [p, logp], dtype=dtype)
@@ -812,13 +859,22 @@ def entropy(b: Builder, p, axis, dtype):
 
 
 def stacked_name(prefix: str, name: str) -> str:
-    """The sampling graph's name for the stack of samples of output ``name``."""
+    """The sampling graph's name for the stack of samples ``[n, *shape]`` of output
+    ``name``, under the builder's ``prefix`` (an inner tensor: :func:`attach_stats`
+    consumes it)."""
     return f"{prefix}stacked/{name}"
 
 
 def attach_stats(model: onnx.ModelProto, info: ModelInfo, prefix: str, keep_samples: bool,
                  classes: dict) -> onnx.ModelProto:
     """Turn a sampling graph (outputs ``y`` and its stack) into the uncertainty graph.
+
+    Per statistics output ``y`` (float, the stack ``[n, *shape]`` named by
+    :func:`stacked_name`): ``y.mean`` and ``y.variance`` (population, squared units of
+    ``y``) over axis 0, computed on the change from ``y`` (so level 0 gives exactly
+    ``y`` and 0), ``y.samples`` when ``keep_samples``, and ``y.mean_entropy`` (nats)
+    for the outputs in ``classes`` (name -> class axis or axes of ``y``). The stacks
+    stop being outputs. Returns ``model``, changed in place.
 
     The head is built with graphsurgeon as a graph of its own and spliced in, so
     it also fits the loop strategy, whose Loop body gs must not re-export.
@@ -863,11 +919,13 @@ def attach_stats(model: onnx.ModelProto, info: ModelInfo, prefix: str, keep_samp
 
 
 def _opset(model: onnx.ModelProto) -> int:
+    """The default domain's opset of ``model``."""
     return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
 
 
 def finish(graph: gs.Graph, info: ModelInfo) -> onnx.ModelProto:
-    """Export ``graph`` with the model's IR version and opset."""
+    """Export ``graph`` (cleaned up, sorted, value_info dropped: tiled shapes go stale)
+    with ``info``'s IR version and opset imports (:func:`keep_versions`)."""
     graph.cleanup().toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     # Shapes annotated on inner tensors go stale when the batch is tiled ("batch" is
@@ -877,7 +935,9 @@ def finish(graph: gs.Graph, info: ModelInfo) -> onnx.ModelProto:
 
 
 def freeze_inputs(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
-    """``model`` with the graph inputs named in ``values`` turned into constants."""
+    """A copy of ``model`` with the graph inputs named in ``values`` (name -> array or
+    scalar, its dtype the input's) turned into initializers: ``tfue export``'s sample
+    count and levels."""
     frozen = onnx.ModelProto()
     frozen.CopyFrom(model)
     kept = [i for i in frozen.graph.input if i.name not in values]
@@ -948,6 +1008,7 @@ def _computed_rank(node: onnx.NodeProto, shapes: dict):
 
 
 def _rank_only(name: str, elem: int, rank: int) -> onnx.ValueInfoProto:
+    """A value_info of ``name`` that says its element type and rank, no sizes."""
     vi = onnx.helper.make_tensor_value_info(name, elem, [None] * rank)
     for d in vi.type.tensor_type.shape.dim:
         d.Clear()

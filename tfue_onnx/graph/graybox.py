@@ -50,10 +50,17 @@ from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
                       finish, float_dtype, keep_versions, output_names, prefix_for,
-                      prefixed_node, replace_tensor, stacked_name, stats_outputs)
+                      prefixed_node, replace_tensor, rewire, stacked_name, stats_outputs)
+
 
 class _Perturber:
     """Inserts perturbations into a graph; optionally masked to spare slot 0.
+
+    Noise ``t + sigma * eps`` and dropout ``t * keep / (1 - rate)`` (Mi et al.,
+    "Training-Free Uncertainty Estimation": infer-noise, infer-dropout; MC-dropout,
+    Gal & Ghahramani, switches on existing Dropout nodes the same way). Collects the
+    inputs it adds: ``level_inputs`` (scalar levels and their defaults) and, with
+    ``sampling="fed"``, ``bank_inputs`` (a :class:`Draw` each).
 
     With ``sampling="fed"``, ``read_bank(bank, like, dtype)`` turns a bank input into the
     draws for tensor ``like`` (the strategy decides how: all rows, or one row per
@@ -62,6 +69,8 @@ class _Perturber:
 
     def __init__(self, b: Builder, seed: int, slot_mask=None, sampling: str = "graph",
                  read_bank=None, one_slot=None):
+        """Add to ``b``'s graph; Random* seeds derive from ``seed``. Raises TfueError for
+        an unknown ``sampling``."""
         if sampling not in SAMPLING:
             raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
         self.b = b
@@ -76,6 +85,7 @@ class _Perturber:
         self._random = 0
 
     def _level(self, hint: str, value: float, dtype) -> gs.Variable:
+        """A scalar level input of ``dtype`` (sigma or rate), ``value`` its default."""
         var = gs.Variable(self.b.name(hint), dtype=dtype, shape=[])
         self.level_inputs.append((var, np.asarray(value, dtype=dtype)))
         return var
@@ -108,7 +118,13 @@ class _Perturber:
                     rank: int | None = None, item_axis: int | None = None):
         """sigma * eps for ``t``; relative: times the spread of each batch item (each
         index of ``item_axis`` when it is known and not 0, else of axis 0; the whole
-        tensor's for a location of rank 0 or 1)."""
+        tensor's for a location of rank 0 or 1). Records the axis in ``relative_axes``.
+
+        ``t``: the location (float ``dtype``, ``rank`` when known); ``sigma_var``: the
+        level input, a scalar of ``dtype`` (absolute: in the tensor's units; relative: in
+        units of its standard deviation). Returns a tensor shaped like ``t``. Mi et al.,
+        "Training-Free Uncertainty Estimation", infer-noise.
+        """
         b = self.b
         eps = self._random_like(t, "normal", dtype, location)
         delta = b.op("Mul", [eps, sigma_var], dtype=dtype)
@@ -117,44 +133,24 @@ class _Perturber:
             # every other axis. (The tiled strategies' slots are axis 0: such a location
             # fails their verification, and the loop runs it on one copy.)
             self.relative_axes[location] = item_axis
-            axes = [a for a in range(rank) if a != item_axis]
-            mean = b.reduce_mean(t, axes=axes, dtype=dtype)
-            centred = b.op("Sub", [t, mean], dtype=dtype)
-            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=axes,
-                                dtype=dtype)
-            delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
-        elif relative and rank is not None and rank <= 1:
+            var = _variance(b, t, [a for a in range(rank) if a != item_axis], dtype)
+            return b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+        if not relative:
+            return delta
+        if rank is not None and rank <= 1:
             # No item axis to keep apart: the spread of the whole tensor (one copy).
             self.relative_axes[location] = None
             t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
-            mean = b.reduce_mean(t1, dtype=dtype)
-            centred = b.op("Sub", [t1, mean], dtype=dtype)
-            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), dtype=dtype)
-            delta = b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
-        elif relative:
-            self.relative_axes[location] = 0
-            # The spread of each batch item (each index of the location's axis 0) in one
-            # copy (all slots hold the same values): an item's sigma does not depend on
-            # the rest of the batch, nor on the number of slots, and is what the loop
-            # computes per iteration.
-            t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
-            rows = b.op("Flatten", [t1], {"axis": 1}, dtype=dtype)  # [B, rest]
-            mean = b.reduce_mean(rows, axes=[1], dtype=dtype)
-            centred = b.op("Sub", [rows, mean], dtype=dtype)
-            var = b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=[1],
-                                dtype=dtype)
-            # delta as [slots, B, rest] times the items' std [B, 1], back to its shape.
-            by_slot = b.op("Concat", [b.ints("minus1", [-1]),
-                                      b.op("Shape", [rows], dtype=np.int64)], {"axis": 0},
-                           dtype=np.int64)
-            scaled = b.op("Mul", [b.op("Reshape", [delta, by_slot], dtype=dtype),
-                                  b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
-            delta = b.op("Reshape", [scaled, b.op("Shape", [delta], dtype=np.int64)],
-                         dtype=dtype)
-        return delta
+            var = _variance(b, t1, None, dtype)
+            return b.op("Mul", [delta, b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+        self.relative_axes[location] = 0
+        t1 = self.one_slot(t, dtype) if self.one_slot is not None else t
+        return _per_item_scaled(b, delta, t1, dtype)
 
     def dropped(self, t, dtype, rate_var, location: str):
-        """t * keep / (1 - rate), keep ~ Bernoulli(1 - rate), built from plain ops."""
+        """t * keep / (1 - rate), keep ~ Bernoulli(1 - rate), built from plain ops
+        (onnxruntime may remove a Dropout node): shaped like ``t``, of ``dtype``;
+        ``rate_var`` a scalar level input in [0, 1). Mi et al., infer-dropout."""
         b = self.b
         u = self._random_like(t, "uniform", dtype, location)
         # keep = not (u < rate): at rate 0 nothing is dropped, whatever u is.
@@ -169,9 +165,26 @@ class _Perturber:
               relative=False, out: gs.Variable | None = None,
               location: str | None = None, rank: int | None = None,
               item_axis: int | None = None) -> gs.Variable:
-        """Perturb ``t`` (the graph's copy of the model's tensor ``location``, of
-        ``rank`` when known, its batch on ``item_axis`` when known); rewire its
-        consumers (or fill ``out``) with the result."""
+        """Perturb ``t`` and rewire its consumers (or fill ``out``) with the result.
+
+        Args:
+            graph: the graph that holds ``t``.
+            t: the graph's copy of the model's tensor ``location`` (float ``dtype``).
+            kind: "noise" or "dropout".
+            level_var: the scalar level input: sigma (noise; in ``t``'s units, or with
+                ``relative`` in units of each item's standard deviation) or the rate.
+            dtype: ``t``'s numpy float dtype.
+            relative: noise relative to each batch item's spread.
+            out: the Variable to fill (MC-dropout keeps the Dropout's output); None:
+                a new one, and ``t``'s consumers read it instead.
+            location: the model's name of ``t`` (default ``t.name``), for the draws.
+            rank: ``t``'s rank when known.
+            item_axis: the axis holding ``t``'s batch items when known.
+
+        Returns:
+            The perturbed tensor, shaped like ``t``, of ``dtype``; slot 0 unperturbed
+            when the perturber has a slot mask.
+        """
         b = self.b
         location = location or t.name
         consumers_before = {id(n) for n in t.outputs}
@@ -192,6 +205,29 @@ class _Perturber:
             skip = {id(n) for n in t.outputs} - consumers_before  # our own new nodes
             replace_tensor(graph, t, result, skip=skip)
         return result
+
+
+def _variance(b: Builder, x, axes, dtype):
+    """The population variance of ``x`` over ``axes`` (every axis when None), dims kept:
+    the spread that relative noise scales by."""
+    mean = b.reduce_mean(x, axes=axes, dtype=dtype)
+    centred = b.op("Sub", [x, mean], dtype=dtype)
+    return b.reduce_mean(b.op("Mul", [centred, centred], dtype=dtype), axes=axes, dtype=dtype)
+
+
+def _per_item_scaled(b: Builder, delta, t1, dtype):
+    """``delta`` times the standard deviation of each batch item (each index of axis 0)
+    of ``t1``, one copy of the batch (all slots hold the same values): an item's sigma
+    does not depend on the rest of the batch, nor on the number of slots, and is what
+    the loop computes per iteration."""
+    rows = b.op("Flatten", [t1], {"axis": 1}, dtype=dtype)  # [B, rest]
+    var = _variance(b, rows, [1], dtype)
+    # delta as [slots, B, rest] times the items' std [B, 1], back to its shape.
+    by_slot = b.op("Concat", [b.ints("minus1", [-1]), b.op("Shape", [rows], dtype=np.int64)],
+                   {"axis": 0}, dtype=np.int64)
+    scaled = b.op("Mul", [b.op("Reshape", [delta, by_slot], dtype=dtype),
+                          b.op("Sqrt", [var], dtype=dtype)], dtype=dtype)
+    return b.op("Reshape", [scaled, b.op("Shape", [delta], dtype=np.int64)], dtype=dtype)
 
 
 def _insert(graph: gs.Graph, info: ModelInfo, spec, perturber: "_Perturber", tensors: dict):
@@ -234,6 +270,9 @@ def symbolic_batch_axis(info: ModelInfo, name: str) -> int | None:
 
 
 def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Perturber):
+    """Replace the chosen Dropout nodes (all by default) by sampled dropout (MC-dropout);
+    their names. TfueError: no Dropout node, an unknown name, a computed ratio without
+    ``--rate``, or a node whose mask output is in use."""
     known = {d.name: d for d in info.dropouts}
     if not known:
         raise TfueError("the model has no Dropout node, so MC-dropout has nothing to switch on",
@@ -269,7 +308,25 @@ def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Pert
 
 def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
             sampling: str = "fed"):
-    """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed."""
+    """Tile the inputs n+1 times along the batch axis; slot 0 stays unperturbed.
+
+    Args:
+        info: the model (opset >= MIN_OPSET, every input with a free batch axis 0).
+        spec: a perturb.Noise, Dropout or MCDropout.
+        samples: the default number of samples n (an input of the graph).
+        seed: seeds the draws (fed banks, or Random* seeds).
+        keep_samples: also return ``y.samples`` ``[n, *shape]``.
+        classes: outputs holding class probabilities -> class axis.
+        sampling: "fed" or "graph" (see the module docstring).
+
+    Returns:
+        ``(model, perturber, samples input name, locations)``; the model returns ``y``
+        (slot 0), ``y.mean`` and ``y.variance`` (squared units of ``y``) per float output.
+
+    Raises:
+        StrategyUnavailable: opset too old, an input with no free batch axis, a scalar
+            location. TfueError: an unknown location or Dropout node.
+    """
     return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=False,
                   sampling=sampling)
 
@@ -277,12 +334,18 @@ def batched(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, 
 def shared_prefix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool,
                   classes: dict, sampling: str = "fed"):
     """Compute everything upstream of the location once; tile only the tensors that
-    cross into the rest of the graph (the location and any skip connection)."""
+    cross into the rest of the graph (the location and any skip connection).
+
+    Args, returns and errors as :func:`batched`; also StrategyUnavailable when nothing
+    is downstream of the location, an output does not depend on it, or it reads the
+    model input directly (nothing to share).
+    """
     return _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix=True,
                   sampling=sampling)
 
 
 def _location_tensors(info: ModelInfo, spec) -> list:
+    """Names of the tensors ``spec`` perturbs (the chosen Dropout nodes' inputs)."""
     if isinstance(spec, MCDropout):
         chosen = set(spec.nodes) or {d.name for d in info.dropouts}
         return [d.input for d in info.dropouts if d.name in chosen]
@@ -359,6 +422,10 @@ def looped_suffix(info: ModelInfo, spec, samples: int, seed: int, keep_samples: 
     input, and samples in chunks of any size (1 included) without re-running the
     prefix. Returns ``(model, perturber, samples input, locations, cut)``, ``cut``
     the names of the computed tensors that cross (the prefix's outputs).
+
+    Raises:
+        StrategyUnavailable: ``sampling`` is not "fed" (two graphs cannot be one export
+            file), or as :func:`shared_prefix`.
     """
     if sampling != "fed":
         raise StrategyUnavailable("it runs as two graphs (prefix, then suffix per chunk); a "
@@ -415,8 +482,9 @@ def _broadcasts(node: gs.Node, t: gs.Variable, top: set, made: set, locations: s
         for v in node.inputs)
 
 
-def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling,
-           split: bool = False):
+def _check_tileable(info: ModelInfo, spec) -> None:
+    """Refuse (StrategyUnavailable) a model the tiled strategies cannot serve: opset below
+    MIN_OPSET, an input without a free batch axis, or a location of rank 0."""
     if info.opset < MIN_OPSET:  # the Estimator gives such models a converted copy when it can
         raise StrategyUnavailable(f"needs opset >= {MIN_OPSET} (dynamic Slice); the model has "
                                   f"opset {info.opset}")
@@ -432,65 +500,97 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
             # Made from the tiled batch, a scalar mixes every slot: it has no batch axis.
             raise StrategyUnavailable(f"location '{info.output_names.get(name, name)}' is a "
                                       "scalar (rank 0): it has no batch axis to tile")
-    graph = gs.import_onnx(info.model)
-    prefix = prefix_for(info.model)
-    b = Builder(graph, prefix, info.opset)
-    samples_var = gs.Variable(prefix + "samples", dtype=np.int64, shape=[1])
-    # n + 1 slots (slot 0 unperturbed), or n when split (the suffix alone, all samples).
-    n1 = samples_var if split else b.op("Add", [samples_var, b.ints("one", [1])],
-                                        dtype=np.int64)
 
-    # Slot mask [n+1, 1]: 0 for the unperturbed slot 0, 1 for the samples.
-    def slot_mask(delta, like, dtype):
-        ones = b.op("Tile", [b.const("one_f", np.array([1], dtype)), samples_var], dtype=dtype)
+
+class _Slots:
+    """The slot arithmetic of a tiled graph, handed to :class:`_Perturber`.
+
+    The batch axis holds ``n1`` slots of the original batch, one after the other:
+    n + 1 (slot 0 unperturbed, then the samples) or, with ``split``, n (every slot a
+    sample). ``samples`` is the graph input n (int64 ``[1]``).
+    """
+
+    def __init__(self, b: Builder, samples: gs.Variable, n1, split: bool):
+        """Slots of ``b``'s graph: ``samples`` the input n, ``n1`` the slot count."""
+        self.b, self.samples, self.n1, self.split = b, samples, n1, split
+
+    def mask(self, delta, like, dtype):
+        """``delta`` (shaped like ``like``) times the slot mask [n+1, 1]: 0 for the
+        unperturbed slot 0, 1 for the samples."""
+        b = self.b
+        ones = b.op("Tile", [b.const("one_f", np.array([1], dtype)), self.samples], dtype=dtype)
         mask = b.op("Concat", [b.const("zero_f", np.array([0], dtype)), ones], {"axis": 0},
                     dtype=dtype)
         mask = b.op("Reshape", [mask, b.ints("col", [-1, 1])], dtype=dtype)
-        flat_shape = b.op("Concat", [n1, b.ints("minus1", [-1])], {"axis": 0}, dtype=np.int64)
+        flat_shape = b.op("Concat", [self.n1, b.ints("minus1", [-1])], {"axis": 0},
+                          dtype=np.int64)
         flat = b.op("Reshape", [delta, flat_shape], dtype=dtype)
         masked = b.op("Mul", [flat, mask], dtype=dtype)
         return b.op("Reshape", [masked, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
 
-    def read_bank(bank, like, dtype):
-        if split:  # slot k takes bank row k
-            return b.op("Reshape", [bank, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
-        # Slot k+1 takes bank row k; slot 0 (masked off) repeats row 0 to fill its place.
-        padded = b.op("Concat", [b.slice(bank, [0], [1], [0], dtype=dtype), bank], {"axis": 0},
-                      dtype=dtype)
-        return b.op("Reshape", [padded, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
+    def read_bank(self, bank, like, dtype):
+        """The draws of ``bank`` ``[n, size]`` shaped like ``like``: slot k takes row k when
+        split, else slot k+1 takes row k (slot 0, masked off, repeats row 0)."""
+        b = self.b
+        if not self.split:
+            bank = b.op("Concat", [b.slice(bank, [0], [1], [0], dtype=dtype), bank],
+                        {"axis": 0}, dtype=dtype)
+        return b.op("Reshape", [bank, b.op("Shape", [like], dtype=np.int64)], dtype=dtype)
 
-    def one_slot(t, dtype):
+    def one_slot(self, t, dtype):
+        """The first slot of ``t`` (the original batch, unperturbed unless split)."""
+        b = self.b
         rows = b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
                     {"axis": 0}, dtype=np.int64)
-        return b.slice(t, [0], b.op("Div", [rows, n1], dtype=np.int64), [0], dtype=dtype)
+        return b.slice(t, [0], b.op("Div", [rows, self.n1], dtype=np.int64), [0], dtype=dtype)
 
-    perturber = _Perturber(b, seed, None if split else slot_mask, sampling, read_bank, one_slot)
 
-    # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
+def _cut_inputs(graph: gs.Graph, info: ModelInfo, suffix, b: Builder) -> list:
+    """Make the suffix a graph of its own (looped-suffix): what it reads from the prefix
+    becomes an input, typed and ranked as inferred in the model; return those names."""
+    inputs = {i.name for i in info.inputs}
+    boundary = _boundary(graph, suffix, info)
+    read = {t.name for t in boundary}
+    graph.inputs = [i for i in graph.inputs if i.name in read]  # model inputs it reads
     cut = []
-    if share_prefix:
-        crossing, suffix = _cut(graph, info, spec)
-        if split:  # what the suffix reads from the prefix becomes an input of its own
-            inputs = {i.name for i in info.inputs}
-            boundary = _boundary(graph, suffix, info)
-            read = {t.name for t in boundary}
-            graph.inputs = [i for i in graph.inputs if i.name in read]  # model inputs it reads
-            for t in boundary:
-                if t.name in inputs:
-                    continue
-                known = info.tensor_infos.get(t.name)
-                t.dtype = t.dtype or (np.dtype(known.dtype) if known is not None else None)
-                # Its rank (and fixed sizes) as inferred in the model: onnxruntime's layout
-                # optimisations (e.g. NCHWc convolutions) need the rank of what it is fed.
-                t.shape = None if known is None or known.shape is None else [
-                    d if isinstance(d, int) and d > 0 else f"{b.prefix}cut{len(cut)}_{a}"
-                    for a, d in enumerate(known.shape)]
-                t.inputs.clear()
-                graph.inputs.append(t)
-                cut.append(t.name)
-    else:
-        real_inputs = {i.name for i in info.inputs}
-        crossing, suffix = [i for i in graph.inputs if i.name in real_inputs], None
+    for t in boundary:
+        if t.name in inputs:
+            continue
+        known = info.tensor_infos.get(t.name)
+        t.dtype = t.dtype or (np.dtype(known.dtype) if known is not None else None)
+        # Its rank (and fixed sizes) as inferred in the model: onnxruntime's layout
+        # optimisations (e.g. NCHWc convolutions) need the rank of what it is fed.
+        t.shape = None if known is None or known.shape is None else [
+            d if isinstance(d, int) and d > 0 else f"{b.prefix}cut{len(cut)}_{a}"
+            for a, d in enumerate(known.shape)]
+        t.inputs.clear()
+        graph.inputs.append(t)
+        cut.append(t.name)
+    return cut
+
+
+def _batch_size(b: Builder, t):
+    """The size of ``t``'s axis 0, int64 ``[1]``."""
+    return b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
+                {"axis": 0}, dtype=np.int64)
+
+
+def _tile_slots(b: Builder, t, slots):
+    """``t`` tiled ``slots`` times along axis 0 (repeats [slots, 1, ..., 1] of its rank,
+    whatever it is)."""
+    rank_minus_1 = b.op("Sub", [b.op("Shape", [b.op("Shape", [t], dtype=np.int64)],
+                                     dtype=np.int64), b.ints("one", [1])], dtype=np.int64)
+    ones = b.op("ConstantOfShape", [rank_minus_1],
+                {"value": gs.Constant(b.name("one"), np.array([1], np.int64))},
+                dtype=np.int64)
+    reps = b.op("Concat", [slots, ones], {"axis": 0}, dtype=np.int64)
+    return b.op("Tile", [t, reps], dtype=t.dtype)
+
+
+def _tile_crossing(graph: gs.Graph, info: ModelInfo, spec, b: Builder, n1, crossing,
+                   suffix) -> dict:
+    """Tile every tensor of ``crossing`` ``n1`` times for its consumers (in ``suffix``
+    when it is not None); return model name -> tiled tensor."""
     tiled = {}
     locations = set(_location_tensors(info, spec))
     top = {id(n) for n in graph.nodes}
@@ -504,31 +604,29 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
             # A skip connection read only by broadcasting ops beside tensors of the suffix
             # (which hold every slot): at a batch of one, [1, ...] broadcasts over the
             # slots and needs no copy per slot; larger batches are tiled as usual.
-            batch = b.op("Gather", [b.op("Shape", [t], dtype=np.int64), b.ints("idx0", [0])],
-                         {"axis": 0}, dtype=np.int64)
+            batch = _batch_size(b, t)
             slots = b.op("Where", [b.op("Greater", [batch, b.ints("one", [1])],
                                         dtype=np.bool_), n1, b.ints("one", [1])],
                          dtype=np.int64)
-        # Repeats [slots, 1, ..., 1] of the tensor's rank, whatever it is.
-        rank_minus_1 = b.op("Sub", [b.op("Shape", [b.op("Shape", [t], dtype=np.int64)],
-                                         dtype=np.int64), b.ints("one", [1])], dtype=np.int64)
-        ones = b.op("ConstantOfShape", [rank_minus_1],
-                    {"value": gs.Constant(b.name("one"), np.array([1], np.int64))},
-                    dtype=np.int64)
-        reps = b.op("Concat", [slots, ones], {"axis": 0}, dtype=np.int64)
-        x_t = b.op("Tile", [t, reps], dtype=t.dtype)
-        for node in consumers:
-            for i, inp in enumerate(node.inputs):
-                if inp is t:
-                    node.inputs[i] = x_t
+        x_t = _tile_slots(b, t, slots)
+        rewire(consumers, t, x_t)
         tiled[t.name] = x_t
+    return tiled
 
-    tensors = {**graph.tensors(), **tiled}
-    # Inner copies of the graph outputs take new names: the final outputs keep them.
-    for out in graph.outputs:
-        out.name = b.name("tiled_out")
-    locations = _insert(graph, info, spec, perturber, tensors)
 
+def _stacked(b: Builder, data, shp, samples_var, batch, name: str):
+    """``data`` (n slots of a batch) reshaped to its stack of samples
+    ``[n, batch, *rest of shp]``, named ``name``."""
+    rest = b.slice(shp, [1], [INT64_MAX], [0], dtype=np.int64)
+    sshape = b.op("Concat", [samples_var, batch, rest], {"axis": 0}, dtype=np.int64)
+    return b.op("Reshape", [data, sshape], out=gs.Variable(name, dtype=data.dtype))
+
+
+def _slot_outputs(graph: gs.Graph, info: ModelInfo, b: Builder, n1, samples_var,
+                  split: bool) -> list:
+    """The final outputs of a tiled graph: each output's first slot under its own name,
+    and for each statistics output its stack of samples (``y.samples`` when split, the
+    stacked name otherwise)."""
     stats = {o.name for o in stats_outputs(info)}
     final = []
     for orig, y_t in zip(info.outputs, list(graph.outputs)):
@@ -536,42 +634,92 @@ def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool,
         shp = b.op("Shape", [y_t], dtype=np.int64)
         total = b.op("Gather", [shp, b.ints("idx0", [0])], {"axis": 0}, dtype=np.int64)
         batch = b.op("Div", [total, n1], dtype=np.int64)
-        y = b.slice(y_t, [0], batch, [0], out=gs.Variable(orig.name, dtype=y_t.dtype,
-                                                            shape=shape))
-        final.append(y)
+        final.append(b.slice(y_t, [0], batch, [0], out=gs.Variable(orig.name, dtype=y_t.dtype,
+                                                                   shape=shape)))
         if orig.name not in stats:
             continue
         if split:  # every slot a sample: the stack is the whole tiled output
-            rest = b.slice(shp, [1], [INT64_MAX], [0], dtype=np.int64)
-            sshape = b.op("Concat", [samples_var, batch, rest], {"axis": 0}, dtype=np.int64)
-            final.append(b.op("Reshape", [y_t, sshape], out=gs.Variable(
-                output_names(orig.name)["samples"], dtype=y_t.dtype)))
+            final.append(_stacked(b, y_t, shp, samples_var, batch,
+                                  output_names(orig.name)["samples"]))
             continue
         flat = b.slice(y_t, batch, [INT64_MAX], [0], dtype=y_t.dtype)
-        rest = b.slice(shp, [1], [INT64_MAX], [0], dtype=np.int64)
-        sshape = b.op("Concat", [samples_var, batch, rest], {"axis": 0}, dtype=np.int64)
-        final.append(b.op("Reshape", [flat, sshape], out=gs.Variable(
-            stacked_name(prefix, orig.name), dtype=y_t.dtype)))
-    graph.outputs = final
-    graph.inputs.extend(v for v, _ in perturber.level_inputs)
-    graph.inputs.extend(v for v, _ in perturber.bank_inputs)
-    graph.inputs.append(samples_var)
-    model = finish(graph, info)
+        final.append(_stacked(b, flat, shp, samples_var, batch, stacked_name(b.prefix,
+                                                                             orig.name)))
+    return final
+
+
+def _tiled(info, spec, samples, seed, keep_samples, classes, share_prefix: bool, sampling,
+           split: bool = False):
+    """The tiled strategies: batched (every input tiled), shared-prefix (only what crosses
+    the cut tiled) and, with ``split``, looped-suffix's suffix; see their docstrings."""
+    _check_tileable(info, spec)
+    graph = gs.import_onnx(info.model)
+    prefix = prefix_for(info.model)
+    b = Builder(graph, prefix, info.opset)
+    samples_var = gs.Variable(prefix + "samples", dtype=np.int64, shape=[1])
+    # n + 1 slots (slot 0 unperturbed), or n when split (the suffix alone, all samples).
+    n1 = samples_var if split else b.op("Add", [samples_var, b.ints("one", [1])],
+                                        dtype=np.int64)
+    slots = _Slots(b, samples_var, n1, split)
+    perturber = _Perturber(b, seed, None if split else slots.mask, sampling, slots.read_bank,
+                           slots.one_slot)
+    # Tile n+1 times along the batch axis: every input, or only what crosses the cut.
+    cut = []
+    if share_prefix:
+        crossing, suffix = _cut(graph, info, spec)
+        if split:  # what the suffix reads from the prefix becomes an input of its own
+            cut = _cut_inputs(graph, info, suffix, b)
+    else:
+        real_inputs = {i.name for i in info.inputs}
+        crossing, suffix = [i for i in graph.inputs if i.name in real_inputs], None
+    tiled = _tile_crossing(graph, info, spec, b, n1, crossing, suffix)
+    tensors = {**graph.tensors(), **tiled}
+    # Inner copies of the graph outputs take new names: the final outputs keep them.
+    for out in graph.outputs:
+        out.name = b.name("tiled_out")
+    locations = _insert(graph, info, spec, perturber, tensors)
+    graph.outputs = _slot_outputs(graph, info, b, n1, samples_var, split)
+    model = finish(_with_sampling_inputs(graph, perturber, samples_var), info)
     if split:  # the runner reduces the samples itself: no statistics head
         return model, perturber, samples_var.name, locations, cut
     model = attach_stats(model, info, prefix, keep_samples, classes)
     return model, perturber, samples_var.name, locations
 
 
+def _with_sampling_inputs(graph: gs.Graph, perturber: _Perturber, samples_var) -> gs.Graph:
+    """``graph`` with the perturber's level and bank inputs and the number of samples
+    appended to its inputs (the order the runner feeds them in)."""
+    graph.inputs.extend(v for v, _ in perturber.level_inputs)
+    graph.inputs.extend(v for v, _ in perturber.bank_inputs)
+    graph.inputs.append(samples_var)
+    return graph
+
+
 def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, classes: dict,
          sampling: str = "fed"):
-    """An ONNX Loop samples a perturbed copy of the model beside the unperturbed one."""
-    # 1. A perturbed copy of the model, exported on its own (no slot mask).
-    graph = gs.import_onnx(info.model)
+    """An ONNX Loop samples a perturbed copy of the model beside the unperturbed one.
+
+    Args and returns as :func:`batched`; iteration k is sample k (it reads bank row k).
+    Serves fixed batch sizes and opsets below MIN_OPSET, which the tiled strategies
+    cannot.
+    """
     prefix = prefix_for(info.model)
+    perturbed, perturber, samples_var, locations = _perturbed_copy(info, spec, seed, sampling,
+                                                                   prefix)
+    stats = stats_outputs(info)
+    body = _loop_body(perturbed.graph, prefix, stats)
+    g = _beside_loop(info, perturbed.graph, body, prefix, samples_var.name, stats)
+    model = keep_versions(helper.make_model(g), info)
+    model = attach_stats(model, info, prefix, keep_samples, classes)
+    return model, perturber, samples_var.name, locations
+
+
+def _perturbed_copy(info: ModelInfo, spec, seed: int, sampling: str, prefix: str):
+    """The loop strategy's perturbed copy of the model, exported on its own (no slot mask;
+    iteration k reads bank row k): ``(model, perturber, samples input, locations)``."""
+    graph = gs.import_onnx(info.model)
     b = Builder(graph, prefix, info.opset)
-    it = prefix + "iter"
-    iter_var = gs.Variable(it, dtype=np.int64, shape=[])
+    iter_var = gs.Variable(prefix + "iter", dtype=np.int64, shape=[])
 
     def read_bank(bank, like, dtype):
         # Iteration k takes bank row k: the body reads the bank from the outer scope.
@@ -581,27 +729,28 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     perturber = _Perturber(b, seed, sampling=sampling, read_bank=read_bank)
     samples_var = gs.Variable(prefix + "samples", dtype=np.int64, shape=[1])
     locations = _insert(graph, info, spec, perturber, graph.tensors())
-    graph.inputs.extend(v for v, _ in perturber.level_inputs)
-    graph.inputs.extend(v for v, _ in perturber.bank_inputs)
-    graph.inputs.append(samples_var)
+    _with_sampling_inputs(graph, perturber, samples_var)
     if perturber.bank_inputs:
         graph.inputs.append(iter_var)  # the body's own iteration number, not an outer input
-    perturbed = finish(graph, info)
-    pg = perturbed.graph
+    return finish(graph, info), perturber, samples_var, locations
 
-    # 2. The body: the perturbed nodes, every tensor they make renamed into the body
-    # (graphsurgeon would copy the weights into a subgraph it exports, so this part
-    # is built directly; the body reads the weights from the outer scope).
+
+def _loop_body(pg: onnx.GraphProto, prefix: str, stats: list) -> onnx.GraphProto:
+    """The Loop body: the perturbed copy's nodes, every tensor they make renamed into the
+    body, each iteration's sample of the ``stats`` outputs a scan output (the stack).
+
+    graphsurgeon would copy the weights into a subgraph it exports, so the body is built
+    directly: it reads the weights from the outer scope. Subgraphs (If, Loop, Scan) read
+    the body's copies too.
+    """
+    it = prefix + "iter"
     body_prefix = prefix + "loop/"
     rename = {o: body_prefix + o for node in pg.node for o in node.output if o}
-    body_nodes = []
-    for node in pg.node:  # subgraphs (If, Loop, Scan) read the body's copies too
-        body_nodes.append(prefixed_node(node, rename, body_prefix))
+    body_nodes = [prefixed_node(node, rename, body_prefix) for node in pg.node]
     cond_in, cond_out = prefix + "cond_in", prefix + "cond_out"
     body_nodes.append(helper.make_node("Identity", [cond_in], [cond_out]))
     body_outputs = [helper.make_tensor_value_info(cond_out, onnx.TensorProto.BOOL, [])]
-    stats = stats_outputs(info)
-    for o in stats:  # each iteration's sample becomes a scan output: the stack
+    for o in stats:
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(o.dtype))
         sample = body_prefix + "sample/" + o.name
         body_nodes.append(helper.make_node("Identity", [rename.get(o.name, o.name)], [sample]))
@@ -610,22 +759,28 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
     carry_in, carry_out = prefix + "carry_in", prefix + "carry_out"
     body_nodes.append(helper.make_node("Identity", [carry_in], [carry_out]))
     body_outputs.insert(1, helper.make_tensor_value_info(carry_out, onnx.TensorProto.INT64, []))
-    body = helper.make_graph(
+    return helper.make_graph(
         body_nodes, prefix + "body",
         [helper.make_tensor_value_info(it, onnx.TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, onnx.TensorProto.BOOL, []),
          helper.make_tensor_value_info(carry_in, onnx.TensorProto.INT64, [])], body_outputs)
 
-    # 3. The outer graph: the original model (unperturbed) plus the Loop.
+
+def _beside_loop(info: ModelInfo, pg: onnx.GraphProto, body: onnx.GraphProto, prefix: str,
+                 samples: str, stats: list) -> onnx.GraphProto:
+    """The outer graph of the loop strategy: the original model (unperturbed) plus a Loop
+    of ``body`` run ``samples`` times, whose scan outputs are the stacked outputs; it
+    takes the new initializers and inputs of the perturbed copy ``pg``."""
     g = onnx.GraphProto()
     g.CopyFrom(info.model.graph)
     original = {x.name for x in info.model.graph.initializer}
     g.initializer.extend(i for i in pg.initializer if i.name not in original)
-    g.input.extend(i for i in pg.input if i.name not in {x.name for x in g.input} | {it})
+    g.input.extend(i for i in pg.input
+                   if i.name not in {x.name for x in g.input} | {prefix + "iter"})
     trip, true = prefix + "trip_count", prefix + "true"
     g.initializer.append(onnx.numpy_helper.from_array(np.array(True), true))
     g.initializer.append(onnx.numpy_helper.from_array(np.array([], np.int64), prefix + "scalar"))
-    g.node.append(helper.make_node("Reshape", [samples_var.name, prefix + "scalar"], [trip],
+    g.node.append(helper.make_node("Reshape", [samples, prefix + "scalar"], [trip],
                                    name=prefix + "trip_count"))
     g.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.int64), prefix + "carry"))
     stacks = [stacked_name(prefix, o.name) for o in stats]
@@ -634,9 +789,7 @@ def loop(info: ModelInfo, spec, samples: int, seed: int, keep_samples: bool, cla
                                    body=body))
     g.output.extend(helper.make_tensor_value_info(
         s, helper.np_dtype_to_tensor_dtype(np.dtype(o.dtype)), None) for s, o in zip(stacks, stats))
-    model = keep_versions(helper.make_model(g), info)
-    model = attach_stats(model, info, prefix, keep_samples, classes)
-    return model, perturber, samples_var.name, locations
+    return g
 
 
 def location_probe(info: ModelInfo, draws) -> onnx.ModelProto | None:

@@ -24,7 +24,11 @@ __all__ = ["with_pad", "check_pad", "pad_axes"]
 
 
 def check_pad(pad) -> int:
-    """``pad`` as an int >= 0, or a TfueError naming the fix."""
+    """``pad`` (pixels per side) as an int >= 0.
+
+    Raises:
+        TfueError: ``pad`` is negative, a bool or not a whole number.
+    """
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise TfueError(f"--pad must be a whole number of pixels >= 0 (or auto), got {pad!r}",
                         "e.g. --pad 7 for a border of 7 pixels per side, or --pad auto")
