@@ -65,6 +65,13 @@ def test_ensembles_from_files_and_folders(toy, tmp_path, x8):
         ensemble_from_paths([first])
     with pytest.raises(ArgumentError, match="a list of paths, got one path"):
         ensemble_from_paths(str(members))
+    # A folder in Ensemble(...) itself is expanded the same way: same members, same numbers.
+    direct = Estimator(first, Ensemble((members,)))
+    res2 = direct(x8)
+    assert res2.metadata["samples"] == 3
+    assert res2.metadata["members"] == [str(first), str(members / "a.onnx"),
+                                        str(members / "b.onnx")]
+    np.testing.assert_array_equal(res2.variance, res.variance)
     # What 'tfue run --method ensemble' does with its arguments: models apart from inputs.
     np.save(tmp_path / "x.npy", x8)
     assert split_models([members, tmp_path / "x.npy", first]) == (

@@ -7,7 +7,9 @@ per-element variance of the outputs as an uncertainty map (Mi et al., AAAI 2022)
 Heavy modules (onnxruntime, onnx-graphsurgeon) load only when used.
 """
 
-__version__ = "0.1.0"
+from .names import VERSION  # noqa: E402
+
+__version__ = VERSION
 
 from .errors import ArgumentError, TfueError  # noqa: E402
 from .perturb import (Dropout, Ensemble, Entropy, MCDropout, Noise, Transform,  # noqa: E402

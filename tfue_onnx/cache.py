@@ -362,7 +362,7 @@ class CachedSelection:
             return None
         import onnxruntime
 
-        from . import __version__
+        from .names import VERSION as __version__
 
         return make_key({
             "format": FORMAT, "tfue": __version__, "code": code_digest(),

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import TfueError
+from .names import LAYOUTS
 
 if TYPE_CHECKING:  # types only: importing this module loads no onnx
     from .model import ModelInfo, TensorInfo
 
-LAYOUTS = ("auto", "NCHW", "NHWC")
 IMAGE_CHANNELS = (1, 3)  # what a declared channel axis of an image holds
 FLOAT_DTYPES = ("float32", "float64", "float16")
 

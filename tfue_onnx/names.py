@@ -4,6 +4,9 @@ click choice lists come from here without loading onnx or onnxruntime).
 Providers are ``session.PROVIDERS``; metrics ``sweep.METRICS``.
 """
 
+# The package version (setup.cfg reads it from here).
+VERSION = "0.1.0"
+
 # How the CLI names the perturbation methods (``perturb.make_spec`` takes them).
 METHODS = ("noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy")
 # Methods ``--at auto`` / ``choose.choose_location`` choose a location for.
@@ -18,5 +21,5 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
 STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
 
-__all__ = ["METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
+__all__ = ["VERSION", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
            "GRAPH_STRATEGIES", "STRATEGIES"]

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from . import __version__
+from .names import VERSION as __version__
 from .files import save_json, save_npz
 from .io import IMAGE_EXTS, load_input, spatial_map
 from .results import map_axes

@@ -180,6 +180,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
 
             self.spec, self._members, notes = resolve_members(self.info, self.spec)
             self.notes += notes
+            self.samples = len(self._members) + 1  # folders among the members expanded
             return ", ".join([self.path or "member 0"] +
                              [m.path or f"member {k}" for k, m in enumerate(self._members, 1)])
         if isinstance(self.spec, Entropy):

@@ -520,6 +520,24 @@ def collect_members(paths):
     return members, notes
 
 
+def _expand_folders(info: ModelInfo, members) -> tuple:
+    """(members, notes): folders among ``members`` replaced by the models they hold."""
+    import os
+
+    if not any(isinstance(m, (str, os.PathLike)) and os.path.isdir(m) for m in members):
+        return list(members), []
+    if not all(isinstance(m, (str, os.PathLike)) for m in members):
+        found = []
+        for m in members:
+            is_dir = isinstance(m, (str, os.PathLike)) and os.path.isdir(m)
+            found += [f for f, _ in model_files([m])] if is_dir else [m]
+        return found, []
+    if info.path is None:  # no file to compare with: every model in the folders
+        return [f for f, _ in model_files(members)], []
+    infos, notes = collect_members([info.path] + list(members))
+    return infos[1:], notes
+
+
 def resolve_members(info: ModelInfo, spec):
     """Load and check ``spec``'s members against member 0 (``info``).
 
@@ -528,16 +546,27 @@ def resolve_members(info: ModelInfo, spec):
         results), the members' ModelInfos, and one line per member matched by
         position (for --verbose).
 
+    Members given as folders are expanded into the .onnx files they hold, as on the
+    command line (:func:`collect_members`: a file of member 0 counted once, a folder's
+    model that does not match member 0 skipped, each said in the notes).
+
     Raises:
-        TfueError: a member does not match (see :func:`member_infos`).
+        TfueError: a member does not match (see :func:`member_infos`), a folder holds
+            no model.
     """
     import dataclasses
 
-    others = member_infos(info, spec.members)
-    notes, renamed = [], []
+    members, expanded = _expand_folders(info, spec.members)
+    others = member_infos(info, members)
+    notes, renamed = list(expanded), []
     for k, m in enumerate(others, start=1):
         names = member_names(info, m)
         if names["inputs"] or names["outputs"]:
             renamed.append((spec.label(m, k), names))
     notes += member_notes(info, others)
+    if len(others) != len(spec.members):  # folders expanded: the spec lists every member
+        spec = dataclasses.replace(spec, members=tuple(others),
+                                   notes=tuple(spec.notes) + tuple(expanded))
+    elif expanded:
+        spec = dataclasses.replace(spec, notes=tuple(spec.notes) + tuple(expanded))
     return dataclasses.replace(spec, renamed=tuple(renamed)), others, notes
