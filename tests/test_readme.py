@@ -40,6 +40,7 @@ HANDLED = {
     "tfue export model.onnx -o model_uncertainty.onnx": "test_export_example",
     "tfue evaluate MODEL INPUT...": "test_evaluate_listing",
     "import numpy as np": "test_python_example_runs",
+    "tfue_onnx/": "test_module_map",
 }
 
 
@@ -209,3 +210,10 @@ def test_an_unhandled_block_fails(tmp_path, broken):
     (tmp_path / "README.md").write_text(text)
     with pytest.raises(AssertionError, match="no test runs or lists"):
         rb.check_all_handled(tmp_path / "README.md", HANDLED)
+
+
+def test_module_map():
+    # The import order and the list itself: tests/test_architecture.py.
+    from test_architecture import module_map, package_modules
+
+    assert sorted(module_map()) == package_modules()
