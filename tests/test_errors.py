@@ -280,3 +280,50 @@ def test_each_face_reads_its_own_spelling(cli, toy, tmp_path, x8):
         Noise(-1)
     assert str(err.value) == "sigma must be >= 0, got -1. Hint: give sigma as a number >= 0, " \
                              "e.g. 0.1"
+
+
+def _bad_arguments(toy, x8):
+    from tfue_onnx import metrics, segment, transforms
+    from tfue_onnx.io import ImageOptions
+    from tfue_onnx.layout import image_layout
+    from tfue_onnx.model import TensorInfo
+
+    model = toy()
+    est = Estimator(model, Noise(0.1, at="0.5"), samples=2, seed=0)
+    return {
+        "strategy": lambda: Estimator(model, Noise(0.1), strategy="fastest"),
+        "provider": lambda: Estimator(model, Noise(0.1), provider="gpu")(x8),
+        "chunk": lambda: Estimator(model, Noise(0.1), chunk=0),
+        "threads": lambda: Estimator(model, Noise(0.1), threads=0),
+        "cache": lambda: Estimator(model, Noise(0.1), cache=3),
+        "max_memory": lambda: Estimator(model, Noise(0.1), max_memory="lots"),
+        "samples": lambda: Estimator(model, Noise(0.1), samples=1),
+        "sigma": lambda: Noise(-0.1),
+        "unknown input": lambda: est({"nope": x8}),
+        "input rank": lambda: est(x8[0]),
+        "NaN input": lambda: est(np.full_like(x8, np.nan)),
+        "bootstrap": lambda: metrics.check_bootstrap(5),
+        "block sigma": lambda: metrics.check_blocks(-1.0, None),
+        "segment sigma": lambda: segment.lcm_blocks(np.zeros((4, 4)), sigma=0),
+        "transforms": lambda: transforms.parse_transforms("spin"),
+        "layout": lambda: image_layout(TensorInfo("x", "float32", (1, 3, 8, 8)), "CHWN"),
+        "channel order": lambda: ImageOptions(channel_order="rbg"),
+        "model type": lambda: Estimator(42, Noise(0.1)),
+    }
+
+
+CASES = ["strategy", "provider", "chunk", "threads", "cache", "max_memory", "samples", "sigma",
+         "unknown input", "input rank", "NaN input", "bootstrap", "block sigma",
+         "segment sigma", "transforms", "layout", "channel order", "model type"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_argument_errors_are_value_errors_with_one_line(case, toy, x8):
+    from tfue_onnx import ArgumentError
+
+    with pytest.raises(ValueError) as err:
+        _bad_arguments(toy, x8)[case]()
+    assert isinstance(err.value, ArgumentError) and isinstance(err.value, TfueError)
+    text = str(err.value)
+    assert "\n" not in text and "Hint:" in text, text
+    assert "--" not in text.split("Hint:")[0], text  # Python's face: no CLI spelling

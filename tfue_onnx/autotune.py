@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError
 
 GAIN = 0.05  # a larger chunk (more memory) must be this much faster per sample to win
 SPARE_SESSION_BYTES = 256 * 1024**2  # larger packed weights: one thread count, not measured
@@ -76,10 +76,10 @@ def check_threads(threads) -> int | None:
         return None
     cpus = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise TfueError(f"threads must be an integer from 1 to {cpus} (the CPUs here), got "
+        raise ArgumentError(f"threads must be an integer from 1 to {cpus} (the CPUs here), got "
                         f"{threads!r}", "give --threads 1, or leave it out to let tfue measure")
     if threads > cpus:
-        raise TfueError(f"threads {threads} is more than the {cpus} CPUs of this machine "
+        raise ArgumentError(f"threads {threads} is more than the {cpus} CPUs of this machine "
                         "(more threads than CPUs only wait for each other)",
                         f"give --threads {cpus} or less, or leave it out to let tfue measure")
     return int(threads)

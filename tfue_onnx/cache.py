@@ -37,7 +37,7 @@ import re
 import numpy as np
 
 from .autotune import cached_plan
-from .errors import TfueError
+from .errors import ArgumentError
 from .feeds import signature
 from .perturb import SAMPLED, Dropout, Noise
 
@@ -322,7 +322,7 @@ def disk_cache(cache):
         return DiskCache()
     if cache is False or cache is None:
         return DiskCache(enabled=False)
-    raise TfueError(f"cache must be True, False or a folder, got {cache!r}",
+    raise ArgumentError(f"cache must be True, False or a folder, got {cache!r}",
                     "e.g. cache=False to measure and verify afresh")
 
 

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from . import metrics
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .files import atomic_write_bytes, save_json
 from .io import (IMAGE_EXTS, ImageOptions, check_image_options, collect_inputs, image_to_input,
                  load_input, npz_feeds, open_image, read_npy, read_npz, spatial_map)
@@ -126,7 +126,7 @@ def _npz_loader(path, info, output):
 
 def _sr_loader(path, info, scale, options, output, target_scale):
     if scale < 1:
-        raise TfueError(f"--sr-scale must be >= 1, got {scale}", "e.g. --sr-scale 2")
+        raise ArgumentError(f"--sr-scale must be >= 1, got {scale}", "e.g. --sr-scale 2")
     if not path.lower().endswith(IMAGE_EXTS):
         raise TfueError(f"'{path}' is not an image; --sr-scale needs high-resolution images",
                         "give PNG/JPEG files")

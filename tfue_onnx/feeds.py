@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .model import FLOAT_TYPES, ModelInfo
 from .perturb import Transform
 
@@ -27,27 +27,27 @@ def check_feeds(info: ModelInfo, feeds, pad: int | None = None, pad_input=None) 
         another float dtype are cast to the model's.
 
     Raises:
-        TfueError: a missing, unknown, wrong-rank, wrong-size or wrong-dtype input
+        ArgumentError (a TfueError and ValueError): a missing, unknown, wrong-rank, wrong-size or wrong-dtype input
             (non-float data of another dtype), NaN/Inf values, or an image too small
             for ``pad``.
     """
     if not isinstance(feeds, dict):
         if len(info.inputs) != 1:
-            raise TfueError(f"the model has {len(info.inputs)} inputs; pass a dict "
+            raise ArgumentError(f"the model has {len(info.inputs)} inputs; pass a dict "
                             "of arrays by input name",
                             "inputs: " + ", ".join(i.name for i in info.inputs))
         feeds = {info.inputs[0].name: feeds}
     out = {}
     for inp in info.inputs:
         if inp.name not in feeds:
-            raise TfueError(f"missing input '{inp.name}'",
+            raise ArgumentError(f"missing input '{inp.name}'",
                             "the model's inputs are: "
                             + ", ".join(i.name for i in info.inputs))
         arr = _checked(inp, np.asarray(feeds[inp.name]))
         if pad and pad_input[0] == inp.name:
             for axis in pad_input[1]:
                 if 2 * pad >= arr.shape[axis]:
-                    raise TfueError(f"--pad {pad} needs an image more than twice as "
+                    raise ArgumentError(f"--pad {pad} needs an image more than twice as "
                                     f"large: input '{inp.name}' has size {arr.shape[axis]} "
                                     f"on axis {axis}",
                                     "use a smaller --pad (reflect padding mirrors the "
@@ -55,7 +55,7 @@ def check_feeds(info: ModelInfo, feeds, pad: int | None = None, pad_input=None) 
         out[inp.name] = np.ascontiguousarray(arr)
     extra = set(feeds) - set(out)
     if extra:
-        raise TfueError(f"unknown input(s) {', '.join(sorted(map(repr, extra)))}",
+        raise ArgumentError(f"unknown input(s) {', '.join(sorted(map(repr, extra)))}",
                         "the model's inputs are: " + ", ".join(out))
     return out
 
@@ -68,23 +68,23 @@ def _checked(inp, arr: np.ndarray) -> np.ndarray:
         if arr.dtype.kind == "f" and want.kind == "f":
             arr = arr.astype(want)
         else:
-            raise TfueError(f"input '{inp.name}' has dtype {arr.dtype}, the model "
+            raise ArgumentError(f"input '{inp.name}' has dtype {arr.dtype}, the model "
                             f"expects {want}",
                             f"convert it, e.g. array.astype('{want}')")
     if inp.shape is not None:
         if arr.ndim != len(inp.shape):
-            raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the model "
+            raise ArgumentError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the model "
                             f"expects rank {len(inp.shape)} {fmt_shape(inp.shape)}",
                             "add or remove axes (a batch axis first)")
         for axis, (got, dim) in enumerate(zip(arr.shape, inp.shape)):
             if isinstance(dim, int) and dim > 0 and got != dim:
-                raise TfueError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
+                raise ArgumentError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
                                 f"model expects {fmt_shape(inp.shape)} (axis {axis} "
                                 f"must be {dim})",
                                 "resize the input to the model's size")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise TfueError(f"input '{inp.name}' contains {bad} NaN or infinite values",
+        raise ArgumentError(f"input '{inp.name}' contains {bad} NaN or infinite values",
                         "clean the input (e.g. np.nan_to_num) before running")
     return arr
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .files import (atomic_write, atomic_write_bytes, check_new_file, check_out_dir,
                     cleanup_out_dir, plain_json, prepare_out_dir, save_json, save_npz)
 from .layout import LAYOUTS, array_layout, image_layout, with_batch
@@ -137,22 +137,22 @@ class ImageOptions:
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
-            raise TfueError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
+            raise ArgumentError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
         if self.channel_order not in ("rgb", "bgr"):
-            raise TfueError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
+            raise ArgumentError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
         try:
             scale = float(self.scale)
         except (TypeError, ValueError):
             scale = float("nan")
         if not (np.isfinite(scale) and scale != 0):
-            raise TfueError(f"--scale must be a finite, non-zero number, got {self.scale!r}",
+            raise ArgumentError(f"--scale must be a finite, non-zero number, got {self.scale!r}",
                             "e.g. --scale 0.00392156 (1/255)")
         for name, values in (("--mean", self.mean), ("--std", self.std)):
             if values is None:
                 continue
             arr = np.asarray(values, dtype=np.float64).reshape(-1)
             if arr.size == 0 or not np.all(np.isfinite(arr)):
-                raise TfueError(f"{name} must be finite numbers, got {values!r}",
+                raise ArgumentError(f"{name} must be finite numbers, got {values!r}",
                                 f"e.g. {name} 0.485,0.456,0.406")
             if name == "--std" and np.any(arr == 0):
                 raise TfueError(f"--std must not contain 0 (inputs are divided by it), got "
@@ -384,7 +384,7 @@ def _model_inputs(model) -> list:
 
     if isinstance(info, onnx.ModelProto):
         return ModelInfo(info).inputs
-    raise TfueError(f"model must be an Estimator, ModelInfo, onnx.ModelProto or .onnx path, "
+    raise ArgumentError(f"model must be an Estimator, ModelInfo, onnx.ModelProto or .onnx path, "
                     f"got {type(model).__name__}", "pass the Estimator you will run")
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .names import LAYOUTS
 
 if TYPE_CHECKING:  # types only: importing this module loads no onnx
@@ -61,7 +61,7 @@ def image_layout(inp: TensorInfo, layout: str = "auto") -> str:
         raise TfueError(f"input '{inp.name}' has shape {shape}, not a 4-D image batch",
                         "feed a .npy/.npz array instead of an image")
     if layout not in LAYOUTS:
-        raise TfueError(f"unknown layout {layout!r}", "use auto, NCHW or NHWC")
+        raise ArgumentError(f"unknown layout {layout!r}", "use auto, NCHW or NHWC")
     if layout != "auto":
         return layout
     found = declared_layout(shape)

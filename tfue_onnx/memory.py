@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError
 
 DEFAULT_CHUNK = 8  # samples per run without an input to plan from
 MAX_AUTO_CHUNK = 64  # the most samples an automatic chunk holds
@@ -82,9 +82,9 @@ def check_chunk(chunk) -> int | None:
     try:
         c = int(chunk)
     except (TypeError, ValueError):
-        raise TfueError(f"chunk must be an integer, got {chunk!r}", "give --chunk 8") from None
+        raise ArgumentError(f"chunk must be an integer, got {chunk!r}", "give --chunk 8") from None
     if c < 1 or c != chunk:
-        raise TfueError(f"chunk must be an integer >= 1, got {chunk}", "give --chunk 8")
+        raise ArgumentError(f"chunk must be an integer >= 1, got {chunk}", "give --chunk 8")
     return c
 
 

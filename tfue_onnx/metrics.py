@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 from scipy import ndimage, stats
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .layout import array_layout
 from .segment import DEFAULT_SIGMA, grid_blocks, lcm_blocks
 
@@ -108,7 +108,7 @@ def error_map(output, target, kind: str = "l1") -> np.ndarray:
         return np.abs(diff)
     if kind == "l2":
         return diff * diff
-    raise TfueError(f"unknown error kind {kind!r}", "use l1 or l2")
+    raise ArgumentError(f"unknown error kind {kind!r}", "use l1 or l2")
 
 
 def image_maps(arr, hw_axes=None) -> list:
@@ -452,10 +452,10 @@ def check_blocks(sigma, grid) -> None:
     """
     if grid is not None:
         if int(grid) != grid or grid < 1:
-            raise TfueError(f"--block-grid must be a whole number of pixels >= 1, got {grid}",
+            raise ArgumentError(f"--block-grid must be a whole number of pixels >= 1, got {grid}",
                             "e.g. --block-grid 16 (squares 16 px on a side)")
     elif not (np.isfinite(sigma) and 0 < sigma <= MAX_BLOCK_SIGMA):
-        raise TfueError(f"--block-sigma must be > 0 and at most {MAX_BLOCK_SIGMA:g} px, got "
+        raise ArgumentError(f"--block-sigma must be > 0 and at most {MAX_BLOCK_SIGMA:g} px, got "
                         f"{sigma}", "e.g. --block-sigma 2")
 
 
@@ -467,7 +467,7 @@ def check_bootstrap(bootstrap) -> int:
     """
     b = int(bootstrap)
     if b != bootstrap or b < 0 or 0 < b < MIN_BOOTSTRAP:
-        raise TfueError(f"--bootstrap must be 0 or at least {MIN_BOOTSTRAP}, got {bootstrap}",
+        raise ArgumentError(f"--bootstrap must be 0 or at least {MIN_BOOTSTRAP}, got {bootstrap}",
                         "e.g. --bootstrap 1000, or --bootstrap 0 for no intervals")
     return b
 
@@ -541,7 +541,7 @@ def summarize(stats_list: list, sigma: float = DEFAULT_SIGMA, grid: int | None =
     """
     bootstrap = check_bootstrap(bootstrap)
     if not 0 < level < 1:
-        raise TfueError(f"interval level must be in (0, 1), got {level}", "e.g. 0.95")
+        raise ArgumentError(f"interval level must be in (0, 1), got {level}", "e.g. 0.95")
     n = len(stats_list)
     method = _rows([s["method"] for s in stats_list], bootstrap, seed, level)
     grid_given = grid is not None

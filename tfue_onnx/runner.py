@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from . import graph as graphs
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 from .external import save_model, writes_data_file
 from .files import check_new_file
 from .model import ModelInfo, load_model
@@ -134,7 +134,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.provider_request = provider
         if strategy != "auto" and strategy not in graphs.STRATEGIES:
-            raise TfueError(f"unknown strategy {strategy!r}",
+            raise ArgumentError(f"unknown strategy {strategy!r}",
                             f"use auto or one of {', '.join(graphs.STRATEGIES)}")
         self.strategy_request = strategy
         self.keep_samples = keep_samples
@@ -629,10 +629,10 @@ def _check_arguments(model, spec) -> None:
     import onnx
 
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
-        raise TfueError(f"model must be a path to an .onnx file or an onnx.ModelProto, got "
+        raise ArgumentError(f"model must be a path to an .onnx file or an onnx.ModelProto, got "
                         f"{type(model).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
     if not isinstance(spec, SPECS):
-        raise TfueError(f"spec must be one of {', '.join(c.__name__ for c in SPECS)}, got "
+        raise ArgumentError(f"spec must be one of {', '.join(c.__name__ for c in SPECS)}, got "
                         f"{type(spec).__name__}", "e.g. Estimator('model.onnx', Noise(0.1))")
 
 

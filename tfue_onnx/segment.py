@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 
 DEFAULT_SIGMA = 2.0
 
@@ -37,7 +37,7 @@ def lcm_blocks(image: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
     if img.ndim != 2:
         raise TfueError(f"blocks need a 2-D map, got shape {img.shape}", "reduce channels first")
     if not sigma > 0:
-        raise TfueError(f"block smoothing scale must be > 0, got {sigma}", "e.g. --block-sigma 2")
+        raise ArgumentError(f"block smoothing scale must be > 0, got {sigma}", "e.g. --block-sigma 2")
     h, w = img.shape
     # Intensity must be non-negative for a center of mass; the shift leaves the
     # gradient direction, and so the basins, unchanged.
@@ -84,7 +84,7 @@ def grid_blocks(shape, size: int) -> np.ndarray:
         TfueError: ``size`` is below 1.
     """
     if int(size) < 1:
-        raise TfueError(f"grid block size must be >= 1, got {size}", "e.g. --block-grid 16")
+        raise ArgumentError(f"grid block size must be >= 1, got {size}", "e.g. --block-grid 16")
     h, w = shape
     rows = np.arange(h)[:, None] // size
     cols = np.arange(w)[None, :] // size

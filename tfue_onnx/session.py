@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
@@ -192,7 +192,7 @@ def create_session(model, provider: str = "auto", prepack: bool = True,
     """
     global _cuda_failed
     if provider not in PROVIDERS:
-        raise TfueError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
+        raise ArgumentError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
     ort = _ort()
     if not prepack:
         prepack = packed_bytes(_graph_only(model)) < PACK_FREE_BYTES

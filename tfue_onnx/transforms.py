@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import TfueError
+from .errors import ArgumentError, TfueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def parse_transforms(text) -> list:
         names = [t.strip() for t in str(text).split(",") if t.strip()]
     unknown = [n for n in names if n not in ELEMENTS]
     if unknown or not names:
-        raise TfueError(f"unknown transform(s) {', '.join(map(repr, unknown)) or repr(text)}",
+        raise ArgumentError(f"unknown transform(s) {', '.join(map(repr, unknown)) or repr(text)}",
                         f"use a set ({', '.join(SETS)}) or elements "
                         f"({', '.join(ELEMENTS)}), comma-separated")
     if len(set(names)) != len(names):

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import TfueError
+from ..errors import ArgumentError, TfueError
 from ..model import ModelInfo
 from ..perturb import Ensemble, Transform, check_samples
 from . import blackbox, graybox
@@ -105,7 +105,7 @@ def _check_arguments(info: ModelInfo, strategy: str, sampling: str) -> None:
     """Refuse (TfueError) an unknown strategy or sampling, and a model whose outputs
     already use the names the statistics take."""
     if strategy not in STRATEGIES:
-        raise TfueError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
+        raise ArgumentError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     if sampling not in SAMPLING:
         raise RuntimeError(f"tfue internal: unknown sampling {sampling!r} (not {SAMPLING})")
     names = {o.name for o in info.outputs}

@@ -45,7 +45,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from ..convert import MIN_OPSET
-from ..errors import TfueError, closest
+from ..errors import ArgumentError, TfueError, closest
 from ..model import ModelInfo
 from ..perturb import Dropout, MCDropout, Noise
 from .builder import (INT64_MAX, SAMPLING, Builder, Draw, StrategyUnavailable, attach_stats,
@@ -72,7 +72,7 @@ class _Perturber:
         """Add to ``b``'s graph; Random* seeds derive from ``seed``. Raises TfueError for
         an unknown ``sampling``."""
         if sampling not in SAMPLING:
-            raise TfueError(f"unknown sampling {sampling!r}", f"use one of {', '.join(SAMPLING)}")
+            raise RuntimeError(f"unknown sampling {sampling!r} (use one of {', '.join(SAMPLING)})")
         self.b = b
         self.seed = seed
         self.slot_mask = slot_mask  # callable(delta, like) -> masked delta, or None
@@ -281,7 +281,7 @@ def _activate_dropouts(graph, info: ModelInfo, spec: MCDropout, perturber: _Pert
     for name in chosen:
         if name not in known:
             near = closest(name, known)
-            raise TfueError(f"unknown Dropout node '{name}'",
+            raise ArgumentError(f"unknown Dropout node '{name}'",
                             f"the model's Dropout nodes are: {near or ', '.join(known)}")
     by_output = {d.output: d for d in info.dropouts if d.name in chosen}
     for node in [n for n in graph.nodes if n.op == "Dropout"]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..errors import TfueError
+from ..errors import ArgumentError, TfueError
 from ..layout import image_input
 from ..model import ModelInfo
 from .builder import Builder, finish, prefix_for
@@ -30,7 +30,7 @@ def check_pad(pad) -> int:
         TfueError: ``pad`` is negative, a bool or not a whole number.
     """
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise TfueError(f"--pad must be a whole number of pixels >= 0 (or auto), got {pad!r}",
+        raise ArgumentError(f"--pad must be a whole number of pixels >= 0 (or auto), got {pad!r}",
                         "e.g. --pad 7 for a border of 7 pixels per side, or --pad auto")
     return int(pad)
 
