@@ -27,7 +27,7 @@ def setup(tmp_path, toy):
     for k in range(3):
         np.savez(folder / f"p{k}.npz", x=rng.random((3, 16, 16), dtype=np.float32),
                  target=rng.random((2, 16, 16), dtype=np.float32))
-    (tmp_path / "sweep").mkdir()  # as the CLI does (see the xfail below)
+    (tmp_path / "sweep").mkdir()  # as the CLI does (sweep() makes a new one itself: below)
     return model, make_pairs(inspect_model(model), [folder]), tmp_path / "sweep"
 
 
@@ -139,9 +139,6 @@ def test_metric_helpers():
     assert sweep.better("pixel_l1", 0.0, float("nan"))
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="bug: sweep(out_dir=) appends to sweep.jsonl without creating the "
-                          "folder (the CLI makes it first; report.run_inputs creates its own)")
 def test_sweep_creates_its_out_folder(setup):
     model, pairs, out = setup
     s = sweep.sweep(model, pairs, out_dir=str(out / "new"), **{**GRID, "methods": ("noise",),

@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics
 from .errors import ArgumentError, TfueError
 from .evaluate import evaluate
-from .files import atomic_write_bytes, save_json
+from .files import atomic_write_bytes, prepare_out_dir, save_json
 from .layout import evenly_spaced
 from .metrics import metric_interval, metric_value
 
@@ -112,6 +112,8 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     config = _config(model, pairs, samples, _sweep_seed(seed, out_dir), sigma_mode,
                      block_sigma, bootstrap, pad)
     done = _resume(out_dir, config, force)
+    if out_dir is not None:  # made (and proved writable) before the first point runs
+        prepare_out_dir(out_dir)
     # Points of this grid only: those of another grid run into the same folder stay in
     # sweep.jsonl, apart (neither counted nor candidates for the best).
     wanted = {(m, c.name, float(lv)) for m in methods for c in locations for lv in grids[m]}
