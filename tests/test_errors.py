@@ -262,7 +262,7 @@ def test_one_message_two_faces():
 
 
 def test_each_face_reads_its_own_spelling(cli, toy, tmp_path, x8):
-    from tfue_onnx.io import check_new_file
+    from tfue_onnx.files import check_new_file
 
     path = tmp_path / "m.onnx"
     path.write_bytes(b"")

@@ -519,7 +519,8 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, a
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
     INPUTS are the members.
     """
-    from .io import check_image_options, check_out_dir, collect_inputs
+    from .files import check_out_dir
+    from .io import check_image_options, collect_inputs
     from .report import planned_files
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
@@ -679,7 +680,8 @@ def export(models, out, example, force, **values):
 
     With --method ensemble, give every member model.
     """
-    from .io import check_new_file, collect_inputs, load_input
+    from .files import check_new_file
+    from .io import collect_inputs, load_input
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))

@@ -1,51 +1,31 @@
-"""Reading inputs (images, .npy, .npz, folders) and writing pictures (report stage).
+"""Reading inputs (images, .npy, .npz, folders) the way ``tfue run`` does (report stage).
 
-Inputs become feed dicts the way ``tfue run`` reads them (:func:`load_input`; the
-public :func:`load_image` for one image); pictures are colourised maps written
-atomically. The writing helpers themselves (atomic writes, output folders, JSON,
-npz) live in ``files.py`` and are re-exported here for older imports; layouts and
-the batch axis come from ``layout.py``.
+Inputs become feed dicts (:func:`load_input`; the public :func:`load_image` for one
+image) and maps become 2-D arrays for pictures (:func:`spatial_map`). Writing files
+(atomic writes, output folders, JSON, npz) is ``files.py``'s; pictures are
+``plots.py``'s; layouts and the batch axis come from ``layout.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 
 import numpy as np
 
 from .errors import ArgumentError, TfueError
-from .files import (atomic_write, atomic_write_bytes, check_new_file, check_out_dir,
-                    cleanup_out_dir, plain_json, prepare_out_dir, save_json, save_npz)
 from .layout import LAYOUTS, array_layout, image_layout, with_batch
 
 __all__ = ["IMAGE_EXTS", "ARRAY_EXTS", "LAYOUTS", "ImageOptions", "collect_inputs",
            "check_image_options", "read_npy", "read_npz", "npz_feeds", "load_input",
-           "load_image", "read_image", "open_image", "image_to_input", "spatial_map",
-           "colorize", "save_png",
-           # files.py, re-exported for older imports (new code imports files.py):
-           "atomic_write", "atomic_write_bytes", "check_new_file", "check_out_dir",
-           "cleanup_out_dir", "plain_json", "prepare_out_dir", "save_json", "save_npz"]
+           "load_image", "read_image", "open_image", "image_to_input", "spatial_map"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_EXTS = (".npy", ".npz")
 IMAGE_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's 16-bit gray modes
 
 
-def save_png(path: str, rgb: np.ndarray) -> None:
-    """Write an image (uint8, [H, W, 3] RGB or [H, W] gray) as a PNG file atomically
-    (``files.atomic_write_bytes``); raises OSError as the file system does."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 # --- pictures -------------------------------------------------------------------------
-_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
-                    dtype=np.float64)
 
 
 def spatial_map(arr: np.ndarray, axes=None) -> np.ndarray | None:
@@ -80,31 +60,6 @@ def spatial_map(arr: np.ndarray, axes=None) -> np.ndarray | None:
     else:
         return None
     return m if m.shape[0] > 1 and m.shape[1] > 1 else None
-
-
-def colorize(m: np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """Map a 2-D array to viridis RGB (0 -> dark purple, vmax -> yellow).
-
-    ``vmax`` defaults to the 99.5th percentile (the maximum if that is 0), so a
-    few extreme pixels do not flatten the rest of the map to one colour.
-
-    Args:
-        m: [H, W], any real dtype, in the map's own units (NaN reads as 0).
-        vmax: the value drawn yellow (values above are clipped); 0 or less: all dark.
-
-    Returns:
-        uint8 [H, W, 3] RGB.
-    """
-    m = np.nan_to_num(np.asarray(m, dtype=np.float64))
-    if vmax is None:
-        vmax = float(np.percentile(m, 99.5)) if m.size else 0.0
-        vmax = vmax if vmax > 0 else float(m.max(initial=0.0))
-    t = np.clip(m / vmax, 0, 1) if vmax > 0 else np.zeros_like(m)
-    pos = t * (len(_VIRIDIS) - 1)
-    lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
-    return np.round(rgb).astype(np.uint8)
 
 
 # --- reading --------------------------------------------------------------------------

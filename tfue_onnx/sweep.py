@@ -112,8 +112,6 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     config = _config(model, pairs, samples, _sweep_seed(seed, out_dir), sigma_mode,
                      block_sigma, bootstrap, pad)
     done = _resume(out_dir, config, force)
-    if out_dir is not None:  # made (and proved writable) before the first point runs
-        prepare_out_dir(out_dir)
     # Points of this grid only: those of another grid run into the same folder stay in
     # sweep.jsonl, apart (neither counted nor candidates for the best).
     wanted = {(m, c.name, float(lv)) for m in methods for c in locations for lv in grids[m]}
@@ -289,10 +287,11 @@ def format_best(summary: dict) -> str:
 
 
 def _resume(out_dir, config, force) -> dict:
-    """Points already finished in ``out_dir``/sweep.jsonl for the same settings."""
+    """Points already finished in ``out_dir``/sweep.jsonl for the same settings (the
+    folder made, and proved writable, first)."""
     if out_dir is None:
         return {}
-    path = os.path.join(out_dir, "sweep.jsonl")
+    path = os.path.join(prepare_out_dir(out_dir), "sweep.jsonl")
     if not os.path.exists(path):
         return {}  # the config line is written with the first finished point
     with open(path) as f:
