@@ -62,10 +62,12 @@ def choose_trial(trials: list) -> dict:
 
 
 def shapes_text(feeds) -> str:
+    """The inputs' names and shapes, for notes."""
     return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
 
 
 def threads_text(threads) -> str:
+    """An intra-op thread count in words (None: onnxruntime's default)."""
     return "default threads" if threads is None else f"{threads} thread" + (
         "s" if threads > 1 else "")
 

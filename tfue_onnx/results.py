@@ -13,33 +13,47 @@ import numpy as np
 
 @dataclasses.dataclass
 class OutputStats:
-    """Prediction and uncertainty of one model output."""
+    """Prediction and uncertainty of one model output (Mi et al.: the variance of N
+    tolerably perturbed outputs is the uncertainty map).
 
-    output: np.ndarray  # the unperturbed output
-    mean: np.ndarray | None = None  # sample mean (None for non-float outputs)
-    variance: np.ndarray | None = None  # per-element population variance
-    samples: np.ndarray | None = None  # [N, ...] when asked for
-    # Class probabilities only (maps over pixels for dense outputs):
+    Every array has the output's shape and dtype (float16/32/64) unless said otherwise;
+    ``variance`` is in squared output units, ``entropy`` and ``mutual_information`` in
+    nats. Fields that do not apply are None.
+    """
+
+    output: np.ndarray  # the unperturbed output (the original model's own)
+    mean: np.ndarray | None = None  # sample mean (None: a non-float output, entropy runs)
+    variance: np.ndarray | None = None  # per-element population variance (ddof 0)
+    samples: np.ndarray | None = None  # [N, *shape] when asked for (keep_samples=True)
+    # Class probabilities only (maps over pixels for dense outputs; the class axis gone):
     entropy: np.ndarray | None = None  # predictive entropy of the mean (nats)
     mutual_information: np.ndarray | None = None  # BALD: entropy - mean sample entropy
     class_variance: np.ndarray | None = None  # variance of the winning class
 
     @property
     def uncertainty(self):
-        """The map to look at: the variance, or the entropy for --method entropy."""
+        """The map to look at: ``variance``, or ``entropy`` for ``Entropy()`` runs
+        (None for outputs without statistics)."""
         return self.variance if self.variance is not None else self.entropy
 
 
 @dataclasses.dataclass
 class Result:
-    """What one run returns: per-output statistics and how they were made."""
+    """What one run returns: per-output statistics and how they were made.
+
+    ``outputs`` maps every model output's name to its :class:`OutputStats` (in the
+    model's order); the properties below read the *primary* output, the first with
+    statistics. ``metadata`` is JSON-able: method, location (``at``), level, N
+    (``samples``), seed, strategy, provider, chunks, the image axes found and notes;
+    ``tfue run`` stores it in NAME.npz and ``report.read_result`` reads it back.
+    """
 
     outputs: dict  # output name -> OutputStats
     metadata: dict
 
     @property
     def primary(self) -> str:
-        """Name of the first output that has statistics."""
+        """Name of the first output that has statistics (else the first output)."""
         for name, s in self.outputs.items():
             if s.uncertainty is not None:
                 return name
@@ -47,30 +61,45 @@ class Result:
 
     @property
     def output(self) -> np.ndarray:
+        """The primary output unperturbed: the model's shape and dtype."""
         return self.outputs[self.primary].output
 
     @property
-    def mean(self) -> np.ndarray:
+    def mean(self) -> np.ndarray | None:
+        """The primary output's sample mean over the N samples (its shape and dtype;
+        None for entropy runs)."""
         return self.outputs[self.primary].mean
 
     @property
-    def variance(self) -> np.ndarray:
+    def variance(self) -> np.ndarray | None:
+        """The uncertainty map: per-element variance of the primary output over the N
+        samples (population variance, squared output units, the output's shape and
+        dtype; None for entropy runs)."""
         return self.outputs[self.primary].variance
 
     @property
-    def samples(self):
+    def samples(self) -> np.ndarray | None:
+        """The primary output's N samples ``[N, *shape]`` (None unless
+        ``keep_samples=True`` / ``--save-samples``)."""
         return self.outputs[self.primary].samples
 
     @property
-    def entropy(self):
+    def entropy(self) -> np.ndarray | None:
+        """Predictive entropy (nats) of the primary output's class probabilities, the
+        class axis reduced away (None when it holds no class probabilities)."""
         return self.outputs[self.primary].entropy
 
     @property
-    def mutual_information(self):
+    def mutual_information(self) -> np.ndarray | None:
+        """BALD mutual information (nats; entropy of the mean minus the mean entropy of
+        the samples) of the primary output (None without class probabilities or
+        samples)."""
         return self.outputs[self.primary].mutual_information
 
     @property
-    def uncertainty(self):
+    def uncertainty(self) -> np.ndarray | None:
+        """The primary output's map to look at: ``variance``, or ``entropy`` for
+        ``Entropy()`` runs."""
         return self.outputs[self.primary].uncertainty
 
     @property
