@@ -73,7 +73,11 @@ def threads_text(threads) -> str:
 
 
 def check_threads(threads) -> int | None:
-    """Validate an intra-op thread count (None: onnxruntime's default, or measured)."""
+    """Validate an intra-op thread count (None: onnxruntime's default, or measured).
+
+    Raises:
+        ArgumentError (a ValueError): not an integer from 1 to the CPU count.
+    """
     if threads is None:
         return None
     cpus = os.cpu_count() or 1

@@ -311,7 +311,11 @@ def plausible_axes(feeds, shapes: dict, axes: dict) -> bool:
 
 def disk_cache(cache):
     """A cache.DiskCache from ``cache``: True (the default folder), False/None (off),
-    a folder path, or a DiskCache."""
+    a folder path, or a DiskCache.
+
+    Raises:
+        ArgumentError (a ValueError): any other value.
+    """
     from .cache import DiskCache
 
     if isinstance(cache, DiskCache):

@@ -42,6 +42,9 @@ def interior_locations(info, at_count: int = 8) -> list:
 
     The ends are left out: noise at the input is a black-box perturbation, at the
     output it only adds the noise. All candidates when none is interior.
+
+    Raises:
+        ArgumentError (a ValueError): ``at_count`` < 1.
     """
     if int(at_count) < 1:
         raise ArgumentError(f"at_count must be >= 1, got {at_count}", "e.g. --at-count 8")

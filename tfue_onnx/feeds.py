@@ -116,7 +116,12 @@ def synthetic_input(info: ModelInfo, size: int = 64) -> dict:
 
 
 def check_inputs_fit(info: ModelInfo, spec) -> None:
-    """Refuse up front a method the model's inputs do not fit (before any work)."""
+    """Refuse up front a method the model's inputs do not fit (before any work).
+
+    Raises:
+        TfueError: infer-transformation on a model without one float image input
+            (the hint names the gray-box methods, which take any input).
+    """
     if not isinstance(spec, Transform):
         return
     inputs = info.inputs

@@ -76,7 +76,11 @@ def peak_bytes(model, feeds) -> int:
 
 
 def check_chunk(chunk) -> int | None:
-    """Validate a chunk size (None = automatic)."""
+    """Validate a chunk size (None = automatic).
+
+    Raises:
+        ArgumentError (a ValueError): not an integer >= 1.
+    """
     if chunk is None:
         return None
     try:

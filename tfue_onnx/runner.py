@@ -299,12 +299,32 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         return split_sizes(self.samples, chunk)
 
     def run(self, feeds, level: float | None = None, progress=None) -> Result:
-        """Sample the perturbed model on ``feeds`` (an array or dict of arrays).
+        """Sample the perturbed model N times on ``feeds`` and reduce the samples.
 
-        ``level`` overrides the spec's sigma or rate for this run (every
-        perturbed location at once), without rebuilding the graph. ``progress`` is
-        called as ``progress(done, total)`` after each run of samples (``total`` = N),
-        for long inputs.
+        The first call for an input shape builds and verifies the graph (or reads it
+        from the disk cache) and, for looped-suffix, measures the chunk size; later
+        calls of that shape only sample. ``est(x)`` is the same call.
+
+        Args:
+            feeds: an array (a model with one input) or a dict input name -> array, in
+                the model's dtypes and shapes (a batch axis included; float arrays of
+                another float dtype are cast).
+            level: the sigma (noise) or rate (dropout) for this call, instead of the
+                spec's, at every perturbed location, without rebuilding the graph
+                (``metadata["level"]``); None: the spec's.
+            progress: called as ``progress(done, total)`` after each run of samples
+                (``total`` = N), for long inputs.
+
+        Returns:
+            A :class:`Result`: per output the unperturbed output, the sample mean and
+            the variance (squared output units), each of the output's shape and dtype.
+
+        Raises:
+            ArgumentError (a ValueError): inputs that do not fit the model (missing,
+                unknown, wrong rank, size or dtype, NaN/Inf), a level out of range or
+                given to a method without one.
+            TfueError: the model fails on the input, or no strategy passes
+                verification (the reasons are in the message; ``notes`` has detail).
         """
         feeds = self.check_feeds(feeds)
         if isinstance(self.spec, Entropy):

@@ -259,7 +259,11 @@ def run_session(sess, feeds: dict) -> dict:
 def run_bound(sess, device_feeds: dict, extra: dict) -> dict:
     """Run with IO binding: the model inputs are OrtValues already on the device
     (bound once for every chunk); the small extra feeds and the statistics go
-    through the host."""
+    through the host.
+
+    Raises:
+        TfueError: onnxruntime failed (as :func:`run_session`).
+    """
     binding = sess.io_binding()
     for name, value in device_feeds.items():
         binding.bind_ortvalue_input(name, value)

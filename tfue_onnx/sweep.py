@@ -32,7 +32,11 @@ METRICS_VERSION = 3  # per-image correlations, Poggi AUSE, L2 own order: older s
 
 
 def check_metric(metric: str) -> str:
-    """Validate a metric name such as pixel_l1 or ause_l2."""
+    """Validate a metric name such as pixel_l1 or ause_l2.
+
+    Raises:
+        ArgumentError (a ValueError): an unknown metric (the hint lists them).
+    """
     if metric not in METRICS:
         raise ArgumentError(f"unknown metric {metric!r}", "use one of " + ", ".join(METRICS))
     return metric
@@ -49,7 +53,11 @@ def better(metric: str, a: float, b: float) -> bool:
 
 def sweep_locations(info, at=None, at_count=None) -> list:
     """Candidates to sweep: ``at`` 'all' or a list of locations, or ``at_count`` evenly
-    spaced ones (default 8)."""
+    spaced ones (default 8).
+
+    Raises:
+        ArgumentError (a ValueError): ``at_count`` < 1; TfueError: an unknown location.
+    """
     cands = info.candidates
     if at_count is not None and at is not None:
         raise ArgumentError("give --at or --at-count, not both",
@@ -396,7 +404,20 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     """Pick (location, level) without targets: at each of ``at_count`` evenly spaced
     locations, the strongest level whose mean output moves by at most ``tolerance``
     (relative); of those, the one with the largest mean variance. ``pad`` and
-    ``layout`` are the Estimator's (``--pad``)."""
+    ``layout`` are the Estimator's (``--pad``).
+
+    Follows Mi et al.'s tolerable perturbation: the level is the strongest that leaves
+    the prediction within ``tolerance`` of the original.
+
+    Returns:
+        The pick: ``{"at", "index", "depth", "level", "relative_change",
+        "mean_variance" (squared output units), "reason"}``.
+
+    Raises:
+        ArgumentError (a ValueError): ``tolerance`` <= 0 or ``at_count`` < 1.
+        TfueError: no location tolerates even the smallest level (the hint says to
+            raise ``--tolerance``).
+    """
     from .runner import Estimator
     from .model import inspect_model
     from .perturb import Dropout, Noise
