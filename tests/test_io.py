@@ -347,3 +347,17 @@ def test_load_image_and_estimator_give_what_tfue_run_writes(tmp_path, cli):
     np.testing.assert_array_equal(res.mean, written["mean"])
     np.testing.assert_array_equal(res.variance, written["variance"])
     assert float(np.max(written["variance"])) > 0
+
+
+def test_resize_takes_text_or_a_pair_in_every_face(tmp_path):
+    from tfue_onnx.io import parse_size
+
+    assert parse_size(None) is None and parse_size("640x480") == (640, 480)
+    assert parse_size((64, 48)) == (64, 48) and parse_size("8X8") == (8, 8)
+    for bad in ("64", "0x3", (0, 3), "axb", (6.5, 3), (1, 2, 3)):
+        with pytest.raises(ValueError, match="resize must look like HxW"):
+            parse_size(bad)
+    img = str(tmp_path / "a.png")
+    _image(img)
+    assert tfue_onnx.load_image(img, SR, resize="16x12").shape == (1, 3, 16, 12)
+    assert tfue_onnx.load_image(img, SR, resize=(16, 12)).shape == (1, 3, 16, 12)

@@ -363,7 +363,7 @@ def _image_options(layout: str, values: dict):
     return ImageOptions(layout=layout, channel_order=values["channel_order"],
                         scale=values["scale"], mean=_parse_floats("--mean", values["norm_mean"]),
                         std=_parse_floats("--std", values["norm_std"]),
-                        resize=_parse_size(values["resize"]))
+                        resize=values["resize"])
 
 
 def _check_perturbation(p: dict) -> None:
@@ -477,19 +477,6 @@ def _parse_floats(name, text):
     except ValueError:
         raise ArgumentError(f"{name} must be comma-separated numbers, got {text!r}",
                             f"e.g. {name} 0.485,0.456,0.406") from None
-
-
-def _parse_size(text):
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise ArgumentError(f"--resize must look like HxW, got {text!r}",
-                            "e.g. --resize 640x640") from None
-    return (h, w)
 
 
 # --- run --------------------------------------------------------------------------------

@@ -110,8 +110,30 @@ class ImageOptions:
                 raise ArgumentError(f"{name} must be finite numbers, got {values!r}",
                                 f"e.g. {name} 0.485,0.456,0.406")
             if name == "--std" and np.any(arr == 0):
-                raise TfueError(f"--std must not contain 0 (inputs are divided by it), got "
-                                f"{values!r}", "e.g. --std 0.229,0.224,0.225")
+                raise ArgumentError(f"--std must not contain 0 (inputs are divided by it), got "
+                                    f"{values!r}", "e.g. --std 0.229,0.224,0.225")
+        object.__setattr__(self, "resize", parse_size(self.resize))
+
+
+def parse_size(value) -> tuple | None:
+    """An image size: None, ``"HxW"`` (e.g. ``"640x640"``) or a (height, width) pair of
+    whole numbers >= 1, as ``(h, w)`` ints (None stays None).
+
+    Raises:
+        ArgumentError (a ValueError): anything else.
+    """
+    if value is None:
+        return None
+    try:
+        parts = value.lower().split("x") if isinstance(value, str) else list(value)
+        h, w = (int(v) for v in parts)
+        if h < 1 or w < 1 or (not isinstance(value, str) and
+                              any(float(v) != int(v) for v in parts)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ArgumentError(f"--resize must look like HxW (two whole numbers >= 1), got "
+                            f"{value!r}", "e.g. --resize 640x640") from None
+    return (h, w)
 
 
 def collect_inputs(paths) -> list:
@@ -301,8 +323,8 @@ def load_image(path, model, *, layout: str = "auto", channel_order: str = "rgb",
             scale becomes 1/65535) are multiplied by this first (``--scale``).
         mean, std: per-channel numbers (one per channel, or one for all), in the
             scaled units; None: not applied (``--mean``, ``--std``).
-        resize: (height, width) in pixels, or None: the input's fixed size if it has
-            one, else the image's own (``--resize``).
+        resize: (height, width) in pixels or ``"HxW"``, or None: the input's fixed
+            size if it has one, else the image's own (``--resize``).
 
     Returns:
         A C-contiguous float32 array ``[1, C, H, W]`` (NCHW) or ``[1, H, W, C]``
