@@ -137,6 +137,15 @@ def sweep(model, pairs, methods=("noise", "dropout"), at=None, at_count=None, si
     return _summary(plan, points, metric, sigma_mode, apart, baseline)
 
 
+def _strongest_per_location(tried: list) -> dict:
+    """Location name -> its entry of ``tried`` with the strongest level."""
+    best = {}
+    for t in tried:
+        if t["at"] not in best or t["level"] > best[t["at"]]["level"]:
+            best[t["at"]] = t
+    return best
+
+
 def _auto_pad(info, layout) -> int:
     from .border import resolve_pad
 
@@ -448,10 +457,7 @@ def choose_by_tolerability(model, method: str, feeds_list, tolerance: float = 0.
     if not tried:
         raise TfueError(f"no location and level keeps the mean output within {tolerance:.0%} "
                         f"of the unperturbed output", "raise --tolerance or give --at and a level")
-    best = {}
-    for t in tried:  # strongest tolerable level per location first
-        if t["at"] not in best or t["level"] > best[t["at"]]["level"]:
-            best[t["at"]] = t
+    best = _strongest_per_location(tried)
     pick = max(best.values(), key=lambda t: t["mean_variance"])
     pick["reason"] = (f"strongest tolerable {method} level at each of {len(best)} intermediate "
                       f"locations (mean output moves <= {tolerance:.0%}); this one has the "
