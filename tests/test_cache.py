@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import toys
-from tfue_onnx import Dropout, Estimator, Noise
+from tfue_onnx import Dropout, Estimator, Noise, TfueError
 from tfue_onnx.cache import DiskCache
 
 
@@ -298,3 +298,58 @@ def test_a_batch_of_two_from_the_cache_keeps_its_batch_axis(toy, x8, monkeypatch
     assert second.metadata["draws"] == first.metadata["draws"]
     assert "per batch item (axis 0" in second.metadata["draws"]["r1"]
     np.testing.assert_array_equal(second.variance, first.variance)
+
+
+# --- the pieces: keys, digests, folder, plausible batch axes ------------------------------
+def test_make_key_is_the_sorted_json_digest():
+    import hashlib
+
+    from tfue_onnx.cache import make_key
+
+    parts = {"b": [1, 2], "a": "x", "shape": (1, 3)}
+    want = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+    assert make_key(parts) == want and len(want) == 40
+    assert make_key(dict(reversed(list(parts.items())))) == want
+    assert make_key({**parts, "a": "y"}) != want
+
+
+def test_model_digest_and_cache_dir(toy, monkeypatch, tmp_path):
+    import hashlib
+
+    from tfue_onnx.cache import ENV, cache_dir, model_digest
+
+    model = onnx.load(toy())
+    assert model_digest(model) == hashlib.sha256(model.SerializeToString()).hexdigest()
+    model.graph.node[0].name = "renamed"
+    assert model_digest(model) != model_digest(onnx.load(toy()))
+    assert model_digest(object()) is None  # not a proto: not cached, no error
+    monkeypatch.setenv(ENV, str(tmp_path / "mine"))
+    assert cache_dir() == str(tmp_path / "mine")
+    monkeypatch.delenv(ENV)
+    assert "tfue-onnx" in cache_dir()
+
+
+def test_disk_cache_from_every_kind_of_argument(tmp_path):
+    from tfue_onnx.cache import disk_cache
+
+    given = DiskCache(str(tmp_path / "g"))
+    assert disk_cache(given) is given
+    assert disk_cache(str(tmp_path / "s")).folder == str(tmp_path / "s")
+    assert disk_cache(tmp_path / "p").folder == str(tmp_path / "p")
+    assert disk_cache(True).enabled and not disk_cache(False).enabled
+    assert not disk_cache(None).enabled
+    for bad in (3, 1.0, ["x"]):
+        with pytest.raises(TfueError, match="cache must be True, False or a folder"):
+            disk_cache(bad)
+
+
+@pytest.mark.parametrize("batch,axes,ok", [
+    (2, {"r1": 0}, True), (2, {"r1": None}, True), (2, {}, True), (1, {"r1": 0}, False),
+    (2, {"r1": 1}, False), (2, {"r1": 4}, False), (2, {"r1": -1}, False),
+    (2, {"gone": 0}, False), (1, {"r1": None}, True)])
+def test_plausible_axes(batch, axes, ok):
+    from tfue_onnx.cache import plausible_axes
+
+    feeds = {"x": np.zeros((batch, 3, 8, 8), np.float32), "scalar": np.float32(1)}
+    shapes = {"r1": [batch, 4, 8, 8]}
+    assert plausible_axes(feeds, shapes, axes) is ok
