@@ -141,3 +141,22 @@ def test_signature_is_sorted_names_shapes_and_dtypes():
     assert signature({**a, "x": np.zeros((1, 4), np.float32)}) != signature(a)
     assert signature({**a, "x": np.zeros((1, 3), np.float16)}) != signature(a)
     assert fmt_shape(["N", 3, 0, -1, 5]) == "[?, 3, ?, ?, 5]"
+
+
+def test_check_inputs_fit_refuses_transforms_without_one_float_image_input(two):
+    from tfue_onnx.feeds import check_inputs_fit
+    from tfue_onnx.perturb import Noise, Transform
+
+    check_inputs_fit(two, Noise(0.1, at="x_out"))  # gray-box: any inputs
+    check_inputs_fit(_info([("x", TensorProto.FLOAT, ["N", 3, "H", "W"])]), Transform())
+    check_inputs_fit(_info([("x", TensorProto.FLOAT, ["N", "H", "W"])]), Transform())
+    with pytest.raises(TfueError) as err:
+        check_inputs_fit(two, Transform())
+    assert err.value.message == (
+        "infer-transformation needs one image input (float, [N,C,H,W]/[N,H,W,C]/[N,H,W]); "
+        "this model has 2 inputs: x float32 [N, 3, 6, W], ids int64 [N, 5]")
+    assert "--method noise or --method dropout" in err.value.hint
+    for bad in ([("t", TensorProto.INT64, ["N", 3, 8, 8])], [("v", TensorProto.FLOAT, ["N", 8])],
+                [("u", TensorProto.FLOAT, None)]):
+        with pytest.raises(TfueError, match="this model has 1 input: "):
+            check_inputs_fit(_info(bad), Transform())
