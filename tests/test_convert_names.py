@@ -171,19 +171,3 @@ def test_an_unusable_copy_gives_the_real_reason_for_a_refused_strategy(monkeypat
                provider="cpu").run({"x": X})
     assert ("needs opset >= 10 (dynamic Slice); the model has opset 8, and the copy converted "
             "to opset 13 has no tensor 'u' (onnx.version_converter replaced it)") in str(err.value)
-
-
-def test_restore_names_matches_unread_tensors_through_their_producer():
-    """An Upsample output nothing reads (no consumer to match) and one that is the graph
-    output (kept by the converter) beside it, both reading the same tensor."""
-    nodes = [helper.make_node("Relu", ["x"], ["a"]),
-             helper.make_node("Upsample", ["a"], ["y"], scales=[1.0, 1.0, 2.0, 2.0]),
-             helper.make_node("Upsample", ["a"], ["dead"], scales=[1.0, 1.0, 2.0, 2.0])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", F, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
-    model.ir_version = 4
-    converted = convert(ModelInfo(model)).info.model
-    made = [o for n in converted.graph.node if n.op_type == "Resize" for o in n.output]
-    assert sorted(made) == ["dead", "y"]
-    assert [o.name for o in converted.graph.output] == ["y"]

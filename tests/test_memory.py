@@ -11,11 +11,14 @@ same as a plain onnxruntime session's.
 """
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import toys
 from tfue_onnx import Noise, Dropout
+from tfue_onnx.memory import peak_bytes as _peak_bytes
 from tfue_onnx import session as sessions
 from tfue_onnx.runner import Estimator
 
@@ -332,3 +335,19 @@ def test_a_path_source_is_judged_by_its_graph(tmp_path, monkeypatch):
     monkeypatch.setattr(sessions, "PACK_FREE_BYTES", 1)
     sess, _ = sessions.create_session(path, "cpu", prepack=False)
     assert not _prepacks(sess)
+
+
+def test_peak_bytes_follow_the_live_tensors(tmp_path):
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    model = onnx.load(toys.skip_net(tmp_path / "s.onnx"))
+    # conv2 runs while x is gone but c1 (the skip), r1 and c2 are alive: 12 channels;
+    # then the Add holds c1, c2 and y: 12 again.
+    assert _peak_bytes(model, {"x": x}) == 12 * 64 * 4
+    # A chain: at most a tensor and its successor (plus nothing else) are alive.
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    chain = helper.make_model(helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 8, 8])]))
+    assert _peak_bytes(chain, {"x": x}) == 2 * 3 * 64 * 4
+    assert _peak_bytes(chain, {"x": np.zeros((4, 3, 8, 8), np.float32)}) == 4 * 2 * 3 * 64 * 4

@@ -1,0 +1,107 @@
+"""files.py: atomic writes, output folders that are never overwritten without --force,
+JSON and npz."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfue_onnx import TfueError
+from tfue_onnx.files import (atomic_write, atomic_write_bytes, check_new_file, check_out_dir,
+                             cleanup_out_dir, plain_json, prepare_out_dir, save_json, save_npz)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_atomic_write_failure_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"old")
+
+    def half(f):
+        f.write(b"new but unfinis")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        atomic_write(str(path), half)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["r.bin"]  # the temporary file is gone
+
+
+def test_atomic_write_failure_on_a_new_path_leaves_nothing(tmp_path):
+    def fail(f):
+        f.write(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / "new.bin"), fail)
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_bytes_writes_an_ordinary_file(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write_bytes(str(path), b"hello")
+    assert path.read_bytes() == b"hello"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_check_new_file(tmp_path):
+    path = tmp_path / "x.npz"
+    check_new_file(str(path), force=False)  # free: fine
+    path.write_bytes(b"")
+    with pytest.raises(TfueError, match="already exists") as err:
+        check_new_file(str(path), force=False)
+    assert "--force" in err.value.hint
+    check_new_file(str(path), force=True)
+    with pytest.raises(TfueError, match="is a folder"):
+        check_new_file(str(tmp_path), force=True)
+    with pytest.raises(TfueError, match="does not exist"):
+        check_new_file(str(tmp_path / "no" / "x.npz"), force=False)
+
+
+def test_out_dir_checks_prepares_and_cleans_up(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(TfueError, match="is a file"):
+        check_out_dir(str(tmp_path / "f"))
+    with pytest.raises(TfueError, match="cannot be created"):
+        check_out_dir(str(tmp_path / "f" / "below"))
+    deep = tmp_path / "a" / "b"
+    assert check_out_dir(str(deep)) == str(deep) and not deep.exists()  # nothing made
+    with pytest.raises(ValueError):
+        with cleanup_out_dir(str(deep)):
+            prepare_out_dir(str(deep))
+            assert deep.is_dir() and os.listdir(deep) == []  # the probe file is gone
+            raise ValueError("refused")
+    assert not (tmp_path / "a").exists()  # both empty folders made were removed
+    with cleanup_out_dir(str(deep)):
+        prepare_out_dir(str(deep))
+        (deep / "r.npz").write_bytes(b"")
+    assert (deep / "r.npz").exists()
+
+
+def test_plain_json_and_save_json(tmp_path):
+    obj = {"a": float("nan"), "b": [np.float32(1.5), float("inf")], "c": np.arange(2)}
+    assert plain_json(obj) == {"a": None, "b": [1.5, None], "c": [0, 1]}
+    save_json(str(tmp_path / "s.json"), obj)
+    text = (tmp_path / "s.json").read_text()
+    assert "NaN" not in text and json.loads(text) == {"a": None, "b": [1.5, None], "c": [0, 1]}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_save_npz_round_trip(tmp_path, compress):
+    path = str(tmp_path / "r.npz")
+    save_npz(path, {"y": np.arange(6.0).reshape(2, 3)}, {"method": "noise", "n": 4}, compress)
+    with np.load(path) as z:
+        assert sorted(z.files) == ["metadata", "y"]
+        np.testing.assert_array_equal(z["y"], np.arange(6.0).reshape(2, 3))
+        assert json.loads(str(z["metadata"])) == {"method": "noise", "n": 4}
+
+
+def test_files_imports_only_errors():
+    import ast
+
+    tree = ast.parse(open(os.path.join(ROOT, "tfue_onnx", "files.py")).read())
+    local = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    assert local == {"errors"}
