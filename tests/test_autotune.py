@@ -166,9 +166,6 @@ def test_every_malformed_plan_is_refused(edit):
     assert cached_plan(plan, None, 20) is None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cached_plan checks a trial's chunk with "
-                   "isinstance(int), which takes True, and s_per_sample takes True or a "
-                   "negative time (the plan's own chunk refuses bools)")
 @pytest.mark.parametrize("trial", [{"chunk": True}, {"s_per_sample": True},
                                    {"s_per_sample": -1.0}])
 def test_a_trial_with_a_bool_or_negative_field_is_refused(trial):

@@ -66,7 +66,9 @@ def test_nhwc_and_float16_probes():
 def test_refusals():
     with pytest.raises(TfueError, match="fixed size 20 on axis 2") as err:
         detect_border(_info(("N", 3, 20, "W")), _model(1, -2))
-    assert err.value.hint == "give the border yourself: --pad P"
+    assert err.value.hint == "give the border yourself, in pixels per side: e.g. --pad 7"
+    assert str(err.value).endswith("Hint: give the border yourself, in pixels per side: "
+                                   "e.g. pad=7")  # Python's face
 
     def refuses(feeds):
         raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad dims\nmore")

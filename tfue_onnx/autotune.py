@@ -29,10 +29,7 @@ def cached_plan(tuning, threads, samples: int) -> dict | None:
         return None
     ok_threads = {None, 1} | ({threads} if threads else set())
     trials = tuning.get("trials", [])
-    if not isinstance(trials, list) or not all(
-            isinstance(t, dict) and isinstance(t.get("chunk"), int) and t["chunk"] >= 1 and
-            t.get("threads") in ok_threads and isinstance(t.get("s_per_sample"), (int, float))
-            for t in trials):
+    if not isinstance(trials, list) or not all(_plausible_trial(t, ok_threads) for t in trials):
         return None
     chunk, how = tuning.get("chunk"), tuning.get("how")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1 or \
@@ -51,6 +48,17 @@ def cached_plan(tuning, threads, samples: int) -> dict | None:
         return None
     return {"chunk": min(chunk, samples), "threads": tuning["threads"], "how": "cached",
             "trials": trials}
+
+
+def _plausible_trial(t, ok_threads) -> bool:
+    """Whether a stored trial is ``{"chunk": int >= 1, "threads", "s_per_sample": >= 0}``
+    (bools are not numbers here)."""
+    if not isinstance(t, dict):
+        return False
+    chunk, seconds = t.get("chunk"), t.get("s_per_sample")
+    return (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1 and
+            t.get("threads") in ok_threads and isinstance(seconds, (int, float)) and
+            not isinstance(seconds, bool) and seconds >= 0)
 
 
 def choose_trial(trials: list) -> dict:

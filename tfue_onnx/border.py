@@ -39,7 +39,7 @@ def detect_border(info, run, layout: str = "auto") -> tuple[int, str]:
         if isinstance(dim, int) and dim > 0:
             raise TfueError(f"--pad auto needs an input of free height and width; '{name}' "
                             f"has the fixed size {dim} on axis {axis}",
-                            "give the border yourself: --pad P")
+                            "give the border yourself, in pixels per side: e.g. --pad 7")
     dtype = np.float16 if inp.dtype == "float16" else \
         np.float64 if inp.dtype == "float64" else np.float32
 
@@ -52,7 +52,7 @@ def detect_border(info, run, layout: str = "auto") -> tuple[int, str]:
         except Exception as exc:  # onnxruntime's refusal, in its own words
             raise TfueError(f"--pad auto could not run the model on a {hh}x{ww} image "
                             f"({str(exc).splitlines()[0][:200]})",
-                            "give the border yourself: --pad P") from None
+                            "give the border yourself, in pixels per side: e.g. --pad 7") from None
         return {k: np.shape(v) for k, v in outs.items()}
 
     base, tall, wide = shapes(BASE, BASE), shapes(GROWN, BASE), shapes(BASE, GROWN)
