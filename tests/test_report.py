@@ -159,3 +159,18 @@ def test_non_finite_results_are_written_with_a_warning_in_the_summary(tmp_path, 
     assert summary["inputs"][0]["non_finite"] == {"y": {
         "mean": 1, "variance": 1, "from_model": 0, "from_perturbation": 1}}
     assert np.isnan(report.read_result(tmp_path / "o" / "a.npz").variance[0, 1])
+
+
+def test_no_pictures_writes_the_npz_only(cli, toy, tmp_path, x8):
+    np.save(tmp_path / "in.npy", x8)
+    out = tmp_path / "out"
+    r = cli("run", toy(), tmp_path / "in.npy", "--method", "noise", "--sigma", "0.2",
+            "--samples", "2", "--seed", "3", "--no-pictures", "--json", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(out)) == ["in.npz", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["color_scale"] == {"drawn": False}
+    assert summary["inputs"][0]["files"] == [str(out / "in.npz")]
+    r = cli("run", toy(), tmp_path / "in.npy", "--method", "noise", "--no-pictures",
+            "--overlay", "--out", tmp_path / "o2")
+    assert r.exit_code == 2 and "--no-pictures" in r.output and not (tmp_path / "o2").exists()

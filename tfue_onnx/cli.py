@@ -494,13 +494,15 @@ def _parse_floats(name, text):
               help="Deflate the .npz files: smaller, but far slower to write.")
 @click.option("--shared-scale", is_flag=True, help="One colour range for every NAME.variance.png.")
 @click.option("--overlay", is_flag=True, help="Also write NAME.overlay.png (map over the input).")
+@click.option("--pictures/--no-pictures", default=True, show_default=True,
+              help="Draw NAME.variance.png (matplotlib); --no-pictures writes the .npz only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @OUTPUT_OPTIONS
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
-def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, as_json, force,
-        levels, **values):
+def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, pictures,
+        as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -514,6 +516,9 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, a
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
     levels = _run_levels(p, levels)
+    if not pictures and (shared_scale or overlay):
+        raise ArgumentError("--shared-scale and --overlay draw pictures, which --no-pictures "
+                            "turns off", "drop --no-pictures, or those options")
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
@@ -532,8 +537,9 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, a
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
     try:
-        pictures = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay}
-        summaries = {level: _run_one_level(est, level, files, folder, options, pictures,
+        drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
+                   "pictures": pictures}
+        summaries = {level: _run_one_level(est, level, files, folder, options, drawing,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,
                                                                         levels).items())}

@@ -132,13 +132,17 @@ class Pictures:
     its own range.
     """
 
-    def __init__(self, out_dir: str, shared_scale: bool = False, overlay: bool = False):
+    def __init__(self, out_dir: str, shared_scale: bool = False, overlay: bool = False,
+                 drawn: bool = True):
         self.out_dir, self.shared_scale, self.overlay = out_dir, shared_scale, overlay
+        self.drawn = drawn  # False (--no-pictures): only the .npz files are written
         self.kept = []
 
     def add(self, item: dict, shown: dict) -> None:
         """Draw ``shown`` (``picture_of``) now, or keep what ``finish`` needs to draw it;
         its files go into ``item["files"]`` (the first being its NAME.npz)."""
+        if not self.drawn:
+            return
         if not self.shared_scale:
             item["files"] += draw(self.out_dir, shown, overlay=self.overlay)
             return
@@ -150,6 +154,8 @@ class Pictures:
         """Draw the kept pictures on the shared range; return the summary's
         ``color_scale``: {"shared": bool, "range": [vmin, vmax] (shared only, None
         when no map had a finite value), "overlay": bool}."""
+        if not self.drawn:
+            return {"drawn": False}
         if not self.shared_scale:
             return {"shared": False, "overlay": self.overlay}
         ranges = [r for _, _, r, _ in self.kept if r is not None]
@@ -417,7 +423,7 @@ def _check_kept_samples(estimator, feeds) -> None:
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
                compress: bool = False, started: float | None = None,
                sample_progress=None, shared_scale: bool = False,
-               overlay: bool = False) -> dict:
+               overlay: bool = False, pictures: bool = True) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -441,6 +447,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         shared_scale: draw every NAME.variance.png on one colour range (``--shared-scale``;
             the maps are drawn when the run ends); default: each on its own.
         overlay: also write NAME.overlay.png, the map over the input (``--overlay``).
+        pictures: False writes the .npz files only (``--no-pictures``; BENCHMARKS.md).
 
     Returns:
         The run summary (also written to ``out_dir``/summary.json); its ``timing``
@@ -460,7 +467,8 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     started = time.perf_counter() if started is None else started
     note = note or (lambda line: None)
     kept = _read_inputs(estimator, files, options, note)
-    run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay), compress)
+    run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay, pictures),
+               compress)
     with cleanup_out_dir(out_dir):
         for k, path in enumerate(progress(files) if progress else files):
             feeds = kept[k] if kept[k] is not None else \
