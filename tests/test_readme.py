@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import readme_blocks as rb
+import toys
 
 ROOT = rb.ROOT
 PATH = os.path.join(ROOT, "README.md")
@@ -155,12 +156,7 @@ def test_evaluate_listing(cli, toy, tmp_path):
     text = rb.block(PATH, "tfue evaluate MODEL INPUT...", "")
     synopsis, *shown = text.strip().splitlines()
     _check_options(cli, "evaluate", _options(synopsis))
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.random((3, 16, 16), dtype=np.float32),
-                 target=rng.random((2, 16, 16), dtype=np.float32))
+    folder = toys.npz_pairs(tmp_path / "pairs")
     r = cli("evaluate", toy(), folder, "--method", "noise", "-n", "2", "--seed", "0",
             "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output

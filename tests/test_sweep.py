@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+import toys
+
 from tfue_onnx import sweep
 from tfue_onnx.errors import TfueError
 from tfue_onnx.evaluate import evaluate, make_pairs
@@ -21,12 +23,7 @@ GRID = dict(methods=("noise", "dropout"), at="r1,c2", sigmas=(0.05, 0.5), rates=
 @pytest.fixture
 def setup(tmp_path, toy):
     model = toy()
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        np.savez(folder / f"p{k}.npz", x=rng.random((3, 16, 16), dtype=np.float32),
-                 target=rng.random((2, 16, 16), dtype=np.float32))
+    folder = toys.npz_pairs(tmp_path / "pairs")
     (tmp_path / "sweep").mkdir()  # as the CLI does (sweep() makes a new one itself: below)
     return model, make_pairs(inspect_model(model), [folder]), tmp_path / "sweep"
 

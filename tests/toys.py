@@ -224,3 +224,16 @@ def cut_at(model, name, shape):
         node.output[:] = [o + "/unused" if o == name else o for o in node.output]
     m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
     return m
+
+
+def npz_pairs(folder, count: int = 3, seed: int = 0):
+    """``count`` (input, target) pairs for conv_net as ``p<k>.npz`` (x [3, 16, 16], target
+    [2, 16, 16], float32) in ``folder`` (made); returns the folder."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        np.savez(os.path.join(folder, f"p{k}.npz"), x=rng.random((3, 16, 16), dtype=np.float32),
+                 target=rng.random((2, 16, 16), dtype=np.float32))
+    return folder
