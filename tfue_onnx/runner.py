@@ -529,6 +529,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
                                 "spatial_axes": self.spatial_axes(feeds, out).metadata()})
 
     def __call__(self, inputs, level: float | None = None, progress=None) -> Result:
+        """``est(x)`` is ``est.run(x)``: see :meth:`run`."""
         return self.run(inputs, level=level, progress=progress)
 
     def export(self, path, example=None, force: bool = False) -> str:
