@@ -317,8 +317,8 @@ def test_export_on_the_synthetic_input_asks_for_an_example(cli, tmp_path, x8):
     r = cli("export", model, "-o", out, "--method", "noise", "--at", "r", "--seed", "0")
     line = _one_error_line(r)
     assert "the model failed on input x(1, 3, 64, 64)" in line and "synthetic example" in line
-    assert line.endswith("Hint: verify on a real input: --example FILE on the command line, "
-                         "example= in Python")
+    assert line.endswith("Hint: verify on a real input of the size the model takes: give "
+                         "--example")
     assert not out.exists()
     np.save(tmp_path / "x.npy", x8)
     r = cli("export", model, "-o", out, "--method", "noise", "--at", "r", "--seed", "0",

@@ -309,12 +309,20 @@ def _bad_arguments(toy, x8):
         "layout": lambda: image_layout(TensorInfo("x", "float32", (1, 3, 8, 8)), "CHWN"),
         "channel order": lambda: ImageOptions(channel_order="rbg"),
         "model type": lambda: Estimator(42, Noise(0.1)),
+        "estimator layout": lambda: Estimator(model, Noise(0.1), layout="foo"),
+        "class axis": lambda: Estimator(model, Noise(0.1), classify=True, class_axis=7),
+        "unknown tensor": lambda: Estimator(model, Noise(0.1, at="nosuch")),
+        "level below 0": lambda: est(x8, level=-1),
+        "level not a number": lambda: est(x8, level="0.1,0.2"),
+        "level of a transform": lambda: Estimator(model, Transform("flips"))(x8, level=0.1),
     }
 
 
 CASES = ["strategy", "provider", "chunk", "threads", "cache", "max_memory", "samples", "sigma",
          "unknown input", "input rank", "NaN input", "bootstrap", "block sigma",
-         "segment sigma", "transforms", "layout", "channel order", "model type"]
+         "segment sigma", "transforms", "layout", "channel order", "model type",
+         "estimator layout", "class axis", "unknown tensor", "level below 0",
+         "level not a number", "level of a transform"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -327,3 +335,29 @@ def test_argument_errors_are_value_errors_with_one_line(case, toy, x8):
     text = str(err.value)
     assert "\n" not in text and "Hint:" in text, text
     assert "--" not in text.split("Hint:")[0], text  # Python's face: no CLI spelling
+
+
+def test_level_errors_name_the_level_on_each_face(cli, toy, tmp_path, x8):
+    est = Estimator(toy(), Noise(0.1), samples=2, seed=0)
+    with pytest.raises(ValueError) as err:
+        est(x8, level=-1)
+    assert str(err.value).startswith("a noise level (sigma) must be >= 0, got -1")
+    assert str(err.value).endswith("e.g. level=0.1") and "sigma=" not in str(err.value)
+    np.save(tmp_path / "x.npy", x8)
+    for bad, words in (("-0.1", "a noise level (sigma) must be >= 0"),
+                       ("0.1,abc", "--levels must be comma-separated numbers")):
+        r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--levels", bad,
+                "-o", tmp_path / "o")
+        assert r.exit_code == 2 and words in r.output and "0.485" not in r.output, r.output
+        assert "--levels" in r.output.split("Hint:")[1]
+
+
+def test_load_image_mean_of_the_wrong_length_is_a_value_error(tmp_path):
+    from PIL import Image
+
+    import tfue_onnx
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    model = toys.conv_net(tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"^mean has 2 values"):
+        tfue_onnx.load_image(tmp_path / "a.png", model, mean=(0.1, 0.2))

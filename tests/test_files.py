@@ -105,3 +105,31 @@ def test_files_imports_only_errors():
     tree = ast.parse(open(os.path.join(ROOT, "tfue_onnx", "files.py")).read())
     local = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
     assert local == {"errors"}
+
+
+def test_check_out_dir_proves_the_folder_writable_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from tfue_onnx import files
+
+    target = tmp_path / "a" / "b"
+    assert files.check_out_dir(str(target)) == str(target)
+    assert not (tmp_path / "a").exists()  # made to prove it, removed again
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(TfueError, match="is not writable \\(Read-only file system\\)"):
+        files.check_out_dir(str(target))
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_output_folder_the_system_refuses_stops_the_run_before_any_work(cli, toy, tmp_path,
+                                                                          x8):
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "-n", "2",
+            "-o", "/proc/tfue-cannot-be-made/out")
+    assert r.exit_code == 2 and "is not writable" in r.output
+    assert "mean variance" not in r.output and "sampling" not in r.output

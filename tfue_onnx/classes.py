@@ -7,7 +7,7 @@ winning class's variance are computed for it (runner, stats.py).
 
 from __future__ import annotations
 
-from .errors import TfueError
+from .errors import ArgumentError
 from .model import FLOAT_TYPES, ModelInfo
 
 # Ops that pass a tensor's values through with the same axes.
@@ -33,7 +33,7 @@ def find_classes(info: ModelInfo, softmax: bool = False, classify="auto",
         a pre-13 Softmax over several axes), and why Softmax outputs were left out.
 
     Raises:
-        TfueError: ``class_axis`` is outside an output's rank.
+        ArgumentError (a ValueError): ``class_axis`` is outside an output's rank.
     """
     notes = []
     floats = [o for o in info.outputs if o.dtype in FLOAT_TYPES.values()]
@@ -42,7 +42,7 @@ def find_classes(info: ModelInfo, softmax: bool = False, classify="auto",
         rank = len(o.shape) if o.shape is not None else None
         axis = class_axis + rank if (class_axis < 0 and rank) else class_axis
         if rank is not None and not 0 <= axis < rank:
-            raise TfueError(f"class axis {class_axis} does not exist in output '{o.name}' "
+            raise ArgumentError(f"class axis {class_axis} does not exist in output '{o.name}' "
                             f"of rank {rank}", "give --class-axis within the output's rank")
         return axis
 

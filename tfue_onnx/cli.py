@@ -475,8 +475,9 @@ def _parse_floats(name, text):
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
+        example = "0.05,0.1,0.2" if name == "--levels" else "0.485,0.456,0.406"
         raise ArgumentError(f"{name} must be comma-separated numbers, got {text!r}",
-                            f"e.g. {name} 0.485,0.456,0.406") from None
+                            f"e.g. {name} {example}") from None
 
 
 # --- run --------------------------------------------------------------------------------
@@ -517,8 +518,10 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
     levels = _run_levels(p, levels)
     if not pictures and (shared_scale or overlay):
-        raise ArgumentError("--shared-scale and --overlay draw pictures, which --no-pictures "
-                            "turns off", "drop --no-pictures, or those options")
+        given = " and ".join(o for o, on in (("--shared-scale", shared_scale),
+                                             ("--overlay", overlay)) if on)
+        raise ArgumentError(f"{given} draw{'s' if ' and ' not in given else ''} pictures, "
+                            "which --no-pictures turns off", f"drop --no-pictures or {given}")
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
@@ -560,7 +563,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
 def _run_levels(p: dict, text):
     """--levels as a tuple of floats (None without it), each checked as the method's level
     before any work."""
-    from .perturb import make_spec
+    from .perturb import check_level
 
     if text is None:
         return None
@@ -570,10 +573,7 @@ def _run_levels(p: dict, text):
     if p["sigma"] is not None or p["rate"] is not None:
         raise ArgumentError("give --levels or one --sigma/--rate, not both",
                             "list every level in --levels")
-    levels = _parse_floats("--levels", text)
-    for level in levels:
-        key = "sigma" if p["method"] == "noise" else "rate"
-        make_spec(p["method"], sigma_mode=p["sigma_mode"], **{key: level})
+    levels = tuple(check_level(p["method"], v) for v in _parse_floats("--levels", text))
     if len(set(levels)) < len(levels):
         raise ArgumentError(f"--levels {text} repeats a level", "list each level once")
     return levels

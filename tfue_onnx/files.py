@@ -46,10 +46,11 @@ def check_new_file(path: str, force: bool) -> None:
 
 
 def check_out_dir(path: str) -> str:
-    """Check, without creating anything, that ``path`` can become the output folder.
+    """Check that ``path`` can become the output folder, leaving nothing behind.
 
     The folder must be a folder if it exists; otherwise the nearest existing
-    folder above it must be writable (and no file may sit on the way).
+    folder above it must be writable (and no file may sit on the way). Then the
+    folder and a file in it are made and removed again (folders made for it too).
 
     Returns:
         ``path`` (as a str).
@@ -72,7 +73,30 @@ def check_out_dir(path: str) -> str:
     if not os.access(above, os.W_OK | os.X_OK):
         raise TfueError(f"output folder '{path}' is not writable ('{above}' is read-only)",
                         "choose a folder you can write to with --out")
+    _probe(path)
     return path
+
+
+def _probe(path: str) -> None:
+    """Prove ``path`` writable by making it (and the folders above it that are missing)
+    and a file in it, then removing all that again: access() alone says yes to root on
+    a read-only or virtual file system (/proc)."""
+    made, above = [], os.path.abspath(path)
+    while not os.path.exists(above):
+        made.append(above)
+        above = os.path.dirname(above)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise TfueError(f"output folder '{path}' is not writable ({exc.strerror or exc})",
+                        "choose a folder you can write to with --out") from None
+    finally:
+        for folder in made:  # deepest first; nothing is left behind
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
 
 
 def prepare_out_dir(path: str) -> str:

@@ -419,7 +419,7 @@ def _check_norm_lengths(options: ImageOptions, channels, name: str) -> None:
     for flag, values in (("--mean", options.mean), ("--std", options.std)):
         n = np.size(values)
         if values is not None and n not in (1, channels):
-            raise TfueError(f"{flag} has {n} values, but input '{name}' takes images with "
+            raise ArgumentError(f"{flag} has {n} values, but input '{name}' takes images with "
                             f"{channels} channel(s)",
                             f"give one value per channel ({channels}) or one for all")
 

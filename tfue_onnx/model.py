@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from . import external
-from .errors import TfueError, closest
+from .errors import ArgumentError, TfueError, closest
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -563,7 +563,7 @@ class ModelInfo:
         frac = _depth_fraction(at)
         if frac is not None:
             if not 0.0 <= frac <= 1.0 or frac != frac:
-                raise TfueError(f"location depth {at} is outside [0, 1]",
+                raise ArgumentError(f"location depth {at} is outside [0, 1]",
                                 "give a depth fraction such as 0.5, a tensor name or an index")
             best = min(cands, key=lambda c: (abs(c.depth - frac), c.index))
             self._check_depth_known(at, frac, best)
@@ -592,7 +592,7 @@ class ModelInfo:
                              "that depends on the model input",
                              "pick a candidate listed by 'tfue inspect MODEL'")
         near = closest(name, by_name)
-        return TfueError(f"unknown tensor '{name}'",
+        return ArgumentError(f"unknown tensor '{name}'",
                          f"closest names: {near}" if near else
                          "list the candidate locations with 'tfue inspect MODEL'")
 
@@ -645,7 +645,7 @@ def _at_index(cands: list, idx: int) -> Candidate:
     """Candidate ``idx``; TfueError when it is out of range."""
     if 0 <= idx < len(cands):
         return cands[idx]
-    raise TfueError(f"location index {idx} is out of range: the model has "
+    raise ArgumentError(f"location index {idx} is out of range: the model has "
                     f"{len(cands)} candidate locations (0..{len(cands) - 1})",
                     "list them with 'tfue inspect MODEL'")
 

@@ -37,6 +37,26 @@ def check_rate(name: str, rate) -> float:
     return rate
 
 
+def check_level(method: str, level) -> float:
+    """Validate a level given apart from the spec (``est(x, level=...)``, ``--levels``): a
+    noise sigma >= 0, or a dropout rate in [0, 1), of a gray-box ``method``.
+
+    Raises:
+        ArgumentError (a ValueError): not a finite number in the method's range.
+    """
+    if method == "noise":
+        hint = "give --levels as numbers >= 0 (noise sigmas), e.g. --levels 0.1"
+        value = _check_number("level", level, hint)
+        if value < 0:
+            raise ArgumentError(f"a noise level (sigma) must be >= 0, got {value:g}", hint)
+        return value
+    hint = "give --levels as numbers in [0, 1) (dropout rates), e.g. --levels 0.1"
+    value = _check_number("level", level, hint)
+    if not 0.0 <= value < 1.0:
+        raise ArgumentError(f"a dropout level (rate) must be in [0, 1), got {value:g}", hint)
+    return value
+
+
 MAX_SEED = 2**63 - 1  # seeds are recorded in JSON and fit an int64 everywhere
 MAX_SAMPLES = 100_000  # N beyond this is almost surely a typo; the variance is settled long before
 

@@ -20,8 +20,9 @@ from .errors import ArgumentError, TfueError
 from .external import save_model, writes_data_file
 from .files import check_new_file
 from .model import ModelInfo, load_model
+from .names import LAYOUTS
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
-                      check_max_memory, check_samples, check_seed)
+                      check_level, check_max_memory, check_samples, check_seed)
 from .autotune import Autotune, check_threads, choose_trial, shapes_text, threads_text
 from .cache import CachedSelection
 from .classes import find_classes
@@ -110,6 +111,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
                  io_binding: bool | None = None, pad=None, layout: str = "auto",
                  cache=True, threads: int | None = None):
         _check_arguments(model, spec)
+        if layout not in LAYOUTS:
+            raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -331,9 +334,9 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             return self._run_entropy(feeds)
         if level is not None:
             if not isinstance(self.spec, SAMPLED):
-                raise TfueError(f"--method {self.spec.method} has no level",
-                                "levels are for noise and dropout")
-            level = float(self.spec.with_level(level).level)  # validates the level
+                raise ArgumentError(f"--method {self.spec.method} has no level",
+                                    "levels are for noise and dropout")
+            level = check_level(self.spec.method, level)
         key = signature(feeds)
         try:
             return self._sampled(feeds, level, progress)
@@ -569,8 +572,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             if example is None and exc.message.startswith("the model failed on input"):
                 # The synthetic input (free sizes 64) is what the model refused.
                 raise TfueError(exc.message + " (a synthetic example input)",
-                                "verify on a real input: --example FILE on the command line, "
-                                "example= in Python") from exc
+                                "verify on a real input of the size the model takes: give "
+                                "--example") from exc
             raise
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
