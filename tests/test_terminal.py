@@ -15,12 +15,12 @@ import toys
 TFUE = [sys.executable, "-m", "tfue_onnx.cli"]
 
 
-def _in_terminal(args, cwd, timeout=240) -> tuple:
+def _in_terminal(args, cwd, timeout=240, env=None) -> tuple:
     """(exit code, everything the command wrote) with stdin, stdout and stderr on a
-    pseudo-terminal, as in an interactive shell."""
+    pseudo-terminal, as in an interactive shell (``env``: added to the environment)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(TFUE + [str(a) for a in args], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=cwd, env=os.environ.copy())
+                            stderr=slave, cwd=cwd, env={**os.environ, **(env or {})})
     os.close(slave)
     chunks = []
     while True:
@@ -71,3 +71,15 @@ def test_every_command_in_a_terminal(sr_folder, tmp_path, command):
     assert expect in text, text
     if command in ("run", "evaluate"):  # a progress bar, with the file names
         assert "i1.png" in text and "[#" in text
+
+
+def test_the_terminal_bar_counts_the_samples_of_a_long_input(sr_folder, tmp_path):
+    model, folder = sr_folder
+    # Every redraw shown: BAR_EVERY 0 (the child reads it from this environment variable).
+    code, text = _in_terminal(["run", model, folder / "i0.png", "--method", "noise", "--at", "c",
+                               "-n", 40, "--chunk", 1, "--no-pictures", "-o", tmp_path / "o"],
+                              tmp_path, env={"TFUE_BAR_EVERY": "0"})
+    assert code == 0, text
+    counts = [int(n) for n in __import__("re").findall(r"i0\.png (\d+)/40 samples", text)]
+    assert counts and counts == sorted(counts) and counts[-1] == 40, text
+    assert "ETA" in text

@@ -124,16 +124,46 @@ def _item_name(item) -> str:
 
 
 class _progress:
-    """A progress bar over inputs on stderr."""
+    """A progress bar over inputs on stderr; within a long input it also shows the
+    samples so far and an ETA (``samples``)."""
+
+    made = []  # the bars made, last one current (the samples callback updates it)
 
     def __init__(self, items, label="sampling"):
+        self.detail = ""
         self.bar = click.progressbar(items, label=label, file=sys.stderr,
-                                     show_pos=True,
-                                     item_show_func=lambda p: p and _item_name(p))
+                                     show_pos=True, item_show_func=self._show)
+        _progress.made[:] = [self]
+
+    def _show(self, item):
+        if not item:
+            return None
+        return f"{_item_name(item)} {self.detail}".rstrip()
+
+    def samples(self, path):
+        """``progress(done, total)`` for ``path``'s samples, redrawing the bar."""
+        start = last = time.perf_counter()
+
+        def say(done, total):
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < BAR_EVERY and done < total:
+                return
+            last = now
+            self.detail = f"{done}/{total} samples" + _eta(now - start, done, total - done)
+            self.bar.render_progress()
+        return say
 
     def __iter__(self):
         with self.bar as bar:
-            yield from bar
+            for item in bar:
+                self.detail = ""
+                yield item
+
+
+def _bar_samples(path):
+    """The samples callback of the current terminal bar (see _progress.samples)."""
+    return _progress.made[-1].samples(path) if _progress.made else None
 
 
 def _lines(items, label="sampling"):
@@ -170,6 +200,8 @@ def _eta(elapsed: float, done: int, left: int) -> str:
 
 
 SAMPLES_EVERY = 10.0  # seconds between the progress lines of one input's samples
+# seconds between redraws of the terminal bar's sample count ($TFUE_BAR_EVERY: tests)
+BAR_EVERY = float(os.environ.get("TFUE_BAR_EVERY", 0.25))
 
 
 def _samples_said(path):
@@ -614,7 +646,8 @@ def _run_one_level(est, level, files, out_dir, options, pictures: dict, started=
                       note=lambda line: _say(f"tfue: {line}", warning=line.startswith(
                           "warning")),
                       started=started,
-                      sample_progress=None if progress is not _lines else _samples_said,
+                      sample_progress={_lines: _samples_said, _progress: _bar_samples}.get(
+                          progress),
                       **pictures)
 
 
