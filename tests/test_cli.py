@@ -677,7 +677,7 @@ def test_run_levels_runs_every_level_with_one_graph(cli, setup, monkeypatch):
     low, high = (float(np.load(out / f"level-{v}" / "img.npz")["variance"].mean())
                  for v in ("0.05", "0.2"))
     assert 0 < low < high
-    for args, message in ((["--levels", "0.1,-1"], "sigma must be >= 0, got -1"),
+    for args, message in ((["--levels", "0.1,-1"], "a noise level (sigma) must be >= 0, got -1"),
                           (["--levels", "0.1", "--sigma", "0.1"], "give --levels or one"),
                           (["--levels", "0.1,0.1"], "--levels 0.1,0.1 repeats a level")):
         line = _one_error_line(cli("run", model, npy, "--method", "noise", *args, "--out",

@@ -109,7 +109,8 @@ def test_picture_of_names_the_output_method_level_n_and_units():
     assert shown["label"] == "variance, (output units)²" and shown["kind"] == "variance"
     assert shown["map"].shape == (40, 60) and shown["output"][0] == "image"
     m = var[0].mean(axis=0)
-    assert shown["range"] == [pytest.approx(m.min()), pytest.approx(m.max())]
+    assert shown["extent"] == [pytest.approx(m.min()), pytest.approx(m.max())]
+    assert shown["range"] == [pytest.approx(m.min()), pytest.approx(np.percentile(m, 99.5))]
     assert shown["background"] is None  # no overlay asked
     ent = report.picture_of(_result(None, entropy=np.ones((1, 40, 60))), "img")
     assert ent["label"] == "entropy, nats" and ent["kind"] == "entropy"
@@ -153,8 +154,12 @@ def test_run_shared_scale_and_overlay_from_the_cli(cli, tmp_path):
     s = json.loads(r.stdout)
     assert s["color_scale"]["shared"] and s["color_scale"]["overlay"]
     lo, hi = s["color_scale"]["range"]
-    ranges = [i["heatmap_range"] for i in s["inputs"]]
-    assert lo == min(a for a, _ in ranges) and hi == max(b for _, b in ranges) and lo < hi
+    ranges = [i["heatmap_range"] for i in s["inputs"]]  # each map's [min, max]
+    # The colours span the lowest minimum to the highest 99.5th percentile of the maps.
+    tops = [np.percentile(report.read_result(out / f"in{k}.npz").variance[0].mean(axis=0), 99.5)
+            for k in range(2)]
+    assert lo == min(a for a, _ in ranges) and hi == pytest.approx(max(tops)) and lo < hi
+    assert hi <= max(b for _, b in ranges)
     assert [i["heatmap_shape"] for i in s["inputs"]] == [[24, 32], [16, 20]]
     for k in range(2):
         assert sorted(f.rsplit("/", 1)[-1] for f in s["inputs"][k]["files"]) == \

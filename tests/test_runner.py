@@ -55,7 +55,7 @@ def test_variance_grows_with_level_override(toy, x8):
     est = Estimator(toy(), Noise(0.1, at="r1"), samples=16, seed=0)
     v = [float(est(x8, level=s).variance.mean()) for s in (0.0, 0.05, 0.2, 0.8)]
     assert v[0] == 0.0 and v[1] < v[2] < v[3]  # exactly 0: statistics of the change
-    with pytest.raises(TfueError, match="sigma must be >= 0"):
+    with pytest.raises(TfueError, match=r"level \(sigma\) must be >= 0"):
         est(x8, level=-1)
 
 

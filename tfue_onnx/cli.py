@@ -44,6 +44,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TfueError as exc:
             _fail(exc)
+        except KeyboardInterrupt:  # Ctrl-C: files are whole or absent (atomic writes)
+            click.echo("tfue: interrupted; every file written so far is complete", err=True)
+            sys.exit(130)
 
 
 def _warn_about_onnxruntimes() -> None:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .files import save_json
 from .io import ImageOptions, spatial_map
-from .report import UNITS, read_result, run_inputs
+from .plots import UNITS
+from .report import read_result, run_inputs
 
 # Where infer-dropout goes in the bundled model, and how strongly (see README).
 DEMO_DROPOUT = {"at": "0.5", "rate": 0.05}
@@ -116,4 +117,5 @@ def _overview(path: str, out_dir: str, images: list) -> None:
                      ("map", spatial_map(var_d), UNITS["variance"])])
     panels(path, rows, ["input (x2, nearest)", "output (x2 SR)", "infer-transformation (d4)",
                         f"infer-dropout (p = {DEMO_DROPOUT['rate']:g})"],
-           "tfue demo: uncertainty maps of the bundled x2 SR model")
+           "tfue demo: uncertainty maps of the bundled x2 SR model (each map on its own "
+           "colour scale: compare where, not how much)")

@@ -20,7 +20,7 @@ from .files import atomic_write_bytes, save_json
 from .io import (IMAGE_EXTS, ImageOptions, check_image_options, collect_inputs, image_to_input,
                  load_input, npz_feeds, open_image, read_npy, read_npz, spatial_map)
 from .layout import declared_layout, with_batch
-from .plots import output_image  # public here too, as before
+from .plots import UNITS, method_words, output_image  # output_image: public here too
 
 SR_FILTER = "bicubic"  # Pillow's Image.BICUBIC, for the low-resolution input
 
@@ -287,10 +287,9 @@ def _eval_picture(out_dir, pair, res, err, items, written) -> None:
     """Write ``NAME.eval.png`` of one result; note it in its ``items`` and ``written``."""
     meta = res.metadata or {}
     path = os.path.join(out_dir, f"{pair.name}.eval.png")
-    what = "entropy (nats)" if res.variance is None else "variance (output units²)"
+    what = UNITS["entropy" if res.variance is None else "variance"]
     shape = eval_picture(path, res.output, err, res.uncertainty, res.image_axes,
-                         res.uncertainty_axes, what,
-                         f"{pair.name}: {meta.get('method')} at {meta.get('at')}")
+                         res.uncertainty_axes, what, f"{pair.name}: {method_words(meta)}")
     if shape is not None:
         written.append(path)
         for item in items:
@@ -336,7 +335,7 @@ def crop_target(target: np.ndarray, output: np.ndarray):
 
 
 def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
-                 what: str = "variance (output units²)",
+                 what: str = UNITS["variance"],
                  title: str | None = None) -> tuple | None:
     """``NAME.eval.png``: the output drawn as an image (1 or 3 channels; other outputs as
     their channel-mean map with a colour bar), the L1 error map and the uncertainty

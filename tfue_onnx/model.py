@@ -313,6 +313,9 @@ class ModelInfo:
     :class:`Candidate`.
     """
 
+    def __repr__(self) -> str:
+        return f"ModelInfo({self.path or '<in memory>'!r}, opset {self.opset})"
+
     def __init__(self, model: onnx.ModelProto, path: str | None = None,
                  locations_from: "ModelInfo | None" = None, aliases: dict | None = None):
         """Describe ``model`` (read from ``path``, when known).

@@ -10,6 +10,39 @@ from .files import atomic_write_bytes
 from .io import spatial_map
 
 
+# Colour-bar labels: what a map is, in its units (variance: squared output units).
+UNITS = {"variance": "variance, (output units)²", "entropy": "entropy, nats"}
+TOP_PERCENTILE = 99.5  # a map's colours span min .. this percentile (a few hot pixels
+# would make the rest black); values above get the top colour, marked by the bar's arrow
+
+
+def method_words(meta: dict) -> str:
+    """'noise at r1, level 0.2, N = 8' (transforms: 'transform d4 (8: identity, ...)')
+    from a run's metadata, for titles."""
+    words = str(meta.get("method"))
+    if meta.get("transforms"):
+        names = list(meta["transforms"])
+        words += f" ({len(names)}: {', '.join(names)})"
+    elif meta.get("at") is not None:
+        words += f" at {meta['at']}"
+    if meta.get("level") is not None:
+        words += f", level {meta['level']:g}"
+    if meta.get("samples") and not meta.get("transforms"):
+        words += f", N = {meta['samples']}"
+    return words
+
+
+def display_range(m) -> list | None:
+    """[min, the TOP_PERCENTILE-th percentile] of a map's finite values (its max when
+    that is no higher than the min); None when none is finite."""
+    finite = np.asarray(m, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return None
+    lo, top = float(finite.min()), float(np.percentile(finite, TOP_PERCENTILE))
+    return [lo, top if top > lo else float(finite.max())]
+
+
 def _pyplot():
     import matplotlib
 
@@ -71,10 +104,12 @@ def panels(path: str, rows: list, titles: list, title: str | None = None,
             label, (vmin, vmax))``; ``None`` leaves a cell empty. Kinds: ``"image"``
             (an [H, W, 3] array in [0, 1], or [H, W] grey, drawn as it is); ``"map"``
             (an [H, W] float map, false-coloured (magma) with a colour bar whose label
-            is ``label``, e.g. the map's units); ``"overlay"`` (``array`` is
+            is ``label``, e.g. the map's units); ``"grey"`` (the same in grey, for a
+            one-channel output); ``"overlay"`` (``array`` is
             ``(image, map)`` of one H x W: the map alpha-blended over the image, with
-            its colour bar). The range is the colour bar's (None: the map's own min
-            and max).
+            its colour bar). The range is the colour bar's (None: ``display_range``,
+            the map's min to its 99.5th percentile; values above it take the top colour
+            and the bar gets an arrow).
         titles: the column titles.
         title: the figure's title.
         cell: (width, height) of one cell in inches (100 pixels each).
@@ -95,8 +130,12 @@ def panels(path: str, rows: list, titles: list, title: str | None = None,
                 ax.axis("off")
             else:
                 _draw_cell(fig, ax, *cell_)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title:  # wrapped to the figure's width (about 14 characters an inch at size 10)
+        import textwrap
+
+        width = max(int(fig.get_figwidth() * 14), 30)
+        fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")),
+                     fontsize=10)
     _save(plt, fig, path)
 
 
@@ -112,10 +151,12 @@ def _draw_cell(fig, ax, kind: str, arr, label: str, vrange=None) -> None:
     if kind == "overlay":
         _draw_image(ax, arr[0])
         arr, alpha = arr[1], OVERLAY_ALPHA
-    vmin, vmax = (None, None) if vrange is None else vrange
-    im = ax.imshow(np.asarray(arr, dtype=np.float64), cmap="magma", vmin=vmin, vmax=vmax,
+    arr = np.asarray(arr, dtype=np.float64)
+    vmin, vmax = vrange if vrange is not None else (display_range(arr) or (None, None))
+    above = vmax is not None and bool(np.nanmax(arr) > vmax) if np.isfinite(arr).any() else False
+    im = ax.imshow(arr, cmap="gray" if kind == "grey" else "magma", vmin=vmin, vmax=vmax,
                    alpha=alpha, interpolation="nearest")
-    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="max" if above else "neither")
     bar.solids.set_alpha(1)  # the bar shows the colours themselves, not blended
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
@@ -170,14 +211,19 @@ def output_image(output, axes=None) -> np.ndarray | None:
 
 
 def output_cell(output, axes=None, units: str = "output units"):
-    """A ``panels`` cell showing an output: the picture (``output_image``) when it is an
-    image of 1 or 3 channels, else its channel-mean map false-coloured with a colour bar
-    (``units``); None when the output has no map."""
+    """A ``panels`` cell showing an output: an image of 3 channels as the picture
+    (``output_image``); one of 1 channel as a grey map with a colour bar (its values
+    readable: a probability map, a depth map); else its channel-mean map false-coloured
+    with a colour bar (``units``); None when the output has no map."""
     picture = output_image(output, axes)
-    if picture is not None:
+    if picture is not None and picture.ndim == 3:
         return ("image", picture, "")
     m = spatial_map(output, axes)
-    return None if m is None else ("map", m, f"output, channel mean ({units})")
+    if m is None:
+        return None
+    if picture is not None:
+        return ("grey", m, f"output ({units})")
+    return ("map", m, f"output, channel mean ({units})")
 
 
 def _cell_inches(shape: tuple) -> tuple:

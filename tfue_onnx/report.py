@@ -10,6 +10,7 @@ import numpy as np
 from .names import VERSION as __version__
 from .files import save_json, save_npz
 from .io import IMAGE_EXTS, load_input, spatial_map
+from .plots import UNITS
 from .results import map_axes
 
 
@@ -114,7 +115,7 @@ def write_result(out_dir: str, stem: str, result, source: str, compress: bool = 
     if shown is not None:
         m = shown["map"]
         item.update(heatmap_max=float(np.nanmax(m)) if np.isfinite(m).any() else None,
-                    heatmap_shape=list(m.shape), heatmap_range=shown["range"])
+                    heatmap_shape=list(m.shape), heatmap_range=shown["extent"])
         if pictures is None:
             item["files"] += draw(out_dir, shown)
         else:
@@ -168,7 +169,6 @@ class Pictures:
         return {"shared": True, "range": vrange, "overlay": self.overlay}
 
 
-UNITS = {"variance": "variance, (output units)²", "entropy": "entropy, nats"}
 
 
 def picture_of(result, stem: str, feeds=None, source: str | None = None) -> dict | None:
@@ -184,12 +184,13 @@ def picture_of(result, stem: str, feeds=None, source: str | None = None) -> dict
 
     Returns:
         {"stem", "kind" ("variance" or "entropy"), "map" ([H, W] float64, the channel
-        mean of the uncertainty: squared output units, or nats), "range" ([min, max]
-        of its finite values, or None), "label" (name and units), "title" (output name,
+        mean of the uncertainty: squared output units, or nats), "range" (the colours'
+        [min, 99.5th percentile]: ``plots.display_range``), "extent" ([min, max] of its
+        finite values; both None when none is finite), "label" (name and units), "title" (output name,
         method, location, level, N), "output" (a ``plots.panels`` cell, or None),
         "background" ([H, W, 3] in [0, 1]: the input at the map's size, or None)}.
     """
-    from .plots import output_cell
+    from .plots import display_range, method_words, output_cell
 
     kind = "variance" if result.variance is not None else "entropy"
     if result.uncertainty is None:
@@ -203,24 +204,13 @@ def picture_of(result, stem: str, feeds=None, source: str | None = None) -> dict
     if shown is not None and np.shape(shown[1])[:2] != m.shape:
         shown = None
     return {"stem": stem, "kind": kind, "map": m, "label": UNITS[kind],
-            "range": [float(finite.min()), float(finite.max())] if finite.size else None,
+            "range": display_range(m),
+            "extent": [float(finite.min()), float(finite.max())] if finite.size else None,
             "title": f"{stem}: {kind} of output '{result.primary}', "
-                     f"{_method_words(result.metadata)}",
+                     f"{method_words(result.metadata)}",
             "output": shown,
             "background": None if feeds is None and source is None else
             _background(source, feeds, m.shape)}
-
-
-def _method_words(meta: dict) -> str:
-    """'noise at r1, level 0.2, N = 8' from a run's metadata."""
-    words = str(meta.get("method"))
-    if meta.get("at") is not None:
-        words += f" at {meta['at']}"
-    if meta.get("level") is not None:
-        words += f", level {meta['level']:g}"
-    if meta.get("samples"):
-        words += f", N = {meta['samples']}"
-    return words
 
 
 def _background(source, feeds, shape) -> np.ndarray | None:
