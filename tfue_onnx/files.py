@@ -81,10 +81,26 @@ def _probe(path: str) -> None:
     """Prove ``path`` writable by making it (and the folders above it that are missing)
     and a file in it, then removing all that again: access() alone says yes to root on
     a read-only or virtual file system (/proc)."""
-    made, above = [], os.path.abspath(path)
+    made = _missing_folders(path)
+    try:
+        _make_and_probe(path)
+    finally:
+        for folder in made:  # deepest first; nothing is left behind
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+
+
+def _missing_folders(path: str) -> list:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    made, above = [], os.path.abspath(os.fspath(path))
     while not os.path.exists(above):
         made.append(above)
         above = os.path.dirname(above)
+    return made
+
+
+def _make_and_probe(path: str) -> None:
+    """Make the folder ``path`` and a file in it (removed again); TfueError if refused."""
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
@@ -93,10 +109,6 @@ def _probe(path: str) -> None:
     except OSError as exc:
         raise TfueError(f"output folder '{path}' is not writable ({exc.strerror or exc})",
                         "choose a folder you can write to with --out") from None
-    finally:
-        for folder in made:  # deepest first; nothing is left behind
-            if os.path.isdir(folder) and not os.listdir(folder):
-                os.rmdir(folder)
 
 
 def prepare_out_dir(path: str) -> str:
@@ -110,14 +122,7 @@ def prepare_out_dir(path: str) -> str:
         TfueError: ``path`` is a file or cannot be written.
     """
     path = check_out_dir(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tfue-probe-", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise TfueError(f"output folder '{path}' is not writable ({exc.strerror})",
-                        "choose a folder you can write to with --out") from None
+    _make_and_probe(path)
     return path
 
 
@@ -128,10 +133,7 @@ def cleanup_out_dir(path: str):
 
     Yields ``path``; the error is raised again after the clean-up.
     """
-    made, above = [], os.path.abspath(os.fspath(path))
-    while not os.path.exists(above):
-        made.append(above)
-        above = os.path.dirname(above)
+    made = _missing_folders(path)
     try:
         yield path
     except BaseException:
