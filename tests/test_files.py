@@ -133,3 +133,29 @@ def test_an_output_folder_the_system_refuses_stops_the_run_before_any_work(cli, 
             "-o", "/proc/tfue-cannot-be-made/out")
     assert r.exit_code == 2 and "is not writable" in r.output
     assert "mean variance" not in r.output and "sampling" not in r.output
+
+
+def test_check_new_file_refuses_what_cannot_be_written(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from tfue_onnx import files
+
+    with pytest.raises(TfueError, match="empty name"):
+        files.check_new_file("", False)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(TfueError, match="is a file, not a folder"):
+        files.check_new_file(str(tmp_path / "f" / "x.onnx"), False)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(TfueError, match="not writable \\(Read-only file system\\)") as err:
+        files.check_new_file(str(tmp_path / "x.onnx"), False)
+    assert err.value.hint == "choose an output path in a folder you can write to"
+
+
+def test_export_to_a_folder_the_system_refuses_is_one_line_before_any_work(cli, toy, tmp_path):
+    r = cli("export", toy(), "-o", "/proc/x.onnx", "--method", "noise")
+    assert r.exit_code == 2 and "not writable" in r.output and "Traceback" not in r.output

@@ -32,17 +32,24 @@ def check_new_file(path: str, force: bool) -> None:
         TfueError: ``path`` is a folder; it exists and ``force`` is False (the hint
             names ``--force``); its folder does not exist or is not writable.
     """
+    path = os.fspath(path)
+    if not path.strip():
+        raise TfueError("the output file is an empty name", "give a file path with -o")
     if os.path.isdir(path):
         raise TfueError(f"'{path}' is a folder", "give a file path")
     if os.path.exists(path) and not force:
         raise TfueError(f"'{path}' already exists and would be overwritten",
                         "pass --force to overwrite it, or choose another output path")
     parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise TfueError(f"'{parent}' is a file, not a folder", "give a path in a folder with -o")
     if not os.path.isdir(parent):
         raise TfueError(f"the folder '{parent}' does not exist", "create it first")
     if not os.access(parent, os.W_OK):
         raise TfueError(f"the folder '{parent}' is not writable",
                         "choose an output path in a folder you can write to")
+    # access() says yes to root on read-only or virtual file systems: try it
+    _make_and_probe(parent, "choose an output path in a folder you can write to")
 
 
 def check_out_dir(path: str) -> str:
@@ -99,7 +106,7 @@ def _missing_folders(path: str) -> list:
     return made
 
 
-def _make_and_probe(path: str) -> None:
+def _make_and_probe(path: str, hint: str = "choose a folder you can write to with --out") -> None:
     """Make the folder ``path`` and a file in it (removed again); TfueError if refused."""
     try:
         os.makedirs(path, exist_ok=True)
@@ -108,7 +115,7 @@ def _make_and_probe(path: str) -> None:
         os.remove(probe)
     except OSError as exc:
         raise TfueError(f"output folder '{path}' is not writable ({exc.strerror or exc})",
-                        "choose a folder you can write to with --out") from None
+                        hint) from None
 
 
 def prepare_out_dir(path: str) -> str:
