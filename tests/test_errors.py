@@ -315,6 +315,12 @@ def _bad_arguments(toy, x8):
         "level below 0": lambda: est(x8, level=-1),
         "level not a number": lambda: est(x8, level="0.1,0.2"),
         "level of a transform": lambda: Estimator(model, Transform("flips"))(x8, level=0.1),
+        "class axis not whole": lambda: Estimator(model, Noise(0.1), softmax=True,
+                                                  class_axis=1.5),
+        "class axis text": lambda: Estimator(model, Noise(0.1), class_axis="a"),
+        "classify": lambda: Estimator(model, Noise(0.1), classify="maybe"),
+        "io_binding": lambda: Estimator(model, Noise(0.1), io_binding="yes"),
+        "provider at build": lambda: Estimator(model, Noise(0.1), provider="tpu"),
     }
 
 
@@ -322,7 +328,8 @@ CASES = ["strategy", "provider", "chunk", "threads", "cache", "max_memory", "sam
          "unknown input", "input rank", "NaN input", "bootstrap", "block sigma",
          "segment sigma", "transforms", "layout", "channel order", "model type",
          "estimator layout", "class axis", "unknown tensor", "level below 0",
-         "level not a number", "level of a transform"]
+         "level not a number", "level of a transform", "class axis not whole",
+         "class axis text", "classify", "io_binding", "provider at build"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -310,7 +310,7 @@ def choose_location(model, method: str, inputs=None, sweep_result=None,
 
     if method not in AUTO_METHODS:
         raise ArgumentError(f"--at auto chooses a location for noise or dropout, not {method}",
-                            "drop --at auto, or use --method noise or --method dropout")
+                            "choose for noise or dropout (the methods with a location)")
     if sweep_result is not None:
         return _from_sweep(sweep_result, method)
     if not inputs:

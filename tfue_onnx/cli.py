@@ -510,7 +510,8 @@ def _parse_floats(name, text):
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        example = "0.05,0.1,0.2" if name == "--levels" else "0.485,0.456,0.406"
+        example = {"--levels": "0.05,0.1,0.2", "--sigmas": "0.05,0.1,0.2", "--rates": "0.05,0.1",
+                   "--std": "0.229,0.224,0.225"}.get(name, "0.485,0.456,0.406")
         raise ArgumentError(f"{name} must be comma-separated numbers, got {text!r}",
                             f"e.g. {name} {example}") from None
 

@@ -66,6 +66,7 @@ PYTHON_NAMES = {
     "--sigmas": ("sigmas", "value"),
     "--rates": ("rates", "value"),
     "--levels": ("level", "value"),
+    "--methods": ("methods", "value"),
     "--method": ("method", "value"),
 }
 # --method VALUE reads as the spec class that Python takes instead.

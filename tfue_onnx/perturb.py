@@ -37,20 +37,21 @@ def check_rate(name: str, rate) -> float:
     return rate
 
 
-def check_level(method: str, level) -> float:
-    """Validate a level given apart from the spec (``est(x, level=...)``, ``--levels``): a
-    noise sigma >= 0, or a dropout rate in [0, 1), of a gray-box ``method``.
+def check_level(method: str, level, option: str = "--levels") -> float:
+    """Validate a level given apart from the spec (``est(x, level=...)``, ``--levels``,
+    a sweep's ``--sigmas``/``--rates``): a noise sigma >= 0, or a dropout rate in
+    [0, 1), of a gray-box ``method``; ``option`` names the option in the hint.
 
     Raises:
         ArgumentError (a ValueError): not a finite number in the method's range.
     """
     if method == "noise":
-        hint = "give --levels as numbers >= 0 (noise sigmas), e.g. --levels 0.1"
+        hint = f"give {option} as numbers >= 0 (noise sigmas), e.g. {option} 0.1"
         value = _check_number("level", level, hint)
         if value < 0:
             raise ArgumentError(f"a noise level (sigma) must be >= 0, got {value:g}", hint)
         return value
-    hint = "give --levels as numbers in [0, 1) (dropout rates), e.g. --levels 0.1"
+    hint = f"give {option} as numbers in [0, 1) (dropout rates), e.g. {option} 0.1"
     value = _check_number("level", level, hint)
     if not 0.0 <= value < 1.0:
         raise ArgumentError(f"a dropout level (rate) must be in [0, 1), got {value:g}", hint)

@@ -31,7 +31,7 @@ from .memory import (DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, MAX_AUTO_CHUNK, check_ch
                      split_sizes)
 from .results import OutputStats, Result
 from .selection import StrategySelection, spread_text
-from .session import device_feeds, run_bound, run_session
+from .session import PROVIDERS, device_feeds, run_bound, run_session
 from .stats import RunningStats, entropy, winning_class_variance
 
 EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
@@ -111,8 +111,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
                  io_binding: bool | None = None, pad=None, layout: str = "auto",
                  cache=True, threads: int | None = None):
         _check_arguments(model, spec)
-        if layout not in LAYOUTS:
-            raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
+        _check_options(layout=layout, class_axis=class_axis, classify=classify,
+                       io_binding=io_binding, provider=provider)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -646,6 +646,24 @@ def _sample_count(spec, samples) -> int:
                         isinstance(spec, Entropy) else "entropy needs one run")
     return (len(spec.elements) if isinstance(spec, Transform) else
             len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
+
+
+def _check_options(layout, class_axis, classify, io_binding, provider) -> None:
+    """Refuse option values of the wrong kind up front (ArgumentError), naming each."""
+    if layout not in LAYOUTS:
+        raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
+    if provider not in PROVIDERS:
+        raise ArgumentError(f"unknown provider {provider!r}",
+                            "use --provider " + ", ".join(PROVIDERS))
+    if isinstance(class_axis, bool) or not isinstance(class_axis, (int, np.integer)):
+        raise ArgumentError(f"class axis must be a whole number, got {class_axis!r}",
+                            "e.g. --class-axis 1")
+    if classify not in ("auto", True, False):
+        raise ArgumentError(f"classify must be 'auto', True or False, got {classify!r}",
+                            "e.g. --classify")
+    if io_binding not in (None, True, False):
+        raise ArgumentError(f"io_binding must be None (auto), True or False, got "
+                            f"{io_binding!r}", "e.g. --io-binding")
 
 
 def _check_arguments(model, spec) -> None:

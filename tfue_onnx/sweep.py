@@ -165,15 +165,16 @@ def _config(model, pairs, samples, seed, sigma_mode, block_sigma, bootstrap, pad
 
 def _grids(methods, sigmas, rates, sigma_mode) -> dict:
     """The levels per method, each checked (as a spec) before any sampling."""
-    from .perturb import Dropout, Noise
+    from .perturb import Noise, check_level
 
+    Noise(0.0, mode=sigma_mode)  # checks the mode
     grids = {"noise": tuple(sigmas or NOISE_LEVELS), "dropout": tuple(rates or DROPOUT_LEVELS)}
     for m in methods:
         if m not in grids:
             raise ArgumentError(f"sweep covers noise and dropout, not {m!r}",
                                 "use --methods noise,dropout")
-        for lv in grids[m]:
-            Noise(lv, mode=sigma_mode) if m == "noise" else Dropout(lv)
+        grids[m] = tuple(check_level(m, lv, "--sigmas" if m == "noise" else "--rates")
+                         for lv in grids[m])
     return grids
 
 
