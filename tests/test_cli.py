@@ -686,3 +686,16 @@ def test_run_levels_runs_every_level_with_one_graph(cli, setup, monkeypatch):
     line = _one_error_line(cli("run", model, npy, "--method", "transform", "--levels", "0.1",
                                "--out", out.parent / "refused"))
     assert "--levels applies to noise, dropout and mc-dropout, not transform" in line
+
+
+def test_the_run_line_gives_a_seed_only_to_methods_that_draw(cli, toy, tmp_path, x8):
+    np.save(tmp_path / "x.npy", x8)
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "transform", "--transforms", "flips",
+            "--no-pictures", "-o", tmp_path / "t")
+    assert r.exit_code == 0, r.output
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("transform (identity, hflip, vflip, rot180), N=4, strategy")
+    assert "seed" not in first
+    r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--seed", "5", "-n", "2",
+            "--no-pictures", "-o", tmp_path / "n")
+    assert ", N=2, seed 5, strategy" in r.stdout.splitlines()[0]

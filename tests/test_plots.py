@@ -62,8 +62,8 @@ def test_map_picture_is_as_large_as_the_map_needs(tmp_path):
     plots.map_picture(str(small), np.zeros((8, 8)), "variance, (output units)²", "t")
     plots.map_picture(str(large), np.zeros((400, 600)), "variance, (output units)²", "t")
     with Image.open(small) as a, Image.open(large) as b:
-        assert a.size == (410, 380)  # the smallest cell
-        assert b.size == (690, 460)  # 6 inches for the map: 600 x 400 shown at 1 : 1.1
+        assert a.size == (440, 400)  # the smallest cell
+        assert b.size == (720, 480)  # 6 inches for the map: 600 x 400 shown at 1 : 1.1
 
 
 def test_overlay_blends_the_map_over_the_input(tmp_path):
@@ -72,10 +72,14 @@ def test_overlay_blends_the_map_over_the_input(tmp_path):
     plots.overlay_picture(str(tmp_path / "o.png"), red, np.ones((60, 60)),
                           "variance, (output units)²", "t", vrange=(0.0, 2.0))
     px = _rgb(tmp_path / "o.png")
-    a = plots.OVERLAY_ALPHA
+    a = plots.OVERLAY_ALPHA * 0.5  # opacity grows with the value: half-way up the range
     blended = np.round(a * _magma(0.5) + (1 - a) * np.array([255, 0, 0])).astype(int)
     assert _count(px, blended, tol=4) > 150 * 150
     assert _count(px, (255, 0, 0)) < 100  # the input is under the map, not beside it
+    # Where the map is at the bottom of its range, the input shows through unchanged.
+    plots.overlay_picture(str(tmp_path / "z.png"), red, np.zeros((60, 60)),
+                          "variance, (output units)²", "t", vrange=(0.0, 2.0))
+    assert _count(_rgb(tmp_path / "z.png"), (255, 0, 0), tol=2) > 150 * 150
 
 
 def test_output_image_draws_images_of_one_or_three_channels_only():
@@ -197,3 +201,22 @@ def test_plots_does_not_import_sweep_and_metric_direction_lives_in_metrics():
     assert metrics.metric_interval(table, "ause_l1") is None
     assert metrics.higher_is_better("pixel") and metrics.higher_is_better("pixel_l2")
     assert not metrics.higher_is_better("ause") and not metrics.higher_is_better("ause_l1")
+
+
+def test_titles_and_ranges_a_person_reads_rightly(tmp_path):
+    assert plots.method_words({"method": "ensemble", "members": ["a/m0.onnx", "b", "c"],
+                               "at": "a/m0.onnx, b, c"}) == "ensemble of 3 models"
+    assert plots.method_words({"method": "transform", "transforms": ["identity", "hflip"],
+                               "samples": 2}) == "transform (2: identity, hflip)"
+    # A probability map with one faint pixel stays black: its range is [0, 1].
+    assert plots._grey_range(np.array([[0.0, 3e-8]])) == [0.0, 1.0]
+    assert plots._grey_range(np.array([[0.0, 4.0]])) == pytest.approx([0.0, 3.98])  # p99.5
+    # A hot pixel does not set the top of a map's colours: the 99.5th percentile does.
+    m = np.zeros((20, 20))
+    m[:10] = 1.0
+    m[0, 0] = 1000.0
+    assert plots.display_range(m) == [0.0, 1.0]
+    # A very tall map is drawn in a bounded figure, not a strip thousands of pixels high.
+    plots.map_picture(str(tmp_path / "tall.png"), np.zeros((1280, 10)), "variance", "t")
+    with Image.open(tmp_path / "tall.png") as im:
+        assert im.size[1] <= 800 and im.size[0] >= 400

@@ -133,7 +133,7 @@ class _progress:
     made = []  # the bars made, last one current (the samples callback updates it)
 
     def __init__(self, items, label="sampling"):
-        self.detail = ""
+        self.detail, self.shown = "", None
         self.bar = click.progressbar(items, label=label, file=sys.stderr,
                                      show_pos=True, item_show_func=self._show)
         _progress.made[:] = [self]
@@ -141,6 +141,8 @@ class _progress:
     def _show(self, item):
         if not item:
             return None
+        if item is not self.shown:  # a new input: the last one's sample count goes
+            self.shown, self.detail = item, ""
         return f"{_item_name(item)} {self.detail}".rstrip()
 
     def samples(self, path):
@@ -666,11 +668,23 @@ def _split_members(model, inputs, method):
     return [model] + models, inputs
 
 
+def _what_ran(meta: dict, where) -> str:
+    """'noise at r1 (level 0.2), N=8, seed 3' (transforms, ensembles and entropy draw
+    nothing: no seed; an ensemble's members are counted, not listed)."""
+    draws = meta["method"] in ("noise", "dropout", "mc-dropout")
+    if meta["method"] == "ensemble":
+        text = f"ensemble of {len(meta.get('members') or []) or '?'} models"
+    elif meta["method"] == "transform":
+        text = f"transform ({', '.join(meta.get('transforms') or [])})"
+    else:
+        text = f"{meta['method']} at {where}"
+    text += "" if meta.get("level") is None else f" (level {meta['level']})"
+    return text + f", N={meta['samples']}" + (f", seed {meta['seed']}" if draws else "")
+
+
 def _say_run(summary: dict, out_dir: str) -> None:
     """What ``tfue run`` did, on stdout: the method, one line per input, the time taken."""
-    level = "" if summary.get("level") is None else f" (level {summary['level']})"
-    click.echo(f"{summary['method']} at {summary['location']}{level}, "
-               f"N={summary['samples']}, seed {summary['seed']}, strategy "
+    click.echo(f"{_what_ran(summary, summary['location'])}, strategy "
                f"{summary['strategy']}, provider {summary['provider']}")
     for item in summary["inputs"]:
         what = "entropy" if summary["method"] == "entropy" else "variance"
@@ -837,8 +851,8 @@ def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> N
         click.echo(json.dumps(plain_json(result), indent=2, default=str))
         return
     m = result["metadata"]
-    click.echo(f"{m['method']} at {m['at']}, N={m['samples']}, seed {m['seed']}, "
-               f"provider {m['provider']}: correlation of uncertainty with error")
+    click.echo(f"{_what_ran(m, m['at'])}, provider {m['provider']}: correlation of "
+               "uncertainty with error")
     click.echo(format_table(result["table"]))
     pictures = sum(1 for item in result["images"] if item.get("picture"))
     click.echo("wrote " + ", ".join(files) + (f" and {pictures} picture(s)" if pictures else "")

@@ -362,7 +362,9 @@ def eval_picture(path, output, error, uncertainty, axes=None, u_axes="same",
         return None
     panels(path, [[shown, ("map", maps[0], "|output - target| (output units)"),
                    ("map", maps[1], what)]],
-           ["output", "error (L1, channel mean)", "uncertainty (channel mean)"], title)
+           ["output", "error (L1, channel mean)",
+            what.split(",")[0] + ("" if what.startswith("entropy") else " (channel mean)")],
+           title)
     return maps[0].shape
 
 

@@ -78,10 +78,14 @@ def _checked(inp, arr: np.ndarray) -> np.ndarray:
                             "add or remove axes (a batch axis first)")
         for axis, (got, dim) in enumerate(zip(arr.shape, inp.shape)):
             if isinstance(dim, int) and dim > 0 and got != dim:
+                channels = min(got, dim) <= 4  # a channel axis, not a size
                 raise ArgumentError(f"input '{inp.name}' has shape {tuple(arr.shape)}, the "
-                                f"model expects {fmt_shape(inp.shape)} (axis {axis} "
-                                f"must be {dim})",
-                                "resize the input to the model's size")
+                                    f"model expects {fmt_shape(inp.shape)} (axis {axis} "
+                                    f"must be {dim})",
+                                    f"give {dim} channels on axis {axis} (images: check "
+                                    "--layout)" if channels else
+                                    "resize the input to the model's size (images: --resize "
+                                    "HxW)")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ArgumentError(f"input '{inp.name}' contains {bad} NaN or infinite values",

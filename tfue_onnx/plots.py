@@ -20,6 +20,8 @@ def method_words(meta: dict) -> str:
     """'noise at r1, level 0.2, N = 8' (transforms: 'transform d4 (8: identity, ...)')
     from a run's metadata, for titles."""
     words = str(meta.get("method"))
+    if meta.get("method") == "ensemble":
+        return f"ensemble of {len(meta.get('members') or []) or '?'} models"
     if meta.get("transforms"):
         names = list(meta["transforms"])
         words += f" ({len(names)}: {', '.join(names)})"
@@ -147,25 +149,57 @@ def _draw_cell(fig, ax, kind: str, arr, label: str, vrange=None) -> None:
     if kind == "image":
         _draw_image(ax, arr)
         return
-    alpha = None
+    background = None
     if kind == "overlay":
-        _draw_image(ax, arr[0])
-        arr, alpha = arr[1], OVERLAY_ALPHA
+        background, arr = arr
     arr = np.asarray(arr, dtype=np.float64)
-    vmin, vmax = vrange if vrange is not None else (display_range(arr) or (None, None))
-    above = vmax is not None and bool(np.nanmax(arr) > vmax) if np.isfinite(arr).any() else False
-    im = ax.imshow(arr, cmap="gray" if kind == "grey" else "magma", vmin=vmin, vmax=vmax,
-                   alpha=alpha, interpolation="nearest")
+    if vrange is None:
+        vrange = _grey_range(arr) if kind == "grey" else display_range(arr)
+    vmin, vmax = vrange if vrange is not None else (None, None)
+    finite = np.isfinite(arr).any()
+    above = bool(vmax is not None and finite and np.nanmax(arr) > vmax)
+    cmap = "gray" if kind == "grey" else "magma"
+    im = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                   aspect="auto" if _squeezed(arr.shape) else "equal")
+    if background is not None:  # the map over the input, low values see-through
+        _draw_image(ax, background)
+        im.set_alpha(OVERLAY_ALPHA * np.clip(im.norm(np.nan_to_num(arr)), 0, 1))
+        im.set_zorder(2)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="max" if above else "neither")
     bar.solids.set_alpha(1)  # the bar shows the colours themselves, not blended
+    bar.ax.yaxis.set_major_formatter(_tick_format())
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
 
+def _grey_range(arr) -> list | None:
+    """A one-channel output's colour range: [0, 1] when its values lie in [0, 1]
+    (probabilities: 0.0001 must not look like a detection), else ``display_range``."""
+    finite = arr[np.isfinite(arr)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        return [0.0, 1.0]
+    return display_range(arr)
+
+
+def _squeezed(shape) -> bool:
+    """Whether a map is so wide or tall that its cell does not keep its aspect."""
+    h, w = shape[:2]
+    return max(h, w) > 3.5 * min(h, w)
+
+
+def _tick_format():
+    """Colour-bar ticks that carry their own exponent (1.5e-05), so no offset text
+    ("1e-5") sits on the panel title above the bar."""
+    import matplotlib.ticker as ticker
+
+    return ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+
+
 def _draw_image(ax, arr) -> None:
+    """An [H, W, 3] or [H, W] picture in [0, 1] (clipped), as it is."""
     arr = np.clip(np.asarray(arr, dtype=np.float64), 0, 1)
     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+              interpolation="nearest", aspect="auto" if _squeezed(arr.shape) else "equal")
 
 
 def _hw_axes(shape: tuple, axes):
@@ -228,10 +262,12 @@ def output_cell(output, axes=None, units: str = "output units"):
 
 def _cell_inches(shape: tuple) -> tuple:
     """(width, height) in inches of a cell showing an H x W map: about 1 inch (100 px)
-    per 100 pixels, at least 3.2 inches wide and at most 7."""
+    per 100 pixels, from 3.2 to 7 inches wide and 2 to 7 high (a very wide or tall map
+    is drawn squeezed rather than as a strip)."""
     h, w = shape
     width = min(max(w / 100, 3.2), 7.0)
-    return (width + 0.9, max(width * h / w, 1.2) + 0.6)  # colour bar and titles
+    height = min(max(width * h / w, 2.0), 7.0)  # very wide or tall maps: squeezed to fit
+    return (width + 1.2, height + 0.8)  # colour bar with its label, and titles
 
 
 def map_picture(path: str, m: np.ndarray, label: str, title: str, output=None,

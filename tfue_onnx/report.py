@@ -7,9 +7,10 @@ import os
 
 import numpy as np
 
-from .names import VERSION as __version__
+from .errors import TfueError
 from .files import save_json, save_npz
 from .io import IMAGE_EXTS, load_input, spatial_map
+from .names import VERSION as __version__
 from .plots import UNITS
 from .results import map_axes
 
@@ -61,7 +62,6 @@ def read_result(path):
     Raises:
         TfueError: the file cannot be read or is not a tfue result.
     """
-    from .errors import TfueError
     from .results import OutputStats, Result
 
     try:
@@ -249,7 +249,7 @@ def draw(out_dir: str, shown: dict, vrange=None, overlay: bool = False) -> list:
     """
     from .plots import map_picture, overlay_picture
 
-    scale = "colour scale shared by the run" if vrange is not None else \
+    scale = "one colour scale for every picture in this folder" if vrange is not None else \
         "colour scale of this image"
     title = f"{shown['title']}\n{scale}"
     rng = tuple(vrange) if vrange is not None else shown["range"]
@@ -398,7 +398,6 @@ def _check_kept_samples(estimator, feeds) -> None:
     """Refuse to keep N samples of every output in memory when they exceed max_memory."""
     if not getattr(estimator, "keep_samples", False):
         return
-    from .errors import TfueError
 
     per_sample = sum(int(np.asarray(v).nbytes) for v in estimator.reference(feeds).values())
     total = per_sample * estimator.samples
@@ -478,7 +477,11 @@ def _read_inputs(estimator, files, options, note) -> list:
     up to KEEP_READ_BYTES in all (None beyond: read again when their turn comes)."""
     first, kept, held = None, [], 0
     for path in files:
-        feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
+        feeds = load_input(path, estimator.info.inputs, options)
+        try:
+            feeds = estimator.check_feeds(feeds)
+        except TfueError as exc:  # which of the inputs it is
+            raise type(exc)(f"{path}: {exc.message}", exc.hint) from exc
         first = feeds if first is None else first
         held += sum(int(np.asarray(v).nbytes) for v in feeds.values())
         kept.append(feeds if held <= KEEP_READ_BYTES else None)
