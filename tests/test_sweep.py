@@ -82,7 +82,7 @@ def test_other_settings_are_refused_unless_forced(setup):
     model, pairs, out = setup
     sweep.sweep(model, pairs, out_dir=str(out), **{**GRID, "rates": (), "methods": ("noise",),
                                                    "at": "c2"})
-    with pytest.raises(TfueError, match="holds a sweep with other settings"):
+    with pytest.raises(TfueError, match=r"holds a sweep with other settings \(samples differ\)"):
         sweep.sweep(model, pairs, out_dir=str(out), **{**GRID, "samples": 3})
     forced = sweep.sweep(model, pairs, out_dir=str(out), force=True,
                          **{**GRID, "samples": 3, "methods": ("dropout",), "at": "r1"})

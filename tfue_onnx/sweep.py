@@ -316,7 +316,10 @@ def _resume(out_dir, config, force) -> dict:
         lines = [json.loads(line) for line in f if line.strip()]
     if not lines or lines[0].get("config") != config:
         if not force:
-            raise TfueError(f"'{path}' holds a sweep with other settings",
+            theirs = (lines[0].get("config") or {}) if lines else {}
+            differ = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
+            raise TfueError(f"'{path}' holds a sweep with other settings ("
+                            f"{', '.join(differ) or 'unreadable'} differ)",
                             "choose another --out folder, or pass --force to start over")
         os.remove(path)
         return {}
