@@ -321,6 +321,11 @@ def _bad_arguments(toy, x8):
         "classify": lambda: Estimator(model, Noise(0.1), classify="maybe"),
         "io_binding": lambda: Estimator(model, Noise(0.1), io_binding="yes"),
         "provider at build": lambda: Estimator(model, Noise(0.1), provider="tpu"),
+        "softmax not a flag": lambda: Estimator(model, Noise(0.1), softmax="no"),
+        "keep_samples not a flag": lambda: Estimator(model, Noise(0.1), keep_samples="no"),
+        "chunk True": lambda: Estimator(model, Noise(0.1), chunk=True),
+        "progress not callable": lambda: est(x8, progress=5),
+        "mc-dropout nodes": lambda: MCDropout(nodes=5),
     }
 
 
@@ -329,7 +334,9 @@ CASES = ["strategy", "provider", "chunk", "threads", "cache", "max_memory", "sam
          "segment sigma", "transforms", "layout", "channel order", "model type",
          "estimator layout", "class axis", "unknown tensor", "level below 0",
          "level not a number", "level of a transform", "class axis not whole",
-         "class axis text", "classify", "io_binding", "provider at build"]
+         "class axis text", "classify", "io_binding", "provider at build",
+         "softmax not a flag", "keep_samples not a flag", "chunk True", "progress not callable",
+         "mc-dropout nodes"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -368,3 +375,27 @@ def test_load_image_mean_of_the_wrong_length_is_a_value_error(tmp_path):
     model = toys.conv_net(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match=r"^mean has 2 values"):
         tfue_onnx.load_image(tmp_path / "a.png", model, mean=(0.1, 0.2))
+
+
+def test_mean_as_text_is_read_like_the_cli_and_bad_text_is_refused(tmp_path):
+    from PIL import Image
+
+    import tfue_onnx
+
+    Image.fromarray(np.full((8, 8, 3), 51, np.uint8)).save(tmp_path / "a.png")
+    model = toys.conv_net(tmp_path / "m.onnx")
+    x = tfue_onnx.load_image(tmp_path / "a.png", model, mean="0.1,0.2,0.3", std="0.5")
+    np.testing.assert_allclose(x[0, :, 0, 0], (0.2 - np.array([0.1, 0.2, 0.3])) / 0.5, atol=1e-6,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="^mean must be numbers, got 'a,b,c'"):
+        tfue_onnx.load_image(tmp_path / "a.png", model, mean="a,b,c")
+
+
+def test_entropy_of_a_single_probability_is_refused(tmp_path):
+    f = TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["p"])], "g",
+                              [helper.make_tensor_value_info("x", f, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("p", f, [1, 1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(ValueError, match="has 1 class on axis 1"):
+        Estimator(model, __import__("tfue_onnx").Entropy(), classify=True)

@@ -612,3 +612,18 @@ def test_output_image_draws_an_image_as_an_image():
     grey = output_image(rgb[:, :1] * 40 - 7, (2, 3))  # outside [0, 1]: stretched
     assert grey.shape == (6, 5) and grey.min() == 0 and grey.max() == 1
     assert output_image(np.zeros((1, 10)), False) is None
+
+
+def test_a_target_of_the_wrong_shape_is_named(tmp_path, cli):
+    model = toys.upscale_net(tmp_path / "up.onnx")
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "tg").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / f"{name}.png")
+    np.save(tmp_path / "tg" / "a.npy", np.zeros((1, 3, 16, 16), np.float32))
+    np.save(tmp_path / "tg" / "b.npy", np.zeros((1, 3, 10, 10), np.float32))
+    r = cli("evaluate", model, tmp_path / "in", "--targets", tmp_path / "tg", "--method",
+            "noise", "--at", "c", "-n", 2, "--out", tmp_path / "ev")
+    assert r.exit_code == 2 and "b.png': target has shape (1, 3, 10, 10)" in r.stderr, r.stderr

@@ -114,7 +114,8 @@ def test_picture_of_names_the_output_method_level_n_and_units():
     assert shown["map"].shape == (40, 60) and shown["output"][0] == "image"
     m = var[0].mean(axis=0)
     assert shown["extent"] == [pytest.approx(m.min()), pytest.approx(m.max())]
-    assert shown["range"] == [pytest.approx(m.min()), pytest.approx(np.percentile(m, 99.5))]
+    top = np.percentile(m[m > m.min()], 99.5)  # among the pixels above the minimum
+    assert shown["range"] == [pytest.approx(m.min()), pytest.approx(top)]
     assert shown["background"] is None  # no overlay asked
     ent = report.picture_of(_result(None, entropy=np.ones((1, 40, 60))), "img")
     assert ent["label"] == "entropy, nats" and ent["kind"] == "entropy"
@@ -160,8 +161,8 @@ def test_run_shared_scale_and_overlay_from_the_cli(cli, tmp_path):
     lo, hi = s["color_scale"]["range"]
     ranges = [i["heatmap_range"] for i in s["inputs"]]  # each map's [min, max]
     # The colours span the lowest minimum to the highest 99.5th percentile of the maps.
-    tops = [np.percentile(report.read_result(out / f"in{k}.npz").variance[0].mean(axis=0), 99.5)
-            for k in range(2)]
+    tops = [plots.display_range(report.read_result(out / f"in{k}.npz").variance[0]
+                                .mean(axis=0))[1] for k in range(2)]
     assert lo == min(a for a, _ in ranges) and hi == pytest.approx(max(tops)) and lo < hi
     assert hi <= max(b for _, b in ranges)
     assert [i["heatmap_shape"] for i in s["inputs"]] == [[24, 32], [16, 20]]
@@ -210,12 +211,19 @@ def test_titles_and_ranges_a_person_reads_rightly(tmp_path):
                                "samples": 2}) == "transform (2: identity, hflip)"
     # A probability map with one faint pixel stays black: its range is [0, 1].
     assert plots._grey_range(np.array([[0.0, 3e-8]])) == [0.0, 1.0]
-    assert plots._grey_range(np.array([[0.0, 4.0]])) == pytest.approx([0.0, 3.98])  # p99.5
+    assert plots._grey_range(np.array([[0.0, 4.0]])) == [0.0, 4.0]  # not in [0, 1]
     # A hot pixel does not set the top of a map's colours: the 99.5th percentile does.
-    m = np.zeros((20, 20))
-    m[:10] = 1.0
+    m = np.zeros((40, 40))
+    m[:20] = 1.0
     m[0, 0] = 1000.0
     assert plots.display_range(m) == [0.0, 1.0]
+    # A sparse map (a detector's: mostly 0) keeps the scale of the pixels that carry
+    # something: the percentile is taken among them, not among the zeros.
+    sparse = np.zeros((100, 100))
+    sparse[:5, :5] = np.linspace(0.1, 0.4, 25).reshape(5, 5)
+    assert plots.display_range(sparse) == [0.0, pytest.approx(np.percentile(sparse[:5, :5],
+                                                                            99.5))]
+    assert plots.display_range(np.full((3, 3), 2.0)) == [2.0, 2.0]
     # A very tall map is drawn in a bounded figure, not a strip thousands of pixels high.
     plots.map_picture(str(tmp_path / "tall.png"), np.zeros((1280, 10)), "variance", "t")
     with Image.open(tmp_path / "tall.png") as im:

@@ -43,7 +43,13 @@ def find_classes(info: ModelInfo, softmax: bool = False, classify="auto",
         axis = class_axis + rank if (class_axis < 0 and rank) else class_axis
         if rank is not None and not 0 <= axis < rank:
             raise ArgumentError(f"class axis {class_axis} does not exist in output '{o.name}' "
-                            f"of rank {rank}", "give --class-axis within the output's rank")
+                                f"of rank {rank}", "give --class-axis within the output's rank")
+        if o.shape is not None and o.shape[axis] == 1:  # -p ln p of one class means nothing
+            raise ArgumentError(f"output '{o.name}' has 1 class on axis {axis} (a single "
+                                "probability, such as a sigmoid's, has no distribution over "
+                                "classes to take the entropy of)",
+                                "use a gray-box method (--method noise or dropout) for its "
+                                "variance, or --class-axis for an axis with several classes")
         return axis
 
     if softmax or classify is True:

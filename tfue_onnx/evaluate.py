@@ -199,7 +199,10 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
         res = estimator(feeds, level=level) if level is not None else estimator(feeds)
         meta = res.metadata
         target = _crop_for_pad(estimator, target, res.output, notes)
-        err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
+        try:
+            err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
+        except TfueError as exc:  # which pair it is
+            raise type(exc)(f"'{pair.source}': {exc.message}", exc.hint) from exc
         if not np.all(np.isfinite(target)):
             raise TfueError(f"the target of '{pair.source}' holds "
                             f"{int(np.size(target) - np.count_nonzero(np.isfinite(target)))} "

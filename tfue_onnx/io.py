@@ -105,7 +105,13 @@ class ImageOptions:
         for name, values in (("--mean", self.mean), ("--std", self.std)):
             if values is None:
                 continue
-            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+            try:
+                arr = np.asarray(values.split(",") if isinstance(values, str) else values,
+                                 dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise ArgumentError(f"{name} must be numbers, got {values!r}",
+                                    f"e.g. {name} 0.485,0.456,0.406") from None
+            object.__setattr__(self, name[2:], tuple(float(a) for a in arr))
             if arr.size == 0 or not np.all(np.isfinite(arr)):
                 raise ArgumentError(f"{name} must be finite numbers, got {values!r}",
                                 f"e.g. {name} 0.485,0.456,0.406")

@@ -83,6 +83,8 @@ def check_chunk(chunk) -> int | None:
     """
     if chunk is None:
         return None
+    if isinstance(chunk, bool):
+        raise ArgumentError(f"chunk must be an integer, got {chunk!r}", "give --chunk 8")
     try:
         c = int(chunk)
     except (TypeError, ValueError):

@@ -179,6 +179,10 @@ def parse_nodes(nodes) -> tuple:
         return ()
     if isinstance(nodes, str):
         nodes = nodes.split(",")
+    if not hasattr(nodes, "__iter__"):
+        raise ArgumentError(f"Dropout node names must be text or a list of names, got "
+                            f"{nodes!r}", "give --at as comma-separated Dropout node names, "
+                            "e.g. --at d1,d2")
     names = tuple(nodes)
     bad = [n for n in names if not isinstance(n, str)]
     if bad:

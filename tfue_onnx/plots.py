@@ -35,14 +35,19 @@ def method_words(meta: dict) -> str:
 
 
 def display_range(m) -> list | None:
-    """[min, the TOP_PERCENTILE-th percentile] of a map's finite values (its max when
-    that is no higher than the min); None when none is finite."""
+    """[min, the TOP_PERCENTILE-th percentile of the values above the min] of a map's
+    finite values: on a sparse map (a detector's, mostly 0) the percentile is taken
+    among the pixels that carry something, so their scale shows; the max when nothing
+    is above the min. None when no value is finite."""
     finite = np.asarray(m, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if not finite.size:
         return None
-    lo, top = float(finite.min()), float(np.percentile(finite, TOP_PERCENTILE))
-    return [lo, top if top > lo else float(finite.max())]
+    lo = float(finite.min())
+    above = finite[finite > lo]
+    if not above.size:
+        return [lo, lo]
+    return [lo, float(np.percentile(above, TOP_PERCENTILE))]
 
 
 def _pyplot():

@@ -112,7 +112,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
                  cache=True, threads: int | None = None):
         _check_arguments(model, spec)
         _check_options(layout=layout, class_axis=class_axis, classify=classify,
-                       io_binding=io_binding, provider=provider)
+                       io_binding=io_binding, provider=provider, softmax=softmax,
+                       keep_samples=keep_samples)
         if isinstance(model, (str, os.PathLike)):
             self.path = os.fspath(model)
             self.info = ModelInfo(load_model(self.path), self.path)
@@ -329,6 +330,9 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             TfueError: the model fails on the input, or no strategy passes
                 verification (the reasons are in the message; ``notes`` has detail).
         """
+        if progress is not None and not callable(progress):
+            raise ArgumentError(f"progress must be a function progress(done, total), got "
+                                f"{progress!r}", "e.g. progress=lambda done, total: None")
         feeds = self.check_feeds(feeds)
         if isinstance(self.spec, Entropy):
             return self._run_entropy(feeds)
@@ -648,8 +652,13 @@ def _sample_count(spec, samples) -> int:
             len(spec.members) + 1 if isinstance(spec, Ensemble) else 1)
 
 
-def _check_options(layout, class_axis, classify, io_binding, provider) -> None:
+def _check_options(layout, class_axis, classify, io_binding, provider, softmax,
+                   keep_samples) -> None:
     """Refuse option values of the wrong kind up front (ArgumentError), naming each."""
+    for name, flag in (("softmax", softmax), ("keep_samples", keep_samples)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ArgumentError(f"{name} must be True or False, got {flag!r}",
+                                f"e.g. {name}=True")
     if layout not in LAYOUTS:
         raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
     if provider not in PROVIDERS:

@@ -26,7 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..convert import MIN_OPSET, conversion_command
-from ..errors import TfueError
+from ..errors import ArgumentError, TfueError
 from ..layout import image_axes
 from ..model import ModelInfo, load_model
 from ..transforms import ELEMENTS, usable_sets
@@ -524,6 +524,14 @@ def _expand_folders(info: ModelInfo, members) -> tuple:
     """(members, notes): folders among ``members`` replaced by the models they hold."""
     import os
 
+    paths = all(isinstance(m, (str, os.PathLike)) for m in members)
+    if paths and info.path is not None:  # folders expanded, a file named twice counted once
+        infos, notes = collect_members([info.path] + list(members))
+        if len(infos) < 2:
+            raise ArgumentError(f"an ensemble needs at least 2 models, got {len(infos)} ("
+                                f"the members name the model itself)",
+                                "pass other .onnx files (or a folder of them) as members")
+        return infos[1:], notes
     if not any(isinstance(m, (str, os.PathLike)) and os.path.isdir(m) for m in members):
         return list(members), []
     if not all(isinstance(m, (str, os.PathLike)) for m in members):
@@ -532,10 +540,7 @@ def _expand_folders(info: ModelInfo, members) -> tuple:
             is_dir = isinstance(m, (str, os.PathLike)) and os.path.isdir(m)
             found += [f for f, _ in model_files([m])] if is_dir else [m]
         return found, []
-    if info.path is None:  # no file to compare with: every model in the folders
-        return [f for f, _ in model_files(members)], []
-    infos, notes = collect_members([info.path] + list(members))
-    return infos[1:], notes
+    return [f for f, _ in model_files(members)], []  # no file to compare with: every model
 
 
 def resolve_members(info: ModelInfo, spec):
