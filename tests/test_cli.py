@@ -7,6 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import toys
+
 
 def _digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
@@ -699,3 +701,13 @@ def test_the_run_line_gives_a_seed_only_to_methods_that_draw(cli, toy, tmp_path,
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--seed", "5", "-n", "2",
             "--no-pictures", "-o", tmp_path / "n")
     assert ", N=2, seed 5, strategy" in r.stdout.splitlines()[0]
+
+
+def test_sweep_refuses_levels_of_a_method_it_leaves_out(cli, toy, tmp_path):
+    pairs = toys.npz_pairs(tmp_path / "pairs")
+    for args, words in ((["--methods", "dropout", "--sigmas", "0.1"],
+                         "--sigmas are levels of noise, which --methods dropout leaves out"),
+                        (["--methods", "noise", "--rates", "0.1"],
+                         "--rates are levels of dropout, which --methods noise leaves out")):
+        r = cli("sweep", toy(), pairs, *args, "-o", tmp_path / "sw")
+        assert r.exit_code == 2 and words in r.output and not (tmp_path / "sw").exists()

@@ -61,7 +61,7 @@ def test_every_output_is_stored_once_under_its_own_name(tmp_path):
 def test_read_result_refuses_other_files(tmp_path):
     np.savez(tmp_path / "plain.npz", x=np.zeros(2))
     (tmp_path / "text.npz").write_text("hello")
-    for name in ("plain.npz", "text.npz", "missing.npz"):
+    for name in ("plain.npz", "text.npz"):
         with pytest.raises(TfueError, match="is not a result tfue wrote") as e:
             report.read_result(str(tmp_path / name))
         assert "\n" not in str(e.value) and e.value.hint == "give a NAME.npz from 'tfue run'"
@@ -174,3 +174,8 @@ def test_no_pictures_writes_the_npz_only(cli, toy, tmp_path, x8):
     r = cli("run", toy(), tmp_path / "in.npy", "--method", "noise", "--no-pictures",
             "--overlay", "--out", tmp_path / "o2")
     assert r.exit_code == 2 and "--no-pictures" in r.output and not (tmp_path / "o2").exists()
+
+
+def test_read_result_of_a_missing_file_says_so(tmp_path):  # not "not a result"
+    with pytest.raises(TfueError, match="result file '.*nope.npz' does not exist"):
+        report.read_result(str(tmp_path / "nope.npz"))

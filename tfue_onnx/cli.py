@@ -901,6 +901,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     check_samples(samples)
     _check_pairs(pair_values)
     sigmas, rates = _parse_floats("--sigmas", sigmas), _parse_floats("--rates", rates)
+    _check_sweep_levels(methods, sigmas, rates)
     model = _models([model], "sweep")[0]
     pad = _auto_pad(model, where["layout"]) if where["pad"] == "auto" else where["pad"]
     pairs = _pairs(inspect_model(model), inputs, pair_values, options)
@@ -918,6 +919,15 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
         click.echo(f"({result['points_of_other_grids']} finished point(s) of another grid in "
                    f"{out_dir}/sweep.jsonl are kept apart: not in this summary or its best)")
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
+
+
+def _check_sweep_levels(methods: str, sigmas, rates) -> None:
+    """--sigmas/--rates given for a method --methods leaves out: refused, not ignored."""
+    chosen = [m.strip() for m in methods.split(",")]
+    for given, option, method in ((sigmas, "--sigmas", "noise"), (rates, "--rates", "dropout")):
+        if given and method not in chosen:
+            raise ArgumentError(f"{option} are levels of {method}, which --methods {methods} "
+                                f"leaves out", f"drop {option}, or add {method} to --methods")
 
 
 def _sweep_progress(metric: str):

@@ -428,10 +428,12 @@ def make_spec(method: str, at=None, sigma=None, rate=None, sigma_mode="absolute"
         raise ArgumentError(f"--transforms does not apply to --method {method}",
                             "drop it; it is for --method transform")
     if method in ("transform", "ensemble", "entropy"):
-        for flag, value in (("--sigma", sigma), ("--rate", rate), ("--at", at)):
+        for flag, value, users in (("--sigma", sigma, "noise"), ("--rate", rate,
+                                    "dropout and mc-dropout"), ("--at", at,
+                                    "noise, dropout (a tensor) and mc-dropout (nodes)")):
             if value is not None:
                 raise ArgumentError(f"{flag} does not apply to --method {method}",
-                                    "drop it; it is for noise and dropout")
+                                    f"drop it; it is for {users}")
         return Transform(transforms or "d4", layout) if method == "transform" else \
             Ensemble(tuple(members)) if method == "ensemble" else Entropy()
     wrong = ("--rate", rate) if method == "noise" else ("--sigma", sigma)

@@ -64,6 +64,8 @@ def read_result(path):
     """
     from .results import OutputStats, Result
 
+    if not os.path.isfile(path):
+        raise TfueError(f"result file '{path}' does not exist", "check the path")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
