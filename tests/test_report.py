@@ -74,9 +74,10 @@ def test_read_result_refuses_other_files(tmp_path):
 def test_planned_files():
     assert report.planned_files("out", ["a/img.png", "b/c.d.npy"]) == [
         os.path.join("out", n) for n in ("summary.json", "img.npz", "img.variance.png",
-                                         "img.entropy.png", "img.overlay.png", "c.d.npz",
-                                         "c.d.variance.png", "c.d.entropy.png",
-                                         "c.d.overlay.png")]
+                                         "img.entropy.png", "img.overlay.png",
+                                         "img.weights.npy", "c.d.npz", "c.d.variance.png",
+                                         "c.d.entropy.png", "c.d.overlay.png",
+                                         "c.d.weights.npy")]
 
 
 def test_summary_json_fields(cli, toy, tmp_path, x8):

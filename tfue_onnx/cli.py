@@ -20,7 +20,7 @@ import time
 import click
 
 from .errors import ArgumentError, TfueError
-from .names import CHANNEL_ORDERS, LAYOUTS, METHODS, SIGMA_MODES, STRATEGIES
+from .names import CHANNEL_ORDERS, LAYOUTS, METHODS, SIGMA_MODES, STRATEGIES, WEIGHT_FORMULAS
 from .session import PROVIDERS
 
 EXIT_USAGE = 2
@@ -535,13 +535,21 @@ def _parse_floats(name, text):
 @click.option("--overlay", is_flag=True, help="Also write NAME.overlay.png (map over the input).")
 @click.option("--pictures/--no-pictures", default=True, show_default=True,
               help="Draw NAME.variance.png (matplotlib); --no-pictures writes the .npz only.")
+@click.option("--weights", "weights", is_flag=False, flag_value="linear", default=None,
+              type=click.Choice(WEIGHT_FORMULAS),
+              help="Also write NAME.weights.npy, per-element loss weights from the map: "
+                   "linear (the default: 1 + λ·σ/mean σ) or normalized (σ/mean σ).")
+@click.option("--weight-strength", type=float, default=1.0, show_default=True,
+              help="λ of --weights linear.")
+@click.option("--max-weight", type=float, default=10.0, show_default=True,
+              help="The largest loss weight (clipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @OUTPUT_OPTIONS
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
 def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, pictures,
-        as_json, force, levels, **values):
+        weights, weight_strength, max_weight, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -560,6 +568,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
                                              ("--overlay", overlay)) if on)
         raise ArgumentError(f"{given} draw{'s' if ' and ' not in given else ''} pictures, "
                             "which --no-pictures turns off", f"drop --no-pictures or {given}")
+    loss = _loss_weights(weights, weight_strength, max_weight, p["method"])
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
@@ -579,7 +588,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
                      keep_samples=save_samples)
     try:
         drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
-                   "pictures": pictures}
+                   "pictures": pictures, "weights": loss}
         summaries = {level: _run_one_level(est, level, files, folder, options, drawing,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,
@@ -919,6 +928,18 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
         click.echo(f"({result['points_of_other_grids']} finished point(s) of another grid in "
                    f"{out_dir}/sweep.jsonl are kept apart: not in this summary or its best)")
     click.echo(f"wrote sweep.jsonl, sweep.csv, sweep.json, best.json and plots in {out_dir}")
+
+
+def _loss_weights(formula, strength, max_weight, method):
+    """The weights.LossWeights --weights asks for (None without it), checked up front."""
+    if formula is None:
+        return None
+    if method == "entropy":
+        raise ArgumentError("--weights come from a variance map; --method entropy has none",
+                            "drop --weights, or use a sampling method")
+    from .weights import LossWeights
+
+    return LossWeights(formula, strength, max_weight)
 
 
 def _check_sweep_levels(methods: str, sigmas, rates) -> None:

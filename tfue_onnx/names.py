@@ -20,6 +20,8 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 # looped-suffix runs as two (a prefix once per input, the suffix per chunk).
 GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
 STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
+# Loss weights from an uncertainty map (weights.py).
+WEIGHT_FORMULAS = ("linear", "normalized")
 
 __all__ = ["VERSION", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
-           "GRAPH_STRATEGIES", "STRATEGIES"]
+           "GRAPH_STRATEGIES", "STRATEGIES", "WEIGHT_FORMULAS"]

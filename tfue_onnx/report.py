@@ -19,12 +19,33 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def write_weights(out_dir: str, stem: str, result, weights) -> str:
+    """Write ``stem``.weights.npy: ``weights`` (a ``weights.LossWeights``) of the primary
+    output's variance map (float32, the output's shape); return its path.
+
+    Raises:
+        TfueError: the result has no variance (``--method entropy``).
+    """
+    import io
+
+    from .files import atomic_write_bytes
+
+    if result.variance is None:
+        raise TfueError("loss weights come from a variance map; --method entropy has none",
+                        "drop --weights, or use a sampling method")
+    buf = io.BytesIO()
+    np.save(buf, weights(result.variance))
+    path = os.path.join(out_dir, stem + ".weights.npy")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def planned_files(out_dir: str, files) -> list:
     """Every file a run over ``files`` may write (to refuse overwriting up front)."""
     planned = [os.path.join(out_dir, "summary.json")]
     for f in files:
         planned += [os.path.join(out_dir, _stem(f) + suffix) for suffix in
-                    (".npz", ".variance.png", ".entropy.png", ".overlay.png")]
+                    (".npz", ".variance.png", ".entropy.png", ".overlay.png", ".weights.npy")]
     return planned
 
 
@@ -414,7 +435,7 @@ def _check_kept_samples(estimator, feeds) -> None:
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
                compress: bool = False, started: float | None = None,
                sample_progress=None, shared_scale: bool = False,
-               overlay: bool = False, pictures: bool = True) -> dict:
+               overlay: bool = False, pictures: bool = True, weights=None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -431,14 +452,14 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
         progress: wraps the file list for display (e.g. a progress bar).
         note: called with a line for the user (large-N time estimate, warnings).
         compress: deflate the .npz files (``--compress``).
-        started: ``time.perf_counter()`` when the caller started (default: now), for
-            ``timing.startup_s``.
+        started: ``time.perf_counter()`` at the caller's start (default: now).
         sample_progress: ``sample_progress(path)`` gives the ``progress(done, total)``
             callback for that input's samples (or None), for long inputs.
         shared_scale: draw every NAME.variance.png on one colour range (``--shared-scale``;
             the maps are drawn when the run ends); default: each on its own.
         overlay: also write NAME.overlay.png, the map over the input (``--overlay``).
         pictures: False writes the .npz files only (``--no-pictures``; BENCHMARKS.md).
+        weights: a ``weights.LossWeights``: also NAME.weights.npy (``--weights``).
 
     Returns:
         The run summary (also written to ``out_dir``/summary.json); its ``timing``
@@ -459,7 +480,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     note = note or (lambda line: None)
     kept = _read_inputs(estimator, files, options, note)
     run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay, pictures),
-               compress)
+               compress, weights)
     with cleanup_out_dir(out_dir):
         for k, path in enumerate(progress(files) if progress else files):
             feeds = kept[k] if kept[k] is not None else \
@@ -498,9 +519,9 @@ def _read_inputs(estimator, files, options, note) -> list:
 class _Run:
     """The state of one ``run_inputs``: per-input items, warnings, notes and timing."""
 
-    def __init__(self, estimator, out_dir, note, pictures, compress):
+    def __init__(self, estimator, out_dir, note, pictures, compress, weights=None):
         self.estimator, self.out_dir, self.note = estimator, out_dir, note
-        self.pictures, self.compress = pictures, compress
+        self.pictures, self.compress, self.weights = pictures, compress, weights
         self.items, self.warnings, self.notes, self.meta = [], [], [], None
         self.startup, self.sampling, self.writing = None, 0.0, 0.0
 
@@ -517,6 +538,9 @@ class _Run:
         prepare_out_dir(self.out_dir)
         item = write_result(self.out_dir, _stem(path), result, path, self.compress,
                             self.pictures, feeds)
+        if self.weights is not None:
+            item["files"].append(write_weights(self.out_dir, _stem(path), result,
+                                               self.weights))
         # How this input ran (the run's top-level fields are the last input's).
         item["chunks"] = meta.get("chunks")
         tune = meta.get("autotune")
