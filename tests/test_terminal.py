@@ -49,7 +49,7 @@ def sr_folder(tmp_path):
     return model, folder
 
 
-@pytest.mark.parametrize("command", ["inspect", "run", "evaluate", "sweep", "export"])
+@pytest.mark.parametrize("command", ["inspect", "run", "evaluate", "sweep", "export", "rank"])
 def test_every_command_in_a_terminal(sr_folder, tmp_path, command):
     model, folder = sr_folder
     args = {
@@ -62,12 +62,14 @@ def test_every_command_in_a_terminal(sr_folder, tmp_path, command):
                   "--sigmas", "0.1", "-n", 4, "--bootstrap", 0, "-o", tmp_path / "s"],
         "export": ["export", model, "-o", tmp_path / "x.onnx", "--method", "noise",
                    "--at", "c", "-n", 4],
+        "rank": ["rank", model, folder, "--method", "noise", "--at", "c", "-n", 4,
+                 "-o", tmp_path / "r"],
     }[command]
     code, text = _in_terminal(args, tmp_path)
     assert code == 0, text
     assert "Traceback" not in text and "object at 0x" not in text
     expect = {"inspect": "candidate", "run": "summary:", "evaluate": "wrote",
-              "sweep": "best for", "export": "wrote"}[command]
+              "sweep": "best for", "export": "wrote", "rank": "ranked 2 input(s)"}[command]
     assert expect in text, text
     if command in ("run", "evaluate"):  # a progress bar, with the file names
         assert "i1.png" in text and "[#" in text

@@ -20,7 +20,8 @@ import time
 import click
 
 from .errors import ArgumentError, TfueError
-from .names import CHANNEL_ORDERS, LAYOUTS, METHODS, SIGMA_MODES, STRATEGIES, WEIGHT_FORMULAS
+from .names import (CHANNEL_ORDERS, LAYOUTS, METHODS, RANK_SCORES, SIGMA_MODES, STRATEGIES,
+                    WEIGHT_FORMULAS)
 from .session import PROVIDERS
 
 EXIT_USAGE = 2
@@ -715,6 +716,56 @@ def _exit_for(summary):
     """Exit 3 when results hold NaN or Inf (written and warned about), else return."""
     if summary.get("warnings"):
         sys.exit(EXIT_NON_FINITE)
+
+
+# --- rank ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@PERTURBATION_OPTIONS
+@MODEL_OPTIONS
+@RUNTIME_OPTIONS
+@IMAGE_OPTIONS
+@click.option("--by", type=click.Choice(RANK_SCORES), default="mean", show_default=True,
+              help="The score: mean, max or p95 of the variance map; entropy or bald "
+                   "(mutual information) for class probabilities.")
+@click.option("--top", type=int, default=None, help="How many to pick (with --copy-to).")
+@click.option("--copy-to", default=None, type=click.Path(),
+              help="Copy (never move) the top --top input files into this folder.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              help="Where ranking.csv and scores.jsonl (resumable) go.")
+@quiet_option
+def rank(model, inputs, by, top, copy_to, out_dir, **values):
+    """Rank INPUTS by MODEL's uncertainty, most uncertain first (which to label next).
+
+    Run it again after a stop: the scores in OUT/scores.jsonl are kept.
+    """
+    from .files import check_out_dir
+    from .io import check_image_options, collect_inputs
+    from .rank import copy_top, rank_inputs
+
+    p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
+    options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    if (top is None) != (copy_to is None):
+        raise ArgumentError("--top and --copy-to go together", "give both, or neither")
+    if top is not None and top < 1:
+        raise ArgumentError(f"--top must be >= 1, got {top}", "e.g. --top 10")
+    check_out_dir(out_dir)
+    models, inputs = _split_members(model, inputs, p["method"])
+    files = collect_inputs(inputs)
+    check_image_options(files, options)
+    est = _estimator(models, p, where, runtime)
+    try:
+        ranking = rank_inputs(est, files, by, options, out_dir,
+                              progress=_progress_for_stderr())
+    finally:
+        _notes(est, verbose)
+    for r in ranking[:10]:
+        click.echo(f"{r['rank']:4d}  {r['score']:.4g}  {r['input']}")
+    copied = copy_top(ranking, top, copy_to) if top else []
+    click.echo(f"ranked {len(ranking)} input(s) by {by}: {os.path.join(out_dir, 'ranking.csv')}"
+               + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
 
 
 # --- export -------------------------------------------------------------------------------

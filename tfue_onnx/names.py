@@ -22,6 +22,8 @@ GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
 STRATEGIES = ("looped-suffix",) + GRAPH_STRATEGIES
 # Loss weights from an uncertainty map (weights.py).
 WEIGHT_FORMULAS = ("linear", "normalized")
+# What `tfue rank` scores an input by (rank.py).
+RANK_SCORES = ("mean", "max", "p95", "entropy", "bald")
 
 __all__ = ["VERSION", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
-           "GRAPH_STRATEGIES", "STRATEGIES", "WEIGHT_FORMULAS"]
+           "GRAPH_STRATEGIES", "STRATEGIES", "WEIGHT_FORMULAS", "RANK_SCORES"]

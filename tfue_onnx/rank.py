@@ -1,0 +1,171 @@
+"""Which inputs to label next: inputs ranked by their uncertainty (active learning).
+
+Mi et al. (training-free uncertainty, §5) pick the most uncertain inputs for labelling.
+Each input gets one score from its run (``image_score``): the mean, maximum or 95th
+percentile of its variance map (squared output units), or, for class probabilities, the
+mean predictive entropy or BALD mutual information (nats). Higher is more uncertain and
+ranks first. Scores are appended to ``scores.jsonl`` as they are computed, so a stopped
+ranking of a large folder resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import ArgumentError, TfueError
+from .names import RANK_SCORES
+
+
+def check_score(by: str) -> str:
+    """``by`` when it names a score (names.RANK_SCORES); ArgumentError (a ValueError)
+    otherwise."""
+    if by not in RANK_SCORES:
+        raise ArgumentError(f"unknown score {by!r}", "use --by " + ", ".join(RANK_SCORES))
+    return by
+
+
+def image_score(result, by: str = "mean") -> float:
+    """One input's uncertainty score from its run ``result`` (a results.Result).
+
+    Args:
+        by: ``mean``, ``max`` or ``p95`` of the primary output's variance (finite values;
+            squared output units); ``entropy`` or ``bald``: the mean predictive entropy or
+            mutual information (nats) of an output holding class probabilities.
+
+    Returns:
+        The score (float; NaN when the map has no finite value).
+
+    Raises:
+        ArgumentError (a ValueError): an unknown ``by``.
+        TfueError: the result lacks what ``by`` reads (entropy/bald without class
+            probabilities, or a variance for an entropy run).
+    """
+    check_score(by)
+    source = {"entropy": result.entropy, "bald": result.mutual_information}.get(
+        by, result.variance)
+    if source is None:
+        raise TfueError(f"this run has no {'variance' if by in ('mean', 'max', 'p95') else by} "
+                        f"to rank by", "--by entropy and --by bald need an output of class "
+                        "probabilities (--classify or --softmax); --by mean needs a sampling "
+                        "method")
+    values = np.asarray(source, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return float("nan")
+    if by == "max":
+        return float(values.max())
+    if by == "p95":
+        return float(np.percentile(values, 95))
+    return float(values.mean())
+
+
+def rank_inputs(estimator, files, by: str = "mean", options=None, out_dir=None,
+                progress=None) -> list:
+    """Score every input file and rank them, most uncertain first.
+
+    Args:
+        estimator: the runner.Estimator to run (its seed makes the scores reproducible).
+        files: input files (images, .npy, .npz), as ``tfue run`` reads them.
+        by: the score (``image_score``).
+        options: io.ImageOptions for reading images (None: the defaults).
+        out_dir: a folder for ``scores.jsonl`` (resumable: scores of the same settings
+            there are kept and not computed again) and ``ranking.csv``; None: nothing
+            written.
+        progress: wraps the list of files still to score, for display.
+
+    Returns:
+        ``[{"input", "score", "rank"}]`` sorted by rank (1 = most uncertain; NaN scores
+        last).
+
+    Raises:
+        TfueError: an input cannot be read or run, ``out_dir`` holds scores of other
+            settings, or cannot be written.
+    """
+    from .io import ImageOptions, load_input
+
+    check_score(by)
+    options = options or ImageOptions()
+    config = {"model": estimator.path, **estimator.describe(), "by": by}
+    scores = _resume(out_dir, config)
+    todo = [f for f in files if os.fspath(f) not in scores]
+    for path in progress(todo) if progress and todo else todo:
+        result = estimator(load_input(os.fspath(path), estimator.info.inputs, options))
+        scores[os.fspath(path)] = image_score(result, by)
+        if out_dir is not None:
+            _append(out_dir, config, {"input": os.fspath(path), "score": scores[os.fspath(path)]})
+    wanted = [os.fspath(f) for f in files]
+    order = sorted(wanted, key=lambda f: (np.isnan(scores[f]), -np.nan_to_num(scores[f])))
+    ranking = [{"input": f, "score": scores[f], "rank": k} for k, f in enumerate(order, 1)]
+    if out_dir is not None:
+        _write_csv(os.path.join(out_dir, "ranking.csv"), ranking)
+    return ranking
+
+
+def copy_top(ranking: list, top: int, copy_to: str) -> list:
+    """Copy (never move) the ``top`` highest-ranked input files into ``copy_to`` (made if
+    needed); return the copies' paths.
+
+    Raises:
+        TfueError: a file of that name already exists in ``copy_to`` (nothing is
+            overwritten; checked for all before any is copied).
+    """
+    import shutil
+
+    from .files import prepare_out_dir
+
+    picked = [r["input"] for r in ranking[:top]]
+    targets = [os.path.join(copy_to, os.path.basename(p)) for p in picked]
+    clash = [t for t in targets if os.path.exists(t)]
+    if clash:
+        raise TfueError(f"'{clash[0]}' already exists ({len(clash)} of the picked files)",
+                        "copy into another --copy-to folder")
+    prepare_out_dir(copy_to)
+    for src, dst in zip(picked, targets):
+        shutil.copy2(src, dst)
+    return targets
+
+
+def _resume(out_dir, config) -> dict:
+    """input -> score already in ``out_dir``/scores.jsonl for the same settings."""
+    if out_dir is None:
+        return {}
+    path = os.path.join(out_dir, "scores.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("config") != json.loads(json.dumps(config, default=str)):
+        raise TfueError(f"'{path}' holds scores of other settings",
+                        "choose another --out folder, or remove that file to start over")
+    return {r["input"]: float(r["score"]) for r in lines[1:]}
+
+
+def _append(out_dir, config, record) -> None:
+    """One line per scored input, flushed at once: a stopped ranking loses nothing."""
+    from .files import prepare_out_dir
+
+    path = os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write(json.dumps({"config": config}, default=str) + "\n")
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _write_csv(path: str, ranking: list) -> None:
+    """``ranking.csv``: input, score, rank (written atomically)."""
+    import csv
+    import io
+
+    from .files import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["input", "score", "rank"])
+    for r in ranking:
+        writer.writerow([r["input"], repr(r["score"]), r["rank"]])
+    atomic_write_bytes(path, buf.getvalue().encode())
