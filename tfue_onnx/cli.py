@@ -519,14 +519,18 @@ def _parse_floats(name, text):
                             f"e.g. {name} {example}") from None
 
 
+def inputs_command(f):
+    """MODEL and INPUTS with the perturbation, model, runtime and image option groups:
+    the commands that run a model on input files (run, evaluate, rank)."""
+    for group in (IMAGE_OPTIONS, RUNTIME_OPTIONS, MODEL_OPTIONS, PERTURBATION_OPTIONS):
+        f = group(f)
+    f = click.argument("inputs", nargs=-1, required=True, type=click.Path())(f)
+    return click.argument("model", type=click.Path())(f)
+
+
 # --- run --------------------------------------------------------------------------------
 @main.command()
-@click.argument("model", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@PERTURBATION_OPTIONS
-@MODEL_OPTIONS
-@RUNTIME_OPTIONS
-@IMAGE_OPTIONS
+@inputs_command
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for NAME.npz, NAME.variance.png and summary.json.")
 @click.option("--save-samples", is_flag=True, help="Also store the N samples in the .npz.")
@@ -720,12 +724,7 @@ def _exit_for(summary):
 
 # --- rank ---------------------------------------------------------------------------------
 @main.command()
-@click.argument("model", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@PERTURBATION_OPTIONS
-@MODEL_OPTIONS
-@RUNTIME_OPTIONS
-@IMAGE_OPTIONS
+@inputs_command
 @click.option("--by", type=click.Choice(RANK_SCORES), default="mean", show_default=True,
               help="The score: mean, max or p95 of the variance map; entropy or bald "
                    "(mutual information) for class probabilities.")
@@ -850,12 +849,7 @@ def _refuse_existing(paths, force):
 
 
 @main.command()
-@click.argument("model", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@PERTURBATION_OPTIONS
-@MODEL_OPTIONS
-@RUNTIME_OPTIONS
-@IMAGE_OPTIONS
+@inputs_command
 @PAIR_OPTIONS
 @click.option("--block-grid", type=int, default=None,
               help="Use square blocks N px on a side instead of the local center of mass.")
