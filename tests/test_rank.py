@@ -90,7 +90,25 @@ def test_rank_from_the_command_line(cli, toy, tmp_path, x8):
     assert r.exit_code == 0, r.output
     assert "ranked 3 input(s) by max" in r.stdout
     assert len(os.listdir(tmp_path / "pick")) == 1
+    from PIL import Image
+
+    with Image.open(tmp_path / "r" / "top.png") as im:  # one row: --top 1
+        assert 300 <= im.size[1] <= 500 and im.size[0] >= 400
     rows = (tmp_path / "r" / "ranking.csv").read_text().splitlines()[1:]
     assert [int(row.rsplit(",", 1)[1]) for row in rows] == [1, 2, 3]
     r = cli("rank", toy(), *files, "--method", "noise", "--top", 2, "-o", tmp_path / "r2")
     assert r.exit_code == 2 and "--top and --copy-to go together" in r.output
+
+
+def test_contact_sheet_shows_the_top_rows_in_rank_order(toy, tmp_path, x8):
+    from PIL import Image
+
+    from tfue_onnx.rank import contact_sheet
+
+    files = _inputs(tmp_path, x8)
+    est = Estimator(toy(), Noise(0.2, at="0.5"), samples=2, seed=1)
+    ranking = rank_inputs(est, files, "mean")
+    one = contact_sheet(est, ranking, 1, str(tmp_path / "one.png"))
+    three = contact_sheet(est, ranking, 3, str(tmp_path / "three.png"))
+    with Image.open(one) as a, Image.open(three) as b:
+        assert b.size[0] == a.size[0] and b.size[1] > 2 * a.size[1]  # a row per input

@@ -741,7 +741,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     """
     from .files import check_out_dir
     from .io import check_image_options, collect_inputs
-    from .rank import copy_top, rank_inputs
+    from .rank import contact_sheet, copy_top, rank_inputs
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
@@ -762,8 +762,10 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
         _notes(est, verbose)
     for r in ranking[:10]:
         click.echo(f"{r['rank']:4d}  {r['score']:.4g}  {r['input']}")
+    sheet = contact_sheet(est, ranking, top or 8, os.path.join(out_dir, "top.png"), options)
     copied = copy_top(ranking, top, copy_to) if top else []
     click.echo(f"ranked {len(ranking)} input(s) by {by}: {os.path.join(out_dir, 'ranking.csv')}"
+               + (f", {sheet}" if os.path.exists(sheet) else "")
                + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
 
 

@@ -101,7 +101,7 @@ def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None)
 
 
 def panels(path: str, rows: list, titles: list, title: str | None = None,
-           cell: tuple = (3.2, 3.0)) -> None:
+           cell: tuple = (3.2, 3.0), row_titles=None) -> None:
     """A labelled grid of pictures written to ``path`` (PNG, atomically), one matplotlib
     figure, closed after saving.
 
@@ -120,6 +120,7 @@ def panels(path: str, rows: list, titles: list, title: str | None = None,
         titles: the column titles.
         title: the figure's title.
         cell: (width, height) of one cell in inches (100 pixels each).
+        row_titles: one label per row, beside its first cell (None: none).
     """
     plt = _pyplot()
     ncols = len(titles)
@@ -137,6 +138,8 @@ def panels(path: str, rows: list, titles: list, title: str | None = None,
                 ax.axis("off")
             else:
                 _draw_cell(fig, ax, *cell_)
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=9)
     if title:  # wrapped to the figure's width (about 14 characters an inch at size 10)
         import textwrap
 

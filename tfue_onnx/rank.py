@@ -104,6 +104,31 @@ def rank_inputs(estimator, files, by: str = "mean", options=None, out_dir=None,
     return ranking
 
 
+def contact_sheet(estimator, ranking: list, count: int, path: str, options=None) -> str:
+    """``path`` (PNG): the ``count`` highest-ranked inputs, one row each (rank, file,
+    score): the output and its uncertainty map with a colour bar (``plots.panels``);
+    each input runs again (the same seed, so the same map). Inputs whose output is no
+    image are left out. Returns ``path``.
+    """
+    from .io import ImageOptions, load_input
+    from .plots import UNITS, panels
+    from .report import picture_of
+
+    rows, labels = [], []
+    for r in ranking[:count]:
+        feeds = load_input(r["input"], estimator.info.inputs, options or ImageOptions())
+        shown = picture_of(estimator(feeds), os.path.basename(r["input"]))
+        if shown is None:
+            continue
+        rows.append([shown["output"], ("map", shown["map"], UNITS[shown["kind"]])])
+        labels.append(f"#{r['rank']} {os.path.basename(r['input'])}\nscore {r['score']:.3g}")
+    if rows:
+        panels(path, rows, ["output", "uncertainty (each on its own scale)"],
+               f"the {len(rows)} most uncertain of {len(ranking)} inputs",
+               row_titles=labels)
+    return path
+
+
 def copy_top(ranking: list, top: int, copy_to: str) -> list:
     """Copy (never move) the ``top`` highest-ranked input files into ``copy_to`` (made if
     needed); return the copies' paths.
