@@ -159,3 +159,20 @@ def test_check_new_file_refuses_what_cannot_be_written(tmp_path, monkeypatch):
 def test_export_to_a_folder_the_system_refuses_is_one_line_before_any_work(cli, toy, tmp_path):
     r = cli("export", toy(), "-o", "/proc/x.onnx", "--method", "noise")
     assert r.exit_code == 2 and "not writable" in r.output and "Traceback" not in r.output
+
+
+def test_resumable_logs_keep_records_of_the_same_settings_only(tmp_path):
+    from tfue_onnx.files import append_log, read_log
+
+    log = str(tmp_path / "x.jsonl")
+    assert read_log(log, {"a": 1}, "x", "h") == []
+    append_log(log, {"a": 1, "b": (2, 3)}, {"k": 1})
+    append_log(log, {"a": 1, "b": (2, 3)}, {"k": 2})
+    lines = open(log).read().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0]) == {"config": {"a": 1, "b": [2, 3]}}
+    assert read_log(log, {"a": 1, "b": (2, 3)}, "x", "h") == [{"k": 1}, {"k": 2}]
+    with pytest.raises(TfueError, match=r"holds runs of others \(a differ\)") as err:
+        read_log(log, {"a": 5, "b": (2, 3)}, "runs of others", "start over")
+    assert err.value.hint == "start over"
+    assert read_log(log, {"a": 5}, "runs of others", "start over", force=True) == []
+    assert not os.path.exists(log)

@@ -2,8 +2,10 @@
 
 Every file is written to a temporary name in its folder and renamed into place,
 so a crash never leaves a half-written file, and nothing that exists is
-overwritten unless the caller says ``force``. Imports only ``errors``: every
-stage (the cache, external data, reports, sweeps) writes through here.
+overwritten unless the caller says ``force``. Resumable JSON-lines logs (a sweep's
+points, a ranking's scores) are the exception: appended and flushed line by line, so a
+stopped run keeps what it finished (``read_log``, ``append_log``). Imports only
+``errors``: every stage (the cache, external data, reports, sweeps) writes through here.
 """
 
 from __future__ import annotations
@@ -223,3 +225,51 @@ def save_json(path: str, obj) -> None:
     what JSON cannot hold as ``str``) atomically, with a final newline."""
     atomic_write_bytes(path, (json.dumps(plain_json(obj), indent=2, default=str) + "\n")
                        .encode())
+
+
+def read_log(path: str, config: dict, what: str, hint: str, force: bool = False,
+             default=str) -> list:
+    """The records of a resumable JSON-lines log (sweep.jsonl, scores.jsonl): a first
+    line ``{"config": ...}``, then one record per finished piece of work.
+
+    Args:
+        path: the log file; missing: no records.
+        config: this run's settings (JSON-able through ``default``), which the log's
+            must equal for its records to count.
+        what: how the refusal names the log's content ("a sweep with other settings").
+        hint: the refusal's hint.
+        force: a log of other settings is removed instead of refused.
+
+    Returns:
+        The records after the config line ([] for a new or removed log).
+
+    Raises:
+        TfueError: the log holds other settings (the differing ones named), without
+            ``force``.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    wanted = json.loads(json.dumps(config, default=default))
+    if lines and lines[0].get("config") == wanted:
+        return lines[1:]
+    if not force:
+        theirs = (lines[0].get("config") or {}) if lines else {}
+        differ = sorted(k for k in set(theirs) | set(wanted) if theirs.get(k) != wanted.get(k))
+        raise TfueError(f"'{path}' holds {what} ({', '.join(differ) or 'unreadable'} differ)",
+                        hint)
+    os.remove(path)
+    return []
+
+
+def append_log(path: str, config: dict, record: dict, default=str) -> None:
+    """Append ``record`` to the log at ``path`` (its config line first when the log is
+    new), flushed to disk at once: a stopped run loses nothing it finished."""
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write(json.dumps({"config": config}, default=default) + "\n")
+        f.write(json.dumps(record, default=default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

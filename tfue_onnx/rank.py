@@ -10,7 +10,6 @@ ranking of a large folder resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -84,18 +83,22 @@ def rank_inputs(estimator, files, by: str = "mean", options=None, out_dir=None,
         TfueError: an input cannot be read or run, ``out_dir`` holds scores of other
             settings, or cannot be written.
     """
+    from .files import append_log, prepare_out_dir, read_log
     from .io import ImageOptions, load_input
 
     check_score(by)
     options = options or ImageOptions()
     config = {"model": estimator.path, **estimator.describe(), "by": by}
-    scores = _resume(out_dir, config)
-    todo = [f for f in files if os.fspath(f) not in scores]
+    log = None if out_dir is None else os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
+    scores = {} if log is None else {r["input"]: float(r["score"]) for r in read_log(
+        log, config, "scores of other settings",
+        "choose another --out folder, or remove that file to start over")}
+    todo = [os.fspath(f) for f in files if os.fspath(f) not in scores]
     for path in progress(todo) if progress and todo else todo:
-        result = estimator(load_input(os.fspath(path), estimator.info.inputs, options))
-        scores[os.fspath(path)] = image_score(result, by)
-        if out_dir is not None:
-            _append(out_dir, config, {"input": os.fspath(path), "score": scores[os.fspath(path)]})
+        result = estimator(load_input(path, estimator.info.inputs, options))
+        scores[path] = image_score(result, by)
+        if log is not None:
+            append_log(log, config, {"input": path, "score": scores[path]})
     wanted = [os.fspath(f) for f in files]
     order = sorted(wanted, key=lambda f: (np.isnan(scores[f]), -np.nan_to_num(scores[f])))
     ranking = [{"input": f, "score": scores[f], "rank": k} for k, f in enumerate(order, 1)]
@@ -151,34 +154,6 @@ def copy_top(ranking: list, top: int, copy_to: str) -> list:
     for src, dst in zip(picked, targets):
         shutil.copy2(src, dst)
     return targets
-
-
-def _resume(out_dir, config) -> dict:
-    """input -> score already in ``out_dir``/scores.jsonl for the same settings."""
-    if out_dir is None:
-        return {}
-    path = os.path.join(out_dir, "scores.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    if not lines or lines[0].get("config") != json.loads(json.dumps(config, default=str)):
-        raise TfueError(f"'{path}' holds scores of other settings",
-                        "choose another --out folder, or remove that file to start over")
-    return {r["input"]: float(r["score"]) for r in lines[1:]}
-
-
-def _append(out_dir, config, record) -> None:
-    """One line per scored input, flushed at once: a stopped ranking loses nothing."""
-    from .files import prepare_out_dir
-
-    path = os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
-    new = not os.path.exists(path)
-    with open(path, "a") as f:
-        if new:
-            f.write(json.dumps({"config": config}, default=str) + "\n")
-        f.write(json.dumps(record) + "\n")
-        f.flush()
 
 
 def _write_csv(path: str, ranking: list) -> None:

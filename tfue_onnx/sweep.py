@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics
 from .errors import ArgumentError, TfueError
 from .evaluate import evaluate
-from .files import atomic_write_bytes, prepare_out_dir, save_json
+from .files import append_log, atomic_write_bytes, prepare_out_dir, read_log, save_json
 from .layout import evenly_spaced
 from .metrics import metric_interval, metric_value
 
@@ -227,10 +227,8 @@ def _sweep_location(plan, method, cand, todo, points, baseline):
         if baseline is not None and not any(p.get("baseline") for p in points):
             point["baseline"] = baseline  # stored once, for a resumed sweep
         points.append(point)
-        if out_dir is not None:
-            if not os.path.exists(os.path.join(out_dir, "sweep.jsonl")):
-                _append(out_dir, {"config": config})
-            _append(out_dir, point)
+        if out_dir is not None:  # the config line comes with the first finished point
+            append_log(os.path.join(out_dir, "sweep.jsonl"), config, point, _jsonable)
         if plan["progress"]:
             plan["progress"](len(points), plan["total"], point)
     return baseline
@@ -309,29 +307,11 @@ def _resume(out_dir, config, force) -> dict:
     folder made, and proved writable, first)."""
     if out_dir is None:
         return {}
-    path = os.path.join(prepare_out_dir(out_dir), "sweep.jsonl")
-    if not os.path.exists(path):
-        return {}  # the config line is written with the first finished point
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    if not lines or lines[0].get("config") != config:
-        if not force:
-            theirs = (lines[0].get("config") or {}) if lines else {}
-            differ = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
-            raise TfueError(f"'{path}' holds a sweep with other settings ("
-                            f"{', '.join(differ) or 'unreadable'} differ)",
-                            "choose another --out folder, or pass --force to start over")
-        os.remove(path)
-        return {}
-    return {_point_key(p): p for p in lines[1:] if "method" in p}
-
-
-def _append(out_dir, record) -> None:
-    # One line per finished point, flushed at once: a stopped sweep loses nothing.
-    with open(os.path.join(out_dir, "sweep.jsonl"), "a") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    records = read_log(os.path.join(prepare_out_dir(out_dir), "sweep.jsonl"), config,
+                       "a sweep with other settings",
+                       "choose another --out folder, or pass --force to start over", force,
+                       default=_jsonable)
+    return {_point_key(p): p for p in records if "method" in p}
 
 
 def _jsonable(value):
