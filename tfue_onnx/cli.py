@@ -148,23 +148,14 @@ class _progress:
 
     def samples(self, path):
         """``progress(done, total)`` for ``path``'s samples, redrawing the bar."""
-        start = last = time.perf_counter()
-
-        def say(done, total):
-            nonlocal last
-            now = time.perf_counter()
-            if now - last < BAR_EVERY and done < total:
-                return
-            last = now
-            self.detail = f"{done}/{total} samples" + _eta(now - start, done, total - done)
+        def show(text):
+            self.detail = text
             self.bar.render_progress()
-        return say
+        return _sample_counter(BAR_EVERY, show, last_too=True)
 
     def __iter__(self):
-        with self.bar as bar:
-            for item in bar:
-                self.detail = ""
-                yield item
+        with self.bar as bar:  # _show drops the last input's count when the item changes
+            yield from bar
 
 
 def _bar_samples(path):
@@ -213,16 +204,26 @@ BAR_EVERY = float(os.environ.get("TFUE_BAR_EVERY", 0.25))
 def _samples_said(path):
     """A ``progress(done, total)`` for one input's samples: a line on stderr at most
     every SAMPLES_EVERY seconds (long inputs show they are alive), with an ETA."""
-    start = time.perf_counter()
-    last = [start]
+    return _sample_counter(SAMPLES_EVERY, lambda text: _say(
+        f"tfue: sampling {_item_name(path)}: {text}"), last_too=False)
 
-    def say(done, total):
+
+def _sample_counter(every: float, show, last_too: bool):
+    """``progress(done, total)`` calling ``show("{done}/{total} samples (ETA ..)")`` at
+    most every ``every`` seconds from the first call's time; the last call (done ==
+    total) too when ``last_too``, else never."""
+    start = last = time.perf_counter()
+
+    def count(done, total):
+        nonlocal last
         now = time.perf_counter()
-        if done < total and now - last[0] >= SAMPLES_EVERY:
-            last[0] = now
-            _say(f"tfue: sampling {_item_name(path)}: {done}/{total} samples"
-                 + _eta(now - start, done, total - done))
-    return say
+        if done >= total and not last_too:
+            return
+        if now - last < every and done < total:
+            return
+        last = now
+        show(f"{done}/{total} samples" + _eta(now - start, done, total - done))
+    return count
 
 
 def _progress_for_stderr():
