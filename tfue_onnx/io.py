@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .errors import ArgumentError, TfueError
-from .layout import LAYOUTS, array_layout, image_layout, with_batch
+from .layout import LAYOUTS, array_layout, check_layout, image_layout, with_batch
 
 __all__ = ["IMAGE_EXTS", "ARRAY_EXTS", "LAYOUTS", "ImageOptions", "collect_inputs",
            "check_image_options", "read_npy", "read_npz", "npz_feeds", "load_input",
@@ -91,8 +91,7 @@ class ImageOptions:
     resize: tuple | None = None  # (H, W); default: the model's fixed size, else the image's
 
     def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise ArgumentError(f"unknown layout {self.layout!r}", "use auto, NCHW or NHWC")
+        check_layout(self.layout)
         if self.channel_order not in ("rgb", "bgr"):
             raise ArgumentError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
         try:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # types only: importing this module loads no onnx
 IMAGE_CHANNELS = (1, 3)  # what a declared channel axis of an image holds
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
-__all__ = ["LAYOUTS", "declared_layout", "image_layout", "image_axes", "image_input",
-           "array_layout", "with_batch", "evenly_spaced"]
+__all__ = ["LAYOUTS", "check_layout", "declared_layout", "image_layout", "image_axes",
+           "image_input", "array_layout", "with_batch", "evenly_spaced"]
 
 
 def declared_layout(shape) -> str | None:
@@ -46,6 +46,17 @@ def declared_layout(shape) -> str | None:
     return None
 
 
+def check_layout(layout) -> str:
+    """``layout`` when it is one of LAYOUTS (auto, NCHW, NHWC).
+
+    Raises:
+        ArgumentError (a ValueError): any other value.
+    """
+    if layout not in LAYOUTS:
+        raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
+    return layout
+
+
 def image_layout(inp: TensorInfo, layout: str = "auto") -> str:
     """The layout (NCHW or NHWC) of a 4-D image input.
 
@@ -60,9 +71,7 @@ def image_layout(inp: TensorInfo, layout: str = "auto") -> str:
     if shape is None or len(shape) != 4:
         raise TfueError(f"input '{inp.name}' has shape {shape}, not a 4-D image batch",
                         "feed a .npy/.npz array instead of an image")
-    if layout not in LAYOUTS:
-        raise ArgumentError(f"unknown layout {layout!r}", "use auto, NCHW or NHWC")
-    if layout != "auto":
+    if check_layout(layout) != "auto":
         return layout
     found = declared_layout(shape)
     if found is None:

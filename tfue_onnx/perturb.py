@@ -11,7 +11,8 @@ import math
 import os
 
 from .errors import ArgumentError
-from .names import LAYOUTS, METHODS, SIGMA_MODES
+from .layout import check_layout
+from .names import METHODS, SIGMA_MODES
 
 
 def _check_number(name: str, value, hint: str) -> float:
@@ -325,9 +326,7 @@ class Transform:
     def __post_init__(self):
         from .transforms import parse_transforms
 
-        if self.layout not in LAYOUTS:
-            raise ArgumentError(f"unknown layout {self.layout!r}",
-                                "use --layout auto, --layout NCHW or --layout NHWC")
+        check_layout(self.layout)
         elements = tuple(parse_transforms(self.transforms))
         object.__setattr__(self, "elements", elements)
 

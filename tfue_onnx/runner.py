@@ -20,7 +20,7 @@ from .errors import ArgumentError, TfueError
 from .external import save_model, writes_data_file
 from .files import check_new_file
 from .model import ModelInfo, load_model
-from .names import LAYOUTS
+from .layout import check_layout
 from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
                       check_level, check_max_memory, check_samples, check_seed)
 from .autotune import Autotune, check_threads, choose_trial, shapes_text, threads_text
@@ -659,8 +659,7 @@ def _check_options(layout, class_axis, classify, io_binding, provider, softmax,
         if not isinstance(flag, (bool, np.bool_)):
             raise ArgumentError(f"{name} must be True or False, got {flag!r}",
                                 f"e.g. {name}=True")
-    if layout not in LAYOUTS:
-        raise ArgumentError(f"unknown layout {layout!r}", "use --layout auto, NCHW or NHWC")
+    check_layout(layout)
     if provider not in PROVIDERS:
         raise ArgumentError(f"unknown provider {provider!r}",
                             "use --provider " + ", ".join(PROVIDERS))
