@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import ArgumentError, TfueError
 from .layout import LAYOUTS, array_layout, check_layout, image_layout, with_batch
+from .names import CHANNEL_ORDERS
 
 __all__ = ["IMAGE_EXTS", "ARRAY_EXTS", "LAYOUTS", "ImageOptions", "collect_inputs",
            "check_image_options", "read_npy", "read_npz", "npz_feeds", "load_input",
@@ -92,7 +93,7 @@ class ImageOptions:
 
     def __post_init__(self):
         check_layout(self.layout)
-        if self.channel_order not in ("rgb", "bgr"):
+        if self.channel_order not in CHANNEL_ORDERS:
             raise ArgumentError(f"unknown channel order {self.channel_order!r}", "use rgb or bgr")
         try:
             scale = float(self.scale)

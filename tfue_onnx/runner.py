@@ -31,7 +31,7 @@ from .memory import (DEFAULT_CHUNK, DEFAULT_MAX_MEMORY, MAX_AUTO_CHUNK, check_ch
                      split_sizes)
 from .results import OutputStats, Result
 from .selection import StrategySelection, spread_text
-from .session import PROVIDERS, device_feeds, run_bound, run_session
+from .session import check_provider, device_feeds, run_bound, run_session
 from .stats import RunningStats, entropy, winning_class_variance
 
 EXPORT_SAMPLING_NOTE = ("in-graph: onnxruntime's seeded RandomNormalLike/RandomUniformLike; each "
@@ -660,9 +660,7 @@ def _check_options(layout, class_axis, classify, io_binding, provider, softmax,
             raise ArgumentError(f"{name} must be True or False, got {flag!r}",
                                 f"e.g. {name}=True")
     check_layout(layout)
-    if provider not in PROVIDERS:
-        raise ArgumentError(f"unknown provider {provider!r}",
-                            "use --provider " + ", ".join(PROVIDERS))
+    check_provider(provider)
     if isinstance(class_axis, bool) or not isinstance(class_axis, (int, np.integer)):
         raise ArgumentError(f"class axis must be a whole number, got {class_axis!r}",
                             "e.g. --class-axis 1")

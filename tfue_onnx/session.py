@@ -167,6 +167,17 @@ def _graph_only(model):
     return model
 
 
+def check_provider(provider) -> str:
+    """``provider`` when it is one of PROVIDERS (auto, cpu, cuda).
+
+    Raises:
+        ArgumentError (a ValueError): any other value.
+    """
+    if provider not in PROVIDERS:
+        raise ArgumentError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
+    return provider
+
+
 def create_session(model, provider: str = "auto", prepack: bool = True,
                    threads: int | None = None):
     """Create an InferenceSession on ``provider`` (auto, cpu or cuda).
@@ -191,8 +202,7 @@ def create_session(model, provider: str = "auto", prepack: bool = True,
             onnxruntime cannot load.
     """
     global _cuda_failed
-    if provider not in PROVIDERS:
-        raise ArgumentError(f"unknown provider {provider!r}", "use auto, cpu or cuda")
+    check_provider(provider)
     ort = _ort()
     if not prepack:
         prepack = packed_bytes(_graph_only(model)) < PACK_FREE_BYTES
