@@ -26,17 +26,14 @@ def write_weights(out_dir: str, stem: str, result, weights) -> str:
     Raises:
         TfueError: the result has no variance (``--method entropy``).
     """
-    import io
-
-    from .files import atomic_write_bytes
+    from .files import atomic_write
 
     if result.variance is None:
         raise TfueError("loss weights come from a variance map; --method entropy has none",
                         "drop --weights, or use a sampling method")
-    buf = io.BytesIO()
-    np.save(buf, weights(result.variance))
+    w = weights(result.variance)
     path = os.path.join(out_dir, stem + ".weights.npy")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, lambda f: np.save(f, w))
     return path
 
 
@@ -149,8 +146,9 @@ def write_result(out_dir: str, stem: str, result, source: str, compress: bool = 
 class Pictures:
     """How a run draws its pictures (``tfue run --shared-scale``, ``--overlay``).
 
-    With ``shared_scale`` every map of the run is drawn on one colour range, the
-    minimum and maximum over all of them, so the pictures are drawn when the run ends
+    With ``shared_scale`` every map of the run is drawn on one colour range, from the
+    lowest of their display ranges to the highest (``plots.display_range``: minimum to
+    99.5th percentile of each), so the pictures are drawn when the run ends
     (``finish``): each map is read back from its NAME.npz then, and only the overlay's
     background (uint8 [H, W, 3]) is held meanwhile. Otherwise each is drawn at once on
     its own range.
