@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write
 from .io import spatial_map
 
 
@@ -37,8 +35,8 @@ def method_words(meta: dict) -> str:
 def display_range(m) -> list | None:
     """[min, the TOP_PERCENTILE-th percentile of the values above the min] of a map's
     finite values: on a sparse map (a detector's, mostly 0) the percentile is taken
-    among the pixels that carry something, so their scale shows; the max when nothing
-    is above the min. None when no value is finite."""
+    among the pixels that carry something, so their scale shows; [min, min] when nothing
+    is above the min (a flat map). None when no value is finite."""
     finite = np.asarray(m, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if not finite.size:
@@ -62,10 +60,10 @@ def _pyplot():
 def _save(plt, fig, path: str) -> None:
     """Lay out ``fig``, write it to ``path`` as PNG (atomically) and close it."""
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None) -> None:
