@@ -107,3 +107,21 @@ def test_a_class_axis_outside_the_rank_is_refused(axis):
                                         "rank 4") as err:
         find_classes(info, classify=True, class_axis=axis)
     assert "--class-axis" in err.value.hint
+
+
+def test_bfloat16_outputs_are_not_float_outputs_numpy_can_reduce():
+    from onnx import TensorProto, helper
+
+    from tfue_onnx.classes import find_classes
+    from tfue_onnx.feeds import check_inputs_fit
+    from tfue_onnx.model import ModelInfo
+    from tfue_onnx.perturb import Transform
+
+    b = TensorProto.BFLOAT16
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", b, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", b, [1, 3, 8, 8])])
+    info = ModelInfo(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert find_classes(info, classify=True) == ({}, [])
+    with pytest.raises(TfueError, match="infer-transformation needs one image input"):
+        check_inputs_fit(info, Transform("flips"))

@@ -8,7 +8,8 @@ winning class's variance are computed for it (runner, stats.py).
 from __future__ import annotations
 
 from .errors import ArgumentError
-from .model import FLOAT_TYPES, ModelInfo
+from .model import ModelInfo
+from .names import FLOAT_DTYPES
 
 # Ops that pass a tensor's values through with the same axes.
 _SAME_AXES = ("Identity", "Cast", "Dropout")
@@ -36,7 +37,7 @@ def find_classes(info: ModelInfo, softmax: bool = False, classify="auto",
         ArgumentError (a ValueError): ``class_axis`` is outside an output's rank.
     """
     notes = []
-    floats = [o for o in info.outputs if o.dtype in FLOAT_TYPES.values()]
+    floats = [o for o in info.outputs if o.dtype in FLOAT_DTYPES]
 
     def axis_of(o):
         rank = len(o.shape) if o.shape is not None else None

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ArgumentError, TfueError
-from .model import FLOAT_TYPES, ModelInfo
+from .model import ModelInfo
+from .names import FLOAT_DTYPES
 from .perturb import Transform
 
 
@@ -129,7 +130,7 @@ def check_inputs_fit(info: ModelInfo, spec) -> None:
     if not isinstance(spec, Transform):
         return
     inputs = info.inputs
-    if len(inputs) == 1 and inputs[0].dtype in FLOAT_TYPES.values() and inputs[0].shape is not None \
+    if len(inputs) == 1 and inputs[0].dtype in FLOAT_DTYPES and inputs[0].shape is not None \
             and len(inputs[0].shape) in (3, 4):
         return
     listed = ", ".join(f"{i.name} {i.dtype} " + ("[rank unknown]" if i.shape is None else

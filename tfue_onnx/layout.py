@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ArgumentError, TfueError
-from .names import LAYOUTS
+from .names import FLOAT_DTYPES, LAYOUTS
 
 if TYPE_CHECKING:  # types only: importing this module loads no onnx
     from .model import ModelInfo, TensorInfo
 
 IMAGE_CHANNELS = (1, 3)  # what a declared channel axis of an image holds
-FLOAT_DTYPES = ("float32", "float64", "float16")
 
 __all__ = ["LAYOUTS", "check_layout", "declared_layout", "image_layout", "image_axes",
            "image_input", "array_layout", "with_batch", "evenly_spaced"]

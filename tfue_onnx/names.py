@@ -7,6 +7,9 @@ Providers are ``session.PROVIDERS``; metrics ``sweep.METRICS``.
 # The package version (setup.cfg reads it from here).
 VERSION = "0.1.0"
 
+# Float element types numpy (and so tfue's statistics) handles; bfloat16 is not one.
+FLOAT_DTYPES = ("float32", "float64", "float16")
+
 # How the CLI names the perturbation methods (``perturb.make_spec`` takes them).
 METHODS = ("noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy")
 # Methods ``--at auto`` / ``choose.choose_location`` choose a location for.
@@ -25,5 +28,5 @@ WEIGHT_FORMULAS = ("linear", "normalized")
 # What `tfue rank` scores an input by (rank.py).
 RANK_SCORES = ("mean", "max", "p95", "entropy", "bald")
 
-__all__ = ["VERSION", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
+__all__ = ["VERSION", "FLOAT_DTYPES", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
            "GRAPH_STRATEGIES", "STRATEGIES", "WEIGHT_FORMULAS", "RANK_SCORES"]

@@ -29,6 +29,7 @@ from ..convert import MIN_OPSET, conversion_command
 from ..errors import ArgumentError, TfueError
 from ..layout import image_axes
 from ..model import ModelInfo, load_model
+from ..names import FLOAT_DTYPES
 from ..transforms import ELEMENTS, usable_sets
 from .builder import (Builder, StrategyUnavailable, attach_stats, clone_nodes,
                       finish, prefix_for, rewire, stacked_name, stats_outputs)
@@ -200,7 +201,7 @@ def _transformed_copies(graph: gs.Graph, info: ModelInfo, b: Builder, groups, x,
             mapping = clone_nodes(graph, original_nodes, {id(x): x_g}, f"{b.prefix}copy{gi}/")
             ys = [mapping[id(o)] for o in outputs]
         for o, y_g in zip(info.outputs, ys):
-            odt = np.dtype(o.dtype) if o.dtype in ("float32", "float64", "float16") else None
+            odt = np.dtype(o.dtype) if o.dtype in FLOAT_DTYPES else None
             parts = b.split(y_g, len(group), odt) if len(group) > 1 else [y_g]
             oaxes = out_axes.outputs.get(o.name)
             for e, part in zip(group, parts):
