@@ -129,6 +129,11 @@ class TfueError(Exception):
         self.message = message
         self.hint = hint
 
+    def about(self, what: str) -> "TfueError":
+        """The same error (type and hint) about ``what``: "WHAT: MESSAGE", to name which
+        of several inputs it concerns."""
+        return type(self)(f"{what}: {self.message}", self.hint)
+
     def cli_text(self) -> str:
         """The error as the command line says it: "MESSAGE. Hint: HINT"."""
         if self.hint:

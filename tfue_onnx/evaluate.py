@@ -202,7 +202,7 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
         try:
             err = metrics.error_map(res.output, target, "l1")  # checks the shapes too
         except TfueError as exc:  # which pair it is
-            raise type(exc)(f"'{pair.source}': {exc.message}", exc.hint) from exc
+            raise exc.about(f"'{pair.source}'") from exc
         if not np.all(np.isfinite(target)):
             raise TfueError(f"the target of '{pair.source}' holds "
                             f"{int(np.size(target) - np.count_nonzero(np.isfinite(target)))} "

@@ -502,7 +502,7 @@ def _read_inputs(estimator, files, options, note) -> list:
         try:
             feeds = estimator.check_feeds(feeds)
         except TfueError as exc:  # which of the inputs it is
-            raise type(exc)(f"{path}: {exc.message}", exc.hint) from exc
+            raise exc.about(path) from exc
         first = feeds if first is None else first
         held += sum(int(np.asarray(v).nbytes) for v in feeds.values())
         kept.append(feeds if held <= KEEP_READ_BYTES else None)
