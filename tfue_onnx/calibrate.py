@@ -15,7 +15,17 @@ element, with ``s = sqrt(variance)`` (output units) and ``e = |output - target|`
   the calibration distribution, not for each pixel or each image, and pixels of one
   image are not independent.
 
-Elements where ``s`` is 0 score with ``s`` floored at ``S_FLOOR`` times the mean ``s``.
+Elements where ``s`` is 0 score with ``s`` floored at ``S_FLOOR`` times the mean ``s``
+(and their intervals use that floor too).
+
+How well a calibration holds on held-out pairs (:class:`Assessment`): the empirical
+coverage and mean width of the intervals, and the expected normalized calibration error
+(ENCE, Levi et al. 2022, "Evaluating and calibrating uncertainty prediction in
+regression tasks"): elements are put in bins by their predicted standard deviation
+(equal-count bins, edges fixed on the calibration set); per bin the root mean variance
+RMV = sqrt(mean sigma^2) and the RMSE = sqrt(mean e^2);
+``ENCE = mean over bins of |RMV - RMSE| / RMV``. It is given for the raw ``s`` and for
+the calibrated standard deviation ``sqrt(E[e^2 | s])`` (a second isotonic map).
 """
 
 from __future__ import annotations
@@ -27,8 +37,13 @@ import numpy as np
 
 from .errors import ArgumentError, TfueError
 
-BINS = 200  # quantile bins of s for the isotonic fit
+BINS = 64  # quantile bins of s for the isotonic fits
+RELIABILITY_BINS = 10  # equal-count bins of s for ENCE and the reliability diagram
 S_FLOOR = 1e-6  # relative to the mean s: where s = 0, the score's denominator
+
+_FIELDS = {"coverage": float, "q": float, "scale": float, "knots_s": tuple,
+           "knots_e": tuple, "knots_rmse": tuple, "bin_edges": tuple, "count": int,
+           "floor": float}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +52,16 @@ class Calibration:
 
     Attributes:
         coverage: the interval's target coverage 1 - alpha, in (0, 1).
-        q: the conformal quantile of e / s (intervals are ``output ± q * s``).
+        q: the conformal quantile of e / s (intervals are ``output ± q * max(s, floor)``).
         scale: ``a`` of the one-parameter fit ``E[e] = a * s``.
-        knots_s, knots_e: the isotonic map's knots (s ascending, E[e] non-decreasing),
-            in output units.
+        knots_s: the isotonic maps' knots in s (ascending, output units).
+        knots_e: E[e] at each knot (non-decreasing, output units).
+        knots_rmse: sqrt(E[e^2]) at each knot (non-decreasing, output units): the
+            calibrated standard deviation.
+        bin_edges: the interior edges of the reliability bins in s (calibration-set
+            quantiles; ``RELIABILITY_BINS - 1`` of them, fewer where values tie).
         count: the number of calibration elements.
-        floor: the s used where s is 0 (output units).
+        floor: the s used where s is smaller (output units).
     """
 
     coverage: float
@@ -50,19 +69,31 @@ class Calibration:
     scale: float
     knots_s: tuple
     knots_e: tuple
+    knots_rmse: tuple
+    bin_edges: tuple
     count: int
     floor: float
 
+    def std(self, variance) -> np.ndarray:
+        """s = sqrt(variance), floored at ``floor`` (float64, the variance's shape)."""
+        v = np.maximum(np.asarray(variance, dtype=np.float64), 0.0)
+        return np.maximum(np.sqrt(v), self.floor)
+
     def expected_error(self, variance) -> np.ndarray:
-        """E[|error|] per element of a variance map (output units; float64, its shape)."""
-        s = np.sqrt(np.maximum(np.asarray(variance, dtype=np.float64), 0.0))
-        return np.interp(s, self.knots_s, self.knots_e)
+        """E[|error|] per element of a variance map (output units; float64, its shape):
+        the isotonic map read by linear interpolation, flat beyond its end knots."""
+        return np.interp(self.std(variance), self.knots_s, self.knots_e)
+
+    def calibrated_std(self, variance) -> np.ndarray:
+        """sqrt(E[error^2]) per element (output units; float64, the variance's shape)."""
+        return np.interp(self.std(variance), self.knots_s, self.knots_rmse)
 
     def interval(self, output, variance) -> tuple:
-        """``(lower, upper) = output ∓ q * s`` per element (float64, the output's shape)."""
-        s = np.sqrt(np.maximum(np.asarray(variance, dtype=np.float64), 0.0))
+        """``(lower, upper) = output ∓ q * max(s, floor)`` per element (float64, the
+        output's shape)."""
+        half = self.q * self.std(variance)
         y = np.asarray(output, dtype=np.float64)
-        return y - self.q * s, y + self.q * s
+        return y - half, y + half
 
     def to_json(self) -> dict:
         """The fit as plain data (``Calibration.from_json`` reads it back)."""
@@ -74,21 +105,25 @@ class Calibration:
         """Read ``to_json``'s dict back.
 
         Raises:
-            TfueError: a field is missing or of the wrong kind.
+            TfueError: a field is missing or of the wrong kind, or the knots are not
+                ascending.
         """
         try:
-            return cls(coverage=float(data["coverage"]), q=float(data["q"]),
-                       scale=float(data["scale"]),
-                       knots_s=tuple(float(v) for v in data["knots_s"]),
-                       knots_e=tuple(float(v) for v in data["knots_e"]),
-                       count=int(data["count"]), floor=float(data["floor"]))
+            fields = {k: (tuple(float(v) for v in data[k]) if kind is tuple else kind(data[k]))
+                      for k, kind in _FIELDS.items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise TfueError(f"not a calibration ({type(exc).__name__}: {exc})",
-                            "give a calibration made by tfue_onnx.calibrate.fit") from None
+                            "give a calibration made by tfue calibrate") from None
+        s = np.asarray(fields["knots_s"])
+        if not (s.size and len(fields["knots_e"]) == s.size == len(fields["knots_rmse"])
+                and np.all(np.diff(s) > 0)):
+            raise TfueError("not a calibration (its knots are not ascending or differ in "
+                            "number)", "give a calibration made by tfue calibrate")
+        return cls(**fields)
 
 
 def fit(outputs, variances, targets, coverage: float = 0.9) -> Calibration:
-    """Fit the expected-error map and the conformal quantile on calibration pairs.
+    """Fit the expected-error maps and the conformal quantile on calibration pairs.
 
     Args:
         outputs, variances, targets: lists of arrays (one per image), each output, its
@@ -104,9 +139,15 @@ def fit(outputs, variances, targets, coverage: float = 0.9) -> Calibration:
             lengths or arrays of different shapes.
         TfueError: no finite element, or too few for the coverage (n < 1/alpha - 1).
     """
-    if not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
-        raise ArgumentError(f"coverage must be in (0, 1), got {coverage!r}", "e.g. 0.9")
-    s, e = _elements(outputs, variances, targets)
+    check_coverage(coverage)
+    return fit_elements(*_elements(outputs, variances, targets), coverage)
+
+
+def fit_elements(s: np.ndarray, e: np.ndarray, coverage: float = 0.9) -> Calibration:
+    """:func:`fit` on calibration elements given flat: ``s`` = sqrt(variance) and ``e`` =
+    |output - target| (float arrays of one length, finite; output units); same errors."""
+    coverage = check_coverage(coverage)
+    s, e = np.asarray(s, dtype=np.float64), np.asarray(e, dtype=np.float64)
     n = s.size
     rank = math.ceil((n + 1) * coverage)
     if n == 0 or rank > n:
@@ -114,11 +155,22 @@ def fit(outputs, variances, targets, coverage: float = 0.9) -> Calibration:
                         f"(the conformal quantile needs at least {math.ceil(1 / (1 - coverage)) - 1})",
                         "calibrate on more pairs, or ask for a lower coverage")
     floor = S_FLOOR * float(s.mean()) if s.mean() > 0 else S_FLOOR
-    q = float(np.partition(e / np.maximum(s, floor), rank - 1)[rank - 1])
-    scale = float((s * e).sum() / (s * s).sum()) if (s * s).sum() > 0 else 0.0
-    knots_s, knots_e = _isotonic(s, e)
+    s = np.maximum(s, floor)
+    q = float(np.partition(e / s, rank - 1)[rank - 1])
+    scale = float((s * e).sum() / (s * s).sum())
+    knots_s, knots_e, knots_rmse = _isotonic(s, e)
+    edges = np.unique(np.quantile(s, np.linspace(0, 1, RELIABILITY_BINS + 1)[1:-1]))
     return Calibration(coverage=float(coverage), q=q, scale=scale, knots_s=knots_s,
-                       knots_e=knots_e, count=int(n), floor=floor)
+                       knots_e=knots_e, knots_rmse=knots_rmse,
+                       bin_edges=tuple(float(v) for v in edges), count=int(n), floor=floor)
+
+
+def check_coverage(coverage) -> float:
+    """``coverage`` as a float in (0, 1); ArgumentError (a ValueError) otherwise."""
+    if isinstance(coverage, bool) or not (isinstance(coverage, (int, float))
+                                          and 0 < coverage < 1):
+        raise ArgumentError(f"coverage must be in (0, 1), got {coverage!r}", "e.g. 0.9")
+    return float(coverage)
 
 
 def _elements(outputs, variances, targets) -> tuple:
@@ -129,47 +181,217 @@ def _elements(outputs, variances, targets) -> tuple:
                             "give one variance and one target per output")
     ss, es = [], []
     for y, v, t in zip(outputs, variances, targets):
-        y, v, t = (np.asarray(a, dtype=np.float64) for a in (y, v, t))
-        if not (y.shape == v.shape == t.shape):
-            raise ArgumentError(f"output {y.shape}, variance {v.shape} and target {t.shape} "
-                                "differ in shape", "give arrays of the output's shape")
-        ok = np.isfinite(y) & np.isfinite(v) & np.isfinite(t)
-        ss.append(np.sqrt(np.maximum(v[ok], 0.0)))
-        es.append(np.abs(y[ok] - t[ok]))
+        s, e = elements(y, v, t)
+        ss.append(s)
+        es.append(e)
     return (np.concatenate(ss), np.concatenate(es)) if ss else (np.zeros(0), np.zeros(0))
 
 
+def elements(output, variance, target) -> tuple:
+    """(s, e) of one image: sqrt(variance) and |output - target| of its finite elements,
+    flat float64 arrays.
+
+    Raises:
+        ArgumentError (a ValueError): the three arrays differ in shape.
+    """
+    y, v, t = (np.asarray(a, dtype=np.float64) for a in (output, variance, target))
+    if not (y.shape == v.shape == t.shape):
+        raise ArgumentError(f"output {y.shape}, variance {v.shape} and target {t.shape} "
+                            "differ in shape", "give arrays of the output's shape")
+    ok = np.isfinite(y) & np.isfinite(v) & np.isfinite(t)
+    return np.sqrt(np.maximum(v[ok], 0.0)), np.abs(y[ok] - t[ok])
+
+
 def _isotonic(s: np.ndarray, e: np.ndarray) -> tuple:
-    """Knots of the monotone map s -> E[e]: isotonic regression of the mean e of quantile
-    bins of s on their mean s, weighted by the bins' counts."""
+    """Knots of the monotone maps s -> E[e] and s -> sqrt(E[e^2]): isotonic regressions of
+    the mean e (and e^2) of quantile bins of s on their mean s, weighted by the bins'
+    counts; knots collinear with their neighbours in both maps are dropped."""
     from scipy.optimize import isotonic_regression
 
     order = np.argsort(s, kind="stable")
     groups = np.array_split(order, min(BINS, s.size))
     mean_s = np.array([s[g].mean() for g in groups])
-    mean_e = np.array([e[g].mean() for g in groups])
     weights = np.array([g.size for g in groups], dtype=np.float64)
-    fitted = isotonic_regression(mean_e, weights=weights, increasing=True).x
-    return tuple(float(v) for v in mean_s), tuple(float(v) for v in fitted)
+    fitted = [isotonic_regression(np.array([f(e[g]) for g in groups]), weights=weights,
+                                  increasing=True).x for f in (np.mean, lambda a: np.mean(a * a))]
+    fitted[1] = np.sqrt(np.maximum(fitted[1], 0.0))
+    keep = _distinct(mean_s)
+    x, ys = mean_s[keep], [f[keep] for f in fitted]
+    keep = _needed(x, ys)
+    return tuple(tuple(float(v) for v in a[keep]) for a in (x, ys[0], ys[1]))
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+    """Indices keeping the first of each run of equal values of ascending ``x``."""
+    return np.flatnonzero(np.concatenate([[True], np.diff(x) > 0]))
+
+
+def _needed(x: np.ndarray, ys: list) -> np.ndarray:
+    """Indices of the knots (x, y) that linear interpolation needs: the two ends and every
+    knot where the slope of some y changes."""
+    if x.size <= 2:
+        return np.arange(x.size)
+    keep = [0]
+    for i in range(1, x.size - 1):
+        for y in ys:
+            left = (y[i] - y[keep[-1]]) / (x[i] - x[keep[-1]])
+            right = (y[i + 1] - y[i]) / (x[i + 1] - x[i])
+            if abs(left - right) > 1e-9 * max(abs(left), abs(right), 1e-300):
+                keep.append(i)
+                break
+    return np.array(keep + [x.size - 1])
+
+
+class Assessment:
+    """How a calibration holds on held-out pairs, accumulated one image at a time (no
+    element is kept): the intervals' coverage and width, expected vs observed error, and
+    ENCE (Levi et al. 2022) for the raw and the calibrated standard deviation, per
+    reliability bin of s (``calibration.bin_edges``).
+
+    ``add(output, variance, target)`` takes one image (arrays of one shape; non-finite
+    elements are left out) and returns its coverage; ``result()`` gives the totals.
+    """
+
+    _SUMS = ("count", "s2", "std2", "e", "e2", "expected", "covered")
+
+    def __init__(self, calibration: Calibration):
+        self.calibration = calibration
+        bins = len(calibration.bin_edges) + 1
+        self._sums = {k: np.zeros(bins) for k in self._SUMS}
+        self._width = 0.0
+        self.image_coverage = []  # per image, in the order added (NaN: no finite element)
+
+    def add(self, output, variance, target) -> float:
+        """Add one image; return its coverage (the fraction of its finite elements inside
+        the interval; NaN when it has none).
+
+        Raises:
+            ArgumentError (a ValueError): the arrays differ in shape.
+        """
+        return self.add_elements(*elements(output, variance, target))
+
+    def add_elements(self, s: np.ndarray, e: np.ndarray) -> float:
+        """:meth:`add` on one image's elements given flat (``s``, ``e`` as
+        :func:`elements` returns them)."""
+        c = self.calibration
+        s = np.maximum(s, c.floor)
+        std = np.interp(s, c.knots_s, c.knots_rmse)
+        parts = {"count": np.ones_like(s), "s2": s * s, "std2": std * std, "e": e,
+                 "e2": e * e, "expected": np.interp(s, c.knots_s, c.knots_e),
+                 "covered": (e <= c.q * s).astype(np.float64)}
+        where = np.searchsorted(np.asarray(c.bin_edges), s, side="right")
+        for key, values in parts.items():
+            self._sums[key] += np.bincount(where, weights=values, minlength=len(self._sums[key]))
+        self._width += float(2 * c.q * s.sum())
+        covered = float(parts["covered"].mean()) if s.size else float("nan")
+        self.image_coverage.append(covered)
+        return covered
+
+    def result(self) -> dict:
+        """The totals: {"coverage", "target_coverage", "mean_width" (output units),
+        "mean_error", "mean_expected_error" (output units), "ence_raw" and "ence" (ENCE of
+        s and of the calibrated standard deviation; NaN over no element),
+        "image_coverage": {"min", "median", "max"} over images, "count", "bins": per
+        reliability bin {"count", "rmv_raw", "rmv", "rmse", "mean_expected_error",
+        "mean_error", "coverage"}}."""
+        t = self._sums
+        n = float(t["count"].sum())
+        live = t["count"] > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = {"rmv_raw": np.sqrt(t["s2"] / t["count"]), "rmv": np.sqrt(t["std2"] / t["count"]),
+                   "rmse": np.sqrt(t["e2"] / t["count"]),
+                   "mean_expected_error": t["expected"] / t["count"],
+                   "mean_error": t["e"] / t["count"], "coverage": t["covered"] / t["count"]}
+        bins = [{"count": int(t["count"][b]), **{k: float(v[b]) for k, v in per.items()}}
+                for b in range(len(t["count"])) if live[b]]
+        seen = [v for v in self.image_coverage if not math.isnan(v)]
+        return {"coverage": _ratio(t["covered"].sum(), n),
+                "target_coverage": self.calibration.coverage,
+                "mean_width": _ratio(self._width, n), "mean_error": _ratio(t["e"].sum(), n),
+                "mean_expected_error": _ratio(t["expected"].sum(), n),
+                "ence_raw": _ence(per["rmv_raw"][live], per["rmse"][live]),
+                "ence": _ence(per["rmv"][live], per["rmse"][live]),
+                "image_coverage": {k: (float(f(seen)) if seen else float("nan")) for k, f in
+                                   (("min", np.min), ("median", np.median), ("max", np.max))},
+                "count": int(n), "bins": bins}
+
+
+def _ratio(total, n) -> float:
+    return float(total / n) if n else float("nan")
+
+
+def _ence(rmv: np.ndarray, rmse: np.ndarray) -> float:
+    """ENCE (Levi et al. 2022): the mean over bins of |RMV - RMSE| / RMV (bins with RMV 0
+    left out); NaN over no bin."""
+    ok = rmv > 0
+    return float(np.mean(np.abs(rmv[ok] - rmse[ok]) / rmv[ok])) if ok.any() else float("nan")
 
 
 def assess(calibration: Calibration, outputs, variances, targets) -> dict:
-    """How a calibration holds on held-out pairs.
-
-    Returns:
-        {"coverage" (the fraction of finite elements inside ``output ± q * s``),
-        "target_coverage", "mean_width" (of the intervals, output units),
-        "mean_expected_error" and "mean_error" (output units), "count"}.
+    """:class:`Assessment` of a calibration on held-out pairs given as lists of arrays
+    (one output, variance and target per image); returns ``Assessment.result()``.
 
     Raises:
-        ArgumentError (a ValueError): as :func:`fit`.
+        ArgumentError (a ValueError): lists of different lengths or arrays of different
+            shapes.
     """
-    s, e = _elements(outputs, variances, targets)
-    inside = e <= calibration.q * s
-    return {"coverage": float(inside.mean()) if s.size else float("nan"),
-            "target_coverage": calibration.coverage,
-            "mean_width": float(2 * calibration.q * s.mean()) if s.size else float("nan"),
-            "mean_expected_error": float(np.interp(s, calibration.knots_s,
-                                                   calibration.knots_e).mean())
-            if s.size else float("nan"),
-            "mean_error": float(e.mean()) if s.size else float("nan"), "count": int(s.size)}
+    if not (len(outputs) == len(variances) == len(targets)):
+        raise ArgumentError("outputs, variances and targets must be lists of one length, got "
+                            f"{len(outputs)}, {len(variances)}, {len(targets)}",
+                            "give one variance and one target per output")
+    found = Assessment(calibration)
+    for y, v, t in zip(outputs, variances, targets):
+        found.add(y, v, t)
+    return found.result()
+
+
+def graph_nodes(calibration: Calibration, output: str, variance: str, elem_type: int,
+                prefix: str | None = None) -> tuple:
+    """ONNX nodes computing ``output.expected_error``, ``output.lower`` and
+    ``output.upper`` from the tensors ``output`` and ``variance`` (as
+    ``Calibration.expected_error`` and ``.interval`` do, in the tensors' float type).
+
+    The isotonic map is built as ``e_0 + sum_i slope_i * min(relu(s - s_i), width_i)``
+    over its segments: a few elementwise nodes per knot, no table of the tensor's size
+    times the knots.
+
+    Args:
+        calibration: the fit; output, variance: tensor names in the graph;
+        elem_type: their onnx.TensorProto type (FLOAT, FLOAT16, DOUBLE).
+        prefix: node and initializer names start with it (default ``output + '/cal'``).
+
+    Returns:
+        (nodes, initializers): lists of onnx NodeProto and TensorProto.
+    """
+    from onnx import helper, numpy_helper
+
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    prefix = prefix or f"{output}/cal"
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), f"{prefix}/{name}"))
+        return f"{prefix}/{name}"
+
+    def node(op, inputs, name, out=None):
+        out = out or f"{prefix}/{name}"
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{prefix}/{name}"))
+        return out
+
+    s = node("Max", [node("Sqrt", [node("Relu", [variance], "relu_var")], "sqrt"),
+                     const("floor", calibration.floor)], "s")
+    half = node("Mul", [s, const("q", calibration.q)], "half")
+    node("Sub", [output, half], "lower", f"{output}.lower")
+    node("Add", [output, half], "upper", f"{output}.upper")
+    x, e = np.asarray(calibration.knots_s), np.asarray(calibration.knots_e)
+    acc = node("Add", [node("Mul", [s, const("zero", 0.0)], "zeros"), const("e0", e[0])], "acc0")
+    for i in range(x.size - 1):
+        rise, width = e[i + 1] - e[i], x[i + 1] - x[i]
+        if rise == 0:
+            continue
+        ramp = node("Relu", [node("Sub", [s, const(f"x{i}", x[i])], f"sub{i}")], f"ramp{i}")
+        part = node("Mul", [node("Min", [ramp, const(f"w{i}", width)], f"min{i}"),
+                            const(f"slope{i}", rise / width)], f"part{i}")
+        acc = node("Add", [acc, part], f"acc{i + 1}")
+    node("Identity", [acc], "expected_error", f"{output}.expected_error")
+    return nodes, inits

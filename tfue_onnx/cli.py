@@ -367,13 +367,20 @@ PAIR_OPTIONS = OptionGroup(
          help="Super-resolution: INPUTS are high-resolution images; the input is each "
               "downscaled by S (bicubic), the target the image."),
     _opt("--target-scale", type=float, default=1 / 255, show_default="1/255",
-         help="Target images' pixel values are multiplied by this."),
+         help="Target images' pixel values are multiplied by this."))
+
+METRIC_OPTIONS = OptionGroup(
     _opt("--block-sigma", type=float, default=2.0, show_default=True,
          help="Smoothing scale of the local-center-of-mass blocks (pixels); block "
               "correlation depends on it: compare at one scale."),
     _opt("--bootstrap", type=int, default=1000, show_default=True,
          help="Resamples of the images for the 95% intervals of every metric (seeded by the "
               "run's seed); 0 for none, else at least 100."))
+
+CALIBRATION = _opt("--calibration", type=click.Path(), default=None,
+                   help="A calibration.json from 'tfue calibrate' for this run (model, "
+                        "method, location, level, N): adds expected_error, lower and upper.")
+calibration_option = click.option(*CALIBRATION[0], **CALIBRATION[1])
 
 OUTPUT_OPTIONS = OptionGroup(
     _opt("--force", is_flag=True,
@@ -549,13 +556,14 @@ def inputs_command(f):
               help="λ of --weights linear.")
 @click.option("--max-weight", type=float, default=10.0, show_default=True,
               help="The largest loss weight (clipped).")
+@calibration_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @OUTPUT_OPTIONS
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
 def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, pictures,
-        weights, weight_strength, max_weight, as_json, force, levels, **values):
+        weights, weight_strength, max_weight, calibration, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
 
     With --method ensemble, MODEL and every .onnx file (or folder of them) among
@@ -569,12 +577,9 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
     levels = _run_levels(p, levels)
-    if not pictures and (shared_scale or overlay):
-        given = " and ".join(o for o, on in (("--shared-scale", shared_scale),
-                                             ("--overlay", overlay)) if on)
-        raise ArgumentError(f"{given} draw{'s' if ' and ' not in given else ''} pictures, "
-                            "which --no-pictures turns off", f"drop --no-pictures or {given}")
+    _check_drawing(pictures, shared_scale, overlay)
     loss = _loss_weights(weights, weight_strength, max_weight, p["method"])
+    cal = _calibration(calibration, p, levels)
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
@@ -592,9 +597,11 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
 
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
+    if cal is not None:
+        cal.check(est.describe())
     try:
         drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
-                   "pictures": pictures, "weights": loss}
+                   "pictures": pictures, "weights": loss, "calibration": cal}
         summaries = {level: _run_one_level(est, level, files, folder, options, drawing,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,
@@ -611,6 +618,15 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
             _say_run(summary, _level_folders(out_dir, levels)[level])
     for summary in summaries.values():
         _exit_for(summary)
+
+
+def _check_drawing(pictures: bool, shared_scale: bool, overlay: bool) -> None:
+    """--shared-scale and --overlay draw pictures: refused with --no-pictures."""
+    if not pictures and (shared_scale or overlay):
+        given = " and ".join(o for o, on in (("--shared-scale", shared_scale),
+                                             ("--overlay", overlay)) if on)
+        raise ArgumentError(f"{given} draw{'s' if ' and ' not in given else ''} pictures, "
+                            "which --no-pictures turns off", f"drop --no-pictures or {given}")
 
 
 def _run_levels(p: dict, text):
@@ -705,6 +721,9 @@ def _say_run(summary: dict, out_dir: str) -> None:
         what = "entropy" if summary["method"] == "entropy" else "variance"
         value = item.get(f"mean_{what}")
         flag = " (NaN/Inf: see the warning)" if item.get("non_finite") else ""
+        if item.get("mean_interval_width") is not None:
+            flag += (f", interval width {item['mean_interval_width']:.4g}, expected "
+                     f"|error| {item['mean_expected_error']:.4g}")
         click.echo(f"  {item['input']}: mean {what} "
                    f"{'n/a' if value is None else format(value, '.4g')}{flag} -> "
                    + ", ".join(item["files"]))
@@ -770,6 +789,78 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
                + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
 
 
+# --- calibrate ------------------------------------------------------------------------------
+@main.command()
+@inputs_command
+@PAIR_OPTIONS
+@click.option("--coverage", type=float, default=0.9, show_default=True,
+              help="The intervals' target coverage 1 - alpha, in (0, 1).")
+@click.option("--out", "-o", "out", default="calibration.json", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="The calibration file; its reliability diagram goes beside it (.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON on stdout.")
+@OUTPUT_OPTIONS
+def calibrate(model, inputs, coverage, out, as_json, force, **values):
+    """Fit MODEL's expected error and conformal intervals on (input, target) pairs.
+
+    Writes FILE (calibration.json) for run/export/evaluate --calibration, and FILE's
+    reliability diagram on the calibration set (.png beside it).
+    """
+    from .calibrate import check_coverage
+    from .evaluate import calibrate_pairs
+    from .files import check_new_file
+    from .plots import reliability_picture
+
+    p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
+    options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    pair_values = PAIR_OPTIONS.take(values)
+    check_coverage(coverage)
+    _check_pairs(pair_values)
+    _calibration_method(p["method"])
+    picture = os.path.splitext(out)[0] + ".png"
+    for path in (out, picture):
+        check_new_file(path, force)
+    models, inputs = _split_members(model, inputs, p["method"])
+    est = _estimator(models, p, where, runtime,
+                     auto_feeds=_pair_feeds(inputs, pair_values, options))
+    pairs = _pairs(est.info, inputs, pair_values, options)
+    try:
+        cal = calibrate_pairs(est, pairs, coverage, progress=_progress_for_stderr())
+    finally:
+        _notes(est, verbose)
+    on_set = cal.about["on_calibration_set"]
+    reliability_picture(picture, on_set, f"calibration set ({len(pairs)} pairs): "
+                        + _what_ran(est.describe(), est.location))
+    cal.save(out, force)
+    _say_calibration(cal, out, picture, as_json)
+
+
+def _calibration_method(method: str) -> None:
+    if method == "entropy":
+        raise ArgumentError("tfue calibrate calibrates a variance map; --method entropy has "
+                            "none", "use a sampling method (e.g. --method transform)")
+
+
+def _say_calibration(cal, out: str, picture: str, as_json: bool) -> None:
+    """What ``tfue calibrate`` fitted, on stdout."""
+    if as_json:
+        from .files import plain_json
+
+        click.echo(json.dumps(plain_json({**cal.to_json(), "file": out, "picture": picture}),
+                              indent=2, default=str))
+        return
+    f, n, on = cal.fit, cal.about["calibration_set"], cal.about["on_calibration_set"]
+    click.echo(f"calibrated output '{cal.output}' on {n['pairs']} pair(s), {f.count} "
+               f"elements: {f.coverage:.0%} intervals are output ± {f.q:.4g}·σ "
+               f"(mean width {on['mean_width']:.4g} on the set)")
+    click.echo(f"expected |error| {f.knots_e[0]:.4g} .. {f.knots_e[-1]:.4g} for σ "
+               f"{f.knots_s[0]:.4g} .. {f.knots_s[-1]:.4g} (isotonic, {len(f.knots_s)} "
+               f"knots; scale fit {f.scale:.4g}·σ); ENCE on the set {on['ence']:.3f} "
+               f"(raw σ: {on['ence_raw']:.3f})")
+    click.echo(f"wrote {out} and {picture}")
+
+
 # --- export -------------------------------------------------------------------------------
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
@@ -780,8 +871,9 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
 @RUNTIME_OPTIONS
 @click.option("--example", type=click.Path(exists=False), default=None,
               help="An input (.npy/.npz) to verify on (default: a synthetic one).")
+@calibration_option
 @OUTPUT_OPTIONS
-def export(models, out, example, force, **values):
+def export(models, out, example, force, calibration, **values):
     """Write MODEL's uncertainty graph (N fixed) as a standalone ONNX model.
 
     With --method ensemble, give every member model.
@@ -794,6 +886,7 @@ def export(models, out, example, force, **values):
     if p["method"] == "entropy":
         raise ArgumentError("--method entropy has nothing to export: it is one plain run",
                             "compute the entropy of the model's output directly")
+    cal = _calibration(calibration, p)
     check_new_file(out, force)
 
     def auto_feeds(model):
@@ -808,7 +901,7 @@ def export(models, out, example, force, **values):
     est = _estimator(list(models), p, where, runtime, auto_feeds=auto_feeds)
     feeds = load_input(collect_inputs([example])[0], est.info.inputs) if example else None
     try:
-        path = est.export(out, example=feeds, force=force)
+        path = est.export(out, example=feeds, force=force, calibration=cal)
     finally:
         _notes(est, verbose)
     ug = est.standalone_graph(feeds)  # the graph export wrote (cached)
@@ -828,14 +921,18 @@ def _pairs(info, inputs, pairs: dict, options):
                       options=options, target_scale=pairs["target_scale"])
 
 
-def _check_pairs(pairs: dict, grid=None) -> None:
+def _check_metrics(values: dict, grid=None) -> None:
+    """METRIC_OPTIONS' values checked before any work."""
+    from .metrics import check_blocks, check_bootstrap
+
+    check_bootstrap(values["bootstrap"])
+    check_blocks(values["block_sigma"], grid)
+
+
+def _check_pairs(pairs: dict) -> None:
     """PAIR_OPTIONS' values checked before any work."""
     import math
 
-    from .metrics import check_blocks, check_bootstrap
-
-    check_bootstrap(pairs["bootstrap"])
-    check_blocks(pairs["block_sigma"], grid)
     if not (math.isfinite(pairs["target_scale"]) and pairs["target_scale"] != 0):
         raise ArgumentError(f"--target-scale must be a finite, non-zero number, got "
                             f"{pairs['target_scale']}", "e.g. --target-scale 0.00392156 (1/255)")
@@ -854,14 +951,23 @@ def _refuse_existing(paths, force):
 @main.command()
 @inputs_command
 @PAIR_OPTIONS
+@METRIC_OPTIONS
 @click.option("--block-grid", type=int, default=None,
               help="Use square blocks N px on a side instead of the local center of mass.")
+@calibration_option
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for metrics.json, metrics.csv and NAME.eval.png pictures.")
+@click.option("--pictures/--no-pictures", default=True, show_default=True,
+              help="Draw NAME.eval.png (and reliability.png with --calibration).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @OUTPUT_OPTIONS
-def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
-    """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
+def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pictures,
+             **values):
+    """How well MODEL's uncertainty tracks its error on (input, target) pairs.
+
+    With --calibration, also how its calibrated intervals hold on them (coverage, width,
+    ENCE, reliability.png).
+    """
     from .evaluate import evaluate as run_evaluation
     from .evaluate import write_evaluation
     from .files import cleanup_out_dir, prepare_out_dir
@@ -869,18 +975,17 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
-    pair_values = PAIR_OPTIONS.take(values)
-    _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
-    _check_pairs(pair_values, block_grid)
+    pair_values, metric_values = PAIR_OPTIONS.take(values), METRIC_OPTIONS.take(values)
+    cal = _calibration(calibration, p)
+    _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")]
+                     + ([os.path.join(out_dir, "reliability.png")] if cal else []), force)
+    _check_metrics(metric_values, block_grid)
+    _check_pairs(pair_values)
     models, inputs = _split_members(model, inputs, p["method"])
-
-    def auto_feeds(first):  # --at auto without a sweep: the first pairs' inputs
-        from .model import inspect_model
-
-        return [q.load()[0] for q in _pairs(inspect_model(first), inputs, pair_values,
-                                            options)[:4]]
-
-    est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds)
+    est = _estimator(models, p, where, runtime,
+                     auto_feeds=_pair_feeds(inputs, pair_values, options))
+    if cal is not None:
+        cal.check(est.describe())
     pairs = _pairs(est.info, inputs, pair_values, options)
     _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
     if pairs:  # image options and the graph checked on the first pair before any work
@@ -888,13 +993,40 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
         try:
-            result = run_evaluation(est, pairs, out_dir=out_dir, sigma=pair_values["block_sigma"],
-                                    grid=block_grid, progress=_progress_for_stderr(),
-                                    bootstrap=pair_values["bootstrap"])
+            result = run_evaluation(est, pairs, out_dir=out_dir,
+                                    sigma=metric_values["block_sigma"], grid=block_grid,
+                                    progress=_progress_for_stderr(), pictures=pictures,
+                                    bootstrap=metric_values["bootstrap"], calibration=cal)
         finally:
             _notes(est, verbose)
-        files = write_evaluation(out_dir, result)
+        files = write_evaluation(out_dir, result, pictures)
     _say_evaluation(result, files, out_dir, as_json)
+
+
+def _pair_feeds(inputs, pair_values: dict, options):
+    """``auto_feeds`` for --at auto without a sweep: the first pairs' inputs."""
+    def auto_feeds(first):
+        from .model import inspect_model
+
+        return [q.load()[0] for q in _pairs(inspect_model(first), inputs, pair_values,
+                                            options)[:4]]
+    return auto_feeds
+
+
+def _calibration(path, p: dict, levels=None):
+    """The calibration.CalibrationFile --calibration names (None without it), refused up
+    front for runs that have no variance map or several levels."""
+    if path is None:
+        return None
+    if p["method"] == "entropy":
+        raise ArgumentError("--calibration calibrates a variance map; --method entropy has "
+                            "none", "drop --calibration, or use a sampling method")
+    if levels is not None:
+        raise ArgumentError("a calibration holds for one level; --levels runs several",
+                            "give the calibration's level with --sigma/--rate")
+    from .calibration import CalibrationFile
+
+    return CalibrationFile.load(path)
 
 
 def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> None:
@@ -911,6 +1043,13 @@ def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> N
     click.echo(f"{_what_ran(m, m['at'])}, provider {m['provider']}: correlation of "
                "uncertainty with error")
     click.echo(format_table(result["table"]))
+    cal = result.get("calibration")
+    if cal:
+        click.echo(f"calibration: coverage {cal['coverage']:.3f} of {cal['count']} elements "
+                   f"(target {cal['target_coverage']:g}; per image {cal['image_coverage']['min']:.3f}"
+                   f" to {cal['image_coverage']['max']:.3f}), mean width {cal['mean_width']:.4g}, "
+                   f"mean |error| {cal['mean_error']:.4g} (expected {cal['mean_expected_error']:.4g}),"
+                   f" ENCE {cal['ence']:.3f} (raw s: {cal['ence_raw']:.3f})")
     pictures = sum(1 for item in result["images"] if item.get("picture"))
     click.echo("wrote " + ", ".join(files) + (f" and {pictures} picture(s)" if pictures else "")
                + f" in {out_dir}")
@@ -936,6 +1075,7 @@ def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> N
 @RUNTIME_OPTIONS
 @IMAGE_OPTIONS
 @PAIR_OPTIONS
+@METRIC_OPTIONS
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for sweep.jsonl (resumable), sweep.csv/json, best.json, plots.")
 @OUTPUT_OPTIONS
@@ -952,10 +1092,11 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
     where, (runtime, _) = MODEL_OPTIONS.take(values), _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
-    pair_values = PAIR_OPTIONS.take(values)
+    pair_values, metric_values = PAIR_OPTIONS.take(values), METRIC_OPTIONS.take(values)
     check_metric(metric)
     check_seed(seed)
     check_samples(samples)
+    _check_metrics(metric_values)
     _check_pairs(pair_values)
     sigmas, rates = _parse_floats("--sigmas", sigmas), _parse_floats("--rates", rates)
     _check_sweep_levels(methods, sigmas, rates)
@@ -968,8 +1109,8 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
                            at=at, at_count=at_count, sigmas=sigmas, rates=rates,
                            samples=samples, seed=seed, metric=metric, out_dir=out_dir,
                            sigma_mode=sigma_mode, progress=_sweep_progress(metric),
-                           block_sigma=pair_values["block_sigma"], force=force, pad=pad,
-                           layout=where["layout"], bootstrap=pair_values["bootstrap"],
+                           block_sigma=metric_values["block_sigma"], force=force, pad=pad,
+                           layout=where["layout"], bootstrap=metric_values["bootstrap"],
                            **runtime)
     click.echo(format_best(result))
     if result.get("points_of_other_grids"):

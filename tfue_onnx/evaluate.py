@@ -149,7 +149,7 @@ def _sr_loader(path, info, scale, options, output, target_scale):
 def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=None,
              level=None, progress=None, pictures=True, loaded=None,
              bootstrap: int = metrics.BOOTSTRAP, bootstrap_seed: int | None = None,
-             baseline: bool = True) -> dict:
+             baseline: bool = True, calibration=None) -> dict:
     """Run ``estimator`` on ``pairs``; return the metrics table and per-image numbers.
 
     Per-image statistics are computed as each result arrives (nothing but numbers
@@ -170,18 +170,26 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
             them (None: the run's own seed from its metadata, so a run repeated with
             that --seed repeats its intervals too; 0 when it has none).
         baseline: also score the gradient-energy baseline map.
+        calibration: a ``calibration.CalibrationFile`` to assess on these (held-out)
+            pairs: its intervals' coverage and width, ENCE and the reliability bins
+            (``calibrate.Assessment``); checked against the estimator's run first.
 
     Returns:
         {"metadata", "table" (``metrics.summarize``, plus "tolerability"), "images":
-        per-image numbers, "notes" when any}.
+        per-image numbers, "notes" when any, "calibration" with a calibration:
+        ``Assessment.result()`` plus "file"}.
 
     Raises:
-        TfueError: a target's shape does not match the output; bad bootstrap.
+        TfueError: a target's shape does not match the output; bad bootstrap; a
+            calibration made for another run.
     """
     written = []
+    if calibration is not None:
+        calibration.check(estimator.describe())
     try:
         return _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
-                         loaded, bootstrap, bootstrap_seed, baseline, written)
+                         loaded, bootstrap, bootstrap_seed, baseline, written,
+                         _Assessing(calibration))
     except BaseException:
         for path in written:  # a failed evaluation leaves none of its pictures
             if os.path.exists(path):
@@ -190,7 +198,7 @@ def evaluate(estimator, pairs, out_dir=None, sigma=metrics.DEFAULT_SIGMA, grid=N
 
 
 def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures, loaded,
-              bootstrap, bootstrap_seed, baseline, written) -> dict:
+              bootstrap, bootstrap_seed, baseline, written, assessing) -> dict:
     stats, tol, per_image = [], [], []
     meta, notes = None, {}
     iterator = progress(pairs) if progress else pairs
@@ -217,6 +225,7 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
         tol.append(metrics.tolerability(res.mean if res.mean is not None else res.output,
                                         res.output))
         items = _image_items(pair, found, notes)
+        assessing.add(res, target, items)
         per_image += items
         if out_dir is not None and pictures:
             _eval_picture(out_dir, pair, res, err, items, written)
@@ -229,7 +238,106 @@ def _evaluate(estimator, pairs, out_dir, sigma, grid, level, progress, pictures,
     result = {"metadata": meta, "table": table, "images": per_image}
     if getattr(estimator, "auto_choice", None):
         result["at_auto"] = estimator.auto_choice  # how --at auto chose the location
+    assessing.finish(result)
     return _with_notes(result, notes)
+
+
+class _Assessing:
+    """A calibration's assessment during an evaluation (nothing without one)."""
+
+    def __init__(self, calibration):
+        from .calibrate import Assessment
+
+        self.calibration = calibration
+        self.found = Assessment(calibration.fit) if calibration is not None else None
+
+    def add(self, res, target, items: list) -> None:
+        """Add one result (its calibrated output) and note its coverage in ``items``."""
+        if self.found is None:
+            return
+        stats = res.outputs[self.calibration.output]
+        covered = self.found.add(stats.output, stats.variance, target)
+        for item in items:
+            item["interval_coverage"] = covered
+
+    def finish(self, result: dict) -> None:
+        """Put the totals in ``result["calibration"]``."""
+        if self.found is not None:
+            result["calibration"] = {"file": self.calibration.path, **self.found.result()}
+
+
+def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
+    """Fit a calibration for ``estimator``'s run on (input, target) pairs (``tfue
+    calibrate``): the expected-error maps and the split-conformal quantile of
+    ``calibrate.fit`` on every finite element of the calibrated output (the first float
+    output, as the targets are laid out), with the run's identity.
+
+    Args:
+        estimator: an Estimator of a sampling method (its variance map is calibrated).
+        pairs: ``Pair`` list (``make_pairs``), the calibration set.
+        coverage: the intervals' target coverage, in (0, 1).
+        progress: wraps the pair list for display.
+
+    Returns:
+        calibration.CalibrationFile (``about`` holds the model's path, the seed, the
+        calibration set's size and SHA-256 over its inputs and targets, and the fit's
+        coverage and mean width on the set itself).
+
+    Raises:
+        ArgumentError (a ValueError): ``coverage`` not in (0, 1).
+        TfueError: no pairs; an entropy run (no variance); a target of the wrong
+            shape; too few elements for the coverage.
+    """
+    import hashlib
+
+    from .calibrate import Assessment, check_coverage, elements, fit_elements
+    from .calibration import CalibrationFile, identity
+
+    check_coverage(coverage)
+    if not pairs:
+        raise TfueError("no calibration pairs", "give inputs with targets")
+    digest, ss, es, meta, name = hashlib.sha256(), [], [], None, None
+    for pair in (progress(pairs) if progress else pairs):
+        feeds, target = pair.load()
+        res = estimator(feeds)
+        meta, name = res.metadata, _calibrated_output(res, pair)
+        target = _crop_for_pad(estimator, target, res.outputs[name].output, {})
+        try:
+            s, e = elements(res.outputs[name].output, res.outputs[name].variance, target)
+        except TfueError as exc:
+            raise exc.about(f"'{pair.source}'") from exc
+        ss.append(s)
+        es.append(e)
+        _hash_pair(digest, pair.name, feeds, target)
+    fitted = fit_elements(np.concatenate(ss), np.concatenate(es), coverage)
+    on_set = Assessment(fitted)
+    for s, e in zip(ss, es):
+        on_set.add_elements(s, e)
+    done = on_set.result()
+    about = {"model_path": meta.get("model"), "seed": meta.get("seed"),
+             "strategy": meta.get("strategy"),
+             "calibration_set": {"pairs": len(pairs), "elements": fitted.count,
+                                 "sha256": digest.hexdigest()},
+             "on_calibration_set": done}
+    return CalibrationFile(fitted, identity(meta, name), about)
+
+
+def _calibrated_output(res, pair) -> str:
+    """The output a calibration is fitted on: the first with a variance map."""
+    for name, stats in res.outputs.items():
+        if stats.variance is not None:
+            return name
+    raise TfueError(f"the run on '{pair.source}' gives no variance map to calibrate",
+                    "use a sampling method (noise, dropout, transform, mc-dropout, ensemble)")
+
+
+def _hash_pair(digest, name: str, feeds: dict, target) -> None:
+    """Add one pair (its name, input arrays and target) to the calibration set's hash."""
+    digest.update(name.encode())
+    for key in sorted(feeds):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(feeds[key]).tobytes())
+    digest.update(np.ascontiguousarray(target).tobytes())
 
 
 def _crop_for_pad(estimator, target, output, notes: dict):
@@ -474,16 +582,26 @@ def table_csv(table: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_evaluation(out_dir: str, result: dict) -> list:
-    """Write metrics.json (``result``, as ``evaluate`` returns it) and metrics.csv
-    (``table_csv``) into ``out_dir``, each atomically; return their paths (an OSError
-    when the folder cannot be written)."""
+def write_evaluation(out_dir: str, result: dict, pictures: bool = True) -> list:
+    """Write metrics.json (``result``, as ``evaluate`` returns it), metrics.csv
+    (``table_csv``) and, when ``result`` assesses a calibration and ``pictures``,
+    reliability.png (``plots.reliability_picture``) into ``out_dir``, each atomically;
+    return their paths (an OSError when the folder cannot be written)."""
     js, csv = os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "metrics.csv")
+    written = [js, csv]
+    if result.get("calibration") and pictures:
+        from .plots import reliability_picture
+
+        written.append(os.path.join(out_dir, "reliability.png"))
+        reliability_picture(written[-1], result["calibration"],
+                            f"calibration {result['calibration']['file']} on "
+                            f"{len(result['images'])} held-out image(s): "
+                            f"{method_words(result['metadata'] or {})}")
     save_json(js, result)
     atomic_write_bytes(csv, table_csv(result["table"]).encode())
-    return [js, csv]
+    return written
 
 
-__all__ = ["Pair", "make_pairs", "evaluate", "crop_target", "format_table", "table_csv",
+__all__ = ["Pair", "make_pairs", "evaluate", "calibrate_pairs", "crop_target", "format_table", "table_csv",
            "write_evaluation",
            "eval_picture", "output_image"]

@@ -96,6 +96,44 @@ def sweep_plot(path: str, points: list, metric: str, method: str, baseline=None)
     _save(plt, fig, path)
 
 
+def reliability_picture(path: str, found: dict, title: str) -> None:
+    """The reliability diagram of a calibration (Levi et al. 2022), written to ``path``
+    (PNG): per reliability bin of s, left: the predicted E|error| against the observed
+    mean |error|; right: the root mean variance (raw s and calibrated) against the RMSE;
+    the diagonal is perfect calibration. The title line gives the intervals' coverage
+    and mean width and both ENCEs.
+
+    Args:
+        path: the .png file.
+        found: ``calibrate.Assessment.result()`` (its ``bins`` with count > 0).
+        title: what was assessed (run, pairs).
+    """
+    plt = _pyplot()
+    bins = found["bins"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.4), dpi=110)
+    pairs = ((left, [("mean_expected_error", "calibrated E|error|", "o")],
+              "predicted mean |error|"),
+             (right, [("rmv_raw", "raw s", "s"), ("rmv", "calibrated", "o")],
+              "predicted RMV (root mean variance)"))
+    for ax, series, xlabel in pairs:
+        top = 0.0
+        for key, label, marker in series:
+            x = [b[key] for b in bins]
+            y = [b["mean_error" if ax is left else "rmse"] for b in bins]
+            ax.plot(x, y, marker=marker, label=label)
+            top = max([top] + x + y)
+        ax.plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=1,
+                label="perfect")
+        ax.set_xlabel(f"{xlabel}, output units")
+        ax.set_ylabel("observed " + ("mean |error|" if ax is left else "RMSE")
+                      + ", output units")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\ncoverage {found['coverage']:.3f} (target "
+                 f"{found['target_coverage']:g}), mean width {found['mean_width']:.4g}; "
+                 f"ENCE raw {found['ence_raw']:.3f}, calibrated {found['ence']:.3f}",
+                 fontsize=9)
+    _save(plt, fig, path)
 
 
 def panels(path: str, rows: list, titles: list, title: str | None = None,

@@ -47,7 +47,7 @@ def planned_files(out_dir: str, files) -> list:
 
 
 ARRAY_KEYS = ("output", "mean", "variance", "samples", "entropy", "mutual_information",
-              "class_variance")
+              "class_variance", "expected_error", "lower", "upper")
 
 
 def result_arrays(result) -> dict:
@@ -287,10 +287,12 @@ def draw(out_dir: str, shown: dict, vrange=None, overlay: bool = False) -> list:
 def _means(s) -> dict:
     """Means of an output's uncertainty arrays, for summaries."""
     means = {"mean_variance": None if s.variance is None else float(np.mean(s.variance))}
-    for key in ("entropy", "mutual_information", "class_variance"):
+    for key in ("entropy", "mutual_information", "class_variance", "expected_error"):
         value = getattr(s, key)
         if value is not None:
             means[f"mean_{key}"] = float(np.mean(value))
+    if s.lower is not None:
+        means["mean_interval_width"] = float(np.mean(s.upper.astype(np.float64) - s.lower))
     return means
 
 
@@ -433,7 +435,8 @@ def _check_kept_samples(estimator, feeds) -> None:
 def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
                compress: bool = False, started: float | None = None,
                sample_progress=None, shared_scale: bool = False,
-               overlay: bool = False, pictures: bool = True, weights=None) -> dict:
+               overlay: bool = False, pictures: bool = True, weights=None,
+               calibration=None) -> dict:
     """Run ``estimator`` on every input file, write results, return the run summary.
 
     The output folder is created only when the first result is written, so a run
@@ -443,26 +446,25 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     variance is exactly 0 everywhere at a level above 0 gets a line in ``notes``.
 
     Args:
-        estimator: the Estimator to run.
-        files: input files (images, .npy, .npz).
-        out_dir: the output folder (created when needed).
-        options: ImageOptions for reading images.
+        estimator, files: the Estimator to run; input files (images, .npy, .npz).
+        out_dir, options: the output folder (made when needed); ImageOptions for images.
         progress: wraps the file list for display (e.g. a progress bar).
         note: called with a line for the user (large-N time estimate, warnings).
         compress: deflate the .npz files (``--compress``).
         started: ``time.perf_counter()`` at the caller's start (default: now).
         sample_progress: ``sample_progress(path)`` gives the ``progress(done, total)``
             callback for that input's samples (or None), for long inputs.
-        shared_scale: draw every NAME.variance.png on one colour range (``--shared-scale``;
-            the maps are drawn when the run ends); default: each on its own.
+        shared_scale: one colour range for every NAME.variance.png (``--shared-scale``).
         overlay: also write NAME.overlay.png, the map over the input (``--overlay``).
         pictures: False writes the .npz files only (``--no-pictures``; BENCHMARKS.md).
         weights: a ``weights.LossWeights``: also NAME.weights.npy (``--weights``).
+        calibration: a ``calibration.CalibrationFile``: each result gains expected_error,
+            lower and upper (``--calibration``; checked against the run first).
 
     Returns:
-        The run summary (also written to ``out_dir``/summary.json); its ``timing``
-        holds wall seconds: ``startup_s`` (from ``started`` to the first sample: loading,
-        building and verifying the graph, or reading it from the cache), ``sampling_s``
+        The run summary (also written to ``out_dir``/summary.json); ``timing``: wall
+        seconds, ``startup_s`` (from ``started`` to the first sample: loading, building
+        and verifying the graph, or reading it from the cache), ``sampling_s``
         (the estimator's runs, the unperturbed output and any autotune trial
         included), ``writing_s`` (result files and pictures) and ``total_s``;
         ``color_scale`` says how the pictures were scaled (``Pictures.finish``).
@@ -478,7 +480,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     note = note or (lambda line: None)
     kept = _read_inputs(estimator, files, options, note)
     run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay, pictures),
-               compress, weights)
+               compress, weights, calibration)
     with cleanup_out_dir(out_dir):
         for k, path in enumerate(progress(files) if progress else files):
             feeds = kept[k] if kept[k] is not None else \
@@ -517,9 +519,11 @@ def _read_inputs(estimator, files, options, note) -> list:
 class _Run:
     """The state of one ``run_inputs``: per-input items, warnings, notes and timing."""
 
-    def __init__(self, estimator, out_dir, note, pictures, compress, weights=None):
+    def __init__(self, estimator, out_dir, note, pictures, compress, weights=None,
+                 calibration=None):
         self.estimator, self.out_dir, self.note = estimator, out_dir, note
         self.pictures, self.compress, self.weights = pictures, compress, weights
+        self.calibration = calibration
         self.items, self.warnings, self.notes, self.meta = [], [], [], None
         self.startup, self.sampling, self.writing = None, 0.0, 0.0
 
@@ -531,6 +535,8 @@ class _Run:
 
         t0 = time.perf_counter()
         result = self.estimator(feeds, progress=progress_of)
+        if self.calibration is not None:
+            result = self.calibration.apply(result)
         t1 = time.perf_counter()
         self.meta = meta = result.metadata
         prepare_out_dir(self.out_dir)
@@ -578,6 +584,10 @@ class _Run:
             summary["warnings"] = self.warnings
         if self.notes:
             summary["notes"] = self.notes
+        if self.calibration is not None:
+            c = self.calibration
+            summary["calibration"] = {"file": c.path, "coverage": c.fit.coverage, "q": c.fit.q,
+                                      "output": c.output}
         summary["timing"] = {"startup_s": round(self.startup, 4),
                              "sampling_s": round(self.sampling, 4),
                              "writing_s": round(self.writing, 4),

@@ -29,6 +29,10 @@ class OutputStats:
     entropy: np.ndarray | None = None  # predictive entropy of the mean (nats)
     mutual_information: np.ndarray | None = None  # BALD: entropy - mean sample entropy
     class_variance: np.ndarray | None = None  # variance of the winning class
+    # With a calibration (calibration.CalibrationFile.apply), in output units:
+    expected_error: np.ndarray | None = None  # E|output - target| from the isotonic map
+    lower: np.ndarray | None = None  # output - q * s: the conformal interval's ends
+    upper: np.ndarray | None = None  # output + q * s
 
     @property
     def uncertainty(self):

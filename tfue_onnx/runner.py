@@ -539,7 +539,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         """``est(x)`` is ``est.run(x)``: see :meth:`run`."""
         return self.run(inputs, level=level, progress=progress)
 
-    def export(self, path, example=None, force: bool = False) -> str:
+    def export(self, path, example=None, force: bool = False, calibration=None) -> str:
         """Write the verified uncertainty graph with N fixed to ``path``.
 
         The file runs in plain onnxruntime (no tfue needed) and returns, for each
@@ -552,6 +552,9 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         A model whose weights are in external data is written with its weights
         copied into ``path + '.data'`` beside it (never serialised into one proto);
         both files appear only when complete.
+
+        ``calibration`` (a ``calibration.CalibrationFile``, checked against this run
+        first) adds ``y.expected_error``, ``y.lower`` and ``y.upper`` for its output.
 
         After it, ``exported_files`` lists the paths written (``[path]``, or ``[path,
         path + '.data']``) and ``exported_outputs`` the file's output names.
@@ -566,6 +569,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             raise TfueError(f"refusing to overwrite the input model '{path}'",
                             "give another output path with -o")
         check_new_file(path, force)
+        if calibration is not None:
+            calibration.check(self.describe())
         if writes_data_file(self.info.model):  # fail before the graph is built
             check_new_file(path + ".data", force)
         # A file has no bank to be fed: its draws are made in the graph (seeded
@@ -581,6 +586,15 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             raise
         # N and the levels become plain constants: the file has the model's own inputs.
         model = ug.frozen()
+        if calibration is not None:
+            model = calibration.add_to_graph(model)
+        onnx.helper.set_model_props(model, self._export_props(ug, calibration))
+        self.exported_files = save_model(model, path, force=force)
+        self.exported_outputs = [o.name for o in model.graph.output]
+        return path
+
+    def _export_props(self, ug, calibration) -> dict:
+        """The exported file's metadata_props: the run's settings (tfue.*)."""
         props = {"tfue.method": self.spec.method, "tfue.location": self.location,
                  "tfue.level": str(self.spec.level), "tfue.samples": str(self.samples),
                  "tfue.seed": str(self.seed), "tfue.strategy": ug.strategy}
@@ -590,10 +604,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             props["tfue.converted_opset"] = "%d->%d" % tuple(self.conversion)
         if self.pad:  # the file reflect-pads its input itself
             props["tfue.pad"] = str(self.pad)
-        onnx.helper.set_model_props(model, props)
-        self.exported_files = save_model(model, path, force=force)
-        self.exported_outputs = [o.name for o in model.graph.output]
-        return path
+        props.update(calibration.props() if calibration is not None else {})
+        return props
 
     def describe(self) -> dict:
         """The run's settings, as recorded in every result."""
