@@ -65,3 +65,85 @@ def test_intervals_json_and_bad_arguments():
         fit([np.zeros(3)], [], [np.zeros(3)])
     nan = fit([np.array([0.0, np.nan] * 10)], [np.ones(20)], [np.ones(20)], coverage=0.5)
     assert nan.count == 10  # non-finite elements left out
+
+
+def test_ence_and_the_reliability_bins_of_a_hand_made_calibration():
+    # Knots: E|e| = s and RMSE = 2 s; one bin edge at s = 1: bins [s <= 1) and [s >= 1).
+    from tfue_onnx.calibrate import Assessment
+
+    cal = Calibration(coverage=0.5, q=1.5, scale=1.0, knots_s=(0.0, 10.0),
+                      knots_e=(0.0, 10.0), knots_rmse=(0.0, 20.0), bin_edges=(1.0,),
+                      count=4, floor=1e-9)
+    found = Assessment(cal)
+    # s = 0.5, 0.5, 2, 2 (variance s^2); errors 1, 0, 1, 4.
+    y = np.zeros(4)
+    cov = found.add(y, np.array([0.25, 0.25, 4.0, 4.0]), np.array([1.0, 0.0, 1.0, 4.0]))
+    assert cov == 0.5  # inside q * s: |0| <= 0.75, |1| <= 3; not 1 > 0.75, 4 > 3
+    r = found.result()
+    lo, hi = r["bins"]
+    assert (lo["count"], hi["count"]) == (2, 2)
+    assert lo["rmv_raw"] == pytest.approx(0.5) and hi["rmv_raw"] == pytest.approx(2.0)
+    assert lo["rmv"] == pytest.approx(1.0) and hi["rmv"] == pytest.approx(4.0)
+    assert lo["rmse"] == pytest.approx(math.sqrt(0.5)) and hi["rmse"] == pytest.approx(
+        math.sqrt(8.5))
+    raw = (abs(0.5 - math.sqrt(0.5)) / 0.5 + abs(2 - math.sqrt(8.5)) / 2) / 2
+    calibrated = (abs(1 - math.sqrt(0.5)) / 1 + abs(4 - math.sqrt(8.5)) / 4) / 2
+    assert r["ence_raw"] == pytest.approx(raw) and r["ence"] == pytest.approx(calibrated)
+    assert r["mean_width"] == pytest.approx(2 * 1.5 * 1.25)  # mean s = 1.25
+    assert r["mean_expected_error"] == pytest.approx(1.25) and r["mean_error"] == 1.5
+    assert r["coverage"] == 0.5 and r["count"] == 4
+    assert r["image_coverage"] == {"min": 0.5, "median": 0.5, "max": 0.5}
+
+
+def test_knots_collinear_with_their_neighbours_are_dropped():
+    from tfue_onnx.calibrate import _needed
+
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    y = np.array([0.0, 1.0, 2.0, 2.0, 2.0, 3.0])  # slope 1, 1, 0, 0, 1
+    keep = _needed(x, [y])
+    assert keep.tolist() == [0, 2, 4, 5]
+    t = np.linspace(-1, 6, 57)
+    np.testing.assert_allclose(np.interp(t, x[keep], y[keep]), np.interp(t, x, y))
+    assert _needed(x, [y, x * x]).tolist() == list(range(6))  # the other map bends
+
+
+def test_a_fit_has_few_knots_and_its_maps_are_monotone():
+    rng = np.random.default_rng(4)
+    cal = fit(*_pairs(rng, 6), coverage=0.9)
+    assert 2 <= len(cal.knots_s) <= 64
+    assert np.all(np.diff(cal.knots_s) > 0)
+    assert np.all(np.diff(cal.knots_e) >= 0) and np.all(np.diff(cal.knots_rmse) >= 0)
+    s = np.array([0.2, 0.8])
+    # Gaussian errors: RMSE = s, E|e| = sqrt(2/pi) s
+    np.testing.assert_allclose(cal.calibrated_std(s * s), s, rtol=0.1)
+    assert len(cal.bin_edges) == 9 and np.all(np.diff(cal.bin_edges) > 0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-12),
+                                        (np.float16, 2e-2)])
+def test_the_graph_nodes_compute_what_the_calibration_computes(dtype, tol):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tfue_onnx.calibrate import graph_nodes
+
+    cal = fit(*_pairs(np.random.default_rng(5), 4), coverage=0.9)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes, inits = graph_nodes(cal, "y", "y.variance", elem)
+    vi = [helper.make_tensor_value_info(n, elem, [None]) for n in
+          ("y", "y.variance", "y.expected_error", "y.lower", "y.upper")]
+    model = helper.make_model(helper.make_graph(nodes, "cal", vi[:2], vi[2:], inits),
+                              opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    y = np.random.default_rng(6).normal(0, 1, 500).astype(dtype)
+    v = np.concatenate([[0.0, 1e-12], np.random.default_rng(7).uniform(0, 1.5, 498)]) \
+        .astype(dtype)  # 0, tiny, and beyond the last knot (s up to 1.22)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip(["e", "lo", "hi"], sess.run(None, {"y": y, "y.variance": v})))
+    lo, hi = cal.interval(y, v)
+    np.testing.assert_allclose(got["lo"], lo, atol=tol * 4)
+    np.testing.assert_allclose(got["hi"], hi, atol=tol * 4)
+    np.testing.assert_allclose(got["e"], cal.expected_error(v), atol=tol)
+    assert got["e"].dtype == dtype
+    assert len(nodes) < 10 + 5 * len(cal.knots_s)  # a few nodes per knot

@@ -99,7 +99,8 @@ def test_command_line_synopsis(cli):
             current = line.split()[1]
             commands[current] = []
         commands[current] += _options(line)
-    assert list(commands) == ["inspect", "run", "export", "evaluate", "sweep", "rank", "demo"]
+    assert list(commands) == ["inspect", "run", "export", "evaluate", "calibrate", "sweep",
+                              "rank", "demo"]
     assert "--max-memory" in commands["run"] and "-o" in commands["export"]
     for command, options in commands.items():
         _check_options(cli, command, options)

@@ -1,0 +1,238 @@
+"""calibration.json (calibration.py) and `tfue calibrate`, `--calibration` on run, export
+and evaluate (issue 13), on the bundled SR model (ours) and PP-OCR's text detector."""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from tfue_onnx import Estimator, TfueError, load_image, read_result
+from tfue_onnx.calibrate import Calibration, fit
+from tfue_onnx.calibration import CalibrationFile, differences, identity, model_digest
+from tfue_onnx.demo import bundled_model
+from tfue_onnx.evaluate import calibrate_pairs, make_pairs
+from tfue_onnx.perturb import Dropout, Transform
+
+SR = bundled_model()
+D4 = ("--method", "transform", "--seed", "0")
+
+
+def _photos(folder, count, seed, size=32):
+    """Smooth random RGB pictures (high-resolution targets for --sr-scale 2)."""
+    from scipy.ndimage import gaussian_filter
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        im = gaussian_filter(rng.uniform(0, 255, (size, size, 3)), (1.5, 1.5, 0))
+        Image.fromarray(im.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"p{k}.png"))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calsets")
+    train, held = _photos(root / "train", 8, 0), _photos(root / "held", 4, 1)
+    lr = root / "lr"
+    os.makedirs(lr)
+    for name in sorted(os.listdir(held)):
+        hr = Image.open(os.path.join(held, name))
+        hr.resize((16, 16), Image.BICUBIC).save(lr / name)
+    return {"train": train, "held": held, "lr": str(lr)}
+
+
+def _cal(tmp_path, cli, sets, *method, coverage="0.9", name="cal.json"):
+    out = tmp_path / name
+    r = cli("calibrate", SR, sets["train"], "--sr-scale", "2", *method, "--coverage",
+            coverage, "-o", out)
+    assert r.exit_code == 0, r.output
+    return out, r
+
+
+def test_tfue_calibrate_writes_the_fit_its_identity_and_a_reliability_diagram(tmp_path, cli,
+                                                                              sets):
+    out, r = _cal(tmp_path, cli, sets, *D4)
+    data = json.loads(out.read_text())
+    assert data["tfue_calibration"] == 1
+    ident = data["identity"]
+    assert ident["model"] == model_digest(SR) and len(ident["model"]) == 64
+    assert (ident["method"], ident["at"], ident["samples"], ident["output"]) == (
+        "transform", "input", 8, "output")
+    assert ident["transforms"][0] == "identity" and ident["level"] is None
+    assert data["seed"] == 0 and data["model_path"] == SR
+    assert data["calibration_set"]["pairs"] == 8
+    assert data["calibration_set"]["elements"] == 8 * 3 * 32 * 32
+    assert len(data["calibration_set"]["sha256"]) == 64
+    # The same fit from Python (the CLI's own path), element for element.
+    est = Estimator(SR, Transform("d4"), seed=0)
+    again = calibrate_pairs(est, make_pairs(est.info, [sets["train"]], sr_scale=2), 0.9)
+    assert again.fit == Calibration.from_json(data["fit"])
+    assert again.about["calibration_set"]["sha256"] == data["calibration_set"]["sha256"]
+    # On the calibration set itself the conformal interval covers at least 90 %.
+    assert data["on_calibration_set"]["coverage"] >= 0.9
+    assert f"{again.fit.q:.4g}" in r.output and "8 pair(s), 24576 elements" in r.output
+    picture = tmp_path / "cal.png"
+    assert picture.stat().st_size > 10000
+    assert Image.open(picture).size[0] > 800
+    # Not overwritten without --force; a failed refit leaves the file as it was.
+    before = out.read_bytes()
+    r = cli("calibrate", SR, sets["train"], "--sr-scale", "2", *D4, "-o", out)
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert out.read_bytes() == before
+
+
+def test_run_adds_expected_error_and_intervals_and_export_returns_the_same(tmp_path, cli,
+                                                                           sets):
+    cal_path, _ = _cal(tmp_path, cli, sets, *D4)
+    cal = CalibrationFile.load(cal_path)
+    r = cli("run", SR, sets["lr"], *D4, "--calibration", cal_path, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert "interval width" in r.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["calibration"]["q"] == cal.fit.q
+    r = cli("export", SR, *D4, "--calibration", cal_path, "-o", tmp_path / "cal.onnx")
+    assert r.exit_code == 0, r.output
+    assert "output.expected_error, output.lower, output.upper" in r.output
+    sess = ort.InferenceSession(str(tmp_path / "cal.onnx"), providers=["CPUExecutionProvider"])
+    est = Estimator(SR, Transform("d4"))
+    for name in sorted(os.listdir(sets["lr"])):
+        res = read_result(tmp_path / "run" / name.replace(".png", ".npz")).outputs["output"]
+        lo, hi = cal.fit.interval(res.output, res.variance)
+        np.testing.assert_allclose(res.lower, lo, atol=1e-7)
+        np.testing.assert_allclose(res.upper, hi, atol=1e-7)
+        np.testing.assert_allclose(res.expected_error, cal.fit.expected_error(res.variance),
+                                   atol=1e-7)
+        assert res.lower.dtype == np.float32 and res.lower.shape == (1, 3, 32, 32)
+        assert np.all(res.lower <= res.output) and np.all(res.output <= res.upper)
+        x = load_image(os.path.join(sets["lr"], name), est)
+        got = dict(zip([o.name for o in sess.get_outputs()],
+                       sess.run(None, {sess.get_inputs()[0].name: x})))
+        for part in ("lower", "upper", "expected_error"):
+            assert np.abs(got[f"output.{part}"] - getattr(res, part)).max() < 1e-5, part
+    props = {p.key: p.value for p in __import__("onnx").load(
+        str(tmp_path / "cal.onnx")).metadata_props}
+    assert json.loads(props["tfue.calibration"])["q"] == cal.fit.q
+
+
+def test_evaluate_reports_coverage_width_ence_and_draws_the_reliability_diagram(tmp_path,
+                                                                               cli, sets):
+    cal_path, _ = _cal(tmp_path, cli, sets, *D4, coverage="0.8")
+    out = tmp_path / "ev"
+    r = cli("evaluate", SR, sets["held"], "--sr-scale", "2", *D4, "--calibration", cal_path,
+            "--bootstrap", "0", "-o", out)
+    assert r.exit_code == 0, r.output
+    found = json.loads((out / "metrics.json").read_text())["calibration"]
+    # The same numbers from the held-out runs by hand.
+    from tfue_onnx.calibrate import assess
+
+    cal = CalibrationFile.load(cal_path)
+    est = Estimator(SR, Transform("d4"), seed=0)
+    ys, vs, ts = [], [], []
+    for pair in make_pairs(est.info, [sets["held"]], sr_scale=2):
+        feeds, target = pair.load()
+        res = est(feeds)
+        ys.append(res.output)
+        vs.append(res.variance)
+        ts.append(target)
+    hand = assess(cal.fit, ys, vs, ts)
+    for key in ("coverage", "mean_width", "ence", "ence_raw", "mean_error", "count"):
+        assert found[key] == pytest.approx(hand[key]), key
+    assert found["target_coverage"] == 0.8 and found["count"] == 4 * 3 * 32 * 32
+    assert f"coverage {hand['coverage']:.3f}" in r.output and "ENCE" in r.output
+    assert (out / "reliability.png").stat().st_size > 10000
+    per_image = [item["interval_coverage"] for item in
+                 json.loads((out / "metrics.json").read_text())["images"]]
+    assert len(per_image) == 4 and min(per_image) == found["image_coverage"]["min"]
+
+
+def test_a_calibration_for_another_run_is_refused_with_the_difference_named(tmp_path, cli,
+                                                                             sets, ppocr_det):
+    cal_path, _ = _cal(tmp_path, cli, sets, *D4)
+    cases = [
+        (("run", SR, sets["lr"], "--method", "dropout", "--rate", "0.1"),
+         ["method (made for transform, here dropout)", "level (made for none, here 0.1)"]),
+        (("run", SR, sets["lr"], "--method", "transform", "--transforms", "flips"),
+         ["N (made for 8, here 4)", "transforms"]),
+        (("export", SR, "--method", "transform", "--transforms", "rot"), ["N (made for 8"]),
+        (("evaluate", SR, sets["held"], "--sr-scale", "2", "--method", "transform", "--pad",
+          "2"), ["pad (made for none, here 2)"]),
+        (("run", ppocr_det, sets["lr"], "--method", "transform"), ["model (another file)"]),
+        (("run", SR, sets["lr"], "--method", "entropy"), ["--method entropy has none"]),
+        (("run", SR, sets["lr"], "--method", "dropout", "--levels", "0.1,0.2"),
+         ["--levels runs several"]),
+    ]
+    for args, words in cases:
+        out = tmp_path / "out"
+        extra = ("-o", out.with_suffix(".onnx")) if args[0] == "export" else ("-o", out)
+        r = cli(*args, "--calibration", cal_path, *extra)
+        assert r.exit_code == 2, (args, r.output)
+        for w in words:
+            assert w in r.output, (w, r.output)
+        assert r.output.count("\n") == 1  # one line
+        assert not out.exists() and not out.with_suffix(".onnx").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"tfue_calibration\": 1, \"identity\": {}, \"fit\": {}}")
+    r = cli("run", SR, sets["lr"], *D4, "--calibration", bad, "-o", tmp_path / "o2")
+    assert r.exit_code == 2 and "is not a calibration tfue wrote" in r.output
+    r = cli("run", SR, sets["lr"], *D4, "--calibration", tmp_path / "none.json", "-o",
+            tmp_path / "o2")
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_identity_differences_and_the_python_face(tmp_path, sets):
+    meta = {"model": SR, "method": "dropout", "at": "x", "level": 0.1, "samples": 8,
+            "seed": 3, "chunks": [8]}
+    ident = identity(meta, "output")
+    assert ident == {"model": model_digest(SR), "output": "output", "method": "dropout",
+                     "at": "x", "level": 0.1, "samples": 8}
+    assert differences(ident, identity({**meta, "seed": 4}, "output")) == []  # seeds differ
+    assert differences(ident, identity({**meta, "model": None}, "output")) == []  # unknown
+    assert differences(ident, identity({**meta, "at": "y", "samples": 16}, "out2")) == [
+        "output (made for output, here out2)", "location (made for x, here y)",
+        "N (made for 8, here 16)"]
+    # A dropout calibration fitted, saved, loaded and applied in Python.
+    est = Estimator(SR, Dropout(0.1, at=0.5), samples=4, seed=1)
+    made = calibrate_pairs(est, make_pairs(est.info, [sets["train"]], sr_scale=2), 0.8)
+    path = made.save(str(tmp_path / "d.json"))
+    loaded = CalibrationFile.load(path)
+    assert loaded.fit == made.fit and loaded.identity == json.loads(json.dumps(made.identity))
+    x = load_image(os.path.join(sets["lr"], "p0.png"), est)
+    res = loaded.apply(est(x))
+    assert res.outputs["output"].upper.shape == res.output.shape
+    other = Estimator(SR, Dropout(0.2, at=0.5), samples=4, seed=1)
+    with pytest.raises(TfueError, match=r"level \(made for 0.1, here 0.2\)"):
+        loaded.apply(other(x))
+    with pytest.raises(TfueError, match="already exists"):
+        made.save(path)
+    with pytest.raises(ValueError, match="coverage must be in"):
+        calibrate_pairs(est, [], 1.5)
+    with pytest.raises(TfueError, match="no calibration pairs"):
+        calibrate_pairs(est, [], 0.9)
+
+
+def test_coverage_holds_on_exchangeable_held_out_pixels_of_a_real_detector(ppocr_det):
+    """PP-OCR's detector (not ours), d4: calibrated on half of the pixels of 4 synthetic
+    pages, assessed on the other half (exchangeable by construction)."""
+    from tfue_onnx.calibrate import assess
+
+    est = Estimator(ppocr_det, Transform("flips"))
+    rng = np.random.default_rng(0)
+    ys, vs, ts = [], [], []
+    for _ in range(4):
+        page = np.ones((1, 3, 64, 64), np.float32)
+        for _ in range(6):  # dark text-like bars
+            r, c = rng.integers(4, 56, 2)
+            page[..., r:r + 4, c:c + rng.integers(6, 20)] = 0.0
+        res = est({est.info.inputs[0].name: (page - 0.5) / 0.5})
+        target = (page[:, :1] < 0.5).astype(np.float32)  # the bars themselves
+        ys.append(res.output)
+        vs.append(res.variance)
+        ts.append(target)
+    mask = rng.random(ys[0].shape) < 0.5
+    half = [lambda a: [x[mask] for x in a], lambda a: [x[~mask] for x in a]]
+    cal = fit(half[0](ys), half[0](vs), half[0](ts), coverage=0.9)
+    held = assess(cal, half[1](ys), half[1](vs), half[1](ts))
+    assert held["coverage"] == pytest.approx(0.9, abs=0.03)
