@@ -236,3 +236,19 @@ def test_coverage_holds_on_exchangeable_held_out_pixels_of_a_real_detector(ppocr
     cal = fit(half[0](ys), half[0](vs), half[0](ts), coverage=0.9)
     held = assess(cal, half[1](ys), half[1](vs), half[1](ts))
     assert held["coverage"] == pytest.approx(0.9, abs=0.03)
+
+
+def test_large_calibration_sets_are_thinned_at_random_and_say_so(sets, monkeypatch):
+    import tfue_onnx.evaluate as ev
+
+    est = Estimator(SR, Transform("flips"), seed=0)
+    pairs = make_pairs(est.info, [sets["train"]], sr_scale=2)
+    full = calibrate_pairs(est, pairs, 0.9)
+    assert full.about["calibration_set"]["elements_kept"] == 1.0
+    monkeypatch.setattr(ev, "MAX_CALIBRATION_ELEMENTS", 6000)  # of 24576
+    thin = calibrate_pairs(est, pairs, 0.9)
+    n = thin.about["calibration_set"]
+    assert n["elements_kept"] == pytest.approx(6000 / 24576)
+    assert 5000 < n["elements"] < 7000 and n["pairs"] == 8
+    assert n["sha256"] == full.about["calibration_set"]["sha256"]  # the same set
+    assert thin.fit.q == pytest.approx(full.fit.q, rel=0.15)

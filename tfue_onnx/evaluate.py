@@ -281,7 +281,9 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     Returns:
         calibration.CalibrationFile (``about`` holds the model's path, the seed, the
         calibration set's size and SHA-256 over its inputs and targets, and the fit's
-        coverage and mean width on the set itself).
+        coverage and mean width on the set itself). Beyond ``MAX_CALIBRATION_ELEMENTS``
+        elements in all, a seeded random fraction of each image's is used
+        (``calibration_set["elements_kept"]``).
 
     Raises:
         ArgumentError (a ValueError): ``coverage`` not in (0, 1).
@@ -296,7 +298,7 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     check_coverage(coverage)
     if not pairs:
         raise TfueError("no calibration pairs", "give inputs with targets")
-    digest, ss, es, meta, name = hashlib.sha256(), [], [], None, None
+    digest, ss, es, meta, name, thin = hashlib.sha256(), [], [], None, None, {}
     for pair in (progress(pairs) if progress else pairs):
         feeds, target = pair.load()
         res = estimator(feeds)
@@ -306,6 +308,7 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
             s, e = elements(res.outputs[name].output, res.outputs[name].variance, target)
         except TfueError as exc:
             raise exc.about(f"'{pair.source}'") from exc
+        s, e = _thin(s, e, thin, len(pairs))
         ss.append(s)
         es.append(e)
         _hash_pair(digest, pair.name, feeds, target)
@@ -313,13 +316,29 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     on_set = Assessment(fitted)
     for s, e in zip(ss, es):
         on_set.add_elements(s, e)
-    done = on_set.result()
     about = {"model_path": meta.get("model"), "seed": meta.get("seed"),
              "strategy": meta.get("strategy"),
              "calibration_set": {"pairs": len(pairs), "elements": fitted.count,
-                                 "sha256": digest.hexdigest()},
-             "on_calibration_set": done}
+                                 "elements_kept": thin["rate"], "sha256": digest.hexdigest()},
+             "on_calibration_set": on_set.result()}
     return CalibrationFile(fitted, identity(meta, name), about)
+
+
+MAX_CALIBRATION_ELEMENTS = 20_000_000  # kept for the fit (about 160 MB as float32 s, e)
+
+
+def _thin(s, e, state: dict, pairs: int) -> tuple:
+    """(s, e) as float32, thinned so that about ``MAX_CALIBRATION_ELEMENTS`` are kept in
+    all: one fraction for every image (set by the first, in ``state["rate"]``), each
+    element kept at random (seeded): a random subset of exchangeable elements keeps the
+    conformal guarantee."""
+    if "rate" not in state:
+        state["rate"] = min(1.0, MAX_CALIBRATION_ELEMENTS / max(1, s.size * pairs))
+        state["rng"] = np.random.default_rng(0)
+    if state["rate"] < 1:
+        pick = state["rng"].random(s.size) < state["rate"]
+        s, e = s[pick], e[pick]
+    return s.astype(np.float32), e.astype(np.float32)
 
 
 def _calibrated_output(res, pair) -> str:
