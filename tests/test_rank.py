@@ -112,3 +112,20 @@ def test_contact_sheet_shows_the_top_rows_in_rank_order(toy, tmp_path, x8):
     three = contact_sheet(est, ranking, 3, str(tmp_path / "three.png"))
     with Image.open(one) as a, Image.open(three) as b:
         assert b.size[0] == a.size[0] and b.size[1] > 2 * a.size[1]  # a row per input
+
+
+def test_arrays_rank_by_position_beside_files(toy, tmp_path, x8):
+    files = _inputs(tmp_path, x8)
+    est = Estimator(toy(), Noise(0.2, at="0.5", mode="relative"), samples=4, seed=1)
+    arrays = [np.load(f) for f in files]
+    by_file = {r["input"]: r["score"] for r in rank_inputs(est, files, "p95")}
+    mixed = rank_inputs(est, [arrays[0], {est.info.inputs[0].name: arrays[1]}, files[2]],
+                        "p95", out_dir=str(tmp_path / "m"))
+    got = {r["input"]: r["score"] for r in mixed}
+    assert set(got) == {0, 1, files[2]}
+    assert got[0] == pytest.approx(by_file[files[0]], rel=1e-6)
+    assert got[1] == pytest.approx(by_file[files[1]], rel=1e-6)
+    assert sorted(r["rank"] for r in mixed) == [1, 2, 3]
+    assert mixed[0]["score"] >= mixed[1]["score"] >= mixed[2]["score"]
+    logged = (tmp_path / "m" / "scores.jsonl").read_text()
+    assert files[2] in logged and logged.count("\n") == 2  # settings + the file only

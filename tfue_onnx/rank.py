@@ -61,23 +61,25 @@ def image_score(result, by: str = "mean") -> float:
     return float(values.mean())
 
 
-def rank_inputs(estimator, files, by: str = "mean", options=None, out_dir=None,
+def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
                 progress=None) -> list:
-    """Score every input file and rank them, most uncertain first.
+    """Score every input and rank them, most uncertain first.
 
     Args:
         estimator: the runner.Estimator to run (its seed makes the scores reproducible).
-        files: input files (images, .npy, .npz), as ``tfue run`` reads them.
+        inputs: input files (images, .npy, .npz, as ``tfue run`` reads them) and/or
+            inputs as arrays (a numpy array for a one-input model, or a dict by input
+            name, as ``estimator(x)`` takes them).
         by: the score (``image_score``).
         options: io.ImageOptions for reading images (None: the defaults).
-        out_dir: a folder for ``scores.jsonl`` (resumable: scores of the same settings
-            there are kept and not computed again) and ``ranking.csv``; None: nothing
-            written.
-        progress: wraps the list of files still to score, for display.
+        out_dir: a folder for ``scores.jsonl`` (resumable: scores of files with the same
+            settings there are kept and not computed again; arrays are always scored)
+            and ``ranking.csv``; None: nothing written.
+        progress: wraps the list of inputs still to score, for display.
 
     Returns:
         ``[{"input", "score", "rank"}]`` sorted by rank (1 = most uncertain; NaN scores
-        last).
+        last); ``input`` is the file's path, or an array's position in ``inputs`` (int).
 
     Raises:
         TfueError: an input cannot be read or run, ``out_dir`` holds scores of other
@@ -93,18 +95,24 @@ def rank_inputs(estimator, files, by: str = "mean", options=None, out_dir=None,
     scores = {} if log is None else {r["input"]: float(r["score"]) for r in read_log(
         log, config, "scores of other settings",
         "choose another --out folder, or remove that file to start over")}
-    todo = [os.fspath(f) for f in files if os.fspath(f) not in scores]
-    for path in progress(todo) if progress and todo else todo:
-        result = estimator(load_input(path, estimator.info.inputs, options))
-        scores[path] = image_score(result, by)
-        if log is not None:
-            append_log(log, config, {"input": path, "score": scores[path]})
-    wanted = [os.fspath(f) for f in files]
-    order = sorted(wanted, key=lambda f: (np.isnan(scores[f]), -np.nan_to_num(scores[f])))
+    given = {_key(x, k): x for k, x in enumerate(inputs)}
+    todo = [key for key in given if key not in scores]
+    for key in progress(todo) if progress and todo else todo:
+        path = isinstance(key, str)
+        feeds = load_input(key, estimator.info.inputs, options) if path else given[key]
+        scores[key] = image_score(estimator(feeds), by)
+        if log is not None and path:
+            append_log(log, config, {"input": key, "score": scores[key]})
+    order = sorted(given, key=lambda f: (np.isnan(scores[f]), -np.nan_to_num(scores[f])))
     ranking = [{"input": f, "score": scores[f], "rank": k} for k, f in enumerate(order, 1)]
     if out_dir is not None:
         _write_csv(os.path.join(out_dir, "ranking.csv"), ranking)
     return ranking
+
+
+def _key(x, position: int):
+    """How an input is named in a ranking: a file's path (str), an array's position."""
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else position
 
 
 def contact_sheet(estimator, ranking: list, count: int, path: str, options=None) -> str:
