@@ -30,6 +30,9 @@ def test_gaussian_errors_give_the_textbook_numbers_and_the_coverage_holds():
     np.testing.assert_allclose(cal.expected_error(s * s), math.sqrt(2 / math.pi) * s,
                                rtol=0.08)
     assert all(np.diff(cal.knots_e) >= 0) and all(np.diff(cal.knots_s) >= 0)
+    np.testing.assert_allclose(cal.expected_error(s * s, fit="scale"), cal.scale * s)
+    with pytest.raises(ValueError, match="unknown fit 'linear'"):
+        cal.expected_error(s, fit="linear")
     held = assess(cal, *_pairs(np.random.default_rng(1), 10))
     assert held["coverage"] == pytest.approx(0.9, abs=0.01)
     assert held["mean_width"] == pytest.approx(2 * cal.q * 0.505, rel=0.03)  # mean s

@@ -79,9 +79,18 @@ class Calibration:
         v = np.maximum(np.asarray(variance, dtype=np.float64), 0.0)
         return np.maximum(np.sqrt(v), self.floor)
 
-    def expected_error(self, variance) -> np.ndarray:
+    def expected_error(self, variance, fit: str = "isotonic") -> np.ndarray:
         """E[|error|] per element of a variance map (output units; float64, its shape):
-        the isotonic map read by linear interpolation, flat beyond its end knots."""
+        ``fit="isotonic"`` the isotonic map read by linear interpolation, flat beyond its
+        end knots; ``"scale"`` the one-parameter alternative ``scale * s``.
+
+        Raises:
+            ArgumentError (a ValueError): another ``fit``.
+        """
+        if fit == "scale":
+            return self.scale * self.std(variance)
+        if fit != "isotonic":
+            raise ArgumentError(f"unknown fit {fit!r}", "give 'isotonic' or 'scale'")
         return np.interp(self.std(variance), self.knots_s, self.knots_e)
 
     def calibrated_std(self, variance) -> np.ndarray:
