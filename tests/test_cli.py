@@ -36,7 +36,7 @@ def test_run_writes_results(cli, setup, x8):
     r = cli("run", model, npy, "--method", "noise", "--at", "r1", "--sigma", 0.2, "--seed", 3,
             "--out", out)
     assert r.exit_code == 0, r.output
-    assert "noise at r1 (level 0.2), N=8, seed 3, strategy looped-suffix" in r.stdout
+    assert "noise at r1, level 0.2, N = 8, seed 3, strategy looped-suffix" in r.stdout
     assert sorted(os.listdir(out)) == ["img.npz", "img.variance.png", "summary.json"]
     import zipfile
     with zipfile.ZipFile(out / "img.npz") as zf:  # stored, not deflated, by default
@@ -432,7 +432,7 @@ def test_inspect_and_export_print_what_the_user_gave(cli, toy, tmp_path):
     assert "0.10000000149" not in r.stdout
     r = cli("export", toy(), "-o", tmp_path / "t.onnx", "--method", "transform")
     assert r.exit_code == 0, r.output
-    assert "transform at input, N=8, strategy " in r.stdout and "seed" not in r.stdout
+    assert "transform (8: identity, " in r.stdout and "seed" not in r.stdout
     r = cli("export", toy(), "-o", tmp_path / "n.onnx", "--method", "noise", "--at", "r1",
             "--seed", 4)
     assert r.exit_code == 0 and ", seed 4, strategy " in r.stdout
@@ -696,11 +696,11 @@ def test_the_run_line_gives_a_seed_only_to_methods_that_draw(cli, toy, tmp_path,
             "--no-pictures", "-o", tmp_path / "t")
     assert r.exit_code == 0, r.output
     first = r.stdout.splitlines()[0]
-    assert first.startswith("transform (identity, hflip, vflip, rot180), N=4, strategy")
+    assert first.startswith("transform (4: identity, hflip, vflip, rot180), strategy")
     assert "seed" not in first
     r = cli("run", toy(), tmp_path / "x.npy", "--method", "noise", "--seed", "5", "-n", "2",
             "--no-pictures", "-o", tmp_path / "n")
-    assert ", N=2, seed 5, strategy" in r.stdout.splitlines()[0]
+    assert ", N = 2, seed 5, strategy" in r.stdout.splitlines()[0]
 
 
 def test_sweep_refuses_levels_of_a_method_it_leaves_out(cli, toy, tmp_path):

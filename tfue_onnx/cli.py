@@ -700,17 +700,11 @@ def _split_members(model, inputs, method):
 
 
 def _what_ran(meta: dict, where) -> str:
-    """'noise at r1 (level 0.2), N=8, seed 3' (transforms, ensembles and entropy draw
-    nothing: no seed; an ensemble's members are counted, not listed)."""
-    draws = meta["method"] in ("noise", "dropout", "mc-dropout")
-    if meta["method"] == "ensemble":
-        text = f"ensemble of {len(meta.get('members') or []) or '?'} models"
-    elif meta["method"] == "transform":
-        text = f"transform ({', '.join(meta.get('transforms') or [])})"
-    else:
-        text = f"{meta['method']} at {where}"
-    text += "" if meta.get("level") is None else f" (level {meta['level']})"
-    return text + f", N={meta['samples']}" + (f", seed {meta['seed']}" if draws else "")
+    """'noise at r1, level 0.2, N = 8, seed 3' (``plots.method_words``, the pictures'
+    wording) with the location ``where`` (summaries call it ``location``)."""
+    from .plots import method_words
+
+    return method_words({**meta, "at": where}, seed=True)
 
 
 def _say_run(summary: dict, out_dir: str) -> None:
@@ -907,9 +901,8 @@ def export(models, out, example, force, calibration, **values):
     ug = est.standalone_graph(feeds)  # the graph export wrote (cached)
     written = est.exported_files
     data = f" (weights in {written[1]} beside it)" if len(written) > 1 else ""
-    seed = f"seed {est.seed}, " if ug.sampling else ""  # transforms, ensembles draw nothing
-    click.echo(f"wrote {path}{data}: {est.spec.method} at {est.location}, N={est.samples}, "
-               f"{seed}strategy {ug.strategy}; outputs " + ", ".join(est.exported_outputs))
+    click.echo(f"wrote {path}{data}: {_what_ran(est.describe(), est.location)}, strategy "
+               f"{ug.strategy}; outputs " + ", ".join(est.exported_outputs))
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------

@@ -14,9 +14,11 @@ TOP_PERCENTILE = 99.5  # a map's colours span min .. this percentile (a few hot 
 # would make the rest black); values above get the top colour, marked by the bar's arrow
 
 
-def method_words(meta: dict) -> str:
-    """'noise at r1, level 0.2, N = 8' (transforms: 'transform d4 (8: identity, ...)')
-    from a run's metadata, for titles."""
+def method_words(meta: dict, seed: bool = False) -> str:
+    """How a run is named, from its metadata: 'noise at r1, level 0.2, N = 8' (transforms:
+    'transform (4: identity, hflip, vflip, rot180)'; ensembles: 'ensemble of 4 models');
+    ``seed`` adds ', seed 3' for the methods that draw (noise, dropout, mc-dropout). The
+    one wording of pictures' titles and the CLI's lines."""
     words = str(meta.get("method"))
     if meta.get("method") == "ensemble":
         return f"ensemble of {len(meta.get('members') or []) or '?'} models"
@@ -29,6 +31,9 @@ def method_words(meta: dict) -> str:
         words += f", level {meta['level']:g}"
     if meta.get("samples") and not meta.get("transforms"):
         words += f", N = {meta['samples']}"
+    if seed and meta.get("method") in ("noise", "dropout", "mc-dropout") and \
+            meta.get("seed") is not None:
+        words += f", seed {meta['seed']}"
     return words
 
 
