@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --option -> the names.* tuple its click.Choice must list (in that order).
 CHOICES = {"--method": names.METHODS, "--layout": names.LAYOUTS,
            "--sigma-mode": names.SIGMA_MODES, "--channel-order": names.CHANNEL_ORDERS,
-           "--strategy": ("auto",) + names.STRATEGIES}
+           "--strategy": ("auto",) + names.STRATEGIES, "--provider": names.PROVIDERS}
 
 
 def _choice_options():
@@ -80,3 +80,15 @@ def test_names_imports_nothing():
     tree = ast.parse(open(os.path.join(ROOT, "tfue_onnx", "names.py")).read())
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert set(names.__all__) == {k for k in vars(names) if k.isupper()}
+
+
+def test_the_transform_sets_and_the_hint_keywords_come_from_names():
+    from tfue_onnx import errors, session, transforms
+
+    assert tuple(transforms.SETS) == names.TRANSFORM_SETS
+    assert session.PROVIDERS is names.PROVIDERS
+    for word in names.TRANSFORM_SETS + names.RANK_SCORES + names.PROVIDERS:
+        assert word in errors._KEYWORDS
+    # A hint naming a choice reads as the Python keyword's value.
+    assert errors.python_face("e.g. --by p95") == "e.g. by='p95'"
+    assert errors.python_face("e.g. --transforms flips") == "e.g. transforms='flips'"

@@ -178,7 +178,8 @@ def check_coverage(coverage) -> float:
     """``coverage`` as a float in (0, 1); ArgumentError (a ValueError) otherwise."""
     if isinstance(coverage, bool) or not (isinstance(coverage, (int, float))
                                           and 0 < coverage < 1):
-        raise ArgumentError(f"coverage must be in (0, 1), got {coverage!r}", "e.g. 0.9")
+        raise ArgumentError(f"coverage must be in (0, 1), got {coverage!r}",
+                            "e.g. --coverage 0.9")
     return float(coverage)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from . import names
+
 # CLI option -> (Python argument, kind). kind "flag": a switch, read ``name=True``
 # (or the value given, for a negated switch); "value": followed by a value, read
 # ``name=VALUE`` when a value follows, else the bare name.
@@ -68,6 +70,14 @@ PYTHON_NAMES = {
     "--levels": ("level", "value"),
     "--methods": ("methods", "value"),
     "--method": ("method", "value"),
+    "--by": ("by", "value"),
+    "--top": ("top", "value"),
+    "--copy-to": ("copy_to", "value"),
+    "--weights": ("formula", "value"),
+    "--weight-strength": ("strength", "value"),
+    "--max-weight": ("max_weight", "value"),
+    "--coverage": ("coverage", "value"),
+    "--calibration": ("calibration", "value"),
 }
 # --method VALUE reads as the spec class that Python takes instead.
 METHOD_CLASSES = {"noise": "Noise", "dropout": "Dropout", "mc-dropout": "MCDropout",
@@ -77,9 +87,9 @@ _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[on])(?![\w-])(?: (\S+))?")
 # A following word that is a value: a number, a size (2G), a list (0.1,0.2), HxW, or one
 # of the keyword values options take; any other word is prose ("--sigma as a number").
 _NUMBER = re.compile(r"^-?[\d.]+(e-?\d+)?([KMGT]B?)?$|^[\d.,-]+$|^\d+x\d+$", re.IGNORECASE)
-_KEYWORDS = {"auto", "all", "input", "absolute", "relative", "NCHW", "NHWC", "cpu", "cuda",
-             "rgb", "bgr", "d4", "rot", "flips", "hflip", "rot180", "batched", "loop",
-             "shared-prefix", "looped-suffix"}
+_KEYWORDS = {"auto", "all", "input"}.union(
+    names.LAYOUTS, names.SIGMA_MODES, names.CHANNEL_ORDERS, names.PROVIDERS,
+    names.TRANSFORM_SETS, names.STRATEGIES, names.WEIGHT_FORMULAS, names.RANK_SCORES)
 
 
 def _python_value(value: str) -> str:

@@ -1,7 +1,7 @@
 """The names the library accepts for its choices, defined once (no imports: the CLI's
 click choice lists come from here without loading onnx or onnxruntime).
 
-Providers are ``session.PROVIDERS``; metrics ``sweep.METRICS``.
+Metrics are ``sweep.METRICS``.
 """
 
 # The package version (setup.cfg reads it from here).
@@ -19,6 +19,10 @@ LAYOUTS = ("auto", "NCHW", "NHWC")
 # Noise sigma: absolute, or relative to the tensor's own standard deviation.
 SIGMA_MODES = ("absolute", "relative")
 CHANNEL_ORDERS = ("rgb", "bgr")
+# Execution providers (session.py); auto: CUDA when it really loads, else CPU.
+PROVIDERS = ("auto", "cpu", "cuda")
+# The named transform sets of infer-transformation (their elements: transforms.SETS).
+TRANSFORM_SETS = ("d4", "rot", "flips", "hflip", "rot180")
 # Strategies whose uncertainty graph is one model (what export can write);
 # looped-suffix runs as two (a prefix once per input, the suffix per chunk).
 GRAPH_STRATEGIES = ("shared-prefix", "batched", "loop")
@@ -28,5 +32,6 @@ WEIGHT_FORMULAS = ("linear", "normalized")
 # What `tfue rank` scores an input by (rank.py).
 RANK_SCORES = ("mean", "max", "p95", "entropy", "bald")
 
-__all__ = ["VERSION", "FLOAT_DTYPES", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES", "CHANNEL_ORDERS",
-           "GRAPH_STRATEGIES", "STRATEGIES", "WEIGHT_FORMULAS", "RANK_SCORES"]
+__all__ = ["VERSION", "FLOAT_DTYPES", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES",
+           "CHANNEL_ORDERS", "PROVIDERS", "TRANSFORM_SETS", "GRAPH_STRATEGIES", "STRATEGIES",
+           "WEIGHT_FORMULAS", "RANK_SCORES"]

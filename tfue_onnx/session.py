@@ -13,8 +13,7 @@ import re
 import tempfile
 
 from .errors import ArgumentError, TfueError
-
-PROVIDERS = ("auto", "cpu", "cuda")
+from .names import PROVIDERS
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _cuda_failed = False  # once CUDA fails to load in this process, don't try again

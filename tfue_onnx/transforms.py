@@ -71,7 +71,7 @@ _ELEMENTS = [
 ]
 ELEMENTS = {e.name: e for e in _ELEMENTS}
 
-SETS = {
+SETS = {  # the keys are names.TRANSFORM_SETS
     "d4": ["identity", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose",
            "antitranspose"],
     "rot": ["identity", "rot90", "rot180", "rot270"],
