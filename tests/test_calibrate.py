@@ -127,7 +127,7 @@ def test_a_fit_has_few_knots_and_its_maps_are_monotone():
 def test_the_graph_nodes_compute_what_the_calibration_computes(dtype, tol):
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from tfue_onnx.calibrate import graph_nodes
 
