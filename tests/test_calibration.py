@@ -252,3 +252,16 @@ def test_large_calibration_sets_are_thinned_at_random_and_say_so(sets, monkeypat
     assert 5000 < n["elements"] < 7000 and n["pairs"] == 8
     assert n["sha256"] == full.about["calibration_set"]["sha256"]  # the same set
     assert thin.fit.q == pytest.approx(full.fit.q, rel=0.15)
+
+
+def test_pairs_given_as_arrays_fit_the_same(sets):
+    est = Estimator(SR, Transform("hflip"), seed=0)
+    pairs = make_pairs(est.info, [sets["train"]], sr_scale=2)
+    loaded = [p.load() for p in pairs]
+    as_arrays = calibrate_pairs(est, [(feeds["input"], target) for feeds, target in loaded])
+    assert as_arrays.fit == calibrate_pairs(est, pairs).fit
+    assert as_arrays.identity == identity(est.describe(), "output")
+    with pytest.raises(ValueError, match="calibration pair 0 is a ndarray"):
+        calibrate_pairs(est, [loaded[0][1]])
+    with pytest.raises(TfueError, match=r"'pair 1'.*differ in shape"):
+        calibrate_pairs(est, [loaded[0], (loaded[1][0], loaded[1][1][..., :8])])

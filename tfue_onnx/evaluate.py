@@ -274,7 +274,9 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
 
     Args:
         estimator: an Estimator of a sampling method (its variance map is calibrated).
-        pairs: ``Pair`` list (``make_pairs``), the calibration set.
+        pairs: the calibration set: ``Pair`` list (``make_pairs``), or ``(input,
+            target)`` tuples of arrays (the input as ``estimator(x)`` takes it, the
+            target laid out like the output).
         coverage: the intervals' target coverage, in (0, 1).
         progress: wraps the pair list for display.
 
@@ -296,8 +298,9 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     from .calibration import CalibrationFile, identity
 
     check_coverage(coverage)
-    if not pairs:
+    if not len(pairs):
         raise TfueError("no calibration pairs", "give inputs with targets")
+    pairs = [_as_pair(p, k) for k, p in enumerate(pairs)]
     digest, ss, es, meta, name, thin = hashlib.sha256(), [], [], None, None, {}
     for pair in (progress(pairs) if progress else pairs):
         feeds, target = pair.load()
@@ -316,12 +319,22 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     on_set = Assessment(fitted)
     for s, e in zip(ss, es):
         on_set.add_elements(s, e)
-    about = {"model_path": meta.get("model"), "seed": meta.get("seed"),
-             "strategy": meta.get("strategy"),
-             "calibration_set": {"pairs": len(pairs), "elements": fitted.count,
-                                 "elements_kept": thin["rate"], "sha256": digest.hexdigest()},
-             "on_calibration_set": on_set.result()}
-    return CalibrationFile(fitted, identity(meta, name), about)
+    return CalibrationFile(fitted, identity(meta, name), {
+        "model_path": meta.get("model"), "seed": meta.get("seed"),
+        "strategy": meta.get("strategy"),
+        "calibration_set": {"pairs": len(pairs), "elements": fitted.count,
+                            "elements_kept": thin["rate"], "sha256": digest.hexdigest()},
+        "on_calibration_set": on_set.result()})
+
+
+def _as_pair(pair, k: int) -> Pair:
+    """A ``Pair``, or an ``(input, target)`` tuple made one (named '[k]')."""
+    if isinstance(pair, Pair):
+        return pair
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ArgumentError(f"calibration pair {k} is a {type(pair).__name__}, not a Pair or "
+                            "an (input, target) tuple", "e.g. [(x, target), ...]")
+    return Pair(f"[{k}]", f"pair {k}", lambda: (pair[0], np.asarray(pair[1])))
 
 
 MAX_CALIBRATION_ELEMENTS = 20_000_000  # kept for the fit (about 160 MB as float32 s, e)
@@ -353,6 +366,7 @@ def _calibrated_output(res, pair) -> str:
 def _hash_pair(digest, name: str, feeds: dict, target) -> None:
     """Add one pair (its name, input arrays and target) to the calibration set's hash."""
     digest.update(name.encode())
+    feeds = feeds if isinstance(feeds, dict) else {"": np.asarray(feeds)}
     for key in sorted(feeds):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(feeds[key]).tobytes())
