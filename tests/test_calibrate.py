@@ -150,3 +150,41 @@ def test_the_graph_nodes_compute_what_the_calibration_computes(dtype, tol):
     np.testing.assert_allclose(got["e"], cal.expected_error(v), atol=tol)
     assert got["e"].dtype == dtype
     assert len(nodes) < 10 + 5 * len(cal.knots_s)  # a few nodes per knot
+
+
+def test_reliability_bins_survive_ties_and_mostly_zero_maps():
+    from tfue_onnx.calibrate import bin_edges
+
+    s = np.arange(100.0)
+    np.testing.assert_array_equal(bin_edges(s, 4), [25.0, 50.0, 75.0])
+    mostly_zero = np.concatenate([np.zeros(920), np.linspace(1, 2, 80)])
+    edges = bin_edges(mostly_zero, 10)
+    assert edges[0] > 0 and len(edges) == 9  # the zeros in one bin, the rest in nine
+    counts = np.bincount(np.searchsorted(edges, mostly_zero, side="right"))
+    assert counts[0] == 920 and all(8 <= c <= 10 for c in counts[1:])
+    assert len(bin_edges(np.zeros(50), 10)) == 0  # all tied: one bin
+    cal = fit([np.zeros(1000)], [np.square(mostly_zero)], [mostly_zero], coverage=0.9)
+    assert len(cal.bin_edges) == 9
+
+
+def test_what_fit_assess_and_interval_refuse():
+    from tfue_onnx.calibrate import check_coverage
+
+    y = np.zeros(20)
+    with pytest.raises(ValueError, match="negative values"):
+        fit([y], [np.full(20, -0.5)], [y])
+    fit([y], [np.full(20, -1e-15)], [y + 0.1], coverage=0.5)  # rounding: taken as 0
+    with pytest.raises(ValueError, match="no finite element"):
+        fit([y], [np.ones(20)], [np.full(20, np.nan)])
+    assert check_coverage(np.float32(0.75)) == 0.75 and check_coverage(np.float64(0.9)) == 0.9
+    with pytest.raises(ValueError, match="coverage must be in"):
+        check_coverage(np.bool_(True))
+    # The smallest calibration set each coverage needs, said exactly.
+    with pytest.raises(TfueError, match=r"at least 19\)"):
+        fit([np.zeros(18)], [np.ones(18)], [np.ones(18)], coverage=0.95)
+    assert fit([np.zeros(19)], [np.ones(19)], [np.ones(19)], coverage=0.95).count == 19
+    cal = fit(*_pairs(np.random.default_rng(8), 2), coverage=0.9)
+    with pytest.raises(ValueError, match="differ in shape"):
+        cal.interval(np.zeros((2, 3)), np.ones(3))
+    with pytest.raises(ValueError, match="no held-out pairs"):
+        assess(cal, [], [], [])

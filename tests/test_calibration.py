@@ -61,7 +61,9 @@ def test_tfue_calibrate_writes_the_fit_its_identity_and_a_reliability_diagram(tm
     assert ident["model"] == model_digest(SR) and len(ident["model"]) == 64
     assert (ident["method"], ident["at"], ident["samples"], ident["output"]) == (
         "transform", "input", 8, "output")
-    assert ident["transforms"][0] == "identity" and ident["level"] is None
+    assert ident["transforms"] == sorted(["identity", "rot90", "rot180", "rot270", "hflip",
+                                          "vflip", "transpose", "antitranspose"])
+    assert ident["level"] is None and ident["softmax"] is False and "pad" not in ident
     assert data["seed"] == 0 and data["model_path"] == SR
     assert data["calibration_set"]["pairs"] == 8
     assert data["calibration_set"]["elements"] == 8 * 3 * 32 * 32
@@ -187,12 +189,18 @@ def test_identity_differences_and_the_python_face(tmp_path, sets):
             "seed": 3, "chunks": [8]}
     ident = identity(meta, "output")
     assert ident == {"model": model_digest(SR), "output": "output", "method": "dropout",
-                     "at": "x", "level": 0.1, "samples": 8}
+                     "at": "x", "level": 0.1, "samples": 8, "softmax": False}
     assert differences(ident, identity({**meta, "seed": 4}, "output")) == []  # seeds differ
-    assert differences(ident, identity({**meta, "model": None}, "output")) == []  # unknown
+    assert differences(ident, identity({**meta, "pad": 0}, "output")) == []  # no pad
     assert differences(ident, identity({**meta, "at": "y", "samples": 16}, "out2")) == [
         "output (made for output, here out2)", "location (made for x, here y)",
         "N (made for 8, here 16)"]
+    soft = {**meta, "classes": {"outputs": {"output": 1}, "softmax_added": True}}
+    assert differences(ident, identity(soft, "output")) == [
+        "softmax (made for False, here True)"]
+    t = identity({**meta, "method": "transform", "transforms": ["identity", "hflip"]}, "o")
+    assert t["transforms"] == identity({**meta, "method": "transform",
+                                        "transforms": ["hflip", "identity"]}, "o")["transforms"]
     # A dropout calibration fitted, saved, loaded and applied in Python.
     est = Estimator(SR, Dropout(0.1, at=0.5), samples=4, seed=1)
     made = calibrate_pairs(est, make_pairs(est.info, [sets["train"]], sr_scale=2), 0.8)
@@ -265,3 +273,52 @@ def test_pairs_given_as_arrays_fit_the_same(sets):
         calibrate_pairs(est, [loaded[0][1]])
     with pytest.raises(TfueError, match=r"'pair 1'.*differ in shape"):
         calibrate_pairs(est, [loaded[0], (loaded[1][0], loaded[1][1][..., :8])])
+
+
+def test_ensembles_are_identified_by_their_members_files_wherever_they_lie(tmp_path):
+    import shutil
+
+    members = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "models", f"srresnet_x2_ensemble_{k}.onnx") for k in range(3)]
+    copies = []
+    for k, m in enumerate(members):
+        copies.append(str(tmp_path / f"copy{k}.onnx"))
+        shutil.copy(m, copies[-1])
+    meta = {"method": "ensemble", "at": ",".join(members), "samples": 3, "level": None}
+    made = identity({**meta, "model": members[0], "members": members}, "output")
+    moved = {**meta, "at": "elsewhere", "model": copies[0],
+             "members": [copies[0], copies[2], copies[1]]}  # moved, others reordered
+    assert differences(made, identity(moved, "output")) == []
+    swapped = {**moved, "model": copies[1], "members": [copies[1], copies[0], copies[2]]}
+    assert differences(made, identity(swapped, "output")) == [
+        "model (another file)", "members (another file)"]  # member 0 is the prediction
+
+
+def test_in_memory_models_and_edited_files_are_refused(tmp_path, sets):
+    import onnx
+
+    est = Estimator(SR, Transform("hflip"), seed=0)
+    made = calibrate_pairs(est, make_pairs(est.info, [sets["train"]], sr_scale=2), 0.9)
+    in_memory = Estimator(onnx.load(SR), Transform("hflip"))
+    x = load_image(os.path.join(sets["lr"], "p0.png"), est)
+    with pytest.raises(TfueError, match="this run's model was given in memory"):
+        made.apply(in_memory(x))
+    from_memory = calibrate_pairs(in_memory, [made_pair for made_pair in make_pairs(
+        est.info, [sets["train"]], sr_scale=2)][:2])
+    with pytest.raises(TfueError, match="the calibration's model was given in memory"):
+        from_memory.apply(est(x))
+    path = made.save(str(tmp_path / "c.json"))
+    good = json.loads(open(path).read())
+    edits = [("fit", "q", float("nan")), ("fit", "q", -1.0), ("fit", "floor", -1.0),
+             ("fit", "knots_e", list(reversed(good["fit"]["knots_e"]))),
+             ("fit", "coverage", 1.5), ("identity", "samples", "2"),
+             ("identity", "level", True), ("identity", "surprise", 1)]
+    for part, key, value in edits:
+        data = json.loads(json.dumps(good))
+        data[part][key] = value
+        with open(path, "w") as f:
+            f.write(json.dumps(data).replace("NaN", "NaN"))
+        with pytest.raises(TfueError, match="is not a calibration tfue wrote"):
+            CalibrationFile.load(path)
+    with pytest.raises(TfueError, match="is a folder"):
+        CalibrationFile.load(str(tmp_path))

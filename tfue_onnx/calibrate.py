@@ -102,6 +102,9 @@ class Calibration:
         output's shape)."""
         half = self.q * self.std(variance)
         y = np.asarray(output, dtype=np.float64)
+        if y.shape != half.shape:
+            raise ArgumentError(f"output {y.shape} and variance {half.shape} differ in shape",
+                                "give the variance map of this output")
         return y - half, y + half
 
     def to_json(self) -> dict:
@@ -123,12 +126,28 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as exc:
             raise TfueError(f"not a calibration ({type(exc).__name__}: {exc})",
                             "give a calibration made by tfue calibrate") from None
-        s = np.asarray(fields["knots_s"])
-        if not (s.size and len(fields["knots_e"]) == s.size == len(fields["knots_rmse"])
-                and np.all(np.diff(s) > 0)):
-            raise TfueError("not a calibration (its knots are not ascending or differ in "
-                            "number)", "give a calibration made by tfue calibrate")
+        problem = _implausible(fields)
+        if problem:
+            raise TfueError(f"not a calibration ({problem})",
+                            "give a calibration made by tfue calibrate")
         return cls(**fields)
+
+
+def _implausible(f: dict) -> str | None:
+    """What is wrong with a calibration's fields (None: nothing): every number finite, q
+    and the errors >= 0, the floor > 0, knots ascending in s and non-decreasing in error."""
+    s, e, r = (np.asarray(f[k], dtype=np.float64) for k in ("knots_s", "knots_e",
+                                                            "knots_rmse"))
+    numbers = [f["q"], f["scale"], f["floor"], f["coverage"], *s, *e, *r, *f["bin_edges"]]
+    if not all(math.isfinite(v) for v in numbers):
+        return "a number is not finite"
+    if not 0 < f["coverage"] < 1 or f["q"] < 0 or f["floor"] <= 0 or f["count"] < 1:
+        return "its coverage, q, floor or count is out of range"
+    if not (s.size and s.size == e.size == r.size and np.all(np.diff(s) > 0)
+            and np.all(np.diff(e) >= 0) and np.all(np.diff(r) >= 0) and e[0] >= 0
+            and r[0] >= 0 and np.all(np.diff(f["bin_edges"]) > 0)):
+        return "its knots are not ascending, differ in number or decrease"
+    return None
 
 
 def fit(outputs, variances, targets, coverage: float = 0.9) -> Calibration:
@@ -158,26 +177,50 @@ def fit_elements(s: np.ndarray, e: np.ndarray, coverage: float = 0.9) -> Calibra
     coverage = check_coverage(coverage)
     s, e = np.asarray(s, dtype=np.float64), np.asarray(e, dtype=np.float64)
     n = s.size
+    if n == 0:
+        raise ArgumentError("the calibration pairs hold no finite element (output, variance "
+                            "and target all finite)", "give finite outputs and targets")
     rank = math.ceil((n + 1) * coverage)
-    if n == 0 or rank > n:
+    if rank > n:
+        need = next(m for m in range(1, n + 10**7) if math.ceil((m + 1) * coverage) <= m)
         raise TfueError(f"{n} calibration element(s) are too few for coverage {coverage:g} "
-                        f"(the conformal quantile needs at least {math.ceil(1 / (1 - coverage)) - 1})",
+                        f"(the conformal quantile needs at least {need})",
                         "calibrate on more pairs, or ask for a lower coverage")
     floor = S_FLOOR * float(s.mean()) if s.mean() > 0 else S_FLOOR
     s = np.maximum(s, floor)
     q = float(np.partition(e / s, rank - 1)[rank - 1])
     scale = float((s * e).sum() / (s * s).sum())
     knots_s, knots_e, knots_rmse = _isotonic(s, e)
-    edges = np.unique(np.quantile(s, np.linspace(0, 1, RELIABILITY_BINS + 1)[1:-1]))
+    edges = bin_edges(s, RELIABILITY_BINS)
     return Calibration(coverage=float(coverage), q=q, scale=scale, knots_s=knots_s,
                        knots_e=knots_e, knots_rmse=knots_rmse,
                        bin_edges=tuple(float(v) for v in edges), count=int(n), floor=floor)
 
 
+def bin_edges(s: np.ndarray, bins: int) -> np.ndarray:
+    """Interior edges of up to ``bins`` equal-count bins of ``s`` (a bin holds
+    ``edge[i-1] <= s < edge[i]``); a run of tied values stays in one bin, and the values
+    above it are split again into equal counts (so a map that is mostly 0 still gets
+    bins over the rest)."""
+    s = np.sort(np.asarray(s, dtype=np.float64))
+    edges, start = [], 0
+    for left in range(bins - 1, 0, -1):  # bins still to cut after this one
+        pos = start + (s.size - start) // (left + 1)
+        if pos >= s.size:
+            break
+        if s[pos] <= s[start]:  # tied with the bin's first value: cut above the tie
+            pos = int(np.searchsorted(s, s[start], side="right"))
+            if pos >= s.size:
+                break
+        edges.append(s[pos])
+        start = int(np.searchsorted(s, s[pos], side="left"))
+    return np.array(edges)
+
+
 def check_coverage(coverage) -> float:
     """``coverage`` as a float in (0, 1); ArgumentError (a ValueError) otherwise."""
-    if isinstance(coverage, bool) or not (isinstance(coverage, (int, float))
-                                          and 0 < coverage < 1):
+    if isinstance(coverage, (bool, np.bool_)) or not (
+            isinstance(coverage, (int, float, np.integer, np.floating)) and 0 < coverage < 1):
         raise ArgumentError(f"coverage must be in (0, 1), got {coverage!r}",
                             "e.g. --coverage 0.9")
     return float(coverage)
@@ -202,14 +245,19 @@ def elements(output, variance, target) -> tuple:
     flat float64 arrays.
 
     Raises:
-        ArgumentError (a ValueError): the three arrays differ in shape.
+        ArgumentError (a ValueError): the three arrays differ in shape, or the variance
+            is negative (beyond rounding).
     """
     y, v, t = (np.asarray(a, dtype=np.float64) for a in (output, variance, target))
     if not (y.shape == v.shape == t.shape):
         raise ArgumentError(f"output {y.shape}, variance {v.shape} and target {t.shape} "
                             "differ in shape", "give arrays of the output's shape")
     ok = np.isfinite(y) & np.isfinite(v) & np.isfinite(t)
-    return np.sqrt(np.maximum(v[ok], 0.0)), np.abs(y[ok] - t[ok])
+    v = v[ok]
+    if v.size and v.min() < -max(1e-9 * float(np.abs(v).max()), 1e-12):
+        raise ArgumentError(f"a variance map holds negative values (down to {v.min():.3g})",
+                            "give variances (squared output units, >= 0)")
+    return np.sqrt(np.maximum(v, 0.0)), np.abs(y[ok] - t[ok])
 
 
 def _isotonic(s: np.ndarray, e: np.ndarray) -> tuple:
@@ -349,6 +397,9 @@ def assess(calibration: Calibration, outputs, variances, targets) -> dict:
         raise ArgumentError("outputs, variances and targets must be lists of one length, got "
                             f"{len(outputs)}, {len(variances)}, {len(targets)}",
                             "give one variance and one target per output")
+    if not len(outputs):
+        raise ArgumentError("no held-out pairs to assess", "give one output, variance and "
+                            "target per image")
     found = Assessment(calibration)
     for y, v, t in zip(outputs, variances, targets):
         found.add(y, v, t)

@@ -51,25 +51,33 @@ def model_digest(path) -> str | None:
 def identity(metadata: dict, output: str) -> dict:
     """What a calibration is valid for, from a run's metadata (``Result.metadata`` or
     ``Estimator.describe()``) and the calibrated output's name: the model's SHA-256
-    (``model``, None for an in-memory model), each ensemble member's, and the settings in
-    ``COMPARED`` that the run has."""
+    (``model``; None for an in-memory model), the settings in ``COMPARED`` that the run
+    has, whether a softmax was added (``--softmax``), and for ensembles the members'
+    SHA-256s (member 0, whose output is the prediction, first; the others sorted: where
+    the files lie and their order do not matter) in place of their paths (``at``).
+    ``--pad 0`` counts as no pad and a transform set as its elements in any order."""
     found = {"model": model_digest(metadata.get("model")), "output": output}
     found.update({k: metadata[k] for k in COMPARED if k in metadata})
+    found["softmax"] = bool((metadata.get("classes") or {}).get("softmax_added"))
+    if not found.get("pad"):
+        found.pop("pad", None)
+    if found.get("transforms") is not None:
+        found["transforms"] = sorted(found["transforms"])
     if metadata.get("members"):
-        found["members"] = [model_digest(m) or str(m) for m in metadata["members"]]
+        digests = [model_digest(m) or str(m) for m in metadata["members"]]
+        found["members"] = digests[:1] + sorted(digests[1:])
+        found.pop("at", None)
     return found
 
 
 def differences(made_for: dict, now: dict) -> list:
     """'name (made for A, here B)' for every identity field that differs, the model and
-    method first (a model known on one side only is not compared)."""
+    method first."""
     found = []
     order = ("model", "members", "output") + COMPARED
     for key in sorted(set(made_for) | set(now), key=lambda k: (
             order.index(k) if k in order else len(order), k)):
         a, b = made_for.get(key), now.get(key)
-        if key == "model" and (a is None or b is None):
-            continue
         if key in ("transforms", "members") and a is not None and b is not None:
             a, b = list(a), list(b)
         if a != b:
@@ -77,6 +85,23 @@ def differences(made_for: dict, now: dict) -> list:
                      f"made for {_show(a)}, here {_show(b)}")
             found.append(f"{_NAMES.get(key, key)} ({shown})")
     return found
+
+
+_KINDS = {"model": (str, type(None)), "output": str, "method": str, "at": str,
+          "level": (int, float, type(None)), "samples": int, "sigma_mode": str,
+          "transforms": list, "pad": int, "softmax": bool, "members": list}
+
+
+def _checked_identity(ident) -> dict:
+    """A calibration file's identity, its fields of the kinds tfue writes (ValueError)."""
+    if not isinstance(ident, dict) or "output" not in ident or "method" not in ident:
+        raise ValueError("its identity names no output or method")
+    for key, value in ident.items():
+        kind = _KINDS.get(key)
+        if kind is None or isinstance(value, bool) and kind is not bool or \
+                not isinstance(value, kind):
+            raise ValueError(f"its identity's {key!r} is {value!r}")
+    return ident
 
 
 _NAMES = {"at": "location", "samples": "N", "model": "model", "output": "output"}
@@ -135,6 +160,9 @@ class CalibrationFile:
             TfueError: the file is missing, not JSON, or not a calibration tfue wrote.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise TfueError(f"calibration file '{path}' is a folder",
+                            "give the calibration.json file tfue calibrate wrote")
         if not os.path.isfile(path):
             raise TfueError(f"calibration file '{path}' does not exist",
                             "make one with tfue calibrate")
@@ -143,9 +171,7 @@ class CalibrationFile:
                 data = json.load(f)
             if not isinstance(data, dict) or data.get("tfue_calibration") != FORMAT:
                 raise ValueError("no 'tfue_calibration': %d field" % FORMAT)
-            ident, fit = data["identity"], Calibration.from_json(data["fit"])
-            if not isinstance(ident, dict) or "output" not in ident:
-                raise ValueError("its identity names no output")
+            ident, fit = _checked_identity(data["identity"]), Calibration.from_json(data["fit"])
         except (OSError, ValueError, KeyError, TypeError, TfueError) as exc:
             reason = exc.message if isinstance(exc, TfueError) else f"{type(exc).__name__}: {exc}"
             raise TfueError(f"'{path}' is not a calibration tfue wrote ({reason})",
@@ -163,9 +189,16 @@ class CalibrationFile:
         Raises:
             TfueError: the model, method, location, level, N or another compared
                 setting differs (each difference named), or the output is not the
-                calibrated one.
+                calibrated one; either model is an in-memory ModelProto (no file to
+                identify it by).
         """
-        diffs = differences(self.identity, identity(metadata, self.output))
+        now = identity(metadata, self.output)
+        if self.identity.get("model") is None or now["model"] is None:
+            which = "the calibration's" if self.identity.get("model") is None else "this run's"
+            raise TfueError(f"{which} model was given in memory (an onnx.ModelProto), so "
+                            "the calibration cannot be checked against it",
+                            "build the Estimator from the model's file path")
+        diffs = differences(self.identity, now)
         if diffs:
             where = f"'{self.path}'" if self.path else "the calibration"
             raise TfueError(f"{where} was made for another run: " + "; ".join(diffs),
