@@ -322,3 +322,40 @@ def test_in_memory_models_and_edited_files_are_refused(tmp_path, sets):
             CalibrationFile.load(path)
     with pytest.raises(TfueError, match="is a folder"):
         CalibrationFile.load(str(tmp_path))
+
+
+def test_calibrate_refuses_a_png_name_takes_inputs_of_one_name_and_notes_flat_maps(
+        tmp_path, cli, sets):
+    r = cli("calibrate", SR, sets["train"], "--sr-scale", "2", *D4, "-o", tmp_path / "c.png")
+    assert r.exit_code == 2 and "would be the reliability diagram's name too" in r.output
+    assert not (tmp_path / "c.png").exists()
+    a, b = _photos(tmp_path / "a", 2, 5), _photos(tmp_path / "b", 2, 6)  # p0, p1 twice
+    r = cli("calibrate", SR, a, b, "--sr-scale", "2", *D4, "-o", tmp_path / "ab.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ab.json").read_text())["calibration_set"]["pairs"] == 4
+    r = cli("evaluate", SR, a, b, "--sr-scale", "2", *D4, "--bootstrap", 0, "--no-pictures",
+            "-o", tmp_path / "ev")
+    assert r.exit_code == 0, r.output
+    r = cli("evaluate", SR, a, b, "--sr-scale", "2", *D4, "--bootstrap", 0, "-o",
+            tmp_path / "ev2")
+    assert r.exit_code == 2 and "would write the same output" in r.output
+    # A map that is 0 on most elements, with errors 0 there: q = 0 at 50 %, both noted.
+    from tfue_onnx.cli import _calibration_notes
+
+    s = np.concatenate([np.zeros(800), np.linspace(0.1, 1, 200)])
+    e = np.concatenate([np.zeros(800), np.linspace(0.1, 1, 200)])
+    from tfue_onnx.calibrate import Assessment, fit_elements
+
+    f = fit_elements(s, e, 0.5)
+    on = Assessment(f)
+    on.add_elements(s, e)
+    notes = _calibration_notes(CalibrationFile(f, {}, {"on_calibration_set": on.result()}))
+    assert f.q == 0 and len(notes) == 2
+    assert "q is 0" in notes[0] and "80% of the elements share the smallest" in notes[1]
+
+
+def test_weight_options_without_weights_are_refused(tmp_path, cli, sets):
+    r = cli("run", SR, sets["lr"], *D4, "--weight-strength", 2, "-o", tmp_path / "w")
+    assert r.exit_code == 2
+    assert "--weight-strength set the loss weights of --weights, which is not given" in r.output
+    assert not (tmp_path / "w").exists()

@@ -176,3 +176,28 @@ def test_resumable_logs_keep_records_of_the_same_settings_only(tmp_path):
     assert err.value.hint == "start over"
     assert read_log(log, {"a": 5}, "runs of others", "start over", force=True) == []
     assert not os.path.exists(log)
+
+
+def test_a_log_cut_while_writing_keeps_its_whole_lines_and_an_edited_one_is_refused(tmp_path):
+    from tfue_onnx.files import append_log, read_log
+
+    log = str(tmp_path / "scores.jsonl")
+    for k in range(3):
+        append_log(log, {"a": 1}, {"k": k})
+    whole = open(log).read()
+    with open(log, "a") as f:
+        f.write('{"k": 3, "sc')  # stopped in the middle of a record
+    assert read_log(log, {"a": 1}, "x", "h") == [{"k": 0}, {"k": 1}, {"k": 2}]
+    assert open(log).read() == whole  # the broken tail is gone
+    append_log(log, {"a": 1}, {"k": 3})
+    assert read_log(log, {"a": 1}, "x", "h")[-1] == {"k": 3}
+    with open(log, "a") as f:
+        f.write('{"k": 4}')  # whole, but without its newline
+    assert read_log(log, {"a": 1}, "x", "h")[-1] == {"k": 4}  # kept, its newline added
+    append_log(log, {"a": 1}, {"k": 5})
+    assert [r["k"] for r in read_log(log, {"a": 1}, "x", "h")] == [0, 1, 2, 3, 4, 5]
+    lines = open(log).read().splitlines()
+    lines[2] = "garbage"
+    open(log, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(TfueError, match="line 3 of .* is not a record tfue wrote"):
+        read_log(log, {"a": 1}, "x", "h")

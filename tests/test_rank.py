@@ -1,5 +1,6 @@
 """Ranking inputs by uncertainty for labelling (rank.py; issue 13, the paper's §5)."""
 
+import json
 import os
 
 import numpy as np
@@ -129,3 +130,29 @@ def test_arrays_rank_by_position_beside_files(toy, tmp_path, x8):
     assert mixed[0]["score"] >= mixed[1]["score"] >= mixed[2]["score"]
     logged = (tmp_path / "m" / "scores.jsonl").read_text()
     assert files[2] in logged and logged.count("\n") == 2  # settings + the file only
+
+
+def test_rank_resumes_without_seed_and_takes_inputs_of_one_name(cli, toy, tmp_path, x8):
+    files = _inputs(tmp_path, x8)
+    other = tmp_path / "other"
+    os.makedirs(other)
+    np.save(other / "in0.npy", np.load(files[0]) * 3)  # the same name in another folder
+    args = (toy(), *files, str(other / "in0.npy"), "--method", "noise", "--sigma", "0.2",
+            "-n", 3, "-o", tmp_path / "r")
+    r = cli("rank", *args)
+    assert r.exit_code == 0, r.output
+    log = tmp_path / "r" / "scores.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 5  # config + 4 scores
+    first = {json.loads(x)["input"]: json.loads(x)["score"] for x in lines[1:]}
+    log.write_text("\n".join(lines[:-1]) + "\n")  # a stop before the last score
+    r = cli("rank", *args)  # no --seed: the logged one is used again
+    assert r.exit_code == 0, r.output
+    again = {json.loads(x)["input"]: json.loads(x)["score"]
+             for x in log.read_text().splitlines()[1:]}
+    assert again == first
+    t = ("--method", "transform", "--transforms", "hflip", "-o", tmp_path / "t")
+    assert cli("rank", toy(), *files, *t).exit_code == 0
+    assert cli("rank", toy(), *files, *t).exit_code == 0  # nothing drawn: no seed kept
+    assert "seed" not in json.loads((tmp_path / "t" / "scores.jsonl").read_text()
+                                    .splitlines()[0])["config"]

@@ -751,13 +751,16 @@ def _exit_for(summary):
 def rank(model, inputs, by, top, copy_to, out_dir, **values):
     """Rank INPUTS by MODEL's uncertainty, most uncertain first (which to label next).
 
-    Run it again after a stop: the scores in OUT/scores.jsonl are kept.
+    Run it again after a stop: the scores in OUT/scores.jsonl are kept (without --seed,
+    the seed they were drawn with is used again).
     """
     from .files import check_out_dir
     from .io import check_image_options, collect_inputs
-    from .rank import contact_sheet, copy_top, rank_inputs
+    from .rank import contact_sheet, copy_top, logged_seed, rank_inputs
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
+    if p["seed"] is None:  # resuming: the seed of the scores already there
+        p["seed"] = logged_seed(out_dir)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
     if (top is None) != (copy_to is None):
@@ -766,7 +769,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
         raise ArgumentError(f"--top must be >= 1, got {top}", "e.g. --top 10")
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, unique_stems=False)  # rank writes no file per input
     check_image_options(files, options)
     est = _estimator(models, p, where, runtime)
     try:
@@ -812,13 +815,13 @@ def calibrate(model, inputs, coverage, out, as_json, force, **values):
     check_coverage(coverage)
     _check_pairs(pair_values)
     _calibration_method(p["method"])
-    picture = os.path.splitext(out)[0] + ".png"
+    picture = _calibration_picture(out)
     for path in (out, picture):
         check_new_file(path, force)
     models, inputs = _split_members(model, inputs, p["method"])
     est = _estimator(models, p, where, runtime,
                      auto_feeds=_pair_feeds(inputs, pair_values, options))
-    pairs = _pairs(est.info, inputs, pair_values, options)
+    pairs = _pairs(est.info, inputs, pair_values, options, unique=False)
     try:
         cal = calibrate_pairs(est, pairs, coverage, progress=_progress_for_stderr())
     finally:
@@ -830,10 +833,35 @@ def calibrate(model, inputs, coverage, out, as_json, force, **values):
     _say_calibration(cal, out, picture, as_json)
 
 
+def _calibration_picture(out: str) -> str:
+    """Where the reliability diagram of calibration file ``out`` goes: ``out`` with .png
+    for its extension; refused when that is ``out`` itself."""
+    picture = os.path.splitext(out)[0] + ".png"
+    if os.path.abspath(picture) == os.path.abspath(out):
+        raise ArgumentError(f"-o {out} would be the reliability diagram's name too (it goes "
+                            "beside the calibration, as .png)", "give a .json file, e.g. "
+                            "-o calibration.json")
+    return picture
+
+
 def _calibration_method(method: str) -> None:
     if method == "entropy":
         raise ArgumentError("tfue calibrate calibrates a variance map; --method entropy has "
                             "none", "use a sampling method (e.g. --method transform)")
+
+
+def _calibration_notes(cal) -> list:
+    """What a user should know about a fit: intervals of width 0, a map mostly 0."""
+    notes, f = [], cal.fit
+    low = cal.about["on_calibration_set"]["bins"][0]
+    if f.q == 0:
+        notes.append(f"q is 0: at coverage {f.coverage:g} at least that share of the errors "
+                     "is 0, so the intervals have width 0; ask for a higher coverage")
+    if low["count"] > 0.5 * f.count:
+        notes.append(f"{low['count'] / f.count:.0%} of the elements share the smallest "
+                     "standard deviation (often 0: the perturbation does not reach them), so "
+                     "the map cannot tell their errors apart")
+    return notes
 
 
 def _say_calibration(cal, out: str, picture: str, as_json: bool) -> None:
@@ -845,6 +873,8 @@ def _say_calibration(cal, out: str, picture: str, as_json: bool) -> None:
                               indent=2, default=str))
         return
     f, n, on = cal.fit, cal.about["calibration_set"], cal.about["on_calibration_set"]
+    for line in _calibration_notes(cal):
+        _say(f"tfue: note: {line}")
     click.echo(f"calibrated output '{cal.output}' on {n['pairs']} pair(s), {f.count} "
                f"elements: {f.coverage:.0%} intervals are output ± {f.q:.4g}·σ "
                f"(mean width {on['mean_width']:.4g} on the set)")
@@ -906,12 +936,14 @@ def export(models, out, example, force, calibration, **values):
 
 
 # --- evaluate and sweep ----------------------------------------------------------------------
-def _pairs(info, inputs, pairs: dict, options):
-    """The (input, target) pairs PAIR_OPTIONS' values name (``evaluate.make_pairs``)."""
+def _pairs(info, inputs, pairs: dict, options, unique: bool = True):
+    """The (input, target) pairs PAIR_OPTIONS' values name (``evaluate.make_pairs``);
+    ``unique``: refuse inputs of one name (for commands writing a file per input)."""
     from .evaluate import make_pairs
 
     return make_pairs(info, inputs, targets=pairs["targets"], sr_scale=pairs["sr_scale"],
-                      options=options, target_scale=pairs["target_scale"])
+                      options=options, target_scale=pairs["target_scale"],
+                      unique_names=unique)
 
 
 def _check_metrics(values: dict, grid=None) -> None:
@@ -979,7 +1011,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
                      auto_feeds=_pair_feeds(inputs, pair_values, options))
     if cal is not None:
         cal.check(est.describe())
-    pairs = _pairs(est.info, inputs, pair_values, options)
+    pairs = _pairs(est.info, inputs, pair_values, options, unique=pictures)
     _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
     if pairs:  # image options and the graph checked on the first pair before any work
         est.prepare(pairs[0].load()[0])
@@ -1002,7 +1034,7 @@ def _pair_feeds(inputs, pair_values: dict, options):
         from .model import inspect_model
 
         return [q.load()[0] for q in _pairs(inspect_model(first), inputs, pair_values,
-                                            options)[:4]]
+                                            options, unique=False)[:4]]
     return auto_feeds
 
 
@@ -1113,8 +1145,15 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
 
 
 def _loss_weights(formula, strength, max_weight, method):
-    """The weights.LossWeights --weights asks for (None without it), checked up front."""
+    """The weights.LossWeights --weights asks for (None without it), checked up front;
+    --weight-strength/--max-weight without --weights are refused, not ignored."""
     if formula is None:
+        given = [o for o, v, d in (("--weight-strength", strength, 1.0),
+                                   ("--max-weight", max_weight, 10.0)) if v != d]
+        if given:
+            raise ArgumentError(f"{' and '.join(given)} set the loss weights of --weights, "
+                                "which is not given", "add --weights, or drop "
+                                + " and ".join(given))
         return None
     if method == "entropy":
         raise ArgumentError("--weights come from a variance map; --method entropy has none",

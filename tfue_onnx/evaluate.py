@@ -67,7 +67,7 @@ def _read_target(path: str, output, scale: float) -> np.ndarray:
 
 
 def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions(),
-               target_scale: float = 1 / 255) -> list:
+               target_scale: float = 1 / 255, unique_names: bool = True) -> list:
     """(input, target) pairs for ``info``'s model from one of the three sources.
 
     Args:
@@ -79,6 +79,7 @@ def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions()
             (bicubic), the target the image itself; or None.
         options: ImageOptions for reading the inputs.
         target_scale: image targets are multiplied by this (default 1/255: [0, 1]).
+        unique_names: refuse two inputs with one name stem (their pictures would collide).
 
     Returns:
         list of ``Pair``; ``pair.load()`` gives (feeds: input name -> array, target:
@@ -87,7 +88,7 @@ def make_pairs(info, inputs, targets=None, sr_scale=None, options=ImageOptions()
     Raises:
         TfueError: an input has no target, a bad scale or option.
     """
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, unique_names)
     if sr_scale is None:  # with --sr-scale the inputs are images by construction
         check_image_options(files, options)
     output = next((o for o in info.outputs if o.dtype.startswith("float")), info.outputs[0])

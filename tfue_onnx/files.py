@@ -243,14 +243,16 @@ def read_log(path: str, config: dict, what: str, hint: str, force: bool = False,
     Returns:
         The records after the config line ([] for a new or removed log).
 
+    A last line cut short (a run stopped while writing it) is dropped from the file, so
+    the next record starts on a line of its own.
+
     Raises:
         TfueError: the log holds other settings (the differing ones named), without
-            ``force``.
+            ``force``; a line before the last is not JSON (the file was edited).
     """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+    lines = _log_lines(path)
     wanted = json.loads(json.dumps(config, default=default))
     if lines and lines[0].get("config") == wanted:
         return lines[1:]
@@ -261,6 +263,32 @@ def read_log(path: str, config: dict, what: str, hint: str, force: bool = False,
                         hint)
     os.remove(path)
     return []
+
+
+def _log_lines(path: str) -> list:
+    """The JSON objects of a log's lines; a broken last line is cut off the file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    found, end = [], 0
+    for k, line in enumerate(raw.splitlines(keepends=True)):
+        try:
+            value = json.loads(line) if line.strip() else None
+            if value is not None and not isinstance(value, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if end + len(line) < len(raw):  # not the last line: the file was edited
+                raise TfueError(f"line {k + 1} of '{path}' is not a record tfue wrote",
+                                "remove that line (its work is done again) or the file") from None
+            with open(path, "r+b") as f:
+                f.truncate(end)
+            break
+        if not line.endswith(b"\n"):  # complete JSON but cut before its newline
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        end += len(line)
+        if value is not None:
+            found.append(value)
+    return found
 
 
 def append_log(path: str, config: dict, record: dict, default=str) -> None:

@@ -142,18 +142,21 @@ def parse_size(value) -> tuple | None:
     return (h, w)
 
 
-def collect_inputs(paths) -> list:
+def collect_inputs(paths, unique_stems: bool = True) -> list:
     """Expand folders into their input files (sorted); check every path exists.
 
     Args:
         paths: files and folders (str or path-like), in order.
+        unique_stems: refuse two inputs with one name stem (for commands that write a
+            file per input, named after it).
 
     Returns:
         The input files (images IMAGE_EXTS, arrays ARRAY_EXTS) as str paths.
 
     Raises:
         TfueError: a path does not exist or is no input; a folder has no input files;
-            nothing given; two inputs share a name stem (their results would collide).
+            nothing given; two inputs share a name stem (their results would collide),
+            with ``unique_stems``.
     """
     files = []
     for p in paths:
@@ -175,7 +178,7 @@ def collect_inputs(paths) -> list:
     if not files:
         raise TfueError("no inputs given", "pass image files, .npy/.npz arrays or a folder")
     stems = {}
-    for f in files:
+    for f in files if unique_stems else ():
         stem = os.path.splitext(os.path.basename(f))[0]
         if stem in stems:
             raise TfueError(f"inputs '{stems[stem]}' and '{f}' would write the same output "

@@ -10,6 +10,7 @@ ranking of a large folder resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -90,7 +91,7 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
 
     check_score(by)
     options = options or ImageOptions()
-    config = {"model": estimator.path, **estimator.describe(), "by": by}
+    config = scored_by(estimator, by)
     log = None if out_dir is None else os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
     scores = {} if log is None else {r["input"]: float(r["score"]) for r in read_log(
         log, config, "scores of other settings",
@@ -108,6 +109,33 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
     if out_dir is not None:
         _write_csv(os.path.join(out_dir, "ranking.csv"), ranking)
     return ranking
+
+
+SCORED_BY = ("model", "method", "at", "level", "samples", "sigma_mode", "transforms",
+             "members", "pad", "classes")  # the run's settings a score depends on
+
+
+def scored_by(estimator, by: str) -> dict:
+    """What makes scores comparable (scores.jsonl's config): the run's settings in
+    ``SCORED_BY``, the seed for the methods that draw (not chunk sizes or timings, which
+    change from machine to machine), and the score."""
+    meta = estimator.describe()
+    config = {k: meta[k] for k in SCORED_BY if k in meta}
+    if meta.get("method") in ("noise", "dropout", "mc-dropout"):
+        config["seed"] = meta.get("seed")
+    config["by"] = by
+    return config
+
+
+def logged_seed(out_dir: str):
+    """The seed of the scores already in ``out_dir``/scores.jsonl (None: no log, or one
+    without a seed): a rank run without --seed resumes with it."""
+    path = os.path.join(out_dir, "scores.jsonl")
+    try:
+        with open(path) as f:
+            return (json.loads(f.readline()).get("config") or {}).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _key(x, position: int):
