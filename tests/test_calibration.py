@@ -359,3 +359,17 @@ def test_weight_options_without_weights_are_refused(tmp_path, cli, sets):
     assert r.exit_code == 2
     assert "--weight-strength set the loss weights of --weights, which is not given" in r.output
     assert not (tmp_path / "w").exists()
+
+
+def test_export_takes_a_calibration_path_or_object_and_refuses_anything_else(tmp_path, cli,
+                                                                              sets):
+    cal_path, _ = _cal(tmp_path, cli, sets, *D4)
+    est = Estimator(SR, Transform("d4"))
+    est.export(str(tmp_path / "a.onnx"), calibration=str(cal_path))
+    est.export(str(tmp_path / "b.onnx"), calibration=CalibrationFile.load(cal_path))
+    assert est.exported_outputs[-3:] == ["output.expected_error", "output.lower",
+                                         "output.upper"]
+    with pytest.raises(ValueError, match="calibration must be a calibration.json path or a "
+                                         "CalibrationFile, got dict"):
+        est.export(str(tmp_path / "c.onnx"), calibration={"q": 1})
+    assert not (tmp_path / "c.onnx").exists()

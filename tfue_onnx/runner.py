@@ -553,8 +553,9 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         copied into ``path + '.data'`` beside it (never serialised into one proto);
         both files appear only when complete.
 
-        ``calibration`` (a ``calibration.CalibrationFile``, checked against this run
-        first) adds ``y.expected_error``, ``y.lower`` and ``y.upper`` for its output.
+        ``calibration`` (a calibration.json path or a ``calibration.CalibrationFile``,
+        checked against this run first) adds ``y.expected_error``, ``y.lower`` and
+        ``y.upper`` for its output.
 
         After it, ``exported_files`` lists the paths written (``[path]``, or ``[path,
         path + '.data']``) and ``exported_outputs`` the file's output names.
@@ -570,6 +571,7 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
                             "give another output path with -o")
         check_new_file(path, force)
         if calibration is not None:
+            calibration = _calibration_file(calibration)
             calibration.check(self.describe())
         if writes_data_file(self.info.model):  # fail before the graph is built
             check_new_file(path + ".data", force)
@@ -638,6 +640,19 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
     def example_input(self, size: int = 64) -> dict:
         """A synthetic input: free dims become 1 (batch) or ``size``; values N(0, 1)."""
         return self.synthetic_input(self.info, size)
+
+
+def _calibration_file(calibration):
+    """A ``calibration.CalibrationFile`` from one or from a calibration.json path."""
+    from .calibration import CalibrationFile
+
+    if isinstance(calibration, (str, os.PathLike)):
+        return CalibrationFile.load(calibration)
+    if not isinstance(calibration, CalibrationFile):
+        raise ArgumentError(f"calibration must be a calibration.json path or a "
+                            f"CalibrationFile, got {type(calibration).__name__}",
+                            "e.g. calibration='calibration.json'")
+    return calibration
 
 
 def _counted(runs, total: int, progress):
