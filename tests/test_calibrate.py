@@ -188,3 +188,18 @@ def test_what_fit_assess_and_interval_refuse():
         cal.interval(np.zeros((2, 3)), np.ones(3))
     with pytest.raises(ValueError, match="no held-out pairs"):
         assess(cal, [], [], [])
+
+
+def test_a_run_of_tied_sigma_gets_its_own_mean_error_whatever_the_order():
+    """A detector's map is 0 on most pixels: the map's value there is those pixels' mean
+    error, not that of whichever of them sorted first."""
+    rng = np.random.default_rng(9)
+    s = np.concatenate([np.zeros(9000), rng.uniform(0.1, 1, 1000)])
+    e = np.zeros(10000)
+    e[8000:9000] = 0.5
+    e[9000:] = np.abs(rng.normal(0, 1, 1000)) * s[9000:] + 0.2
+    for order in (np.arange(10000), rng.permutation(10000), np.arange(10000)[::-1]):
+        cal = fit([np.zeros(10000)], [np.square(s[order])], [e[order]], coverage=0.9)
+        assert cal.expected_error(np.zeros(1))[0] == pytest.approx(e[:9000].mean())
+        assert cal.calibrated_std(np.zeros(1))[0] == pytest.approx(
+            np.sqrt(np.mean(e[:9000] ** 2)))

@@ -197,7 +197,10 @@ def test_identity_differences_and_the_python_face(tmp_path, sets):
         "N (made for 8, here 16)"]
     soft = {**meta, "classes": {"outputs": {"output": 1}, "softmax_added": True}}
     assert differences(ident, identity(soft, "output")) == [
-        "softmax (made for False, here True)"]
+        "softmax (made for False, here True)", "class_axis (made for none, here 1)"]
+    other_axis = {**soft, "classes": {"outputs": {"output": 2}, "softmax_added": True}}
+    assert differences(identity(soft, "output"), identity(other_axis, "output")) == [
+        "class_axis (made for 1, here 2)"]
     t = identity({**meta, "method": "transform", "transforms": ["identity", "hflip"]}, "o")
     assert t["transforms"] == identity({**meta, "method": "transform",
                                         "transforms": ["hflip", "identity"]}, "o")["transforms"]
@@ -303,12 +306,16 @@ def test_in_memory_models_and_edited_files_are_refused(tmp_path, sets):
     x = load_image(os.path.join(sets["lr"], "p0.png"), est)
     with pytest.raises(TfueError, match="this run's model was given in memory"):
         made.apply(in_memory(x))
-    from_memory = calibrate_pairs(in_memory, [made_pair for made_pair in make_pairs(
-        est.info, [sets["train"]], sr_scale=2)][:2])
-    with pytest.raises(TfueError, match="the calibration's model was given in memory"):
-        from_memory.apply(est(x))
+    with pytest.raises(TfueError, match="the Estimator's model was given in memory"):
+        calibrate_pairs(in_memory, make_pairs(est.info, [sets["train"]], sr_scale=2))
     path = made.save(str(tmp_path / "c.json"))
     good = json.loads(open(path).read())
+    no_model = json.loads(json.dumps(good))
+    no_model["identity"]["model"] = None
+    with open(path, "w") as f:
+        json.dump(no_model, f)
+    with pytest.raises(TfueError, match="the calibration's model was given in memory"):
+        CalibrationFile.load(path).apply(est(x))
     edits = [("fit", "q", float("nan")), ("fit", "q", -1.0), ("fit", "floor", -1.0),
              ("fit", "knots_e", list(reversed(good["fit"]["knots_e"]))),
              ("fit", "coverage", 1.5), ("identity", "samples", "2"),
@@ -373,3 +380,29 @@ def test_export_takes_a_calibration_path_or_object_and_refuses_anything_else(tmp
                                          "CalibrationFile, got dict"):
         est.export(str(tmp_path / "c.onnx"), calibration={"q": 1})
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_a_models_weights_are_part_of_its_identity(tmp_path, cli, sets):
+    import onnx
+    from onnx import numpy_helper
+
+    for k, factor in ((0, 1.0), (1, 1.01)):
+        m = onnx.load(SR)
+        w = m.graph.initializer[0]
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * factor, w.name))
+        os.makedirs(tmp_path / f"d{k}")
+        onnx.save(m, str(tmp_path / f"d{k}" / "m.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    a, b = str(tmp_path / "d0" / "m.onnx"), str(tmp_path / "d1" / "m.onnx")
+    assert open(a, "rb").read() == open(b, "rb").read()  # only the weights differ
+    assert model_digest(a) != model_digest(b)
+    import shutil
+
+    shutil.copytree(tmp_path / "d0", tmp_path / "d2")
+    assert model_digest(str(tmp_path / "d2" / "m.onnx")) == model_digest(a)  # moved
+    # rank keeps scores by the model's hash, not its path: another model there is new work
+    r = cli("rank", a, sets["lr"], *D4, "-o", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    shutil.copy(tmp_path / "d1" / "m.data", tmp_path / "d0" / "m.data")
+    r = cli("rank", a, sets["lr"], *D4, "-o", tmp_path / "r")
+    assert r.exit_code == 2 and "holds scores of other settings (model differ)" in r.output

@@ -263,25 +263,38 @@ def elements(output, variance, target) -> tuple:
 def _isotonic(s: np.ndarray, e: np.ndarray) -> tuple:
     """Knots of the monotone maps s -> E[e] and s -> sqrt(E[e^2]): isotonic regressions of
     the mean e (and e^2) of quantile bins of s on their mean s, weighted by the bins'
-    counts; knots collinear with their neighbours in both maps are dropped."""
+    counts; bins of one mean s (a run of tied s) are merged first, and knots collinear
+    with their neighbours in both maps are dropped."""
     from scipy.optimize import isotonic_regression
 
     order = np.argsort(s, kind="stable")
-    groups = np.array_split(order, min(BINS, s.size))
-    mean_s = np.array([s[g].mean() for g in groups])
-    weights = np.array([g.size for g in groups], dtype=np.float64)
-    fitted = [isotonic_regression(np.array([f(e[g]) for g in groups]), weights=weights,
-                                  increasing=True).x for f in (np.mean, lambda a: np.mean(a * a))]
+    groups = np.split(order, _cuts(s[order], BINS))
+    mean_s, weights, sums = _merged_bins(
+        np.array([s[g].mean() for g in groups]), np.array([g.size for g in groups], float),
+        np.array([[e[g].sum(), (e[g] * e[g]).sum()] for g in groups]))
+    fitted = [isotonic_regression(sums[:, k] / weights, weights=weights, increasing=True).x
+              for k in (0, 1)]
     fitted[1] = np.sqrt(np.maximum(fitted[1], 0.0))
-    keep = _distinct(mean_s)
-    x, ys = mean_s[keep], [f[keep] for f in fitted]
-    keep = _needed(x, ys)
-    return tuple(tuple(float(v) for v in a[keep]) for a in (x, ys[0], ys[1]))
+    keep = _needed(mean_s, fitted)
+    return tuple(tuple(float(v) for v in a[keep]) for a in (mean_s, fitted[0], fitted[1]))
 
 
-def _distinct(x: np.ndarray) -> np.ndarray:
-    """Indices keeping the first of each run of equal values of ascending ``x``."""
-    return np.flatnonzero(np.concatenate([[True], np.diff(x) > 0]))
+def _cuts(sorted_s: np.ndarray, bins: int) -> np.ndarray:
+    """Where to split ascending ``sorted_s`` into about ``bins`` equal-count groups, with
+    no run of tied values split: a cut inside a run moves to both of its ends."""
+    n = sorted_s.size
+    cuts = set()
+    for c in np.linspace(0, n, min(bins, n) + 1)[1:-1].astype(int):
+        lo = int(np.searchsorted(sorted_s, sorted_s[c], side="left"))
+        cuts.update((c,) if lo == c else (lo, int(np.searchsorted(sorted_s, sorted_s[c],
+                                                                     side="right"))))
+    return np.array(sorted(c for c in cuts if 0 < c < n), dtype=int)
+
+
+def _merged_bins(mean_s: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> tuple:
+    """Bins with equal mean s (ascending) merged: (mean s, counts, summed columns)."""
+    start = np.flatnonzero(np.concatenate([[True], np.diff(mean_s) > 0]))
+    return mean_s[start], np.add.reduceat(counts, start), np.add.reduceat(sums, start, axis=0)
 
 
 def _needed(x: np.ndarray, ys: list) -> np.ndarray:

@@ -33,38 +33,62 @@ _DIGESTS = {}  # (path, size, mtime_ns) -> sha256
 
 
 def model_digest(path) -> str | None:
-    """SHA-256 (hex) of a model file's bytes (its external data not included); None when
+    """SHA-256 (hex) of a model file's bytes and of the external data files it names (in
+    name order): the weights are part of the model, where the files lie is not. None when
     ``path`` is None or not a file (a model given as an in-memory ModelProto)."""
     if path is None or not os.path.isfile(os.fspath(path)):
         return None
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    path = os.fspath(path)
+    files = [path] + _data_files(path)
+    key = tuple((os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                for f in files if os.path.isfile(f))
     if key not in _DIGESTS:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        for f in files:  # contents only: a copy elsewhere, under another name, is the same
+            if os.path.isfile(f):
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def _data_files(path: str) -> list:
+    """The external data files a model file names (paths beside it, sorted; not the
+    file itself)."""
+    import onnx
+
+    from .external import external_tensors, read_leaving_weights, region
+
+    try:
+        model = read_leaving_weights(path) or onnx.load(path, load_external_data=False)
+    except Exception:  # not a model onnx can read: its bytes alone identify it
+        return []
+    names = {region(t)[0] for t in external_tensors(model)} - {os.path.basename(path)}
+    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
 
 
 def identity(metadata: dict, output: str) -> dict:
     """What a calibration is valid for, from a run's metadata (``Result.metadata`` or
     ``Estimator.describe()``) and the calibrated output's name: the model's SHA-256
     (``model``; None for an in-memory model), the settings in ``COMPARED`` that the run
-    has, whether a softmax was added (``--softmax``), and for ensembles the members'
-    SHA-256s (member 0, whose output is the prediction, first; the others sorted: where
-    the files lie and their order do not matter) in place of their paths (``at``).
+    has, whether a softmax was added (``--softmax``) and over which class axis, and for
+    ensembles the members' SHA-256s (member 0, whose output is the prediction, first;
+    the others sorted: where the files lie and their order do not matter) in place of
+    their paths (``at``).
     ``--pad 0`` counts as no pad and a transform set as its elements in any order."""
     found = {"model": model_digest(metadata.get("model")), "output": output}
     found.update({k: metadata[k] for k in COMPARED if k in metadata})
-    found["softmax"] = bool((metadata.get("classes") or {}).get("softmax_added"))
+    classes = metadata.get("classes") or {}
+    found["softmax"] = bool(classes.get("softmax_added"))
+    if found["softmax"]:  # probabilities over which axis
+        found["class_axis"] = (classes.get("outputs") or {}).get(output)
     if not found.get("pad"):
         found.pop("pad", None)
     if found.get("transforms") is not None:
         found["transforms"] = sorted(found["transforms"])
     if metadata.get("members"):
-        digests = [model_digest(m) or str(m) for m in metadata["members"]]
+        digests = [model_digest(m) for m in metadata["members"]]
         found["members"] = digests[:1] + sorted(digests[1:])
         found.pop("at", None)
     return found
@@ -74,7 +98,7 @@ def differences(made_for: dict, now: dict) -> list:
     """'name (made for A, here B)' for every identity field that differs, the model and
     method first."""
     found = []
-    order = ("model", "members", "output") + COMPARED
+    order = ("model", "members", "output") + COMPARED + ("softmax", "class_axis")
     for key in sorted(set(made_for) | set(now), key=lambda k: (
             order.index(k) if k in order else len(order), k)):
         a, b = made_for.get(key), now.get(key)
@@ -87,9 +111,23 @@ def differences(made_for: dict, now: dict) -> list:
     return found
 
 
+def check_files(ident: dict, which: str = "the run's") -> None:
+    """Refuse an identity whose model (or an ensemble member) was given in memory: with no
+    file to hash, a calibration could not be told apart from another model's.
+
+    Raises:
+        TfueError: the model or a member has no file.
+    """
+    if ident.get("model") is None or None in (ident.get("members") or ()):
+        raise TfueError(f"{which} model was given in memory (an onnx.ModelProto), so a "
+                        "calibration cannot be tied to it", "give the model (and every "
+                        "ensemble member) as a file path")
+
+
 _KINDS = {"model": (str, type(None)), "output": str, "method": str, "at": str,
           "level": (int, float, type(None)), "samples": int, "sigma_mode": str,
-          "transforms": list, "pad": int, "softmax": bool, "members": list}
+          "transforms": list, "pad": int, "softmax": bool, "members": list,
+          "class_axis": (int, list, type(None))}
 
 
 def _checked_identity(ident) -> dict:
@@ -193,11 +231,8 @@ class CalibrationFile:
                 identify it by).
         """
         now = identity(metadata, self.output)
-        if self.identity.get("model") is None or now["model"] is None:
-            which = "the calibration's" if self.identity.get("model") is None else "this run's"
-            raise TfueError(f"{which} model was given in memory (an onnx.ModelProto), so "
-                            "the calibration cannot be checked against it",
-                            "build the Estimator from the model's file path")
+        for which, ident in (("the calibration's", self.identity), ("this run's", now)):
+            check_files(ident, which)
         diffs = differences(self.identity, now)
         if diffs:
             where = f"'{self.path}'" if self.path else "the calibration"

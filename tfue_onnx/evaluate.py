@@ -296,9 +296,10 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
     import hashlib
 
     from .calibrate import Assessment, check_coverage, elements, fit_elements
-    from .calibration import CalibrationFile, identity
+    from .calibration import CalibrationFile, check_files, identity
 
     check_coverage(coverage)
+    check_files(identity(estimator.describe(), ""), "the Estimator's")
     if not len(pairs):
         raise TfueError("no calibration pairs", "give inputs with targets")
     pairs = [_as_pair(p, k) for k, p in enumerate(pairs)]

@@ -111,16 +111,22 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
     return ranking
 
 
-SCORED_BY = ("model", "method", "at", "level", "samples", "sigma_mode", "transforms",
-             "members", "pad", "classes")  # the run's settings a score depends on
+SCORED_BY = ("method", "at", "level", "samples", "sigma_mode", "transforms", "members",
+             "pad", "classes")  # the run's settings a score depends on, beside the model
 
 
 def scored_by(estimator, by: str) -> dict:
-    """What makes scores comparable (scores.jsonl's config): the run's settings in
-    ``SCORED_BY``, the seed for the methods that draw (not chunk sizes or timings, which
+    """What makes scores comparable (scores.jsonl's config): the model's SHA-256 (its file
+    and weights; or its proto's, in memory), the run's settings in ``SCORED_BY``, the seed for the methods that draw (not chunk sizes or timings, which
     change from machine to machine), and the score."""
+    import hashlib
+
+    from .calibration import model_digest
+
     meta = estimator.describe()
-    config = {k: meta[k] for k in SCORED_BY if k in meta}
+    config = {"model": model_digest(estimator.path) if estimator.path else
+              "in memory " + hashlib.sha256(estimator.info.model.SerializeToString()).hexdigest()}
+    config.update({k: meta[k] for k in SCORED_BY if k in meta})
     if meta.get("method") in ("noise", "dropout", "mc-dropout"):
         config["seed"] = meta.get("seed")
     config["by"] = by
