@@ -318,7 +318,10 @@ def test_in_memory_models_and_edited_files_are_refused(tmp_path, sets):
         CalibrationFile.load(path).apply(est(x))
     edits = [("fit", "q", float("nan")), ("fit", "q", -1.0), ("fit", "floor", -1.0),
              ("fit", "knots_e", list(reversed(good["fit"]["knots_e"]))),
-             ("fit", "coverage", 1.5), ("identity", "samples", "2"),
+             ("fit", "coverage", 1.5), ("fit", "q", "8.9"), ("fit", "q", True),
+             ("fit", "q", 1e308), ("fit", "scale", -1.0), ("fit", "coverage", "0.9"),
+             ("fit", "knots_s", [-1.0] + good["fit"]["knots_s"][1:]),
+             ("identity", "samples", "2"),
              ("identity", "level", True), ("identity", "surprise", 1)]
     for part, key, value in edits:
         data = json.loads(json.dumps(good))
@@ -345,7 +348,7 @@ def test_calibrate_refuses_a_png_name_takes_inputs_of_one_name_and_notes_flat_ma
     assert r.exit_code == 0, r.output
     r = cli("evaluate", SR, a, b, "--sr-scale", "2", *D4, "--bootstrap", 0, "-o",
             tmp_path / "ev2")
-    assert r.exit_code == 2 and "would write the same output" in r.output
+    assert r.exit_code == 2 and "share the name 'p0', which names the files" in r.output
     # A map that is 0 on most elements, with errors 0 there: q = 0 at 50 %, both noted.
     from tfue_onnx.cli import _calibration_notes
 
@@ -406,3 +409,11 @@ def test_a_models_weights_are_part_of_its_identity(tmp_path, cli, sets):
     shutil.copy(tmp_path / "d1" / "m.data", tmp_path / "d0" / "m.data")
     r = cli("rank", a, sets["lr"], *D4, "-o", tmp_path / "r")
     assert r.exit_code == 2 and "holds scores of other settings (model differ)" in r.output
+
+
+def test_sweep_takes_inputs_of_one_name_from_two_folders(tmp_path, cli):
+    a, b = _photos(tmp_path / "a", 1, 7), _photos(tmp_path / "b", 1, 8)  # p0 twice
+    r = cli("sweep", SR, a, b, "--sr-scale", 2, "--methods", "dropout", "--rates", "0.1",
+            "--at", "0.5", "-n", 2, "--bootstrap", 0, "-o", tmp_path / "sw")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())

@@ -156,3 +156,46 @@ def test_rank_resumes_without_seed_and_takes_inputs_of_one_name(cli, toy, tmp_pa
     assert cli("rank", toy(), *files, *t).exit_code == 0  # nothing drawn: no seed kept
     assert "seed" not in json.loads((tmp_path / "t" / "scores.jsonl").read_text()
                                     .splitlines()[0])["config"]
+
+
+def test_edited_or_empty_score_logs_are_scored_again_not_a_traceback(cli, toy, tmp_path, x8):
+    files = _inputs(tmp_path, x8)
+    args = (toy(), *files, "--method", "transform", "--transforms", "hflip", "-o",
+            tmp_path / "r")
+    assert cli("rank", *args).exit_code == 0
+    log = tmp_path / "r" / "scores.jsonl"
+    config, *records = log.read_text().splitlines()
+    for bad in ('{"input": "%s", "score": null}', '{"input": "%s", "score": "abc"}',
+                '{"input": "%s"}'):
+        log.write_text("\n".join([config, *records[:2], bad % files[2]]) + "\n")
+        r = cli("rank", *args)
+        assert r.exit_code == 0, r.output
+        assert f"{files[2]}" in (tmp_path / "r" / "ranking.csv").read_text()
+    for broken in ("", config[:20]):  # nothing whole written, or the config cut short
+        log.write_text(broken)
+        r = cli("rank", *args)
+        assert r.exit_code == 0, r.output
+        assert len(log.read_text().splitlines()) == 4  # started afresh
+    log.write_text('{"config": [1]}\n')
+    r = cli("rank", *args)
+    assert r.exit_code == 2 and "holds scores of other settings" in r.output
+
+
+def test_picked_files_of_one_name_are_all_copied(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    os.makedirs(a)
+    os.makedirs(b)
+    (a / "x.png").write_bytes(b"A")
+    (b / "x.png").write_bytes(b"B")
+    (a / "y.png").write_bytes(b"Y")
+    ranking = [{"input": str(b / "x.png")}, {"input": str(a / "y.png")},
+               {"input": str(a / "x.png")}]
+    out = copy_top(ranking, 3, str(tmp_path / "pick"))
+    assert [os.path.basename(p) for p in out] == ["x.png", "y.png", "x_2.png"]
+    assert [open(p, "rb").read() for p in out] == [b"B", b"Y", b"A"]
+
+
+def test_top_below_one_is_named_first(cli, toy, tmp_path, x8):
+    r = cli("rank", toy(), *_inputs(tmp_path, x8), "--method", "transform", "--top", -1,
+            "-o", tmp_path / "r")
+    assert r.exit_code == 2 and "--top must be >= 1, got -1" in r.output

@@ -73,3 +73,11 @@ def test_run_refuses_weights_it_cannot_make(cli, toy, tmp_path, x8):
         r = cli("run", toy(), tmp_path / "x.npy", *args, "-o", tmp_path / "o")
         assert r.exit_code == 2 and words in r.output, r.output
         assert not (tmp_path / "o").exists()
+
+
+def test_numpy_scalars_are_taken_and_normalized_has_no_strength():
+    var = np.array([[0.0, 1.0], [4.0, 25.0]])
+    np.testing.assert_allclose(loss_weights(var, strength=np.float32(2), max_weight=np.int64(4)),
+                               [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValueError, match="the normalized formula .* has no strength"):
+        loss_weights(var, "normalized", strength=2.0)

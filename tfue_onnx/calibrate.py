@@ -121,8 +121,8 @@ class Calibration:
                 ascending.
         """
         try:
-            fields = {k: (tuple(float(v) for v in data[k]) if kind is tuple else kind(data[k]))
-                      for k, kind in _FIELDS.items()}
+            fields = {k: (tuple(_number(v, float) for v in data[k]) if kind is tuple else
+                          _number(data[k], kind)) for k, kind in _FIELDS.items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise TfueError(f"not a calibration ({type(exc).__name__}: {exc})",
                             "give a calibration made by tfue calibrate") from None
@@ -133,16 +133,28 @@ class Calibration:
         return cls(**fields)
 
 
+def _number(value, kind):
+    """``value`` as ``kind`` (float or int) when it is a JSON number of that kind
+    (TypeError otherwise: a string, a bool, a list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(f"{value!r} is not a number")
+    return kind(value)
+
+
+BIG = 1e30  # no number of a calibration is this large (q * s would overflow)
+
+
 def _implausible(f: dict) -> str | None:
     """What is wrong with a calibration's fields (None: nothing): every number finite, q
     and the errors >= 0, the floor > 0, knots ascending in s and non-decreasing in error."""
     s, e, r = (np.asarray(f[k], dtype=np.float64) for k in ("knots_s", "knots_e",
                                                             "knots_rmse"))
     numbers = [f["q"], f["scale"], f["floor"], f["coverage"], *s, *e, *r, *f["bin_edges"]]
-    if not all(math.isfinite(v) for v in numbers):
-        return "a number is not finite"
-    if not 0 < f["coverage"] < 1 or f["q"] < 0 or f["floor"] <= 0 or f["count"] < 1:
-        return "its coverage, q, floor or count is out of range"
+    if not all(math.isfinite(v) and abs(v) < BIG for v in numbers):
+        return "a number is not finite or absurdly large"
+    if not 0 < f["coverage"] < 1 or f["q"] < 0 or f["floor"] <= 0 or f["count"] < 1 or \
+            f["scale"] < 0 or s.size and s[0] < 0:
+        return "its coverage, q, scale, floor, count or knots are out of range"
     if not (s.size and s.size == e.size == r.size and np.all(np.diff(s) > 0)
             and np.all(np.diff(e) >= 0) and np.all(np.diff(r) >= 0) and e[0] >= 0
             and r[0] >= 0 and np.all(np.diff(f["bin_edges"]) > 0)):

@@ -763,10 +763,10 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
         p["seed"] = logged_seed(out_dir)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
-    if (top is None) != (copy_to is None):
-        raise ArgumentError("--top and --copy-to go together", "give both, or neither")
     if top is not None and top < 1:
         raise ArgumentError(f"--top must be >= 1, got {top}", "e.g. --top 10")
+    if (top is None) != (copy_to is None):
+        raise ArgumentError("--top and --copy-to go together", "give both, or neither")
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs, unique_stems=False)  # rank writes no file per input
@@ -1127,7 +1127,7 @@ def sweep(model, inputs, methods, at, at_count, sigmas, rates, sigma_mode, sampl
     _check_sweep_levels(methods, sigmas, rates)
     model = _models([model], "sweep")[0]
     pad = _auto_pad(model, where["layout"]) if where["pad"] == "auto" else where["pad"]
-    pairs = _pairs(inspect_model(model), inputs, pair_values, options)
+    pairs = _pairs(inspect_model(model), inputs, pair_values, options, unique=False)
     with cleanup_out_dir(out_dir):
         prepare_out_dir(out_dir)
         result = run_sweep(model, pairs, methods=[m.strip() for m in methods.split(",")],

@@ -282,16 +282,15 @@ def calibrate_pairs(estimator, pairs, coverage: float = 0.9, progress=None):
         progress: wraps the pair list for display.
 
     Returns:
-        calibration.CalibrationFile (``about`` holds the model's path, the seed, the
-        calibration set's size and SHA-256 over its inputs and targets, and the fit's
-        coverage and mean width on the set itself). Beyond ``MAX_CALIBRATION_ELEMENTS``
-        elements in all, a seeded random fraction of each image's is used
-        (``calibration_set["elements_kept"]``).
+        calibration.CalibrationFile (``about``: the model's path, the seed, the set's size
+        and SHA-256 over its inputs and targets, the fit's numbers on the set). Beyond
+        ``MAX_CALIBRATION_ELEMENTS`` elements in all, a seeded random fraction of each
+        image's is used (``calibration_set["elements_kept"]``).
 
     Raises:
         ArgumentError (a ValueError): ``coverage`` not in (0, 1).
-        TfueError: no pairs; an entropy run (no variance); a target of the wrong
-            shape; too few elements for the coverage.
+        TfueError: no pairs; an in-memory model; an entropy run (no variance); a target
+            of the wrong shape; too few elements for the coverage.
     """
     import hashlib
 

@@ -253,11 +253,15 @@ def read_log(path: str, config: dict, what: str, hint: str, force: bool = False,
     if not os.path.exists(path):
         return []
     lines = _log_lines(path)
+    if not lines:  # nothing whole was written (stopped at once): start afresh
+        os.remove(path)
+        return []
     wanted = json.loads(json.dumps(config, default=default))
-    if lines and lines[0].get("config") == wanted:
+    if lines[0].get("config") == wanted:
         return lines[1:]
     if not force:
-        theirs = (lines[0].get("config") or {}) if lines else {}
+        theirs = lines[0].get("config")
+        theirs = theirs if isinstance(theirs, dict) else {}
         differ = sorted(k for k in set(theirs) | set(wanted) if theirs.get(k) != wanted.get(k))
         raise TfueError(f"'{path}' holds {what} ({', '.join(differ) or 'unreadable'} differ)",
                         hint)

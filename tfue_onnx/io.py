@@ -181,8 +181,9 @@ def collect_inputs(paths, unique_stems: bool = True) -> list:
     for f in files if unique_stems else ():
         stem = os.path.splitext(os.path.basename(f))[0]
         if stem in stems:
-            raise TfueError(f"inputs '{stems[stem]}' and '{f}' would write the same output "
-                            f"'{stem}.npz'", "rename one of them or run them separately")
+            raise TfueError(f"inputs '{stems[stem]}' and '{f}' share the name '{stem}', which "
+                            "names the files written for each", "rename one of them or run "
+                            "them separately")
         stems[stem] = f
     return files
 

@@ -86,16 +86,14 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
         TfueError: an input cannot be read or run, ``out_dir`` holds scores of other
             settings, or cannot be written.
     """
-    from .files import append_log, prepare_out_dir, read_log
+    from .files import append_log, prepare_out_dir
     from .io import ImageOptions, load_input
 
     check_score(by)
     options = options or ImageOptions()
     config = scored_by(estimator, by)
     log = None if out_dir is None else os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
-    scores = {} if log is None else {r["input"]: float(r["score"]) for r in read_log(
-        log, config, "scores of other settings",
-        "choose another --out folder, or remove that file to start over")}
+    scores = {} if log is None else _logged_scores(log, config)
     given = {_key(x, k): x for k, x in enumerate(inputs)}
     todo = [key for key in given if key not in scores]
     for key in progress(todo) if progress and todo else todo:
@@ -131,6 +129,21 @@ def scored_by(estimator, by: str) -> dict:
         config["seed"] = meta.get("seed")
     config["by"] = by
     return config
+
+
+def _logged_scores(log: str, config: dict) -> dict:
+    """{input: score} of the log's records of these settings; a record of another kind
+    (edited) is left out, so its input is scored again."""
+    from .files import read_log
+
+    found = {}
+    for r in read_log(log, config, "scores of other settings",
+                      "choose another --out folder, or remove that file to start over"):
+        score = r.get("score")
+        if isinstance(r.get("input"), str) and isinstance(score, (int, float)) and \
+                not isinstance(score, bool):
+            found[r["input"]] = float(score)
+    return found
 
 
 def logged_seed(out_dir: str):
@@ -176,10 +189,11 @@ def contact_sheet(estimator, ranking: list, count: int, path: str, options=None)
 
 def copy_top(ranking: list, top: int, copy_to: str) -> list:
     """Copy (never move) the ``top`` highest-ranked input files into ``copy_to`` (made if
-    needed); return the copies' paths.
+    needed); return the copies' paths. Picked files of one name (from different folders)
+    are copied as NAME, NAME_2, NAME_3 ... in rank order.
 
     Raises:
-        TfueError: a file of that name already exists in ``copy_to`` (nothing is
+        TfueError: a file of a copy's name already exists in ``copy_to`` (nothing is
             overwritten; checked for all before any is copied).
     """
     import shutil
@@ -187,7 +201,12 @@ def copy_top(ranking: list, top: int, copy_to: str) -> list:
     from .files import prepare_out_dir
 
     picked = [r["input"] for r in ranking[:top]]
-    targets = [os.path.join(copy_to, os.path.basename(p)) for p in picked]
+    targets, seen = [], {}
+    for p in picked:
+        stem, ext = os.path.splitext(os.path.basename(p))
+        seen[stem + ext] = seen.get(stem + ext, 0) + 1
+        name = stem + ext if seen[stem + ext] == 1 else f"{stem}_{seen[stem + ext]}{ext}"
+        targets.append(os.path.join(copy_to, name))
     clash = [t for t in targets if os.path.exists(t)]
     if clash:
         raise TfueError(f"'{clash[0]}' already exists ({len(clash)} of the picked files)",

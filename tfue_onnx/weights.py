@@ -50,11 +50,15 @@ class LossWeights:
                                 "use --weights " + " or --weights ".join(FORMULAS))
         for name, value, low in (("weight strength", self.strength, 0.0),
                                  ("max weight", self.max_weight, 1e-12)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                math.isfinite(value) and value >= low
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and \
+                not isinstance(value, (bool, np.bool_)) and math.isfinite(value) and value >= low
             if not ok:
                 raise ArgumentError(f"{name} must be a finite number >= {low:g}, got "
                                     f"{value!r}", "e.g. --weight-strength 1 --max-weight 10")
+        if self.formula == "normalized" and self.strength != 1.0:
+            raise ArgumentError(f"the normalized formula (s / mean s) has no strength, got "
+                                f"{self.strength!r}", "drop --weight-strength, or use "
+                                "--weights linear")
         if self.formula == "linear" and self.max_weight < 1:
             raise ArgumentError(f"max weight must be >= 1 for the linear formula (its "
                                 f"weights start at 1), got {self.max_weight!r}",
