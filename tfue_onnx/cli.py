@@ -381,6 +381,47 @@ OUTPUT_OPTIONS = OptionGroup(
               "another sweep)."),
     QUIET)
 
+ENGINE_OPTIONS = OptionGroup(
+    _opt("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+         help="local: this process; ray: Ray Data actors, one estimator each (pip install "
+              "'tfue-onnx[ray]'); existing results are skipped (resumed), failed inputs "
+              "listed (exit 4)."),
+    _opt("--ray-address", default=None,
+         help="With --engine ray: 'auto' joins this machine's cluster, or a Ray address "
+              "(default: a local Ray started for the run)."),
+    _opt("--ray-actors", type=int, default=None,
+         help="With --engine ray: actors (default: the cluster's CPUs / --ray-cpus)."),
+    _opt("--ray-cpus", type=float, default=1.0, show_default=True,
+         help="With --engine ray: CPUs per actor (also its onnxruntime threads unless "
+              "--threads)."),
+    _opt("--ray-gpus", type=float, default=0.0, show_default=True,
+         help="With --engine ray: GPUs per actor (with --provider cuda)."))
+
+
+def _engine(values: dict, runtime: dict) -> tuple:
+    """(ray_engine.RaySettings, runtime) for --engine ray (onnxruntime threads default to
+    --ray-cpus: ray_engine.runtime_for); (None, runtime) for the local engine."""
+    from .ray_engine import runtime_for, settings_from
+
+    ray = settings_from(values, quiet=_QUIET[0])
+    return ray, runtime if ray is None else runtime_for(runtime, ray)
+
+
+def _ray_done(summary: dict, out_dir: str, as_json: bool) -> None:
+    """What a Ray run did (as ``_say_run``, then tfue's totals); exit 4 when inputs
+    failed, 3 for NaN/Inf (ray_engine.exit_code)."""
+    from .ray_engine import exit_code, totals
+
+    if as_json:
+        from .files import plain_json
+        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+    elif summary.get("method"):
+        _say_run(summary, out_dir)
+    for line in totals(summary):
+        _say(f"tfue: {line}", warning=not line.startswith("ray:"))
+    if exit_code(summary):
+        sys.exit(exit_code(summary))
+
 
 # --- building the library objects from the groups' values -----------------------------------
 def _runtime(values: dict) -> tuple:
@@ -554,6 +595,7 @@ def inputs_command(f):
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
+@ENGINE_OPTIONS
 def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, pictures,
         weights, weight_strength, max_weight, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
@@ -568,6 +610,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
     levels = _run_levels(p, levels)
     if not pictures and (shared_scale or overlay):
         given = " and ".join(o for o, on in (("--shared-scale", shared_scale),
@@ -581,7 +624,11 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     check_image_options(files, options)
     # Everything that can be checked before the long work is checked first.
     for folder in _level_folders(out_dir, levels).values():
-        _refuse_existing(planned_files(folder, files), force)
+        if ray is None:  # (Ray resumes: it skips inputs whose results exist)
+            _refuse_existing(planned_files(folder, files), force)
+    if ray is not None:
+        from .ray_engine import refuse_for_ray, run_files
+        refuse_for_ray(levels=levels, shared_scale=shared_scale)
 
     def auto_feeds(model):
         from .io import load_input
@@ -592,6 +639,10 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
 
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
+    if ray is not None:
+        return _ray_done(run_files(est, files, out_dir, options, ray, force, _STARTED,
+                                   compress=compress, overlay=overlay, pictures=pictures,
+                                   weights=loss), out_dir, as_json)
     try:
         drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
                    "pictures": pictures, "weights": loss}
@@ -735,6 +786,7 @@ def _exit_for(summary):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Where ranking.csv and scores.jsonl (resumable) go.")
 @quiet_option
+@ENGINE_OPTIONS
 def rank(model, inputs, by, top, copy_to, out_dir, **values):
     """Rank INPUTS by MODEL's uncertainty, most uncertain first (which to label next).
 
@@ -747,6 +799,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
     if (top is None) != (copy_to is None):
         raise ArgumentError("--top and --copy-to go together", "give both, or neither")
     if top is not None and top < 1:
@@ -756,9 +809,14 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     files = collect_inputs(inputs)
     check_image_options(files, options)
     est = _estimator(models, p, where, runtime)
+    failed = []
     try:
-        ranking = rank_inputs(est, files, by, options, out_dir,
-                              progress=_progress_for_stderr())
+        if ray is None:
+            ranking = rank_inputs(est, files, by, options, out_dir,
+                                  progress=_progress_for_stderr())
+        else:
+            from .ray_engine import rank_files
+            ranking, failed = rank_files(est, files, by, options, out_dir, ray)
     finally:
         _notes(est, verbose)
     for r in ranking[:10]:
@@ -768,6 +826,11 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     click.echo(f"ranked {len(ranking)} input(s) by {by}: {os.path.join(out_dir, 'ranking.csv')}"
                + (f", {sheet}" if os.path.exists(sheet) else "")
                + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
+    for f in failed:  # (--engine ray: the job went on without them)
+        _say(f"tfue: failed: {f['input']}: {f['reason']}", warning=True)
+    if failed:
+        from .ray_engine import EXIT_INPUTS_FAILED
+        sys.exit(EXIT_INPUTS_FAILED)
 
 
 # --- export -------------------------------------------------------------------------------
