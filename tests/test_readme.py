@@ -74,7 +74,7 @@ def test_the_test_command_is_what_ci_runs():
     first, second = rb.blocks(PATH)[:2]
     assert first[1].strip() == INSTALL_DEMO
     command = rb.block(PATH, TEST_COMMAND, "bash").strip()
-    assert "pip install -e \".[test]\"" in command and command.endswith("pytest -q")
+    assert "pip install -e \".[test,ray]\"" in command and command.endswith("pytest -q")
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     test_command = command.split("&& ", 2)[2]  # after the venv is made and entered
     assert test_command in ci.splitlines()

@@ -27,7 +27,6 @@ import os
 import pickle
 import time
 
-import numpy as np
 
 from .errors import ArgumentError, TfueError
 
@@ -310,18 +309,28 @@ def _dataset(data):
     ray = import_ray()
     if isinstance(data, ray.data.Dataset):
         columns = data.columns() or []
-        if "input" in columns:
-            return data.select_columns(["input"])
-        if "path" in columns:
-            return data.select_columns(["path"]).rename_columns({"path": "input"})
-        raise ArgumentError(f"the dataset has no 'input' or 'path' column (it has "
-                            f"{', '.join(columns)})", "give a column of input file paths")
+        if "input" not in columns and "path" not in columns:
+            raise ArgumentError(f"the dataset has no 'input' or 'path' column (it has "
+                                f"{', '.join(columns)})", "give a column of input file paths")
+        key = "input" if "input" in columns else "path"
+        # The paths are read here, before the actors start: a pool holding every CPU
+        # would leave none to the tasks that read them (the job would wait forever).
+        return _blocks([str(r[key]) for r in data.select_columns([key]).iter_rows()])
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if len(paths) == 1 and os.fspath(paths[0]).endswith(".parquet"):
         return _dataset(ray.data.read_parquet(os.fspath(paths[0]), columns=["path"]))
     from .io import collect_inputs
 
-    return ray.data.from_items([{"input": f} for f in collect_inputs(paths)])
+    return _blocks(collect_inputs(paths))
+
+
+def _blocks(files: list):
+    """A Dataset of ``{"input": path}`` rows, one per block: a block goes to one actor
+    whole, so blocks of one input let every actor work."""
+    import ray
+
+    return ray.data.from_items([{"input": f} for f in files],
+                               override_num_blocks=max(1, len(files)))
 
 
 def _actors(settings: RaySettings) -> int:
@@ -340,11 +349,12 @@ def map_inputs(estimator, data, job: dict, settings: RaySettings | None = None):
     ray = import_ray()
     settings = settings or RaySettings()
     blob = portable(estimator)
+    ds = _dataset(data)
     # One input per batch: inputs are large and slow next to Ray's per-batch cost, and a
     # batch of one keeps the progress display per input.
-    return _dataset(data).map_batches(
+    return ds.map_batches(
         InputWorker, batch_size=1, batch_format="numpy", fn_constructor_args=(blob, job),
-        compute=ray.data.ActorPoolStrategy(size=_actors(settings)),
+        compute=ray.data.ActorPoolStrategy(size=min(_actors(settings), max(1, ds.count()))),
         num_cpus=settings.cpus, num_gpus=settings.gpus or None)
 
 
