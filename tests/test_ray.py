@@ -29,7 +29,7 @@ def local_ray(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("ray-cache"))
     old = os.environ.get("TFUE_CACHE_DIR")
     os.environ["TFUE_CACHE_DIR"] = cache
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()

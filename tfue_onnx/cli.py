@@ -398,19 +398,24 @@ ENGINE_OPTIONS = OptionGroup(
          help="With --engine ray: GPUs per actor (with --provider cuda)."))
 
 
-def _engine(values: dict, runtime: dict) -> tuple:
+def _engine(values: dict, runtime: dict, levels=None, shared_scale=False) -> tuple:
     """(ray_engine.RaySettings, runtime) for --engine ray (onnxruntime threads default to
-    --ray-cpus: ray_engine.runtime_for); (None, runtime) for the local engine."""
-    from .ray_engine import runtime_for, settings_from
+    --ray-cpus: ray_engine.runtime_for; --levels and --shared-scale refused); (None,
+    runtime) for the local engine."""
+    from .ray_engine import refuse_for_ray, runtime_for, settings_from
 
     ray = settings_from(values, quiet=_QUIET[0])
+    if ray is not None:
+        refuse_for_ray(levels=levels, shared_scale=shared_scale)
     return ray, runtime if ray is None else runtime_for(runtime, ray)
 
 
-def _ray_done(summary: dict, out_dir: str, as_json: bool) -> None:
-    """What a Ray run did (as ``_say_run``, then tfue's totals); exit 4 when inputs
-    failed, 3 for NaN/Inf (ray_engine.exit_code)."""
-    from .ray_engine import exit_code, totals
+def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -> None:
+    """``tfue run --engine ray`` (ray_engine.run_files), then what it did (as ``_say_run``,
+    then tfue's totals); exit 4 when inputs failed, 3 for NaN/Inf (ray_engine.exit_code)."""
+    from .ray_engine import exit_code, run_files, totals
+
+    summary = run_files(est, files, out_dir, options, ray, force, _STARTED, **drawing)
 
     if as_json:
         from .files import plain_json
@@ -610,7 +615,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
-    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime, levels, shared_scale)
     levels = _run_levels(p, levels)
     if not pictures and (shared_scale or overlay):
         given = " and ".join(o for o, on in (("--shared-scale", shared_scale),
@@ -622,13 +627,8 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
     check_image_options(files, options)
-    # Everything that can be checked before the long work is checked first.
-    for folder in _level_folders(out_dir, levels).values():
-        if ray is None:  # (Ray resumes: it skips inputs whose results exist)
-            _refuse_existing(planned_files(folder, files), force)
-    if ray is not None:
-        from .ray_engine import refuse_for_ray, run_files
-        refuse_for_ray(levels=levels, shared_scale=shared_scale)
+    for folder in _level_folders(out_dir, levels).values() if ray is None else ():
+        _refuse_existing(planned_files(folder, files), force)  # before the long work
 
     def auto_feeds(model):
         from .io import load_input
@@ -639,13 +639,11 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
 
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds,
                      keep_samples=save_samples)
+    drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
+               "pictures": pictures, "weights": loss}
     if ray is not None:
-        return _ray_done(run_files(est, files, out_dir, options, ray, force, _STARTED,
-                                   compress=compress, overlay=overlay, pictures=pictures,
-                                   weights=loss), out_dir, as_json)
+        return _ray_run(est, files, out_dir, options, ray, force, drawing, as_json)
     try:
-        drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
-                   "pictures": pictures, "weights": loss}
         summaries = {level: _run_one_level(est, level, files, folder, options, drawing,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,

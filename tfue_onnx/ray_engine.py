@@ -145,10 +145,9 @@ class connected:
     def __enter__(self):
         ray = import_ray()
         if not ray.is_initialized():
-            kw = {"address": self.settings.address} if self.settings.address else {}
-            try:
-                ray.init(include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, **kw)
+            try:  # "local": a fresh Ray even where `ray start` runs one on this machine
+                ray.init(address=self.settings.address or "local", include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
             except ConnectionError as exc:
                 raise TfueError(f"cannot join Ray at {self.settings.address!r}: "
                                 f"{str(exc).splitlines()[0]}",
@@ -254,7 +253,7 @@ class InputWorker:
         run.one(path, self._feeds(path), None)
         item = run.items[-1]
         item["files"] = _move_into(item["files"], out_dir)
-        os.rmdir(stage)
+        _unstage(stage)
         extra = {"warnings": run.warnings, "notes": run.notes, "metadata": run.meta}
         from .files import plain_json
 
@@ -282,8 +281,23 @@ def _fresh_stage(out_dir: str, path: str) -> str:
     stage = os.path.join(out_dir, STAGE, _stem(path))
     if os.path.isdir(stage):
         shutil.rmtree(stage)
+    for _ in range(3):  # another actor may remove the (empty) parent in between
+        try:
+            os.makedirs(stage)
+            return stage
+        except FileNotFoundError:
+            continue
     os.makedirs(stage)
     return stage
+
+
+def _unstage(stage: str) -> None:
+    """Remove an input's emptied staging folder, and OUT/.tfue-ray when it is empty."""
+    os.rmdir(stage)
+    try:
+        os.rmdir(os.path.dirname(stage))
+    except OSError:  # other inputs are being written there
+        pass
 
 
 def _move_into(staged: list, out_dir: str) -> list:
@@ -407,7 +421,7 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
 
 
 def run_files(estimator, files, out_dir, options, settings: RaySettings, force: bool = False,
-              started: float | None = None, **drawing) -> dict:
+              started: float | None = None, shared_scale: bool = False, **drawing) -> dict:
     """``tfue run --engine ray``: ``score_dataset`` over ``files`` on the Ray of
     ``settings``, then ``summary.json`` as the local engine writes it (report's own
     summary), plus ``engine`` (what ran where, counts) and ``failures``.
@@ -418,6 +432,7 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
         out_dir, options, force: as ``score_dataset``.
         settings: RaySettings.
         started: ``time.perf_counter()`` at the command's start (default: now).
+        shared_scale: must be False (one colour range needs every map at once).
         drawing: ``compress``, ``overlay``, ``pictures``, ``weights`` (score_dataset).
 
     Returns:
@@ -426,6 +441,7 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
         "actors", "cpus_per_actor", "gpus_per_actor", "done", "resumed", "failed"};
         ``timing`` (``sampling_s``, ``writing_s`` summed over actors; ``total_s`` wall).
     """
+    refuse_for_ray(shared_scale=shared_scale)
     started = time.perf_counter() if started is None else started
     fresh = pickle.loads(portable(estimator))  # taken before anything runs it here
     _check_first(estimator, files, options)
