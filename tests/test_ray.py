@@ -282,3 +282,24 @@ def test_engine_options_are_checked_up_front(inputs, tmp_path, extra, words):
     assert r.exit_code == 2, r.output
     assert words in r.output
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_evaluate_on_ray_gives_the_local_table(local_ray, tmp_path):
+    """The same metrics as the local engine (results computed by actors, scored here);
+    a pair that cannot be read is listed and the others are evaluated (exit 4)."""
+    model = tmp_path / "net.onnx"
+    toys.conv_net(model)
+    folder = toys.npz_pairs(tmp_path / "pairs", count=4)
+    args = ["evaluate", str(model), str(folder), *RUN, "--bootstrap", "100", "--json"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "l")])
+    assert r.exit_code == 0, r.output
+    local = json.loads((tmp_path / "l" / "metrics.json").read_text())
+    (tmp_path / "pairs" / "p9.npz").write_bytes(b"not an npz")
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r"), "--engine", "ray",
+                                  "--ray-actors", "2"])
+    assert r.exit_code == 4, r.output
+    assert "failed: " + str(tmp_path / "pairs" / "p9.npz") in r.output
+    far = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert far["table"] == local["table"]
+    assert [i["name"] for i in far["images"]] == [i["name"] for i in local["images"]]
+    assert sorted(os.listdir(tmp_path / "r")) == sorted(os.listdir(tmp_path / "l"))

@@ -428,6 +428,16 @@ def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -
         sys.exit(exit_code(summary))
 
 
+def _ray_failed(failed: list) -> None:
+    """--engine ray: each input that failed (``{"input", "reason"}``) on stderr, then exit
+    4 (ray_engine.EXIT_INPUTS_FAILED: the job went on without them); nothing without."""
+    for f in failed:
+        _say(f"tfue: failed: {f['input']}: {f['reason']}", warning=True)
+    if failed:
+        from .ray_engine import EXIT_INPUTS_FAILED
+        sys.exit(EXIT_INPUTS_FAILED)
+
+
 # --- building the library objects from the groups' values -----------------------------------
 def _runtime(values: dict) -> tuple:
     """(Estimator keyword arguments, --verbose) from RUNTIME_OPTIONS' values, each checked
@@ -824,11 +834,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     click.echo(f"ranked {len(ranking)} input(s) by {by}: {os.path.join(out_dir, 'ranking.csv')}"
                + (f", {sheet}" if os.path.exists(sheet) else "")
                + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
-    for f in failed:  # (--engine ray: the job went on without them)
-        _say(f"tfue: failed: {f['input']}: {f['reason']}", warning=True)
-    if failed:
-        from .ray_engine import EXIT_INPUTS_FAILED
-        sys.exit(EXIT_INPUTS_FAILED)
+    _ray_failed(failed)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -921,6 +927,7 @@ def _refuse_existing(paths, force):
               help="Folder for metrics.json, metrics.csv and NAME.eval.png pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @OUTPUT_OPTIONS
+@ENGINE_OPTIONS
 def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     """How well MODEL's uncertainty tracks its error on (input, target) pairs."""
     from .evaluate import evaluate as run_evaluation
@@ -930,6 +937,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
     pair_values = PAIR_OPTIONS.take(values)
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")], force)
     _check_pairs(pair_values, block_grid)
@@ -944,6 +952,10 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
     est = _estimator(models, p, where, runtime, auto_feeds=auto_feeds)
     pairs = _pairs(est.info, inputs, pair_values, options)
     _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
+    failed = []
+    if ray is not None:  # run on Ray; the evaluation below scores the results it returns
+        from .ray_engine import evaluate_pairs
+        est, pairs, failed = evaluate_pairs(est, pairs, ray)
     if pairs:  # image options and the graph checked on the first pair before any work
         est.prepare(pairs[0].load()[0])
     with cleanup_out_dir(out_dir):
@@ -956,6 +968,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, **values):
             _notes(est, verbose)
         files = write_evaluation(out_dir, result)
     _say_evaluation(result, files, out_dir, as_json)
+    _ray_failed(failed)
 
 
 def _say_evaluation(result: dict, files: list, out_dir: str, as_json: bool) -> None:

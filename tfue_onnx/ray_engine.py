@@ -1,4 +1,4 @@
-"""Dataset scale on Ray Data: ``tfue run|rank --engine ray`` and ``score_dataset``.
+"""Dataset scale on Ray Data: ``tfue run|rank|evaluate --engine ray`` and ``score_dataset``.
 
 Ray Data reads the list of inputs, and ``map_batches`` hands them to a pool of actors,
 each holding ONE :class:`~tfue_onnx.runner.Estimator` (unpickled from the one the
@@ -27,6 +27,7 @@ import os
 import pickle
 import time
 
+import numpy as np
 
 from .errors import ArgumentError, TfueError
 
@@ -34,7 +35,7 @@ EXIT_INPUTS_FAILED = 4  # some inputs failed (listed in summary.json["failures"]
 INSTALL = "pip install 'tfue-onnx[ray]'"
 STAGE = ".tfue-ray"  # per-input staging folders inside OUT, renamed into place
 ROW_FIELDS = ("input", "status", "mean_variance", "score", "files", "error", "item",
-              "sampling_s", "writing_s")
+              "sampling_s", "writing_s", "result")
 
 
 def import_ray():
@@ -195,7 +196,7 @@ def _reason(exc: BaseException) -> str:
 def _row(path: str, status: str, **fields) -> dict:
     row = {"input": path, "status": status, "mean_variance": float("nan"),
            "score": float("nan"), "files": "[]", "error": "", "item": "{}",
-           "sampling_s": 0.0, "writing_s": 0.0}
+           "sampling_s": 0.0, "writing_s": 0.0, "result": b""}
     row.update(fields)
     return row
 
@@ -205,9 +206,10 @@ class InputWorker:
 
     Args:
         blob: the Estimator, pickled (``portable``).
-        job: ``{"mode": "write" | "score", ...}``; write: ``out_dir``, ``options``
-            (io.ImageOptions), ``force``, ``compress``, ``overlay``, ``pictures``,
-            ``weights``; score: ``options``, ``by`` (rank.image_score).
+        job: ``{"mode": "write" | "score" | "result", "cwd", ...}``; write: ``out_dir``,
+            ``options`` (io.ImageOptions), ``force``, ``compress``, ``overlay``,
+            ``pictures``, ``weights``; score: ``options``, ``by`` (rank.image_score);
+            result: ``pairs`` (evaluate.Pair list; the rows' ``input`` is an index).
     """
 
     def __init__(self, blob: bytes, job: dict):
@@ -219,13 +221,17 @@ class InputWorker:
     def __call__(self, batch: dict) -> dict:
         """``batch["input"]`` (paths) -> one row per input (ROW_FIELDS, lists)."""
         rows = [self.one(str(path)) for path in batch["input"]]
-        return {k: [r[k] for r in rows] for k in ROW_FIELDS}
+        out = {k: [r[k] for r in rows] for k in ROW_FIELDS}
+        out["result"] = np.array(out["result"], dtype=object)  # bytes kept whole
+        return out
 
     def one(self, path: str) -> dict:
         """One input's row; any error becomes the row's one-line ``error``."""
         try:
             if self.job["mode"] == "score":
                 return self._score(path)
+            if self.job["mode"] == "result":
+                return self._result(path)
             return self._write(path)
         except Exception as exc:  # recorded, and the job goes on
             return _row(path, "failed", error=_reason(exc))
@@ -242,6 +248,14 @@ class InputWorker:
         t0 = time.perf_counter()
         score = image_score(self.estimator(self._feeds(path)), self.job["by"])
         return _row(path, "done", score=score, sampling_s=time.perf_counter() - t0)
+
+    def _result(self, key: str) -> dict:
+        """The pickled Result of pair number ``key`` (``evaluate_pairs``)."""
+        t0 = time.perf_counter()
+        feeds, _ = self.job["pairs"][int(key)].load()
+        result = self.estimator(self.estimator.check_feeds(feeds))
+        return _row(key, "done", result=pickle.dumps(result),
+                    sampling_s=time.perf_counter() - t0)
 
     def _write(self, path: str) -> dict:
         job, out_dir = self.job, self.job["out_dir"]
@@ -357,13 +371,12 @@ def _actors(settings: RaySettings) -> int:
     return max(1, int(cpus // settings.cpus))
 
 
-def map_inputs(estimator, data, job: dict, settings: RaySettings | None = None):
-    """``data`` (see ``score_dataset``) mapped by a pool of ``InputWorker`` actors; a
-    lazy Ray Dataset of ROW_FIELDS rows."""
+def map_inputs(estimator, ds, job: dict, settings: RaySettings | None = None):
+    """``ds`` (``{"input"}`` rows: ``_dataset``) mapped by a pool of ``InputWorker``
+    actors; a lazy Ray Dataset of ROW_FIELDS rows."""
     ray = import_ray()
     settings = settings or RaySettings()
     blob = portable(estimator)
-    ds = _dataset(data)
     # One input per batch: inputs are large and slow next to Ray's per-batch cost, and a
     # batch of one keeps the progress display per input.
     return ds.map_batches(
@@ -417,7 +430,7 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
     job = {"mode": "write", "out_dir": os.fspath(out_dir), "options": options or ImageOptions(),
            "force": force, "compress": compress, "overlay": overlay, "pictures": pictures,
            "weights": weights, "cwd": os.getcwd()}
-    return map_inputs(estimator, data, job, settings)
+    return map_inputs(estimator, _dataset(data), job, settings)
 
 
 def run_files(estimator, files, out_dir, options, settings: RaySettings, force: bool = False,
@@ -572,7 +585,7 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
         fresh = pickle.loads(portable(estimator))
         job = {"mode": "score", "options": options, "by": by, "cwd": os.getcwd()}
         with connected(settings):
-            for r in map_inputs(fresh, todo, job, settings).iter_rows():
+            for r in map_inputs(fresh, _dataset(todo), job, settings).iter_rows():
                 if r["status"] == "failed":
                     failures.append({"input": r["input"], "reason": r["error"]})
                 else:
@@ -580,3 +593,49 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
     failed = {f["input"] for f in failures}
     ok = [f for f in files if os.fspath(f) not in failed]
     return rank_inputs(estimator, ok, by, options, out_dir), failures
+
+
+class Replay:
+    """Stands in for an Estimator whose results were computed on Ray: each call returns
+    the next of ``results`` (in the order the caller will ask for them); everything else
+    (``pad``, ``notes``, ``info``, ``auto_choice``...) is the estimator's own."""
+
+    def __init__(self, estimator, results: list):
+        self._estimator, self._results = estimator, list(results)
+
+    def __call__(self, feeds, level=None, progress=None):
+        """The next result (``feeds`` were run on Ray already); ``level`` must be None."""
+        if level is not None:
+            raise ArgumentError("results computed on Ray hold one level", "drop level")
+        return self._results.pop(0)
+
+    def __getattr__(self, name):
+        return getattr(self._estimator, name)
+
+
+def evaluate_pairs(estimator, pairs: list, settings: RaySettings) -> tuple:
+    """``tfue evaluate --engine ray``: every pair's input run by actors; the results come
+    back through Ray's object store (no shared file system needed) and are held here
+    until ``evaluate.evaluate`` has scored them.
+
+    Args:
+        estimator: a runner.Estimator that has not run yet.
+        pairs: evaluate.Pair list (each is loaded on an actor, and again here for its
+            target).
+        settings: RaySettings.
+
+    Returns:
+        (replay, pairs_ok, failures): a ``Replay`` of the results for ``evaluate.evaluate``
+        with ``pairs_ok`` (the pairs that ran, in order), and ``[{"input", "reason"}]``
+        for the pairs that failed.
+    """
+    fresh = pickle.loads(portable(estimator))
+    job = {"mode": "result", "pairs": list(pairs), "cwd": os.getcwd()}
+    with connected(settings):
+        ds = map_inputs(fresh, _blocks([str(k) for k in range(len(pairs))]), job, settings)
+        rows = {int(r["input"]): r for r in ds.iter_rows()}
+    failures = [{"input": pairs[k].source, "reason": rows[k]["error"]}
+                for k in range(len(pairs)) if rows[k]["status"] == "failed"]
+    ok = [k for k in range(len(pairs)) if rows[k]["status"] == "done"]
+    return (Replay(estimator, [pickle.loads(rows[k]["result"]) for k in ok]),
+            [pairs[k] for k in ok], failures)
