@@ -463,7 +463,7 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
         ds = score_dataset(fresh, list(files), out_dir, options, force,
                            settings=settings, **drawing)
         rows = {r["input"]: r for r in ds.iter_rows()}
-        actors = _actors(settings)
+        actors = min(_actors(settings), len(rows))  # (map_inputs' pool)
     summary = _summary(estimator, [rows[os.fspath(f)] for f in files], out_dir, started,
                        startup)
     summary["engine"] = {"name": "ray", "actors": actors, "cpus_per_actor": settings.cpus,
