@@ -264,7 +264,13 @@ class InputWorker:
             return _row(path, "resumed", files=json.dumps(_existing(out_dir, path)))
         stage = _fresh_stage(out_dir, path)
         run = _stage_run(self.estimator, stage, job)
-        run.one(path, self._feeds(path), None)
+        try:
+            run.one(path, self._feeds(path), None)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(stage, ignore_errors=True)  # nothing of a failed input stays
+            raise
         item = run.items[-1]
         item["files"] = _move_into(item["files"], out_dir)
         _unstage(stage)
@@ -346,7 +352,7 @@ def _dataset(data):
         return _blocks([str(r[key]) for r in data.select_columns([key]).iter_rows()])
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if len(paths) == 1 and os.fspath(paths[0]).endswith(".parquet"):
-        return _dataset(ray.data.read_parquet(os.fspath(paths[0]), columns=["path"]))
+        return _dataset(ray.data.read_parquet(os.fspath(paths[0])).select_columns(["path"]))
     from .io import collect_inputs
 
     return _blocks(collect_inputs(paths))
