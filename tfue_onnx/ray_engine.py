@@ -336,10 +336,13 @@ def _existing(out_dir: str, path: str) -> list:
     return [f for f in planned_files(out_dir, [path])[1:] if os.path.exists(f)]
 
 
-def _dataset(data):
-    """A Ray Dataset of ``{"input": path}`` rows from ``data``: a Dataset (its ``input``
-    or ``path`` column), a ``.parquet`` file or folder (its ``path`` column), or paths
-    (files and folders, expanded as ``tfue run`` does: io.collect_inputs)."""
+def _inputs(data) -> list:
+    """The input paths (str) of ``data``: a Dataset (its ``input`` or ``path`` column),
+    a ``.parquet`` file or folder (its ``path`` column), or paths (files and folders,
+    expanded as ``tfue run`` does: io.collect_inputs).
+
+    The paths are read here, before the actors start: a pool holding every CPU would
+    leave none to the tasks that read them (the job would wait forever)."""
     ray = import_ray()
     if isinstance(data, ray.data.Dataset):
         columns = data.columns() or []
@@ -347,24 +350,30 @@ def _dataset(data):
             raise ArgumentError(f"the dataset has no 'input' or 'path' column (it has "
                                 f"{', '.join(columns)})", "give a column of input file paths")
         key = "input" if "input" in columns else "path"
-        # The paths are read here, before the actors start: a pool holding every CPU
-        # would leave none to the tasks that read them (the job would wait forever).
-        return _blocks([str(r[key]) for r in data.select_columns([key]).iter_rows()])
+        return [str(r[key]) for r in data.select_columns([key]).iter_rows()]
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if len(paths) == 1 and os.fspath(paths[0]).endswith(".parquet"):
-        return _dataset(ray.data.read_parquet(os.fspath(paths[0])).select_columns(["path"]))
+        return _inputs(ray.data.read_parquet(os.fspath(paths[0])).select_columns(["path"]))
     from .io import collect_inputs
 
-    return _blocks(collect_inputs(paths))
+    return collect_inputs(paths)
 
 
-def _blocks(files: list):
-    """A Dataset of ``{"input": path}`` rows, one per block: a block goes to one actor
-    whole, so blocks of one input let every actor work."""
+MAX_BLOCK = 32  # inputs per block at most (a block is one Ray task on one actor)
+
+
+def _blocks(keys: list, actors: int):
+    """A Dataset of ``{"input": key}`` rows in blocks of about len / (4 x actors) inputs,
+    1 to MAX_BLOCK: a block goes to one actor whole, so several per actor keep every
+    actor busy to the end, while each block spreads Ray's cost per task (tens of ms,
+    BENCHMARKS.md) over its inputs."""
+    import math
+
     import ray
 
-    return ray.data.from_items([{"input": f} for f in files],
-                               override_num_blocks=max(1, len(files)))
+    per_block = min(MAX_BLOCK, max(1, len(keys) // (4 * actors)))
+    return ray.data.from_items([{"input": k} for k in keys],
+                               override_num_blocks=max(1, math.ceil(len(keys) / per_block)))
 
 
 def _actors(settings: RaySettings) -> int:
@@ -377,17 +386,19 @@ def _actors(settings: RaySettings) -> int:
     return max(1, int(cpus // settings.cpus))
 
 
-def map_inputs(estimator, ds, job: dict, settings: RaySettings | None = None):
-    """``ds`` (``{"input"}`` rows: ``_dataset``) mapped by a pool of ``InputWorker``
-    actors; a lazy Ray Dataset of ROW_FIELDS rows."""
+def map_inputs(estimator, keys: list, job: dict, settings: RaySettings | None = None):
+    """``keys`` (input paths, or pair numbers for evaluate) mapped by a pool of
+    ``InputWorker`` actors (never more actors than keys); a lazy Ray Dataset of
+    ROW_FIELDS rows."""
     ray = import_ray()
     settings = settings or RaySettings()
     blob = portable(estimator)
-    # One input per batch: inputs are large and slow next to Ray's per-batch cost, and a
-    # batch of one keeps the progress display per input.
-    return ds.map_batches(
+    actors = min(_actors(settings), max(1, len(keys)))
+    # One input per batch: each row comes back (and its files are in place) as soon as
+    # its input is done.
+    return _blocks(keys, actors).map_batches(
         InputWorker, batch_size=1, batch_format="numpy", fn_constructor_args=(blob, job),
-        compute=ray.data.ActorPoolStrategy(size=min(_actors(settings), max(1, ds.count()))),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=settings.cpus, num_gpus=settings.gpus or None)
 
 
@@ -397,9 +408,9 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
     """Write ``tfue run``'s per-input files for every input of ``data`` on Ray Data.
 
     Ray must be connected already (``ray.init``; Ray Data starts a local one when it is
-    not). Nothing runs until the returned dataset is consumed (``take_all``,
-    ``iter_rows``, ``write_parquet``...); ``summary.json`` is not written (``run_files``
-    writes it).
+    not). The paths of ``data`` are read at once (before the actors take the CPUs);
+    no input runs until the returned dataset is consumed (``take_all``, ``iter_rows``,
+    ``write_parquet``...). ``summary.json`` is not written (``run_files`` writes it).
 
     Args:
         estimator: a runner.Estimator that has not run yet (each actor unpickles its own
@@ -436,7 +447,7 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
     job = {"mode": "write", "out_dir": os.fspath(out_dir), "options": options or ImageOptions(),
            "force": force, "compress": compress, "overlay": overlay, "pictures": pictures,
            "weights": weights, "cwd": os.getcwd()}
-    return map_inputs(estimator, _dataset(data), job, settings)
+    return map_inputs(estimator, _inputs(data), job, settings)
 
 
 def run_files(estimator, files, out_dir, options, settings: RaySettings, force: bool = False,
@@ -591,7 +602,7 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
         fresh = pickle.loads(portable(estimator))
         job = {"mode": "score", "options": options, "by": by, "cwd": os.getcwd()}
         with connected(settings):
-            for r in map_inputs(fresh, _dataset(todo), job, settings).iter_rows():
+            for r in map_inputs(fresh, todo, job, settings).iter_rows():
                 if r["status"] == "failed":
                     failures.append({"input": r["input"], "reason": r["error"]})
                 else:
@@ -638,7 +649,7 @@ def evaluate_pairs(estimator, pairs: list, settings: RaySettings) -> tuple:
     fresh = pickle.loads(portable(estimator))
     job = {"mode": "result", "pairs": list(pairs), "cwd": os.getcwd()}
     with connected(settings):
-        ds = map_inputs(fresh, _blocks([str(k) for k in range(len(pairs))]), job, settings)
+        ds = map_inputs(fresh, [str(k) for k in range(len(pairs))], job, settings)
         rows = {int(r["input"]): r for r in ds.iter_rows()}
     failures = [{"input": pairs[k].source, "reason": rows[k]["error"]}
                 for k in range(len(pairs)) if rows[k]["status"] == "failed"]
