@@ -303,3 +303,30 @@ def test_evaluate_on_ray_gives_the_local_table(local_ray, tmp_path):
     assert far["table"] == local["table"]
     assert [i["name"] for i in far["images"]] == [i["name"] for i in local["images"]]
     assert sorted(os.listdir(tmp_path / "r")) == sorted(os.listdir(tmp_path / "l"))
+
+
+def test_bench_ray_compares_and_tabulates(tmp_path, monkeypatch):
+    """tools/bench_ray.py's pieces without running the benchmark: the crops, the
+    byte-for-byte check, and the table's ratios and overhead per image."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "tools"))
+    import bench_ray
+
+    folder = bench_ray.make_inputs(str(tmp_path / "in"), 3, 16)
+    assert sorted(os.listdir(folder)) == ["c0000.png", "c0001.png", "c0002.png"]
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    np.savez(tmp_path / "a" / "x.npz", variance=np.ones(3), metadata="{}")
+    np.savez(tmp_path / "b" / "x.npz", variance=np.ones(3), metadata="{}")
+    np.savez(tmp_path / "c" / "x.npz", variance=np.ones(3) * 2, metadata="{}")
+    assert bench_ray.same_results(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not bench_ray.same_results(str(tmp_path / "a"), str(tmp_path / "c"))
+
+    def run(wall):
+        return {"wall_s": wall, "summary": {"timing": {"sampling_s": 1.0, "startup_s": 0.5}}}
+    found = {"runs": {"local": [run(10.0)], "ray, 2 actors x 1 CPU": [run(20.0)]},
+             "same": {"ray, 2 actors x 1 CPU": True}}
+    rows = bench_ray.table(found, 100).splitlines()
+    assert rows[2].startswith("| local | 10.00 | 0.50 | 10.0 | 1.00 |")
+    assert rows[3] == "| ray, 2 actors x 1 CPU | 20.00 | 0.50 | 5.0 | 0.50 | +100.0 ms | " \
+                      "1.00 | yes |"

@@ -7,7 +7,9 @@ Exit codes: 0 done; 2 refused (bad input or model; nothing written, an output
 folder tfue would have made is not left behind); 3 ``run`` finished and wrote
 every result, but some results hold NaN or Inf (the model overflows under the
 perturbation, or its own unperturbed output already holds them: the warning says
-which): a warning line per input on stderr, counts in summary.json.
+which): a warning line per input on stderr, counts in summary.json; 4 (``--engine ray``)
+some inputs failed: each listed on stderr (and in summary.json's ``failures``), the
+others done.
 """
 
 from __future__ import annotations
