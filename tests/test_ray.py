@@ -266,6 +266,21 @@ def test_without_ray_the_engine_says_how_to_install_it(inputs, tmp_path, monkeyp
     assert not os.path.exists(tmp_path / "o")
 
 
+def test_an_address_without_ray_is_refused_at_once(inputs, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (closed again at once)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray",
+             "--ray-address", f"127.0.0.1:{port}")
+    assert r.exit_code == 2, r.output
+    assert f"cannot reach Ray at '127.0.0.1:{port}'" in r.output
+    r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray",
+             "--ray-address", "headnode")
+    assert r.exit_code == 2 and "--ray-address must be auto, HOST:PORT" in r.output
+
+
 @pytest.mark.parametrize("extra, words", [
     (("--ray-actors", "2"), "--ray-actors configure --engine ray"),
     (("--engine", "ray", "--ray-actors", "0"), "--ray-actors must be >= 1"),

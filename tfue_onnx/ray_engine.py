@@ -95,7 +95,8 @@ def settings_from(values: dict, quiet: bool = False) -> RaySettings | None:
 
     Raises:
         ArgumentError: a ``--ray-*`` option without ``--engine ray``, or a bad value.
-        TfueError: ``--engine ray`` without Ray installed.
+        TfueError: ``--engine ray`` without Ray installed; a ``--ray-address`` where
+            nothing listens.
     """
     given = [f"--{k.replace('_', '-')}" for k in ("ray_address", "ray_actors")
              if values.get(k) is not None]
@@ -110,6 +111,7 @@ def settings_from(values: dict, quiet: bool = False) -> RaySettings | None:
                            float(values.get("ray_cpus", 1.0)),
                            float(values.get("ray_gpus", 0.0)), progress=not quiet)
     import_ray()
+    _check_reachable(settings.address)
     return settings
 
 
@@ -164,6 +166,29 @@ class connected:
 
             ray.shutdown()
         return False
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse at once a Ray address (``host:port`` or ``ray://host:port``) that takes no
+    connection, where Ray itself would retry for minutes; None and ``auto`` pass.
+
+    Raises:
+        TfueError: nothing listens there.
+    """
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ArgumentError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got "
+                            f"{address!r}", "e.g. --ray-address auto, or head-node:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TfueError(f"cannot reach Ray at {address!r} ({exc})",
+                        "start the cluster there (ray start --head), or use --ray-address "
+                        "auto on a cluster node, or drop --ray-address for a local Ray") from None
 
 
 def portable(estimator) -> bytes:
