@@ -594,6 +594,12 @@ def totals(summary: dict) -> list:
     return lines
 
 
+def _score_config(estimator, by: str) -> dict:
+    """scores.jsonl's settings line exactly as ``rank.rank_inputs`` writes it, so either
+    engine resumes the other's log (tests/test_ray.py checks it)."""
+    return {"model": estimator.path, **estimator.describe(), "by": by}
+
+
 def rank_files(estimator, files, by: str, options, out_dir, settings: RaySettings) -> tuple:
     """``tfue rank --engine ray``: every input not yet in ``out_dir``/scores.jsonl scored
     by actors (``rank.image_score``), each score appended to the log as it arrives (the
@@ -617,7 +623,7 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
     from .rank import check_score, rank_inputs
 
     check_score(by)
-    config = {"model": estimator.path, **estimator.describe(), "by": by}  # rank_inputs'
+    config = _score_config(estimator, by)
     log = os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
     scored = {r["input"] for r in read_log(
         log, config, "scores of other settings",
