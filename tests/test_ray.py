@@ -345,3 +345,22 @@ def test_bench_ray_compares_and_tabulates(tmp_path, monkeypatch):
     assert rows[2].startswith("| local | 10.00 | 0.50 | 10.0 | 1.00 |")
     assert rows[3] == "| ray, 2 actors x 1 CPU | 20.00 | 0.50 | 5.0 | 0.50 | +100.0 ms | " \
                       "1.00 | yes |"
+
+
+class _Unloadable:
+    """Pickles, but cannot be unpickled (in an actor: its constructor fails)."""
+
+    def __reduce__(self):
+        return os.stat, ("/nonexistent/tfue-ray-test",)
+
+
+def test_a_job_that_cannot_start_its_actors_is_one_error(local_ray, inputs, tmp_path):
+    from tfue_onnx.errors import TfueError
+    from tfue_onnx.io import ImageOptions
+    from tfue_onnx.ray_engine import RaySettings, map_inputs, rows_of
+
+    job = {"mode": "score", "options": ImageOptions(), "by": "mean", "cwd": str(tmp_path)}
+    ds = map_inputs(_Unloadable(), [os.path.join(inputs[1], "x00.npy")], job,
+                    RaySettings(actors=1))
+    with pytest.raises(TfueError, match=r"the Ray job failed \(.*Error"):
+        list(rows_of(ds))

@@ -427,6 +427,25 @@ def map_inputs(estimator, keys: list, job: dict, settings: RaySettings | None = 
         num_cpus=settings.cpus, num_gpus=settings.gpus or None)
 
 
+def rows_of(ds):
+    """The rows of a job's dataset as they come; a failure of the job itself (an actor
+    that cannot start, a lost node: not an input's fault, which is a row) becomes a
+    TfueError with Ray's first line.
+
+    Raises:
+        TfueError: the job failed.
+    """
+    import ray
+
+    try:
+        yield from ds.iter_rows()
+    except ray.exceptions.RayError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        raise TfueError(f"the Ray job failed ({type(exc).__name__}: {first.strip()})",
+                        "Ray's logs (/tmp/ray/session_latest/logs) say more; results written "
+                        "so far stay and a rerun resumes") from None
+
+
 def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
                   compress: bool = False, overlay: bool = False, pictures: bool = True,
                   weights=None, settings: RaySettings | None = None):
@@ -504,7 +523,7 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
         startup = time.perf_counter() - started  # the estimator checked, Ray connected
         ds = score_dataset(fresh, list(files), out_dir, options, force,
                            settings=settings, **drawing)
-        rows = {r["input"]: r for r in ds.iter_rows()}
+        rows = {r["input"]: r for r in rows_of(ds)}
         actors = min(_actors(settings), len(rows))  # (map_inputs' pool)
     summary = _summary(estimator, [rows[os.fspath(f)] for f in files], out_dir, started,
                        startup)
@@ -633,7 +652,7 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
         fresh = pickle.loads(portable(estimator))
         job = {"mode": "score", "options": options, "by": by, "cwd": os.getcwd()}
         with connected(settings):
-            for r in map_inputs(fresh, todo, job, settings).iter_rows():
+            for r in rows_of(map_inputs(fresh, todo, job, settings)):
                 if r["status"] == "failed":
                     failures.append({"input": r["input"], "reason": r["error"]})
                 else:
@@ -681,7 +700,7 @@ def evaluate_pairs(estimator, pairs: list, settings: RaySettings) -> tuple:
     job = {"mode": "result", "pairs": list(pairs), "cwd": os.getcwd()}
     with connected(settings):
         ds = map_inputs(fresh, [str(k) for k in range(len(pairs))], job, settings)
-        rows = {int(r["input"]): r for r in ds.iter_rows()}
+        rows = {int(r["input"]): r for r in rows_of(ds)}
     failures = [{"input": pairs[k].source, "reason": rows[k]["error"]}
                 for k in range(len(pairs)) if rows[k]["status"] == "failed"]
     ok = [k for k in range(len(pairs)) if rows[k]["status"] == "done"]
