@@ -389,8 +389,8 @@ ENGINE_OPTIONS = OptionGroup(
               "'tfue-onnx[ray]'); existing results are skipped (resumed), failed inputs "
               "listed (exit 4)."),
     _opt("--ray-address", default=None,
-         help="With --engine ray: 'auto' joins this machine's cluster, or a Ray address "
-              "(default: a local Ray started for the run)."),
+         help="With --engine ray: 'auto' joins this machine's cluster, or the head's "
+              "HOST:PORT (default: a local Ray started for the run)."),
     _opt("--ray-actors", type=int, default=None,
          help="With --engine ray: actors (default: the cluster's CPUs / --ray-cpus)."),
     _opt("--ray-cpus", type=float, default=1.0, show_default=True,
@@ -418,7 +418,6 @@ def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -
     from .ray_engine import exit_code, run_files, totals
 
     summary = run_files(est, files, out_dir, options, ray, force, _STARTED, **drawing)
-
     if as_json:
         from .files import plain_json
         click.echo(json.dumps(plain_json(summary), indent=2, default=str))
