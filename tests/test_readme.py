@@ -13,9 +13,14 @@ Substitutions (all listed in the tests that use them):
 - the evaluate listing: not a command; its synopsis options are checked against
   ``tfue evaluate --help`` and its output lines against a real run's (numbers masked).
 - the command-line synopsis: its options are checked against each command's --help.
+- the Ray examples: the local run and the Python one run as written on a toy model
+  named model.onnx and arrays in frames/ (each starts its own local Ray); the cluster
+  block is checked, not run (it needs a cluster): its tfue options against
+  ``tfue run --help``, and that the ``ray`` command it starts is installed.
 """
 
 import configparser
+import json
 import fnmatch
 import os
 import re
@@ -42,6 +47,9 @@ HANDLED = {
     "tfue evaluate MODEL INPUT...": "test_evaluate_listing",
     "import numpy as np": "test_python_example_runs",
     "tfue_onnx/": "test_module_map",
+    "tfue run model.onnx frames/ --method noise": "test_ray_example",
+    "ray start --head": "test_ray_cluster_commands",
+    "import ray": "test_ray_python_example",
 }
 
 
@@ -74,7 +82,7 @@ def test_the_test_command_is_what_ci_runs():
     first, second = rb.blocks(PATH)[:2]
     assert first[1].strip() == INSTALL_DEMO
     command = rb.block(PATH, TEST_COMMAND, "bash").strip()
-    assert "pip install -e \".[test]\"" in command and command.endswith("pytest -q")
+    assert "pip install -e \".[test,ray]\"" in command and command.endswith("pytest -q")
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     test_command = command.split("&& ", 2)[2]  # after the venv is made and entered
     assert test_command in ci.splitlines()
@@ -214,3 +222,56 @@ def test_module_map():
     from test_architecture import module_map, package_modules
 
     assert sorted(module_map()) == package_modules()
+
+
+def _frames(tmp_path, toy, names=("a", "b", "c")):
+    """model.onnx and frames/NAME.npy in ``tmp_path``; returns the frames' arrays."""
+    os.replace(toy(), tmp_path / "model.onnx")
+    (tmp_path / "frames").mkdir()
+    arrays = {}
+    for k, name in enumerate(names):
+        arrays[name] = np.random.default_rng(k).random((1, 3, 8, 8), dtype=np.float32)
+        np.save(tmp_path / "frames" / f"{name}.npy", arrays[name])
+    return arrays
+
+
+def test_ray_example(tmp_path, toy):
+    from tfue_onnx import Estimator, Noise, read_result
+
+    arrays = _frames(tmp_path, toy)
+    rb.run_shell(rb.block(PATH, "tfue run model.onnx frames/ --method noise", "bash"),
+                 tmp_path)
+    summary = json.loads((tmp_path / "maps" / "summary.json").read_text())
+    assert summary["engine"]["done"] == 3 and summary["engine"]["actors"] == 2
+    assert summary["failures"] == []
+    est = Estimator(str(tmp_path / "model.onnx"), Noise(sigma=0.1, at="0.5"), seed=0)
+    for name, x in arrays.items():  # the local engine's numbers
+        assert read_result(tmp_path / "maps" / f"{name}.npz").variance.tobytes() == \
+            est(x).variance.tobytes()
+
+
+def test_ray_cluster_commands(cli):
+    text = rb.block(PATH, "ray start --head", "bash")
+    lines = [line for line in text.splitlines() if line.startswith("tfue run ")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "--engine ray --ray-address auto" in line
+        _check_options(cli, "run", _options(line))
+    assert shutil.which("ray", path=rb.BIN), "the [ray] extra installs the ray command"
+
+
+def test_ray_python_example(toy, tmp_path, monkeypatch):
+    import ray
+
+    example = rb.block(PATH, "import ray", "python")
+    monkeypatch.chdir(tmp_path)
+    _frames(tmp_path, toy, ("a", "b"))
+    namespace = {}
+    try:
+        exec(example, namespace)  # as written
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in namespace["rows"]] == ["done", "done"]
+    assert namespace["failed"] == []
+    assert sorted(os.listdir(tmp_path / "maps")) == ["a.npz", "a.variance.png", "b.npz",
+                                                    "b.variance.png"]

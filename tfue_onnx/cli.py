@@ -7,7 +7,9 @@ Exit codes: 0 done; 2 refused (bad input or model; nothing written, an output
 folder tfue would have made is not left behind); 3 ``run`` finished and wrote
 every result, but some results hold NaN or Inf (the model overflows under the
 perturbation, or its own unperturbed output already holds them: the warning says
-which): a warning line per input on stderr, counts in summary.json.
+which): a warning line per input on stderr, counts in summary.json; 4 (``--engine ray``)
+some inputs failed: each listed on stderr (and in summary.json's ``failures``), the
+others done.
 """
 
 from __future__ import annotations
@@ -388,6 +390,61 @@ OUTPUT_OPTIONS = OptionGroup(
               "another sweep)."),
     QUIET)
 
+ENGINE_OPTIONS = OptionGroup(
+    _opt("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+         help="local: this process; ray: Ray Data actors, one estimator each (pip install "
+              "'tfue-onnx[ray]'); existing results are skipped (resumed), failed inputs "
+              "listed (exit 4)."),
+    _opt("--ray-address", default=None,
+         help="With --engine ray: 'auto' joins this machine's cluster, or the head's "
+              "HOST:PORT (default: a local Ray started for the run)."),
+    _opt("--ray-actors", type=int, default=None,
+         help="With --engine ray: actors (default: the cluster's CPUs / --ray-cpus)."),
+    _opt("--ray-cpus", type=float, default=1.0, show_default=True,
+         help="With --engine ray: CPUs per actor (also its onnxruntime threads unless "
+              "--threads)."),
+    _opt("--ray-gpus", type=float, default=0.0, show_default=True,
+         help="With --engine ray: GPUs per actor (with --provider cuda)."))
+
+
+def _engine(values: dict, runtime: dict, levels=None, shared_scale=False) -> tuple:
+    """(ray_engine.RaySettings, runtime) for --engine ray (onnxruntime threads default to
+    --ray-cpus: ray_engine.runtime_for; --levels and --shared-scale refused); (None,
+    runtime) for the local engine."""
+    from .ray_engine import refuse_for_ray, runtime_for, settings_from
+
+    ray = settings_from(values, quiet=_QUIET[0])
+    if ray is not None:
+        refuse_for_ray(levels=levels, shared_scale=shared_scale)
+    return ray, runtime if ray is None else runtime_for(runtime, ray)
+
+
+def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -> None:
+    """``tfue run --engine ray`` (ray_engine.run_files), then what it did (as ``_say_run``,
+    then tfue's totals); exit 4 when inputs failed, 3 for NaN/Inf (ray_engine.exit_code)."""
+    from .ray_engine import exit_code, run_files, totals
+
+    summary = run_files(est, files, out_dir, options, ray, force, _STARTED, **drawing)
+    if as_json:
+        from .files import plain_json
+        click.echo(json.dumps(plain_json(summary), indent=2, default=str))
+    elif summary.get("method"):
+        _say_run(summary, out_dir)
+    for line in totals(summary):
+        _say(f"tfue: {line}", warning=not line.startswith("ray:"))
+    if exit_code(summary):
+        sys.exit(exit_code(summary))
+
+
+def _ray_failed(failed: list) -> None:
+    """--engine ray: each input that failed (``{"input", "reason"}``) on stderr, then exit
+    4 (ray_engine.EXIT_INPUTS_FAILED: the job went on without them); nothing without."""
+    for f in failed:
+        _say(f"tfue: failed: {f['input']}: {f['reason']}", warning=True)
+    if failed:
+        from .ray_engine import EXIT_INPUTS_FAILED
+        sys.exit(EXIT_INPUTS_FAILED)
+
 
 # --- building the library objects from the groups' values -----------------------------------
 def _runtime(values: dict) -> tuple:
@@ -562,6 +619,7 @@ def inputs_command(f):
 @click.option("--levels", default=None,
               help="Several levels (noise sigmas, dropout rates), comma-separated: every "
                    "input runs at each with one graph; results go to OUT/level-L/ per level.")
+@ENGINE_OPTIONS
 def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, pictures,
         weights, weight_strength, max_weight, calibration, as_json, force, levels, **values):
     """Uncertainty maps for INPUTS (images, .npy/.npz arrays, or folders) under MODEL.
@@ -576,6 +634,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime, levels, shared_scale)
     levels = _run_levels(p, levels)
     _check_drawing(pictures, shared_scale, overlay)
     loss = _loss_weights(weights, weight_strength, max_weight, p["method"])
@@ -584,9 +643,8 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     models, inputs = _split_members(model, inputs, p["method"])
     files = collect_inputs(inputs)
     check_image_options(files, options)
-    # Everything that can be checked before the long work is checked first.
-    for folder in _level_folders(out_dir, levels).values():
-        _refuse_existing(planned_files(folder, files), force)
+    for folder in _level_folders(out_dir, levels).values() if ray is None else ():
+        _refuse_existing(planned_files(folder, files), force)  # before the long work
 
     def auto_feeds(model):
         from .io import load_input
@@ -599,9 +657,11 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
                      keep_samples=save_samples)
     if cal is not None:
         cal.check(est.describe())
+    drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
+               "pictures": pictures, "weights": loss, "calibration": cal}
+    if ray is not None:
+        return _ray_run(est, files, out_dir, options, ray, force, drawing, as_json)
     try:
-        drawing = {"compress": compress, "shared_scale": shared_scale, "overlay": overlay,
-                   "pictures": pictures, "weights": loss, "calibration": cal}
         summaries = {level: _run_one_level(est, level, files, folder, options, drawing,
                                            started=_STARTED if k == 0 else None)
                      for k, (level, folder) in enumerate(_level_folders(out_dir,
@@ -748,6 +808,7 @@ def _exit_for(summary):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Where ranking.csv and scores.jsonl (resumable) go.")
 @quiet_option
+@ENGINE_OPTIONS
 def rank(model, inputs, by, top, copy_to, out_dir, **values):
     """Rank INPUTS by MODEL's uncertainty, most uncertain first (which to label next).
 
@@ -763,6 +824,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
         p["seed"] = logged_seed(out_dir)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
     if top is not None and top < 1:
         raise ArgumentError(f"--top must be >= 1, got {top}", "e.g. --top 10")
     if (top is None) != (copy_to is None):
@@ -772,9 +834,14 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     files = collect_inputs(inputs, unique_stems=False)  # rank writes no file per input
     check_image_options(files, options)
     est = _estimator(models, p, where, runtime)
+    failed = []
     try:
-        ranking = rank_inputs(est, files, by, options, out_dir,
-                              progress=_progress_for_stderr())
+        if ray is None:
+            ranking = rank_inputs(est, files, by, options, out_dir,
+                                  progress=_progress_for_stderr())
+        else:
+            from .ray_engine import rank_files
+            ranking, failed = rank_files(est, files, by, options, out_dir, ray)
     finally:
         _notes(est, verbose)
     for r in ranking[:10]:
@@ -784,6 +851,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     click.echo(f"ranked {len(ranking)} input(s) by {by}: {os.path.join(out_dir, 'ranking.csv')}"
                + (f", {sheet}" if os.path.exists(sheet) else "")
                + (f"; copied the top {len(copied)} to {copy_to}" if copied else ""))
+    _ray_failed(failed)
 
 
 # --- calibrate ------------------------------------------------------------------------------
@@ -986,6 +1054,7 @@ def _refuse_existing(paths, force):
               help="Draw NAME.eval.png (and reliability.png with --calibration).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @OUTPUT_OPTIONS
+@ENGINE_OPTIONS
 def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pictures,
              **values):
     """How well MODEL's uncertainty tracks its error on (input, target) pairs.
@@ -1000,6 +1069,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
     runtime, verbose = _runtime(RUNTIME_OPTIONS.take(values))
     options = _image_options(where["layout"], IMAGE_OPTIONS.take(values))
+    ray, runtime = _engine(ENGINE_OPTIONS.take(values), runtime)
     pair_values, metric_values = PAIR_OPTIONS.take(values), METRIC_OPTIONS.take(values)
     cal = _calibration(calibration, p)
     _refuse_existing([os.path.join(out_dir, n) for n in ("metrics.json", "metrics.csv")]
@@ -1013,6 +1083,10 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
         cal.check(est.describe())
     pairs = _pairs(est.info, inputs, pair_values, options, unique=pictures)
     _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
+    failed = []
+    if ray is not None:  # run on Ray; the evaluation below scores the results it returns
+        from .ray_engine import evaluate_pairs
+        est, pairs, failed = evaluate_pairs(est, pairs, ray)
     if pairs:  # image options and the graph checked on the first pair before any work
         est.prepare(pairs[0].load()[0])
     with cleanup_out_dir(out_dir):
@@ -1026,6 +1100,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
             _notes(est, verbose)
         files = write_evaluation(out_dir, result, pictures)
     _say_evaluation(result, files, out_dir, as_json)
+    _ray_failed(failed)
 
 
 def _pair_feeds(inputs, pair_values: dict, options):

@@ -93,7 +93,7 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
     options = options or ImageOptions()
     config = scored_by(estimator, by)
     log = None if out_dir is None else os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
-    scores = {} if log is None else _logged_scores(log, config)
+    scores = {} if log is None else logged_scores(log, config)
     given = {_key(x, k): x for k, x in enumerate(inputs)}
     todo = [key for key in given if key not in scores]
     for key in progress(todo) if progress and todo else todo:
@@ -131,7 +131,7 @@ def scored_by(estimator, by: str) -> dict:
     return config
 
 
-def _logged_scores(log: str, config: dict) -> dict:
+def logged_scores(log: str, config: dict) -> dict:
     """{input: score} of the log's records of these settings; a record of another kind
     (edited) is left out, so its input is scored again."""
     from .files import read_log

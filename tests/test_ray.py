@@ -1,0 +1,404 @@
+"""The Ray Data engine (tfue_onnx/ray_engine.py): the same results as the local engine,
+failures recorded while the job goes on, resuming, the Python API, and the refusals.
+
+One local Ray (2 CPUs, no dashboard, no network) serves the whole module."""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import toys
+from tfue_onnx.cli import main
+
+# Not importorskip: the README's test command installs the [ray] extra, so CI runs this
+# module; an install without Ray fails here loudly instead of skipping it.
+import ray  # noqa: E402
+
+SEED, N, COUNT = 7, 4, 40
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray for the module: 2 CPUs, quiet, no dashboard; its workers use a disk
+    cache of their own (the environment at start is theirs)."""
+    cache = str(tmp_path_factory.mktemp("ray-cache"))
+    old = os.environ.get("TFUE_CACHE_DIR")
+    os.environ["TFUE_CACHE_DIR"] = cache
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("TFUE_CACHE_DIR", None)
+    else:
+        os.environ["TFUE_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """(model, folder of COUNT good .npy inputs, a corrupt .npy beside them in 'all')."""
+    root = tmp_path_factory.mktemp("ray-inputs")
+    model = root / "net.onnx"
+    toys.conv_net(model)
+    good, every = root / "good", root / "all"
+    good.mkdir()
+    every.mkdir()
+    for k in range(COUNT):
+        x = np.random.default_rng(k).standard_normal((1, 3, 6 + k % 3, 8)).astype(np.float32)
+        np.save(good / f"x{k:02d}.npy", x)
+        np.save(every / f"x{k:02d}.npy", x)
+    (every / "broken.npy").write_bytes(b"\x93NUMPY not really")
+    return str(model), str(good), str(every)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["run", *map(str, args)])
+
+
+RUN = ("--method", "noise", "--sigma", "0.1", "-n", str(N), "--seed", str(SEED))
+
+
+@pytest.fixture(scope="module")
+def both(local_ray, inputs, tmp_path_factory):
+    """The local engine on the good inputs and the Ray engine on them plus the corrupt
+    one: (local folder, ray folder, the Ray run's CliRunner result)."""
+    model, good, every = inputs
+    root = tmp_path_factory.mktemp("ray-runs")
+    local, far = root / "local", root / "ray"
+    r = _run(model, good, *RUN, "--no-pictures", "--out", local)
+    assert r.exit_code == 0, r.output
+    r = _run(model, every, *RUN, "--no-pictures", "--out", far, "--engine", "ray",
+             "--ray-actors", "2")
+    return str(local), str(far), r
+
+
+def _arrays(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k != "metadata"}, json.loads(str(z["metadata"]))
+
+
+def test_forty_inputs_give_the_local_engines_results(both):
+    local, far, _ = both
+    names = sorted(f for f in os.listdir(local) if f.endswith(".npz"))
+    assert len(names) == COUNT
+    for name in names:
+        a, meta_a = _arrays(os.path.join(local, name))
+        b, meta_b = _arrays(os.path.join(far, name))
+        assert sorted(a) == sorted(b) == ["mean", "output", "variance"]
+        for key in a:  # byte for byte, not merely close
+            assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), \
+                (name, key)
+        for key in ("seed", "samples", "at", "level", "method"):
+            assert meta_a[key] == meta_b[key], key
+        assert os.path.basename(meta_a["input"]) == os.path.basename(meta_b["input"])
+    with open(os.path.join(local, "summary.json")) as f:
+        s_local = json.load(f)
+    with open(os.path.join(far, "summary.json")) as f:
+        s_ray = json.load(f)
+    assert [i["mean_variance"] for i in s_local["inputs"]] == \
+        [i["mean_variance"] for i in s_ray["inputs"]]
+    assert [os.path.basename(i["input"]) for i in s_local["inputs"]] == \
+        [os.path.basename(i["input"]) for i in s_ray["inputs"]]
+    assert s_ray["seed"] == SEED and s_ray["location"] == s_local["location"]
+
+
+def test_a_corrupt_input_is_listed_and_the_others_complete(both, inputs):
+    _, far, r = both
+    assert r.exit_code == 4, r.output  # ray_engine.EXIT_INPUTS_FAILED
+    with open(os.path.join(far, "summary.json")) as f:
+        s = json.load(f)
+    broken = os.path.join(inputs[2], "broken.npy")
+    assert [f["input"] for f in s["failures"]] == [broken]
+    reason = s["failures"][0]["reason"]
+    assert "broken.npy" in reason and "\n" not in reason
+    assert s["engine"]["done"] == COUNT and s["engine"]["failed"] == 1
+    assert s["engine"]["resumed"] == 0 and s["engine"]["actors"] == 2
+    assert len(s["inputs"]) == COUNT
+    assert f"failed: {broken}: " in r.output
+    assert f"ray: {COUNT} done, 0 resumed" in r.output
+    assert not os.path.exists(os.path.join(far, ".tfue-ray"))  # no staging left behind
+    assert not any(f.startswith("broken") for f in os.listdir(far))
+
+
+def test_a_rerun_recomputes_only_the_deleted_results(both, inputs, tmp_path):
+    _, far, _ = both
+    again = tmp_path / "again"
+    shutil.copytree(far, again)
+    names = sorted(f for f in os.listdir(again) if f.endswith(".npz"))
+    deleted = names[::2]
+    for name in deleted:
+        os.remove(again / name)
+    kept = {n: os.stat(again / n).st_mtime_ns for n in names if n not in deleted}
+    r = _run(inputs[0], inputs[2], *RUN, "--no-pictures", "--out", again, "--engine", "ray",
+             "--ray-actors", "2")
+    assert r.exit_code == 4, r.output  # the corrupt input fails again
+    s = json.loads((again / "summary.json").read_text())
+    assert s["engine"]["done"] == len(deleted) == COUNT // 2
+    assert s["engine"]["resumed"] == COUNT - len(deleted)
+    assert {n: os.stat(again / n).st_mtime_ns for n in kept} == kept  # untouched
+    for name in deleted:  # recomputed, the same bytes
+        a, _ = _arrays(os.path.join(far, name))
+        b, _ = _arrays(str(again / name))
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    resumed = [i for i in s["inputs"] if i.get("resumed")]
+    assert len(resumed) == len(kept)
+    assert all(i["files"] == [str(again / (os.path.basename(i["input"])[:-4] + ".npz"))]
+               for i in resumed)
+
+
+def test_pictures_and_files_are_the_local_engines(local_ray, inputs, tmp_path):
+    model, good, _ = inputs
+    three = [os.path.join(good, f"x{k:02d}.npy") for k in range(3)]
+    r = _run(model, *three, *RUN, "--overlay", "--weights", "--out", tmp_path / "l")
+    assert r.exit_code == 0, r.output
+    r = _run(model, *three, *RUN, "--overlay", "--weights", "--out", tmp_path / "r",
+             "--engine", "ray", "--ray-actors", "1")
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "l")) == sorted(os.listdir(tmp_path / "r"))
+    s_l = json.loads((tmp_path / "l" / "summary.json").read_text())
+    s_r = json.loads((tmp_path / "r" / "summary.json").read_text())
+    names = [[os.path.basename(f) for f in i["files"]] for i in s_l["inputs"]]
+    assert names == [[os.path.basename(f) for f in i["files"]] for i in s_r["inputs"]]
+    assert names[0] == ["x00.npz", "x00.variance.png", "x00.overlay.png", "x00.weights.npy"]
+    for k in range(3):
+        w_l = np.load(tmp_path / "l" / f"x{k:02d}.weights.npy")
+        assert w_l.tobytes() == np.load(tmp_path / "r" / f"x{k:02d}.weights.npy").tobytes()
+
+
+def test_a_stopped_jobs_leftovers_are_replaced(local_ray, inputs, tmp_path):
+    """A job stopped while writing leaves files only in OUT/.tfue-ray/NAME (never a
+    NAME.npz in OUT): the next run starts that input afresh and removes the stage."""
+    model, good, _ = inputs
+    one = os.path.join(good, "x00.npy")
+    stage = tmp_path / "out" / ".tfue-ray" / "x00"
+    stage.mkdir(parents=True)
+    (stage / "x00.variance.png").write_bytes(b"half a picture")
+    r = _run(model, one, *RUN, "--out", tmp_path / "out", "--engine", "ray",
+             "--ray-actors", "1")
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["summary.json", "x00.npz",
+                                                    "x00.variance.png"]
+    with open(tmp_path / "out" / "x00.variance.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_score_dataset_takes_a_ray_dataset(local_ray, inputs, both, tmp_path):
+    from tfue_onnx.io import ImageOptions
+    from tfue_onnx.perturb import Noise
+    from tfue_onnx.ray_engine import RaySettings, score_dataset
+    from tfue_onnx.runner import Estimator
+
+    model, _, every = inputs
+    local, _, _ = both
+    est = Estimator(model, Noise(0.1), samples=N, seed=SEED)
+    paths = [os.path.join(every, f) for f in ("x03.npy", "broken.npy", "x05.npy")]
+    ds = ray.data.from_items([{"path": p} for p in paths])
+    rows = score_dataset(est, ds, tmp_path, ImageOptions(), pictures=False,
+                         settings=RaySettings(actors=2)).take_all()
+    rows = {r["input"]: r for r in rows}
+    assert sorted(rows) == sorted(paths)
+    assert rows[paths[1]]["status"] == "failed" and "broken.npy" in rows[paths[1]]["error"]
+    assert json.loads(rows[paths[1]]["files"]) == []
+    s = json.loads(open(os.path.join(local, "summary.json")).read())
+    means = {os.path.basename(i["input"]): i["mean_variance"] for i in s["inputs"]}
+    for p in (paths[0], paths[2]):
+        assert rows[p]["status"] == "done" and rows[p]["error"] == ""
+        assert rows[p]["mean_variance"] == means[os.path.basename(p)]
+        assert json.loads(rows[p]["files"]) == [str(tmp_path / (os.path.basename(p)[:-4]
+                                                                + ".npz"))]
+    again = score_dataset(est, paths[:1], tmp_path, pictures=False).take_all()
+    assert [r["status"] for r in again] == ["resumed"]  # its NAME.npz exists
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "inputs.parquet"  # a Parquet dataset with a path column
+    pq.write_table(pa.table({"path": paths[2:], "label": [1]}), table)
+    (row,) = score_dataset(est, str(table), tmp_path / "pq", pictures=False).take_all()
+    assert row["status"] == "done" and row["mean_variance"] == means["x05.npy"]
+    assert not os.path.exists(tmp_path / "summary.json")  # run_files writes that
+
+
+def test_an_estimator_that_ran_is_refused(inputs):
+    from tfue_onnx.errors import TfueError
+    from tfue_onnx.perturb import Noise
+    from tfue_onnx.ray_engine import portable
+    from tfue_onnx.runner import Estimator
+
+    est = Estimator(inputs[0], Noise(0.1), samples=N, seed=SEED)
+    portable(est)  # fine before it runs
+    est(np.zeros((1, 3, 6, 8), np.float32))
+    with pytest.raises(TfueError, match="has not run yet"):
+        portable(est)
+
+
+def test_rank_on_ray_ranks_as_the_local_engine(local_ray, inputs, tmp_path):
+    model, good, every = inputs
+    ten = [os.path.join(good, f"x{k:02d}.npy") for k in range(10)]
+    args = ("rank", model, *ten, *RUN, "--by", "max")
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "l")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, os.path.join(every, "broken.npy"), "--out",
+                                  str(tmp_path / "r"), "--engine", "ray"])
+    assert r.exit_code == 4, r.output
+    assert "failed: " + os.path.join(every, "broken.npy") in r.output
+    assert (tmp_path / "l" / "ranking.csv").read_text() == \
+        (tmp_path / "r" / "ranking.csv").read_text()
+    # Resumable across engines: the local engine finds every score in the Ray log.
+    before = (tmp_path / "r" / "scores.jsonl").read_text()
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r" / "scores.jsonl").read_text() == before
+
+
+def test_without_ray_the_engine_says_how_to_install_it(inputs, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray")
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'tfue-onnx[ray]'" in lines[0], r.output
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_an_address_without_ray_is_refused_at_once(inputs, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (closed again at once)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray",
+             "--ray-address", f"127.0.0.1:{port}")
+    assert r.exit_code == 2, r.output
+    assert f"cannot reach Ray at '127.0.0.1:{port}'" in r.output
+    r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray",
+             "--ray-address", "headnode")
+    assert r.exit_code == 2 and "--ray-address must be auto, HOST:PORT" in r.output
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--ray-actors", "2"), "--ray-actors configure --engine ray"),
+    (("--engine", "ray", "--ray-actors", "0"), "--ray-actors must be >= 1"),
+    (("--engine", "ray", "--ray-cpus", "0"), "--ray-cpus must be > 0"),
+    (("--engine", "ray", "--levels", "0.1,0.2"), "--levels is not available with --engine ray"),
+    (("--engine", "ray", "--shared-scale"), "--shared-scale is not available with --engine"),
+])
+def test_engine_options_are_checked_up_front(inputs, tmp_path, extra, words):
+    model, good, _ = inputs
+    args = ["--method", "noise", "-n", "4", "--out", str(tmp_path / "o"), *extra]
+    if "--levels" not in extra:
+        args += ["--sigma", "0.1"]
+    r = _run(model, good, *args)
+    assert r.exit_code == 2, r.output
+    assert words in r.output
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_evaluate_on_ray_gives_the_local_table(local_ray, tmp_path):
+    """The same metrics as the local engine (results computed by actors, scored here);
+    a pair that cannot be read is listed and the others are evaluated (exit 4)."""
+    model = tmp_path / "net.onnx"
+    toys.conv_net(model)
+    folder = toys.npz_pairs(tmp_path / "pairs", count=4)
+    args = ["evaluate", str(model), str(folder), *RUN, "--bootstrap", "100", "--json"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "l")])
+    assert r.exit_code == 0, r.output
+    local = json.loads((tmp_path / "l" / "metrics.json").read_text())
+    (tmp_path / "pairs" / "p9.npz").write_bytes(b"not an npz")
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r"), "--engine", "ray",
+                                  "--ray-actors", "2"])
+    assert r.exit_code == 4, r.output
+    assert "failed: " + str(tmp_path / "pairs" / "p9.npz") in r.output
+    far = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert far["table"] == local["table"]
+    assert [i["name"] for i in far["images"]] == [i["name"] for i in local["images"]]
+    assert sorted(os.listdir(tmp_path / "r")) == sorted(os.listdir(tmp_path / "l"))
+
+
+def test_bench_ray_compares_and_tabulates(tmp_path, monkeypatch):
+    """tools/bench_ray.py's pieces without running the benchmark: the crops, the
+    byte-for-byte check, and the table's ratios and overhead per image."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "tools"))
+    import bench_ray
+
+    folder = bench_ray.make_inputs(str(tmp_path / "in"), 3, 16)
+    assert sorted(os.listdir(folder)) == ["c0000.png", "c0001.png", "c0002.png"]
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    np.savez(tmp_path / "a" / "x.npz", variance=np.ones(3), metadata="{}")
+    np.savez(tmp_path / "b" / "x.npz", variance=np.ones(3), metadata="{}")
+    np.savez(tmp_path / "c" / "x.npz", variance=np.ones(3) * 2, metadata="{}")
+    assert bench_ray.same_results(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not bench_ray.same_results(str(tmp_path / "a"), str(tmp_path / "c"))
+
+    def run(wall):
+        return {"wall_s": wall, "summary": {"timing": {"sampling_s": 1.0, "startup_s": 0.5}}}
+    found = {"runs": {"local": [run(10.0)], "ray, 2 actors x 1 CPU": [run(20.0)]},
+             "same": {"ray, 2 actors x 1 CPU": True}}
+    rows = bench_ray.table(found, 100).splitlines()
+    assert rows[2].startswith("| local | 10.00 | 0.50 | 10.0 | 1.00 |")
+    assert rows[3] == "| ray, 2 actors x 1 CPU | 20.00 | 0.50 | 5.0 | 0.50 | +100.0 ms | " \
+                      "1.00 | yes |"
+
+
+class _Unloadable:
+    """Pickles, but cannot be unpickled (in an actor: its constructor fails)."""
+
+    def __reduce__(self):
+        return os.stat, ("/nonexistent/tfue-ray-test",)
+
+
+def test_a_job_that_cannot_start_its_actors_is_one_error(local_ray, inputs, tmp_path):
+    from tfue_onnx.errors import TfueError
+    from tfue_onnx.io import ImageOptions
+    from tfue_onnx.ray_engine import RaySettings, map_inputs, rows_of
+
+    job = {"mode": "score", "options": ImageOptions(), "by": "mean", "cwd": str(tmp_path)}
+    ds = map_inputs(_Unloadable(), [os.path.join(inputs[1], "x00.npy")], job,
+                    RaySettings(actors=1))
+    with pytest.raises(TfueError, match=r"the Ray job failed \(.*Error"):
+        list(rows_of(ds))
+
+
+def test_calibrated_runs_and_evaluations_on_ray_equal_the_local_ones(local_ray, tmp_path):
+    """--calibration on Ray: the same expected_error/lower/upper in every NAME.npz and the
+    same coverage in metrics.json as the local engine."""
+    from tfue_onnx import Estimator, Noise
+    from tfue_onnx.evaluate import calibrate_pairs, make_pairs
+
+    model = tmp_path / "net.onnx"
+    toys.conv_net(model)
+    folder = toys.npz_pairs(tmp_path / "pairs", count=4)
+    est = Estimator(str(model), Noise(0.1), samples=N, seed=SEED)
+    cal = calibrate_pairs(est, make_pairs(est.info, [str(folder)]), 0.8)
+    path = cal.save(str(tmp_path / "cal.json"))
+    args = ["evaluate", str(model), str(folder), *RUN, "--bootstrap", "0",
+            "--calibration", path]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "el")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "er"), "--engine", "ray"])
+    assert r.exit_code == 0, r.output
+    local, far = (json.loads((tmp_path / e / "metrics.json").read_text())["calibration"]
+                  for e in ("el", "er"))
+    assert far == local and far["count"] > 0
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k, f in enumerate(sorted(os.listdir(folder))[:3]):
+        arrays = dict(np.load(folder / f))
+        np.save(inputs / f"i{k}.npy", next(v for key, v in arrays.items() if key != "target"))
+    for engine, out in (((), "rl"), (("--engine", "ray"), "rr")):
+        r = _run(model, inputs, *RUN, "--calibration", path, "--no-pictures", *engine,
+                 "--out", tmp_path / out)
+        assert r.exit_code == 0, r.output
+    for k in range(3):
+        a, b = (np.load(tmp_path / out / f"i{k}.npz") for out in ("rl", "rr"))
+        for key in ("lower", "upper", "expected_error"):
+            assert a[key].tobytes() == b[key].tobytes(), key
+    assert json.loads((tmp_path / "rr" / "summary.json").read_text())["calibration"]["q"] \
+        == cal.fit.q
