@@ -262,7 +262,7 @@ def test_without_ray_the_engine_says_how_to_install_it(inputs, tmp_path, monkeyp
     r = _run(inputs[0], inputs[1], *RUN, "--out", tmp_path / "o", "--engine", "ray")
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'tfue-onnx[ray]'" in lines[0], r.output
+    assert len(lines) == 1 and "pip install 'ray[data]>=2.51'" in lines[0], r.output
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -402,3 +402,84 @@ def test_calibrated_runs_and_evaluations_on_ray_equal_the_local_ones(local_ray, 
             assert a[key].tobytes() == b[key].tobytes(), key
     assert json.loads((tmp_path / "rr" / "summary.json").read_text())["calibration"]["q"] \
         == cal.fit.q
+
+
+def test_only_results_of_the_same_run_are_resumed(both, inputs, tmp_path):
+    """A folder of another run's results is refused before any work; such a file met
+    among this run's is a failure, never overwritten; a junk NAME.npz too."""
+    model, good, _ = inputs
+    local, _, _ = both
+    out = tmp_path / "mixed"
+    shutil.copytree(local, out)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    other = ("--method", "dropout", "--rate", "0.2", "-n", str(N), "--seed", "9")
+    r = _run(model, good, *other, "--no-pictures", "--out", out, "--engine", "ray")
+    assert r.exit_code == 2, r.output
+    assert "holds a result of another run: method (made for noise, here dropout)" in r.output
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+    # The first result is this run's, a later one another's, one is junk: both listed.
+    three = [os.path.join(good, f"x{k:02d}.npy") for k in range(3)]
+    r = _run(model, *three, *other, "--no-pictures", "--out", tmp_path / "d", "--engine",
+             "ray")
+    assert r.exit_code == 0, r.output
+    shutil.copy(os.path.join(local, "x01.npz"), tmp_path / "d" / "x01.npz")
+    (tmp_path / "d" / "x02.npz").write_bytes(b"junk")
+    r = _run(model, *three, *other, "--no-pictures", "--out", tmp_path / "d", "--engine",
+             "ray")
+    assert r.exit_code == 4, r.output
+    assert "x01.npz' holds a result of another run" in r.output
+    assert "x02.npz' is not a result tfue wrote" in r.output
+    assert (tmp_path / "d" / "x02.npz").read_bytes() == b"junk"
+
+
+def test_actors_the_cluster_cannot_place_are_refused_at_once(local_ray, inputs, tmp_path):
+    model, good, _ = inputs
+    for option, value, words in (("--ray-gpus", "1", "GPUs per actor than any node"),
+                                 ("--ray-cpus", "64", "CPUs per actor than any node")):
+        r = _run(model, good, *RUN, "--threads", "1", "--out", tmp_path / option,
+                 "--engine", "ray", option, value)
+        assert r.exit_code == 2 and words in r.output, r.output
+        assert not (tmp_path / option).exists()
+
+
+def test_the_order_of_the_files_does_not_decide_whether_the_job_runs(local_ray, inputs,
+                                                                   tmp_path):
+    model, good, _ = inputs
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    np.save(folder / "a_bad.npy", np.zeros((1, 5, 6, 8), np.float32))  # 5 channels
+    np.save(folder / "b_bad.npy", np.zeros((1, 2, 6, 8), np.float32))
+    shutil.copy(os.path.join(good, "x00.npy"), folder / "c_good.npy")
+    r = _run(model, folder, *RUN, "--no-pictures", "--out", tmp_path / "o", "--engine", "ray")
+    assert r.exit_code == 4, r.output
+    assert sorted(os.listdir(tmp_path / "o")) == ["c_good.npz", "summary.json"]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["failures"]) == 2
+
+
+def test_evaluate_on_ray_where_every_pair_fails_lists_them(local_ray, tmp_path):
+    model = tmp_path / "net.onnx"
+    toys.conv_net(model)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(2):
+        (bad / f"p{k}.npz").write_bytes(b"not an npz")
+    r = CliRunner().invoke(main, ["evaluate", str(model), str(bad), *RUN, "--out",
+                                  str(tmp_path / "e"), "--engine", "ray"])
+    assert r.exit_code == 4, r.output
+    assert r.output.count("failed: ") == 2 and "Traceback" not in r.output
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_score_dataset_refuses_inputs_of_one_name(local_ray, inputs, tmp_path):
+    from tfue_onnx import Estimator, Noise, TfueError
+    from tfue_onnx.ray_engine import score_dataset
+
+    model, good, _ = inputs
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(os.path.join(good, "x00.npy"), other / "x00.npy")
+    est = Estimator(model, Noise(0.1), samples=N, seed=SEED)
+    with pytest.raises(TfueError, match="share the name 'x00'"):
+        score_dataset(est, [os.path.join(good, "x00.npy"), str(other / "x00.npy")],
+                      str(tmp_path / "o"))

@@ -393,8 +393,8 @@ OUTPUT_OPTIONS = OptionGroup(
 ENGINE_OPTIONS = OptionGroup(
     _opt("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
          help="local: this process; ray: Ray Data actors, one estimator each (pip install "
-              "'tfue-onnx[ray]'); existing results are skipped (resumed), failed inputs "
-              "listed (exit 4)."),
+              "'.[ray]' in tfue's source folder); results of the same run are skipped "
+              "(resumed), failed inputs listed (exit 4)."),
     _opt("--ray-address", default=None,
          help="With --engine ray: 'auto' joins this machine's cluster, or the head's "
               "HOST:PORT (default: a local Ray started for the run)."),
@@ -434,6 +434,17 @@ def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -
         _say(f"tfue: {line}", warning=not line.startswith("ray:"))
     if exit_code(summary):
         sys.exit(exit_code(summary))
+
+
+def _ray_pairs(est, pairs, ray) -> tuple:
+    """``ray_engine.evaluate_pairs``; when every pair failed, they are listed and the
+    command exits 4 (nothing to evaluate, nothing written)."""
+    from .ray_engine import evaluate_pairs
+
+    est, ok, failed = evaluate_pairs(est, pairs, ray)
+    if not ok:
+        _ray_failed(failed)
+    return est, ok, failed
 
 
 def _ray_failed(failed: list) -> None:
@@ -1085,8 +1096,7 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
     _refuse_existing([os.path.join(out_dir, f"{q.name}.eval.png") for q in pairs], force)
     failed = []
     if ray is not None:  # run on Ray; the evaluation below scores the results it returns
-        from .ray_engine import evaluate_pairs
-        est, pairs, failed = evaluate_pairs(est, pairs, ray)
+        est, pairs, failed = _ray_pairs(est, pairs, ray)
     if pairs:  # image options and the graph checked on the first pair before any work
         est.prepare(pairs[0].load()[0])
     with cleanup_out_dir(out_dir):
@@ -1098,6 +1108,8 @@ def evaluate(model, inputs, out_dir, as_json, force, block_grid, calibration, pi
                                     bootstrap=metric_values["bootstrap"], calibration=cal)
         finally:
             _notes(est, verbose)
+        if ray is not None:
+            result["failures"] = failed
         files = write_evaluation(out_dir, result, pictures)
     _say_evaluation(result, files, out_dir, as_json)
     _ray_failed(failed)

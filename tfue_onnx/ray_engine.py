@@ -15,8 +15,8 @@ the command exits with :data:`EXIT_INPUTS_FAILED`. Resuming: an input whose
 files are written into ``OUT/.tfue-ray/NAME/`` and then renamed into ``OUT``, the
 ``.npz`` last, so an existing ``NAME.npz`` means every file of that input is whole.
 
-Ray is an optional extra (``pip install 'tfue-onnx[ray]'``), imported only here and only
-when used.
+Ray is an optional extra (``pip install '.[ray]'`` in tfue's source folder), imported
+only here and only when used.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import numpy as np
 from .errors import ArgumentError, TfueError
 
 EXIT_INPUTS_FAILED = 4  # some inputs failed (listed in summary.json["failures"])
-INSTALL = "pip install 'tfue-onnx[ray]'"
+INSTALL = ("pip install 'ray[data]>=2.51' (from tfue's source folder: pip install "
+           "'.[ray]')")
 STAGE = ".tfue-ray"  # per-input staging folders inside OUT, renamed into place
 ROW_FIELDS = ("input", "status", "mean_variance", "score", "files", "error", "item",
               "sampling_s", "writing_s", "result")
@@ -147,6 +148,11 @@ class connected:
 
     def __enter__(self):
         ray = import_ray()
+        if not self.settings.progress:  # --quiet: Ray's own lines too, errors aside
+            import logging
+
+            for name in ("ray", "ray.data"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
             try:  # "local": a fresh Ray even where `ray start` runs one on this machine
                 ray.init(address=self.settings.address or "local", include_dashboard=False,
@@ -158,6 +164,11 @@ class connected:
                                 "--ray-address for a local Ray") from None
             self.started = True
         ray.data.DataContext.get_current().enable_progress_bars = self.settings.progress
+        try:
+            _check_resources(ray, self.settings)
+        except BaseException:
+            self.__exit__()
+            raise
         return ray
 
     def __exit__(self, *exc):
@@ -166,6 +177,24 @@ class connected:
 
             ray.shutdown()
         return False
+
+
+def _check_resources(ray, settings: RaySettings) -> None:
+    """Refuse a job whose actors the cluster can never place (Ray would wait for the
+    resources for ever): CPUs or GPUs per actor beyond what any node has.
+
+    Raises:
+        TfueError: naming the resource, what an actor asks and what the cluster has.
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, option, wanted in (("CPU", "--ray-cpus", settings.cpus),
+                                ("GPU", "--ray-gpus", settings.gpus)):
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if wanted > most:
+            raise TfueError(f"{option} {wanted:g} asks more {key}s per actor than any node "
+                            f"of the Ray cluster has ({most:g})",
+                            f"give {option} {most:g} or less" + (
+                                "" if most else f", or drop {option}"))
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -204,6 +233,10 @@ def portable(estimator) -> bytes:
         raise TfueError(f"this Estimator cannot be sent to Ray actors ({exc})",
                         "pass an Estimator that has not run yet: its sessions stay in the "
                         "process that made them") from None
+
+
+def _npz(out_dir: str, path: str) -> str:
+    return os.path.join(out_dir, _stem(path) + ".npz")
 
 
 def _stem(path: str) -> str:
@@ -286,6 +319,7 @@ class InputWorker:
         job, out_dir = self.job, self.job["out_dir"]
         done = os.path.join(out_dir, _stem(path) + ".npz")
         if os.path.exists(done) and not job["force"]:
+            check_resumable(done, job["identity"])
             return _row(path, "resumed", files=json.dumps(_existing(out_dir, path)))
         stage = _fresh_stage(out_dir, path)
         run = _stage_run(self.estimator, stage, job)
@@ -317,6 +351,42 @@ def _stage_run(estimator, stage: str, job: dict):
     return _Run(estimator, stage, lambda line: None,
                 Pictures(stage, False, job["overlay"], job["pictures"]), job["compress"],
                 job["weights"], job.get("calibration"))
+
+
+def run_identity(meta: dict) -> dict:
+    """What a result must share with this run to be resumed instead of run again: the
+    model's and members' SHA-256, method, location, level, N, the method's settings
+    (``calibration.identity``) and, for the methods that draw, the seed."""
+    from .calibration import identity
+
+    found = identity(meta, "")
+    found.pop("output")
+    if meta.get("method") in ("noise", "dropout", "mc-dropout"):
+        found["seed"] = meta.get("seed")
+    return found
+
+
+def check_resumable(npz: str, wanted: dict) -> None:
+    """Refuse to resume from ``npz`` unless it is a result of the run ``wanted``
+    (``run_identity``) describes.
+
+    Raises:
+        TfueError: the file is no tfue result, or one of another run (the differences
+            named); the hint offers --force.
+    """
+    from .calibration import differences
+
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            meta = json.loads(str(z["metadata"]))
+    except Exception as exc:  # noqa: BLE001 (any unreadable file)
+        raise TfueError(f"'{npz}' is not a result tfue wrote ({type(exc).__name__})",
+                        "remove it, or pass --force to run its input again") from None
+    diffs = differences(run_identity(meta), wanted)
+    if diffs:
+        raise TfueError(f"'{npz}' holds a result of another run: " + "; ".join(diffs),
+                        "pass --force to run it again with these settings, or choose "
+                        "another --out folder")
 
 
 def _fresh_stage(out_dir: str, path: str) -> str:
@@ -382,6 +452,24 @@ def _inputs(data) -> list:
     from .io import collect_inputs
 
     return collect_inputs(paths)
+
+
+def _unique_stems(paths: list) -> list:
+    """``paths``, refused when two share a name stem (their files would collide in the
+    output folder), as ``tfue run`` refuses them.
+
+    Raises:
+        TfueError: naming the two.
+    """
+    seen = {}
+    for p in paths:
+        stem = _stem(p)
+        if stem in seen:
+            raise TfueError(f"inputs '{seen[stem]}' and '{p}' share the name '{stem}', which "
+                            "names the files written for each", "rename one of them or run "
+                            "them separately")
+        seen[stem] = p
+    return paths
 
 
 MAX_BLOCK = 32  # inputs per block at most (a block is one Ray task on one actor)
@@ -478,11 +566,14 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
         ``files`` (JSON list of the paths written, or found when resumed), ``error``
         (one line, "" unless failed), ``item`` (JSON: the input's summary.json entry,
         with its ``warnings``, ``notes`` and ``metadata``), ``sampling_s``,
-        ``writing_s`` (seconds), ``score`` (NaN here).
+        ``writing_s`` (seconds), ``score`` (NaN here), ``result`` (empty bytes here:
+        ``evaluate_pairs`` sends results back in it). An input whose NAME.npz exists is
+        resumed only when it is a result of this run (``check_resumable``; else the row
+        fails, naming the differences).
 
     Raises:
         TfueError: Ray is not installed; the estimator has already run; the folder
-            cannot be written; a path is no input.
+            cannot be written; a path is no input; two inputs share a name stem.
     """
     from .files import prepare_out_dir
     from .io import ImageOptions
@@ -490,8 +581,9 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
     prepare_out_dir(out_dir)
     job = {"mode": "write", "out_dir": os.fspath(out_dir), "options": options or ImageOptions(),
            "force": force, "compress": compress, "overlay": overlay, "pictures": pictures,
-           "weights": weights, "calibration": calibration, "cwd": os.getcwd()}
-    return map_inputs(estimator, _inputs(data), job, settings)
+           "weights": weights, "calibration": calibration, "cwd": os.getcwd(),
+           "identity": run_identity(estimator.describe())}
+    return map_inputs(estimator, _unique_stems(_inputs(data)), job, settings)
 
 
 def run_files(estimator, files, out_dir, options, settings: RaySettings, force: bool = False,
@@ -518,6 +610,10 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
     """
     refuse_for_ray(shared_scale=shared_scale)
     started = time.perf_counter() if started is None else started
+    if not force:  # a folder of another run's results is refused before any work
+        found = next((f for f in files if os.path.exists(_npz(out_dir, f))), None)
+        if found is not None:
+            check_resumable(_npz(out_dir, found), run_identity(estimator.describe()))
     fresh = pickle.loads(portable(estimator))  # taken before anything runs it here
     _check_first(estimator, files, options)
     with connected(settings):
@@ -539,19 +635,27 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
     return summary
 
 
+FIRST_TRIES = 16  # inputs tried to prepare the estimator on before the job starts
+
+
 def _check_first(estimator, files, options) -> None:
-    """Prepare ``estimator`` (build and verify its graph) on the first input that can be
-    read, so that a spec the model cannot run is refused before the job starts; inputs
-    that cannot be read are left to the job (recorded as failures)."""
+    """Prepare ``estimator`` (build and verify its graph) on the first input it takes,
+    so that a spec the model cannot run is refused before the job starts; inputs that
+    cannot be read or run are left to the job (recorded as failures), so the order of
+    the files does not decide whether the job runs. When none of the first
+    ``FIRST_TRIES`` inputs prepares, the first one's error is raised."""
     from .io import load_input
 
-    for path in files:
+    first = None
+    for path in files[:FIRST_TRIES]:
         try:
             feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
-        except Exception:  # noqa: BLE001 (the job records why)
-            continue
-        estimator.prepare(feeds)
-        return
+            estimator.prepare(feeds)
+            return
+        except TfueError as exc:  # this input's fault, or the spec's: try the next
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _summary(estimator, rows: list, out_dir: str, started: float, startup: float,
