@@ -162,6 +162,7 @@ def test_pictures_and_files_are_the_local_engines(local_ray, inputs, tmp_path):
     assert sorted(os.listdir(tmp_path / "l")) == sorted(os.listdir(tmp_path / "r"))
     s_l = json.loads((tmp_path / "l" / "summary.json").read_text())
     s_r = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s_l["color_scale"] == s_r["color_scale"] == {"shared": False, "overlay": True}
     names = [[os.path.basename(f) for f in i["files"]] for i in s_l["inputs"]]
     assert names == [[os.path.basename(f) for f in i["files"]] for i in s_r["inputs"]]
     assert names[0] == ["x00.npz", "x00.variance.png", "x00.overlay.png", "x00.weights.npy"]

@@ -118,10 +118,12 @@ def settings_from(values: dict, quiet: bool = False) -> RaySettings | None:
 
 def runtime_for(runtime: dict, settings: RaySettings) -> dict:
     """The Estimator keyword arguments for actors of ``settings``: onnxruntime threads
-    default to the CPUs an actor reserves, so actors sharing a machine do not
-    oversubscribe it."""
+    default to the CPUs an actor reserves (at most this machine's cores, which the
+    Estimator checks them against), so actors sharing a machine do not oversubscribe
+    it."""
     if runtime.get("threads") is None:
-        runtime = {**runtime, "threads": max(1, int(settings.cpus))}
+        cores = os.cpu_count() or 1
+        runtime = {**runtime, "threads": max(1, min(int(settings.cpus), cores))}
     return runtime
 
 
@@ -624,6 +626,8 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
         actors = min(_actors(settings), len(rows))  # (map_inputs' pool)
     summary = _summary(estimator, [rows[os.fspath(f)] for f in files], out_dir, started,
                        startup, drawing.get("calibration"))
+    summary["color_scale"] = ({"shared": False, "overlay": bool(drawing.get("overlay"))}
+                              if drawing.get("pictures", True) else {"drawn": False})
     summary["engine"] = {"name": "ray", "actors": actors, "cpus_per_actor": settings.cpus,
                          "gpus_per_actor": settings.gpus,
                          **{s: sum(r["status"] == s for r in rows.values())
@@ -756,6 +760,10 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
                     failures.append({"input": r["input"], "reason": r["error"]})
                 else:
                     append_log(log, config, {"input": r["input"], "score": r["score"]})
+    if failures:  # beside ranking.csv, for scripts (stderr lists them too)
+        from .files import save_json
+
+        save_json(os.path.join(out_dir, "failures.json"), failures)
     failed = {f["input"] for f in failures}
     ok = [f for f in files if os.fspath(f) not in failed]
     return rank_inputs(estimator, ok, by, options, out_dir), failures
