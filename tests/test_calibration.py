@@ -417,3 +417,25 @@ def test_sweep_takes_inputs_of_one_name_from_two_folders(tmp_path, cli):
             "--at", "0.5", "-n", 2, "--bootstrap", 0, "-o", tmp_path / "sw")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())
+
+
+def test_mc_dropout_calibrations_compare_the_nodes_that_run(tmp_path, cli, sets):
+    """All Dropout nodes, the one node named, and no --rate or the node's own rate run the
+    same graph: one calibration serves them; another rate is refused, named."""
+    mc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                      "srresnet_x2_mcdropout.onnx")
+    out = tmp_path / "mc.json"
+    r = cli("calibrate", mc, sets["train"], "--sr-scale", 2, "--method", "mc-dropout", "-n", 2,
+            "--seed", 0, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["identity"]["dropout_nodes"] == {"dropout": 0.1}
+    for extra in ((), ("--at", "dropout"), ("--rate", "0.1"), ("--at", "dropout", "--rate",
+                                                               "0.1")):
+        r = cli("run", mc, sets["lr"], "--method", "mc-dropout", "-n", 2, *extra,
+                "--calibration", out, "--no-pictures", "-o", tmp_path / f"r{len(extra)}",
+                "--force")
+        assert r.exit_code == 0, (extra, r.output)
+    r = cli("run", mc, sets["lr"], "--method", "mc-dropout", "-n", 2, "--rate", "0.2",
+            "--calibration", out, "-o", tmp_path / "r9")
+    assert r.exit_code == 2
+    assert "dropout_nodes (made for {'dropout': 0.1}, here {'dropout': 0.2})" in r.output

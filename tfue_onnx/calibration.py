@@ -87,6 +87,11 @@ def identity(metadata: dict, output: str) -> dict:
         found.pop("pad", None)
     if found.get("transforms") is not None:
         found["transforms"] = sorted(found["transforms"])
+    if metadata.get("dropout_nodes") is not None:  # mc-dropout: what runs, not how it was named
+        found["dropout_nodes"] = {k: metadata["dropout_nodes"][k]
+                                  for k in sorted(metadata["dropout_nodes"])}
+        found.pop("at", None)
+        found.pop("level", None)
     if metadata.get("members"):
         digests = [model_digest(m) for m in metadata["members"]]
         found["members"] = digests[:1] + sorted(digests[1:])
@@ -98,7 +103,8 @@ def differences(made_for: dict, now: dict) -> list:
     """'name (made for A, here B)' for every identity field that differs, the model and
     method first."""
     found = []
-    order = ("model", "members", "output") + COMPARED + ("softmax", "class_axis")
+    order = ("model", "members", "output") + COMPARED + ("softmax", "class_axis",
+                                                          "dropout_nodes")
     for key in sorted(set(made_for) | set(now), key=lambda k: (
             order.index(k) if k in order else len(order), k)):
         a, b = made_for.get(key), now.get(key)
@@ -127,7 +133,7 @@ def check_files(ident: dict, which: str = "the run's") -> None:
 _KINDS = {"model": (str, type(None)), "output": str, "method": str, "at": str,
           "level": (int, float, type(None)), "samples": int, "sigma_mode": str,
           "transforms": list, "pad": int, "softmax": bool, "members": list,
-          "class_axis": (int, list, type(None))}
+          "class_axis": (int, list, type(None)), "dropout_nodes": dict}
 
 
 def _checked_identity(ident) -> dict:

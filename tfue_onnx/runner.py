@@ -21,7 +21,7 @@ from .external import save_model, writes_data_file
 from .files import check_new_file
 from .model import ModelInfo, load_model
 from .layout import check_layout
-from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, Noise, Transform,
+from .perturb import (SAMPLED, SPECS, Dropout, Ensemble, Entropy, MCDropout, Noise, Transform,
                       check_level, check_max_memory, check_samples, check_seed)
 from .autotune import Autotune, check_threads, choose_trial, shapes_text, threads_text
 from .cache import CachedSelection
@@ -615,6 +615,8 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
         spec["at"] = self.location
         if isinstance(self.spec, Ensemble):  # every member, this model (member 0) first
             spec["members"] = [Ensemble.label(self.path or self.info.model, 0)] + spec["members"]
+        if isinstance(self.spec, MCDropout):  # the nodes switched on, at their rates
+            spec["dropout_nodes"] = self._dropout_nodes()
         meta = {"model": self.path, **spec, "samples": self.samples,
                 "chunks": self.chunk_sizes(), "seed": self.seed}
         if isinstance(self.spec, SAMPLED):
@@ -630,6 +632,14 @@ class Estimator(StrategySelection, CachedSelection, Autotune):
             if self.pad_found is not None:
                 meta["pad_found"] = self.pad_found
         return meta
+
+    def _dropout_nodes(self) -> dict:
+        """MC-dropout: {node: rate} of the Dropout nodes switched on (the rates as float32
+        values print, so the model's 0.1 and --rate 0.1 are one rate; None: computed)."""
+        chosen = self.spec.nodes or [d.name for d in self.info.dropouts]
+        rates = {d.name: self.spec.rate if self.spec.rate is not None else d.ratio
+                 for d in self.info.dropouts if d.name in chosen}
+        return {k: None if r is None else float(str(np.float32(r))) for k, r in rates.items()}
 
     def check_feeds(self, feeds) -> dict:
         """``feeds`` validated for this model (feeds.check_feeds, with the ``pad`` check)."""
