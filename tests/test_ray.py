@@ -484,3 +484,97 @@ def test_score_dataset_refuses_inputs_of_one_name(local_ray, inputs, tmp_path):
     with pytest.raises(TfueError, match="share the name 'x00'"):
         score_dataset(est, [os.path.join(good, "x00.npy"), str(other / "x00.npy")],
                       str(tmp_path / "o"))
+
+
+def test_resume_takes_only_whole_results_of_this_input_and_run(local_ray, inputs, tmp_path):
+    """Another run's summary.json, results of other inputs of one name, a result without
+    its map, a missing weights file, a changed calibration: each is refused, listed or run
+    again; resumed inputs keep their means in summary.json."""
+    from tfue_onnx import Estimator, Noise
+    from tfue_onnx.evaluate import calibrate_pairs
+
+    model, good, _ = inputs
+    three = [os.path.join(good, f"x{k:02d}.npy") for k in range(3)]
+    ray_args = ("--no-pictures", "--engine", "ray", "--ray-actors", "1")
+    # a local run's summary.json of another run, no file names in common: refused
+    r = _run(model, three[0], "--method", "transform", "--no-pictures", "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    before = (tmp_path / "a" / "summary.json").read_bytes()
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    np.save(twin / "y.npy", np.load(three[1]))
+    r = _run(model, twin / "y.npy", *RUN, *ray_args, "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "is the summary of another run: method" in r.output
+    assert (tmp_path / "a" / "summary.json").read_bytes() == before
+    # the same names from another folder: refused before any work
+    r = _run(model, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in three:
+        np.save(other / os.path.basename(f), np.load(f) * 2)
+    r = _run(model, other, *RUN, *ray_args, "--weights", "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "holds the result of another input" in r.output
+    # rerun: resumed with means; a missing weights file runs its input again
+    os.remove(tmp_path / "b" / "x01.weights.npy")
+    r = _run(model, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert [i.get("resumed", False) for i in s["inputs"]] == [True, False, True]
+    assert all(i["mean_variance"] > 0 for i in s["inputs"])
+    assert (tmp_path / "b" / "x01.weights.npy").exists()
+    # a result without its variance map is not whole: listed, not resumed
+    with np.load(tmp_path / "b" / "x02.npz") as z:
+        kept = {k: z[k] for k in z.files if k != "variance"}
+    np.savez(tmp_path / "b" / "x02.npz", **kept)
+    r = _run(model, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "b")
+    assert r.exit_code == 4 and "x02.npz' is not a whole result tfue wrote" in r.output
+    # a calibration asked for on resume: another run
+    est = Estimator(model, Noise(0.1), samples=N, seed=SEED)
+    folder = toys.npz_pairs(tmp_path / "pairs", count=3)
+    from tfue_onnx.evaluate import make_pairs
+
+    cal = calibrate_pairs(est, make_pairs(est.info, [str(folder)]), 0.8)
+    cal.save(str(tmp_path / "cal.json"))
+    r = _run(model, three[0], *RUN, *ray_args, "--calibration", tmp_path / "cal.json",
+             "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "calibration (made for none" in r.output
+
+
+def test_many_unreadable_inputs_sorting_first_do_not_stop_the_job(local_ray, inputs,
+                                                                  tmp_path):
+    model, good, _ = inputs
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for k in range(20):
+        (folder / f"a{k:02d}.npy").write_bytes(b"junk")
+    shutil.copy(os.path.join(good, "x00.npy"), folder / "z.npy")
+    r = _run(model, folder, *RUN, "--no-pictures", "--out", tmp_path / "o", "--engine", "ray")
+    assert r.exit_code == 4, r.output
+    assert (tmp_path / "o" / "z.npz").exists()
+    assert len(json.loads((tmp_path / "o" / "summary.json").read_text())["failures"]) == 20
+
+
+def test_changed_image_options_are_another_run(local_ray, tmp_path):
+    """How images are read (--mean, --std, --scale, --channel-order) is part of the run:
+    a Ray resume and a rank resume with another --mean are refused, named."""
+    from PIL import Image
+
+    from tfue_onnx.demo import bundled_model
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+            folder / f"i{k}.png")
+    sr, t = bundled_model(), ("--method", "transform", "--transforms", "hflip")
+    r = _run(sr, folder, *t, "--no-pictures", "--out", tmp_path / "o", "--engine", "ray")
+    assert r.exit_code == 0, r.output
+    r = _run(sr, folder, *t, "--mean", "0.5,0.5,0.5", "--no-pictures", "--out", tmp_path / "o",
+             "--engine", "ray")
+    assert r.exit_code == 2 and "image_options (made for" in r.output
+    rank = ("rank", sr, str(folder), *t, "-o", str(tmp_path / "r"))
+    assert CliRunner().invoke(main, list(rank)).exit_code == 0
+    r = CliRunner().invoke(main, [*rank, "--mean", "0.5,0.5,0.5"])
+    assert r.exit_code == 2 and "image_options" in r.output

@@ -248,7 +248,8 @@ class CalibrationFile:
 
     def apply(self, result):
         """``result`` with its calibrated output's ``expected_error``, ``lower`` and
-        ``upper`` filled in (a new Result; arrays in the output's shape and dtype).
+        ``upper`` filled in (a new Result; arrays in the output's shape and dtype; its
+        metadata gains ``calibration``: :meth:`stamp`).
 
         Raises:
             TfueError: the result is from another run (:meth:`check`), or has no
@@ -269,7 +270,14 @@ class CalibrationFile:
         outputs = dict(result.outputs)
         outputs[self.output] = dataclasses.replace(
             stats, **{k: v.astype(dtype, copy=False) for k, v in added.items()})
-        return Result(outputs, result.metadata)
+        return Result(outputs, {**result.metadata, "calibration": self.stamp()})
+
+    def stamp(self) -> dict:
+        """What a result records of the calibration applied to it: coverage, q, and the
+        fit's SHA-256 (over its JSON), so a resumed result is known to carry it."""
+        text = json.dumps(self.fit.to_json(), sort_keys=True)
+        return {"coverage": self.fit.coverage, "q": self.fit.q,
+                "fit_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
     def add_to_graph(self, model):
         """``model`` (an exported uncertainty graph with outputs ``y`` and ``y.variance``)

@@ -414,9 +414,11 @@ def _engine(values: dict, runtime: dict, levels=None, shared_scale=False) -> tup
     from .ray_engine import refuse_for_ray, runtime_for, settings_from
 
     ray = settings_from(values, quiet=_QUIET[0])
-    if ray is not None:
-        refuse_for_ray(levels=levels, shared_scale=shared_scale)
-    return ray, runtime if ray is None else runtime_for(runtime, ray)
+    if ray is None:
+        return None, runtime
+    refuse_for_ray(levels=levels, shared_scale=shared_scale)
+    runtime, ray = runtime_for(runtime, ray)
+    return ray, runtime
 
 
 def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -> None:

@@ -91,7 +91,7 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
 
     check_score(by)
     options = options or ImageOptions()
-    config = scored_by(estimator, by)
+    config = scored_by(estimator, by, options)
     log = None if out_dir is None else os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
     scores = {} if log is None else logged_scores(log, config)
     given = {_key(x, k): x for k, x in enumerate(inputs)}
@@ -113,10 +113,11 @@ SCORED_BY = ("method", "at", "level", "samples", "sigma_mode", "transforms", "me
              "pad", "classes")  # the run's settings a score depends on, beside the model
 
 
-def scored_by(estimator, by: str) -> dict:
+def scored_by(estimator, by: str, options=None) -> dict:
     """What makes scores comparable (scores.jsonl's config): the model's SHA-256 (its file
-    and weights; or its proto's, in memory), the run's settings in ``SCORED_BY``, the seed for the methods that draw (not chunk sizes or timings, which
-    change from machine to machine), and the score."""
+    and weights; or its proto's, in memory), the run's settings in ``SCORED_BY``, the
+    seed for the methods that draw (not chunk sizes or timings, which change from machine
+    to machine), how images are read (``options``, an io.ImageOptions) and the score."""
     import hashlib
 
     from .calibration import model_digest
@@ -127,6 +128,10 @@ def scored_by(estimator, by: str) -> dict:
     config.update({k: meta[k] for k in SCORED_BY if k in meta})
     if meta.get("method") in ("noise", "dropout", "mc-dropout"):
         config["seed"] = meta.get("seed")
+    from .io import ImageOptions
+    from .report import image_options
+
+    config["image_options"] = image_options(options or ImageOptions())
     config["by"] = by
     return config
 

@@ -70,6 +70,8 @@ class RaySettings:
         gpus: GPUs each actor reserves (fractions share a GPU); give ``--provider cuda``
             so each actor's sessions run on its GPU.
         progress: Ray Data's own progress bars on stderr.
+        threads: each actor's onnxruntime intra-op threads (None: the estimator's own),
+            checked against the actor's machine, not this one.
     """
 
     address: str | None = None
@@ -77,6 +79,7 @@ class RaySettings:
     cpus: float = 1.0
     gpus: float = 0.0
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self):
         if self.actors is not None and self.actors < 1:
@@ -116,15 +119,13 @@ def settings_from(values: dict, quiet: bool = False) -> RaySettings | None:
     return settings
 
 
-def runtime_for(runtime: dict, settings: RaySettings) -> dict:
-    """The Estimator keyword arguments for actors of ``settings``: onnxruntime threads
-    default to the CPUs an actor reserves (at most this machine's cores, which the
-    Estimator checks them against), so actors sharing a machine do not oversubscribe
-    it."""
-    if runtime.get("threads") is None:
-        cores = os.cpu_count() or 1
-        runtime = {**runtime, "threads": max(1, min(int(settings.cpus), cores))}
-    return runtime
+def runtime_for(runtime: dict, settings: RaySettings) -> tuple:
+    """(Estimator keyword arguments for the estimator built here, settings): the
+    onnxruntime threads (``--threads``, else the CPUs an actor reserves, so actors
+    sharing a machine do not oversubscribe it) move into ``settings.threads``, set and
+    checked on each actor against its own machine's cores, not this one's."""
+    threads = runtime.get("threads") or max(1, int(settings.cpus))
+    return {**runtime, "threads": None}, dataclasses.replace(settings, threads=threads)
 
 
 def refuse_for_ray(**given) -> None:
@@ -237,6 +238,36 @@ def portable(estimator) -> bytes:
                         "process that made them") from None
 
 
+def _refuse_other_run(estimator, files, out_dir, options, calibration) -> None:
+    """Before any work: refuse an output folder whose summary.json or first existing
+    NAME.npz (of ``files``) is another run's (``check_resumable``), as the local engine
+    refuses to write over results without --force.
+
+    Raises:
+        TfueError: naming the file and the differences; the hint offers --force.
+    """
+    from .calibration import differences
+
+    probe = {"identity": run_identity(estimator.describe()), "calibration": calibration,
+             "options": options}
+    found = next((f for f in files if os.path.exists(_npz(out_dir, f))), None)
+    if found is not None:
+        check_resumable(_npz(out_dir, found), wanted_for(probe, os.fspath(found)),
+                        os.fspath(found))
+    summary = os.path.join(out_dir, "summary.json")
+    if os.path.exists(summary):
+        try:
+            with open(summary) as f:
+                meta = json.load(f)
+            meta["at"] = meta.get("location")
+            diffs = differences(run_identity(meta), probe["identity"])
+        except Exception as exc:  # noqa: BLE001 (not a summary tfue wrote)
+            diffs = [f"unreadable ({type(exc).__name__})"]
+        if diffs:
+            raise TfueError(f"'{summary}' is the summary of another run: " + "; ".join(diffs),
+                            "pass --force to write over it, or choose another --out folder")
+
+
 def _npz(out_dir: str, path: str) -> str:
     return os.path.join(out_dir, _stem(path) + ".npz")
 
@@ -273,8 +304,12 @@ class InputWorker:
     """
 
     def __init__(self, blob: bytes, job: dict):
+        from .autotune import check_threads
+
         self.estimator = pickle.loads(blob)
         self.job = job
+        if job.get("threads"):  # checked against this actor's machine
+            self.estimator.threads = check_threads(job["threads"])
         if os.path.isdir(job.get("cwd") or ""):  # relative paths as the caller reads them
             os.chdir(job["cwd"])
 
@@ -321,8 +356,9 @@ class InputWorker:
         job, out_dir = self.job, self.job["out_dir"]
         done = os.path.join(out_dir, _stem(path) + ".npz")
         if os.path.exists(done) and not job["force"]:
-            check_resumable(done, job["identity"])
-            return _row(path, "resumed", files=json.dumps(_existing(out_dir, path)))
+            found = check_resumable(done, wanted_for(job, path), path)
+            if _complete(found, path, job):
+                return _resumed_row(found, path, out_dir)
         stage = _fresh_stage(out_dir, path)
         run = _stage_run(self.estimator, stage, job)
         try:
@@ -368,27 +404,85 @@ def run_identity(meta: dict) -> dict:
     return found
 
 
-def check_resumable(npz: str, wanted: dict) -> None:
-    """Refuse to resume from ``npz`` unless it is a result of the run ``wanted``
-    (``run_identity``) describes.
+def wanted_for(job: dict, path: str) -> dict:
+    """The identity a result of ``path`` must have to be resumed in this job: the run's,
+    its calibration's stamp, and for an image the image options."""
+    from .io import IMAGE_EXTS
+    from .report import image_options
+
+    wanted = dict(job["identity"])
+    if job.get("calibration") is not None:
+        wanted["calibration"] = job["calibration"].stamp()
+    if path.lower().endswith(IMAGE_EXTS):
+        wanted["image_options"] = image_options(job["options"])
+    return wanted
+
+
+def check_resumable(npz: str, wanted: dict, path: str | None = None):
+    """The result in ``npz`` (report.read_result) when it is a whole result of the run
+    ``wanted`` describes (``run_identity`` plus ``wanted_for``'s calibration and image
+    options) for the input ``path``.
 
     Raises:
-        TfueError: the file is no tfue result, or one of another run (the differences
-            named); the hint offers --force.
+        TfueError: the file is no tfue result, lacks its uncertainty map, holds another
+            input's result, or one of another run (the differences named); the hint
+            offers --force.
     """
     from .calibration import differences
+    from .report import read_result
 
     try:
-        with np.load(npz, allow_pickle=False) as z:
-            meta = json.loads(str(z["metadata"]))
-    except Exception as exc:  # noqa: BLE001 (any unreadable file)
-        raise TfueError(f"'{npz}' is not a result tfue wrote ({type(exc).__name__})",
+        found = read_result(npz)
+        stats = found.outputs[found.primary]
+        if stats.uncertainty is None or stats.uncertainty.size == 0:
+            raise ValueError("no uncertainty map")
+    except Exception as exc:  # noqa: BLE001 (any unreadable or partial file)
+        reason = exc.message if isinstance(exc, TfueError) else f"{type(exc).__name__}: {exc}"
+        raise TfueError(f"'{npz}' is not a whole result tfue wrote ({reason})",
                         "remove it, or pass --force to run its input again") from None
-    diffs = differences(run_identity(meta), wanted)
+    recorded = found.metadata.get("input")
+    if path is not None and recorded is not None and \
+            os.path.realpath(recorded) != os.path.realpath(path):
+        raise TfueError(f"'{npz}' holds the result of another input ('{recorded}')",
+                        "pass --force to run this input again, or choose another --out folder")
+    have = {**run_identity(found.metadata), **{k: found.metadata.get(k) for k in
+                                               ("calibration", "image_options") if k in wanted}}
+    diffs = differences(have, wanted)
     if diffs:
         raise TfueError(f"'{npz}' holds a result of another run: " + "; ".join(diffs),
                         "pass --force to run it again with these settings, or choose "
                         "another --out folder")
+    return found
+
+
+def _complete(found, path: str, job: dict) -> bool:
+    """Whether every file this job writes for ``path`` is there beside its NAME.npz (the
+    weights, the picture where the output has one, the overlay of an image); else the
+    input runs again (the same run: the same result)."""
+    from .io import IMAGE_EXTS
+    from .report import picture_of
+
+    base = os.path.join(job["out_dir"], _stem(path))
+    need = [base + ".weights.npy"] if job.get("weights") is not None else []
+    if job["pictures"] and picture_of(found, _stem(path)) is not None:
+        kind = "entropy" if found.variance is None else "variance"
+        need.append(f"{base}.{kind}.png")
+        if job["overlay"] and path.lower().endswith(IMAGE_EXTS):
+            need.append(base + ".overlay.png")
+    return all(os.path.exists(f) for f in need)
+
+
+def _resumed_row(found, path: str, out_dir: str) -> dict:
+    """The row of a resumed input: its files and means, as if it had just run."""
+    from .files import plain_json
+    from .report import _means
+
+    stats = found.outputs[found.primary]
+    item = {"input": path, "files": _existing(out_dir, path), **_means(stats), "resumed": True}
+    mean = item.get("mean_variance")
+    return _row(path, "resumed", files=json.dumps(item["files"]),
+                mean_variance=float("nan") if mean is None else mean,
+                item=json.dumps(plain_json(item), default=str))
 
 
 def _fresh_stage(out_dir: str, path: str) -> str:
@@ -512,7 +606,8 @@ def map_inputs(estimator, keys: list, job: dict, settings: RaySettings | None = 
     # One input per batch: each row comes back (and its files are in place) as soon as
     # its input is done.
     return _blocks(keys, actors).map_batches(
-        InputWorker, batch_size=1, batch_format="numpy", fn_constructor_args=(blob, job),
+        InputWorker, batch_size=1, batch_format="numpy",
+        fn_constructor_args=(blob, {**job, "threads": settings.threads}),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=settings.cpus, num_gpus=settings.gpus or None)
 
@@ -613,9 +708,7 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
     refuse_for_ray(shared_scale=shared_scale)
     started = time.perf_counter() if started is None else started
     if not force:  # a folder of another run's results is refused before any work
-        found = next((f for f in files if os.path.exists(_npz(out_dir, f))), None)
-        if found is not None:
-            check_resumable(_npz(out_dir, found), run_identity(estimator.describe()))
+        _refuse_other_run(estimator, files, out_dir, options, drawing.get("calibration"))
     fresh = pickle.loads(portable(estimator))  # taken before anything runs it here
     _check_first(estimator, files, options)
     with connected(settings):
@@ -639,25 +732,30 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
     return summary
 
 
-FIRST_TRIES = 16  # inputs tried to prepare the estimator on before the job starts
+FIRST_TRIES = 16  # inputs the model takes, tried to prepare the estimator on
 
 
 def _check_first(estimator, files, options) -> None:
     """Prepare ``estimator`` (build and verify its graph) on the first input it takes,
     so that a spec the model cannot run is refused before the job starts; inputs that
-    cannot be read or run are left to the job (recorded as failures), so the order of
-    the files does not decide whether the job runs. When none of the first
-    ``FIRST_TRIES`` inputs prepares, the first one's error is raised."""
+    cannot be read or do not fit the model are skipped (the job records them as
+    failures), so the order of the files does not decide whether the job runs. When
+    ``FIRST_TRIES`` inputs that fit all fail to prepare, the first error is raised."""
     from .io import load_input
 
-    first = None
-    for path in files[:FIRST_TRIES]:
+    first, tries = None, 0
+    for path in files:
         try:
             feeds = estimator.check_feeds(load_input(path, estimator.info.inputs, options))
+        except TfueError:  # unreadable, or not the model's shape: the job lists it
+            continue
+        try:
             estimator.prepare(feeds)
             return
         except TfueError as exc:  # this input's fault, or the spec's: try the next
-            first = first or exc
+            first, tries = first or exc, tries + 1
+            if tries >= FIRST_TRIES:
+                break
     if first is not None:
         raise first
 
@@ -675,7 +773,7 @@ def _summary(estimator, rows: list, out_dir: str, started: float, startup: float
         if r["status"] == "failed":
             failures.append({"input": r["input"], "reason": r["error"]})
             continue
-        item = json.loads(r["item"]) if r["status"] == "done" else \
+        item = json.loads(r["item"]) if r["item"] else \
             {"input": r["input"], "files": json.loads(r["files"]), "resumed": True}
         run.warnings += item.pop("warnings", [])
         run.notes += item.pop("notes", [])
@@ -747,7 +845,7 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
     from .rank import check_score, logged_scores, rank_inputs, scored_by
 
     check_score(by)
-    config = scored_by(estimator, by)  # the local engine's settings line: either resumes
+    config = scored_by(estimator, by, options)  # the local engine's line: either resumes
     log = os.path.join(prepare_out_dir(out_dir), "scores.jsonl")
     scored = set(logged_scores(log, config))
     todo, failures = [os.fspath(f) for f in files if os.fspath(f) not in scored], []

@@ -37,6 +37,13 @@ def write_weights(out_dir: str, stem: str, result, weights) -> str:
     return path
 
 
+def image_options(options) -> dict:
+    """An io.ImageOptions as plain JSON data (what a result of an image records)."""
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(options)))
+
+
 def planned_files(out_dir: str, files) -> list:
     """Every file a run over ``files`` may write (to refuse overwriting up front)."""
     planned = [os.path.join(out_dir, "summary.json")]
@@ -480,7 +487,7 @@ def run_inputs(estimator, files, out_dir, options, progress=None, note=None,
     note = note or (lambda line: None)
     kept = _read_inputs(estimator, files, options, note)
     run = _Run(estimator, out_dir, note, Pictures(out_dir, shared_scale, overlay, pictures),
-               compress, weights, calibration)
+               compress, weights, calibration, options)
     with cleanup_out_dir(out_dir):
         for k, path in enumerate(progress(files) if progress else files):
             feeds = kept[k] if kept[k] is not None else \
@@ -520,10 +527,10 @@ class _Run:
     """The state of one ``run_inputs``: per-input items, warnings, notes and timing."""
 
     def __init__(self, estimator, out_dir, note, pictures, compress, weights=None,
-                 calibration=None):
+                 calibration=None, options=None):
         self.estimator, self.out_dir, self.note = estimator, out_dir, note
         self.pictures, self.compress, self.weights = pictures, compress, weights
-        self.calibration = calibration
+        self.calibration, self.options = calibration, options
         self.items, self.warnings, self.notes, self.meta = [], [], [], None
         self.startup, self.sampling, self.writing = None, 0.0, 0.0
 
@@ -537,6 +544,8 @@ class _Run:
         result = self.estimator(feeds, progress=progress_of)
         if self.calibration is not None:
             result = self.calibration.apply(result)
+        if self.options is not None and path.lower().endswith(IMAGE_EXTS):
+            result.metadata = {**result.metadata, "image_options": image_options(self.options)}
         t1 = time.perf_counter()
         self.meta = meta = result.metadata
         prepare_out_dir(self.out_dir)
