@@ -578,3 +578,23 @@ def test_changed_image_options_are_another_run(local_ray, tmp_path):
     assert CliRunner().invoke(main, list(rank)).exit_code == 0
     r = CliRunner().invoke(main, [*rank, "--mean", "0.5,0.5,0.5"])
     assert r.exit_code == 2 and "image_options" in r.output
+
+
+def test_a_parquet_dataset_of_paths_is_an_input_of_the_ray_engine(local_ray, inputs, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model, good, _ = inputs
+    three = [os.path.join(good, f"x{k:02d}.npy") for k in range(3)]
+    pq.write_table(pa.table({"input": three}), str(tmp_path / "set.parquet"))
+    r = _run(model, tmp_path / "set.parquet", *RUN, "--no-pictures", "--out", tmp_path / "o",
+             "--engine", "ray")
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "o")) == ["summary.json", "x00.npz", "x01.npz",
+                                                  "x02.npz"]
+    r = _run(model, tmp_path / "set.parquet", *RUN, "--out", tmp_path / "l")
+    assert r.exit_code == 2 and "a .parquet dataset of input paths is read by --engine ray" \
+        in r.output
+    pq.write_table(pa.table({"name": three}), str(tmp_path / "bad.parquet"))
+    r = _run(model, tmp_path / "bad.parquet", *RUN, "--out", tmp_path / "b", "--engine", "ray")
+    assert r.exit_code == 2 and "no 'input' or 'path' column (it has name)" in r.output

@@ -438,6 +438,21 @@ def _ray_run(est, files, out_dir, options, ray, force, drawing: dict, as_json) -
         sys.exit(exit_code(summary))
 
 
+def _input_files(inputs, ray, unique: bool = True) -> list:
+    """INPUTS as files (io.collect_inputs); with --engine ray also a .parquet dataset of
+    paths (ray_engine.input_files)."""
+    from .io import collect_inputs
+
+    if ray is None:
+        if len(inputs) == 1 and os.fspath(inputs[0]).rstrip("/").endswith(".parquet"):
+            raise ArgumentError("a .parquet dataset of input paths is read by --engine ray",
+                                "add --engine ray, or give the files or their folder")
+        return collect_inputs(inputs, unique)
+    from .ray_engine import input_files
+
+    return input_files(inputs, unique)
+
+
 def _ray_pairs(est, pairs, ray) -> tuple:
     """``ray_engine.evaluate_pairs``; when every pair failed, they are listed and the
     command exits 4 (nothing to evaluate, nothing written)."""
@@ -641,7 +656,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     INPUTS are the members.
     """
     from .files import check_out_dir
-    from .io import check_image_options, collect_inputs
+    from .io import check_image_options
     from .report import planned_files
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
@@ -654,7 +669,7 @@ def run(model, inputs, out_dir, save_samples, compress, shared_scale, overlay, p
     cal = _calibration(calibration, p, levels)
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
-    files = collect_inputs(inputs)
+    files = _input_files(inputs, ray)
     check_image_options(files, options)
     for folder in _level_folders(out_dir, levels).values() if ray is None else ():
         _refuse_existing(planned_files(folder, files), force)  # before the long work
@@ -829,7 +844,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
     the seed they were drawn with is used again).
     """
     from .files import check_out_dir
-    from .io import check_image_options, collect_inputs
+    from .io import check_image_options
     from .rank import contact_sheet, copy_top, logged_seed, rank_inputs
 
     p, where = PERTURBATION_OPTIONS.take(values), MODEL_OPTIONS.take(values)
@@ -844,7 +859,7 @@ def rank(model, inputs, by, top, copy_to, out_dir, **values):
         raise ArgumentError("--top and --copy-to go together", "give both, or neither")
     check_out_dir(out_dir)
     models, inputs = _split_members(model, inputs, p["method"])
-    files = collect_inputs(inputs, unique_stems=False)  # rank writes no file per input
+    files = _input_files(inputs, ray, unique=False)  # rank writes no file per input
     check_image_options(files, options)
     est = _estimator(models, p, where, runtime)
     failed = []

@@ -196,8 +196,8 @@ def _check_resources(ray, settings: RaySettings) -> None:
         if wanted > most:
             raise TfueError(f"{option} {wanted:g} asks more {key}s per actor than any node "
                             f"of the Ray cluster has ({most:g})",
-                            f"give {option} {most:g} or less" + (
-                                "" if most else f", or drop {option}"))
+                            f"give {option} {most:g} or less" if most else
+                            f"drop {option} (the cluster has no {key})")
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -539,15 +539,32 @@ def _inputs(data) -> list:
         columns = data.columns() or []
         if "input" not in columns and "path" not in columns:
             raise ArgumentError(f"the dataset has no 'input' or 'path' column (it has "
-                                f"{', '.join(columns)})", "give a column of input file paths")
+                                f"{', '.join(columns) or 'none'})",
+                                "give a column of input file paths")
         key = "input" if "input" in columns else "path"
         return [str(r[key]) for r in data.select_columns([key]).iter_rows()]
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if len(paths) == 1 and os.fspath(paths[0]).endswith(".parquet"):
-        return _inputs(ray.data.read_parquet(os.fspath(paths[0])).select_columns(["path"]))
+        return _inputs(ray.data.read_parquet(os.fspath(paths[0])))
     from .io import collect_inputs
 
     return collect_inputs(paths)
+
+
+def input_files(inputs, unique_stems: bool = True) -> list:
+    """The CLI's INPUTS for ``--engine ray``: one ``.parquet`` file or folder of them (its
+    ``input`` or ``path`` column of file paths), else files and folders as ``tfue run``
+    takes them (io.collect_inputs).
+
+    Raises:
+        TfueError: as io.collect_inputs; a Parquet dataset without such a column.
+    """
+    from .io import collect_inputs
+
+    inputs = [os.fspath(p) for p in inputs]
+    if len(inputs) == 1 and inputs[0].rstrip("/").endswith(".parquet"):
+        return _unique_stems(_inputs(inputs[0])) if unique_stems else _inputs(inputs[0])
+    return collect_inputs(inputs, unique_stems)
 
 
 def _unique_stems(paths: list) -> list:
@@ -858,10 +875,13 @@ def rank_files(estimator, files, by: str, options, out_dir, settings: RaySetting
                     failures.append({"input": r["input"], "reason": r["error"]})
                 else:
                     append_log(log, config, {"input": r["input"], "score": r["score"]})
+    listed = os.path.join(out_dir, "failures.json")
     if failures:  # beside ranking.csv, for scripts (stderr lists them too)
         from .files import save_json
 
-        save_json(os.path.join(out_dir, "failures.json"), failures)
+        save_json(listed, failures)
+    elif os.path.exists(listed):  # an earlier run's, no longer true
+        os.remove(listed)
     failed = {f["input"] for f in failures}
     ok = [f for f in files if os.fspath(f) not in failed]
     return rank_inputs(estimator, ok, by, options, out_dir), failures
