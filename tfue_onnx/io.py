@@ -177,8 +177,18 @@ def collect_inputs(paths, unique_stems: bool = True) -> list:
             raise TfueError(f"input '{p}' does not exist", "check the path")
     if not files:
         raise TfueError("no inputs given", "pass image files, .npy/.npz arrays or a folder")
+    return check_unique_stems(files) if unique_stems else files
+
+
+def check_unique_stems(files: list) -> list:
+    """``files``, refused when two share a name stem (the files written for each input
+    are named after it).
+
+    Raises:
+        TfueError: naming the two.
+    """
     stems = {}
-    for f in files if unique_stems else ():
+    for f in files:
         stem = os.path.splitext(os.path.basename(f))[0]
         if stem in stems:
             raise TfueError(f"inputs '{stems[stem]}' and '{f}' share the name '{stem}', which "

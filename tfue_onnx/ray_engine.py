@@ -568,21 +568,10 @@ def input_files(inputs, unique_stems: bool = True) -> list:
 
 
 def _unique_stems(paths: list) -> list:
-    """``paths``, refused when two share a name stem (their files would collide in the
-    output folder), as ``tfue run`` refuses them.
+    """``paths``, refused when two share a name stem (io.check_unique_stems)."""
+    from .io import check_unique_stems
 
-    Raises:
-        TfueError: naming the two.
-    """
-    seen = {}
-    for p in paths:
-        stem = _stem(p)
-        if stem in seen:
-            raise TfueError(f"inputs '{seen[stem]}' and '{p}' share the name '{stem}', which "
-                            "names the files written for each", "rename one of them or run "
-                            "them separately")
-        seen[stem] = p
-    return paths
+    return check_unique_stems(paths)
 
 
 MAX_BLOCK = 32  # inputs per block at most (a block is one Ray task on one actor)
