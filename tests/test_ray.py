@@ -569,8 +569,11 @@ def test_changed_image_options_are_another_run(local_ray, tmp_path):
         Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
             folder / f"i{k}.png")
     sr, t = bundled_model(), ("--method", "transform", "--transforms", "hflip")
-    r = _run(sr, folder, *t, "--no-pictures", "--out", tmp_path / "o", "--engine", "ray")
-    assert r.exit_code == 0, r.output
+    for _ in range(2):  # the second time: both resumed
+        r = _run(sr, folder, *t, "--no-pictures", "--out", tmp_path / "o", "--engine", "ray")
+        assert r.exit_code == 0, r.output
+    engine = json.loads((tmp_path / "o" / "summary.json").read_text())["engine"]
+    assert (engine["resumed"], engine["done"]) == (2, 0)
     r = _run(sr, folder, *t, "--mean", "0.5,0.5,0.5", "--no-pictures", "--out", tmp_path / "o",
              "--engine", "ray")
     assert r.exit_code == 2 and "image_options (made for" in r.output
@@ -598,3 +601,46 @@ def test_a_parquet_dataset_of_paths_is_an_input_of_the_ray_engine(local_ray, inp
     pq.write_table(pa.table({"name": three}), str(tmp_path / "bad.parquet"))
     r = _run(model, tmp_path / "bad.parquet", *RUN, "--out", tmp_path / "b", "--engine", "ray")
     assert r.exit_code == 2 and "no 'input' or 'path' column (it has name)" in r.output
+
+
+def test_resume_knows_the_model_weights_samples_and_folder_it_was_made_with(local_ray, inputs,
+                                                                         tmp_path,
+                                                                         monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    model, good, _ = inputs
+    mine = tmp_path / "m.onnx"
+    shutil.copy(model, mine)
+    three = [os.path.join(good, f"x{k:02d}.npy") for k in range(3)]
+    ray_args = ("--no-pictures", "--engine", "ray", "--ray-actors", "1")
+    r = _run(mine, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    # other loss-weight settings: another run
+    r = _run(mine, *three, *RUN, *ray_args, "--weights", "normalized", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "loss_weights (made for" in r.output
+    # --save-samples: the results lack their samples, so the inputs run again
+    r = _run(mine, *three, *RUN, *ray_args, "--weights", "--save-samples", "--out",
+             tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "o" / "x00.npz") as z:
+        assert z["samples"].shape[0] == N
+    # from another folder, with other (absolute) paths to the same files: resumed
+    monkeypatch.chdir(tmp_path.parent)
+    r = _run(mine, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["engine"]["resumed"] == 3
+    # the model file changed in place: the results are another model's
+    m = onnx.load(str(mine))
+    w = m.graph.initializer[0]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 3, w.name))
+    onnx.save(m, str(mine))
+    r = _run(mine, *three, *RUN, *ray_args, "--weights", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "model (another file)" in r.output
+
+
+def test_threads_beyond_any_nodes_cpus_are_one_line(local_ray, inputs, tmp_path):
+    model, good, _ = inputs
+    r = _run(model, good, *RUN, "--threads", 8, "--out", tmp_path / "o", "--engine", "ray")
+    assert r.exit_code == 2, r.output
+    assert r.output.count("\n") == 1 and "--threads 8 asks more CPUs" in r.output

@@ -71,13 +71,15 @@ def _data_files(path: str) -> list:
 def identity(metadata: dict, output: str) -> dict:
     """What a calibration is valid for, from a run's metadata (``Result.metadata`` or
     ``Estimator.describe()``) and the calibrated output's name: the model's SHA-256
-    (``model``; None for an in-memory model), the settings in ``COMPARED`` that the run
+    (``model``: as a result recorded it, else of the file now; None for an in-memory
+    model), the settings in ``COMPARED`` that the run
     has, whether a softmax was added (``--softmax``) and over which class axis, and for
     ensembles the members' SHA-256s (member 0, whose output is the prediction, first;
     the others sorted: where the files lie and their order do not matter) in place of
     their paths (``at``).
     ``--pad 0`` counts as no pad and a transform set as its elements in any order."""
-    found = {"model": model_digest(metadata.get("model")), "output": output}
+    found = {"model": metadata.get("model_sha256") or model_digest(metadata.get("model")),
+             "output": output}
     found.update({k: metadata[k] for k in COMPARED if k in metadata})
     classes = metadata.get("classes") or {}
     found["softmax"] = bool(classes.get("softmax_added"))
@@ -93,7 +95,8 @@ def identity(metadata: dict, output: str) -> dict:
         found.pop("at", None)
         found.pop("level", None)
     if metadata.get("members"):
-        digests = [model_digest(m) for m in metadata["members"]]
+        digests = metadata.get("members_sha256") or [model_digest(m)
+                                                     for m in metadata["members"]]
         found["members"] = digests[:1] + sorted(digests[1:])
         found.pop("at", None)
     return found

@@ -191,7 +191,8 @@ def _check_resources(ray, settings: RaySettings) -> None:
     """
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for key, option, wanted in (("CPU", "--ray-cpus", settings.cpus),
-                                ("GPU", "--ray-gpus", settings.gpus)):
+                                ("GPU", "--ray-gpus", settings.gpus),
+                                ("CPU", "--threads", settings.threads or 0)):
         most = max((n.get(key, 0.0) for n in nodes), default=0.0)
         if wanted > most:
             raise TfueError(f"{option} {wanted:g} asks more {key}s per actor than any node "
@@ -238,7 +239,7 @@ def portable(estimator) -> bytes:
                         "process that made them") from None
 
 
-def _refuse_other_run(estimator, files, out_dir, options, calibration) -> None:
+def _refuse_other_run(estimator, files, out_dir, options, calibration, weights=None) -> None:
     """Before any work: refuse an output folder whose summary.json or first existing
     NAME.npz (of ``files``) is another run's (``check_resumable``), as the local engine
     refuses to write over results without --force.
@@ -249,7 +250,7 @@ def _refuse_other_run(estimator, files, out_dir, options, calibration) -> None:
     from .calibration import differences
 
     probe = {"identity": run_identity(estimator.describe()), "calibration": calibration,
-             "options": options}
+             "options": options, "weights": weights}
     found = next((f for f in files if os.path.exists(_npz(out_dir, f))), None)
     if found is not None:
         check_resumable(_npz(out_dir, found), wanted_for(probe, os.fspath(found)),
@@ -388,7 +389,7 @@ def _stage_run(estimator, stage: str, job: dict):
 
     return _Run(estimator, stage, lambda line: None,
                 Pictures(stage, False, job["overlay"], job["pictures"]), job["compress"],
-                job["weights"], job.get("calibration"))
+                job["weights"], job.get("calibration"), job["options"])
 
 
 def run_identity(meta: dict) -> dict:
@@ -401,6 +402,7 @@ def run_identity(meta: dict) -> dict:
     found.pop("output")
     if meta.get("method") in ("noise", "dropout", "mc-dropout"):
         found["seed"] = meta.get("seed")
+    found["classes"] = (meta.get("classes") or {}).get("outputs")  # --classify's maps
     return found
 
 
@@ -411,10 +413,12 @@ def wanted_for(job: dict, path: str) -> dict:
     from .report import image_options
 
     wanted = dict(job["identity"])
-    if job.get("calibration") is not None:
-        wanted["calibration"] = job["calibration"].stamp()
+    cal = job.get("calibration")
+    wanted["calibration"] = None if cal is None else cal.stamp()
     if path.lower().endswith(IMAGE_EXTS):
         wanted["image_options"] = image_options(job["options"])
+    if job.get("weights") is not None:
+        wanted["loss_weights"] = json.loads(json.dumps(dataclasses.asdict(job["weights"])))
     return wanted
 
 
@@ -440,13 +444,13 @@ def check_resumable(npz: str, wanted: dict, path: str | None = None):
         reason = exc.message if isinstance(exc, TfueError) else f"{type(exc).__name__}: {exc}"
         raise TfueError(f"'{npz}' is not a whole result tfue wrote ({reason})",
                         "remove it, or pass --force to run its input again") from None
-    recorded = found.metadata.get("input")
+    recorded = found.metadata.get("input_realpath") or found.metadata.get("input")
     if path is not None and recorded is not None and \
             os.path.realpath(recorded) != os.path.realpath(path):
         raise TfueError(f"'{npz}' holds the result of another input ('{recorded}')",
                         "pass --force to run this input again, or choose another --out folder")
-    have = {**run_identity(found.metadata), **{k: found.metadata.get(k) for k in
-                                               ("calibration", "image_options") if k in wanted}}
+    have = {**run_identity(found.metadata), **{k: found.metadata.get(k) for k in (
+        "calibration", "image_options", "loss_weights") if k in wanted}}
     diffs = differences(have, wanted)
     if diffs:
         raise TfueError(f"'{npz}' holds a result of another run: " + "; ".join(diffs),
@@ -457,9 +461,8 @@ def check_resumable(npz: str, wanted: dict, path: str | None = None):
 
 def _complete(found, path: str, job: dict) -> bool:
     """Whether every file this job writes for ``path`` is there beside its NAME.npz (the
-    weights, the picture where the output has one, the overlay of an image); else the
-    input runs again (the same run: the same result)."""
-    from .io import IMAGE_EXTS
+    weights, the picture where the output has one, its overlay, the samples of
+    --save-samples); else the input runs again (the same run: the same result)."""
     from .report import picture_of
 
     base = os.path.join(job["out_dir"], _stem(path))
@@ -467,8 +470,10 @@ def _complete(found, path: str, job: dict) -> bool:
     if job["pictures"] and picture_of(found, _stem(path)) is not None:
         kind = "entropy" if found.variance is None else "variance"
         need.append(f"{base}.{kind}.png")
-        if job["overlay"] and path.lower().endswith(IMAGE_EXTS):
+        if job["overlay"]:
             need.append(base + ".overlay.png")
+    if job.get("keep_samples") and found.samples is None:  # --save-samples
+        return False
     return all(os.path.exists(f) for f in need)
 
 
@@ -685,7 +690,8 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
     job = {"mode": "write", "out_dir": os.fspath(out_dir), "options": options or ImageOptions(),
            "force": force, "compress": compress, "overlay": overlay, "pictures": pictures,
            "weights": weights, "calibration": calibration, "cwd": os.getcwd(),
-           "identity": run_identity(estimator.describe())}
+           "identity": run_identity(estimator.describe()),
+           "keep_samples": bool(getattr(estimator, "keep_samples", False))}
     return map_inputs(estimator, _unique_stems(_inputs(data)), job, settings)
 
 
@@ -714,7 +720,8 @@ def run_files(estimator, files, out_dir, options, settings: RaySettings, force: 
     refuse_for_ray(shared_scale=shared_scale)
     started = time.perf_counter() if started is None else started
     if not force:  # a folder of another run's results is refused before any work
-        _refuse_other_run(estimator, files, out_dir, options, drawing.get("calibration"))
+        _refuse_other_run(estimator, files, out_dir, options, drawing.get("calibration"),
+                          drawing.get("weights"))
     fresh = pickle.loads(portable(estimator))  # taken before anything runs it here
     _check_first(estimator, files, options)
     with connected(settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -39,8 +40,6 @@ def write_weights(out_dir: str, stem: str, result, weights) -> str:
 
 def image_options(options) -> dict:
     """An io.ImageOptions as plain JSON data (what a result of an image records)."""
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(options)))
 
 
@@ -544,8 +543,7 @@ class _Run:
         result = self.estimator(feeds, progress=progress_of)
         if self.calibration is not None:
             result = self.calibration.apply(result)
-        if self.options is not None and path.lower().endswith(IMAGE_EXTS):
-            result.metadata = {**result.metadata, "image_options": image_options(self.options)}
+        result.metadata = {**result.metadata, **self._recorded(path, result.metadata)}
         t1 = time.perf_counter()
         self.meta = meta = result.metadata
         prepare_out_dir(self.out_dir)
@@ -573,6 +571,22 @@ class _Run:
                               "pick another location (--at)")
             self.note("note: " + self.notes[-1])
         self.items.append(item)
+
+    def _recorded(self, path: str, meta: dict) -> dict:
+        """What a result file records beside the run's settings, so that a later run can
+        tell whether it may resume from it: the input's real path, the model's (and
+        members') SHA-256 at the time, how an image was read, the loss-weight settings."""
+        from .calibration import model_digest
+
+        found = {"input_realpath": os.path.realpath(path),
+                 "model_sha256": model_digest(meta.get("model"))}
+        if meta.get("members"):
+            found["members_sha256"] = [model_digest(m) for m in meta["members"]]
+        if self.options is not None and path.lower().endswith(IMAGE_EXTS):
+            found["image_options"] = image_options(self.options)
+        if self.weights is not None:
+            found["loss_weights"] = json.loads(json.dumps(dataclasses.asdict(self.weights)))
+        return found
 
     def summary(self, started: float) -> dict:
         """Draw the pictures kept for a shared scale; return the run summary: the last
