@@ -29,19 +29,29 @@ from .names import VERSION
 FORMAT = 1  # calibration.json's "tfue_calibration" version
 COMPARED = ("method", "at", "level", "samples", "sigma_mode", "transforms", "pad")
 ADDED = ("expected_error", "lower", "upper")  # the arrays a calibrated output gains
-_DIGESTS = {}  # (path, size, mtime_ns) -> sha256
+_DIGESTS = {}  # ((path, size, mtime_ns) of each file) -> sha256
+_DATA_FILES = {}  # (path, size, mtime_ns) of a model file -> the data files it names
+
+
+def _stat_key(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
 
 def model_digest(path) -> str | None:
     """SHA-256 (hex) of a model file's bytes and of the external data files it names (in
     name order): the weights are part of the model, where the files lie is not. None when
-    ``path`` is None or not a file (a model given as an in-memory ModelProto)."""
+    ``path`` is None or not a file (a model given as an in-memory ModelProto). Both the
+    digest and the list of data files are kept per file size and time, so a result
+    written per input reads the model only once."""
     if path is None or not os.path.isfile(os.fspath(path)):
         return None
     path = os.fspath(path)
-    files = [path] + _data_files(path)
-    key = tuple((os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                for f in files if os.path.isfile(f))
+    own = _stat_key(path)
+    if own not in _DATA_FILES:
+        _DATA_FILES[own] = _data_files(path)
+    files = [path] + _DATA_FILES[own]
+    key = tuple(_stat_key(f) for f in files if os.path.isfile(f))
     if key not in _DIGESTS:
         h = hashlib.sha256()
         for f in files:  # contents only: a copy elsewhere, under another name, is the same
@@ -72,12 +82,12 @@ def identity(metadata: dict, output: str) -> dict:
     """What a calibration is valid for, from a run's metadata (``Result.metadata`` or
     ``Estimator.describe()``) and the calibrated output's name: the model's SHA-256
     (``model``: as a result recorded it, else of the file now; None for an in-memory
-    model), the settings in ``COMPARED`` that the run
-    has, whether a softmax was added (``--softmax``) and over which class axis, and for
-    ensembles the members' SHA-256s (member 0, whose output is the prediction, first;
-    the others sorted: where the files lie and their order do not matter) in place of
-    their paths (``at``).
-    ``--pad 0`` counts as no pad and a transform set as its elements in any order."""
+    model), the settings in ``COMPARED`` that the run has, whether a softmax was added
+    (``--softmax``) and over which class axis, for MC-dropout the nodes that run at their
+    rates (in place of ``at`` and ``level``), and for ensembles the members' SHA-256s
+    (member 0, whose output is the prediction, first; the others sorted: where the files
+    lie and their order do not matter) in place of their paths (``at``). ``--pad 0``
+    counts as no pad and a transform set as its elements in any order."""
     found = {"model": metadata.get("model_sha256") or model_digest(metadata.get("model")),
              "output": output}
     found.update({k: metadata[k] for k in COMPARED if k in metadata})
