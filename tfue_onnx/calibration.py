@@ -24,7 +24,7 @@ import numpy as np
 from .calibrate import Calibration
 from .errors import TfueError
 from .files import check_new_file, save_json
-from .names import VERSION
+from .names import DRAWING_METHODS, VERSION
 
 FORMAT = 1  # calibration.json's "tfue_calibration" version
 COMPARED = ("method", "at", "level", "samples", "sigma_mode", "transforms", "pad")
@@ -109,6 +109,19 @@ def identity(metadata: dict, output: str) -> dict:
                                                      for m in metadata["members"]]
         found["members"] = digests[:1] + sorted(digests[1:])
         found.pop("at", None)
+    return found
+
+
+def run_identity(meta: dict) -> dict:
+    """What a result depends on, from a run's metadata (``Result.metadata`` or
+    ``Estimator.describe()``): :func:`identity` without the output, the seed for the
+    methods that draw, and the class outputs (``--classify``). A Ray run resumes only
+    results of the same identity; ``tfue rank`` keeps scores by it."""
+    found = identity(meta, "")
+    found.pop("output")
+    if meta.get("method") in DRAWING_METHODS:
+        found["seed"] = meta.get("seed")
+    found["classes"] = (meta.get("classes") or {}).get("outputs")  # --classify's maps
     return found
 
 

@@ -12,6 +12,8 @@ FLOAT_DTYPES = ("float32", "float64", "float16")
 
 # How the CLI names the perturbation methods (``perturb.make_spec`` takes them).
 METHODS = ("noise", "dropout", "mc-dropout", "transform", "ensemble", "entropy")
+# Methods whose samples are random draws (their results depend on the seed).
+DRAWING_METHODS = ("noise", "dropout", "mc-dropout")
 # Methods ``--at auto`` / ``choose.choose_location`` choose a location for.
 AUTO_METHODS = ("noise", "dropout")
 # Where an image input's channel axis is; auto guesses from the shape.
@@ -32,6 +34,6 @@ WEIGHT_FORMULAS = ("linear", "normalized")
 # What `tfue rank` scores an input by (rank.py).
 RANK_SCORES = ("mean", "max", "p95", "entropy", "bald")
 
-__all__ = ["VERSION", "FLOAT_DTYPES", "METHODS", "AUTO_METHODS", "LAYOUTS", "SIGMA_MODES",
-           "CHANNEL_ORDERS", "PROVIDERS", "TRANSFORM_SETS", "GRAPH_STRATEGIES", "STRATEGIES",
+__all__ = ["VERSION", "FLOAT_DTYPES", "METHODS", "DRAWING_METHODS", "AUTO_METHODS", "LAYOUTS",
+           "SIGMA_MODES", "CHANNEL_ORDERS", "PROVIDERS", "TRANSFORM_SETS", "GRAPH_STRATEGIES", "STRATEGIES",
            "WEIGHT_FORMULAS", "RANK_SCORES"]

@@ -6,6 +6,7 @@ import numpy as np
 
 from .files import atomic_write
 from .io import spatial_map
+from .names import DRAWING_METHODS
 
 
 # Colour-bar labels: what a map is, in its units (variance: squared output units).
@@ -31,7 +32,7 @@ def method_words(meta: dict, seed: bool = False) -> str:
         words += f", level {meta['level']:g}"
     if meta.get("samples") and not meta.get("transforms"):
         words += f", N = {meta['samples']}"
-    if seed and meta.get("method") in ("noise", "dropout", "mc-dropout") and \
+    if seed and meta.get("method") in DRAWING_METHODS and \
             meta.get("seed") is not None:
         words += f", seed {meta['seed']}"
     return words

@@ -109,29 +109,23 @@ def rank_inputs(estimator, inputs, by: str = "mean", options=None, out_dir=None,
     return ranking
 
 
-SCORED_BY = ("method", "at", "level", "samples", "sigma_mode", "transforms", "members",
-             "pad", "classes")  # the run's settings a score depends on, beside the model
-
-
 def scored_by(estimator, by: str, options=None) -> dict:
-    """What makes scores comparable (scores.jsonl's config): the model's SHA-256 (its file
-    and weights; or its proto's, in memory), the run's settings in ``SCORED_BY``, the
-    seed for the methods that draw (not chunk sizes or timings, which change from machine
-    to machine), how images are read (``options``, an io.ImageOptions) and the score."""
+    """What makes scores comparable (scores.jsonl's config): what the run's results depend
+    on (``calibration.run_identity``: the model's and members' SHA-256, the settings that
+    change the samples, the seed of methods that draw; not chunk sizes or timings, which
+    change from machine to machine), an in-memory model's proto hash, how images are read
+    (``options``, an io.ImageOptions) and the score."""
     import hashlib
 
-    from .calibration import model_digest
-
-    meta = estimator.describe()
-    config = {"model": model_digest(estimator.path) if estimator.path else
-              "in memory " + hashlib.sha256(estimator.info.model.SerializeToString()).hexdigest()}
-    config.update({k: meta[k] for k in SCORED_BY if k in meta})
-    if meta.get("method") in ("noise", "dropout", "mc-dropout"):
-        config["seed"] = meta.get("seed")
+    from .calibration import run_identity
     from .io import ImageOptions
-    from .report import image_options
+    from .report import plain_fields
 
-    config["image_options"] = image_options(options or ImageOptions())
+    config = run_identity(estimator.describe())
+    if config["model"] is None:  # in memory: the proto it was built from
+        config["model"] = "in memory " + hashlib.sha256(
+            estimator.info.model.SerializeToString()).hexdigest()
+    config["image_options"] = plain_fields(options or ImageOptions())
     config["by"] = by
     return config
 

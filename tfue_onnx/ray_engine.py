@@ -247,7 +247,7 @@ def _refuse_other_run(estimator, files, out_dir, options, calibration, weights=N
     Raises:
         TfueError: naming the file and the differences; the hint offers --force.
     """
-    from .calibration import differences
+    from .calibration import differences, run_identity
 
     probe = {"identity": run_identity(estimator.describe()), "calibration": calibration,
              "options": options, "weights": weights}
@@ -392,33 +392,19 @@ def _stage_run(estimator, stage: str, job: dict):
                 job["weights"], job.get("calibration"), job["options"])
 
 
-def run_identity(meta: dict) -> dict:
-    """What a result must share with this run to be resumed instead of run again: the
-    model's and members' SHA-256, method, location, level, N, the method's settings
-    (``calibration.identity``) and, for the methods that draw, the seed."""
-    from .calibration import identity
-
-    found = identity(meta, "")
-    found.pop("output")
-    if meta.get("method") in ("noise", "dropout", "mc-dropout"):
-        found["seed"] = meta.get("seed")
-    found["classes"] = (meta.get("classes") or {}).get("outputs")  # --classify's maps
-    return found
-
-
 def wanted_for(job: dict, path: str) -> dict:
     """The identity a result of ``path`` must have to be resumed in this job: the run's,
     its calibration's stamp, and for an image the image options."""
     from .io import IMAGE_EXTS
-    from .report import image_options
+    from .report import plain_fields
 
     wanted = dict(job["identity"])
     cal = job.get("calibration")
     wanted["calibration"] = None if cal is None else cal.stamp()
     if path.lower().endswith(IMAGE_EXTS):
-        wanted["image_options"] = image_options(job["options"])
+        wanted["image_options"] = plain_fields(job["options"])
     if job.get("weights") is not None:
-        wanted["loss_weights"] = json.loads(json.dumps(dataclasses.asdict(job["weights"])))
+        wanted["loss_weights"] = plain_fields(job["weights"])
     return wanted
 
 
@@ -432,7 +418,7 @@ def check_resumable(npz: str, wanted: dict, path: str | None = None):
             input's result, or one of another run (the differences named); the hint
             offers --force.
     """
-    from .calibration import differences
+    from .calibration import differences, run_identity
     from .report import read_result
 
     try:
@@ -683,6 +669,7 @@ def score_dataset(estimator, data, out_dir, options=None, force: bool = False,
         TfueError: Ray is not installed; the estimator has already run; the folder
             cannot be written; a path is no input; two inputs share a name stem.
     """
+    from .calibration import run_identity
     from .files import prepare_out_dir
     from .io import ImageOptions
 

@@ -38,9 +38,10 @@ def write_weights(out_dir: str, stem: str, result, weights) -> str:
     return path
 
 
-def image_options(options) -> dict:
-    """An io.ImageOptions as plain JSON data (what a result of an image records)."""
-    return json.loads(json.dumps(dataclasses.asdict(options)))
+def plain_fields(settings) -> dict:
+    """A settings dataclass (io.ImageOptions, weights.LossWeights) as plain JSON data:
+    what a result records of how it was made, compared when a run resumes."""
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
 
 
 def planned_files(out_dir: str, files) -> list:
@@ -583,9 +584,9 @@ class _Run:
         if meta.get("members"):
             found["members_sha256"] = [model_digest(m) for m in meta["members"]]
         if self.options is not None and path.lower().endswith(IMAGE_EXTS):
-            found["image_options"] = image_options(self.options)
+            found["image_options"] = plain_fields(self.options)
         if self.weights is not None:
-            found["loss_weights"] = json.loads(json.dumps(dataclasses.asdict(self.weights)))
+            found["loss_weights"] = plain_fields(self.weights)
         return found
 
     def summary(self, started: float) -> dict:
