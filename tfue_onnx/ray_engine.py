@@ -286,10 +286,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def _row(path: str, status: str, **fields) -> dict:
+    """One row of ROW_FIELDS; a field given as None keeps its default (NaN, "", ...)."""
     row = {"input": path, "status": status, "mean_variance": float("nan"),
            "score": float("nan"), "files": "[]", "error": "", "item": "{}",
            "sampling_s": 0.0, "writing_s": 0.0, "result": b""}
-    row.update(fields)
+    row.update({k: v for k, v in fields.items() if v is not None})
     return row
 
 
@@ -375,8 +376,7 @@ class InputWorker:
         extra = {"warnings": run.warnings, "notes": run.notes, "metadata": run.meta}
         from .files import plain_json
 
-        mean = item.get("mean_variance")
-        return _row(path, "done", mean_variance=float("nan") if mean is None else mean,
+        return _row(path, "done", mean_variance=item.get("mean_variance"),
                     files=json.dumps(item["files"]),
                     item=json.dumps(plain_json({**item, **extra}), default=str),
                     sampling_s=run.sampling, writing_s=run.writing)
@@ -470,9 +470,8 @@ def _resumed_row(found, path: str, out_dir: str) -> dict:
 
     stats = found.outputs[found.primary]
     item = {"input": path, "files": _existing(out_dir, path), **_means(stats), "resumed": True}
-    mean = item.get("mean_variance")
     return _row(path, "resumed", files=json.dumps(item["files"]),
-                mean_variance=float("nan") if mean is None else mean,
+                mean_variance=item.get("mean_variance"),
                 item=json.dumps(plain_json(item), default=str))
 
 
