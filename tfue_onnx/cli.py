@@ -910,7 +910,8 @@ def calibrate(model, inputs, coverage, out, as_json, force, **values):
     pair_values = PAIR_OPTIONS.take(values)
     check_coverage(coverage)
     _check_pairs(pair_values)
-    _calibration_method(p["method"])
+    _needs_variance(p["method"], "tfue calibrate calibrates a variance map",
+                    "use a sampling method (e.g. --method transform)")
     picture = _calibration_picture(out)
     for path in (out, picture):
         check_new_file(path, force)
@@ -940,10 +941,10 @@ def _calibration_picture(out: str) -> str:
     return picture
 
 
-def _calibration_method(method: str) -> None:
+def _needs_variance(method: str, what: str, hint: str) -> None:
+    """Refuse --method entropy (no variance map) for ``what`` needs one, up front."""
     if method == "entropy":
-        raise ArgumentError("tfue calibrate calibrates a variance map; --method entropy has "
-                            "none", "use a sampling method (e.g. --method transform)")
+        raise ArgumentError(f"{what}; --method entropy has none", hint)
 
 
 def _calibration_notes(cal) -> list:
@@ -1147,9 +1148,8 @@ def _calibration(path, p: dict, levels=None):
     front for runs that have no variance map or several levels."""
     if path is None:
         return None
-    if p["method"] == "entropy":
-        raise ArgumentError("--calibration calibrates a variance map; --method entropy has "
-                            "none", "drop --calibration, or use a sampling method")
+    _needs_variance(p["method"], "--calibration calibrates a variance map",
+                    "drop --calibration, or use a sampling method")
     if levels is not None:
         raise ArgumentError("a calibration holds for one level; --levels runs several",
                             "give the calibration's level with --sigma/--rate")
@@ -1259,9 +1259,8 @@ def _loss_weights(formula, strength, max_weight, method):
                                 "which is not given", "add --weights, or drop "
                                 + " and ".join(given))
         return None
-    if method == "entropy":
-        raise ArgumentError("--weights come from a variance map; --method entropy has none",
-                            "drop --weights, or use a sampling method")
+    _needs_variance(method, "--weights come from a variance map",
+                    "drop --weights, or use a sampling method")
     from .weights import LossWeights
 
     return LossWeights(formula, strength, max_weight)
