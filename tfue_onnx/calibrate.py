@@ -238,12 +238,17 @@ def check_coverage(coverage) -> float:
     return float(coverage)
 
 
-def _elements(outputs, variances, targets) -> tuple:
-    """(s, e): every finite calibration element's sqrt(variance) and |error|, flat."""
+def _check_lengths(outputs, variances, targets) -> None:
+    """Refuse lists of outputs, variances and targets of different lengths."""
     if not (len(outputs) == len(variances) == len(targets)):
         raise ArgumentError("outputs, variances and targets must be lists of one length, got "
                             f"{len(outputs)}, {len(variances)}, {len(targets)}",
                             "give one variance and one target per output")
+
+
+def _elements(outputs, variances, targets) -> tuple:
+    """(s, e): every finite calibration element's sqrt(variance) and |error|, flat."""
+    _check_lengths(outputs, variances, targets)
     ss, es = [], []
     for y, v, t in zip(outputs, variances, targets):
         s, e = elements(y, v, t)
@@ -418,10 +423,7 @@ def assess(calibration: Calibration, outputs, variances, targets) -> dict:
         ArgumentError (a ValueError): lists of different lengths or arrays of different
             shapes.
     """
-    if not (len(outputs) == len(variances) == len(targets)):
-        raise ArgumentError("outputs, variances and targets must be lists of one length, got "
-                            f"{len(outputs)}, {len(variances)}, {len(targets)}",
-                            "give one variance and one target per output")
+    _check_lengths(outputs, variances, targets)
     if not len(outputs):
         raise ArgumentError("no held-out pairs to assess", "give one output, variance and "
                             "target per image")
