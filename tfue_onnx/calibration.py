@@ -133,9 +133,7 @@ def differences(made_for: dict, now: dict) -> list:
                                                           "dropout_nodes")
     for key in sorted(set(made_for) | set(now), key=lambda k: (
             order.index(k) if k in order else len(order), k)):
-        a, b = made_for.get(key), now.get(key)
-        if key in ("transforms", "members") and a is not None and b is not None:
-            a, b = list(a), list(b)
+        a, b = made_for.get(key), now.get(key)  # (identity gives lists, as JSON does)
         if a != b:
             shown = ("another file" if key in ("model", "members") else
                      f"made for {_show(a)}, here {_show(b)}")
